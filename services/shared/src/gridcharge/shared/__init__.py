@@ -1,0 +1,1 @@
+"""gridcharge shared."""
