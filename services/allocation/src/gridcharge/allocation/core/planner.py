@@ -1,0 +1,410 @@
+"""Charging planner: a two-stage (lexicographic) LP solved with HiGHS, then hardware rounding.
+
+Pure: no I/O, no clock. The model is written down in docs/planner.md. Decision variables are the per-phase
+current x[s, t] (A) of session s in slot t, only between arrival and departure. Power is
+x · V_s · n_s (n_s = grid phases the EV loads); energy per slot is x · V_s · n_s · Δt_h (Wh).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from gridcharge.allocation.core.model import (
+    PHASES,
+    BindingConstraint,
+    FloatArray,
+    Plan,
+    PlannerConfig,
+    PlanningProblem,
+    SessionVerdict,
+)
+
+IntArray = npt.NDArray[np.int64]
+_EPS = 1e-6
+
+
+@dataclass
+class _Indexed:
+    """The problem flattened into arrays (one entry per session, per node×phase row, per variable)."""
+
+    T: int
+    dt_h: float
+    node_ids: list[str]
+    cap_w: FloatArray  # [N*3, T], inf = no limit, clipped at ≥ 0
+    sources: list[str]  # per node×phase row
+    phases: list[tuple[int, ...]]  # grid phases loaded per session
+    volt: FloatArray  # [S] V
+    n_ph: FloatArray  # [S] phases loaded
+    k_wh: FloatArray  # [S] Wh per A per slot
+    imin: FloatArray  # [S] A
+    imax: FloatArray  # [S] A
+    arr: IntArray  # [S] first slot (clipped to horizon)
+    dep: IntArray  # [S] slot after the last (clipped to horizon)
+    need_wh: FloatArray  # [S] remaining energy
+    prio: FloatArray  # [S]
+    row_ptr: IntArray  # [S+1] CSR pointer into row_idx
+    row_idx: IntArray  # node×phase rows each session loads
+    load_matrix: sp.csr_matrix  # [N*3, S] W per A
+
+
+def _index(problem: PlanningProblem) -> _Indexed:
+    slots = problem.slots
+    T = slots.count
+    cfg = problem.config
+    node_ids = [n.node_id for n in problem.nodes]
+    node_pos = {nid: i for i, nid in enumerate(node_ids)}
+    cap = np.full((len(node_ids) * PHASES, T), np.inf)
+    sources: list[str] = []
+    for i, node in enumerate(problem.nodes):
+        c = np.asarray(node.capacity_w, dtype=float)
+        if c.shape != (PHASES, T):
+            raise ValueError(f"node {node.node_id}: capacity_w shape {c.shape}, expected {(PHASES, T)}")
+        cap[i * PHASES : (i + 1) * PHASES] = np.maximum(np.nan_to_num(c, nan=0.0), 0.0)
+        sources.extend(node.source)
+    evses = {e.evse_id: e for e in problem.evses}
+    S = len(problem.sessions)
+    dwell = max(1, math.ceil(cfg.default_dwell_s / slots.duration_s))
+    phases: list[tuple[int, ...]] = []
+    volt = np.zeros(S)
+    n_ph = np.zeros(S)
+    imin = np.zeros(S)
+    imax = np.zeros(S)
+    arr = np.zeros(S, dtype=np.int64)
+    dep = np.zeros(S, dtype=np.int64)
+    need = np.zeros(S)
+    prio = np.zeros(S)
+    row_ptr = np.zeros(S + 1, dtype=np.int64)
+    rows: list[int] = []
+    for s, sess in enumerate(problem.sessions):
+        evse = evses.get(sess.evse_id)
+        if evse is None:
+            raise ValueError(f"session {sess.session_id}: unknown EVSE {sess.evse_id}")
+        ph = tuple(evse.phase_map[: max(1, min(sess.phases_used, len(evse.phase_map)))])
+        phases.append(ph)
+        volt[s] = sess.voltage_v
+        n_ph[s] = len(ph)
+        imin[s] = max(sess.min_current_a, evse.min_current_a)
+        imax[s] = max(0.0, min(sess.max_current_a, evse.max_current_a))
+        d = sess.departure_slot if sess.departure_slot is not None else sess.arrival_slot + dwell
+        arr[s] = min(max(sess.arrival_slot, 0), T)
+        dep[s] = min(max(d, arr[s]), T)
+        need[s] = sess.remaining_wh
+        prio[s] = sess.priority
+        for nid in evse.node_path:
+            if nid not in node_pos:
+                raise ValueError(f"EVSE {evse.evse_id}: unknown node {nid}")
+            rows.extend(node_pos[nid] * PHASES + p for p in ph)
+        row_ptr[s + 1] = len(rows)
+    row_idx = np.asarray(rows, dtype=np.int64)
+    k_wh = volt * n_ph * slots.duration_h
+    counts = np.diff(row_ptr)
+    load_matrix = sp.csr_matrix(
+        (np.repeat(volt, counts), (row_idx, np.repeat(np.arange(S), counts))),
+        shape=(len(node_ids) * PHASES, S),
+    )
+    return _Indexed(T, slots.duration_h, node_ids, cap, sources, phases, volt, n_ph, k_wh, imin, imax,
+                    arr, dep, need, prio, row_ptr, row_idx, load_matrix)
+
+
+@dataclass
+class _LpResult:
+    x: FloatArray  # [S, T] A, continuous LP optimum
+    status: str
+    energy_wh: float  # stage-1 priority-weighted energy (Wh)
+    stages: int
+
+
+def _solve_lp(
+    ix: _Indexed,
+    cfg: PlannerConfig,
+    price: FloatArray | None,
+    pv_w: dict[int, FloatArray],
+) -> _LpResult:
+    """Build the sparse LP (vectorised) and solve it lexicographically with HiGHS."""
+    T = ix.T
+    S = len(ix.arr)
+    active = (ix.dep > ix.arr) & (ix.need_wh > _EPS) & (ix.imax > _EPS)
+    x_full = np.zeros((S, T))
+    if not active.any():
+        return _LpResult(x_full, "empty", 0.0, 0)
+    sess = np.flatnonzero(active)
+    length = (ix.dep - ix.arr)[sess]
+    var_s = np.repeat(sess, length)
+    starts = np.cumsum(length) - length
+    var_t = np.arange(int(length.sum())) - np.repeat(starts, length) + np.repeat(ix.arr[sess], length)
+    nv = var_s.size
+    ub = np.minimum(ix.imax[var_s], ix.need_wh[var_s] / ix.k_wh[var_s])
+
+    # capacity rows: one entry per (variable, node×phase row of its session) — CSR expansion, no loops
+    reps = np.diff(ix.row_ptr)[var_s]
+    var_rep = np.repeat(np.arange(nv), reps)
+    off = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+    node_row = ix.row_idx[ix.row_ptr[var_s[var_rep]] + off]
+    cap_flat = ix.cap_w.reshape(-1)
+    key = node_row * T + var_t[var_rep]
+    finite = np.isfinite(cap_flat[key])
+    key, var_rep = key[finite], var_rep[finite]
+    ukeys, crow = np.unique(key, return_inverse=True)
+    n_cap = ukeys.size
+    # energy rows: Σ_t k·x ≤ remaining need
+    sess_local = np.searchsorted(sess, var_s)
+    rows_i = np.concatenate([crow, n_cap + sess_local])
+    cols_i = np.concatenate([var_rep, np.arange(nv)])
+    vals = np.concatenate([ix.volt[var_s[var_rep]], ix.k_wh[var_s]])
+    n_rows = n_cap + sess.size
+    A = sp.csc_matrix((vals, (rows_i, cols_i)), shape=(n_rows, nv))
+    row_ub = np.concatenate([cap_flat[ukeys], ix.need_wh[sess]])
+
+    # stage 1: maximise Σ w·E·(1 + early·(T−t)/T)   (kWh)
+    e_kwh = ix.k_wh[var_s] / 1000.0
+    w_e = ix.prio[var_s] * e_kwh
+    early = (T - var_t) / T
+    c1 = -w_e * (1.0 + cfg.early_weight * early)
+
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(cfg.time_limit_s))
+    lp = highspy.HighsLp()
+    lp.num_col_ = nv
+    lp.num_row_ = n_rows
+    lp.col_cost_ = c1
+    lp.col_lower_ = np.zeros(nv)
+    lp.col_upper_ = ub
+    lp.row_lower_ = np.full(n_rows, -highspy.kHighsInf)
+    lp.row_upper_ = row_ub
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = A.indptr.astype(np.int32)
+    lp.a_matrix_.index_ = A.indices.astype(np.int32)
+    lp.a_matrix_.value_ = A.data
+    h.passModel(lp)
+    h.run()
+    status = h.modelStatusToString(h.getModelStatus())
+    x = np.asarray(h.getSolution().col_value, dtype=float)
+    if x.size != nv or status != "Optimal":
+        return _LpResult(x_full, status, 0.0, 1)
+    e1 = float(w_e @ x)
+    stages = 1
+
+    has_price = price is not None and cfg.price_weight > 0 and float(np.ptp(price)) > 0
+    want_fair = cfg.fairness_weight > 0 and sess.size > 1
+    if cfg.two_stage and (has_price or pv_w or want_fair):
+        p = np.zeros(T) if price is None else np.asarray(price, dtype=float)
+        p_ref = max(float(np.mean(np.abs(p))), 1e-3) if price is not None else 1.0
+        c2 = cfg.price_weight * p[var_t] * e_kwh - cfg.early_weight * p_ref * early * w_e
+        # keep weighted energy within ε of the stage-1 optimum
+        h.changeColsCost(nv, np.arange(nv, dtype=np.int32), c2)
+        h.addRow((1.0 - cfg.energy_tolerance) * e1, highspy.kHighsInf, nv,
+                 np.arange(nv, dtype=np.int32), w_e)
+        n_col = nv
+        # PV: u[n,t] ≤ surplus, u[n,t] ≤ Σ power of sessions below n; reward used surplus
+        for node_row0, surplus in pv_w.items():
+            under = np.asarray(ix.load_matrix[node_row0 : node_row0 + PHASES].sum(axis=0)).ravel() > 0
+            ts = np.flatnonzero(surplus > 0)
+            if ts.size == 0 or not under.any():
+                continue
+            u_cost = -(cfg.price_weight * p[ts] + cfg.pv_weight * p_ref) * ix.dt_h / 1000.0
+            h.addCols(ts.size, u_cost, np.zeros(ts.size), surplus[ts], 0,
+                      np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+            slot_pos = np.full(T, -1)
+            slot_pos[ts] = np.arange(ts.size)
+            m = under[var_s] & (slot_pos[var_t] >= 0)
+            vi = np.flatnonzero(m)
+            r_of_v = slot_pos[var_t[vi]]
+            order = np.argsort(r_of_v, kind="stable")
+            vi, r_of_v = vi[order], r_of_v[order]
+            # each row: u_col − Σ V·n·x ≤ 0
+            starts_r = np.searchsorted(r_of_v, np.arange(ts.size))
+            counts_r = np.diff(np.append(starts_r, vi.size)) + 1
+            idx = np.empty(int(counts_r.sum()), dtype=np.int32)
+            val = np.empty(idx.size)
+            rs = np.cumsum(counts_r) - counts_r
+            idx[rs] = n_col + np.arange(ts.size)
+            val[rs] = 1.0
+            fill = np.ones(idx.size, bool)
+            fill[rs] = False
+            idx[fill] = vi
+            val[fill] = -(ix.volt * ix.n_ph)[var_s[vi]]
+            h.addRows(ts.size, np.full(ts.size, -highspy.kHighsInf), np.zeros(ts.size), idx.size,
+                      rs.astype(np.int32), idx, val)
+            n_col += ts.size
+        if want_fair:
+            # z ≤ E_s / achievable_s for every session: maximise the minimum fraction delivered
+            achievable = np.bincount(sess_local, weights=ub * ix.k_wh[var_s], minlength=sess.size)
+            target = np.minimum(ix.need_wh[sess], achievable)
+            ok = target > _EPS
+            h.addCol(-cfg.fairness_weight * p_ref * float(target[ok].sum()) / 1000.0, 0.0, 1.0, 0,
+                     np.zeros(0, np.int32), np.zeros(0))
+            z_col = n_col
+            n_col += 1
+            vm = ok[sess_local]
+            vi = np.flatnonzero(vm)
+            rl = np.cumsum(ok) - 1
+            r_of_v = rl[sess_local[vi]]
+            n_fr = int(ok.sum())
+            counts_r = np.bincount(r_of_v, minlength=n_fr) + 1
+            rs = np.cumsum(counts_r) - counts_r
+            idx = np.empty(int(counts_r.sum()), dtype=np.int32)
+            val = np.empty(idx.size)
+            idx[rs] = z_col
+            val[rs] = 1.0
+            fill = np.ones(idx.size, bool)
+            fill[rs] = False
+            idx[fill] = vi  # vi is sorted by session, and sessions are contiguous in var order
+            val[fill] = -(ix.k_wh[var_s[vi]] / target[sess_local[vi]])
+            h.addRows(n_fr, np.full(n_fr, -highspy.kHighsInf), np.zeros(n_fr), idx.size,
+                      rs.astype(np.int32), idx, val)
+        h.run()
+        status2 = h.modelStatusToString(h.getModelStatus())
+        x2 = np.asarray(h.getSolution().col_value, dtype=float)
+        if status2 == "Optimal" and x2.size >= nv:
+            x = x2[:nv]
+            stages = 2
+    x_full[var_s, var_t] = np.clip(x, 0.0, ub)
+    return _LpResult(x_full, status, e1, stages)
+
+
+def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
+    """Hardware rounding: steps of ``current_step_a``, 0 or ≥ min current, never above any capacity.
+
+    1. floor to the step (load only goes down);
+    2. below-minimum currents → 0;
+    3. per slot, in order (priority, was-charging-before, earliest departure): raise a zeroed session to
+       its minimum if every node/phase on its path has the slack; then top up partly served sessions
+       with the remaining slack (up to max current and remaining need).
+    """
+    step = cfg.current_step_a
+    x = np.floor(x_lp / step + 1e-6) * step if step > 0 else x_lp.copy()
+    x = np.minimum(x, ix.imax[:, None])
+    if not cfg.apply_min_current and step <= 0:
+        return x
+    S, T = x.shape
+    imin = ix.imin if cfg.apply_min_current else np.zeros(S)
+    zeroed = (x > 0) & (x < imin[:, None] - 1e-9)
+    x[zeroed] = 0.0
+    slack = ix.cap_w - ix.load_matrix @ x  # [R, T]
+    planned = (x * ix.k_wh[:, None]).sum(axis=1)
+    # padded session→rows table; pad points at an extra row with infinite slack
+    counts = np.diff(ix.row_ptr)
+    width = int(counts.max()) if S else 0
+    pad_row = ix.cap_w.shape[0]
+    rows_tab = np.full((S, max(width, 1)), pad_row, dtype=np.int64)
+    for s in np.flatnonzero(counts):
+        rows_tab[s, : counts[s]] = ix.row_idx[ix.row_ptr[s] : ix.row_ptr[s + 1]]
+    wanted = x_lp > 1e-6
+    for t in range(T):
+        sl = np.append(slack[:, t], np.inf)
+        min_slack = sl[rows_tab].min(axis=1)
+        prev_on = x[:, t - 1] > 0 if t > 0 else np.zeros(S, bool)
+        cand = np.flatnonzero(zeroed[:, t] | (wanted[:, t] & (x[:, t] == 0)))
+        cand = cand[(min_slack[cand] >= imin[cand] * ix.volt[cand] - 1e-6)
+                    & (planned[cand] < ix.need_wh[cand] - _EPS)]
+        topup = np.flatnonzero(
+            (x[:, t] > 0) & (x[:, t] <= ix.imax - max(step, 1e-3))
+            & (min_slack >= max(step, 1e-3) * ix.volt) & (planned < ix.need_wh - max(step, 1e-3) * ix.k_wh)
+        )
+        for group, is_raise in ((cand, True), (topup, False)):
+            if group.size == 0:
+                continue
+            order = np.lexsort((ix.dep[group], ~prev_on[group], -ix.prio[group]))
+            for s in group[order]:
+                r = rows_tab[s, : counts[s]]
+                room_w = float(sl[r].min()) if r.size else math.inf
+                v = ix.volt[s]
+                if is_raise:
+                    add = imin[s]
+                    if room_w < add * v - 1e-6:
+                        continue
+                else:
+                    add = min(ix.imax[s] - x[s, t], room_w / v, (ix.need_wh[s] - planned[s]) / ix.k_wh[s])
+                    if step > 0:
+                        add = math.floor(add / step + 1e-6) * step
+                    if add <= 1e-9:
+                        continue
+                x[s, t] += add
+                sl[r] -= add * v
+                planned[s] += add * ix.k_wh[s]
+        slack[:, t] = sl[:-1]
+    return x
+
+
+def _verdicts(
+    problem: PlanningProblem, ix: _Indexed, x: FloatArray, slack: FloatArray
+) -> dict[str, SessionVerdict]:
+    """Per session: planned energy vs need, and the binding limit (first tight node/phase/slot)."""
+    out: dict[str, SessionVerdict] = {}
+    planned = (x * ix.k_wh[:, None]).sum(axis=1)
+    step = max(problem.config.current_step_a, 1e-3)
+    for s, sess in enumerate(problem.sessions):
+        a, d = int(ix.arr[s]), int(ix.dep[s])
+        need = float(ix.need_wh[s])
+        got = min(float(planned[s]), need)
+        short = max(0.0, need - got)
+        complete = short <= max(1.0, 1e-3 * need)
+        binding: BindingConstraint | None = None
+        if d > a and need > _EPS:
+            rows = ix.row_idx[ix.row_ptr[s] : ix.row_ptr[s + 1]]
+            below_max = x[s, a:d] < ix.imax[s] - step
+            tight_w = max(ix.imin[s], step) * ix.volt[s]
+            if rows.size:
+                sub = slack[rows, a:d]  # [r, window]
+                tight = (sub < tight_w) & below_max[None, :]
+                cols = np.flatnonzero(tight.any(axis=0))
+                if cols.size:
+                    # first slot where a node/phase on its path is full while the car could take more;
+                    # reported even when it still completes (it explains why it charges slowly)
+                    c = int(cols[0])
+                    r = int(rows[int(np.argmin(np.where(tight[:, c], sub[:, c], np.inf)))])
+                    binding = BindingConstraint(ix.node_ids[r // PHASES], r % PHASES, a + c, ix.sources[r])
+            if binding is None and not complete:
+                if ix.imax[s] * ix.k_wh[s] * (d - a) < need - _EPS:
+                    binding = BindingConstraint("<window>", -1, d, "departure")
+                elif not below_max.any():
+                    binding = BindingConstraint("<ev>", -1, a, "ev_max_current")
+                else:
+                    binding = BindingConstraint("<rounding>", -1, a, "min_current")
+        elif need > _EPS:
+            binding = BindingConstraint("<window>", -1, d, "departure")
+        out[sess.session_id] = SessionVerdict(sess.session_id, got, need, short, complete, binding)
+    return out
+
+
+class LpPlanner:
+    """Default planner: two-stage LP with HiGHS plus hardware rounding (see docs/planner.md)."""
+
+    def plan(self, problem: PlanningProblem) -> Plan:
+        """Plan per-phase currents for every session over ``problem.slots``; pure and deterministic."""
+        t0 = time.perf_counter()
+        cfg = problem.config
+        ix = _index(problem)
+        pos = {nid: i for i, nid in enumerate(ix.node_ids)}
+        pv: dict[int, FloatArray] = {}
+        for nid, series in problem.pv_surplus_w.items():
+            if nid in pos:
+                pv[pos[nid] * PHASES] = np.maximum(np.asarray(series, dtype=float)[: ix.T], 0.0)
+        price = None if problem.price_per_kwh is None else np.asarray(problem.price_per_kwh, dtype=float)
+        res = _solve_lp(ix, cfg, price, pv)
+        x = _round(ix, res.x, cfg)
+        load = ix.load_matrix @ x  # [R, T] W
+        slack = ix.cap_w - load
+        verdicts = _verdicts(problem, ix, x, slack)
+        power = x * (ix.volt * ix.n_ph)[:, None]
+        node_load = {nid: load[i * PHASES : (i + 1) * PHASES] for i, nid in enumerate(ix.node_ids)}
+        return Plan(
+            slots=problem.slots,
+            session_ids=[s.session_id for s in problem.sessions],
+            current_a=x,
+            power_w=power,
+            phases=ix.phases,
+            node_load_w=node_load,
+            verdicts=verdicts,
+            status=res.status,
+            objective_energy_wh=res.energy_wh * 1000.0,
+            solve_time_s=time.perf_counter() - t0,
+            lp_current_a=res.x,
+        )
