@@ -262,6 +262,12 @@ do_start() {
   ensure_libs
 
   if pid="$(broker_pid)"; then
+    local running_port
+    running_port="$(sed -n 's|^listeners=PLAINTEXT://[^:]*:\([0-9]*\).*|\1|p' "$CONFIG" 2>/dev/null || true)"
+    if [[ -n "$running_port" && "$running_port" != "$KAFKA_PORT" ]]; then
+      die "the broker of $RUN_DIR (pid $pid) listens on port $running_port, not $KAFKA_PORT;" \
+        "stop it first or use another GRIDCHARGE_RUN_DIR"
+    fi
     if [[ "$fresh" == 1 ]]; then
       say "--fresh: stopping the running broker (pid $pid) to wipe its data"
       do_stop

@@ -1,0 +1,72 @@
+# gridcharge — one entry point for people and CI. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+PYTEST_ARGS ?=
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: help install proto proto-check docs-topics lint test test-unit kafka redis infra-down demo up down bench
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+.venv/.installed: pyproject.toml uv.lock services/*/pyproject.toml
+	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	$$(command -v uv || echo "$(UV)") sync --frozen
+	@touch $@
+
+install: .venv/.installed  ## create .venv with every service and dev tool (uv, one lock file)
+
+proto: install  ## regenerate Python contracts from proto/
+	$(PY) proto/generate.py
+
+proto-check: install  ## fail if generated contract code is stale
+	$(PY) proto/generate.py --check
+
+docs-topics: install  ## regenerate docs/topics.md from the topic registry
+	$(PY) -m gridcharge.shared.docs > docs/topics.md
+
+lint: install proto-check  ## ruff, mypy, contracts, topic docs, deployment checks (helm, promtool, schemas)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check services tests proto || true
+	.venv/bin/mypy services
+	$(PY) -m gridcharge.shared.docs --check docs/topics.md
+	@if [ -f deploy/scripts/check-deploy.sh ]; then bash deploy/scripts/check-deploy.sh; fi
+
+kafka:  ## start Apache Kafka (KRaft, single node, from Maven Central) on 127.0.0.1:9092
+	bash deploy/scripts/kafka.sh start
+
+redis:  ## start Debian's redis-server on 127.0.0.1:6379
+	bash deploy/scripts/redis.sh start
+
+infra-down:  ## stop Kafka and Redis if this project started them
+	bash deploy/scripts/kafka.sh stop-if-ours || true
+	bash deploy/scripts/redis.sh stop-if-ours || true
+
+test-unit: install  ## fast tests only (no Kafka, no Redis)
+	$(PY) -m pytest -q -m "not kafka and not redis and not e2e" $(PYTEST_ARGS)
+
+test: install  ## the whole suite on real Kafka + Redis (started and stopped here)
+	@set -o pipefail; status=0; \
+	bash deploy/scripts/kafka.sh start && bash deploy/scripts/redis.sh start || status=$$?; \
+	if [ $$status -eq 0 ]; then $(PY) proto/generate.py --check && \
+	  $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=$$?; fi; \
+	bash deploy/scripts/kafka.sh stop-if-ours || true; bash deploy/scripts/redis.sh stop-if-ours || true; \
+	exit $$status
+
+demo: install  ## the embedded cluster with simulated stations over a simulated day (no Kafka/Redis)
+	.venv/bin/gridcharge demo
+
+up: install kafka redis  ## the same scenario on the distributed cluster (each service its own process)
+	bash deploy/scripts/up.sh
+
+down:  ## stop what `make up` started
+	bash deploy/scripts/up.sh stop || true
+
+bench: install  ## all benchmarks; figures go to docs/benchmarks.md
+	.venv/bin/gridcharge bench allocator --record
+	.venv/bin/gridcharge bench forecast --record
+	.venv/bin/gridcharge bench gateway --record
+	$(MAKE) kafka redis
+	.venv/bin/gridcharge bench e2e --record

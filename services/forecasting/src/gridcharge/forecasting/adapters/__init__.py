@@ -1,0 +1,1 @@
+"""I/O adapters of the forecasting service (weather HTTP client, topology, bus/store)."""

@@ -1,0 +1,43 @@
+"""The key-value store interface (Redis in production, a dict when embedded).
+
+Values are bytes (usually serialised protobuf). `set_if_newer` is the one atomic primitive the
+system's safety needs: ownership epochs and command generations only ever move forward.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Store(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def incr(self, key: str) -> int:
+        """Atomically add 1 and return the new value (starts at 1)."""
+        ...
+
+    async def set_if_newer(self, key: str, version: int, value: bytes, ttl_s: float | None = None) -> bool:
+        """Store (version, value) only if `version` is greater than the stored one; True if stored."""
+        ...
+
+    async def get_versioned(self, key: str) -> tuple[int, bytes] | None: ...
+
+    async def hset(self, name: str, field: str, value: bytes) -> None: ...
+
+    async def hget(self, name: str, field: str) -> bytes | None: ...
+
+    async def hgetall(self, name: str) -> dict[str, bytes]: ...
+
+    async def hdel(self, name: str, field: str) -> None: ...
+
+    async def keys(self, prefix: str) -> list[str]:
+        """Keys starting with `prefix` (without the deployment's store prefix)."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,142 @@
+"""One contract suite, run against the in-process bus and against real Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from gridcharge.shared.bus.base import DEAD_LETTER_TOPIC, Bus, Record
+from gridcharge.shared.bus.memory import MemoryBus
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    if request.param == "memory":
+        b = MemoryBus()
+        await b.start()
+        yield b
+        await b.stop()
+    else:
+        yield request.getfixturevalue("kafka_bus")
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_published_records_reach_a_subscriber_with_key_and_value(bus: Bus) -> None:
+    got: list[Record] = []
+
+    async def handler(r: Record) -> None:
+        got.append(r)
+
+    await bus.publish("contract.a", "k1", b"hello")
+    sub = await bus.subscribe(["contract.a"], "g1", handler)
+    await wait_until(lambda: len(got) == 1)
+    assert (got[0].topic, got[0].key, got[0].value) == ("contract.a", "k1", b"hello")
+    await sub.stop()
+
+
+async def test_per_key_order_is_preserved(bus: Bus) -> None:
+    got: dict[str, list[int]] = {}
+
+    async def handler(r: Record) -> None:
+        got.setdefault(r.key, []).append(int(r.value))
+
+    sub = await bus.subscribe(["contract.order"], "g", handler)
+    for i in range(50):
+        await bus.publish("contract.order", f"station-{i % 5}", str(i).encode())
+    await wait_until(lambda: sum(len(v) for v in got.values()) == 50)
+    for key, seq in got.items():
+        assert seq == sorted(seq), key
+    await sub.stop()
+
+
+async def test_each_group_sees_every_record_once(bus: Bus) -> None:
+    a: list[bytes] = []
+    b: list[bytes] = []
+
+    async def ha(r: Record) -> None:
+        a.append(r.value)
+
+    async def hb(r: Record) -> None:
+        b.append(r.value)
+
+    sa = await bus.subscribe(["contract.groups"], "ga", ha)
+    sb = await bus.subscribe(["contract.groups"], "gb", hb)
+    for i in range(20):
+        await bus.publish("contract.groups", f"k{i}", str(i).encode())
+    await wait_until(lambda: len(a) == 20 and len(b) == 20)
+    await asyncio.sleep(0.3)
+    assert sorted(a) == sorted(b) and len(set(a)) == 20
+    await sa.stop()
+    await sb.stop()
+
+
+async def test_members_of_one_group_share_the_records(bus: Bus) -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    def handler_for(name: str) -> Callable[[Record], object]:
+        async def h(r: Record) -> None:
+            seen.append((name, r.value))
+
+        return h
+
+    s1 = await bus.subscribe(["contract.share"], "shared", handler_for("m1"))  # type: ignore[arg-type]
+    s2 = await bus.subscribe(["contract.share"], "shared", handler_for("m2"))  # type: ignore[arg-type]
+    await s1.wait_assigned()
+    await s2.wait_assigned()
+    for i in range(30):
+        await bus.publish("contract.share", f"key-{i}", str(i).encode())
+    await wait_until(lambda: len(seen) >= 30)
+    await asyncio.sleep(0.5)
+    values = [v for _, v in seen]
+    assert len(values) == len(set(values)) == 30, "a record was delivered twice within one group"
+    await s1.stop()
+    await s2.stop()
+
+
+async def test_a_failing_handler_dead_letters_and_keeps_consuming(bus: Bus) -> None:
+    ok: list[bytes] = []
+    dead: list[Record] = []
+
+    async def handler(r: Record) -> None:
+        if r.value == b"poison":
+            raise ValueError("cannot parse")
+        ok.append(r.value)
+
+    async def dl(r: Record) -> None:
+        dead.append(r)
+
+    sub = await bus.subscribe(["contract.poison"], "g", handler)
+    dsub = await bus.subscribe([DEAD_LETTER_TOPIC], "dl-watch", dl)
+    for v in (b"one", b"poison", b"two"):
+        await bus.publish("contract.poison", "same-key", v)
+    await wait_until(lambda: ok == [b"one", b"two"])
+    await wait_until(lambda: any(d.key == "contract.poison" for d in dead))
+    await sub.stop()
+    await dsub.stop()
+
+
+async def test_a_new_group_can_start_at_the_latest_record(bus: Bus) -> None:
+    got: list[bytes] = []
+
+    async def handler(r: Record) -> None:
+        got.append(r.value)
+
+    await bus.publish("contract.latest", "k", b"old")
+    sub = await bus.subscribe(["contract.latest"], "late", handler, from_beginning=False)
+    await sub.wait_assigned()
+    await asyncio.sleep(0.5)
+    await bus.publish("contract.latest", "k", b"new")
+    await wait_until(lambda: b"new" in got)
+    assert b"old" not in got
+    await sub.stop()
