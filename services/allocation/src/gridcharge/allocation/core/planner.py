@@ -281,6 +281,9 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
     step = cfg.current_step_a
     x = np.floor(x_lp / step + 1e-6) * step if step > 0 else x_lp.copy()
     x = np.minimum(x, ix.imax[:, None])
+    # a car's own maximum (e.g. 31.73 A for 6.6 kW at 208 V) is not on the step grid: keep it exact
+    at_max = x_lp >= ix.imax[:, None] - 1e-6
+    x[at_max] = np.broadcast_to(ix.imax[:, None], x.shape)[at_max]
     if not cfg.apply_min_current and step <= 0:
         return x
     S, T = x.shape

@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-
 from gridcharge.allocation.core.model import (
     PHASES,
     Evse,
@@ -196,7 +195,7 @@ def run_replay(
     P = log.horizon_periods
     cap_kw = _capacity_series(capacity_kw, P)
     dt_h = period_min / 60.0
-    horizon = max(1, int(round(horizon_h * 60 / period_min)))
+    horizon = max(1, round(horizon_h * 60 / period_min))
     requested_wh = np.array([s.requested_kwh * 1000.0 for s in log.sessions])
     delivered_wh = np.zeros(n)
     arrivals = np.array([s.arrival_period for s in log.sessions])
