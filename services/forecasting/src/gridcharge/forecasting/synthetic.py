@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pvlib
-
 from gridcharge.forecasting.core.pv import ETA_INV_NOM, SAPM_CLOSE_MOUNT
 
 

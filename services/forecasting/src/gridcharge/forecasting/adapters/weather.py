@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from gridcharge.forecasting.core.weather import OPEN_METEO_VARIABLES, WeatherSeries, parse_open_meteo
 
 HOURLY_VARIABLES = (
@@ -123,7 +122,7 @@ class OpenMeteoClient:
                 delay = min(max(delay, float(retry_after)), self.config.backoff_max_s)
             except ValueError:
                 pass
-        return delay * (1.0 + 0.1 * random.random())  # noqa: S311 - jitter, not crypto
+        return delay * (1.0 + 0.1 * random.random())
 
     async def fetch_json(self, latitude: float, longitude: float) -> dict[str, Any]:
         """Raw API response for a location (cached). Raises :class:`WeatherUnavailable`."""

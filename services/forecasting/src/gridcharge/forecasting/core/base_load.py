@@ -63,7 +63,9 @@ def _slot_keys(index: pd.DatetimeIndex, tz: str) -> tuple[NDArray[np.int64], NDA
     return week_slot, day_slot
 
 
-def _profile(values: FloatArray, keys: NDArray[np.int64], size: int, q: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _profile(
+    values: FloatArray, keys: NDArray[np.int64], size: int, q: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Median, quantile and sample count per key (NaN where no sample)."""
     frame = pd.DataFrame({"k": keys, "v": values})
     grouped = frame.groupby("k")["v"]

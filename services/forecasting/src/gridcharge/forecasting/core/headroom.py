@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
-
 from gridcharge.forecasting.core.rating import RatingParams, rating_factor
+from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
 PHASES = ("L1", "L2", "L3")

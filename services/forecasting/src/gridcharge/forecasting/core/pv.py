@@ -281,10 +281,18 @@ def _clearsky_ghi_dni_dhi(
     am_abs = pvlib.atmosphere.get_absolute_airmass(am_rel, pvlib.atmosphere.alt2pres(alt))
     dni_extra = pvlib.irradiance.get_extra_radiation(doy)
     cs = pvlib.clearsky.ineichen(zenith, am_abs, linke_turbidity, altitude=alt, dni_extra=dni_extra)
-    return tuple(np.nan_to_num(np.asarray(cs[k], dtype=float)) for k in ("ghi", "dni", "dhi"))  # type: ignore[return-value]
+    ghi, dni, dhi = (np.nan_to_num(np.asarray(cs[k], dtype=float)) for k in ("ghi", "dni", "dhi"))
+    return ghi, dni, dhi
 
 
 def _forecast_chunk(
+    fleet: PVFleet, times: pd.DatetimeIndex, weather: WeatherGrid, options: PVModelOptions
+) -> tuple[FloatArray, FloatArray]:
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _forecast_chunk_inner(fleet, times, weather, options)
+
+
+def _forecast_chunk_inner(
     fleet: PVFleet, times: pd.DatetimeIndex, weather: WeatherGrid, options: PVModelOptions
 ) -> tuple[FloatArray, FloatArray]:
     n, t = len(fleet), len(times)
@@ -343,7 +351,6 @@ def forecast_pv_loop(
     n, t = len(fleet), len(idx)
     ac = np.zeros((n, t))
     cs_ac = np.zeros((n, t))
-    p = opts.temperature_params
     for i in range(n):
         row = weather.take(np.array([i]))
 
@@ -371,23 +378,30 @@ def forecast_pv_loop(
         am_abs = pvlib.atmosphere.get_absolute_airmass(pvlib.atmosphere.get_relative_airmass(zen), pressure)
         cs = pvlib.clearsky.ineichen(zen, am_abs, opts.linke_turbidity, altitude=alt, dni_extra=dni_extra)
 
-        def chain(g: pd.Series, b: pd.Series, d: pd.Series, at_air: bool, i: int = i) -> np.ndarray:
-            poa = pvlib.irradiance.get_total_irradiance(
-                fleet.tilt_deg[i], fleet.azimuth_deg[i], zen, azi, b, g, d,
-                dni_extra=dni_extra, albedo=opts.albedo, model=opts.transposition,
-            )
-            aoi = pvlib.irradiance.aoi(fleet.tilt_deg[i], fleet.azimuth_deg[i], zen, azi)
-            eff = (poa["poa_direct"].fillna(0) * pvlib.iam.physical(aoi) + poa["poa_diffuse"].fillna(0)).clip(0)
-            if at_air:
-                tc = temp
-            else:
-                tc = pvlib.temperature.sapm_cell(poa["poa_global"].fillna(0), temp, wind, p["a"], p["b"], p["deltaT"])
-            dc = pvlib.pvsystem.pvwatts_dc(eff, tc, fleet.kwp[i] * 1000.0, fleet.gamma_pdc[i])
-            dc = dc * (1.0 - fleet.losses_pct[i] / 100.0)
-            out = pvlib.inverter.pvwatts(dc, fleet.inverter_kw[i] * 1000.0 / ETA_INV_NOM, eta_inv_nom=ETA_INV_NOM)
-            out = out.fillna(0).where(zen < 90.0, 0.0).clip(lower=0.0)
-            return np.asarray(out.to_numpy(), dtype=float)
-
-        ac[i] = chain(ghi, dni, dhi, at_air=False)
-        cs_ac[i] = chain(cs["ghi"].fillna(0), cs["dni"].fillna(0), cs["dhi"].fillna(0), at_air=True)
+        common = (fleet, i, zen, azi, dni_extra, temp, wind, opts)
+        ac[i] = _loop_chain(*common, ghi, dni, dhi, at_air=False)
+        cs_ac[i] = _loop_chain(*common, cs["ghi"].fillna(0), cs["dni"].fillna(0), cs["dhi"].fillna(0), at_air=True)
     return _apply_clearsky_check(fleet, idx, ac, cs_ac, opts)
+
+
+def _loop_chain(
+    fleet: PVFleet, i: int, zen: pd.Series, azi: pd.Series, dni_extra: pd.Series, temp: pd.Series,
+    wind: pd.Series, opts: PVModelOptions, ghi: pd.Series, dni: pd.Series, dhi: pd.Series, at_air: bool,
+) -> FloatArray:
+    """One system's AC W with pandas Series (reference for :func:`forecast_pv_loop`)."""
+    p = opts.temperature_params
+    poa = pvlib.irradiance.get_total_irradiance(
+        fleet.tilt_deg[i], fleet.azimuth_deg[i], zen, azi, dni, ghi, dhi,
+        dni_extra=dni_extra, albedo=opts.albedo, model=opts.transposition,
+    )
+    aoi = pvlib.irradiance.aoi(fleet.tilt_deg[i], fleet.azimuth_deg[i], zen, azi)
+    eff = (poa["poa_direct"].fillna(0) * pvlib.iam.physical(aoi) + poa["poa_diffuse"].fillna(0)).clip(0)
+    if at_air:
+        tc = temp
+    else:
+        tc = pvlib.temperature.sapm_cell(poa["poa_global"].fillna(0), temp, wind, p["a"], p["b"], p["deltaT"])
+    dc = pvlib.pvsystem.pvwatts_dc(eff, tc, fleet.kwp[i] * 1000.0, fleet.gamma_pdc[i])
+    dc = dc * (1.0 - fleet.losses_pct[i] / 100.0)
+    out = pvlib.inverter.pvwatts(dc, fleet.inverter_kw[i] * 1000.0 / ETA_INV_NOM, eta_inv_nom=ETA_INV_NOM)
+    out = out.fillna(0).where(zen < 90.0, 0.0).clip(lower=0.0)
+    return np.asarray(out.to_numpy(), dtype=float)

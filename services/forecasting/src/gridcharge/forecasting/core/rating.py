@@ -47,7 +47,9 @@ def hot_spot_c(k: ArrayLike, ambient_c: ArrayLike, p: RatingParams) -> FloatArra
     return np.asarray(np.asarray(ambient_c, dtype=float) + oil + winding, dtype=float)
 
 
-def allowed_loading_factor(ambient_c: ArrayLike, params: RatingParams | None = None, iterations: int = 50) -> FloatArray:
+def allowed_loading_factor(
+    ambient_c: ArrayLike, params: RatingParams | None = None, iterations: int = 50
+) -> FloatArray:
     """Largest K (p.u. of nameplate) with θh(K) ≤ θh_max, element-wise, capped at ``k_max``.
 
     θh is increasing in K, so a vectorised bisection on [0, 3] converges to < 1e-12 p.u. in 50 steps.

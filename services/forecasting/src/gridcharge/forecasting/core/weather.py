@@ -75,7 +75,7 @@ def _block_frame(block: Mapping[str, Any], units: Mapping[str, Any], interval: t
     shifted = frame[[c for c in RADIATION_COLUMNS if c in frame]].copy()
     shifted.index = shifted.index - interval / 2
     instant = frame.drop(columns=list(shifted.columns))
-    out = pd.concat([shifted, instant], axis=1).sort_index()
+    out = pd.concat([shifted, instant], axis=1, sort=True)
     return out
 
 
@@ -112,7 +112,7 @@ def parse_open_meteo(payload: Mapping[str, Any]) -> WeatherSeries:
             resolution = "minutely_15"
     if not frames:
         raise WeatherFormatError("payload has neither 'hourly' nor 'minutely_15' data")
-    frame = frames[0] if len(frames) == 1 else pd.concat(frames, axis=1).sort_index()
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, axis=1, sort=True)
     if "ghi_w_m2" not in frame or "temp_air_c" not in frame:
         raise WeatherFormatError("need at least shortwave_radiation and temperature_2m")
     return WeatherSeries(latitude, longitude, frame, resolution)
