@@ -8,6 +8,7 @@ and `make test`) regenerates into a temporary directory and fails when the commi
 from __future__ import annotations
 
 import filecmp
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ OUT_DIR = ROOT / "services" / "shared" / "src"
 
 
 def _generate(out: Path) -> list[Path]:
+    # protoc finds the mypy plugin (protoc-gen-mypy) on PATH: use the one beside this interpreter
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     files = sorted(PROTO_DIR.rglob("*.proto"))
     include = str(Path(protoc.__file__).parent / "_proto")
     args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out}", f"--mypy_out={out}"]
