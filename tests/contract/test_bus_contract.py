@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -20,7 +21,13 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
         yield b
         await b.stop()
     else:
-        yield request.getfixturevalue("kafka_bus")
+        from gridcharge.shared.bus.kafka import KafkaBus
+
+        bootstrap = request.getfixturevalue("kafka_bootstrap")
+        kb = KafkaBus(bootstrap, prefix=f"t{uuid.uuid4().hex[:10]}.")
+        await kb.start()
+        yield kb
+        await kb.stop()
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,7 +16,13 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "memory":
         yield MemoryStore()
     else:
-        yield request.getfixturevalue("redis_store")
+        from gridcharge.shared.store.redis import RedisStore
+
+        rs = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex[:10]}:")
+        yield rs
+        for k in await rs.keys(""):
+            await rs.delete(k)
+        await rs.close()
 
 
 async def test_get_set_delete(store: Store) -> None:
