@@ -40,19 +40,22 @@ kafka:  ## start Apache Kafka (KRaft, single node, from Maven Central) on 127.0.
 redis:  ## start Debian's redis-server on 127.0.0.1:6379
 	bash deploy/scripts/redis.sh start
 
-infra-down:  ## stop Kafka and Redis if this project started them
-	bash deploy/scripts/kafka.sh stop-if-ours || true
-	bash deploy/scripts/redis.sh stop-if-ours || true
+infra-down:  ## stop Kafka and Redis
+	bash deploy/scripts/kafka.sh stop || true
+	bash deploy/scripts/redis.sh stop || true
 
 test-unit: install  ## fast tests only (no Kafka, no Redis)
 	$(PY) -m pytest -q -m "not kafka and not redis and not e2e" $(PYTEST_ARGS)
 
-test: install  ## the whole suite on real Kafka + Redis (started and stopped here)
+test: install  ## the whole suite on real Kafka + Redis (started here if down, and then stopped again)
 	@set -o pipefail; status=0; \
-	bash deploy/scripts/kafka.sh start && bash deploy/scripts/redis.sh start || status=$$?; \
+	kafka_up=0; bash deploy/scripts/kafka.sh status >/dev/null 2>&1 && kafka_up=1; \
+	redis_up=0; bash deploy/scripts/redis.sh status >/dev/null 2>&1 && redis_up=1; \
+	{ bash deploy/scripts/kafka.sh start && bash deploy/scripts/redis.sh start; } || status=$$?; \
 	if [ $$status -eq 0 ]; then $(PY) proto/generate.py --check && \
 	  $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=$$?; fi; \
-	bash deploy/scripts/kafka.sh stop-if-ours || true; bash deploy/scripts/redis.sh stop-if-ours || true; \
+	[ $$kafka_up -eq 1 ] || bash deploy/scripts/kafka.sh stop || true; \
+	[ $$redis_up -eq 1 ] || bash deploy/scripts/redis.sh stop || true; \
 	exit $$status
 
 demo: install  ## the embedded cluster with simulated stations over a simulated day (no Kafka/Redis)
