@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Offline checks of everything under Dockerfile, helm/, deploy/: no cluster, no container engine.
+#
+#   deploy/scripts/check-deploy.sh        (called by `make lint`)
+#
+# 1. tools: helm, promtool, hadolint (deploy/scripts/install-k8s-tools.sh; cached after the first run)
+# 2. hadolint Dockerfile
+# 3. helm lint --strict, with the default values and every helm/gridcharge/ci/*.yaml
+# 4. helm template for the same cases + cases that must FAIL (schema typos, unsafe values)
+# 5. rendered manifests: kubernetes-validate (strict) for built-in kinds, minimal schemas for the CRD
+#    kinds ServiceMonitor, PrometheusRule, KafkaTopic, plus security/probe/env policy checks
+# 6. promtool check rules + promtool test rules on deploy/prometheus/
+# 7. dashboards, metric names, alert rules vs docs/metrics.md, chart copy of the rules, compose structure
+# 8. chart README generated from values.yaml is up to date
+# Env: KUBE_VERSION (default 1.34.0), VENV (default <repo>/.venv), GRIDCHARGE_SKIP_HADOLINT=1.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+CHART=helm/gridcharge
+KUBE_VERSION="${KUBE_VERSION:-1.34.0}"
+VENV="${VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+OUT="$(mktemp -d "${TMPDIR:-/tmp}/gridcharge-check-deploy.XXXXXX")"
+trap 'rm -rf "$OUT"' EXIT
+T0=$SECONDS
+failed=()
+
+[[ -x "$PY" ]] || { echo "check-deploy: no python at $PY (run 'make install' or set VENV)" >&2; exit 2; }
+
+# run NAME CMD...: runs a step, prints OK/FAIL and the step's output only on failure.
+run() {
+  local name="$1"; shift
+  local log="$OUT/step.log" t=$SECONDS
+  if "$@" >"$log" 2>&1; then
+    printf '  ok    %-58s %3ss\n' "$name" $((SECONDS - t))
+  else
+    printf '  FAIL  %-58s %3ss\n' "$name" $((SECONDS - t))
+    sed 's/^/        /' "$log" | tail -40
+    failed+=("$name")
+  fi
+}
+# must_fail NAME PATTERN CMD...: the command must fail and say PATTERN (a negative test).
+must_fail() {
+  local name="$1" pattern="$2"; shift 2
+  local log="$OUT/neg.log"
+  if "$@" >"$log" 2>&1; then
+    printf '  FAIL  %-58s (was accepted)\n' "$name"; failed+=("$name")
+  elif ! grep -qiE "$pattern" "$log"; then
+    printf '  FAIL  %-58s (failed for another reason)\n' "$name"; sed 's/^/        /' "$log" | tail -5
+    failed+=("$name")
+  else
+    printf '  ok    %-58s\n' "$name"
+  fi
+}
+
+echo "== tools"
+t=$SECONDS
+if ! BIN="$(bash deploy/scripts/install-k8s-tools.sh 2>"$OUT/tools.log" | tail -1)"; then
+  cat "$OUT/tools.log" >&2
+  echo "check-deploy: FAILED to install helm/promtool (deploy/scripts/install-k8s-tools.sh)" >&2
+  exit 2
+fi
+export PATH="$BIN:$PATH"
+printf '  ok    %-58s %3ss\n' "helm $(helm version --template '{{.Version}}'), $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)" $((SECONDS - t))
+
+echo "== Dockerfile"
+if [[ "${GRIDCHARGE_SKIP_HADOLINT:-0}" == 1 ]]; then
+  echo "  skip  hadolint (GRIDCHARGE_SKIP_HADOLINT=1)"
+else
+  run "hadolint Dockerfile" hadolint Dockerfile
+fi
+run "Dockerfile: non-root 10001, slim runtime, uv sync --frozen" bash -c '
+  grep -q "^USER 10001" Dockerfile && grep -q "uv sync --frozen --no-dev" Dockerfile &&
+  grep -q "^ARG PYTHON_IMAGE=python:3.11-slim" Dockerfile && grep -q "^FROM \${PYTHON_IMAGE} AS runtime" Dockerfile'
+
+echo "== helm lint"
+cases=("default:")
+for f in "$CHART"/ci/*.yaml; do cases+=("$(basename "$f" .yaml):$f"); done
+for c in "${cases[@]}"; do
+  name="${c%%:*}" file="${c#*:}"
+  run "helm lint --strict ($name)" helm lint --strict "$CHART" ${file:+-f "$file"} --kube-version "$KUBE_VERSION"
+done
+
+echo "== helm template"
+rendered=()
+for c in "${cases[@]}"; do
+  name="${c%%:*}" file="${c#*:}"
+  run "helm template ($name)" bash -c "helm template gridcharge '$CHART' --namespace gridcharge \
+      --kube-version '$KUBE_VERSION' ${file:+-f '$file'} > '$OUT/rendered-$name.yaml'"
+  rendered+=("$OUT/rendered-$name.yaml")
+done
+tpl() { helm template gridcharge "$CHART" --kube-version "$KUBE_VERSION" "$@"; }
+must_fail "rejects a top-level typo (gatway.replicaCount)" "additional properties" tpl --set gatway.replicaCount=2
+must_fail "rejects a nested typo (gateway.autoscalling)" "additional properties" tpl --set gateway.autoscalling.enabled=false
+must_fail "rejects a second allocator (allocation.replicaCount=2)" "allocation/replicaCount" tpl --set allocation.replicaCount=2
+must_fail "rejects ingress timeout <= OCPP heartbeat" "longer than the OCPP heartbeat" \
+  tpl --set ingress.enabled=true --set ingress.websocketTimeoutSeconds=60
+must_fail "rejects Strimzi topics and topic Job together" "alternatives" \
+  tpl --set kafkaTopics.strimzi.enabled=true --set kafkaTopics.job.enabled=true
+must_fail "rejects min.insync.replicas > replication" "must not exceed" tpl --set kafkaTopics.minInsyncReplicas=4
+must_fail "rejects a delete topic without retention" "retentionMs" \
+  tpl --set-json 'kafkaTopics.topics=[{"name":"x.v1","key":"k","scope":"node","cleanupPolicy":"delete"}]'
+
+echo "== manifests (kubernetes $KUBE_VERSION, strict; CRD kinds against minimal schemas)"
+run "kubernetes-validate + policy (${#rendered[@]} renders)" \
+  "$PY" tests/deploy/deploy_checks.py manifests --kube-version "$KUBE_VERSION" "${rendered[@]}"
+
+echo "== prometheus rules"
+run "promtool check rules deploy/prometheus/alerts.yaml" promtool check rules deploy/prometheus/alerts.yaml
+run "promtool test rules deploy/prometheus/alerts.test.yaml" promtool test rules deploy/prometheus/alerts.test.yaml
+
+echo "== dashboards, metrics, rules, compose"
+run "deploy_checks static" "$PY" tests/deploy/deploy_checks.py static
+
+echo "== chart README"
+run "helm/gridcharge/README.md up to date" "$PY" deploy/scripts/chart_readme.py --check
+
+if command -v shellcheck >/dev/null; then
+  run "shellcheck deploy/scripts/*.sh" shellcheck deploy/scripts/check-deploy.sh deploy/scripts/install-k8s-tools.sh
+fi
+
+echo
+if ((${#failed[@]})); then
+  echo "check-deploy: FAILED (${#failed[@]}) in $((SECONDS - T0))s:" >&2
+  printf '  - %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "check-deploy: all checks passed in $((SECONDS - T0))s"
