@@ -124,7 +124,7 @@ ensure_libs() {
   pom_hash >"$tmp/.gridcharge-complete"
   rm -rf "$LIBS"
   mv "$tmp" "$LIBS"
-  say "Kafka $KAFKA_VERSION fetched ($(ls "$LIBS"/*.jar | wc -l) jars, $((SECONDS - t0)) s)"
+  say "Kafka $KAFKA_VERSION fetched ($(find "$LIBS" -name "*.jar" | wc -l) jars, $((SECONDS - t0)) s)"
 }
 
 # ---------------------------------------------------------------- helpers
@@ -178,9 +178,11 @@ broker_pid() {
     echo "$pid"
     return 0
   fi
-  local d
-  for d in /proc/[0-9]*; do
-    pid="${d#/proc/}"
+  # only processes whose command line names the program (one grep over /proc, no fork per process)
+  local f
+  for f in $(grep -l -a -F -e "kafka.Kafka" /proc/[0-9]*/cmdline 2>/dev/null || true); do
+    pid="${f#/proc/}"
+    pid="${pid%/cmdline}"
     if is_our_broker "$pid"; then
       echo "$pid" >"$PID_FILE"
       echo "$pid"
@@ -244,10 +246,13 @@ wait_ready() {
       rm -f "$PID_FILE"
       die "Kafka exited during startup (logs above; $LOG_FILE, $OUT_FILE)"
     fi
-    if broker_ready; then
-      return 0
+    # cheap port poll first; the JVM-based metadata check only once the listener is up
+    if port_open "$KAFKA_PORT"; then
+      broker_ready && return 0
+      sleep 0.5
+    else
+      sleep 0.25
     fi
-    sleep 1
   done
   show_logs
   warn "Kafka did not serve metadata on 127.0.0.1:$KAFKA_PORT within ${START_TIMEOUT}s; stopping it"

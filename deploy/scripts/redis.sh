@@ -101,9 +101,11 @@ redis_pid() {
     echo "$pid"
     return 0
   fi
-  local d
-  for d in /proc/[0-9]*; do
-    pid="${d#/proc/}"
+  # only processes whose command line names the program (one grep over /proc, no fork per process)
+  local f
+  for f in $(grep -l -a -F -e "redis-server" /proc/[0-9]*/cmdline 2>/dev/null || true); do
+    pid="${f#/proc/}"
+    pid="${pid%/cmdline}"
     if is_our_redis "$pid"; then
       echo "$pid"
       return 0
