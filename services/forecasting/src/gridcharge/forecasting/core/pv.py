@@ -12,8 +12,9 @@ Model chain (PVWatts family, the same steps ``pvlib.modelchain.ModelChain.with_p
 7. inverter ``pvlib.inverter.pvwatts`` with its AC cap at ``inverter_kw``.
 
 Power is zero while the sun is below the horizon. A clear-sky bound (Ineichen, low Linke turbidity, cell
-at air temperature) is computed with the same chain; forecasts above ``bound × tolerance`` are flagged
-and, by default, clipped to the bound (over-forecast PV would overstate headroom).
+at air temperature, plane irradiance at least the clear-sky GHI for diffuse skies) is computed with the
+same chain; forecasts above ``bound × tolerance`` are flagged and, by default, clipped to the bound
+(over-forecast PV would overstate headroom).
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def sun_position(
 
 def _day_of_year(times: pd.DatetimeIndex) -> FloatArray:
     idx = pd.DatetimeIndex(times)
-    return np.asarray(idx.dayofyear, dtype=float)
+    return np.asarray(idx.day_of_year, dtype=float)
 
 
 def _dc_ac_chain(
@@ -238,8 +239,11 @@ def _dc_ac_chain(
     wind: FloatArray,
     options: PVModelOptions,
     cell_at_air_temperature: bool = False,
+    effective_floor: FloatArray | None = None,
 ) -> FloatArray:
-    """AC W (N, T) for given irradiance; shared by the forecast and the clear-sky bound."""
+    """AC W (N, T) for given irradiance; shared by the forecast and the clear-sky bound (which passes
+    ``effective_floor`` = clear-sky GHI: under overcast skies all light is diffuse and a plane facing away
+    from the sun can see more than its clear-sky irradiance, but not more than the clear-sky global)."""
     zenith = sun.apparent_zenith_deg
     azimuth = sun.azimuth_deg
     dni_extra = pvlib.irradiance.get_extra_radiation(doy)  # (T,)
@@ -258,6 +262,8 @@ def _dc_ac_chain(
     poa_diffuse = np.nan_to_num(np.asarray(poa["poa_diffuse"], dtype=float))
     poa_global = np.nan_to_num(np.asarray(poa["poa_global"], dtype=float))
     effective = np.clip(poa_direct * iam + poa_diffuse, 0.0, None)
+    if effective_floor is not None:
+        effective = np.maximum(effective, effective_floor)
     if cell_at_air_temperature:
         temp_cell = np.broadcast_to(temp_air, effective.shape)
     else:
@@ -308,7 +314,10 @@ def _forecast_chunk_inner(
     assert ghi is not None and temp is not None and wind is not None
     ac = _dc_ac_chain(fleet, sun, doy, ghi, full(weather.dni_w_m2), full(weather.dhi_w_m2), temp, wind, options)
     cs_ghi, cs_dni, cs_dhi = _clearsky_ghi_dni_dhi(sun, fleet.altitude_m, doy, options.linke_turbidity)
-    cs_ac = _dc_ac_chain(fleet, sun, doy, cs_ghi, cs_dni, cs_dhi, temp, wind, options, cell_at_air_temperature=True)
+    cs_ac = _dc_ac_chain(
+        fleet, sun, doy, cs_ghi, cs_dni, cs_dhi, temp, wind, options,
+        cell_at_air_temperature=True, effective_floor=cs_ghi,
+    )
     return ac, cs_ac
 
 
@@ -380,13 +389,17 @@ def forecast_pv_loop(
 
         common = (fleet, i, zen, azi, dni_extra, temp, wind, opts)
         ac[i] = _loop_chain(*common, ghi, dni, dhi, at_air=False)
-        cs_ac[i] = _loop_chain(*common, cs["ghi"].fillna(0), cs["dni"].fillna(0), cs["dhi"].fillna(0), at_air=True)
+        cs_ghi = cs["ghi"].fillna(0)
+        cs_ac[i] = _loop_chain(
+            *common, cs_ghi, cs["dni"].fillna(0), cs["dhi"].fillna(0), at_air=True, effective_floor=cs_ghi
+        )
     return _apply_clearsky_check(fleet, idx, ac, cs_ac, opts)
 
 
 def _loop_chain(
     fleet: PVFleet, i: int, zen: pd.Series, azi: pd.Series, dni_extra: pd.Series, temp: pd.Series,
     wind: pd.Series, opts: PVModelOptions, ghi: pd.Series, dni: pd.Series, dhi: pd.Series, at_air: bool,
+    effective_floor: pd.Series | None = None,
 ) -> FloatArray:
     """One system's AC W with pandas Series (reference for :func:`forecast_pv_loop`)."""
     p = opts.temperature_params
@@ -396,6 +409,8 @@ def _loop_chain(
     )
     aoi = pvlib.irradiance.aoi(fleet.tilt_deg[i], fleet.azimuth_deg[i], zen, azi)
     eff = (poa["poa_direct"].fillna(0) * pvlib.iam.physical(aoi) + poa["poa_diffuse"].fillna(0)).clip(0)
+    if effective_floor is not None:
+        eff = np.maximum(eff, effective_floor)
     if at_air:
         tc = temp
     else:
