@@ -44,10 +44,14 @@ def _run(script: Path, *args: str, env: dict[str, str], check: bool = True) -> s
 @pytest.fixture
 def kafka_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = dict(os.environ)
+    port = _free_port()
+    controller_port = _free_port()
+    while controller_port == port:
+        controller_port = _free_port()
     env.update(
         GRIDCHARGE_RUN_DIR=str(tmp_path / "run"),
-        KAFKA_PORT=str(_free_port()),
-        KAFKA_CONTROLLER_PORT=str(_free_port()),
+        KAFKA_PORT=str(port),
+        KAFKA_CONTROLLER_PORT=str(controller_port),
     )
     yield env
     _run(KAFKA_SH, "stop", env=env, check=False)
