@@ -130,7 +130,7 @@ class PlannerConfig:
 
     default_dwell_s: float = DEFAULT_DWELL_S
     early_weight: float = 1e-3
-    energy_tolerance: float = 1e-4
+    energy_tolerance: float = 1e-6
     two_stage: bool = True
     price_weight: float = 1.0
     pv_weight: float = 0.05

@@ -91,6 +91,8 @@ def _index(problem: PlanningProblem) -> _Indexed:
         n_ph[s] = len(ph)
         imin[s] = max(sess.min_current_a, evse.min_current_a)
         imax[s] = max(0.0, min(sess.max_current_a, evse.max_current_a))
+        if cfg.apply_min_current and imin[s] > imax[s] + 1e-9:
+            imax[s] = 0.0  # the car cannot draw the hardware minimum: it cannot charge here at all
         d = sess.departure_slot if sess.departure_slot is not None else sess.arrival_slot + dwell
         arr[s] = min(max(sess.arrival_slot, 0), T)
         dep[s] = min(max(d, arr[s]), T)
@@ -279,7 +281,9 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
        with the remaining slack (up to max current and remaining need).
     """
     step = cfg.current_step_a
-    x = np.floor(x_lp / step + 1e-6) * step if step > 0 else x_lp.copy()
+    # floor to the step grid; values within 0.1 % of a step below a grid point (solver noise) snap up,
+    # the final _repair pass removes any overshoot that could cause
+    x = np.floor(x_lp / step + 1e-3) * step if step > 0 else x_lp.copy()
     x = np.minimum(x, ix.imax[:, None])
     # a car's own maximum (e.g. 31.73 A for 6.6 kW at 208 V) is not on the step grid: keep it exact
     at_max = x_lp >= ix.imax[:, None] - 1e-6
@@ -299,14 +303,16 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
     rows_tab = np.full((S, max(width, 1)), pad_row, dtype=np.int64)
     for s in np.flatnonzero(counts):
         rows_tab[s, : counts[s]] = ix.row_idx[ix.row_ptr[s] : ix.row_ptr[s + 1]]
-    wanted = x_lp > 1e-6
+    member = np.zeros((S, pad_row + 1), dtype=bool)
+    member[np.arange(S)[:, None], rows_tab] = True
+    member[:, pad_row] = False
+    wanted = x_lp > max(step, 1e-3)
     for t in range(T):
         sl = np.append(slack[:, t], np.inf)
         min_slack = sl[rows_tab].min(axis=1)
         prev_on = x[:, t - 1] > 0 if t > 0 else np.zeros(S, bool)
         cand = np.flatnonzero(zeroed[:, t] | (wanted[:, t] & (x[:, t] == 0)))
-        cand = cand[(min_slack[cand] >= imin[cand] * ix.volt[cand] - 1e-6)
-                    & (planned[cand] < ix.need_wh[cand] - _EPS)]
+        cand = cand[planned[cand] < ix.need_wh[cand] - _EPS]
         topup = np.flatnonzero(
             (x[:, t] > 0) & (x[:, t] <= ix.imax - max(step, 1e-3))
             & (min_slack >= max(step, 1e-3) * ix.volt) & (planned < ix.need_wh - max(step, 1e-3) * ix.k_wh)
@@ -321,7 +327,8 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
                 v = ix.volt[s]
                 if is_raise:
                     add = imin[s]
-                    if room_w < add * v - 1e-6:
+                    if room_w < add * v - 1e-6 and not _borrow(s, t, r, add * v, x, sl, member, imin, ix,
+                                                               planned, step):
                         continue
                 else:
                     add = min(ix.imax[s] - x[s, t], room_w / v, (ix.need_wh[s] - planned[s]) / ix.k_wh[s])
@@ -333,7 +340,68 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
                 sl[r] -= add * v
                 planned[s] += add * ix.k_wh[s]
         slack[:, t] = sl[:-1]
+    return _repair(ix, x, imin, step)
+
+
+def _repair(ix: _Indexed, x: FloatArray, imin: FloatArray, step: float) -> FloatArray:
+    """Safety net: wherever a node/phase/slot is over capacity (e.g. after snapping solver noise), lower the
+    sessions on it (lowest priority, latest departure first) by whole steps, to 0 if below minimum."""
+    for _ in range(100):
+        over = ix.cap_w - ix.load_matrix @ x < -1e-6
+        if not over.any():
+            return x
+        for r, t in zip(*np.nonzero(over), strict=True):
+            deficit = float((ix.load_matrix[r] @ x[:, t])[0] - ix.cap_w[r, t])
+            users = ix.load_matrix[r].indices
+            users = users[x[users, t] > 0]
+            for s in users[np.lexsort((-ix.dep[users], ix.prio[users]))]:
+                if deficit <= 1e-6:
+                    break
+                v = ix.volt[s]
+                new = x[s, t] - deficit / v
+                new = math.floor(new / step) * step if step > 0 else new
+                if new < imin[s] - 1e-9:
+                    new = 0.0
+                deficit -= (x[s, t] - max(new, 0.0)) * v
+                x[s, t] = max(new, 0.0)
     return x
+
+
+def _borrow(
+    c: int, t: int, rows: IntArray, need_w: float, x: FloatArray, sl: FloatArray, member: npt.NDArray[np.bool_],
+    imin: FloatArray, ix: _Indexed, planned: FloatArray, step: float,
+) -> bool:
+    """Make room for session ``c`` at its minimum in slot ``t`` by lowering others (not below their minimum).
+
+    Only donors that load every deficient row are used, so lowering them frees capacity exactly where it
+    is missing and can never overload anything. Lowest priority / latest departure give first. Returns
+    whether the room now suffices (``sl`` and ``x`` updated in place).
+    """
+    short_rows = rows[sl[rows] < need_w - 1e-6]
+    deficit = float((need_w - sl[short_rows]).max())
+    donors = np.flatnonzero(member[:, short_rows].all(axis=1) & (x[:, t] > imin + max(step, 1e-3)))
+    donors = donors[(donors != c) & (ix.prio[donors] <= ix.prio[c])]
+    if donors.size == 0:
+        return False
+    spare_w = (x[donors, t] - imin[donors]) * ix.volt[donors]
+    if float(spare_w.sum()) < deficit + 1e-6:
+        return False
+    for d in donors[np.lexsort((-ix.dep[donors], ix.prio[donors]))]:
+        if deficit <= 1e-6:
+            break
+        v = ix.volt[d]
+        new = max(imin[d], x[d, t] - deficit / v)
+        if step > 0:
+            new = max(imin[d], math.floor(new / step + 1e-9) * step)
+        red = x[d, t] - new
+        if red <= 0:
+            continue
+        x[d, t] = new
+        r = ix.row_idx[ix.row_ptr[d] : ix.row_ptr[d + 1]]
+        sl[r] += red * v
+        planned[d] -= red * ix.k_wh[d]
+        deficit -= red * v
+    return bool(float(sl[rows].min()) >= need_w - 1e-6)
 
 
 def _verdicts(
