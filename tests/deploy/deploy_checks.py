@@ -32,14 +32,39 @@ CHART_ALERTS = CHART / "files" / "alerts.yaml"
 
 # Labels whose values grow with the fleet: forbidden on every metric (docs/metrics.md, "Rules").
 PER_STATION_LABELS = {
-    "station", "station_id", "charge_point", "charge_point_id", "connector", "connector_id", "evse",
-    "evse_id", "session", "session_id", "transaction", "transaction_id", "ev", "vehicle", "id_tag",
+    "station",
+    "station_id",
+    "charge_point",
+    "charge_point_id",
+    "connector",
+    "connector_id",
+    "evse",
+    "evse_id",
+    "session",
+    "session_id",
+    "transaction",
+    "transaction_id",
+    "ev",
+    "vehicle",
+    "id_tag",
 }
 UNIT_SUFFIXES = {"watts": "_watts", "seconds": "_seconds", "joules": "_joules"}
 FORBIDDEN_NAME_PARTS = ("_kw", "_kwh", "_wh", "_ms", "_milliseconds", "_minutes", "_hours", "_percent", "_kilo")
 PROMQL_KEYWORDS = {
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset",
-    "bool", "inf", "nan", "atan2",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    "atan2",
 }
 
 
@@ -70,7 +95,11 @@ def developing_metrics() -> dict[str, str]:
     """name -> type from the fixed table in docs/DEVELOPING.md."""
     text = DEVELOPING_MD.read_text()
     section = text.split("## Metrics", 1)[1]
-    return {row[0].strip("`"): row[1] for row in _table_rows(section, "name") if row[0].startswith(("gridcharge_", "`gridcharge_"))}
+    return {
+        row[0].strip("`"): row[1]
+        for row in _table_rows(section, "name")
+        if row[0].startswith(("gridcharge_", "`gridcharge_"))
+    }
 
 
 def documented_metrics() -> dict[str, dict[str, Any]]:
@@ -138,7 +167,10 @@ def check_metrics_match_developing() -> list[str]:
     fixed = developing_metrics()
     documented = documented_metrics()
     problems = [f"{n}: in DEVELOPING.md but not in docs/metrics.md" for n in sorted(set(fixed) - set(documented))]
-    problems += [f"{n}: in docs/metrics.md but not in DEVELOPING.md (names are fixed there)" for n in sorted(set(documented) - set(fixed))]
+    problems += [
+        f"{n}: in docs/metrics.md but not in DEVELOPING.md (names are fixed there)"
+        for n in sorted(set(documented) - set(fixed))
+    ]
     for n in sorted(set(fixed) & set(documented)):
         if fixed[n] != documented[n]["type"]:
             problems.append(f"{n}: type {documented[n]['type']} in docs/metrics.md, {fixed[n]} in DEVELOPING.md")
@@ -157,7 +189,7 @@ def metric_names_in_expr(expr: str) -> set[str]:
         before = s[m.start() - 1] if m.start() else " "
         if before.isdigit() or before in ".$":
             continue
-        if tok.lower() in PROMQL_KEYWORDS or s[m.end():].lstrip().startswith("("):
+        if tok.lower() in PROMQL_KEYWORDS or s[m.end() :].lstrip().startswith("("):
             continue
         names.add(tok)
     return names
@@ -268,8 +300,12 @@ def check_alert_rules() -> list[str]:
             for n in sorted(_unknown_metrics(rule.get("expr", ""), known)):
                 problems.append(f"alerts.yaml: {name}: metric {n} is not in docs/metrics.md")
     required = {
-        "GridchargeNodeOverLimit", "GridchargeFailsafeActive", "GridchargeLeaseRenewalsFailing",
-        "GridchargeForecastsStale", "GridchargeGatewayRejectingConnections", "GridchargeNoAllocator",
+        "GridchargeNodeOverLimit",
+        "GridchargeFailsafeActive",
+        "GridchargeLeaseRenewalsFailing",
+        "GridchargeForecastsStale",
+        "GridchargeGatewayRejectingConnections",
+        "GridchargeNoAllocator",
     }
     problems += [f"alerts.yaml: required alert {a} missing" for a in sorted(required - names)]
     return problems
@@ -284,6 +320,79 @@ def check_chart_alerts_copy() -> list[str]:
     return []
 
 
+# ----------------------------------------------------------------------------------------------- topics, compose
+
+COMPOSE = REPO / "deploy" / "compose.yaml"
+DAY_MS = 86_400_000
+
+
+def chart_topics() -> dict[str, dict[str, Any]]:
+    """name -> {cleanup, retention_ms, partitions} as the chart provisions them with default values."""
+    kt = yaml.safe_load((CHART / "values.yaml").read_text())["kafkaTopics"]
+    out = {}
+    for t in kt["topics"]:
+        partitions = t.get("partitions") or (
+            kt["stationPartitions"] if t["scope"] == "station" else kt["nodePartitions"]
+        )
+        out[t["name"]] = {
+            "cleanup": t["cleanupPolicy"],
+            "retention_ms": t.get("retentionMs", -1),
+            "partitions": partitions,
+        }
+    return out
+
+
+def compose_topics() -> dict[str, dict[str, Any]]:
+    """name -> {cleanup, retention_ms} from the kafka-init command of deploy/compose.yaml."""
+    script = "\n".join(yaml.safe_load(COMPOSE.read_text())["services"]["kafka-init"]["command"])
+    out = {}
+    for m in re.finditer(r"^\s*t (\S+)\s+(\d+)(.*)$", script, re.M):
+        rest = m.group(3)
+        cleanup = re.search(r"cleanup\.policy=(\w+)", rest)
+        days = re.search(r"retention\.ms=\$\$\(\((\d+)\*day\)\)|retention\.ms=\$\$(day)", rest)
+        retention = -1
+        if days:
+            retention = (int(days.group(1)) if days.group(1) else 1) * DAY_MS
+        out[m.group(1)] = {"cleanup": cleanup.group(1) if cleanup else None, "retention_ms": retention}
+    return out
+
+
+def check_compose() -> list[str]:
+    problems: list[str] = []
+    c = yaml.safe_load(COMPOSE.read_text())
+    services = c.get("services", {})
+    for required in ("kafka", "redis", "gateway", "telemetry", "forecasting", "allocation", "simulator"):
+        if required not in services:
+            problems.append(f"compose.yaml: service {required} missing")
+    host_ports: dict[str, str] = {}
+    for name, svc in services.items():
+        if "image" not in svc and "build" not in svc:
+            problems.append(f"compose.yaml: {name} has neither image nor build")
+        deps = svc.get("depends_on", {})
+        for dep in deps if isinstance(deps, list) else deps.keys():
+            if dep not in services:
+                problems.append(f"compose.yaml: {name} depends on unknown service {dep}")
+        for cfg in svc.get("configs", []):
+            src = cfg["source"] if isinstance(cfg, dict) else cfg
+            if src not in c.get("configs", {}):
+                problems.append(f"compose.yaml: {name} uses unknown config {src}")
+        for port in svc.get("ports", []):
+            host = str(port).rsplit(":", 1)[0]
+            if host in host_ports and "observability" not in (svc.get("profiles") or []):
+                problems.append(f"compose.yaml: host port {host} used by {name} and {host_ports[host]}")
+            host_ports[host] = name
+        env = svc.get("environment", {})
+        if env.get("GRIDCHARGE_SERVICE") and env.get("GRIDCHARGE_BUS") != "kafka":
+            problems.append(f"compose.yaml: {name} must run with GRIDCHARGE_BUS=kafka")
+    ct, kt = compose_topics(), chart_topics()
+    if set(ct) != set(kt):
+        problems.append(f"compose.yaml topics differ from the chart's: {sorted(set(ct) ^ set(kt))}")
+    for name in set(ct) & set(kt):
+        if (ct[name]["cleanup"], ct[name]["retention_ms"]) != (kt[name]["cleanup"], kt[name]["retention_ms"]):
+            problems.append(f"compose.yaml: {name} cleanup/retention {ct[name]} differs from the chart's {kt[name]}")
+    return problems
+
+
 def check_static() -> list[str]:
     return (
         check_metrics_match_developing()
@@ -291,6 +400,7 @@ def check_static() -> list[str]:
         + check_dashboards()
         + check_alert_rules()
         + check_chart_alerts_copy()
+        + check_compose()
     )
 
 
@@ -349,8 +459,10 @@ CRD_SCHEMAS: dict[str, dict[str, Any]] = {
                                         "type": "object",
                                         "required": ["expr"],
                                         "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
-                                        "properties": {"expr": {"type": "string", "minLength": 1},
-                                                       "for": {"type": "string"}},
+                                        "properties": {
+                                            "expr": {"type": "string", "minLength": 1},
+                                            "for": {"type": "string"},
+                                        },
                                     },
                                 }
                             },
@@ -393,8 +505,13 @@ CRD_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 POD_KINDS = {"Deployment": ("spec", "template", "spec"), "Job": ("spec", "template", "spec"), "Pod": ("spec",)}
-SERVICE_ENV = {"GRIDCHARGE_KAFKA_BOOTSTRAP", "GRIDCHARGE_REDIS_URL", "GRIDCHARGE_TOPOLOGY",
-               "GRIDCHARGE_HTTP_PORT", "GRIDCHARGE_LOG_LEVEL"}
+SERVICE_ENV = {
+    "GRIDCHARGE_KAFKA_BOOTSTRAP",
+    "GRIDCHARGE_REDIS_URL",
+    "GRIDCHARGE_TOPOLOGY",
+    "GRIDCHARGE_HTTP_PORT",
+    "GRIDCHARGE_LOG_LEVEL",
+}
 
 
 def _dig(d: dict[str, Any], path: Iterable[str]) -> Any:
@@ -435,14 +552,22 @@ def check_pod_policy(doc: dict[str, Any]) -> list[str]:
         if kind == "Deployment":
             if "/tmp" not in {m["mountPath"] for m in c.get("volumeMounts", [])}:
                 problems.append(f"{cw}: needs a writable /tmp (emptyDir) with a read-only root filesystem")
-            for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            for probe, path in (
+                ("startupProbe", "/healthz"),
+                ("livenessProbe", "/healthz"),
+                ("readinessProbe", "/readyz"),
+            ):
                 if _dig(c, (probe, "httpGet", "path")) != path:
                     problems.append(f"{cw}: {probe} must GET {path}")
             env = {e["name"]: e for e in c.get("env", [])}
             missing = SERVICE_ENV - set(env)
             if missing:
                 problems.append(f"{cw}: env missing {sorted(missing)}")
-            if component == "gateway" and _dig(env.get("GRIDCHARGE_REPLICA_ID", {}), ("valueFrom", "fieldRef", "fieldPath")) != "metadata.name":
+            if (
+                component == "gateway"
+                and _dig(env.get("GRIDCHARGE_REPLICA_ID", {}), ("valueFrom", "fieldRef", "fieldPath"))
+                != "metadata.name"
+            ):
                 problems.append(f"{cw}: GRIDCHARGE_REPLICA_ID must come from the pod name (fieldRef)")
             if component == "forecasting" and "GRIDCHARGE_WEATHER_BASE_URL" not in env:
                 problems.append(f"{cw}: GRIDCHARGE_WEATHER_BASE_URL missing")
@@ -493,7 +618,9 @@ def check_manifests(paths: list[Path], kube_version: str) -> list[str]:
             for dep in kinds.get("Deployment", []):
                 targets = {h["spec"]["scaleTargetRef"]["name"] for h in kinds["HorizontalPodAutoscaler"]}
                 if dep["metadata"]["name"] in targets and "replicas" in dep["spec"]:
-                    problems.append(f"{path.name}: Deployment/{dep['metadata']['name']} sets replicas although an HPA scales it")
+                    problems.append(
+                        f"{path.name}: Deployment/{dep['metadata']['name']} sets replicas although an HPA scales it"
+                    )
     return problems
 
 

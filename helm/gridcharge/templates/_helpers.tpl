@@ -90,6 +90,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "gridcharge.commonEnv" -}}
 - name: GRIDCHARGE_SERVICE
   value: {{ .component | quote }}
+- name: GRIDCHARGE_BUS
+  value: {{ .root.Values.kafka.bus | quote }}
+- name: GRIDCHARGE_TOPIC_PREFIX
+  value: {{ .root.Values.kafka.topicPrefix | quote }}
 - name: GRIDCHARGE_KAFKA_BOOTSTRAP
   value: {{ required "kafka.bootstrap is required" .root.Values.kafka.bootstrap | quote }}
 - name: GRIDCHARGE_REDIS_URL

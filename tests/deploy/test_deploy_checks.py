@@ -1,0 +1,280 @@
+"""Fast, pure checks of the deployment artefacts (no helm, no cluster): run in `make test`.
+
+The helm/promtool/kubernetes-validate parts run in deploy/scripts/check-deploy.sh (`make lint`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import deploy_checks as dc  # noqa: E402
+
+REPO = dc.REPO
+
+
+def _load_script(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_doc_lists_exactly_the_fixed_metrics() -> None:
+    assert len(dc.developing_metrics()) >= 27
+    assert dc.check_metrics_match_developing() == []
+
+
+def test_metric_names_follow_prometheus_conventions() -> None:
+    assert dc.check_metric_naming() == []
+
+
+def test_metrics_doc_states_no_per_station_labels_rule() -> None:
+    assert "No per-station labels" in dc.METRICS_MD.read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "unit", "labels", "expected"),
+    [
+        ("gridcharge_commands", "counter", "commands", [], "end in _total"),
+        ("gridcharge_sessions_total", "gauge", "sessions", [], "end in _total"),
+        ("gridcharge_node_load_kw", "gauge", "watts", ["node"], "does not end in _watts"),
+        ("gridcharge_solve_ms", "histogram", "seconds", [], "base units"),
+        ("gridcharge_connector_power_watts", "gauge", "watts", ["station_id"], "per-station labels"),
+        ("gridchargeNodeLoadWatts", "gauge", "watts", [], "snake_case"),
+        ("node_load_watts", "gauge", "watts", [], "gridcharge_ prefix"),
+        ("gridcharge_plan_solve", "histogram", "seconds", [], "histograms need a unit suffix"),
+        ("gridcharge_age_seconds", "gauge", "minutes", [], "name says seconds"),
+    ],
+)
+def test_naming_check_rejects_bad_metrics(name: str, kind: str, unit: str, labels: list[str], expected: str) -> None:
+    problems = dc.check_metric_naming({name: {"type": kind, "unit": unit, "labels": labels, "meaning": "x"}})
+    assert any(expected in p for p in problems), problems
+
+
+def test_documented_labels_are_parsed_without_label_values() -> None:
+    m = dc.documented_metrics()
+    assert m["gridcharge_bus_messages_total"]["labels"] == ["topic", "direction"]
+    assert m["gridcharge_plan_solve_seconds"]["labels"] == []
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ('sum by (node) (rate(gridcharge_bus_messages_total{topic=~"a|b"}[5m]))', {"gridcharge_bus_messages_total"}),
+        (
+            "histogram_quantile(0.95, sum by (le) (rate(gridcharge_plan_solve_seconds_bucket[$__rate_interval])))",
+            {"gridcharge_plan_solve_seconds_bucket"},
+        ),
+        (
+            "max by (node, phase) (a_watts) > on (node, phase) min by (node, phase) (b_watts) offset 15m",
+            {"a_watts", "b_watts"},
+        ),
+        ("count(x > 0) or vector(0)", {"x"}),
+        ('absent(gridcharge_build_info{service="allocation"}) and 1e3 < 2', {"gridcharge_build_info"}),
+    ],
+)
+def test_metric_names_in_expr(expr: str, names: set[str]) -> None:
+    assert dc.metric_names_in_expr(expr) == names
+
+
+# ----------------------------------------------------------------------------------------------- dashboards
+
+
+def test_dashboards_exist_for_every_topic() -> None:
+    titles = " ".join(json.loads(p.read_text())["title"].lower() for p in dc.dashboard_paths())
+    for word in ("fleet", "headroom", "allocation", "forecast vs actual", "kafka"):
+        assert word in titles
+
+
+def test_dashboards_are_valid_and_use_documented_metrics() -> None:
+    assert dc.check_dashboards() == []
+
+
+def test_dashboards_cover_the_required_views() -> None:
+    exprs = " ".join(
+        t["expr"]
+        for p in dc.dashboard_paths()
+        for panel in dc._panels(json.loads(p.read_text())["panels"])
+        for t in panel.get("targets", [])
+    )
+    for metric in (
+        "gridcharge_gateway_connected_stations",  # fleet & connections
+        "gridcharge_node_load_watts",  # load per node and phase
+        "gridcharge_node_limit_watts",  # ... vs limit
+        "gridcharge_headroom_watts",
+        "gridcharge_binding_constraints",
+        "gridcharge_sessions_at_risk",
+        "gridcharge_allocation_commands_total",  # command outcomes
+        "gridcharge_gateway_commands_total",
+        "kafka_consumergroup_lag",  # consumer lag (kafka-exporter)
+    ):
+        assert metric in exprs, metric
+    assert "offset 15m" in exprs  # forecast vs actual compares the forecast made one slot earlier
+
+
+def test_dashboard_check_catches_problems(tmp_path: Path) -> None:
+    bad = {
+        "title": "x",
+        "uid": "has spaces",
+        "panels": [
+            {
+                "id": 1,
+                "type": "timeseries",
+                "title": "a",
+                "gridPos": {},
+                "targets": [{"refId": "A", "expr": "rate(gridcharge_nope_total[5m])"}],
+            },
+            {
+                "id": 1,
+                "type": "timeseries",
+                "title": "b",
+                "gridPos": {},
+                "targets": [{"refId": "A", "expr": "sum(gridcharge_sessions_active"}],
+            },
+        ],
+    }
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    problems = " | ".join(dc.check_dashboard(path))
+    assert "gridcharge_nope_total" in problems
+    assert "uid" in problems
+    assert "unique" in problems
+    assert "unbalanced" in problems
+    path.write_text("{not json")
+    assert "invalid JSON" in dc.check_dashboard(path)[0]
+    path.write_text(json.dumps({"title": "x"}))
+    assert any("'uid'" in p for p in dc.check_dashboard(path))
+
+
+# ----------------------------------------------------------------------------------------------- alerts
+
+
+def test_alert_rules_cover_the_required_alerts_and_use_documented_metrics() -> None:
+    assert dc.check_alert_rules() == []
+
+
+def test_chart_prometheus_rule_source_is_identical_to_alerts_file() -> None:
+    assert dc.check_chart_alerts_copy() == []
+
+
+# ----------------------------------------------------------------------------------------------- chart values
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads((dc.CHART / "values.schema.json").read_text())
+
+
+def _values(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def test_values_schema_is_a_valid_schema_and_strict_at_top_level() -> None:
+    schema = _schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("ci_file", sorted((REPO / "helm" / "gridcharge" / "ci").glob("*.yaml")), ids=lambda p: p.name)
+def test_default_and_ci_values_satisfy_the_schema(ci_file: Path) -> None:
+    values = _merge(_values(dc.CHART / "values.yaml"), _values(ci_file))
+    jsonschema.validate(values, _schema())
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"gatway": {"replicaCount": 2}},
+        {"gateway": {"autoscalling": {"enabled": False}}},
+        {"allocation": {"replicaCount": 2}},
+        {"logLevel": "TRACE"},
+        {"kafkaTopics": {"topics": [{"name": "x.v1", "key": "k", "scope": "node", "cleanupPolicy": "delete"}]}},
+    ],
+    ids=["top-level-typo", "nested-typo", "two-allocators", "bad-log-level", "delete-without-retention"],
+)
+def test_values_schema_rejects_mistakes(override: dict[str, Any]) -> None:
+    values = _merge(_values(dc.CHART / "values.yaml"), override)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(values, _schema())
+
+
+def test_chart_topics_match_the_contract_registry() -> None:
+    from gridcharge.shared import contracts
+
+    registry = {t.name: t for t in contracts.ALL_TOPICS}
+    chart = dc.chart_topics()
+    assert set(chart) == set(registry)
+    for name, t in registry.items():
+        assert chart[name]["cleanup"] == ("compact" if t.compacted else "delete"), name
+        if not t.compacted:
+            assert chart[name]["retention_ms"] == t.retention_ms, name
+        assert chart[name]["partitions"] == t.partitions, name
+
+
+def test_compose_is_consistent_with_the_chart() -> None:
+    assert dc.check_compose() == []
+
+
+@pytest.mark.parametrize("where", ["chart", "compose"])
+def test_example_topologies_load(where: str) -> None:
+    from gridcharge.shared import topology
+
+    if where == "chart":
+        text = _values(dc.CHART / "values.yaml")["topology"]["content"]
+    else:
+        text = yaml.safe_load(dc.COMPOSE.read_text())["configs"]["topology"]["content"]
+    topo = topology.parse_topology(yaml.safe_load(text), where)
+    assert topo.nodes and topo.stations
+
+
+def test_chart_readme_is_up_to_date_and_every_value_documented() -> None:
+    readme = _load_script("chart_readme", REPO / "deploy" / "scripts" / "chart_readme.py")
+    text, undocumented = readme.render(dc.CHART)
+    assert undocumented == []
+    assert (dc.CHART / "README.md").read_text() == text, "run: python deploy/scripts/chart_readme.py"
+
+
+def test_pod_policy_check_flags_insecure_workloads() -> None:
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "x", "labels": {"app.kubernetes.io/component": "allocation"}},
+        "spec": {
+            "replicas": 2,
+            "template": {"spec": {"containers": [{"name": "c", "image": "img:latest", "securityContext": {}}]}},
+        },
+    }
+    problems = " | ".join(dc.check_pod_policy(deployment))
+    for expected in (
+        "allowPrivilegeEscalation",
+        "readOnlyRootFilesystem",
+        "drop must include ALL",
+        "runAsNonRoot",
+        "seccompProfile",
+        "resources",
+        "pinned",
+        "/tmp",
+        "startupProbe",
+        "at most one replica",
+        "Recreate",
+    ):
+        assert expected in problems, expected
