@@ -125,7 +125,8 @@ def test_parse_both_versions_and_reject_garbage() -> None:
     }, 0, T0)
     assert p201.purpose == "StationMax" and p201.rate_unit == "W" and p201.duration_s == 60
     for bad in ({}, {"id": "x"}, {"id": 1, "charging_profile_purpose": "Nope"},
-                {"id": 1, "stack_level": 0, "charging_profile_purpose": "TxProfile", "charging_profile_kind": "Absolute",
+                {"id": 1, "stack_level": 0, "charging_profile_purpose": "TxProfile",
+                 "charging_profile_kind": "Absolute",
                  "charging_schedule": {"charging_rate_unit": "A", "charging_schedule_period": [
                      {"start_period": 5, "limit": 1}]}}):
         with pytest.raises(ProfileError):

@@ -18,6 +18,7 @@ Limits come back in A per phase (W are converted at the given voltage and phase 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -90,7 +91,7 @@ def _ts(value: Any) -> float | None:
 def parse_ocpp_profile(data: dict[str, Any], evse_id: int, now_s: float) -> Profile:
     """Build a Profile from an OCPP 1.6 `csChargingProfiles` or 2.0.1 `chargingProfile` (snake_case keys)."""
     try:
-        pid = int(data.get("charging_profile_id", data.get("id")))
+        pid = int(data.get("charging_profile_id", data.get("id")))  # type: ignore[arg-type]  # None -> TypeError
         purpose = _PURPOSES[str(data["charging_profile_purpose"])]
         kind_raw = str(data["charging_profile_kind"])
         if kind_raw not in ("Absolute", "Relative", "Recurring"):
@@ -115,7 +116,7 @@ def parse_ocpp_profile(data: dict[str, Any], evse_id: int, now_s: float) -> Prof
         raise ProfileError(f"malformed profile: {type(exc).__name__}") from exc
     if not periods or periods[0].start_s != 0:
         raise ProfileError("first schedule period must start at 0")
-    if any(b.start_s <= a.start_s for a, b in zip(periods, periods[1:], strict=False)):
+    if any(b.start_s <= a.start_s for a, b in itertools.pairwise(periods)):
         raise ProfileError("schedule periods must be in increasing start order")
     if any(p.limit < 0 or not math.isfinite(p.limit) for p in periods):
         raise ProfileError("negative or non-finite limit")
