@@ -59,8 +59,10 @@ class ExternalLimitSpec:
 class NodeHeadroomInputs:
     """Everything the headroom of one node needs, already on the slot grid (T slots).
 
-    ``nameplate_w`` per-phase nameplate limit W; ``base_load_upper_w`` (3, T) W; ``pv_w`` (3, T) forecast
-    AC W of the PV at or below the node (before the credit factor); ``ambient_c`` (T,) °C (NaN = unknown).
+    ``nameplate_w`` per-phase node limit W (``thermal_nameplate_w``: the transformer's rating per phase W
+    that the dynamic factor scales, if it differs from the node limit); ``base_load_upper_w`` (3, T) W;
+    ``pv_w`` (3, T) forecast AC W of the PV at or below the node (before the credit factor);
+    ``ambient_c`` (T,) °C (NaN = unknown).
     """
 
     node_id: str
@@ -72,6 +74,7 @@ class NodeHeadroomInputs:
     safety_margin_pct: float = 5.0
     external_limits: Sequence[ExternalLimitSpec] = ()
     degraded_inputs: tuple[str, ...] = ()
+    thermal_nameplate_w: tuple[float, float, float] | None = None  # transformer rating K applies to
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,12 @@ def compute_headroom(
     t = len(slot_starts)
     nameplate = np.broadcast_to(_phase3(inputs.nameplate_w), (3, t))
     k = rating_factor(inputs.ambient_c, inputs.rating)  # (T,)
-    rating_w = nameplate * k[None, :]
+    if inputs.thermal_nameplate_w is None:
+        rating_w = nameplate * k[None, :]
+    else:  # K scales the transformer's own rating; the node limit (e.g. a fuse) may be lower still
+        thermal = np.broadcast_to(_phase3(inputs.thermal_nameplate_w), (3, t)) * k[None, :]
+        rating_w = np.minimum(nameplate, thermal)
+        k = np.min(rating_w / np.where(nameplate > 0, nameplate, 1.0), axis=0)
     source = np.where(k[None, :] < 1.0 - 1e-9, "ambient", "rating").astype("<U64")
     source = np.broadcast_to(source, (3, t)).copy()
     limit = rating_w.copy()
