@@ -108,6 +108,9 @@ echo "== manifests (kubernetes $KUBE_VERSION, strict; CRD kinds against minimal 
 run "kubernetes-validate + policy (${#rendered[@]} renders)" \
   "$PY" tests/deploy/deploy_checks.py manifests --kube-version "$KUBE_VERSION" "${rendered[@]}"
 
+run "topic Job script against stub Kafka CLIs" \
+  "$PY" tests/deploy/deploy_checks.py topic-job "$OUT/rendered-topics-job-values.yaml"
+
 echo "== prometheus rules"
 run "promtool check rules deploy/prometheus/alerts.yaml" promtool check rules deploy/prometheus/alerts.yaml
 run "promtool test rules deploy/prometheus/alerts.test.yaml" promtool test rules deploy/prometheus/alerts.test.yaml

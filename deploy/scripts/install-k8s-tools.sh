@@ -27,7 +27,8 @@ want_env=0
 
 # ---------------------------------------------------------------- helm (Go module proxy)
 helm_ok() {
-  [[ -x "$BIN/helm" ]] && "$BIN/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"
+  [[ -x "$BIN/helm" && -f "$BIN/helm.stamp" ]] && [[ "$(cat "$BIN/helm.stamp")" == "$HELM_VERSION "* ]] &&
+    "$BIN/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"
 }
 if helm_ok; then
   log "helm $HELM_VERSION cached in $BIN"
@@ -36,12 +37,21 @@ else
   command -v go >/dev/null || die "go is needed to build helm (no Debian 12 package ships helm)"
   log "building helm $HELM_VERSION with $(go version | cut -d' ' -f3) from the Go module proxy (first run: several minutes on 2 cores)"
   tmp="$(mktemp -d)"
-  # The ldflags reproduce what helm's Makefile stamps so `helm version` reports the real version.
+  # The ldflags reproduce what helm's Makefile stamps: the version, and the default Kubernetes version
+  # (client-go v0.N -> 1.N) used by `helm template`/`lint` when no --kube-version is given. Without them a
+  # `go install` build reports Kubernetes 1.20 and rejects charts with a newer kubeVersion.
+  gomod="$(go mod download -json "helm.sh/helm/v3@${HELM_VERSION}" | sed -n 's/.*"GoMod": *"\(.*\)".*/\1/p')"
+  kminor="$(sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$gomod" | head -1)"
+  [[ -n "$kminor" ]] || die "cannot read the client-go version of helm ${HELM_VERSION}"
+  ld="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+  ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in pkg/chartutil pkg/lint/rules; do
+    ld+=" -X helm.sh/helm/v3/${pkg}.k8sVersionMajor=1 -X helm.sh/helm/v3/${pkg}.k8sVersionMinor=${kminor}"
+  done
   GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
-    go install -trimpath \
-      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-      "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+    go install -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
   mv -f "$tmp/helm" "$BIN/helm"
+  echo "$HELM_VERSION kubernetes=1.${kminor}" >"$BIN/helm.stamp"
   rm -rf "$tmp"
   helm_ok || die "built helm does not report $HELM_VERSION: $("$BIN/helm" version 2>&1)"
   log "helm $HELM_VERSION installed to $BIN/helm"

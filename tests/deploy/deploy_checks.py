@@ -624,6 +624,66 @@ def check_manifests(paths: list[Path], kube_version: str) -> list[str]:
     return problems
 
 
+def check_topic_job_script(rendered: Path) -> list[str]:
+    """Run the topic Job's shell script against stub kafka-topics.sh/kafka-configs.sh and check the calls.
+
+    The stubs log their arguments and report 1 partition for every topic, so the partition warning path
+    runs too. Needs bash only (no Kafka).
+    """
+    import subprocess
+    import tempfile
+
+    jobs = [d for d in yaml.safe_load_all(rendered.read_text()) if d and d.get("kind") == "Job"]
+    if len(jobs) != 1:
+        return [f"{rendered.name}: expected one topic Job, found {len(jobs)}"]
+    container = jobs[0]["spec"]["template"]["spec"]["containers"][0]
+    script = container["args"][0]
+    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    with tempfile.TemporaryDirectory() as tmp:
+        stub_dir, calls = Path(tmp) / "bin", Path(tmp) / "calls.log"
+        stub_dir.mkdir()
+        for tool in ("kafka-topics.sh", "kafka-configs.sh"):
+            stub = stub_dir / tool
+            stub.write_text(
+                "#!/bin/bash\n"
+                f'echo "{tool} $*" >> "{calls}"\n'
+                'if [[ " $* " == *" --describe "* ]]; then echo "Topic: x PartitionCount: 1"; fi\n'
+            )
+            stub.chmod(0o755)
+        script = script.replace("bin=/opt/kafka/bin", f"bin={stub_dir}")
+        if f"bin={stub_dir}" not in script:
+            return ["topic Job script no longer sets bin=/opt/kafka/bin; update check_topic_job_script"]
+        proc = subprocess.run(
+            ["/bin/bash", "-ec", script],
+            env={"PATH": "/usr/bin:/bin", "BOOTSTRAP": env.get("BOOTSTRAP", "")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return [f"topic Job script failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"]
+        log = calls.read_text().splitlines()
+    problems: list[str] = []
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["kafkaTopics"]
+    for name, t in chart_topics().items():
+        creates = [c for c in log if c.startswith("kafka-topics.sh") and "--create" in c and f"--topic {name} " in c]
+        alters = [c for c in log if c.startswith("kafka-configs.sh") and f"--entity-name {name} " in c]
+        if len(creates) != 1 or len(alters) != 1:
+            problems.append(f"topic Job: {name} created {len(creates)}x, configured {len(alters)}x")
+            continue
+        create = creates[0]
+        if "--if-not-exists" not in create or f"--config cleanup.policy={t['cleanup']}" not in create:
+            problems.append(f"topic Job: {name}: create call lacks --if-not-exists or cleanup.policy: {create}")
+        if f"--replication-factor {values['replicationFactor']}" not in create:
+            problems.append(f"topic Job: {name}: wrong replication factor: {create}")
+        if t["cleanup"] == "delete" and f"retention.ms={t['retention_ms']}" not in alters[0]:
+            problems.append(f"topic Job: {name}: retention not set: {alters[0]}")
+    if "not changed" not in proc.stderr:
+        problems.append("topic Job: a partition-count mismatch did not print the warning")
+    return problems
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
 
@@ -634,8 +694,15 @@ def main(argv: list[str] | None = None) -> int:
     mp = sub.add_parser("manifests", help="validate rendered manifests offline")
     mp.add_argument("--kube-version", default="1.34.0")
     mp.add_argument("files", nargs="+", type=Path)
+    jp = sub.add_parser("topic-job", help="run the rendered topic Job's script against stub Kafka CLIs")
+    jp.add_argument("file", type=Path)
     args = ap.parse_args(argv)
-    problems = check_static() if args.cmd == "static" else check_manifests(args.files, args.kube_version)
+    if args.cmd == "static":
+        problems = check_static()
+    elif args.cmd == "topic-job":
+        problems = check_topic_job_script(args.file)
+    else:
+        problems = check_manifests(args.files, args.kube_version)
     for p in problems:
         print(f"  FAIL {p}", file=sys.stderr)
     return 1 if problems else 0
