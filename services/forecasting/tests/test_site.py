@@ -46,7 +46,7 @@ def test_headroom_for_every_node_with_pv_below_and_sources() -> None:
     model = grid_model_from_topology(topo)
     assert model.pv_membership.tolist() == [[1.0, 1.0], [1.0, 0.0]]
     slots = slot_starts(NOW, 48)
-    limit = {"tr1": [ExternalLimitSpec("dso", (60_000.0,) * 3, NOW, NOW + pd.Timedelta(hours=30),  # type: ignore[arg-type]
+    limit = {"tr1": [ExternalLimitSpec("dso", (60_000.0,) * 3, NOW, NOW + pd.Timedelta(hours=30),
                                        NOW + pd.Timedelta(hours=32))]}
     fc = forecast_site(model, slots, NOW, _weather(slots), {"tr1": _history()}, limit)
     assert set(fc.headroom) == {"tr1", "panel-a"}

@@ -128,6 +128,7 @@ def pv_actual_w(
         temperature_model_parameters=dict(SAPM_CLOSE_MOUNT),
         losses_parameters=_losses(losses_pct),
     )
+    # Perez transposition (ModelChain default): deliberately not the Hay-Davies model the forecast uses.
     mc = pvlib.modelchain.ModelChain.with_pvwatts(system, loc, losses_model="pvwatts")
     frame = weather_15.rename(
         columns={"ghi_w_m2": "ghi", "dni_w_m2": "dni", "dhi_w_m2": "dhi", "temp_air_c": "temp_air",
@@ -165,3 +166,58 @@ def base_load_w(start: str, days: int, seed: int = 5, peak_w: float = 40_000.0) 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+
+
+BACKTEST_SITE = {
+    "name": "synthetic depot near Freiburg",
+    "latitude": 48.0,
+    "longitude": 7.85,
+    "altitude_m": 300.0,
+    "timezone": "Europe/Berlin",
+    "pv_system": {"id": "roof", "kwp": 50.0, "tilt_deg": 25.0, "azimuth_deg": 190.0, "losses_pct": 14.0},
+}
+
+
+def write_backtest_dataset(directory: Path, start: str = "2026-06-01", pv_days: int = 7, load_days: int = 35) -> None:
+    """Write the offline backtest sample: ``weather_actual.json`` (hourly, Open-Meteo shape),
+    ``weather_forecast.json`` (a degraded 'NWP-like' forecast of the same days), ``pv_actual.csv``
+    (15-min AC W), ``load_history.csv`` (15-min base load W) and ``site.json`` (site + PV system)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lat, lon, alt = BACKTEST_SITE["latitude"], BACKTEST_SITE["longitude"], BACKTEST_SITE["altitude_m"]
+    assert isinstance(lat, float) and isinstance(lon, float) and isinstance(alt, float)
+    actual = site_weather_15min(lat, lon, start, pv_days, seed=21, altitude_m=alt)
+    # Forecast: clear-sky index blended with an unrelated one and smoothed over 3 h, temperature biased.
+    other = site_weather_15min(lat, lon, start, pv_days, seed=99, altitude_m=alt)
+    forecast = actual.copy()
+    blend = 0.65 * actual["ghi_w_m2"] + 0.35 * other["ghi_w_m2"]
+    forecast["ghi_w_m2"] = blend.rolling(12, center=True, min_periods=1).mean()
+    forecast["temp_air_c"] = actual["temp_air_c"] + 1.0
+    loc = pvlib.location.Location(lat, lon, "UTC", alt)
+    solpos = loc.get_solarposition(forecast.index)
+    parts = pvlib.irradiance.erbs(forecast["ghi_w_m2"], solpos["apparent_zenith"], forecast.index)
+    forecast["dni_w_m2"], forecast["dhi_w_m2"] = parts["dni"], parts["dhi"]
+    for name, frame in (("weather_actual.json", actual), ("weather_forecast.json", forecast)):
+        payload = open_meteo_payload(frame, lat, lon)
+        del payload["minutely_15"], payload["minutely_15_units"]  # archives are hourly
+        write_json(directory / name, payload)
+    pv = BACKTEST_SITE["pv_system"]
+    assert isinstance(pv, dict)
+    ac = pv_actual_w(actual, lat, lon, pv["kwp"], pv["tilt_deg"], pv["azimuth_deg"], pv["losses_pct"], alt)
+    ac.index = ac.index - pd.Timedelta(minutes=7.5)  # stamp at slot start
+    ac.round(1).to_frame().to_csv(directory / "pv_actual.csv", index_label="time", date_format="%Y-%m-%dT%H:%MZ")
+    load_start = (pd.Timestamp(start) - pd.Timedelta(days=load_days - pv_days)).strftime("%Y-%m-%d")
+    load = base_load_w(load_start, load_days)
+    load.round(1).to_frame().to_csv(directory / "load_history.csv", index_label="time", date_format="%Y-%m-%dT%H:%MZ")
+    (directory / "site.json").write_text(json.dumps(BACKTEST_SITE, indent=2) + "\n", encoding="utf-8")
+    (directory / "README.md").write_text(
+        "Synthetic backtest sample (NOT measured data), written by "
+        "`gridcharge.forecasting.synthetic.write_backtest_dataset`.\n\n"
+        "- weather_actual.json: hourly Open-Meteo-shaped 'observed' weather: Ineichen clear sky × a random\n"
+        "  clear-sky index, daily temperature cycle, wind.\n"
+        "- weather_forecast.json: a degraded forecast of the same days (clear-sky index blended 65/35 with an\n"
+        "  unrelated one, 3 h smoothing, +1 °C bias).\n"
+        "- pv_actual.csv: 15-min AC W of the PV system in site.json from pvlib ModelChain (PVWatts, Perez\n"
+        "  transposition) on the 15-min 'observed' weather, ×(1 + 2 % noise).\n"
+        "- load_history.csv: 15-min non-EV load W of a depot/office (weekday/weekend profile, noise, spikes).\n",
+        encoding="utf-8",
+    )

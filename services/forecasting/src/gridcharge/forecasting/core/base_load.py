@@ -8,7 +8,9 @@ Profile, in the site's local time (load follows local clocks and DST):
 - ``constant``: median/quantile of all samples, for less than a day of history;
 - ``empty``: no history at all → ``empty_fallback_w`` for both values, flagged.
 
-The latest measurement anchors the first slots: ``forecast = profile + (measured − profile_then)·e^(−Δt/τ)``,
+The upper value is the larger of the per-slot quantile and ``median × (1 + q)``, q being the same quantile
+of all samples' relative deviation from their slot median (pooled: a few weeks give only a few samples
+per slot). The latest measurement anchors the first slots: ``forecast = profile + (measured − profile_then)·e^(−Δt/τ)``,
 so slot 0 ≈ the measured value, decaying to the profile with time constant ``anchor_tau_h``. The upper
 value (``quantile``, default P90) gets the same offset and is never below the expected value nor below
 ``expected·(1 + margin_frac)`` when the profile rests on fewer than ``min_samples`` samples per slot.
@@ -137,6 +139,13 @@ def forecast_base_load(
         return np.full(size, all_med), np.full(size, all_up), np.full(size, float(len(values)))
 
     expected, upper, counts = profile_at(slots)
+    # A per-slot quantile of a few weeks rests on ~4 samples and underestimates the spread; pool the
+    # relative residuals of every sample around its slot median for a more robust upper value.
+    hist_med = profile_at(pd.DatetimeIndex(binned.index))[0]
+    ok = np.abs(hist_med) > 1e-9
+    if ok.sum() >= 20:
+        rel_q = float(np.quantile(values[ok] / hist_med[ok] - 1.0, opts.quantile))
+        upper = np.maximum(upper, expected * (1.0 + max(rel_q, 0.0)))
 
     # Anchor on the latest raw measurement if it is recent enough.
     last_t = pd.Timestamp(hist.index[-1])
