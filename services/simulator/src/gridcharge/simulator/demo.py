@@ -1,0 +1,245 @@
+"""`gridcharge demo`: the embedded cluster (in-process bus and store, simulated clock, all services in one
+Host, the gateway on a real loopback WebSocket port) with the scenario's stations connecting over OCPP,
+driven through a simulated day at accelerated speed; prints a summary table and writes a report.
+
+The driver advances the SimClock in steps (the scenario's `step`, 20–30 s), and between steps waits for the
+bus to drain and the OCPP traffic to settle, so services see the same ordering they would in real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from gridcharge.shared.clock import SimClock, parse_duration
+from gridcharge.shared.config import Settings
+from gridcharge.shared.http import HttpServer
+from gridcharge.shared.logging import setup_logging
+from gridcharge.shared.runtime import Runtime, build_runtime
+from gridcharge.shared.service import Host, Service
+from gridcharge.shared.topology import Topology
+from gridcharge.simulator.grid import make_weather, weather_payload
+from gridcharge.simulator.scenario import Event, Scenario, load_scenario
+from gridcharge.simulator.sim import Simulation
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("gateway", "telemetry", "forecasting", "allocation")
+MAX_REAL_S = 170.0      # the demo must finish in under 3 minutes; a longer scenario is cut here
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def load_factories(names: tuple[str, ...] = SERVICES) -> tuple[dict[str, Callable[..., Service]], list[str]]:
+    """create_service of every service that is built; the names of those that are not."""
+    found: dict[str, Callable[..., Service]] = {}
+    missing: list[str] = []
+    for n in names:
+        try:
+            found[n] = importlib.import_module(f"gridcharge.{n}.main").create_service
+        except (ImportError, AttributeError) as exc:
+            log.info("service not available", extra={"service": n, "error": repr(exc)[:200]})
+            missing.append(n)
+    return found, missing
+
+
+async def start_weather_server(payload: dict[str, Any]) -> HttpServer:
+    """An Open-Meteo-compatible endpoint on loopback serving the scenario's forecast weather."""
+    router = APIRouter()
+
+    @router.get("/v1/forecast")
+    def forecast() -> dict[str, Any]:
+        return payload
+
+    app = FastAPI(title="simulated weather")
+    app.include_router(router)
+    server = HttpServer(app, "127.0.0.1", 0)
+    await server.start()
+    return server
+
+
+class Progress:
+    """A carriage-return progress bar (no dependency), or nothing."""
+
+    def __init__(self, enabled: bool, total_s: float) -> None:
+        self.enabled, self.total = (enabled and sys.stderr.isatty()) or enabled, total_s
+        self._last = 0.0
+
+    def update(self, done_s: float, sim_now: float, note: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.2 and done_s < self.total:
+            return
+        self._last = now
+        frac = min(1.0, done_s / self.total) if self.total else 1.0
+        bar = "#" * int(frac * 30)
+        clock = datetime.fromtimestamp(sim_now, UTC).strftime("%H:%MZ")
+        sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}%  sim {clock}  {note[:40]:<40}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+class EmbeddedCluster:
+    """All built services in one Host over the in-process bus and store, with service outages on demand."""
+
+    def __init__(self, rt: Runtime, topo: Topology, factories: dict[str, Callable[..., Service]],
+                 http: bool = True) -> None:
+        self.rt, self.topo, self.factories = rt, topo, factories
+        self.services: dict[str, Service] = {n: f(rt, topo) for n, f in factories.items()}
+        self.host = Host(rt, list(self.services.values()), http=http)
+
+    async def start(self) -> None:
+        await self.host.start()
+
+    async def stop(self) -> None:
+        await self.host.stop()
+
+    async def on_event(self, e: Event, starting: bool) -> None:
+        name = e.service if e.kind == "service_down" else "gateway" if e.kind == "gateway_down" else None
+        if name is None or name not in self.factories:
+            return
+        if starting:
+            svc = self.services.pop(name, None)
+            if svc is not None:
+                with contextlib.suppress(Exception):
+                    await svc.stop()
+                self.host.services.remove(svc)
+        else:
+            svc = self.factories[name](self.rt, self.topo)
+            await svc.start()
+            self.services[name] = svc
+            self.host.services.append(svc)
+
+
+async def settle(rt: Runtime, rounds: int = 3, pause_s: float = 0.002) -> None:
+    """Let the bus drain and OCPP round trips on loopback complete before time moves on."""
+    for _ in range(rounds):
+        await rt.bus.flush()
+        await asyncio.sleep(pause_s)
+    await rt.bus.flush()
+
+
+async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None = None, http_port: int = 8080,
+                   progress: bool = True, services: tuple[str, ...] = SERVICES,
+                   max_real_s: float = MAX_REAL_S) -> dict[str, Any]:
+    """Run a scenario on the embedded cluster; write the report to `out`; return the summary."""
+    clock = SimClock(datetime.fromtimestamp(scenario.start_s, UTC))
+    days = max(1, int((scenario.end_s - scenario.start_s) // 86_400) + 2)
+    weather = make_weather(scenario.topology, scenario.spec.weather, scenario.start_s, days)
+    weather_srv = await start_weather_server(weather_payload(weather))
+    settings = Settings.from_env(
+        {}, bus="memory", http_host="127.0.0.1", http_port=http_port, ocpp_host="127.0.0.1", ocpp_port=free_port(),
+        weather_base_url=f"http://127.0.0.1:{weather_srv.port}", log_level="WARNING", log_json=False,
+        replica_id="demo")
+    rt = build_runtime(settings, clock)
+    factories, missing = load_factories(services)
+    cluster = EmbeddedCluster(rt, scenario.topology, factories)
+    sim = Simulation(scenario, clock, rt.bus, [f"ws://127.0.0.1:{settings.ocpp_port}/ocpp"],
+                     on_event=cluster.on_event, weather=weather, response_timeout_s=10.0, reconnect_s=0.05)
+    real0 = time.monotonic()
+    bar = Progress(progress, scenario.end_s - scenario.start_s)
+    await cluster.start()
+    if cluster.host.http is not None and progress:
+        sys.stderr.write(f"gridcharge demo: scenario '{scenario.name}', Prometheus metrics at "
+                         f"http://127.0.0.1:{cluster.host.http.port}/metrics\n")
+    if missing and progress:
+        sys.stderr.write(f"gridcharge demo: services not built yet, running without: {', '.join(missing)}\n")
+    try:
+        connected = await sim.start(connect_timeout_s=10.0 if "gateway" in factories else 0.01)
+        step = scenario.step_s
+        cut = False
+        while clock.time() < scenario.end_s:
+            dt = min(step, scenario.end_s - clock.time())
+            await sim.step(dt)
+            await clock.advance(dt)
+            await settle(rt)
+            elapsed = time.monotonic() - real0
+            if speed:
+                ahead = (clock.time() - scenario.start_s) / speed - elapsed
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            if elapsed > max_real_s:
+                cut = True
+                break
+            bar.update(clock.time() - scenario.start_s, clock.time(),
+                       f"{sum(1 for c in sim.clients.values() if c.connected.is_set())}/{len(sim.clients)} online")
+        bar.close()
+        summary = sim.summary()
+        summary.update({"real_seconds": time.monotonic() - real0, "stations_connected_at_start": connected,
+                        "services": sorted(factories), "services_missing": missing, "cut_short": cut})
+        if out is not None:
+            from gridcharge.simulator.report import write_report
+
+            write_report(sim, summary, out)
+        return summary
+    finally:
+        await sim.stop()
+        await cluster.stop()
+        await weather_srv.stop()
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The summary table printed at the end of the demo."""
+    cur = s.get("currency", "")
+    pv = s.get("pv_self_consumption_pct")
+    lines = [
+        f"scenario {s['scenario']}: {s['start'][:16]} -> {s['end'][:16]} UTC, {s['real_seconds']:.0f} s real time"
+        + (" (cut short)" if s.get("cut_short") else ""),
+        "",
+        f"  {'energy requested':<28}{s['energy_requested_kwh']:>10.1f} kWh",
+        f"  {'energy delivered (of need)':<28}{s['energy_delivered_kwh']:>10.1f} kWh",
+        f"  {'sessions on time (departed)':<28}{s['sessions_on_time']:>6d} / {s['sessions_finished']:<3d}"
+        f"(feasible: {s['feasible_on_time']} / {s['feasible_finished']})",
+        f"  {'PV self-consumption':<28}{(f'{pv:.0f} %' if pv is not None else 'n/a'):>10}",
+        f"  {'EV energy cost':<28}{s['ev_cost']:>10.2f} {cur}",
+        f"  {'limit violations':<28}{s['violations']:>10d}",
+        f"  {'profiles accepted/rejected':<28}{s['profiles_accepted']:>6d} / {s['profiles_rejected']}",
+        "",
+        f"  {'node':<14}{'phase':<7}{'peak kW':>9}{'limit kW':>10}{'peak/limit':>12}",
+    ]
+    for node, d in s["nodes"].items():
+        for k, ph in enumerate(("L1", "L2", "L3")):
+            peak, lim = d["peak_w"][k], d["limit_w"][k]
+            ratio = peak / lim * 100 if lim else 0.0
+            lines.append(f"  {node:<14}{ph:<7}{peak / 1000:>9.1f}{lim / 1000:>10.1f}{ratio:>11.0f}%")
+    if s.get("services_missing"):
+        lines.append(f"\n  services not built (ran without them): {', '.join(s['services_missing'])}")
+    return "\n".join(lines)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Entry point of `gridcharge demo` (args: scenario, out, speed, http_port, no_progress)."""
+    setup_logging("demo", "WARNING", False)
+    overrides = {"duration": getattr(args, "duration", None), "start": getattr(args, "start", None)}
+    scenario = load_scenario(args.scenario, **overrides)
+    out = Path(args.out) if args.out else None
+    summary = asyncio.run(run_demo(scenario, out, speed=args.speed, http_port=args.http_port,
+                                   progress=not args.no_progress))
+    print(format_summary(summary))
+    if out is not None:
+        print(f"\nreport: {out / 'index.html'}")
+    return 0
+
+
+def parse_duration_s(text: str) -> float:
+    return parse_duration(text).total_seconds()
