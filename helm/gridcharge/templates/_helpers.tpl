@@ -78,8 +78,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-station-credentials" (include "gridcharge.fullname" .)) .Values.stationCredentials.existingSecret }}
 {{- end }}
 
+{{/* The gateway gets credentials from an existing Secret, or from the chart's when stations are listed. */}}
 {{- define "gridcharge.hasStationCredentials" -}}
-{{- if or .Values.stationCredentials.existingSecret .Values.stationCredentials.create }}true{{ end }}
+{{- if or .Values.stationCredentials.existingSecret (and .Values.stationCredentials.create .Values.stationCredentials.stations) }}true{{ end }}
 {{- end }}
 
 {{- define "gridcharge.tlsSecret" -}}
