@@ -1,0 +1,81 @@
+"""JSON-schema validation of OCPP payloads against the official schemas shipped with the `ocpp` library.
+
+Validation is synchronous (the library's default hops to a thread pool for every message, which costs
+more than the validation itself). Errors map to version-correct CALLERROR kinds with a description that
+names the failed rule and the field path, never the station's values.
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import ocpp
+from gridcharge.gateway.core.errors import Err, Version, cap, schema_error_kind
+from jsonschema import Draft4Validator
+from jsonschema.exceptions import ValidationError
+
+_SCHEMA_ROOT = os.path.dirname(ocpp.__file__)
+# 1.6 schemas with `multipleOf: 0.1` must be checked on Decimal values (0.3 is not a float multiple of 0.1)
+_DECIMAL_16 = {("SetChargingProfile", "req"), ("RemoteStartTransaction", "req"), ("GetCompositeSchedule", "conf")}
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaViolation:
+    kind: Err
+    description: str
+
+
+def _schema_dir(version: Version) -> str:
+    return os.path.join(_SCHEMA_ROOT, "v16" if version is Version.V16 else "v201", "schemas")
+
+
+@cache
+def known_actions(version: Version) -> frozenset[str]:
+    """Every action the version defines (either direction)."""
+    names = os.listdir(_schema_dir(version))
+    suffix = ".json" if version is Version.V16 else "Request.json"
+    return frozenset(n[: -len(suffix)] for n in names if n.endswith(suffix) and not n.endswith("Response.json"))
+
+
+@cache
+def _validator(version: Version, action: str, part: str) -> Draft4Validator | None:
+    """part: 'req' (the CALL payload) or 'conf' (the CALLRESULT payload)."""
+    if action not in known_actions(version):
+        return None
+    if version is Version.V16:
+        name = action + ("Response" if part == "conf" else "")
+    else:
+        name = action + ("Response" if part == "conf" else "Request")
+    with open(os.path.join(_schema_dir(version), name + ".json"), encoding="utf-8-sig") as f:
+        text = f.read()
+    parse_float: Any = decimal.Decimal if version is Version.V16 and (action, part) in _DECIMAL_16 else float
+    return Draft4Validator(json.loads(text, parse_float=parse_float))
+
+
+def _needs_decimal(version: Version, action: str, part: str) -> bool:
+    return version is Version.V16 and (action, part) in _DECIMAL_16
+
+
+def validate(version: Version, action: str, part: str, payload: dict[str, Any]) -> SchemaViolation | None:
+    """Check `payload` of `action` ('req' or 'conf'); None when valid."""
+    validator = _validator(version, action, part)
+    if validator is None:
+        return SchemaViolation(Err.NOT_IMPLEMENTED, f"no schema for {action}")
+    if _needs_decimal(version, action, part):
+        payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
+    try:
+        err = next(validator.iter_errors(payload), None)
+    except RecursionError:
+        return SchemaViolation(Err.FORMAT, f"{action}: payload nested too deeply")
+    if err is None:
+        return None
+    assert isinstance(err, ValidationError)
+    path = "/".join(str(p) for p in err.absolute_path)
+    return SchemaViolation(
+        schema_error_kind(str(err.validator)), cap(f"{action}: '{err.validator}' violated at '/{cap(path, 120)}'")
+    )

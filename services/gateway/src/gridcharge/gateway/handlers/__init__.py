@@ -1,0 +1,1 @@
+"""OCPP `ChargePoint` subclasses per protocol version; `@on(Action)` handlers translate to bus events."""

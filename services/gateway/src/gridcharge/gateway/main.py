@@ -1,0 +1,68 @@
+"""Gateway wiring: settings, registry, dispatcher, WebSocket server and operator API. No logic here."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from gridcharge.gateway.adapters.api import build_router
+from gridcharge.gateway.adapters.context import GatewayContext
+from gridcharge.gateway.adapters.credentials import Credentials
+from gridcharge.gateway.adapters.dispatcher import Dispatcher
+from gridcharge.gateway.adapters.registry import Registry
+from gridcharge.gateway.adapters.server import OcppServer
+from gridcharge.gateway.config import GatewaySettings, gateway_settings
+from gridcharge.gateway.handlers.base import StationSession
+from gridcharge.shared.runtime import Runtime
+from gridcharge.shared.service import load_settings_and_topology, serve
+from gridcharge.shared.topology import Topology
+
+
+class GatewayService:
+    """The OCPP gateway as a hostable service; `ocpp_port` is the bound port (settings.ocpp_port 0 = any)."""
+
+    name = "gateway"
+
+    def __init__(self, rt: Runtime, topology: Topology, settings: GatewaySettings | None = None) -> None:
+        self.rt = rt
+        self.settings = settings or gateway_settings(rt.settings)
+        self.credentials = Credentials.load(self.settings.credentials_file)
+        known = frozenset(s.id for s in topology.stations) | frozenset(self.credentials.hashes)
+        self.ctx = GatewayContext(self.settings, rt.bus, rt.store, rt.clock, known)
+        self.sessions: dict[str, StationSession] = {}
+        self.registry = Registry(rt.store, self.settings.replica_id, rt.clock)
+        self.dispatcher = Dispatcher(self.ctx, self.registry, self.sessions)
+        self.ctx.on_boot_accepted = self.dispatcher.read_capabilities
+        self.server = OcppServer(self.ctx, self.registry, self.dispatcher, self.sessions, self.credentials)
+        self._routers = [build_router(self.registry, self.dispatcher)]
+
+    @property
+    def routers(self) -> list[APIRouter]:
+        return self._routers
+
+    @property
+    def ocpp_port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        await self.registry.start()
+        await self.dispatcher.start()
+        await self.server.start()
+        self.rt.health.add("gateway", lambda: self.server.server is not None)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.dispatcher.stop()
+        await self.registry.stop()
+
+
+def create_service(rt: Runtime, topology: Topology) -> GatewayService:
+    return GatewayService(rt, topology)
+
+
+create_service.service_name = "gateway"  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    settings, topology = load_settings_and_topology()
+    asyncio.run(serve([create_service], gateway_settings(settings), topology))

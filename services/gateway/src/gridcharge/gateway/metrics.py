@@ -1,0 +1,13 @@
+"""Gateway metrics (names fixed in docs/metrics.md; label values from closed sets, never station data)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTED = Gauge("gridcharge_gateway_connected_stations", "Open station WebSockets on this replica.", ["protocol"])
+MESSAGES = Counter("gridcharge_gateway_messages_total", "OCPP messages by action, direction and outcome.",
+                   ["action", "direction", "outcome"])
+ROUNDTRIP = Histogram("gridcharge_gateway_call_roundtrip_seconds", "CALL sent to a station until its answer.",
+                      ["action"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+COMMANDS = Counter("gridcharge_gateway_commands_total", "Commands from the bus by outcome.", ["command", "outcome"])
+REJECTED = Counter("gridcharge_gateway_rejected_connections_total", "WebSocket connections refused.", ["reason"])
