@@ -40,7 +40,7 @@ async def test_retries_after_500s_then_succeeds(weather_server: WeatherServer, r
         series = await client.get_forecast(48.0, 7.85)
     assert len(series.frame) > 0
     assert len(weather_server.script.requests) == 3
-    assert outcomes == ["retry", "retry", "ok"]
+    assert outcomes == ["error", "error", "ok"]
 
 
 async def test_429_is_retried(weather_server: WeatherServer, recorded_forecast_bytes: bytes) -> None:
@@ -70,10 +70,12 @@ async def test_client_error_is_not_retried(weather_server: WeatherServer) -> Non
 
 async def test_timeout_is_retried_then_reported(weather_server: WeatherServer, recorded_forecast_bytes: bytes) -> None:
     weather_server.answer((200, 1.0, recorded_forecast_bytes))
-    async with _client(weather_server.url, timeout_s=0.2, max_attempts=2) as client:
+    outcomes: list[str] = []
+    async with _client(weather_server.url, outcomes, timeout_s=0.2, max_attempts=2) as client:
         with pytest.raises(WeatherUnavailable) as info:
             await client.fetch_json(48.0, 7.85)
     assert "Timeout" in info.value.last_error
+    assert outcomes == ["timeout", "timeout"]
     assert info.value.attempts == 2
 
 
@@ -107,7 +109,7 @@ async def test_cache_hits_within_hour_and_ttl(weather_server: WeatherServer, rec
         now[0] += 1000  # beyond the TTL
         await client.fetch_json(48.0, 7.85)
         await client.fetch_json(52.5, 13.4)  # another location
-    assert outcomes == ["ok", "cache_hit", "ok", "ok"]
+    assert outcomes == ["ok", "ok", "ok"]  # the cache hit made no request
     assert len(weather_server.script.requests) == 3
 
 

@@ -64,7 +64,8 @@ class OpenMeteoClient:
     """Async client; one instance per process (it keeps a connection pool and the cache).
 
     ``now`` (POSIX s) and ``sleep`` are injectable so tests and simulations control time; ``on_request`` is
-    called with an outcome (``ok``, ``cache_hit``, ``retry``, ``error``) for metrics.
+    called once per HTTP attempt with its outcome (``ok``, ``error``, ``timeout``) for metrics; cache hits
+    make no request and are not reported.
     """
 
     def __init__(
@@ -129,7 +130,6 @@ class OpenMeteoClient:
         key = self._cache_key(latitude, longitude)
         hit = self._cache.get(key)
         if hit is not None and self._now() - hit[0] <= self.config.cache_ttl_s:
-            self._on_request("cache_hit")
             return hit[1]
         params = self.params(latitude, longitude)
         url = str(self._http.base_url.join(self.config.path).copy_merge_params(params))
@@ -142,12 +142,14 @@ class OpenMeteoClient:
                 response = await self._http.get(self.config.path, params=params)
             except httpx.TransportError as exc:  # connect errors, timeouts, protocol errors
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self._on_request("timeout" if isinstance(exc, httpx.TimeoutException) else "error")
             else:
                 if response.status_code == 200:
                     try:
                         payload = response.json()
                     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                         last_error = f"invalid JSON: {exc}"
+                        self._on_request("error")
                     else:
                         if isinstance(payload, dict) and not payload.get("error"):
                             self._cache[key] = (self._now(), payload)
@@ -158,14 +160,12 @@ class OpenMeteoClient:
                         raise WeatherUnavailable(url, last_error, attempt)
                 else:
                     last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+                    self._on_request("error")
                     if response.status_code != 429 and response.status_code < 500:
-                        self._on_request("error")
                         raise WeatherUnavailable(url, last_error, attempt)
                     retry_after = response.headers.get("Retry-After")
             if attempt < self.config.max_attempts:
-                self._on_request("retry")
                 await self._sleep(self._backoff_s(attempt, retry_after))
-        self._on_request("error")
         raise WeatherUnavailable(url, last_error, attempts)
 
     async def get_forecast(self, latitude: float, longitude: float) -> WeatherSeries:

@@ -1,0 +1,375 @@
+"""The forecasting service: keeps the inputs it hears on the bus, runs the core, publishes headroom.
+
+Inputs: node base-load history (``gridcharge.grid.node-load-history.v1``), latest node load
+(``gridcharge.grid.node-load.v1``, anchors the base-load forecast), external limits
+(``gridcharge.grid.external-limits.v1``) and weather (HTTP API or a recorded file).
+Outputs: ``HeadroomForecast`` per node on ``gridcharge.forecast.headroom.v1`` (compacted, key node id)
+and in the store under ``forecast:headroom:<node_id>``; ``WeatherForecast`` on ``gridcharge.forecast.weather.v1``.
+
+Recomputes every 15 min (on the injected clock), on new weather and on new external limits.
+Every replica consumes all history with its own consumer group (each needs every node's history; the
+output is idempotent, so replicas can run side by side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from fastapi import APIRouter, HTTPException
+from google.protobuf.timestamp_pb2 import Timestamp
+from gridcharge.common.v1 import common_pb2
+from gridcharge.forecast.v1 import forecast_pb2
+from gridcharge.forecasting.adapters.topology import grid_model_from_topology
+from gridcharge.forecasting.adapters.weather import WeatherUnavailable
+from gridcharge.forecasting.core.headroom import PHASES, ExternalLimitSpec, NodeHeadroom
+from gridcharge.forecasting.core.site import ForecastOptions, GridModel, SiteForecast, forecast_site
+from gridcharge.forecasting.core.weather import WeatherSeries, resample_to, slot_midpoints, slot_starts
+from gridcharge.forecasting.metrics import FORECAST_AGE_S, FORECAST_RUNS, HEADROOM_W, PV_FORECAST_W
+from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared import contracts
+from gridcharge.shared.bus.base import Record, Subscription
+from gridcharge.shared.runtime import Runtime
+from gridcharge.shared.topology import Topology
+
+log = logging.getLogger(__name__)
+
+STORE_KEY = "forecast:headroom:{node_id}"
+STEP_S = 900
+
+
+class WeatherSource(Protocol):
+    """Where weather comes from (the HTTP API or a recorded file)."""
+
+    name: str
+
+    async def get(self, latitude: float, longitude: float) -> WeatherSeries: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """Timing (s) and horizon (h) of the service; ``weather_max_age_s``: older weather is not used."""
+
+    horizon_h: float = 48.0
+    recompute_s: float = 900.0
+    weather_refresh_s: float = 3600.0
+    weather_max_age_s: float = 12 * 3600.0
+    history_days: int = 35
+    forecast: ForecastOptions = field(default_factory=ForecastOptions)
+
+
+def _ts(t: pd.Timestamp | datetime) -> Timestamp:
+    out = Timestamp()
+    out.FromNanoseconds(int(pd.Timestamp(t).value))
+    return out
+
+
+def _from_ts(t: Timestamp) -> pd.Timestamp | None:
+    if t.seconds == 0 and t.nanos == 0:
+        return None
+    return pd.Timestamp(t.ToNanoseconds(), unit="ns", tz="UTC")
+
+
+def _phase_values(values: np.ndarray) -> common_pb2.PhaseValues:
+    return common_pb2.PhaseValues(l1=float(values[0]), l2=float(values[1]), l3=float(values[2]))
+
+
+def _triple(p: common_pb2.PhaseValues) -> tuple[float, float, float]:
+    return (p.l1, p.l2, p.l3)
+
+
+def external_limit_from_proto(msg: grid_pb2.ExternalLimit, received_at: pd.Timestamp) -> ExternalLimitSpec:
+    """ExternalLimit contract → core spec (``updated_at``: producer time, else when we received it)."""
+    produced = _from_ts(msg.meta.produced_at) if msg.HasField("meta") else None
+    return ExternalLimitSpec(
+        limit_id=msg.limit_id or msg.source or "external",
+        limit_w=_triple(msg.limit_w),
+        updated_at=produced or received_at,
+        valid_from=_from_ts(msg.valid_from),
+        valid_to=_from_ts(msg.valid_to),
+        fallback_limit_w=_triple(msg.fallback_limit_w) if msg.HasField("fallback_limit_w") else None,
+        stale_after_s=float(msg.stale_after_s),
+        schedule=tuple(
+            (start, _triple(s.limit_w))
+            for s in sorted(msg.schedule, key=lambda s: s.start.ToNanoseconds())
+            if (start := _from_ts(s.start)) is not None
+        ),
+        source=msg.source or "external",
+    )
+
+
+def headroom_message(
+    h: NodeHeadroom, producer: str, produced_at: pd.Timestamp, weather_as_of: pd.Timestamp | None
+) -> forecast_pb2.HeadroomForecast:
+    """NodeHeadroom → HeadroomForecast contract (one slot per 15 min, binding source per slot)."""
+    sources = h.slot_source()
+    slots = [
+        forecast_pb2.HeadroomSlot(
+            headroom_w=_phase_values(h.headroom_w[:, t]),
+            rating_w=_phase_values(h.limit_w[:, t]),
+            base_load_w=_phase_values(h.base_load_w[:, t]),
+            pv_w=_phase_values(h.pv_credit_w[:, t]),
+            ambient_temperature_c=float(h.ambient_c[t]) if np.isfinite(h.ambient_c[t]) else float("nan"),
+            binding_source=sources[t],
+        )
+        for t in range(h.headroom_w.shape[1])
+    ]
+    msg = forecast_pb2.HeadroomForecast(
+        meta=common_pb2.Meta(producer=producer, produced_at=_ts(produced_at)),
+        node_id=h.node_id,
+        start=_ts(h.slot_starts[0]),
+        step_s=STEP_S,
+        slots=slots,
+        degraded=h.degraded,
+    )
+    if weather_as_of is not None:
+        msg.weather_as_of.CopyFrom(_ts(weather_as_of))
+    return msg
+
+
+def weather_message(w: WeatherSeries, site_id: str, producer: str, now: pd.Timestamp,
+                    provider: str) -> forecast_pb2.WeatherForecast:
+    """The weather used, on the 15-min grid from the current slot (``WeatherForecast`` contract)."""
+    starts = slot_starts(now, 48.0)
+    frame = resample_to(w, slot_midpoints(starts))
+
+    def col(name: str) -> list[float]:
+        return [float(x) for x in frame[name]] if name in frame else []
+
+    return forecast_pb2.WeatherForecast(
+        meta=common_pb2.Meta(producer=producer, produced_at=_ts(now)),
+        site_id=site_id, latitude=w.latitude, longitude=w.longitude, start=_ts(starts[0]), step_s=STEP_S,
+        temperature_c=col("temp_air_c"), ghi_w_m2=col("ghi_w_m2"), dni_w_m2=col("dni_w_m2"),
+        dhi_w_m2=col("dhi_w_m2"), cloud_cover_pct=col("cloud_cover_pct"), wind_speed_m_s=col("wind_speed_m_s"),
+        provider=provider,
+    )
+
+
+class ForecastingService:
+    """Stateful shell around :func:`~gridcharge.forecasting.core.site.forecast_site`."""
+
+    name = "forecasting"
+
+    def __init__(self, rt: Runtime, topology: Topology, weather: WeatherSource | None,
+                 options: ServiceOptions | None = None) -> None:
+        self.rt = rt
+        self.topology = topology
+        self.model: GridModel = grid_model_from_topology(topology)
+        self.weather_source = weather
+        self.options = options or ServiceOptions()
+        self.producer = f"forecasting/{rt.settings.replica_id}"
+        self._history: dict[str, dict[pd.Timestamp, tuple[float, float, float]]] = {}
+        self._latest: dict[str, tuple[pd.Timestamp, tuple[float, float, float]]] = {}
+        self._limits: dict[str, dict[str, ExternalLimitSpec]] = {}
+        self._weather: WeatherSeries | None = None
+        self._weather_at: float | None = None
+        self._weather_attempt_at: float | None = None
+        self.last: SiteForecast | None = None
+        self.last_run_at: float | None = None
+        self._trigger = asyncio.Event()
+        self._subs: list[Subscription] = []
+        self._task: asyncio.Task[None] | None = None
+        self._router = self._make_router()
+
+    # -- Service protocol -----------------------------------------------------------------------
+    @property
+    def routers(self) -> list[APIRouter]:
+        return [self._router]
+
+    async def start(self) -> None:
+        bus, group = self.rt.bus, f"forecasting-{self.rt.settings.replica_id}-{uuid.uuid4().hex[:8]}"
+        self._subs.append(await bus.subscribe([contracts.NODE_LOAD_HISTORY.name], group + "-h", self.on_history))
+        self._subs.append(await bus.subscribe([contracts.NODE_LOAD.name], group + "-l", self.on_node_load,
+                                              from_beginning=False))
+        self._subs.append(await bus.subscribe([contracts.EXTERNAL_LIMITS.name], group + "-x", self.on_external_limit))
+        clock = self.rt.clock
+        FORECAST_AGE_S.labels(kind="headroom").set_function(
+            lambda: clock.time() - self.last_run_at if self.last_run_at is not None else float("nan"))
+        FORECAST_AGE_S.labels(kind="weather").set_function(
+            lambda: clock.time() - self._weather_at if self._weather_at is not None else float("nan"))
+        FORECAST_AGE_S.labels(kind="base_load").set_function(self._base_load_age_s)
+        self.rt.health.add("forecast", lambda: self.last_run_at is not None)
+        self._task = asyncio.create_task(self._loop(), name="forecasting-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.stop()
+        if self.weather_source is not None:
+            with contextlib.suppress(Exception):
+                await self.weather_source.aclose()
+
+    # -- bus handlers ---------------------------------------------------------------------------
+    async def on_history(self, record: Record) -> None:
+        msg = contracts.decode(grid_pb2.NodeLoadInterval, record.value)
+        start = _from_ts(msg.interval_start)
+        if start is None or msg.node_id not in self.model_node_ids:
+            return
+        hist = self._history.setdefault(msg.node_id, {})
+        hist[start] = _triple(msg.mean_base_load_w)
+        cutoff = self._now() - pd.Timedelta(days=self.options.history_days)
+        if len(hist) > 2 * 96 * self.options.history_days:  # prune occasionally, not on every record
+            for t in [t for t in hist if t < cutoff]:
+                del hist[t]
+
+    async def on_node_load(self, record: Record) -> None:
+        msg = contracts.decode(grid_pb2.NodeLoad, record.value)
+        at = _from_ts(msg.as_of)
+        if at is not None and msg.node_id in self.model_node_ids:
+            self._latest[msg.node_id] = (at, _triple(msg.base_load_w))
+
+    async def on_external_limit(self, record: Record) -> None:
+        msg = contracts.decode(grid_pb2.ExternalLimit, record.value)
+        if msg.node_id not in self.model_node_ids:
+            return
+        spec = external_limit_from_proto(msg, self._now())
+        self._limits.setdefault(msg.node_id, {})[spec.limit_id] = spec
+        self._trigger.set()
+
+    # -- the run ----------------------------------------------------------------------------------
+    @property
+    def model_node_ids(self) -> set[str]:
+        return {n.node_id for n in self.model.nodes}
+
+    def _now(self) -> pd.Timestamp:
+        return pd.Timestamp(self.rt.clock.time(), unit="s", tz="UTC")
+
+    def _base_load_age_s(self) -> float:
+        times = [max(h) for h in self._history.values() if h] + [t for t, _ in self._latest.values()]
+        return (self._now() - max(times)).total_seconds() if times else float("nan")
+
+    def histories(self) -> dict[str, pd.DataFrame]:
+        """Per-node base-load history (W per phase, UTC), the latest live value appended."""
+        out: dict[str, pd.DataFrame] = {}
+        for node_id in self.model_node_ids:
+            rows = dict(self._history.get(node_id, {}))
+            if node_id in self._latest:
+                at, values = self._latest[node_id]
+                rows[at] = values
+            if rows:
+                index = pd.DatetimeIndex(sorted(rows))
+                out[node_id] = pd.DataFrame([rows[t] for t in index], index=index, columns=list(PHASES))
+        return out
+
+    async def refresh_weather(self, force: bool = False) -> bool:
+        """Fetch weather if due; True if new weather arrived. Failures keep the previous forecast until it
+        is older than ``weather_max_age_s``."""
+        if self.weather_source is None:
+            return False
+        now_s = self.rt.clock.time()
+        due = self._weather_attempt_at is None or now_s - self._weather_attempt_at >= self.options.weather_refresh_s
+        if not (force or due):
+            return False
+        self._weather_attempt_at = now_s
+        site = self.topology.site
+        try:
+            weather = await self.weather_source.get(site.latitude, site.longitude)
+        except (WeatherUnavailable, OSError, ValueError) as exc:
+            FORECAST_RUNS.labels(kind="weather", outcome="error").inc()
+            log.warning("weather unavailable", extra={"error": str(exc)[:300]})
+            if self._weather_at is not None and now_s - self._weather_at > self.options.weather_max_age_s:
+                self._weather = None
+            return False
+        self._weather, self._weather_at = weather, now_s
+        FORECAST_RUNS.labels(kind="weather", outcome="ok").inc()
+        msg = weather_message(weather, site.id, self.producer, self._now(), self.weather_source.name)
+        await self.rt.bus.publish(contracts.WEATHER.name, site.id, msg.SerializeToString())
+        return True
+
+    async def run_once(self) -> SiteForecast:
+        """Compute and publish headroom for every node now."""
+        now = self._now()
+        slots = slot_starts(now, self.options.horizon_h)
+        weather_frame = None
+        if self._weather is not None:
+            frame = resample_to(self._weather, slot_midpoints(slots))
+            if "ghi_w_m2" in frame and np.isfinite(frame["ghi_w_m2"].to_numpy()).all():
+                weather_frame = frame
+        limits = {node: list(specs.values()) for node, specs in self._limits.items()}
+        try:
+            result = await asyncio.to_thread(
+                forecast_site, self.model, slots, now, weather_frame, self.histories(), limits,
+                self.options.forecast,
+            )
+        except Exception:
+            FORECAST_RUNS.labels(kind="headroom", outcome="error").inc()
+            log.exception("headroom forecast failed")
+            raise
+        weather_as_of = (pd.Timestamp(self._weather_at, unit="s", tz="UTC")
+                         if self._weather_at is not None and weather_frame is not None else None)
+        degraded = False
+        for i, node in enumerate(self.model.nodes):
+            h = result.headroom[node.node_id]
+            degraded |= h.degraded
+            payload = headroom_message(h, self.producer, now, weather_as_of).SerializeToString()
+            await self.rt.bus.publish(contracts.HEADROOM.name, node.node_id, payload)
+            await self.rt.store.set(STORE_KEY.format(node_id=node.node_id), payload)
+            for p, ph in enumerate(PHASES):
+                HEADROOM_W.labels(node=node.node_id, phase=ph).set(float(h.headroom_w[p, 0]))
+            PV_FORECAST_W.labels(node=node.node_id).set(float(result.node_pv_w[i, :, 0].sum()))
+        FORECAST_RUNS.labels(kind="headroom", outcome="fallback" if degraded else "ok").inc()
+        metered = {n.node_id for n in self.model.nodes if n.metered}
+        bl_fallback = any(not result.base_load[node_id] or any(f.method in ("empty", "constant")
+                                                               for f in result.base_load[node_id])
+                          for node_id in metered)
+        FORECAST_RUNS.labels(kind="base_load", outcome="fallback" if bl_fallback else "ok").inc()
+        self.last, self.last_run_at = result, self.rt.clock.time()
+        return result
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_weather()
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("forecasting run failed; retrying at the next tick")
+            now_s = self.rt.clock.time()
+            delay = self.options.recompute_s - (now_s % self.options.recompute_s) + 1.0
+            refresh_in = (self.options.weather_refresh_s - (now_s - self._weather_attempt_at)
+                          if self._weather_attempt_at is not None else delay)
+            sleeper = asyncio.create_task(self.rt.clock.sleep(max(0.0, min(delay, refresh_in))))
+            trigger = asyncio.create_task(self._trigger.wait())
+            try:
+                await asyncio.wait({sleeper, trigger}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sleeper, trigger):
+                    task.cancel()
+                self._trigger.clear()
+
+    # -- operator API -----------------------------------------------------------------------------
+    def _make_router(self) -> APIRouter:
+        router = APIRouter(prefix="/api/forecast", tags=["forecast"])
+
+        @router.get("/headroom/{node_id}")
+        def headroom(node_id: str) -> dict[str, Any]:
+            """The latest headroom forecast of a node: W per phase per 15-min slot, with the binding source."""
+            if self.last is None or node_id not in self.last.headroom:
+                raise HTTPException(404, f"no forecast for node {node_id!r}")
+            h = self.last.headroom[node_id]
+            return {
+                "node_id": node_id,
+                "start": h.slot_starts[0].isoformat(),
+                "step_s": STEP_S,
+                "degraded": h.degraded,
+                "degraded_reasons": list(h.degraded_reasons),
+                "headroom_w": np.round(h.headroom_w.T, 1).tolist(),
+                "source": h.slot_source(),
+            }
+
+        return router
+
