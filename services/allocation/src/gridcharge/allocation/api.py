@@ -1,0 +1,220 @@
+"""Operator HTTP API of the allocation service (FastAPI router, OpenAPI at /docs).
+
+GET  /allocation/topology                      nodes with limits and current EV capacity, stations with state
+GET  /allocation/limits                        effective per-node limits and the external limits in force
+POST /allocation/limits                        a time-windowed external limit with a fallback (→ ExternalLimit)
+DELETE /allocation/limits/{node_id}/{limit_id} withdraw it (publishes an empty window)
+GET  /allocation/sessions                      active sessions
+PUT  /allocation/sessions/{session_id}/preferences   departure, energy, priority
+GET  /allocation/plan                          the latest plan per session with the explanation
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, HTTPException, Path
+from gridcharge.allocation.adapters import codec
+from gridcharge.allocation.core.allocator import Allocator
+from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared import contracts as C
+from gridcharge.shared.topology import PHASES
+from pydantic import BaseModel, Field, model_validator
+
+if TYPE_CHECKING:
+    from gridcharge.allocation.service import AllocationService
+
+log = logging.getLogger(__name__)
+
+PhaseTriple = Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+class ExternalLimitIn(BaseModel):
+    """A capacity limit for a node between ``valid_from`` and ``valid_to``; per-phase W or A."""
+
+    node_id: str = Field(min_length=1, max_length=64)
+    limit_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], min_length=1, max_length=64,
+                          pattern=r"^[A-Za-z0-9_.:-]+$")
+    source: str = Field("operator", max_length=32)
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    limit_w: PhaseTriple | None = None
+    limit_a: PhaseTriple | None = None
+    fallback_limit_w: PhaseTriple | None = None
+    stale_after_s: int = Field(0, ge=0, le=7 * 86400)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExternalLimitIn:
+        if (self.limit_w is None) == (self.limit_a is None):
+            raise ValueError("give limit_w or limit_a (three per-phase values)")
+        for v in (self.limit_w or self.limit_a or []) + (self.fallback_limit_w or []):
+            if not math.isfinite(v) or v < 0:
+                raise ValueError("limits must be finite and ≥ 0")
+        for d in (self.valid_from, self.valid_to):
+            if d is not None and d.tzinfo is None:
+                raise ValueError("times need a timezone (e.g. 2026-06-01T12:00:00Z)")
+        if self.valid_from and self.valid_to and self.valid_to <= self.valid_from:
+            raise ValueError("valid_to must be after valid_from")
+        return self
+
+
+class PreferencesIn(BaseModel):
+    """What the driver or operator wants for a session; omitted fields stay as they are."""
+
+    departure: datetime | None = None
+    energy_wh: float | None = Field(None, ge=0, le=1e6)
+    priority: int | None = Field(None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _tz(self) -> PreferencesIn:
+        if self.departure is not None and self.departure.tzinfo is None:
+            raise ValueError("departure needs a timezone")
+        return self
+
+
+def apply_preference_blob(alloc: Allocator, session_id: str, blob: bytes) -> bool:
+    """Apply preferences stored as JSON (tolerant: bad blobs are ignored)."""
+    try:
+        p = PreferencesIn.model_validate(json.loads(blob))
+    except Exception:
+        return False
+    return alloc.book.set_preferences(session_id, p.departure, p.energy_wh, p.priority) is not None
+
+
+def _phases(values: tuple[float, float, float] | list[float]) -> dict[str, float]:
+    return {ph: round(float(values[i]), 1) for i, ph in enumerate(PHASES)}
+
+
+def build_router(svc: AllocationService) -> APIRouter:
+    r = APIRouter(prefix="/allocation", tags=["allocation"])
+    alloc = svc.alloc
+    topo = svc.topology
+
+    @r.get("/topology", summary="Grid nodes with limits and EV capacity now; stations with their state")
+    def get_topology() -> dict[str, object]:
+        now = svc.rt.clock.time()
+        cap = alloc.capacity_now(now)
+        wc = alloc.worst_case_a(now)
+        nodes = [{"id": n.id, "kind": n.kind, "parent": n.parent, "limit_w": _phases(topo.limit_w(n.id)),
+                  "ev_capacity_w": _phases(list(cap[n.id])), "metered": n.metered} for n in topo.nodes]
+        stations = []
+        for s in topo.stations:
+            led = alloc.ledgers[s.id]
+            stations.append({
+                "id": s.id, "node": s.node, "phase_map": list(s.phase_map), "max_current_a": s.max_current_a,
+                "fallback_current_a": s.fallback_current_a, "online": led.online,
+                "fallback_installed": led.fallback_installed, "worst_case_a": wc[s.id],
+                "failsafe": led.in_failsafe(now, alloc.cfg.failsafe_hold_s), "last_failure": led.last_failure,
+                "station_cap_a": alloc.station_cap_a.get(s.id)})
+        return {"nominal_voltage_v": topo.nominal_voltage_v, "nodes": nodes, "stations": stations,
+                "leader": svc.leader.is_leader}
+
+    @r.get("/limits", summary="Effective per-node limits and external limits")
+    def get_limits() -> dict[str, object]:
+        now = svc.rt.clock.time()
+        cap = alloc.capacity_now(now)
+        ext = [{"node_id": e.node_id, "limit_id": e.limit_id, "source": e.source,
+                "valid_from": datetime.fromtimestamp(e.valid_from, UTC).isoformat(),
+                "valid_to": None if math.isinf(e.valid_to) else datetime.fromtimestamp(e.valid_to, UTC).isoformat(),
+                "limit_w": _phases(e.limit_w), "fallback_limit_w": _phases(e.fallback_limit_w),
+                "in_force_w": (_phases(v) if (v := e.value_at(now, now)) is not None else None)}
+               for e in alloc.external.values()]
+        return {"nodes": {n.id: {"limit_w": _phases(alloc.capacity_limit_w(n.id, now)),
+                                 "ev_capacity_w": _phases(list(cap[n.id]))} for n in topo.nodes},
+                "external_limits": ext}
+
+    @r.post("/limits", status_code=202, summary="Set a time-windowed external limit (published on the bus)")
+    async def post_limit(body: ExternalLimitIn) -> dict[str, str]:
+        if body.node_id not in topo.node_by_id:
+            raise HTTPException(404, "unknown node")
+        now = svc.rt.clock.now()
+        v = topo.nominal_voltage_v
+        lim = body.limit_w or [a * v for a in body.limit_a or []]
+        msg = grid_pb2.ExternalLimit(
+            meta=codec.meta(svc.producer, now), node_id=body.node_id, limit_id=body.limit_id, source=body.source,
+            valid_from=codec.ts(body.valid_from or now), limit_w=_pv(lim),
+            fallback_limit_w=_pv(body.fallback_limit_w or lim), stale_after_s=body.stale_after_s)
+        if body.valid_to is not None:
+            msg.valid_to.CopyFrom(codec.ts(body.valid_to))
+        await svc.rt.bus.publish(C.EXTERNAL_LIMITS.name, body.node_id, msg.SerializeToString())
+        alloc.external_limit(codec.external_limit_window(msg, now))
+        svc.mark_dirty()
+        return {"limit_id": body.limit_id}
+
+    @r.delete("/limits/{node_id}/{limit_id}", status_code=202, summary="Withdraw an external limit")
+    async def delete_limit(node_id: Annotated[str, Path(max_length=64)],
+                           limit_id: Annotated[str, Path(max_length=64)]) -> dict[str, str]:
+        if (node_id, limit_id) not in alloc.external:
+            raise HTTPException(404, "no such limit")
+        now = svc.rt.clock.now()
+        msg = grid_pb2.ExternalLimit(meta=codec.meta(svc.producer, now), node_id=node_id, limit_id=limit_id,
+                                     source="operator", valid_from=codec.ts(now), valid_to=codec.ts(now))
+        await svc.rt.bus.publish(C.EXTERNAL_LIMITS.name, node_id, msg.SerializeToString())
+        alloc.remove_external_limit(node_id, limit_id)
+        svc.mark_dirty()
+        return {"limit_id": limit_id}
+
+    @r.get("/sessions", summary="Active charging sessions")
+    def get_sessions() -> list[dict[str, object]]:
+        return [_session_json(alloc, s.session_id) for s in alloc.book.sessions.values()]
+
+    @r.put("/sessions/{session_id:path}/preferences", summary="Set departure, energy and priority of a session")
+    async def put_preferences(session_id: str, body: PreferencesIn) -> dict[str, object]:
+        if alloc.book.by_id(session_id) is None:
+            raise HTTPException(404, "unknown session")
+        alloc.book.set_preferences(session_id, body.departure, body.energy_wh, body.priority)
+        await svc.rt.store.hset("allocation:preferences", session_id,
+                                body.model_dump_json(exclude_none=True).encode())
+        svc.mark_dirty()
+        return _session_json(alloc, session_id)
+
+    @r.get("/plan", summary="Latest plan per session with its explanation (binding constraint)")
+    def get_plan() -> dict[str, object]:
+        res = alloc.last
+        if res is None:
+            return {"at": None, "sessions": []}
+        out = []
+        for s in alloc.book.sessions.values():
+            ex = res.explanations.get(s.session_id)
+            v = res.plan.verdicts.get(s.session_id) if res.plan is not None else None
+            row = res.plan.row(s.session_id) if res.plan is not None and s.session_id in res.plan.session_ids \
+                else None
+            b = ex.binding if ex is not None else None
+            out.append({
+                "session_id": s.session_id, "station_id": s.station_id, "evse_id": s.evse_id,
+                "granted_a": ex.granted_a if ex else 0.0, "planned_a": ex.planned_a if ex else 0.0,
+                "current_a_per_slot": [round(float(x), 1) for x in res.plan.current_a[row]]
+                if row is not None and res.plan is not None else [],
+                "planned_wh": v.planned_wh if v else 0.0, "will_complete": v.will_complete if v else False,
+                "shortfall_wh": v.shortfall_wh if v else s.remaining_wh,
+                "explanation": {"node": b.node_id if b else None,
+                                "phase": PHASES[b.phase] if b and 0 <= b.phase < 3 else None,
+                                "slot": b.slot if b else None, "source": b.source if b else None,
+                                "clamped_by": ex.clamped_by if ex else ""},
+            })
+        return {"at": res.at.isoformat(), "step_s": alloc.cfg.slot_s, "status": res.plan.status if res.plan else "",
+                "solve_seconds": res.plan.solve_time_s if res.plan else 0.0, "error": res.error, "sessions": out}
+
+    return r
+
+
+def _pv(v: list[float]) -> codec.common_pb2.PhaseValues:
+    return codec.common_pb2.PhaseValues(l1=v[0], l2=v[1], l3=v[2])
+
+
+def _session_json(alloc: Allocator, session_id: str) -> dict[str, object]:
+    s = alloc.book.by_id(session_id)
+    if s is None:
+        return {}
+    return {"session_id": s.session_id, "station_id": s.station_id, "evse_id": s.evse_id,
+            "transaction_id": s.transaction_id, "started_at": s.started_at.isoformat(),
+            "departure": s.departure.isoformat(), "energy_needed_wh": s.energy_needed_wh,
+            "delivered_wh": round(s.delivered_wh, 1), "min_current_a": s.min_current_a,
+            "max_current_a": s.max_current_a, "phases": s.phases, "priority": s.priority,
+            "measured_current_a": s.measured_current_a, "charging_state": s.charging_state,
+            "granted_a": alloc.grant_a.get(f"{s.station_id}/{s.evse_id}")}

@@ -1,0 +1,526 @@
+"""The allocation state machine: events in, SetChargingProfile commands out (pure, no I/O).
+
+It keeps the sessions, the profile ledger of every station, the live node inputs and external limits;
+``plan`` runs one planning cycle (planner → budget fit → commands), ``limit`` the fast limiter for one
+node, ``boot`` the fallback profile for a station. Time comes in as arguments, never from a clock, so
+the same code runs live, in simulation and under Hypothesis.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from gridcharge.allocation.core import profiles as P
+from gridcharge.allocation.core.budget import (
+    Capacity,
+    ExternalLimitWindow,
+    NodeInputs,
+    fit_caps,
+    node_capacity,
+    node_draw_w,
+)
+from gridcharge.allocation.core.failsafe import LeaseState, Sent, StationLedger
+from gridcharge.allocation.core.limiter import Connector, lower, regrant
+from gridcharge.allocation.core.model import (
+    BindingConstraint,
+    Evse,
+    NodeCapacity,
+    Plan,
+    Planner,
+    PlannerConfig,
+    PlanningProblem,
+    Session,
+    SlotGrid,
+)
+from gridcharge.allocation.core.sessions import TAPER_MARGIN_A, SessionBook, SessionState, session_key
+from gridcharge.command.v1 import command_pb2
+from gridcharge.shared.topology import PHASES, Topology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AllocatorConfig:
+    """Timing and tuning of the allocator (seconds, A)."""
+
+    slot_s: float = 900.0
+    horizon_slots: int = 96              # 24 h of 15-min slots
+    plan_interval_s: float = 60.0
+    debounce_s: float = 1.0
+    lease_s: float = P.DEFAULT_LEASE_S
+    renew_fraction: float = P.RENEW_FRACTION
+    command_timeout_s: float = 60.0      # no result by then: fate unknown
+    failsafe_hold_s: float = 120.0       # a failing station is not planned for this long
+    change_threshold_a: float = 0.5      # smaller changes wait for the next renewal
+    limiter_margin_pct: float = 2.0      # of the node limit, on top of the measured load
+    command_ttl_s: float = 30.0          # a command not sent by then is dropped by the gateway
+
+
+@dataclass(frozen=True)
+class ProfileCommand:
+    """A SetChargingProfile for the gateway (the service adds generation and envelope)."""
+
+    command_id: str
+    station_id: str
+    command_key: str
+    purpose: str                    # fallback | station_lease | tx_lease (metrics label)
+    payload: command_pb2.SetChargingProfile
+    expires_at: datetime
+
+
+@dataclass
+class StationCaps:
+    """What a station said it can do with profiles (StationCapabilities)."""
+
+    allowed_rate_units: tuple[int, ...] = ()
+    max_periods: int = 24
+
+
+@dataclass
+class Explanation:
+    """Why a session gets what it gets: the grant, the binding constraint and its source."""
+
+    session_id: str
+    granted_a: float
+    planned_a: float
+    binding: BindingConstraint | None
+    clamped_by: str = ""        # "" | limiter | budget | failsafe
+
+
+@dataclass
+class PlanResult:
+    """Outcome of one planning cycle."""
+
+    at: datetime
+    plan: Plan | None
+    capacity: Capacity
+    slot_starts: list[float]
+    explanations: dict[str, Explanation] = field(default_factory=dict)
+    station_caps_a: dict[str, float] = field(default_factory=dict)
+    commands: list[ProfileCommand] = field(default_factory=list)
+    error: str = ""
+
+
+def _ts(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+class Allocator:
+    """State and decisions of the allocation service for one topology."""
+
+    def __init__(self, topology: Topology, config: AllocatorConfig | None = None, planner: Planner | None = None,
+                 new_id: Callable[[], str] | None = None) -> None:
+        from gridcharge.allocation.core.planner import LpPlanner
+
+        self.topology = topology
+        self.cfg = config or AllocatorConfig()
+        self.planner: Planner = planner or LpPlanner()
+        self.new_id = new_id or (lambda: uuid.uuid4().hex)
+        self.voltage_v = topology.nominal_voltage_v
+        self.book = SessionBook(dict(topology.station_by_id), topology.session_defaults, self.voltage_v)
+        self.ledgers = {
+            s.id: StationLedger(s.id, s.fallback_current_a, s.max_current_a) for s in topology.stations
+        }
+        self.caps: dict[str, StationCaps] = {}
+        self.node_inputs: dict[str, NodeInputs] = {}
+        self.external: dict[tuple[str, str], ExternalLimitWindow] = {}
+        self.limiter_a: dict[str, float] = {}          # session key -> limiter ceiling (A)
+        self.grant_a: dict[str, float] = {}            # session key -> current tx grant (A)
+        self.plan_a: dict[str, float] = {}             # session key -> plan grant now (A)
+        self.station_cap_a: dict[str, float] = {}      # station -> last station lease cap sent (A)
+        self.last: PlanResult | None = None
+        self._known_ids: deque[str] = deque(maxlen=20000)
+        self._known_set: set[str] = set()
+
+    # ---------------------------------------------------------------- helpers
+    def target(self, station_id: str) -> P.StationProfileTarget:
+        st = self.topology.station_by_id[station_id]
+        caps = self.caps.get(station_id, StationCaps())
+        return P.StationProfileTarget(P.rate_unit_for(caps.allowed_rate_units), len(st.phase_map), self.voltage_v,
+                                      max(1, caps.max_periods))
+
+    def _remember(self, command_id: str) -> None:
+        if len(self._known_ids) == self._known_ids.maxlen:
+            self._known_set.discard(self._known_ids[0])
+        self._known_ids.append(command_id)
+        self._known_set.add(command_id)
+
+    def _issue(self, station_id: str, purpose_label: str, payload: command_pb2.SetChargingProfile,
+               valid_until: float, now: float) -> ProfileCommand:
+        prof = payload.profile
+        key = P.command_key(payload.evse_id, prof.purpose, prof.stack_level)
+        cid = self.new_id()
+        self._remember(cid)
+        self.ledgers[station_id].sent(Sent(cid, key, prof.purpose, payload.evse_id,
+                                           P.profile_limit_a(payload, self.target(station_id)), valid_until, now))
+        return ProfileCommand(cid, station_id, key, purpose_label, payload, _ts(now + self.cfg.command_ttl_s))
+
+    # ---------------------------------------------------------------- inputs
+    def station_online(self, station_id: str, now: float) -> list[ProfileCommand]:
+        """Connected/Boot: the station is reachable; (re)install its fallback (idempotent, fixed id)."""
+        led = self.ledgers.get(station_id)
+        if led is None:
+            return []
+        led.online = True
+        return [self._fallback(station_id, now)]
+
+    def _fallback(self, station_id: str, now: float) -> ProfileCommand:
+        st = self.topology.station_by_id[station_id]
+        payload = P.fallback_profile(st.fallback_current_a, _ts(now), self.target(station_id))
+        return self._issue(station_id, "fallback", payload, math.inf, now)
+
+    def station_offline(self, station_id: str, now: float) -> bool:
+        led = self.ledgers.get(station_id)
+        if led is None:
+            return False
+        led.went_offline(now)
+        return True
+
+    def capabilities(self, station_id: str, allowed_rate_units: tuple[int, ...], max_periods: int) -> bool:
+        if station_id not in self.ledgers:
+            return False
+        self.caps[station_id] = StationCaps(allowed_rate_units, max_periods if max_periods > 0 else 24)
+        return True
+
+    def command_result(self, station_id: str, command_id: str, outcome: int, now: float) -> bool:
+        """Apply a result; True when it changes what may be planned (re-plan soon)."""
+        led = self.ledgers.get(station_id)
+        if led is None:
+            return False
+        sent = led.result(command_id, outcome, now)
+        if sent is None:
+            return False
+        accepted = outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED
+        return not accepted or sent.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX
+
+    def observe_command(self, station_id: str, command_id: str, payload: command_pb2.SetChargingProfile,
+                        sent_at: float) -> bool:
+        """A profile command seen on the bus (e.g. sent by the previous leader): count it as in flight."""
+        led = self.ledgers.get(station_id)
+        if led is None or command_id in self._known_set:
+            return False
+        self._remember(command_id)
+        prof = payload.profile
+        valid_until = prof.valid_to.ToSeconds() if prof.HasField("valid_to") else math.inf
+        led.sent(Sent(command_id, P.command_key(payload.evse_id, prof.purpose, prof.stack_level), prof.purpose,
+                      payload.evse_id, P.profile_limit_a(payload, self.target(station_id)), valid_until, sent_at))
+        return True
+
+    def node_load(self, node_id: str, load_w: tuple[float, float, float], base_load_w: tuple[float, float, float],
+                  at: float) -> bool:
+        if node_id not in self.topology.node_by_id or not all(map(math.isfinite, load_w + base_load_w)):
+            return False
+        inp = self.node_inputs.setdefault(node_id, NodeInputs())
+        if inp.load_at is not None and at < inp.load_at:
+            return False
+        inp.load_w, inp.base_load_w, inp.load_at = load_w, base_load_w, at
+        return True
+
+    def headroom(self, node_id: str, start: float, step_s: float, slots: list[tuple[float, float, float]],
+                 sources: list[str], at: float) -> bool:
+        if node_id not in self.topology.node_by_id or step_s <= 0 or not slots:
+            return False
+        if not all(math.isfinite(v) for s in slots for v in s):
+            return False
+        inp = self.node_inputs.setdefault(node_id, NodeInputs())
+        inp.headroom_start, inp.headroom_step_s, inp.headroom_w = start, step_s, slots
+        inp.headroom_sources, inp.headroom_at = sources, at
+        return True
+
+    def external_limit(self, lim: ExternalLimitWindow) -> bool:
+        if lim.node_id not in self.topology.node_by_id:
+            return False
+        if lim.valid_to <= lim.valid_from:   # an empty window withdraws the limit
+            return self.external.pop((lim.node_id, lim.limit_id), None) is not None
+        self.external[(lim.node_id, lim.limit_id)] = lim
+        return True
+
+    def remove_external_limit(self, node_id: str, limit_id: str) -> bool:
+        return self.external.pop((node_id, limit_id), None) is not None
+
+    def session_ended(self, s: SessionState) -> None:
+        key = session_key(s.station_id, s.evse_id)
+        for d in (self.limiter_a, self.grant_a, self.plan_a):
+            d.pop(key, None)
+
+    # ---------------------------------------------------------------- worst case
+    def worst_case_a(self, now: float) -> dict[str, float]:
+        """Per station: the highest per-phase current it may draw now (A)."""
+        return {sid: led.worst_case_a(now) for sid, led in self.ledgers.items()}
+
+    def capacity_now(self, now: float) -> dict[str, np.ndarray]:
+        """[3] W of EV capacity per node for the current moment."""
+        cap = node_capacity(self.topology, self.node_inputs, self.external.values(), now, [now])
+        return {n: c[:, 0] for n, c in cap.w.items()}
+
+    # ---------------------------------------------------------------- planning
+    def _sessions_by_station(self) -> dict[str, list[SessionState]]:
+        out: dict[str, list[SessionState]] = {}
+        for s in self.book.sessions.values():
+            out.setdefault(s.station_id, []).append(s)
+        return out
+
+    def _station_cap_for(self, station_id: str, grants: dict[str, float]) -> float:
+        """Per-phase station cap that lets every EVSE of the station draw its grant (A)."""
+        st = self.topology.station_by_id[station_id]
+        per_phase = [0.0, 0.0, 0.0]
+        for e in st.evses:
+            g = grants.get(session_key(station_id, e.id), 0.0)
+            for ph in st.evse_phases(e.id):
+                per_phase[PHASES.index(ph)] += g
+        return max(per_phase)
+
+    def plan(self, now_dt: datetime) -> PlanResult:
+        """One planning cycle: expire, plan, fit the budget, emit the commands that change anything."""
+        cfg = self.cfg
+        now = now_dt.timestamp()
+        for led in self.ledgers.values():
+            led.expire(now, cfg.command_timeout_s)
+        T = max(1, cfg.horizon_slots)
+        slot_starts = [now + k * cfg.slot_s for k in range(T)]
+        capacity = node_capacity(self.topology, self.node_inputs, self.external.values(), now, slot_starts)
+        by_station = self._sessions_by_station()
+        plannable = {sid for sid, led in self.ledgers.items()
+                     if not led.in_failsafe(now, cfg.failsafe_hold_s)}
+        planned_stations = {sid for sid in by_station if sid in plannable}
+        wc = self.worst_case_a(now)
+        fixed = {sid: (self.ledgers[sid].floor_a() if sid in plannable else wc[sid])
+                 for sid in self.ledgers if sid not in planned_stations}
+        fixed_w = node_draw_w(self.topology, fixed)
+        result = PlanResult(now_dt, None, capacity, slot_starts)
+
+        # 1. the plan
+        sessions = [s for sid in sorted(planned_stations) for s in by_station[sid]]
+        plan_now: dict[str, float] = {}
+        if sessions:
+            try:
+                plan = self._solve(sessions, capacity, fixed_w, now_dt, T)
+                result.plan = plan
+                for s in sessions:
+                    plan_now[session_key(s.station_id, s.evse_id)] = float(plan.current_a[plan.row(s.session_id), 0])
+            except Exception as exc:   # a planner failure must not stop the fallbacks and leases from working
+                log.exception("planner failed; holding sessions at their fallback")
+                result.error = f"{type(exc).__name__}"
+                for s in sessions:
+                    plan_now[session_key(s.station_id, s.evse_id)] = 0.0
+        self.plan_a = dict(plan_now)
+
+        # 2. limiter ceilings and the budget fit
+        want: dict[str, float] = {}
+        for key, a in plan_now.items():
+            want[key] = min(a, self.limiter_a.get(key, math.inf))
+        desired_station: dict[str, float] = {}
+        for sid in planned_stations:
+            desired_station[sid] = self._station_cap_for(sid, want)
+        for sid in plannable - planned_stations:
+            led = self.ledgers[sid]
+            if led.worst_case_a(now) > led.floor_a() + 1e-9 or sid in self.station_cap_a:
+                desired_station[sid] = led.fallback_a   # idle: take the lease back down
+        order = sorted(desired_station, key=lambda sid: (
+            -max((s.priority for s in by_station.get(sid, [])), default=0),
+            -sum(s.remaining_wh for s in by_station.get(sid, [])), sid))
+        cap_now = {n: c[:, 0] for n, c in capacity.w.items()}
+        approved = fit_caps(self.topology, cap_now, wc, desired_station, order)
+        result.station_caps_a = dict(approved)
+
+        # 3. commands
+        for sid in sorted(desired_station):
+            if not self.ledgers[sid].online:
+                continue
+            cap_a = P.quantise_a(approved.get(sid, 0.0), min_a=0.0)
+            scale = 1.0
+            if desired_station[sid] > 1e-9 and cap_a < desired_station[sid] - 1e-9:
+                scale = cap_a / desired_station[sid]
+            result.commands += self._station_lease(sid, cap_a, now)
+            for s in by_station.get(sid, []) if sid in planned_stations else []:
+                key = session_key(s.station_id, s.evse_id)
+                g = P.quantise_a(want.get(key, 0.0) * scale, min_a=s.min_current_a)
+                binding = None
+                clamped = ""
+                if result.plan is not None:
+                    v = result.plan.verdicts.get(s.session_id)
+                    binding = v.binding if v else None
+                if key in self.limiter_a and self.limiter_a[key] < plan_now.get(key, 0.0) - 1e-9:
+                    clamped = "limiter"
+                if scale < 1.0 - 1e-9:
+                    clamped = "budget"
+                result.explanations[s.session_id] = Explanation(s.session_id, g, plan_now.get(key, 0.0),
+                                                                binding, clamped)
+                result.commands += self._tx_lease(s, g, now)
+        for sid in sorted(by_station):
+            if sid in planned_stations:
+                continue
+            for s in by_station[sid]:
+                why = "failsafe:" + (self.ledgers[sid].last_failure or "offline")
+                node = self.topology.station_by_id[sid].node
+                result.explanations[s.session_id] = Explanation(
+                    s.session_id, 0.0, 0.0, BindingConstraint(node, -1, 0, why), "failsafe")
+        # fallbacks that never got installed (rejected, lost): retry once the hold is over
+        for sid, led in self.ledgers.items():
+            in_flight = any(p.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX and math.isinf(p.valid_until)
+                            for p in led.pending.values())
+            held = led.failed_at is not None and now - led.failed_at < cfg.failsafe_hold_s
+            if led.online and not led.fallback_installed and not in_flight and not held:
+                result.commands.append(self._fallback(sid, now))
+        self.last = result
+        return result
+
+    def _solve(self, sessions: list[SessionState], capacity: Capacity, fixed_w: dict[str, np.ndarray],
+               now_dt: datetime, T: int) -> Plan:
+        cfg = self.cfg
+        topo = self.topology
+        nodes = []
+        for n in topo.nodes:
+            c = np.maximum(capacity.w[n.id] - fixed_w[n.id][:, None], 0.0)
+            nodes.append(NodeCapacity(n.id, c, n.parent, capacity.source[n.id]))
+        evses: dict[str, Evse] = {}
+        plan_sessions = []
+        now = now_dt.timestamp()
+        for s in sessions:
+            st = topo.station_by_id[s.station_id]
+            key = session_key(s.station_id, s.evse_id)
+            ev = st.evse(s.evse_id)
+            evses[key] = Evse(key, tuple(topo.station_path(s.station_id)),
+                              tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
+                              max_current_a=min(ev.max_current_a or st.max_current_a, st.max_current_a),
+                              min_current_a=ev.min_current_a)
+            max_a = s.max_current_a
+            if s.tapering(now_dt) and s.measured_current_a is not None:
+                max_a = min(max_a, s.measured_current_a + TAPER_MARGIN_A)
+            dep_slot = max(1, math.ceil((s.departure.timestamp() - now) / cfg.slot_s))
+            plan_sessions.append(Session(s.session_id, key, s.energy_needed_wh, 0, dep_slot, s.min_current_a,
+                                         max_a, s.phases, self.voltage_v, float(s.priority), s.delivered_wh))
+        problem = PlanningProblem(
+            slots=SlotGrid(now_dt, T, cfg.slot_s), nodes=nodes, evses=list(evses.values()), sessions=plan_sessions,
+            config=PlannerConfig(time_limit_s=10.0),
+        )
+        return self.planner.plan(problem)
+
+    def _due(self, station_id: str, key: str, now: float) -> bool:
+        """A lease in this slot must be (re)sent: none, renewing, expired or unknown."""
+        st = self.ledgers[station_id].lease_state(key, now, self.cfg.lease_s, self.cfg.renew_fraction)
+        if st is LeaseState.ACTIVE:
+            return False
+        # a renewal already in flight is enough
+        return not any(p.key == key and p.sent_at > now - self.cfg.command_timeout_s
+                       for p in self.ledgers[station_id].pending.values())
+
+    def _station_lease(self, sid: str, cap_a: float, now: float) -> list[ProfileCommand]:
+        key = P.command_key(0, command_pb2.PROFILE_PURPOSE_STATION_MAX, P.LEASE_STACK)
+        prev = self.station_cap_a.get(sid)
+        led = self.ledgers[sid]
+        if prev is not None and abs(prev - cap_a) < 0.05 and not self._due(sid, key, now):
+            return []
+        if prev is None and cap_a <= led.fallback_a + 1e-9 and not any(
+                s.key == key for s in [*led.accepted.values(), *led.pending.values(), *led.uncertain.values()]):
+            return []   # nothing above the fallback to grant or take back
+        self.station_cap_a[sid] = cap_a
+        payload = P.station_lease_profile(cap_a, _ts(now), self.cfg.lease_s, self.target(sid))
+        return [self._issue(sid, "station_lease", payload, now + self.cfg.lease_s, now)]
+
+    def _tx_lease(self, s: SessionState, grant_a: float, now: float) -> list[ProfileCommand]:
+        key = session_key(s.station_id, s.evse_id)
+        ckey = P.command_key(s.evse_id, command_pb2.PROFILE_PURPOSE_TX, P.LEASE_STACK)
+        prev = self.grant_a.get(key)
+        if prev is not None and abs(prev - grant_a) < self.cfg.change_threshold_a and not (
+                grant_a < prev) and not self._due(s.station_id, ckey, now):
+            return []
+        self.grant_a[key] = grant_a
+        payload = P.tx_profile(s.evse_id, s.transaction_id, [(_ts(now), grant_a)], _ts(now), self.cfg.lease_s,
+                               self.target(s.station_id))
+        return [self._issue(s.station_id, "tx_lease", payload, now + self.cfg.lease_s, now)]
+
+    # ---------------------------------------------------------------- fast limiter
+    def limit(self, node_id: str, now_dt: datetime) -> list[ProfileCommand]:
+        """React to the latest measured load of ``node_id``: lower at once or give back, never above plan."""
+        inp = self.node_inputs.get(node_id)
+        if inp is None or inp.load_w is None or node_id not in self.topology.node_by_id:
+            return []
+        now = now_dt.timestamp()
+        lim = self.capacity_limit_w(node_id, now)
+        margin_w = max(lim) * self.cfg.limiter_margin_pct / 100.0
+        conns = []
+        for s in self.book.sessions.values():
+            if node_id not in self.topology.station_path(s.station_id):
+                continue
+            key = session_key(s.station_id, s.evse_id)
+            if key not in self.grant_a or not self.ledgers[s.station_id].online:
+                continue
+            st = self.topology.station_by_id[s.station_id]
+            conns.append(Connector(key, tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
+                                   self.grant_a[key], self.plan_a.get(key, self.grant_a[key]), s.priority,
+                                   s.min_current_a, s.measured_current_a if s.meter_fresh(now_dt) else None))
+        cuts = lower(inp.load_w, lim, margin_w, self.voltage_v, conns)
+        ups = {} if cuts else regrant(inp.load_w, lim, margin_w, self.voltage_v, conns)
+        cmds: list[ProfileCommand] = []
+        wc = self.worst_case_a(now)
+        cap_now = self.capacity_now(now)
+        for key, a in {**cuts, **ups}.items():
+            found = self.book.sessions.get(key)
+            if found is None:
+                continue
+            s = found
+            if key in ups:
+                # a give-back is a raise: it must still fit the worst-case budget
+                want = dict(self.grant_a)
+                want[key] = a
+                desired = self._station_cap_for(s.station_id, want)
+                ok = fit_caps(self.topology, cap_now, wc, {s.station_id: desired}, [s.station_id])
+                if ok.get(s.station_id, 0.0) < desired - 1e-9:
+                    continue
+                wc[s.station_id] = max(wc[s.station_id], desired)
+                if a >= self.plan_a.get(key, 0.0) - 1e-9:
+                    self.limiter_a.pop(key, None)
+                else:
+                    self.limiter_a[key] = a
+            else:
+                self.limiter_a[key] = a
+            self.grant_a[key] = a
+            cmds += self._force_tx(s, a, now)
+            cap = self._station_cap_for(s.station_id, self.grant_a)
+            if key in ups or cap < self.station_cap_a.get(s.station_id, math.inf) - 1e-9:
+                self.station_cap_a[s.station_id] = cap
+                payload = P.station_lease_profile(cap, _ts(now), self.cfg.lease_s, self.target(s.station_id))
+                cmds.append(self._issue(s.station_id, "station_lease", payload, now + self.cfg.lease_s, now))
+        return cmds
+
+    def _force_tx(self, s: SessionState, grant_a: float, now: float) -> list[ProfileCommand]:
+        payload = P.tx_profile(s.evse_id, s.transaction_id, [(_ts(now), grant_a)], _ts(now), self.cfg.lease_s,
+                               self.target(s.station_id))
+        return [self._issue(s.station_id, "tx_lease", payload, now + self.cfg.lease_s, now)]
+
+    def capacity_limit_w(self, node_id: str, now: float) -> tuple[float, float, float]:
+        """Per-phase limit (W) a node's measured total load must stay under: topology and external limits."""
+        lim = list(self.topology.limit_w(node_id))
+        for e in self.external.values():
+            if e.node_id == node_id:
+                val = e.value_at(now, now)
+                if val is not None:
+                    lim = [min(lim[p], val[p]) for p in range(3)]
+        return (lim[0], lim[1], lim[2])
+
+    # ---------------------------------------------------------------- views
+    def lease_counts(self, now: float) -> dict[str, int]:
+        """Leases by state (active/renewing/expired/failsafe) over all stations and profile slots."""
+        out = {"active": 0, "renewing": 0, "expired": 0, "failsafe": 0}
+        for led in self.ledgers.values():
+            keys = {s.key for s in [*led.accepted.values(), *led.uncertain.values()]
+                    if math.isfinite(s.valid_until)}
+            for k in keys:
+                st = led.lease_state(k, now, self.cfg.lease_s, self.cfg.renew_fraction)
+                if st.value in out:
+                    out[st.value] += 1
+            if led.in_failsafe(now, self.cfg.failsafe_hold_s) and led.online:
+                out["failsafe"] += 0   # counted via uncertain leases; station state is in /sessions
+        return out
+
+
+def next_plan_due(last: datetime | None, now: datetime, interval_s: float) -> bool:
+    return last is None or now - last >= timedelta(seconds=interval_s)

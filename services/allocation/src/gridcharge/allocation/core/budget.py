@@ -1,0 +1,232 @@
+"""Per-node, per-phase budgets: how much the chargers under each node may draw, and whether a set of
+station caps fits (pure, no I/O).
+
+The capacity of a node for EV charging in a slot is the smallest of
+  its topology limit and every valid external limit (fallback value when the source went stale),
+  less the safety margin, less the measured non-EV (base) load when telemetry is fresh,
+  and the forecast headroom of that slot when a fresh forecast covers it.
+Unknown means worst case: a metered node whose live load is stale and which has no fresh forecast
+only gets the sum of the fallbacks under it (safe by construction of the topology).
+
+Powers are W per grid phase (arrays of 3: L1, L2, L3); currents A per phase.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from gridcharge.shared.topology import PHASES, Topology
+
+FloatArray = npt.NDArray[np.float64]
+
+NODE_LOAD_STALE_S = 120.0          # live node load older than this is not trusted
+HEADROOM_STALE_S = 3 * 3600.0      # a headroom forecast older than this is not trusted
+
+
+@dataclass(frozen=True)
+class ExternalLimitWindow:
+    """A DSO/operator limit on a node: ``limit_w`` per phase between ``valid_from`` and ``valid_to``.
+
+    After ``stale_after_s`` without an update the ``fallback_limit_w`` applies instead (0 = never stale).
+    ``schedule`` lists later (start, limit_w) steps inside the window.
+    """
+
+    node_id: str
+    limit_id: str
+    source: str
+    valid_from: float
+    valid_to: float
+    limit_w: tuple[float, float, float]
+    fallback_limit_w: tuple[float, float, float]
+    received_at: float
+    stale_after_s: float = 0.0
+    schedule: tuple[tuple[float, tuple[float, float, float]], ...] = ()
+
+    def value_at(self, t: float, now: float) -> tuple[float, float, float] | None:
+        """Limit in force at time ``t`` (POSIX s), judged at ``now``; None outside the window."""
+        if not (self.valid_from <= t < self.valid_to):
+            return None
+        if self.stale_after_s > 0 and now - self.received_at > self.stale_after_s:
+            return self.fallback_limit_w
+        cur = self.limit_w
+        for start, lim in self.schedule:
+            if start <= t:
+                cur = lim
+        return cur
+
+
+@dataclass
+class NodeInputs:
+    """Live inputs of one node: latest base load and headroom forecast."""
+
+    base_load_w: tuple[float, float, float] | None = None
+    load_w: tuple[float, float, float] | None = None
+    load_at: float | None = None
+    headroom_start: float | None = None
+    headroom_step_s: float = 900.0
+    headroom_w: list[tuple[float, float, float]] = field(default_factory=list)
+    headroom_sources: list[str] = field(default_factory=list)
+    headroom_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """EV capacity per node: ``w[node]`` is [3, T] W, ``source[node]`` the binding signal per phase."""
+
+    w: dict[str, FloatArray]
+    source: dict[str, tuple[str, str, str]]
+
+
+def station_phases(topology: Topology, station_id: str) -> list[int]:
+    """Grid phase indices a station is wired to."""
+    return [PHASES.index(p) for p in topology.station_by_id[station_id].phase_map]
+
+
+def node_capacity(
+    topology: Topology,
+    inputs: Mapping[str, NodeInputs],
+    external: Iterable[ExternalLimitWindow],
+    now: float,
+    slot_starts: list[float],
+) -> Capacity:
+    """EV capacity of every node over the slots starting at ``slot_starts`` (POSIX s)."""
+    ext = list(external)
+    T = len(slot_starts)
+    v = topology.nominal_voltage_v
+    out: dict[str, FloatArray] = {}
+    src: dict[str, tuple[str, str, str]] = {}
+    for node in topology.nodes:
+        lim = np.array(topology.limit_w(node.id), dtype=float)
+        cap = np.repeat(lim[:, None], T, axis=1)
+        why = [["rating"] * T for _ in range(3)]
+        for e in ext:
+            if e.node_id != node.id:
+                continue
+            for t, ts in enumerate(slot_starts):
+                val = e.value_at(ts, now)
+                if val is None:
+                    continue
+                for p in range(3):
+                    if val[p] < cap[p, t]:
+                        cap[p, t] = max(0.0, val[p])
+                        why[p][t] = f"external:{e.limit_id}"
+        cap *= 1.0 - node.safety_margin_pct / 100.0
+        inp = inputs.get(node.id)
+        load_fresh = inp is not None and inp.load_at is not None and now - inp.load_at <= NODE_LOAD_STALE_S
+        fc_fresh = (inp is not None and inp.headroom_at is not None and bool(inp.headroom_w)
+                    and now - inp.headroom_at <= HEADROOM_STALE_S)
+        if load_fresh and inp is not None and inp.base_load_w is not None:
+            base = np.maximum(np.array(inp.base_load_w, dtype=float), 0.0)
+            for p in range(3):
+                for t in range(T):
+                    if cap[p, t] - base[p] < cap[p, t]:
+                        cap[p, t] = max(0.0, cap[p, t] - base[p])
+                        if base[p] > 0:
+                            why[p][t] = why[p][t] if why[p][t] != "rating" else "base_load"
+        if fc_fresh and inp is not None and inp.headroom_start is not None:
+            for t, ts in enumerate(slot_starts):
+                k = int((ts - inp.headroom_start) // inp.headroom_step_s)
+                if not 0 <= k < len(inp.headroom_w):
+                    k = len(inp.headroom_w) - 1 if k >= len(inp.headroom_w) else -1
+                if k < 0:
+                    continue
+                hw = inp.headroom_w[k]
+                for p in range(3):
+                    if hw[p] < cap[p, t]:
+                        cap[p, t] = max(0.0, hw[p])
+                        why[p][t] = "headroom:" + (inp.headroom_sources[k] if k < len(inp.headroom_sources)
+                                                   and inp.headroom_sources[k] else "forecast")
+        if node.metered and not load_fresh and not fc_fresh:
+            # unknown non-EV load: only what is safe by construction
+            fb = np.array(topology.fallback_draw_a(node.id), dtype=float) * v
+            for p in range(3):
+                for t in range(T):
+                    if fb[p] < cap[p, t]:
+                        cap[p, t] = fb[p]
+                        why[p][t] = "failsafe:stale_load"
+        out[node.id] = cap
+        src[node.id] = (why[0][0], why[1][0], why[2][0])
+    return Capacity(out, src)
+
+
+def node_draw_w(topology: Topology, station_caps_a: Mapping[str, float]) -> dict[str, FloatArray]:
+    """Per-node, per-phase worst-case draw (W) if every station drew its cap on all its phases."""
+    v = topology.nominal_voltage_v
+    out = {n.id: np.zeros(3) for n in topology.nodes}
+    for sid, cap in station_caps_a.items():
+        if sid not in topology.station_by_id:
+            continue
+        phases = station_phases(topology, sid)
+        for nid in topology.station_path(sid):
+            for p in phases:
+                out[nid][p] += cap * v
+    return out
+
+
+def fit_caps(
+    topology: Topology,
+    capacity_w: Mapping[str, FloatArray],
+    worst_case_a: Mapping[str, float],
+    desired_a: Mapping[str, float],
+    order: list[str],
+    min_raise_a: float = 0.0,
+) -> dict[str, float]:
+    """Approve station caps so the worst case under every node stays within its capacity.
+
+    ``worst_case_a``: what each station may draw now (A per phase). ``desired_a``: the caps wanted.
+    Lowerings are always approved (they only take effect once accepted; until then the old worst
+    case stays counted). Raises are approved in ``order`` (most important first), each only as far as
+    every node on the station's path still has room; a raise that cannot be granted at all keeps the
+    current worst case. ``capacity_w`` is [3] W per node (the current slot).
+    """
+    v = topology.nominal_voltage_v
+    wc = dict(worst_case_a)
+    used = node_draw_w(topology, wc)
+    approved: dict[str, float] = {}
+    for sid, want in desired_a.items():
+        if want <= wc.get(sid, 0.0) + 1e-9:
+            approved[sid] = want
+    for sid in order:
+        if sid not in desired_a or sid in approved:
+            continue
+        want = desired_a[sid]
+        cur = wc.get(sid, 0.0)
+        room_a = math.inf
+        phases = station_phases(topology, sid)
+        for nid in topology.station_path(sid):
+            cap = capacity_w.get(nid)
+            if cap is None:
+                continue
+            for p in phases:
+                room_a = min(room_a, (float(cap[p]) - float(used[nid][p])) / v)
+        grant = min(want, cur + max(0.0, room_a))
+        if grant - cur < min_raise_a:
+            approved[sid] = cur if cur < want else want
+            continue
+        approved[sid] = grant
+        for nid in topology.station_path(sid):
+            for p in phases:
+                used[nid][p] += (grant - cur) * v
+        wc[sid] = grant
+    return approved
+
+
+def violations(
+    topology: Topology, capacity_w: Mapping[str, FloatArray], worst_case_a: Mapping[str, float],
+    tolerance_w: float = 1e-6,
+) -> list[tuple[str, int, float]]:
+    """(node, phase, excess W) wherever Σ worst-case draw exceeds the capacity ([3] W per node)."""
+    draw = node_draw_w(topology, worst_case_a)
+    out = []
+    for nid, d in draw.items():
+        cap = capacity_w.get(nid)
+        if cap is None:
+            continue
+        for p in range(3):
+            if d[p] > float(cap[p]) + tolerance_w:
+                out.append((nid, p, float(d[p] - cap[p])))
+    return out

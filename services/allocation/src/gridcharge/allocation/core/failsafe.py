@@ -1,0 +1,174 @@
+"""What each station may draw at worst, from the fate of the commands sent to it (pure, no I/O).
+
+Safety principle 3, "unknown means worst case", per station:
+
+- the floor is the installed fallback (station max, stack 0) once a station accepted it, else the
+  hardware maximum (a station without a known profile charges unconstrained);
+- on top of the floor, every station-cap lease that may be in force counts until its ``valid_to``:
+  the accepted one, the ones sent and not answered yet, and those whose fate is unknown (timed out,
+  CALLERROR). Leases bound the uncertainty in time: after ``valid_to`` the station is back at its floor;
+- a rejected/failed/offline station is not planned for a while (``failsafe_hold_s``): it is budgeted at
+  that worst case and the others are re-planned around it.
+
+Times are POSIX seconds. Currents are per phase (A) on every phase the station is wired to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from gridcharge.command.v1 import command_pb2
+
+C = command_pb2  # outcome enum values live on the module
+
+# outcomes where the station certainly did not apply the profile
+NOT_APPLIED = {C.COMMAND_OUTCOME_REJECTED, C.COMMAND_OUTCOME_OFFLINE, C.COMMAND_OUTCOME_INVALID,
+               C.COMMAND_OUTCOME_SUPERSEDED, C.COMMAND_OUTCOME_EXPIRED, C.COMMAND_OUTCOME_NOT_OWNER}
+# outcomes where it may or may not have applied it
+UNKNOWN = {C.COMMAND_OUTCOME_TIMEOUT, C.COMMAND_OUTCOME_CALL_ERROR, C.COMMAND_OUTCOME_UNSPECIFIED}
+# outcomes that make a station fail-safe for a while (not superseded: a newer one won, that is fine)
+FAILING = {C.COMMAND_OUTCOME_REJECTED, C.COMMAND_OUTCOME_OFFLINE, C.COMMAND_OUTCOME_INVALID,
+           C.COMMAND_OUTCOME_TIMEOUT, C.COMMAND_OUTCOME_CALL_ERROR, C.COMMAND_OUTCOME_NOT_OWNER,
+           C.COMMAND_OUTCOME_EXPIRED}
+
+
+class LeaseState(Enum):
+    NONE = "none"
+    ACTIVE = "active"
+    RENEWING = "renewing"
+    EXPIRED = "expired"
+    FAILSAFE = "failsafe"
+
+
+@dataclass
+class Sent:
+    """A profile command sent and not answered yet (or answered with an unknown outcome)."""
+
+    command_id: str
+    key: str                      # command key (profile slot)
+    purpose: int                  # ProfilePurpose
+    evse_id: int
+    cap_a: float                  # highest per-phase current the profile allows
+    valid_until: float            # POSIX s; inf = no end
+    sent_at: float
+
+
+@dataclass
+class StationLedger:
+    """Profile state of one station as far as the allocator can know it."""
+
+    station_id: str
+    fallback_a: float
+    hw_max_a: float
+    online: bool = False
+    fallback_installed: bool = False
+    accepted: dict[str, Sent] = field(default_factory=dict)     # per command key: last accepted
+    pending: dict[str, Sent] = field(default_factory=dict)      # per command id
+    uncertain: dict[str, Sent] = field(default_factory=dict)    # per command id: fate unknown
+    failed_at: float | None = None
+    last_failure: str = ""
+
+    def floor_a(self) -> float:
+        return self.fallback_a if self.fallback_installed else self.hw_max_a
+
+    def _cap_sources(self, now: float) -> list[Sent]:
+        out = [s for s in self.accepted.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
+        out += [s for s in self.pending.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
+        out += [s for s in self.uncertain.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
+        return [s for s in out if s.valid_until > now]
+
+    def worst_case_a(self, now: float) -> float:
+        """Highest per-phase current the station may draw now whatever happened to our commands."""
+        caps = [self.floor_a()] + [s.cap_a for s in self._cap_sources(now)]
+        return min(self.hw_max_a, max(caps))
+
+    def committed_a(self, now: float) -> float:
+        """Like worst_case_a but ignoring commands still in flight (what is surely or maybe installed)."""
+        srcs = [s for s in self.accepted.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
+        srcs += [s for s in self.uncertain.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
+        caps = [self.floor_a()] + [s.cap_a for s in srcs if s.valid_until > now]
+        return min(self.hw_max_a, max(caps))
+
+    def uncertain_excess_a(self, now: float) -> float:
+        """How far unknown-fate leases lift the worst case above what we control (A)."""
+        known = [self.floor_a()] + [s.cap_a for s in self.accepted.values()
+                                    if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and s.valid_until > now]
+        unk = [s.cap_a for s in self.uncertain.values()
+               if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and s.valid_until > now]
+        return max(0.0, min(self.hw_max_a, max(known + unk)) - min(self.hw_max_a, max(known)))
+
+    def in_failsafe(self, now: float, hold_s: float) -> bool:
+        """Not to be planned: offline, fallback unknown, or a command failed within ``hold_s``."""
+        if not self.online or not self.fallback_installed:
+            return True
+        return self.failed_at is not None and now - self.failed_at < hold_s
+
+    def expire(self, now: float, timeout_s: float) -> list[Sent]:
+        """Commands unanswered for ``timeout_s`` become uncertain; lapsed leases are forgotten."""
+        late = [s for s in self.pending.values() if now - s.sent_at >= timeout_s]
+        for s in late:
+            del self.pending[s.command_id]
+            self.uncertain[s.command_id] = s
+            self.failed_at, self.last_failure = now, "no result"
+        for d in (self.uncertain,):
+            for cid in [c for c, s in d.items() if s.valid_until <= now]:
+                del d[cid]
+        for k in [k for k, s in self.accepted.items() if s.valid_until <= now]:
+            del self.accepted[k]
+        return late
+
+    def lease_state(self, key: str, now: float, lease_s: float, renew_fraction: float) -> LeaseState:
+        """State of the lease in profile slot ``key`` (for metrics and renewal)."""
+        if any(s.key == key for s in self.uncertain.values()):
+            return LeaseState.FAILSAFE
+        acc = self.accepted.get(key)
+        if acc is None:
+            return LeaseState.NONE
+        if acc.valid_until <= now:
+            return LeaseState.EXPIRED
+        if math.isfinite(acc.valid_until) and acc.valid_until - now <= lease_s * (1 - renew_fraction):
+            return LeaseState.RENEWING
+        return LeaseState.ACTIVE
+
+    def sent(self, s: Sent) -> None:
+        self.pending[s.command_id] = s
+
+    def result(self, command_id: str, outcome: int, now: float) -> Sent | None:
+        """Apply a command result; returns the command it answers (None if unknown/late duplicate)."""
+        s = self.pending.pop(command_id, None) or self.uncertain.pop(command_id, None)
+        if s is None:
+            return None
+        if outcome == C.COMMAND_OUTCOME_ACCEPTED:
+            prev = self.accepted.get(s.key)
+            # a late answer to an older command must not replace a newer accepted one
+            if prev is None or prev.sent_at <= s.sent_at:
+                self.accepted[s.key] = s
+            if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and not math.isfinite(s.valid_until):
+                self.fallback_installed = True
+            # an older, unanswered lease in the same slot has been replaced by this one
+            for cid in [c for c, u in self.uncertain.items() if u.key == s.key and u.sent_at <= s.sent_at]:
+                del self.uncertain[cid]
+        elif outcome in UNKNOWN:
+            self.uncertain[s.command_id] = s
+        if outcome in FAILING:
+            self.failed_at = now
+            known = outcome in C.CommandOutcome.values()
+            self.last_failure = C.CommandOutcome.Name(C.CommandOutcome.ValueType(outcome)) if known else "?"
+        return s
+
+    def went_offline(self, now: float) -> None:
+        """The link is gone: everything in flight may or may not have arrived."""
+        self.online = False
+        for cid, s in list(self.pending.items()):
+            self.uncertain[cid] = s
+        self.pending.clear()
+        self.failed_at, self.last_failure = now, "offline"
+
+    def rebooted(self) -> None:
+        """A fresh boot: profiles with an end are gone (the station max fallback persists by spec).
+
+        Kept conservative: leases that may have survived still count until their end.
+        """
+        self.online = True

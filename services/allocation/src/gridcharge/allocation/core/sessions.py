@@ -1,0 +1,246 @@
+"""Charging sessions as the allocator knows them: one per active transaction (pure, no I/O).
+
+A session is created by TransactionStarted, refined by ChargingNeeds (EV or driver) and operator
+preferences, fed by meter values (energy delivered, current drawn) and removed by TransactionEnded.
+Whatever the driver did not give comes from ``topology.session_defaults``. Units are in the names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from gridcharge.shared.topology import SessionDefaults, Station
+
+# Meter samples older than this no longer tell what a connector draws (s).
+METER_STALE_S = 180.0
+# A connector drawing this much (A) less than granted for TAPER_SAMPLES samples is tapering.
+TAPER_MARGIN_A = 2.0
+TAPER_SAMPLES = 2
+
+
+def session_key(station_id: str, evse_id: int) -> str:
+    """Id of the connector a session runs on: ``station/evse``."""
+    return f"{station_id}/{evse_id}"
+
+
+@dataclass
+class SessionState:
+    """One active charging session on one EVSE.
+
+    ``energy_needed_wh`` is the total the driver wants in this session; ``delivered_wh`` what the meter
+    counted since the start. Currents are per phase (A).
+    """
+
+    session_id: str
+    station_id: str
+    evse_id: int
+    transaction_id: str
+    started_at: datetime
+    departure: datetime
+    energy_needed_wh: float
+    min_current_a: float
+    max_current_a: float
+    phases: int
+    priority: int
+    delivered_wh: float = 0.0
+    meter_start_wh: float | None = None
+    measured_current_a: float | None = None   # highest phase current from the latest sample
+    measured_power_w: float | None = None
+    measured_at: datetime | None = None
+    charging_state: str = "Charging"
+    below_grant_samples: int = 0
+    user_set: set[str] = field(default_factory=set)   # fields a driver/operator set explicitly
+
+    @property
+    def remaining_wh(self) -> float:
+        """Energy still wanted (Wh, ≥ 0)."""
+        return max(0.0, self.energy_needed_wh - self.delivered_wh)
+
+    def meter_fresh(self, now: datetime) -> bool:
+        return self.measured_at is not None and (now - self.measured_at).total_seconds() <= METER_STALE_S
+
+    def tapering(self, now: datetime) -> bool:
+        """The EV has drawn clearly less than granted for several fresh samples (it will not use more)."""
+        return self.meter_fresh(now) and self.below_grant_samples >= TAPER_SAMPLES
+
+
+class SessionBook:
+    """All active sessions of the stations in one topology, keyed by ``station/evse``.
+
+    Every method is tolerant: unknown stations/EVSEs and nonsense values are ignored and reported
+    by a False/None return so the caller can log and count them.
+    """
+
+    def __init__(self, stations: dict[str, Station], defaults: SessionDefaults, voltage_v: float = 230.0):
+        self.stations = stations
+        self.defaults = defaults
+        self.voltage_v = voltage_v
+        self.sessions: dict[str, SessionState] = {}
+        # needs that arrived before their transaction (2.0.1 may send them first), per station/evse
+        self._early_needs: dict[str, dict[str, float | datetime | int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def _evse_ok(self, station_id: str, evse_id: int) -> Station | None:
+        st = self.stations.get(station_id)
+        if st is None or evse_id not in {e.id for e in st.evses}:
+            return None
+        return st
+
+    def start(self, station_id: str, evse_id: int, transaction_id: str, now: datetime,
+              meter_start_wh: float = 0.0) -> SessionState | None:
+        """A transaction started (or a duplicate start was replayed): create or keep the session."""
+        if evse_id == 0:
+            evse_id = 1   # 1.6 stations with one connector sometimes report connector 0
+        st = self._evse_ok(station_id, evse_id)
+        if st is None or not transaction_id:
+            return None
+        key = session_key(station_id, evse_id)
+        cur = self.sessions.get(key)
+        if cur is not None and cur.transaction_id == transaction_id:
+            return cur
+        evse = st.evse(evse_id)
+        max_a = min(evse.max_current_a or st.max_current_a, st.max_current_a)
+        d = self.defaults
+        s = SessionState(
+            session_id=f"{station_id}/{evse_id}/{transaction_id}",
+            station_id=station_id,
+            evse_id=evse_id,
+            transaction_id=transaction_id,
+            started_at=now,
+            departure=now + timedelta(hours=d.departure_after_h),
+            energy_needed_wh=d.energy_wh,
+            min_current_a=max(evse.min_current_a, 0.0),
+            max_current_a=max_a,
+            phases=len(st.evse_phases(evse_id)),
+            priority=d.priority,
+            meter_start_wh=meter_start_wh if math.isfinite(meter_start_wh) and meter_start_wh >= 0 else None,
+        )
+        self.sessions[key] = s
+        early = self._early_needs.pop(key, None)
+        if early:
+            self._apply_needs(s, early)
+        return s
+
+    def end(self, station_id: str, evse_id: int, transaction_id: str) -> SessionState | None:
+        """A transaction ended: drop its session (matched by transaction id when the EVSE is unknown)."""
+        for key, s in list(self.sessions.items()):
+            if s.station_id == station_id and (s.transaction_id == transaction_id or
+                                               (not transaction_id and s.evse_id == evse_id)):
+                return self.sessions.pop(key)
+        return None
+
+    def drop_station(self, station_id: str) -> list[SessionState]:
+        """Forget every session of a station (it rebooted: its transactions are gone)."""
+        gone = [k for k, s in self.sessions.items() if s.station_id == station_id]
+        return [self.sessions.pop(k) for k in gone]
+
+    def find(self, station_id: str, evse_id: int = 0, transaction_id: str = "") -> SessionState | None:
+        if transaction_id:
+            for s in self.sessions.values():
+                if s.station_id == station_id and s.transaction_id == transaction_id:
+                    return s
+        if evse_id:
+            return self.sessions.get(session_key(station_id, evse_id))
+        return None
+
+    def by_id(self, session_id: str) -> SessionState | None:
+        for s in self.sessions.values():
+            if s.session_id == session_id:
+                return s
+        return None
+
+    def update_state(self, station_id: str, evse_id: int, transaction_id: str, charging_state: str) -> bool:
+        s = self.find(station_id, evse_id, transaction_id)
+        if s is None:
+            return False
+        s.charging_state = charging_state[:32]
+        return True
+
+    def needs(self, station_id: str, evse_id: int, departure: datetime | None, energy_wh: float,
+              min_current_a: float, max_current_a: float, phases: int) -> bool:
+        """EV charging needs (0/None = not given). Kept for later if the transaction has not started."""
+        if self._evse_ok(station_id, evse_id if evse_id else 1) is None:
+            return False
+        vals: dict[str, float | datetime | int] = {}
+        if departure is not None:
+            vals["departure"] = departure
+        if math.isfinite(energy_wh) and 0 < energy_wh < 1e7:
+            vals["energy_needed_wh"] = energy_wh
+        if math.isfinite(min_current_a) and 0 < min_current_a <= 80:
+            vals["min_current_a"] = min_current_a
+        if math.isfinite(max_current_a) and 0 < max_current_a <= 1000:
+            vals["max_current_a"] = max_current_a
+        if 1 <= phases <= 3:
+            vals["phases"] = phases
+        s = self.find(station_id, evse_id or 1)
+        if s is None:
+            self._early_needs[session_key(station_id, evse_id or 1)] = vals
+            return True
+        self._apply_needs(s, vals)
+        return True
+
+    def _apply_needs(self, s: SessionState, vals: dict[str, float | datetime | int]) -> None:
+        st = self.stations[s.station_id]
+        hw_max = min(st.evse(s.evse_id).max_current_a or st.max_current_a, st.max_current_a)
+        hw_phases = len(st.evse_phases(s.evse_id))
+        for k, v in vals.items():
+            if k in s.user_set and k in ("departure", "energy_needed_wh"):
+                continue   # the driver's explicit choice wins over what the EV reports
+            if k == "max_current_a" and isinstance(v, int | float):
+                v = min(float(v), hw_max)
+            if k == "phases" and isinstance(v, int | float):
+                v = min(int(v), hw_phases)
+            setattr(s, k, v)
+        if s.min_current_a > s.max_current_a:
+            s.min_current_a = s.max_current_a
+
+    def set_preferences(self, session_id: str, departure: datetime | None = None, energy_wh: float | None = None,
+                        priority: int | None = None) -> SessionState | None:
+        """Driver/operator preferences; they override what the EV reported."""
+        s = self.by_id(session_id)
+        if s is None:
+            return None
+        if departure is not None:
+            s.departure = departure
+            s.user_set.add("departure")
+        if energy_wh is not None and math.isfinite(energy_wh) and energy_wh >= 0:
+            s.energy_needed_wh = energy_wh
+            s.user_set.add("energy_needed_wh")
+        if priority is not None and priority >= 0:
+            s.priority = priority
+        return s
+
+    def meter(self, station_id: str, evse_id: int, transaction_id: str, at: datetime,
+              energy_register_wh: float | None, current_a: float | None, power_w: float | None,
+              granted_a: float | None) -> SessionState | None:
+        """Apply one meter sample; returns the session it belongs to (None when it matches none)."""
+        s = self.find(station_id, evse_id, transaction_id)
+        if s is None:
+            return None
+        if s.measured_at is not None and at < s.measured_at:
+            return s   # out of order: keep the newer sample
+        if energy_register_wh is not None and math.isfinite(energy_register_wh) and energy_register_wh >= 0:
+            if s.meter_start_wh is None:
+                s.meter_start_wh = energy_register_wh
+            s.delivered_wh = max(s.delivered_wh, energy_register_wh - s.meter_start_wh)
+        if current_a is not None and math.isfinite(current_a) and 0 <= current_a < 1000:
+            s.measured_current_a = current_a
+        elif power_w is not None and math.isfinite(power_w) and 0 <= power_w < 1e6:
+            s.measured_current_a = power_w / (self.voltage_v * max(1, s.phases))
+        if power_w is not None and math.isfinite(power_w):
+            s.measured_power_w = power_w
+        s.measured_at = at
+        if granted_a is not None and s.measured_current_a is not None and \
+                s.measured_current_a < granted_a - TAPER_MARGIN_A:
+            s.below_grant_samples += 1
+        else:
+            s.below_grant_samples = 0
+        return s
+
+    def snapshot(self) -> list[SessionState]:
+        """Copies of all sessions (for the API and plans)."""
+        return [replace(s, user_set=set(s.user_set)) for s in self.sessions.values()]

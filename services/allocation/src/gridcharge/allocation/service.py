@@ -1,0 +1,320 @@
+"""The allocation service: bus in → Allocator → SetChargingProfile commands, plans and metrics out.
+
+Inputs (one consumer group per replica, so a standby keeps the same state as the leader):
+STATION_EVENTS, METER_VALUES, STATION_CAPABILITIES, COMMANDS (to see what a previous leader sent),
+COMMAND_RESULTS, NODE_LOAD (also runs the fast limiter), HEADROOM, EXTERNAL_LIMITS.
+Outputs (leader only): COMMANDS, SESSION_PLANS, NODE_PLANS, plans in the store.
+A re-plan runs every ``plan_interval_s`` and ``debounce_s`` after any change that matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter
+from gridcharge.allocation.adapters import codec
+from gridcharge.allocation.adapters import metrics as M
+from gridcharge.allocation.adapters.leader import LeaderLease
+from gridcharge.allocation.core.allocator import Allocator, AllocatorConfig, PlanResult, ProfileCommand
+from gridcharge.allocation.core.budget import violations
+from gridcharge.allocation.core.model import Planner
+from gridcharge.command.v1 import command_pb2
+from gridcharge.forecast.v1 import forecast_pb2
+from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared import contracts as C
+from gridcharge.shared.bus.base import Record, Subscription
+from gridcharge.shared.runtime import Runtime
+from gridcharge.shared.topology import PHASES, Topology
+from gridcharge.station.v1 import station_pb2
+
+log = logging.getLogger(__name__)
+
+PLAN_TTL_S = 900.0
+PREFS_KEY = "allocation:preferences"
+
+INPUT_TOPICS = (C.STATION_EVENTS, C.METER_VALUES, C.STATION_CAPABILITIES, C.COMMANDS, C.COMMAND_RESULTS,
+                C.NODE_LOAD, C.HEADROOM, C.EXTERNAL_LIMITS)
+
+
+class AllocationService:
+    """Hosts one Allocator on a Runtime (bus, store, clock)."""
+
+    name = "allocation"
+
+    def __init__(self, rt: Runtime, topology: Topology, config: AllocatorConfig | None = None,
+                 planner: Planner | None = None, leader_ttl_s: float = 15.0, tick_s: float = 1.0) -> None:
+        self.rt, self.topology = rt, topology
+        self.alloc = Allocator(topology, config, planner)
+        self.cfg = self.alloc.cfg
+        self.producer = f"allocation/{rt.settings.replica_id}"
+        self.leader = LeaderLease(rt.store, rt.clock, rt.settings.replica_id, leader_ttl_s)
+        self.tick_s = tick_s
+        self._subs: list[Subscription] = []
+        self._task: asyncio.Task[None] | None = None
+        self._dirty_since: float | None = None
+        self._last_plan_at: float | None = None
+        self._lock = asyncio.Lock()
+        self.started = False
+        self._handlers: dict[str, Callable[[Record], Awaitable[None]]] = {
+            C.STATION_EVENTS.name: self._on_station_event,
+            C.METER_VALUES.name: self._on_meter_values,
+            C.STATION_CAPABILITIES.name: self._on_capabilities,
+            C.COMMANDS.name: self._on_command,
+            C.COMMAND_RESULTS.name: self._on_command_result,
+            C.NODE_LOAD.name: self._on_node_load,
+            C.HEADROOM.name: self._on_headroom,
+            C.EXTERNAL_LIMITS.name: self._on_external_limit,
+        }
+        from gridcharge.allocation.api import build_router
+
+        self._router = build_router(self)
+
+    @property
+    def routers(self) -> list[APIRouter]:
+        return [self._router]
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        group = f"allocation.{self.rt.settings.replica_id}"
+        self._subs.append(await self.rt.bus.subscribe([t.name for t in INPUT_TOPICS], group, self._dispatch))
+        await self.leader.renew()
+        self.rt.health.add("allocation", lambda: self.started)
+        self._task = asyncio.create_task(self._loop(), name="allocation-loop")
+        self.started = True
+        log.info("allocation started", extra={"stations": len(self.topology.stations),
+                                               "leader": self.leader.is_leader})
+
+    async def stop(self) -> None:
+        self.started = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for s in self._subs:
+            with contextlib.suppress(Exception):
+                await s.stop()
+        self._subs.clear()
+        await self.leader.release()
+
+    def mark_dirty(self) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = self.rt.clock.time()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("allocation cycle failed")
+            await self.rt.clock.sleep(self.tick_s)
+
+    async def step(self) -> None:
+        """One tick: renew leadership, re-plan when due or dirty (leader only)."""
+        now = self.rt.clock.time()
+        was = self.leader.is_leader
+        if self.leader.last_check is None or now - self.leader.last_check >= self.leader.renew_every_s:
+            await self.leader.renew()
+        if not self.leader.is_leader:
+            for led in self.alloc.ledgers.values():
+                led.expire(now, self.cfg.command_timeout_s)
+            return
+        due = self._last_plan_at is None or now - self._last_plan_at >= self.cfg.plan_interval_s
+        dirty = self._dirty_since is not None and now - self._dirty_since >= self.cfg.debounce_s
+        if not was or due or dirty:
+            await self.replan()
+
+    # ---------------------------------------------------------------- planning
+    async def replan(self) -> PlanResult:
+        """Run a planning cycle now and publish its commands and plans."""
+        async with self._lock:
+            now_dt = self.rt.clock.now()
+            self._dirty_since = None
+            self._last_plan_at = now_dt.timestamp()
+            await self._load_preferences()
+            t0 = time.perf_counter()
+            res = self.alloc.plan(now_dt)
+            if res.plan is not None:
+                M.PLAN_SOLVE_SECONDS.observe(res.plan.solve_time_s)
+            log.debug("planned", extra={"sessions": len(self.alloc.book), "commands": len(res.commands),
+                                        "seconds": round(time.perf_counter() - t0, 4)})
+            await self._send(res.commands)
+            self._update_metrics(res)
+            await self._publish_plans(res)
+            return res
+
+    async def _send(self, cmds: list[ProfileCommand]) -> None:
+        if not self.leader.is_leader:
+            self._discard(cmds)
+            return
+        for cmd in cmds:
+            try:
+                gen = await self.rt.store.incr(f"allocation:gen:{cmd.station_id}:{cmd.command_key}")
+                msg = codec.station_command(cmd, gen, self.producer, self.rt.clock.now())
+                await self.rt.bus.publish(C.COMMANDS.name, cmd.station_id, msg.SerializeToString())
+                M.COMMANDS.labels(purpose=cmd.purpose, outcome="sent").inc()
+            except Exception:
+                log.exception("could not send command", extra={"station": cmd.station_id[:48]})
+                M.COMMANDS.labels(purpose=cmd.purpose, outcome="send_failed").inc()
+                # not sent: it cannot have been applied
+                self.alloc.ledgers[cmd.station_id].pending.pop(cmd.command_id, None)
+
+    def _discard(self, cmds: list[ProfileCommand]) -> None:
+        for cmd in cmds:
+            self.alloc.ledgers[cmd.station_id].pending.pop(cmd.command_id, None)
+
+    async def _publish_plans(self, res: PlanResult) -> None:
+        try:
+            for sp in codec.session_plans(self.alloc, res, self.producer):
+                data = sp.SerializeToString()
+                await self.rt.bus.publish(C.SESSION_PLANS.name, sp.session_id, data)
+                await self.rt.store.set(f"allocation:plan:session:{sp.session_id}", data, PLAN_TTL_S)
+            for np_ in codec.node_plans(self.alloc, res, self.producer):
+                data = np_.SerializeToString()
+                await self.rt.bus.publish(C.NODE_PLANS.name, np_.node_id, data)
+                await self.rt.store.set(f"allocation:plan:node:{np_.node_id}", data, PLAN_TTL_S)
+        except Exception:
+            log.exception("could not publish plans")
+
+    async def _load_preferences(self) -> None:
+        """Operator/driver preferences live in the store so every replica plans with them."""
+        try:
+            prefs = await self.rt.store.hgetall(PREFS_KEY)
+        except Exception:
+            log.warning("could not read preferences", exc_info=True)
+            return
+        from gridcharge.allocation.api import apply_preference_blob
+
+        for sid, blob in prefs.items():
+            if self.alloc.book.by_id(sid) is None:
+                continue
+            apply_preference_blob(self.alloc, sid, blob)
+
+    def _update_metrics(self, res: PlanResult) -> None:
+        now = res.at.timestamp()
+        sessions = list(self.alloc.book.sessions.values())
+        M.SESSIONS_ACTIVE.set(len(sessions))
+        M.ENERGY_REQUESTED.set(sum(s.remaining_wh for s in sessions) * 3600.0)
+        at_risk = 0
+        binding: dict[tuple[str, str], int] = {}
+        if res.plan is not None:
+            at_risk = sum(1 for v in res.plan.verdicts.values() if not v.will_complete)
+        at_risk += sum(1 for ex in res.explanations.values() if ex.clamped_by == "failsafe")
+        for ex in res.explanations.values():
+            b = ex.binding
+            if b is not None and b.node_id in self.topology.node_by_id and 0 <= b.phase < 3:
+                k = (b.node_id, PHASES[b.phase])
+                binding[k] = binding.get(k, 0) + 1
+        M.SESSIONS_AT_RISK.set(at_risk)
+        for n in self.topology.nodes:
+            for p, ph in enumerate(PHASES):
+                M.BINDING_CONSTRAINTS.labels(node=n.id, phase=ph).set(binding.get((n.id, ph), 0))
+                M.NODE_LIMIT.labels(node=n.id, phase=ph).set(float(res.capacity.w[n.id][p, 0]))
+        for state, count in self.alloc.lease_counts(now).items():
+            M.LEASES.labels(state=state).set(count)
+        cap_now = {n: c[:, 0] for n, c in res.capacity.w.items()}
+        for nid, _p, _excess in violations(self.topology, cap_now, self.alloc.worst_case_a(now)):
+            M.NODE_LIMIT_VIOLATIONS.labels(node=nid).inc()
+
+    # ---------------------------------------------------------------- handlers
+    async def _dispatch(self, rec: Record) -> None:
+        handler = self._handlers.get(rec.topic)
+        if handler is not None:
+            await handler(rec)
+
+    async def _on_station_event(self, rec: Record) -> None:
+        ev = C.decode(station_pb2.StationEvent, rec.value)
+        now = self.rt.clock.now()
+        ch = codec.apply_station_event(self.alloc, ev, now)
+        if ch.commands:
+            await self._send(ch.commands)
+        for s in ch.ended:
+            with contextlib.suppress(Exception):
+                await self.rt.store.delete(f"allocation:plan:session:{s.session_id}")
+                await self.rt.store.hdel(PREFS_KEY, s.session_id)
+        if ch.replan:
+            self.mark_dirty()
+
+    async def _on_meter_values(self, rec: Record) -> None:
+        mv = C.decode(station_pb2.MeterValues, rec.value)
+        now = self.rt.clock.now()
+        s, delta_wh = codec.apply_meter_values(self.alloc, mv, now)
+        if s is None:
+            return
+        if delta_wh > 0:
+            M.ENERGY_DELIVERED.inc(delta_wh * 3600.0)
+        if s.tapering(now) and s.below_grant_samples == 2:
+            self.mark_dirty()   # give what it no longer takes to the others
+
+    async def _on_capabilities(self, rec: Record) -> None:
+        caps = C.decode(station_pb2.StationCapabilities, rec.value)
+        if self.alloc.capabilities(caps.station_id, tuple(caps.allowed_rate_units), caps.max_periods_per_schedule):
+            self.mark_dirty()
+
+    async def _on_command(self, rec: Record) -> None:
+        cmd = C.decode(command_pb2.StationCommand, rec.value)
+        if cmd.WhichOneof("payload") != "set_charging_profile" or cmd.meta.producer == self.producer:
+            return
+        sent_at = cmd.meta.produced_at.ToSeconds() if cmd.meta.HasField("produced_at") else self.rt.clock.time()
+        self.alloc.observe_command(cmd.station_id, cmd.command_id, cmd.set_charging_profile, float(sent_at))
+
+    async def _on_command_result(self, rec: Record) -> None:
+        res = C.decode(command_pb2.CommandResult, rec.value)
+        sent = None
+        led = self.alloc.ledgers.get(res.station_id)
+        if led is not None:
+            sent = led.pending.get(res.command_id) or led.uncertain.get(res.command_id)
+        if self.alloc.command_result(res.station_id, res.command_id, res.outcome, self.rt.clock.time()):
+            self.mark_dirty()
+        if sent is not None:
+            name = command_pb2.CommandOutcome.Name(res.outcome) if res.outcome in command_pb2.CommandOutcome.values() \
+                else "UNKNOWN"
+            purpose = "fallback" if math.isinf(sent.valid_until) else (
+                "station_lease" if sent.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX else "tx_lease")
+            M.COMMANDS.labels(purpose=purpose, outcome=name.removeprefix("COMMAND_OUTCOME_").lower()).inc()
+            if res.outcome != command_pb2.COMMAND_OUTCOME_ACCEPTED:
+                log.info("profile command not accepted", extra={
+                    "station": res.station_id[:48], "outcome": name, "key": res.command_key[:64]})
+
+    async def _on_node_load(self, rec: Record) -> None:
+        nl = C.decode(grid_pb2.NodeLoad, rec.value)
+        now = self.rt.clock.now()
+        at = codec.from_ts(nl.as_of, now)
+        if at > now:
+            at = now
+        if not self.alloc.node_load(nl.node_id, codec.pv(nl.load_w), codec.pv(nl.base_load_w), at.timestamp()):
+            return
+        if not self.leader.is_leader:
+            return
+        async with self._lock:
+            before = dict(self.alloc.grant_a)
+            cmds = self.alloc.limit(nl.node_id, now)
+            for key, a in self.alloc.grant_a.items():
+                if key in before and a < before[key]:
+                    M.LIMITER_ACTIONS.labels(action="lower").inc()
+                elif key in before and a > before[key]:
+                    M.LIMITER_ACTIONS.labels(action="regrant").inc()
+            await self._send(cmds)
+
+    async def _on_headroom(self, rec: Record) -> None:
+        hf = C.decode(forecast_pb2.HeadroomForecast, rec.value)
+        now = self.rt.clock.now()
+        start = codec.from_ts(hf.start, now).timestamp()
+        produced = min(codec.from_ts(hf.meta.produced_at, now), now).timestamp()
+        slots = [codec.pv(s.headroom_w) for s in hf.slots]
+        sources = [s.binding_source[:48] for s in hf.slots]
+        if self.alloc.headroom(hf.node_id, start, float(hf.step_s or 900), slots, sources, produced):
+            self.mark_dirty()
+
+    async def _on_external_limit(self, rec: Record) -> None:
+        el = C.decode(grid_pb2.ExternalLimit, rec.value)
+        if self.alloc.external_limit(codec.external_limit_window(el, self.rt.clock.now())):
+            self.mark_dirty()
+
+

@@ -1,0 +1,281 @@
+"""The allocation service in process: MemoryBus + MemoryStore + SimClock, a fake gateway answering commands."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from gridcharge.allocation.main import create_service
+from gridcharge.allocation.service import AllocationService
+from gridcharge.command.v1 import command_pb2
+from gridcharge.common.v1 import common_pb2
+from gridcharge.grid.v1 import grid_pb2
+from gridcharge.plan.v1 import plan_pb2
+from gridcharge.shared import contracts as C
+from gridcharge.shared.bus.base import Record
+from gridcharge.shared.bus.memory import MemoryBus
+from gridcharge.shared.clock import SimClock
+from gridcharge.shared.config import Settings
+from gridcharge.shared.http import create_app
+from gridcharge.shared.runtime import Runtime
+from gridcharge.shared.store.memory import MemoryStore
+from gridcharge.shared.topology import Topology, parse_topology
+from gridcharge.station.v1 import station_pb2
+
+START = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+
+
+def topo(limit_a: float = 40.0, stations: int = 3) -> Topology:
+    return parse_topology({
+        "nominal_voltage_v": 230,
+        "nodes": [{"id": "site", "kind": "site", "limit_a": [limit_a] * 3, "safety_margin_pct": 0}],
+        "stations": [{"id": f"cs{i}", "node": "site", "max_current_a": 32, "fallback_current_a": 6}
+                     for i in range(1, stations + 1)],
+    })
+
+
+def ts(when: datetime) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(when)
+    return t
+
+
+@dataclass
+class FakeGateway:
+    """Answers every command with ``outcome(station)``; records what it saw."""
+
+    bus: MemoryBus
+    outcome: Callable[[command_pb2.StationCommand], int] = lambda cmd: command_pb2.COMMAND_OUTCOME_ACCEPTED
+    commands: list[command_pb2.StationCommand] = field(default_factory=list)
+
+    async def handle(self, rec: Record) -> None:
+        cmd = C.decode(command_pb2.StationCommand, rec.value)
+        self.commands.append(cmd)
+        out = self.outcome(cmd)
+        if out == -1:   # silent: no answer at all
+            return
+        res = command_pb2.CommandResult(command_id=cmd.command_id, station_id=cmd.station_id,
+                                        generation=cmd.generation, command_key=cmd.command_key,
+                                        outcome=command_pb2.CommandOutcome.ValueType(out))
+        await self.bus.publish(C.COMMAND_RESULTS.name, cmd.station_id, res.SerializeToString())
+
+    def profiles(self, station: str, purpose: int) -> list[command_pb2.SetChargingProfile]:
+        return [c.set_charging_profile for c in self.commands
+                if c.station_id == station and c.set_charging_profile.profile.purpose == purpose]
+
+
+@dataclass
+class Env:
+    rt: Runtime
+    clock: SimClock
+    bus: MemoryBus
+    svc: AllocationService
+    gw: FakeGateway
+
+    async def publish_event(self, station: str, **payload: object) -> None:
+        ev = station_pb2.StationEvent(station_id=station, occurred_at=ts(self.clock.now()), **payload)  # type: ignore[arg-type]
+        await self.bus.publish(C.STATION_EVENTS.name, station, ev.SerializeToString())
+        await self.bus.flush()
+
+    async def run(self, seconds: float) -> None:
+        for _ in range(int(seconds)):
+            await self.clock.advance(1.0)
+            await self.bus.flush()
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    clock = SimClock(START)
+    bus = MemoryBus()
+    rt = Runtime(settings=Settings(replica_id="alloc-a"), bus=bus, store=MemoryStore(clock), clock=clock)
+    svc = create_service(rt, topo())
+    assert isinstance(svc, AllocationService)
+    await bus.start()
+    gw = FakeGateway(bus)
+    await bus.subscribe([C.COMMANDS.name], "fake-gateway", gw.handle)
+    await svc.start()
+    yield Env(rt, clock, bus, svc, gw)
+    await svc.stop()
+    await bus.stop()
+
+
+async def connect(env: Env, station: str) -> None:
+    await env.publish_event(station, connected=station_pb2.Connected(replica_id="gw-0"))
+
+
+async def connect_all(env: Env) -> None:
+    """Stations never heard of count at their hardware maximum; connect them all first."""
+    for s in env.svc.topology.stations:
+        await connect(env, s.id)
+
+
+async def start_tx(env: Env, station: str, tx: str, evse: int = 1) -> None:
+    await env.publish_event(station, transaction_started=station_pb2.TransactionStarted(
+        transaction_id=tx, evse_id=evse, connector_id=1))
+
+
+async def test_fallback_at_connect_then_leases_for_a_session(env: Env) -> None:
+    await connect_all(env)
+    fb = env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_STATION_MAX)
+    assert len(fb) == 1
+    p = fb[0].profile
+    assert fb[0].evse_id == 0 and p.stack_level == 0 and p.profile_id == 1000
+    assert p.periods[0].limit == 6.0 and p.rate_unit == common_pb2.RATE_UNIT_A
+    assert not p.HasField("valid_to")                                 # the fallback never ends
+    assert p.valid_from.ToDatetime(tzinfo=UTC) < START                # valid from slightly in the past
+
+    await start_tx(env, "cs1", "42")
+    await env.run(3)
+    tx = env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX)
+    assert tx, "a TxProfile lease is sent after the debounce"
+    t = tx[-1]
+    assert t.evse_id == 1 and t.profile.transaction_id == "42" and t.profile.profile_id == 3011
+    # alone on a 40 A site, but the two idle stations may each draw their 6 A fallback
+    assert t.profile.periods[0].limit == 28.0
+    lease = t.profile.valid_to.ToDatetime(tzinfo=UTC) - env.clock.now()
+    assert timedelta(minutes=5) <= lease <= timedelta(minutes=15)
+    caps = [c for c in env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_STATION_MAX)
+            if c.profile.stack_level == 1]
+    assert caps and caps[-1].profile.periods[0].limit == 28.0
+
+    # the command envelope: key, generation, uuid
+    cmd = env.gw.commands[-1]
+    assert cmd.command_key.startswith("profile/") and cmd.generation >= 1 and len(cmd.command_id) == 32
+
+
+async def test_generations_increase_and_lease_is_renewed(env: Env) -> None:
+    await connect_all(env)
+    await start_tx(env, "cs1", "1")
+    await env.run(3)
+    n0 = len(env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX))
+    await env.run(330)   # past half the 10-min lease
+    tx = [c for c in env.gw.commands if c.set_charging_profile.profile.purpose == command_pb2.PROFILE_PURPOSE_TX]
+    assert len(tx) > n0
+    gens = [c.generation for c in tx]
+    assert gens == sorted(gens) and len(set(gens)) == len(gens)
+    assert len({c.set_charging_profile.profile.profile_id for c in tx}) == 1   # resend replaces
+
+
+async def test_equal_sessions_share_the_site_limit(env: Env) -> None:
+    await connect_all(env)
+    for s in ("cs1", "cs2", "cs3"):
+        await start_tx(env, s, "t" + s)
+    await env.run(3)
+    grants = {s: env.gw.profiles(s, command_pb2.PROFILE_PURPOSE_TX)[-1].profile.periods[0].limit
+              for s in ("cs1", "cs2", "cs3")}
+    assert sum(grants.values()) <= 40.0 + 1e-6
+    assert all(g == 0 or g >= 6.0 for g in grants.values())
+    assert sum(grants.values()) >= 40.0 - 6.0 - 0.5   # the site is used (one idle floor may stay reserved)
+    caps = [env.gw.profiles(s, command_pb2.PROFILE_PURPOSE_STATION_MAX)[-1].profile.periods[0].limit
+            for s in ("cs1", "cs2", "cs3")]
+    assert sum(caps) <= 40.0 + 1e-6
+
+
+async def test_rejecting_station_is_budgeted_at_worst_case(env: Env) -> None:
+    def outcome(cmd: command_pb2.StationCommand) -> int:
+        lease = cmd.set_charging_profile.profile.stack_level == 1
+        if cmd.station_id == "cs2" and lease:
+            return command_pb2.COMMAND_OUTCOME_REJECTED
+        return command_pb2.COMMAND_OUTCOME_ACCEPTED
+
+    env.gw.outcome = outcome
+    await connect_all(env)
+    for s in ("cs1", "cs2", "cs3"):
+        await start_tx(env, s, "t" + s)
+    await env.run(3)
+    now = env.clock.time()
+    wc = env.svc.alloc.worst_case_a(now)
+    assert env.svc.alloc.ledgers["cs2"].in_failsafe(now, 120)
+    assert wc["cs2"] == 6.0                      # its fallback: the last limit it accepted
+    assert sum(wc.values()) <= 40.0 + 1e-6
+    # re-planned within one cycle: the others share what cs2 cannot take
+    await env.run(61)
+    caps = env.svc.alloc.last.station_caps_a if env.svc.alloc.last else {}
+    assert caps.get("cs1", 0) + caps.get("cs3", 0) >= 40.0 - 6.0 - 0.5
+
+    # a station that never answers: its lease counts until the lease ends
+    env.gw.outcome = lambda cmd: -1 if cmd.station_id == "cs1" else command_pb2.COMMAND_OUTCOME_ACCEPTED
+    await env.run(200)
+    now = env.clock.time()
+    assert sum(env.svc.alloc.worst_case_a(now).values()) <= 40.0 + 1e-6
+
+
+async def test_plans_published_and_api(env: Env) -> None:
+    plans: list[plan_pb2.SessionPlan] = []
+
+    async def on_plan(rec: Record) -> None:
+        plans.append(C.decode(plan_pb2.SessionPlan, rec.value))
+
+    await env.bus.subscribe([C.SESSION_PLANS.name], "plans", on_plan)
+    await connect_all(env)
+    await start_tx(env, "cs1", "7")
+    await env.publish_event("cs1", charging_needs=station_pb2.ChargingNeeds(
+        evse_id=1, energy_amount_wh=11000, departure_time=ts(START + timedelta(hours=2))))
+    await env.run(3)
+    assert plans and plans[-1].session_id == "cs1/1/7" and plans[-1].energy_needed_wh == 11000
+    assert await env.rt.store.get("allocation:plan:session:cs1/1/7") is not None
+
+    app = create_app("t", env.rt.health, env.svc.routers)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.get("/allocation/sessions")
+        assert r.status_code == 200 and r.json()[0]["energy_needed_wh"] == 11000
+        r = await c.put("/allocation/sessions/cs1/1/7/preferences", json={"energy_wh": 5000, "priority": 3})
+        assert r.status_code == 200 and r.json()["priority"] == 3
+        r = await c.post("/allocation/limits", json={"node_id": "site", "limit_a": [20, 20, 20],
+                                                     "limit_id": "dso1"})
+        assert r.status_code == 202
+        r = await c.post("/allocation/limits", json={"node_id": "nowhere", "limit_a": [20, 20, 20]})
+        assert r.status_code == 404
+        await env.run(3)
+        r = await c.get("/allocation/plan")
+        body = r.json()
+        assert body["sessions"][0]["granted_a"] <= 20.0
+        r = await c.get("/allocation/limits")
+        assert r.json()["nodes"]["site"]["limit_w"]["L1"] == pytest.approx(20 * 230)
+        r = await c.get("/allocation/topology")
+        assert r.json()["stations"][0]["online"] is True
+        r = await c.delete("/allocation/limits/site/dso1")
+        assert r.status_code == 202
+        assert (await c.get("/openapi.json")).status_code == 200
+
+
+async def test_limiter_lowers_at_once_on_overload(env: Env) -> None:
+    await connect_all(env)
+    await start_tx(env, "cs1", "1")
+    await env.run(3)
+    assert env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX)[-1].profile.periods[0].limit == 28.0
+    # base load appears: 30 A on every phase measured, limit 40 A
+    v = 230.0
+    nl = grid_pb2.NodeLoad(node_id="site", as_of=ts(env.clock.now()),
+                           load_w=common_pb2.PhaseValues(l1=62 * v, l2=62 * v, l3=62 * v),
+                           base_load_w=common_pb2.PhaseValues(l1=30 * v, l2=30 * v, l3=30 * v))
+    await env.bus.publish(C.NODE_LOAD.name, "site", nl.SerializeToString())
+    await env.bus.flush()
+    lim = env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX)[-1].profile.periods[0].limit
+    assert lim <= 40 * 0.98 - 30 + 0.1   # lowered within the same message, margin 2 %
+
+
+async def test_standby_does_not_command(env: Env) -> None:
+    clock2 = env.clock
+    rt2 = Runtime(settings=Settings(replica_id="alloc-b"), bus=env.bus, store=env.rt.store, clock=clock2)
+    svc2 = AllocationService(rt2, env.svc.topology)
+    await svc2.start()
+    try:
+        assert env.svc.leader.is_leader and not svc2.leader.is_leader
+        await connect_all(env)
+        await start_tx(env, "cs1", "1")
+        await env.run(3)
+        producers = {c.meta.producer for c in env.gw.commands}
+        assert producers == {"allocation/alloc-a"}
+        # the standby saw the leader's commands and results: same worst case
+        assert svc2.alloc.worst_case_a(env.clock.time()) == env.svc.alloc.worst_case_a(env.clock.time())
+        # leader goes away: standby takes over after the lease TTL
+        await env.svc.stop()
+        await env.run(20)
+        assert svc2.leader.is_leader
+    finally:
+        await svc2.stop()
