@@ -6,12 +6,14 @@
 # 1. tools: helm, promtool, hadolint (deploy/scripts/install-k8s-tools.sh; cached after the first run)
 # 2. hadolint Dockerfile
 # 3. helm lint --strict, with the default values and every helm/gridcharge/ci/*.yaml
-# 4. helm template for the same cases + cases that must FAIL (schema typos, unsafe values)
+# 4. helm template for the same cases + cases that must FAIL (schema typos, unsafe values);
+#    helm package, and the packaged chart still renders the PrometheusRule from files/alerts.yaml
 # 5. rendered manifests: kubernetes-validate (strict) for built-in kinds, minimal schemas for the CRD
-#    kinds ServiceMonitor, PrometheusRule, KafkaTopic, plus security/probe/env policy checks
+#    kinds ServiceMonitor, PrometheusRule, KafkaTopic, plus security/probe/env policy checks;
+#    the topic Job's shell script run against stub kafka-topics.sh/kafka-configs.sh
 # 6. promtool check rules + promtool test rules on deploy/prometheus/
 # 7. dashboards, metric names, alert rules vs docs/metrics.md, chart copy of the rules, compose structure
-# 8. chart README generated from values.yaml is up to date
+# 8. chart README generated from values.yaml is up to date; shellcheck of these scripts
 # Env: KUBE_VERSION (default 1.34.0), VENV (default <repo>/.venv), GRIDCHARGE_SKIP_HADOLINT=1.
 set -uo pipefail
 
@@ -103,6 +105,15 @@ must_fail "rejects Strimzi topics and topic Job together" "alternatives" \
 must_fail "rejects min.insync.replicas > replication" "must not exceed" tpl --set kafkaTopics.minInsyncReplicas=4
 must_fail "rejects a delete topic without retention" "retentionMs" \
   tpl --set-json 'kafkaTopics.topics=[{"name":"x.v1","key":"k","scope":"node","cleanupPolicy":"delete"}]'
+
+packaged_rule_renders() {
+  helm package "$CHART" -d "$OUT/pkg" >/dev/null &&
+    tar -tzf "$OUT"/pkg/gridcharge-*.tgz | grep -q "gridcharge/files/alerts.yaml" &&
+    ! tar -tzf "$OUT"/pkg/gridcharge-*.tgz | grep -q "README.tmpl.md" &&
+    helm template gridcharge "$OUT"/pkg/gridcharge-*.tgz --kube-version "$KUBE_VERSION" \
+      --set monitoring.prometheusRule.enabled=true | grep -q "alert: GridchargeNoAllocator"
+}
+run "helm package; packaged chart renders the PrometheusRule" packaged_rule_renders
 
 echo "== manifests (kubernetes $KUBE_VERSION, strict; CRD kinds against minimal schemas)"
 run "kubernetes-validate + policy (${#rendered[@]} renders)" \
