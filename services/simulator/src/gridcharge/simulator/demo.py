@@ -59,7 +59,7 @@ def load_factories(names: tuple[str, ...] = SERVICES) -> tuple[dict[str, Callabl
     return found, missing
 
 
-async def start_weather_server(payload: dict[str, Any]) -> HttpServer:
+async def start_weather_server(payload: dict[str, Any], port: int = 0) -> HttpServer:
     """An Open-Meteo-compatible endpoint on loopback serving the scenario's forecast weather."""
     router = APIRouter()
 
@@ -69,7 +69,7 @@ async def start_weather_server(payload: dict[str, Any]) -> HttpServer:
 
     app = FastAPI(title="simulated weather")
     app.include_router(router)
-    server = HttpServer(app, "127.0.0.1", 0)
+    server = HttpServer(app, "127.0.0.1", port)
     await server.start()
     return server
 

@@ -234,8 +234,8 @@ def build_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
                     if f.visits > 1:
                         dep = min(dep, arr0 + (k + 1) * span)
                     dep = max(dep, arr + min_stay)
-                    arr, dep = max(arr, start_s), min(dep, end_s)
-                    if dep - arr < 600:
+                    arr = max(arr, start_s)
+                    if dep - arr < 600 or arr >= end_s:
                         continue
                     battery = rng.uniform(*f.battery_kwh) * 1000
                     soc0 = rng.uniform(*f.arrival_soc)
