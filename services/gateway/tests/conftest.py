@@ -138,6 +138,14 @@ class RawClient:
         await self.ws.send(data)
         return await asyncio.wait_for(fut, timeout)
 
+    async def detach(self) -> None:
+        """Stop the background reader (the test reads `ws` itself from now on)."""
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
     async def close(self) -> None:
         await self.ws.close()
         self._task.cancel()
