@@ -1,0 +1,57 @@
+"""The embedded demo on a shortened office scenario (what `make demo` runs, one simulated hour), scenarios
+and the grid model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from gridcharge.shared.errors import ConfigError
+from gridcharge.simulator.demo import cli_main, format_summary, run_demo
+from gridcharge.simulator.grid import base_load_shape
+from gridcharge.simulator.scenario import build_scenario, load_scenario
+
+
+@pytest.mark.parametrize("name", ["office", "depot", "residential"])
+def test_shipped_scenarios_load(name: str) -> None:
+    sc = load_scenario(name)
+    assert sc.visits and sc.end_s > sc.start_s
+    assert all(v.station_id in sc.topology.station_by_id for v in sc.visits)
+    assert load_scenario(name).visits[0].ev.arrival_s == sc.visits[0].ev.arrival_s   # deterministic
+
+
+def test_bad_scenario_names_the_key() -> None:
+    data = {"name": "x", "start": "2026-06-01T00:00:00Z", "topology": {"nodes": [{"id": "n", "limit_a": [1, 1, 1]}]},
+            "events": [{"at": "10:00", "kind": "limit", "node": "nope", "pct": 50}]}
+    with pytest.raises(ConfigError, match=r"events\[0\]\.node"):
+        build_scenario(data, "s.yaml")
+    with pytest.raises(ConfigError, match="fleet"):
+        build_scenario({**data, "events": [], "fleet": [{"stations": "zzz*"}]}, "s.yaml")
+
+
+def test_base_load_shapes_are_fractions() -> None:
+    for prof in ("office", "residential", "depot", "flat"):
+        assert all(0 <= base_load_shape(prof, h / 4) <= 1 for h in range(96))
+
+
+async def test_demo_short_office_run(tmp_path: Path) -> None:
+    sc = load_scenario("office", start="2026-06-03T06:00:00Z", duration="40m")
+    summary = await run_demo(sc, tmp_path, http_port=0, progress=False)
+    assert summary["stations_connected_at_start"] == (20 if "gateway" in summary["services"] else 0)
+    assert summary["violations"] == 0
+    assert summary["energy_total_kwh"] > 0
+    for f in ("index.html", "node-grid.png", "node-carpark.png", "sessions.png", "summary.json", "sessions.csv"):
+        assert (tmp_path / f).stat().st_size > 0
+    text = format_summary(summary)
+    assert "grid" in text and "limit violations" in text
+    if "gateway" in summary["services"] and "allocation" in summary["services"]:
+        assert summary["profiles_accepted"] > 0
+
+
+def test_cli_main_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(scenario="residential", out=str(tmp_path / "r"), speed=None, http_port=0,
+                              no_progress=True, duration="10m", start=None)
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "energy requested" in out and "feeder" in out
