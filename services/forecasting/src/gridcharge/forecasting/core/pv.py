@@ -4,7 +4,8 @@ Model chain (PVWatts family, the same steps ``pvlib.modelchain.ModelChain.with_p
 
 1. sun position: NREL SPA (``pvlib.spa.solar_position_numpy``) with systems on axis 0 and time on axis 1;
 2. if only GHI is given: Erbs decomposition to DNI/DHI (``pvlib.irradiance.erbs``);
-3. transposition to the plane of array (``pvlib.irradiance.get_total_irradiance``, Hay-Davies default);
+3. transposition to the plane of array (the steps of ``pvlib.irradiance.get_total_irradiance``: Hay-Davies
+   (default) or isotropic sky diffuse, ground diffuse, ``poa_components``; geometry computed once);
 4. incidence-angle loss on the beam (``pvlib.iam.physical``), no spectral loss;
 5. cell temperature (``pvlib.temperature.sapm_cell``, close-mount glass/glass default: rooftop, and hotter
    modules give less power, the conservative side for headroom);
@@ -174,7 +175,7 @@ class PVModelOptions:
     clearsky_tolerance: float = 1.25
     linke_turbidity: float = 2.0
     clip_to_clearsky: bool = True
-    chunk_size: int = 2048
+    chunk_size: int = 1024
 
 
 @dataclass(frozen=True)
@@ -228,9 +229,29 @@ def _day_of_year(times: pd.DatetimeIndex) -> FloatArray:
     return np.asarray(idx.day_of_year, dtype=float)
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """Sun/plane geometry shared by the forecast and the clear-sky bound (computed once per chunk)."""
+
+    aoi_deg: FloatArray
+    iam: FloatArray
+    beam_ratio: FloatArray  # Hay-Davies Rb = cos(aoi)⁺ / cos(zenith) (pvlib's clamp)
+    dni_extra: FloatArray
+
+
+def _geometry(fleet: PVFleet, sun: SunPosition, doy: FloatArray) -> _Geometry:
+    tilt, surface_azimuth = fleet.tilt_deg[:, None], fleet.azimuth_deg[:, None]
+    zenith, azimuth = sun.apparent_zenith_deg, sun.azimuth_deg
+    cos_aoi = pvlib.irradiance.aoi_projection(tilt, surface_azimuth, zenith, azimuth)
+    aoi_deg = np.degrees(np.arccos(np.clip(cos_aoi, -1.0, 1.0)))
+    beam_ratio = np.maximum(cos_aoi, 0.0) / np.maximum(np.cos(np.radians(zenith)), 0.01745)
+    return _Geometry(aoi_deg, pvlib.iam.physical(aoi_deg), beam_ratio, pvlib.irradiance.get_extra_radiation(doy))
+
+
 def _dc_ac_chain(
     fleet: PVFleet,
     sun: SunPosition,
+    geometry: _Geometry,
     doy: FloatArray,
     ghi: FloatArray,
     dni: FloatArray | None,
@@ -243,39 +264,42 @@ def _dc_ac_chain(
 ) -> FloatArray:
     """AC W (N, T) for given irradiance; shared by the forecast and the clear-sky bound (which passes
     ``effective_floor`` = clear-sky GHI: under overcast skies all light is diffuse and a plane facing away
-    from the sun can see more than its clear-sky irradiance, but not more than the clear-sky global)."""
+    from the sun can see more than its clear-sky irradiance, but not more than the clear-sky global).
+
+    The transposition is pvlib's ``get_total_irradiance`` taken apart so the geometry is computed once:
+    ``haydavies``/``isotropic`` sky diffuse + ``get_ground_diffuse`` + ``poa_components``."""
     zenith = sun.apparent_zenith_deg
-    azimuth = sun.azimuth_deg
-    dni_extra = pvlib.irradiance.get_extra_radiation(doy)  # (T,)
     if dni is None or dhi is None:
         parts = pvlib.irradiance.erbs(ghi, zenith, doy)
         dni, dhi = np.asarray(parts["dni"]), np.asarray(parts["dhi"])
     tilt = fleet.tilt_deg[:, None]
-    surface_azimuth = fleet.azimuth_deg[:, None]
-    poa = pvlib.irradiance.get_total_irradiance(
-        tilt, surface_azimuth, zenith, azimuth, dni, ghi, dhi,
-        dni_extra=dni_extra, albedo=options.albedo, model=options.transposition,
-    )
-    aoi = pvlib.irradiance.aoi(tilt, surface_azimuth, zenith, azimuth)
-    iam = pvlib.iam.physical(aoi)
-    poa_direct = np.nan_to_num(np.asarray(poa["poa_direct"], dtype=float))
-    poa_diffuse = np.nan_to_num(np.asarray(poa["poa_diffuse"], dtype=float))
-    poa_global = np.nan_to_num(np.asarray(poa["poa_global"], dtype=float))
-    effective = np.clip(poa_direct * iam + poa_diffuse, 0.0, None)
+    if options.transposition == "haydavies":
+        sky = pvlib.irradiance.haydavies(tilt, fleet.azimuth_deg[:, None], dhi, dni, geometry.dni_extra,
+                                         projection_ratio=geometry.beam_ratio)
+    elif options.transposition == "isotropic":
+        sky = pvlib.irradiance.isotropic(tilt, dhi)
+    else:
+        raise ValueError(f"transposition {options.transposition!r}: use 'haydavies' or 'isotropic'")
+    ground = pvlib.irradiance.get_ground_diffuse(tilt, ghi, options.albedo)
+    poa = pvlib.irradiance.poa_components(geometry.aoi_deg, dni, sky, ground)
+    poa_direct = np.asarray(poa["poa_direct"], dtype=float)
+    poa_diffuse = np.asarray(poa["poa_diffuse"], dtype=float)
+    effective = np.nan_to_num(np.clip(poa_direct * geometry.iam + poa_diffuse, 0.0, None))
     if effective_floor is not None:
         effective = np.maximum(effective, effective_floor)
     if cell_at_air_temperature:
         temp_cell = np.broadcast_to(temp_air, effective.shape)
     else:
         p = options.temperature_params
+        poa_global = np.nan_to_num(np.asarray(poa["poa_global"], dtype=float))
         temp_cell = pvlib.temperature.sapm_cell(poa_global, temp_air, wind, p["a"], p["b"], p["deltaT"])
     pdc0 = fleet.kwp[:, None] * 1000.0
     dc = pvlib.pvsystem.pvwatts_dc(effective, temp_cell, pdc0, fleet.gamma_pdc[:, None])
     dc = dc * (1.0 - fleet.losses_pct[:, None] / 100.0)
     inverter_pdc0 = fleet.inverter_kw[:, None] * 1000.0 / ETA_INV_NOM
     ac = np.asarray(pvlib.inverter.pvwatts(dc, inverter_pdc0, eta_inv_nom=ETA_INV_NOM), dtype=float)
-    ac = np.where(zenith < 90.0, np.nan_to_num(ac), 0.0)
-    return np.clip(ac, 0.0, None)
+    ac = np.where(zenith < 90.0, ac, 0.0)
+    return np.clip(np.nan_to_num(ac), 0.0, None)
 
 
 def _clearsky_ghi_dni_dhi(
@@ -312,10 +336,13 @@ def _forecast_chunk_inner(
     temp = full(weather.temp_air_c)
     wind = full(weather.wind_speed_m_s)
     assert ghi is not None and temp is not None and wind is not None
-    ac = _dc_ac_chain(fleet, sun, doy, ghi, full(weather.dni_w_m2), full(weather.dhi_w_m2), temp, wind, options)
+    geometry = _geometry(fleet, sun, doy)
+    ac = _dc_ac_chain(
+        fleet, sun, geometry, doy, ghi, full(weather.dni_w_m2), full(weather.dhi_w_m2), temp, wind, options
+    )
     cs_ghi, cs_dni, cs_dhi = _clearsky_ghi_dni_dhi(sun, fleet.altitude_m, doy, options.linke_turbidity)
     cs_ac = _dc_ac_chain(
-        fleet, sun, doy, cs_ghi, cs_dni, cs_dhi, temp, wind, options,
+        fleet, sun, geometry, doy, cs_ghi, cs_dni, cs_dhi, temp, wind, options,
         cell_at_air_temperature=True, effective_floor=cs_ghi,
     )
     return ac, cs_ac
