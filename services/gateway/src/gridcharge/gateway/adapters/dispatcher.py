@@ -191,9 +191,15 @@ class Dispatcher:
         # ownership is checked right before sending: after a move to another replica we must not send
         epoch = await self.registry.reassert(sess.id, sess.epoch, sess.version.subprotocol)
         if epoch is None:
+            # a newer connection (on another replica) owns the station: this socket is stale. When that
+            # owner is alive it answers the command itself (every replica sees every command), so only
+            # count here; otherwise this is the one answer.
+            self._spawn(self.ctx_close(sess))
+            if await self.registry.owner(sess.id) is not None:
+                COMMANDS.labels(command=action, outcome="not_owner").inc()
+                return
             await self.finish(cmd, Oc.COMMAND_OUTCOME_NOT_OWNER, action=action,
                               error_description="station is owned by a newer connection")
-            self._spawn(self.ctx_close(sess))
             return
         sess.epoch = epoch
         await self._send(sess, cmd, action, payload)
