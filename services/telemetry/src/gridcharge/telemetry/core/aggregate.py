@@ -1,0 +1,611 @@
+"""The telemetry core: keeps per-source state and computes every node's per-phase load.
+
+Rules (see docs/telemetry.md):
+- an EVSE is *stale* when its station has not reported for the stale time (or disconnected), or when
+  it is in a session and its meter values stopped; a station never heard of is stale too;
+- a stale or implausible EVSE counts at its worst case in `worst_case_w`: its last accepted limit, else
+  the hardware maximum (never zero), capped by an accepted station-wide limit;
+- a node's load is its grid meter's reading while that meter is fresh and plausible; otherwise the sum
+  of its children and EVSEs plus its non-EV (base) estimate; base load = meter − EV sum below it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from gridcharge.command.v1 import command_pb2
+from gridcharge.common.v1 import common_pb2
+from gridcharge.forecast.v1 import forecast_pb2
+from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared.topology import PHASES, Station, Topology
+from gridcharge.station.v1 import station_pb2
+from gridcharge.telemetry.core.config import TelemetryConfig
+from gridcharge.telemetry.core.model import (
+    P3,
+    ZERO3,
+    EvseState,
+    MeterState,
+    NodeLoadView,
+    Outcome,
+    StationState,
+    WeatherState,
+    add3,
+    max3,
+    sub3,
+)
+from gridcharge.telemetry.core.readings import parse_sample, to_grid
+
+log = logging.getLogger(__name__)
+
+IDLE_STATUSES = ("Available", "Unavailable", "Faulted", "Reserved")
+MAX_PENDING_COMMANDS = 64
+
+
+def ts_seconds(ts: Timestamp) -> float | None:
+    """POSIX seconds of a protobuf Timestamp, None when unset."""
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    return ts.seconds + ts.nanos / 1e9
+
+
+def _finite(*vals: float) -> bool:
+    return all(math.isfinite(v) for v in vals)
+
+
+def _pv(v: common_pb2.PhaseValues) -> P3:
+    return (v.l1, v.l2, v.l3)
+
+
+@dataclass(frozen=True)
+class _EvseNow:
+    best_w: P3
+    worst_w: P3
+    stale: bool
+    implausible: bool
+
+
+class TelemetryCore:
+    """State of every station, EVSE and grid meter of one topology; pure (time is passed in)."""
+
+    def __init__(self, topology: Topology, config: TelemetryConfig | None = None) -> None:
+        self.topo = topology
+        self.cfg = config or TelemetryConfig()
+        self.v = topology.nominal_voltage_v
+        self.stations: dict[str, StationState] = {s.id: StationState(s.id) for s in topology.stations}
+        self.evses: dict[tuple[str, int], EvseState] = {
+            (s.id, e.id): EvseState(s.id, e.id) for s in topology.stations for e in s.evses
+        }
+        self.meters: dict[tuple[str, str], MeterState] = {}
+        self.weather: WeatherState | None = None
+        self._last_base: dict[str, P3] = {}
+        self._dirty: set[str] = set()
+        # bottom-up order: every child before its parent
+        order: list[str] = []
+
+        def visit(n: str) -> None:
+            for c in topology.children[n]:
+                visit(c)
+            order.append(n)
+
+        for root in topology.roots():
+            visit(root.id)
+        self._order = order
+        self._stations_at: dict[str, list[Station]] = {n.id: [] for n in topology.nodes}
+        for s in topology.stations:
+            self._stations_at[s.node].append(s)
+
+    # ------------------------------------------------------------------ state keys (faust tables)
+    def take_dirty(self) -> set[str]:
+        """Source keys changed since the last call (`evse/S/1`, `station/S`, `meter/N/M`, `weather/SITE`)."""
+        out, self._dirty = self._dirty, set()
+        return out
+
+    def export(self, key: str) -> dict[str, Any] | None:
+        """JSON-able state of one source key."""
+        kind, _, rest = key.partition("/")
+        if kind == "evse":
+            sid, _, eid = rest.rpartition("/")
+            ev = self.evses.get((sid, int(eid)))
+            return ev.to_dict() if ev else None
+        if kind == "station":
+            st = self.stations.get(rest)
+            return st.to_dict() if st else None
+        if kind == "meter":
+            node, _, mid = rest.partition("/")
+            m = self.meters.get((node, mid))
+            return m.to_dict() if m else None
+        if kind == "weather":
+            return self.weather.to_dict() if self.weather else None
+        return None
+
+    def restore(self, key: str, data: dict[str, Any]) -> bool:
+        """Load one source's state (from a table); unknown or malformed entries are skipped."""
+        kind = key.partition("/")[0]
+        try:
+            if kind == "evse":
+                ev = EvseState.from_dict(data)
+                if (ev.station_id, ev.evse_id) in self.evses:
+                    self.evses[(ev.station_id, ev.evse_id)] = ev
+                    return True
+            elif kind == "station":
+                st = StationState.from_dict(data)
+                if st.station_id in self.stations:
+                    self.stations[st.station_id] = st
+                    return True
+            elif kind == "meter":
+                m = MeterState.from_dict(data)
+                if m.node_id in self.topo.node_by_id:
+                    self.meters[(m.node_id, m.meter_id)] = m
+                    return True
+            elif kind == "weather":
+                self.weather = WeatherState.from_dict(data)
+                return True
+        except (TypeError, ValueError, KeyError) as exc:
+            log.warning("skipping malformed state entry", extra={"key": key[:100], "error": repr(exc)[:200]})
+        return False
+
+    def keys(self) -> Iterator[str]:
+        for sid, eid in self.evses:
+            yield f"evse/{sid}/{eid}"
+        for sid in self.stations:
+            yield f"station/{sid}"
+        for node, mid in self.meters:
+            yield f"meter/{node}/{mid}"
+        if self.weather:
+            yield f"weather/{self.weather.site_id}"
+
+    # ------------------------------------------------------------------ inputs
+    def _at(self, ts: Timestamp, now_s: float) -> float:
+        """Message time, clamped to now (station clocks may run ahead)."""
+        t = ts_seconds(ts)
+        if t is None or t > now_s:
+            return now_s
+        return t
+
+    def _seen_station(self, st: StationState, at_s: float) -> None:
+        st.last_seen_s = at_s if st.last_seen_s is None else max(st.last_seen_s, at_s)
+        st.online = True
+        self._dirty.add(f"station/{st.station_id}")
+
+    def on_meter_values(self, mv: station_pb2.MeterValues, now_s: float) -> Outcome:
+        """Apply one station MeterValues message."""
+        station = self.topo.station_by_id.get(mv.station_id)
+        if station is None:
+            log.debug("meter values from unknown station", extra={"station": mv.station_id[:48]})
+            return Outcome.IMPLAUSIBLE
+        st = self.stations[station.id]
+        at = self._at(mv.sampled_at, now_s)
+        sample = parse_sample(mv.values)
+        if now_s - at > self.cfg.stale_after(None) * 10:
+            return Outcome.STALE      # a backlog far older than any stale time tells nothing about now
+        self._seen_station(st, at)
+        t_c = sample.temperature_c
+        if t_c is not None and self.cfg.ambient_min_c <= t_c <= self.cfg.ambient_max_c:
+            st.temperature_c, st.temperature_at_s = sample.temperature_c, at
+        evse_id = mv.evse_id
+        if evse_id == 0:
+            if len(station.evses) != 1:
+                return Outcome.OK     # station-wide meter of a multi-EVSE station: liveness/temperature only
+            evse_id = station.evses[0].id
+        ev = self.evses.get((station.id, evse_id))
+        if ev is None:
+            return Outcome.IMPLAUSIBLE
+        if ev.last_sample_s is not None and at <= ev.last_sample_s:
+            return Outcome.STALE      # duplicate or out of order
+        if now_s - at > self.cfg.stale_after(ev.interval_s):
+            return Outcome.STALE
+        if ev.last_sample_s is not None:
+            gap = at - ev.last_sample_s
+            if gap < 3600:
+                ev.interval_s = gap if ev.interval_s is None else 0.7 * ev.interval_s + 0.3 * gap
+        ev.last_sample_s = at
+        ev.last_seen_s = at if ev.last_seen_s is None else max(ev.last_seen_s, at)
+        self._dirty.add(f"evse/{station.id}/{evse_id}")
+        if mv.transaction_id and not ev.transaction_id:
+            ev.transaction_id = mv.transaction_id[:64]
+        problem = sample.invalid
+        if sample.energy_wh is not None and not problem:
+            if sample.energy_wh < 0:
+                problem = "negative energy register"
+            elif ev.energy_register_wh is not None and sample.energy_wh < ev.energy_register_wh - 1.0 \
+                    and ev.transaction_id:
+                problem = "energy register went backwards"
+            else:
+                ev.energy_register_wh = sample.energy_wh
+                if ev.transaction_id and ev.session_meter_start_wh is not None:
+                    ev.session_energy_wh = max(0.0, sample.energy_wh - ev.session_meter_start_wh)
+        if not problem and not sample.has_power_info:
+            return Outcome.OK
+        gv = to_grid(sample, station.evse_phases(evse_id), self.v, self._bound_a(station, ev, now_s), self.cfg)
+        problem = problem or gv.problem
+        if problem:
+            if not ev.implausible:
+                log.info("implausible meter values", extra={"station": station.id, "evse": evse_id,
+                                                            "reason": problem[:200]})
+            ev.implausible, ev.implausible_reason = True, problem[:200]
+            return Outcome.IMPLAUSIBLE
+        ev.power_w, ev.current_a, ev.measured = gv.power_w, gv.current_a, True
+        ev.implausible, ev.implausible_reason = False, ""
+        return Outcome.OK
+
+    def on_station_event(self, evt: station_pb2.StationEvent, now_s: float) -> Outcome:
+        """Apply one station event (liveness, status, transactions)."""
+        station = self.topo.station_by_id.get(evt.station_id)
+        if station is None:
+            return Outcome.IMPLAUSIBLE
+        st = self.stations[station.id]
+        at = self._at(evt.occurred_at, now_s)
+        kind = evt.WhichOneof("payload")
+        if kind == "disconnected":
+            st.online = False
+            self._dirty.add(f"station/{st.station_id}")
+            return Outcome.OK
+        self._seen_station(st, at)
+        evse_id = 0
+        if kind == "status":
+            evse_id = evt.status.evse_id
+        elif kind == "transaction_started":
+            evse_id = evt.transaction_started.evse_id
+        elif kind == "transaction_updated":
+            evse_id = evt.transaction_updated.evse_id
+        elif kind == "transaction_ended":
+            evse_id = evt.transaction_ended.evse_id
+        else:
+            return Outcome.OK
+        if evse_id == 0 and len(station.evses) == 1 and kind != "status":
+            evse_id = station.evses[0].id
+        if evse_id == 0:
+            return Outcome.OK
+        ev = self.evses.get((station.id, evse_id))
+        if ev is None:
+            return Outcome.IMPLAUSIBLE
+        self._dirty.add(f"evse/{station.id}/{evse_id}")
+        ev.last_seen_s = at if ev.last_seen_s is None else max(ev.last_seen_s, at)
+        if kind == "status":
+            ev.status = evt.status.status[:32]
+            if ev.status in IDLE_STATUSES:
+                self._zero(ev)
+        elif kind == "transaction_started":
+            ts = evt.transaction_started
+            ev.transaction_id = ts.transaction_id[:64]
+            ev.session_start_s = at
+            ev.session_meter_start_wh = ts.meter_start_wh if _finite(ts.meter_start_wh) else None
+            ev.session_energy_wh = 0.0
+        elif kind == "transaction_updated":
+            tu = evt.transaction_updated
+            ev.charging_state = tu.charging_state[:32]
+            if not ev.transaction_id:
+                ev.transaction_id = tu.transaction_id[:64]
+        elif kind == "transaction_ended":
+            te = evt.transaction_ended
+            start = ev.session_meter_start_wh
+            if start is not None and _finite(te.meter_stop_wh) and te.meter_stop_wh >= start:
+                ev.energy_delivered_wh += te.meter_stop_wh - start
+            elif ev.session_energy_wh > 0:
+                ev.energy_delivered_wh += ev.session_energy_wh
+            ev.transaction_id, ev.charging_state = "", ""
+            ev.session_start_s, ev.session_meter_start_wh, ev.session_energy_wh = None, None, 0.0
+            self._zero(ev)
+        return Outcome.OK
+
+    @staticmethod
+    def _zero(ev: EvseState) -> None:
+        """The station says nothing flows (idle status or session ended)."""
+        ev.power_w, ev.current_a, ev.measured = ZERO3, ZERO3, True
+        ev.implausible, ev.implausible_reason = False, ""
+
+    def on_grid_reading(self, r: grid_pb2.GridMeterReading, now_s: float) -> Outcome:
+        """Apply one grid-meter reading (per grid phase)."""
+        node = self.topo.node_by_id.get(r.node_id)
+        if node is None:
+            return Outcome.IMPLAUSIBLE
+        key = (node.id, r.meter_id[:64] or "main")
+        m = self.meters.get(key)
+        if m is None:
+            m = self.meters[key] = MeterState(node.id, key[1])
+        at = self._at(r.measured_at, now_s)
+        if m.last_sample_s is not None and at <= m.last_sample_s:
+            return Outcome.STALE
+        if now_s - at > self.cfg.stale_after(m.interval_s):
+            return Outcome.STALE
+        if m.last_sample_s is not None and at - m.last_sample_s < 3600:
+            gap = at - m.last_sample_s
+            m.interval_s = gap if m.interval_s is None else 0.7 * m.interval_s + 0.3 * gap
+        m.last_sample_s = at
+        m.last_seen_s = at
+        self._dirty.add(f"meter/{key[0]}/{key[1]}")
+        power, current = _pv(r.power_w), _pv(r.current_a)
+        limit_w = self.topo.limit_w(node.id)
+        problem = ""
+        if not _finite(*power) or (r.has_current and not _finite(*current)):
+            problem = "non-finite value"
+        elif any(abs(p) > self.cfg.meter_max_factor * max(lim, 1.0) for p, lim in zip(power, limit_w, strict=True)):
+            problem = "power far above the node limit (unit error?)"
+        elif r.has_current and any(c < -self.cfg.negative_tolerance_a for c in current):
+            problem = "negative current"
+        elif r.has_current and any(c > self.cfg.meter_max_factor * max(lim, 1.0)
+                                   for c, lim in zip(current, self.topo.limit_a(node.id), strict=True)):
+            problem = "current far above the node limit"
+        if problem:
+            if not m.implausible:
+                log.info("implausible grid meter reading", extra={"node": node.id, "reason": problem})
+            m.implausible, m.implausible_reason = True, problem
+            return Outcome.IMPLAUSIBLE
+        m.power_w, m.trusted, m.implausible, m.implausible_reason = power, True, False, ""
+        if r.has_current:
+            m.current_a, m.has_current = current, True
+        t = r.ambient_temperature_c
+        if math.isfinite(t) and self.cfg.ambient_min_c <= t <= self.cfg.ambient_max_c and t != 0.0:
+            m.ambient_c = t
+        return Outcome.OK
+
+    def on_weather(self, w: forecast_pb2.WeatherForecast, now_s: float) -> Outcome:
+        """Keep the site's temperature forecast (ambient fallback for nodes without a sensor)."""
+        start = ts_seconds(w.start)
+        if start is None or w.step_s <= 0:
+            return Outcome.IMPLAUSIBLE
+        temps = [t if math.isfinite(t) else float("nan") for t in w.temperature_c]
+        self.weather = WeatherState(w.site_id[:64], start, w.step_s, temps)
+        self._dirty.add(f"weather/{self.weather.site_id}")
+        return Outcome.OK
+
+    # -------------------------------------------------------------- commands -> known limits
+    def _profile_limit_a(self, station: Station, evse_id: int, prof: command_pb2.ChargingProfile) -> float | None:
+        """Highest per-phase current (A) the profile allows over its schedule (worst case)."""
+        if evse_id and evse_id in {e.id for e in station.evses}:
+            nph_default = len(station.evse_phases(evse_id))
+        else:
+            nph_default = len(station.phase_map)
+        best: float | None = None
+        for p in prof.periods:
+            if not math.isfinite(p.limit) or p.limit < 0:
+                return None
+            nph = p.number_phases if 1 <= p.number_phases <= 3 else nph_default
+            a = p.limit / (self.v * nph) if prof.rate_unit == common_pb2.RATE_UNIT_W else p.limit
+            best = a if best is None else max(best, a)
+        return best
+
+    def on_command(self, cmd: command_pb2.StationCommand, now_s: float) -> Outcome:
+        """Remember SetChargingProfile / ClearChargingProfile commands until their result arrives."""
+        station = self.topo.station_by_id.get(cmd.station_id)
+        if station is None:
+            return Outcome.IMPLAUSIBLE
+        kind = cmd.WhichOneof("payload")
+        entry: dict[str, Any]
+        if kind == "set_charging_profile":
+            scp = cmd.set_charging_profile
+            prof = scp.profile
+            limit = self._profile_limit_a(station, scp.evse_id, prof)
+            if limit is None:
+                return Outcome.IMPLAUSIBLE
+            until = ts_seconds(prof.valid_to)
+            start = ts_seconds(prof.start_schedule)
+            if prof.duration_s > 0:
+                end = (start if start is not None else now_s) + prof.duration_s
+                until = end if until is None else min(until, end)
+            station_wide = scp.evse_id == 0 or prof.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX
+            entry = {"evse_id": 0 if station_wide else scp.evse_id, "limit_a": limit, "until_s": until}
+        elif kind == "clear_charging_profile":
+            ccp = cmd.clear_charging_profile
+            entry = {"evse_id": max(0, ccp.evse_id), "limit_a": None, "until_s": None}
+        else:
+            return Outcome.OK
+        st = self.stations[station.id]
+        st.pending[cmd.command_id[:64]] = entry
+        while len(st.pending) > MAX_PENDING_COMMANDS:
+            st.pending.pop(next(iter(st.pending)))
+        self._dirty.add(f"station/{station.id}")
+        return Outcome.OK
+
+    def on_command_result(self, res: command_pb2.CommandResult, now_s: float) -> Outcome:
+        """An accepted profile becomes the EVSE's (or station's) known limit; a timeout makes it unknown."""
+        st = self.stations.get(res.station_id)
+        if st is None:
+            return Outcome.IMPLAUSIBLE
+        entry = st.pending.pop(res.command_id, None)
+        if entry is None:
+            return Outcome.OK
+        self._dirty.add(f"station/{st.station_id}")
+        evse_id = int(entry["evse_id"])
+        target: EvseState | StationState | None = st if evse_id == 0 else self.evses.get((st.station_id, evse_id))
+        if target is None:
+            return Outcome.OK
+        if res.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED:
+            target.limit_a, target.limit_since_s, target.limit_until_s = entry["limit_a"], now_s, entry["until_s"]
+        elif res.outcome == command_pb2.COMMAND_OUTCOME_TIMEOUT:
+            target.limit_a, target.limit_since_s, target.limit_until_s = None, None, None   # unknown: hardware max
+        else:
+            return Outcome.OK
+        if isinstance(target, EvseState):
+            self._dirty.add(f"evse/{target.station_id}/{target.evse_id}")
+        return Outcome.OK
+
+    # ------------------------------------------------------------------ derived values
+    @staticmethod
+    def _active_limit(limit: float | None, until: float | None, now_s: float) -> float | None:
+        if limit is None or (until is not None and now_s > until):
+            return None
+        return limit
+
+    def _hw_a(self, station: Station, evse_id: int) -> float:
+        e = station.evse(evse_id)
+        return min(e.max_current_a, station.max_current_a) if e.max_current_a else station.max_current_a
+
+    def _bound_a(self, station: Station, ev: EvseState, now_s: float) -> float:
+        """Per-phase current an EVSE may plausibly draw now (A): hardware max, or an accepted lower limit
+        once the station had `limit_grace_s` to apply it."""
+        bound = self._hw_a(station, ev.evse_id)
+        st = self.stations[station.id]
+        for lim, since, until in ((ev.limit_a, ev.limit_since_s, ev.limit_until_s),
+                                  (st.limit_a, st.limit_since_s, st.limit_until_s)):
+            active = self._active_limit(lim, until, now_s)
+            if active is not None and since is not None and now_s - since >= self.cfg.limit_grace_s:
+                bound = min(bound, active)
+        return bound
+
+    def worst_case_a(self, station: Station, evse_id: int, now_s: float) -> float:
+        """Per-phase current an EVSE may draw at worst (A): last accepted limit, else hardware max."""
+        ev = self.evses[(station.id, evse_id)]
+        hw = self._hw_a(station, evse_id)
+        lim = self._active_limit(ev.limit_a, ev.limit_until_s, now_s)
+        return hw if lim is None else min(hw, lim)
+
+    def station_stale(self, st: StationState, now_s: float) -> bool:
+        return not st.online or st.last_seen_s is None or now_s - st.last_seen_s > self.cfg.stale_after(None)
+
+    def evse_stale(self, ev: EvseState, st: StationState, now_s: float) -> bool:
+        if self.station_stale(st, now_s):
+            return True
+        if ev.charging:
+            if not ev.measured or ev.last_seen_s is None:
+                return True
+            return now_s - ev.last_seen_s > self.cfg.stale_after(ev.interval_s)
+        return False
+
+    def meter_fresh(self, m: MeterState, now_s: float) -> bool:
+        return (m.trusted and not m.implausible and m.last_seen_s is not None
+                and now_s - m.last_seen_s <= self.cfg.stale_after(m.interval_s))
+
+    def _evse_now(self, station: Station, now_s: float) -> list[_EvseNow]:
+        st = self.stations[station.id]
+        out: list[_EvseNow] = []
+        for e in station.evses:
+            ev = self.evses[(station.id, e.id)]
+            stale = self.evse_stale(ev, st, now_s)
+            untrusted = stale or ev.implausible or not ev.measured
+            best = ev.power_w
+            if untrusted:
+                w = self.worst_case_a(station, e.id, now_s) * self.v
+                worst = [0.0, 0.0, 0.0]
+                for ph in station.evse_phases(e.id):
+                    worst[PHASES.index(ph)] = w
+                worst_p3 = max3(best, (worst[0], worst[1], worst[2]))
+            else:
+                worst_p3 = best
+            out.append(_EvseNow(best, worst_p3, stale, ev.implausible))
+        st_lim = self._active_limit(st.limit_a, st.limit_until_s, now_s)
+        if st_lim is not None and out:   # an accepted station-wide limit caps the station's worst case
+            cap = st_lim * self.v
+            tot = [sum(x.worst_w[k] for x in out) for k in range(3)]
+            scale = [min(1.0, cap / t) if t > 0 else 1.0 for t in tot]
+            out = [_EvseNow(x.best_w, max3(x.best_w, (x.worst_w[0] * scale[0], x.worst_w[1] * scale[1],
+                                                      x.worst_w[2] * scale[2])), x.stale, x.implausible)
+                   for x in out]
+        return out
+
+    def _meter_for(self, node_id: str, now_s: float) -> MeterState | None:
+        """The node's freshest meter (fresh ones first), or None."""
+        best: MeterState | None = None
+        for (nid, _), m in self.meters.items():
+            if nid != node_id:
+                continue
+            if best is None or (self.meter_fresh(m, now_s), m.last_seen_s or 0) > \
+                    (self.meter_fresh(best, now_s), best.last_seen_s or 0):
+                best = m
+        return best
+
+    def _station_ambient(self, station_ids: list[str], now_s: float) -> list[float]:
+        temps = []
+        for sid in station_ids:
+            st = self.stations[sid]
+            if st.temperature_c is not None and st.temperature_at_s is not None \
+                    and now_s - st.temperature_at_s <= 4 * self.cfg.stale_after(None):
+                temps.append(st.temperature_c)
+        return temps
+
+    def node_loads(self, now_s: float) -> dict[str, NodeLoadView]:
+        """Every node's load now (W per grid phase), children before parents."""
+        ev_now = {s.id: self._evse_now(s, now_s) for s in self.topo.stations}
+        views: dict[str, NodeLoadView] = {}
+        ev_best: dict[str, P3] = {}
+        ev_worst: dict[str, P3] = {}
+        temps_under: dict[str, list[float]] = {}
+        for nid in self._order:
+            node = self.topo.node_by_id[nid]
+            kids = self.topo.children[nid]
+            d_best, d_worst, stale, impl = ZERO3, ZERO3, 0, 0
+            for s in self._stations_at[nid]:
+                for x in ev_now[s.id]:
+                    d_best, d_worst = add3(d_best, x.best_w), add3(d_worst, x.worst_w)
+                    stale += int(x.stale)
+                    impl += int(x.implausible)
+            e_best, e_worst = d_best, d_worst
+            k_load, k_worst = ZERO3, ZERO3
+            temps = self._station_ambient([s.id for s in self._stations_at[nid]], now_s)
+            for c in kids:
+                cv = views[c]
+                e_best, e_worst = add3(e_best, ev_best[c]), add3(e_worst, ev_worst[c])
+                k_load, k_worst = add3(k_load, cv.load_w), add3(k_worst, cv.worst_case_w)
+                stale += cv.stale_sources
+                impl += cv.implausible_sources
+                temps += temps_under[c]
+            ev_best[nid], ev_worst[nid], temps_under[nid] = e_best, e_worst, temps
+            meter = self._meter_for(nid, now_s)
+            fresh = meter is not None and self.meter_fresh(meter, now_s)
+            if meter is not None and meter.implausible:
+                impl += 1
+            if fresh:
+                assert meter is not None
+                load = meter.power_w
+                base = sub3(load, e_best)
+                worst = add3(load, sub3(e_worst, e_best))   # untrusted EVSEs may still ramp up
+                self._last_base[nid] = base
+            else:
+                if meter is not None or node.metered:
+                    stale += int(meter is None or not meter.implausible)
+                    est = self._last_base.get(nid, self.cfg.base_load_w.get(nid, ZERO3))
+                else:
+                    est = self.cfg.base_load_w.get(nid, ZERO3)
+                load = add3(add3(k_load, d_best), est)
+                worst = add3(add3(k_worst, d_worst), max3(est, ZERO3))
+                if meter is not None and meter.trusted:
+                    worst = max3(worst, meter.power_w)   # unknown means worst case: not below the last reading
+                base = sub3(load, e_best)
+            ambient = float("nan")
+            if fresh and meter is not None and meter.ambient_c is not None:
+                ambient = meter.ambient_c
+            elif temps:
+                ambient = sum(temps) / len(temps)
+            views[nid] = NodeLoadView(
+                node_id=nid, as_of_s=now_s, load_w=load, worst_case_w=max3(worst, load), ev_load_w=e_best,
+                base_load_w=base, limit_w=self.topo.limit_w(nid), metered=node.metered or meter is not None,
+                meter_fresh=fresh, stale_sources=stale, implausible_sources=impl, ambient_c=ambient,
+            )
+        # nodes without any temperature source inherit their parent's, then the weather's
+        site_t = self.weather.at(now_s) if self.weather else None
+        for nid in reversed(self._order):        # parents before children
+            v = views[nid]
+            if math.isnan(v.ambient_c):
+                parent = self.topo.node_by_id[nid].parent
+                t = views[parent].ambient_c if parent is not None else float("nan")
+                if math.isnan(t) and site_t is not None:
+                    t = site_t
+                if not math.isnan(t):
+                    views[nid] = _replace_ambient(v, t)
+        return views
+
+    def stale_counts(self, now_s: float) -> dict[str, int]:
+        """Stale stations (any EVSE stale) and stale/missing meters, for gridcharge_telemetry_stale_sources."""
+        stations = 0
+        for s in self.topo.stations:
+            st = self.stations[s.id]
+            if any(self.evse_stale(self.evses[(s.id, e.id)], st, now_s) for e in s.evses):
+                stations += 1
+        meters = 0
+        metered_nodes = {n.id for n in self.topo.nodes if n.metered} | {nid for nid, _ in self.meters}
+        for nid in metered_nodes:
+            m = self._meter_for(nid, now_s)
+            if m is None or not self.meter_fresh(m, now_s):
+                meters += 1
+        return {"station": stations, "meter": meters}
+
+
+def _replace_ambient(v: NodeLoadView, t: float) -> NodeLoadView:
+    from dataclasses import replace
+
+    return replace(v, ambient_c=t)
