@@ -412,26 +412,42 @@ class Allocator:
         return not any(p.key == key and p.sent_at > now - self.cfg.command_timeout_s
                        for p in self.ledgers[station_id].pending.values())
 
+    def _in_flight(self, station_id: str, key: str) -> Sent | None:
+        """The newest unanswered command for profile slot ``key``."""
+        pend = [p for p in self.ledgers[station_id].pending.values() if p.key == key]
+        return max(pend, key=lambda p: p.sent_at) if pend else None
+
     def _station_lease(self, sid: str, cap_a: float, now: float) -> list[ProfileCommand]:
+        """Send the station-cap lease when it differs from what is installed, or is due for renewal."""
         key = P.command_key(0, command_pb2.PROFILE_PURPOSE_STATION_MAX, P.LEASE_STACK)
-        prev = self.station_cap_a.get(sid)
         led = self.ledgers[sid]
-        if prev is not None and abs(prev - cap_a) < 0.05 and not self._due(sid, key, now):
+        fly = self._in_flight(sid, key)
+        if fly is not None and abs(fly.cap_a - cap_a) < 0.05:
+            return []   # the same change is on its way
+        acc = led.accepted.get(key)
+        if acc is None or acc.valid_until <= now:
+            unknown = any(u.key == key for u in led.uncertain.values())
+            if cap_a <= led.fallback_a + 1e-9 and fly is None and not unknown:
+                return []   # nothing above the fallback to grant or take back
+        elif abs(acc.cap_a - cap_a) < 0.05 and not self._due(sid, key, now):
             return []
-        if prev is None and cap_a <= led.fallback_a + 1e-9 and not any(
-                s.key == key for s in [*led.accepted.values(), *led.pending.values(), *led.uncertain.values()]):
-            return []   # nothing above the fallback to grant or take back
         self.station_cap_a[sid] = cap_a
         payload = P.station_lease_profile(cap_a, _ts(now), self.cfg.lease_s, self.target(sid))
         return [self._issue(sid, "station_lease", payload, now + self.cfg.lease_s, now)]
 
     def _tx_lease(self, s: SessionState, grant_a: float, now: float) -> list[ProfileCommand]:
+        """Send the TxProfile lease: always when lower, when higher by the threshold, or for renewal."""
         key = session_key(s.station_id, s.evse_id)
         ckey = P.command_key(s.evse_id, command_pb2.PROFILE_PURPOSE_TX, P.LEASE_STACK)
-        prev = self.grant_a.get(key)
-        if prev is not None and abs(prev - grant_a) < self.cfg.change_threshold_a and not (
-                grant_a < prev) and not self._due(s.station_id, ckey, now):
+        fly = self._in_flight(s.station_id, ckey)
+        if fly is not None and abs(fly.cap_a - grant_a) < 0.05 and key in self.grant_a:
             return []
+        acc = self.ledgers[s.station_id].accepted.get(ckey)
+        if key in self.grant_a and acc is not None and acc.valid_until > now and fly is None:
+            lower_ = grant_a < acc.cap_a - 0.05
+            raise_ = grant_a > acc.cap_a + self.cfg.change_threshold_a
+            if not lower_ and not raise_ and not self._due(s.station_id, ckey, now):
+                return []
         self.grant_a[key] = grant_a
         payload = P.tx_profile(s.evse_id, s.transaction_id, [(_ts(now), grant_a)], _ts(now), self.cfg.lease_s,
                                self.target(s.station_id))
