@@ -93,7 +93,9 @@ class Station:
     """Minimal 1.6 station: boots, answers GetConfiguration and SetChargingProfile, records CALLs."""
 
     def __init__(self, ws: Any) -> None:
-        self.ws, self.calls, self.answers = ws, [], {}
+        self.ws = ws
+        self.calls: list[list[Any]] = []
+        self.answers: dict[str, asyncio.Future[list[Any]]] = {}
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

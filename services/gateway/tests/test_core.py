@@ -125,14 +125,15 @@ def test_station_max_profile_must_target_evse_0() -> None:
 def test_command_mapping_per_version() -> None:
     cmd = command_pb2.StationCommand(command_id="1", station_id="s")
     cmd.get_variables.variables.add(component="SmartChargingCtrlr", variable="Enabled")
-    with pytest.raises(InvalidCommand, match="does not exist in OCPP 1.6"):
+    with pytest.raises(InvalidCommand, match=r"does not exist in OCPP 1\.6"):
         to_request(cmd, V16, Capabilities())
     action, payload = to_request(cmd, V201, Capabilities())
     assert action == "GetVariables" and schemas.validate(V201, action, "req", payload) is None
     r = command_pb2.StationCommand(command_id="2", station_id="s")
     r.reset.type = "Hard"
     assert to_request(r, V201, Capabilities()) == ("Reset", {"type": "Immediate"})
-    assert outcome_of("SetChargingProfile", {"status": "Rejected"}) == (command_pb2.COMMAND_OUTCOME_REJECTED, "Rejected")
+    rejected = (command_pb2.COMMAND_OUTCOME_REJECTED, "Rejected")
+    assert outcome_of("SetChargingProfile", {"status": "Rejected"}) == rejected
     assert outcome_of("Reset", {"status": "Scheduled"})[0] == command_pb2.COMMAND_OUTCOME_ACCEPTED
 
 

@@ -15,13 +15,15 @@ from .conftest import BOOT_16, Gateway, booted, open_client
 Oc = command_pb2.CommandOutcome
 
 
-def tx_profile_cmd(station: str, tx: str, limit: float, gen: int = 1, command_id: str = "c1") -> command_pb2.StationCommand:
+def tx_profile_cmd(station: str, tx: str, limit: float, gen: int = 1,
+                   command_id: str = "c1") -> command_pb2.StationCommand:
     cmd = command_pb2.StationCommand(command_id=command_id, station_id=station, generation=gen,
                                      command_key="profile/1/TxProfile")
     sp = cmd.set_charging_profile
     sp.evse_id = 1
     p = sp.profile
-    p.profile_id, p.stack_level, p.purpose, p.kind, p.transaction_id = 7, 1, command_pb2.PROFILE_PURPOSE_TX, "Relative", tx
+    p.profile_id, p.stack_level, p.purpose, p.kind = 7, 1, command_pb2.PROFILE_PURPOSE_TX, "Relative"
+    p.transaction_id = tx
     p.rate_unit = common_pb2.RATE_UNIT_A
     p.duration_s = 600
     p.periods.add(start_period_s=0, limit=limit)
@@ -90,7 +92,7 @@ async def test_command_delivered_and_result_published(gateway: Gateway) -> None:
     await gateway.wait_for(lambda: len(results) == 1)
     r = results[0]
     assert r.outcome == Oc.COMMAND_OUTCOME_ACCEPTED and r.status == "Accepted" and r.command_id == "c1"
-    sent = [m for m in c.received_calls if m[2] == "SetChargingProfile"][0]
+    sent = next(m for m in c.received_calls if m[2] == "SetChargingProfile")
     prof = sent[3]["csChargingProfiles"]
     assert prof["chargingSchedule"]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 16.0}]
     assert prof["transactionId"] == 42 and sent[3]["connectorId"] == 1
@@ -110,7 +112,8 @@ async def test_command_delivered_and_result_published(gateway: Gateway) -> None:
 
 async def test_offline_timeout_and_call_error(gateway: Gateway) -> None:
     results = await collect_results(gateway)
-    await gateway.bus.publish(COMMANDS.name, "CP9", tx_profile_cmd("CP9", "1", 10, command_id="off").SerializeToString())
+    off = tx_profile_cmd("CP9", "1", 10, command_id="off")
+    await gateway.bus.publish(COMMANDS.name, "CP9", off.SerializeToString())
     await gateway.wait_for(lambda: len(results) == 1)
     assert results[0].outcome == Oc.COMMAND_OUTCOME_OFFLINE
     gateway.service.settings.__dict__["call_timeout_s"] = 0.3
