@@ -172,3 +172,20 @@ async def test_loop_recomputes_every_15_minutes_on_the_injected_clock() -> None:
     assert svc.rt.store is not None
     await svc.stop()
     await svc.rt.bus.stop()
+
+
+async def test_pv_systems_in_another_weather_cell_get_their_own_weather() -> None:
+    topo = json.loads(json.dumps(TOPOLOGY))
+    topo["pv_systems"].append({"id": "far", "node": "panel", "kwp": 40, "tilt_deg": 20, "azimuth_deg": 180,
+                               "latitude": 49.0, "longitude": 8.4})
+    weather = FakeWeather()
+    clock = SimClock(START)
+    rt = build_runtime(Settings(replica_id="t2"), clock=clock)
+    await rt.bus.start()
+    svc = ForecastingService(rt, parse_topology(topo), weather)
+    assert len(svc._cells) == 2 and svc._system_cell.tolist() == [0, 1]
+    await svc.refresh_weather()
+    assert weather.calls == 2
+    result = await svc.run_once()
+    assert result.pv is not None and result.pv.ac_w.shape == (2, 192)
+    await rt.bus.stop()

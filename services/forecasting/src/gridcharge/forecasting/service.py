@@ -30,6 +30,7 @@ from gridcharge.forecast.v1 import forecast_pb2
 from gridcharge.forecasting.adapters.topology import grid_model_from_topology
 from gridcharge.forecasting.adapters.weather import WeatherUnavailable
 from gridcharge.forecasting.core.headroom import PHASES, ExternalLimitSpec, NodeHeadroom
+from gridcharge.forecasting.core.pv import stack_weather
 from gridcharge.forecasting.core.site import ForecastOptions, GridModel, SiteForecast, forecast_site
 from gridcharge.forecasting.core.weather import WeatherSeries, resample_to, slot_midpoints, slot_starts
 from gridcharge.forecasting.metrics import FORECAST_AGE_S, FORECAST_RUNS, HEADROOM_W, PV_FORECAST_W
@@ -64,6 +65,7 @@ class ServiceOptions:
     weather_refresh_s: float = 3600.0
     weather_max_age_s: float = 12 * 3600.0
     history_days: int = 35
+    weather_cell_deg: float = 0.1  # PV systems further apart than this get their own weather
     forecast: ForecastOptions = field(default_factory=ForecastOptions)
 
 
@@ -171,6 +173,19 @@ class ForecastingService:
         self._latest: dict[str, tuple[pd.Timestamp, tuple[float, float, float]]] = {}
         self._limits: dict[str, dict[str, ExternalLimitSpec]] = {}
         self._weather: WeatherSeries | None = None
+        # Weather cells of the PV systems (site cell first); systems in other cells get their own weather.
+        site = topology.site
+        cell = self.options.weather_cell_deg
+        cells = [(round(site.latitude / cell) * cell, round(site.longitude / cell) * cell)]
+        self._system_cell = np.zeros(len(self.model.fleet), dtype=np.intp)
+        for i, (lat, lon) in enumerate(zip(self.model.fleet.latitude_deg, self.model.fleet.longitude_deg,
+                                           strict=True)):
+            key = (round(float(lat) / cell) * cell, round(float(lon) / cell) * cell)
+            if key not in cells:
+                cells.append(key)
+            self._system_cell[i] = cells.index(key)
+        self._cells = cells
+        self._cell_weather: dict[int, WeatherSeries] = {}
         self._weather_at: float | None = None
         self._weather_attempt_at: float | None = None
         self.last: SiteForecast | None = None
@@ -284,6 +299,12 @@ class ForecastingService:
                 self._weather = None
             return False
         self._weather, self._weather_at = weather, now_s
+        self._cell_weather = {}
+        for c, (lat, lon) in enumerate(self._cells[1:], start=1):
+            try:  # a missing cell falls back to the site weather for its systems
+                self._cell_weather[c] = await self.weather_source.get(lat, lon)
+            except (WeatherUnavailable, OSError, ValueError) as exc:
+                log.warning("weather unavailable for a PV cell", extra={"cell": [lat, lon], "error": str(exc)[:200]})
         FORECAST_RUNS.labels(kind="weather", outcome="ok").inc()
         msg = weather_message(weather, site.id, self.producer, self._now(), self.weather_source.name)
         await self.rt.bus.publish(contracts.WEATHER.name, site.id, msg.SerializeToString())
@@ -298,11 +319,24 @@ class ForecastingService:
             frame = resample_to(self._weather, slot_midpoints(slots))
             if "ghi_w_m2" in frame and np.isfinite(frame["ghi_w_m2"].to_numpy()).all():
                 weather_frame = frame
+        pv_weather = None
+        if weather_frame is not None and len(self._cells) > 1:
+            frames = [weather_frame]
+            for c in range(1, len(self._cells)):
+                cell_frame = (resample_to(self._cell_weather[c], slot_midpoints(slots))
+                              if c in self._cell_weather else weather_frame)
+                if not np.isfinite(cell_frame["ghi_w_m2"].to_numpy()).all():
+                    cell_frame = weather_frame
+                frames.append(cell_frame)
+            pv_weather = stack_weather(frames, self._system_cell)
+        for specs in self._limits.values():  # forget limits whose window has passed
+            for limit_id in [k for k, v in specs.items() if v.valid_to is not None and v.valid_to <= now]:
+                del specs[limit_id]
         limits = {node: list(specs.values()) for node, specs in self._limits.items()}
         try:
             result = await asyncio.to_thread(
                 forecast_site, self.model, slots, now, weather_frame, self.histories(), limits,
-                self.options.forecast,
+                self.options.forecast, pv_weather,
             )
         except Exception:
             FORECAST_RUNS.labels(kind="headroom", outcome="error").inc()

@@ -164,6 +164,25 @@ class WeatherGrid:
         return cls(ghi_w_m2=ghi, temp_air_c=temp, wind_speed_m_s=wind, dni_w_m2=dni, dhi_w_m2=dhi)
 
 
+def stack_weather(frames: Sequence[pd.DataFrame], system_cell: NDArray[np.intp]) -> WeatherGrid:
+    """Per-system weather (N, T) from per-location frames (each as :meth:`WeatherGrid.from_frame` takes)
+    and each system's location index. DNI/DHI are used only if every location has them."""
+    grids = [WeatherGrid.from_frame(f) for f in frames]
+    idx = np.asarray(system_cell, dtype=np.intp)
+
+    def pick(arrays: list[FloatArray]) -> FloatArray:
+        return np.stack(arrays)[idx]
+
+    has_split = all(g.dni_w_m2 is not None and g.dhi_w_m2 is not None for g in grids)
+    return WeatherGrid(
+        ghi_w_m2=pick([g.ghi_w_m2 for g in grids]),
+        temp_air_c=pick([g.temp_air_c for g in grids]),
+        wind_speed_m_s=pick([g.wind_speed_m_s for g in grids]),
+        dni_w_m2=pick([g.dni_w_m2 for g in grids if g.dni_w_m2 is not None]) if has_split else None,
+        dhi_w_m2=pick([g.dhi_w_m2 for g in grids if g.dhi_w_m2 is not None]) if has_split else None,
+    )
+
+
 @dataclass(frozen=True)
 class PVModelOptions:
     """Model choices. ``clearsky_tolerance`` multiplies the clear-sky bound (cloud enhancement);

@@ -105,11 +105,14 @@ def forecast_site(
     histories: Mapping[str, pd.DataFrame],
     external_limits: Mapping[str, Sequence[ExternalLimitSpec]],
     options: ForecastOptions | None = None,
+    pv_weather: WeatherGrid | None = None,
 ) -> SiteForecast:
     """Headroom for every node.
 
     ``weather_on_midpoints``: weather resampled to the slot midpoints (None = no forecast: PV 0, ambient
-    unknown → hot fallback, degraded). ``histories[node]``: 15-min base load W with columns L1, L2, L3 (UTC).
+    unknown → hot fallback, degraded); ``pv_weather``: per-system weather (N, T) on the midpoints when the PV
+    systems are spread over several weather cells (default: the site weather for all).
+    ``histories[node]``: 15-min base load W with columns L1, L2, L3 (UTC).
     """
     opts = options or ForecastOptions()
     t = len(slot_starts)
@@ -117,7 +120,8 @@ def forecast_site(
     pv: PVForecast | None = None
     weather_ok = weather_on_midpoints is not None and len(weather_on_midpoints) == t
     if weather_ok and weather_on_midpoints is not None and len(model.fleet):
-        pv = forecast_pv(model.fleet, mids, WeatherGrid.from_frame(weather_on_midpoints), opts.pv)
+        grid = pv_weather if pv_weather is not None else WeatherGrid.from_frame(weather_on_midpoints)
+        pv = forecast_pv(model.fleet, mids, grid, opts.pv)
         node_pv = pv_per_node_phase(pv.ac_w, model.pv_membership, model.pv_phase_fraction)
     else:
         node_pv = np.zeros((len(model.nodes), 3, t))
