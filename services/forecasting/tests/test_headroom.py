@@ -13,6 +13,8 @@ from gridcharge.forecasting.core.headroom import (
 )
 from gridcharge.forecasting.core.rating import RatingParams
 from gridcharge.forecasting.core.weather import slot_starts
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 NOW = pd.Timestamp("2026-06-10T12:00Z")
 SLOTS = slot_starts(NOW, 4)  # 16 slots
@@ -111,3 +113,28 @@ def test_pv_per_node_phase_sums_systems_at_or_below_node() -> None:
     assert out.shape == (2, 3, 2)
     assert np.allclose(out[1, 0], [300.0, 600.0]) and np.allclose(out[1, 2], [90.0, 0.0])
     assert np.allclose(out[0].sum(axis=0), ac.sum(axis=0))
+
+
+def test_thermal_nameplate_below_node_limit_is_rating_not_ambient() -> None:
+    cool = compute_headroom(_inputs(thermal_nameplate_w=(40_000.0,) * 3, rating=RatingParams(enabled=True),
+                                    ambient_c=np.full(T, 15.0)), SLOTS, NOW)
+    assert np.allclose(cool.rating_w, 40_000.0) and set(cool.source.ravel()) == {"rating"}
+    hot = compute_headroom(_inputs(thermal_nameplate_w=(40_000.0,) * 3, rating=RatingParams(enabled=True),
+                                   ambient_c=np.full(T, 35.0), base_load_upper_w=np.zeros((3, T))), SLOTS, NOW)
+    assert np.all(hot.rating_w < 40_000.0) and set(hot.source.ravel()) == {"ambient"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.floats(0, 100_000), st.floats(0, 100_000), st.floats(0, 50_000), st.floats(-20, 45),
+    st.floats(0, 1), st.floats(0, 20),
+)
+def test_headroom_identity_and_bounds(limit: float, base: float, pv: float, ambient: float, credit: float,
+                                      margin: float) -> None:
+    inputs = _inputs(nameplate_w=(limit,) * 3, base_load_upper_w=np.full((3, T), base), pv_w=np.full((3, T), pv),
+                     ambient_c=np.full(T, ambient), rating=RatingParams(enabled=True), safety_margin_pct=margin)
+    h = compute_headroom(inputs, SLOTS, NOW, HeadroomOptions(pv_credit_factor=credit))
+    assert np.all(h.limit_w <= limit + 1e-6)
+    assert np.allclose(h.headroom_w, h.limit_w - h.base_load_w + h.pv_credit_w - h.margin_w)
+    assert np.all(h.pv_credit_w <= pv * credit + 1e-6)
+    assert np.all(h.headroom_w <= limit + pv * credit + 1e-6)

@@ -149,13 +149,14 @@ def compute_headroom(
     nameplate = np.broadcast_to(_phase3(inputs.nameplate_w), (3, t))
     k = rating_factor(inputs.ambient_c, inputs.rating)  # (T,)
     if inputs.thermal_nameplate_w is None:
+        static_w = nameplate
         rating_w = nameplate * k[None, :]
     else:  # K scales the transformer's own rating; the node limit (e.g. a fuse) may be lower still
-        thermal = np.broadcast_to(_phase3(inputs.thermal_nameplate_w), (3, t)) * k[None, :]
-        rating_w = np.minimum(nameplate, thermal)
-        k = np.min(rating_w / np.where(nameplate > 0, nameplate, 1.0), axis=0)
-    source = np.where(k[None, :] < 1.0 - 1e-9, "ambient", "rating").astype("<U64")
-    source = np.broadcast_to(source, (3, t)).copy()
+        thermal = np.broadcast_to(_phase3(inputs.thermal_nameplate_w), (3, t))
+        static_w = np.minimum(nameplate, thermal)
+        rating_w = np.minimum(nameplate, thermal * k[None, :])
+    # "ambient" only where the temperature derating is what lowers the rating below its static value.
+    source = np.where(rating_w < static_w * (1.0 - 1e-9), "ambient", "rating").astype("<U64")
     limit = rating_w.copy()
     reasons = list(inputs.degraded_inputs)
     for spec in inputs.external_limits:
