@@ -114,7 +114,10 @@ async def test_sessions_through_gateway_profiles_to_stations(cluster: Cluster, r
     async with station(cluster, "CP1") as cp1, station(cluster, "CP2") as cp2:
         # 1. fallback at boot: station-wide max profile, stack 0, 6 A, no end
         for cp in (cp1, cp2):
-            await wait_for(lambda cp=cp: bool(cp.of("ChargePointMaxProfile", 0)), what=f"{cp.id} fallback")
+            def has_fallback(cp: Station16 = cp) -> bool:
+                return bool(cp.of("ChargePointMaxProfile", 0))
+
+            await wait_for(has_fallback, what=f"{cp.id} fallback")
             conn, fb = cp.of("ChargePointMaxProfile", 0)[-1]
             assert conn == 0
             sched = fb["charging_schedule"]

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 PLAN_TTL_S = 900.0
 PREFS_KEY = "allocation:preferences"
+FALLBACK_KEY = "allocation:fallback-installed"   # hash station -> "1": profiles persist across reboots (OCPP)
+BASE_LOAD_REPLAN_W = 230.0                        # a base-load change this big re-plans (≈ 1 A on a phase)
 
 INPUT_TOPICS = (C.STATION_EVENTS, C.METER_VALUES, C.STATION_CAPABILITIES, C.COMMANDS, C.COMMAND_RESULTS,
                 C.NODE_LOAD, C.HEADROOM, C.EXTERNAL_LIMITS)
@@ -59,6 +61,7 @@ class AllocationService:
         self._dirty_since: float | None = None
         self._last_plan_at: float | None = None
         self._lock = asyncio.Lock()
+        self._planned_base_w: dict[str, tuple[float, float, float]] = {}
         self.started = False
         self._handlers: dict[str, Callable[[Record], Awaitable[None]]] = {
             C.STATION_EVENTS.name: self._on_station_event,
@@ -80,6 +83,7 @@ class AllocationService:
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        await self._load_fallbacks()
         group = f"allocation.{self.rt.settings.replica_id}"
         self._subs.append(await self.rt.bus.subscribe([t.name for t in INPUT_TOPICS], group, self._dispatch))
         await self.leader.renew()
@@ -100,6 +104,18 @@ class AllocationService:
                 await s.stop()
         self._subs.clear()
         await self.leader.release()
+
+    async def _load_fallbacks(self) -> None:
+        """Which stations accepted their fallback before (a restart must not count them at hardware max)."""
+        try:
+            known = await self.rt.store.hgetall(FALLBACK_KEY)
+        except Exception:
+            log.warning("could not read installed fallbacks; all stations start at their worst case", exc_info=True)
+            return
+        for sid in known:
+            led = self.alloc.ledgers.get(sid)
+            if led is not None:
+                led.fallback_installed = True
 
     def mark_dirty(self) -> None:
         if self._dirty_since is None:
@@ -270,8 +286,12 @@ class AllocationService:
         led = self.alloc.ledgers.get(res.station_id)
         if led is not None:
             sent = led.pending.get(res.command_id) or led.uncertain.get(res.command_id)
+        had_fallback = led.fallback_installed if led is not None else True
         if self.alloc.command_result(res.station_id, res.command_id, res.outcome, self.rt.clock.time()):
             self.mark_dirty()
+        if led is not None and led.fallback_installed and not had_fallback:
+            with contextlib.suppress(Exception):
+                await self.rt.store.hset(FALLBACK_KEY, res.station_id, b"1")
         if sent is not None:
             name = command_pb2.CommandOutcome.Name(res.outcome) if res.outcome in command_pb2.CommandOutcome.values() \
                 else "UNKNOWN"
@@ -288,8 +308,13 @@ class AllocationService:
         at = codec.from_ts(nl.as_of, now)
         if at > now:
             at = now
-        if not self.alloc.node_load(nl.node_id, codec.pv(nl.load_w), codec.pv(nl.base_load_w), at.timestamp()):
+        base = codec.pv(nl.base_load_w)
+        if not self.alloc.node_load(nl.node_id, codec.pv(nl.load_w), base, at.timestamp()):
             return
+        prev = self._planned_base_w.get(nl.node_id)
+        if prev is None or max(abs(a - b) for a, b in zip(prev, base, strict=True)) >= BASE_LOAD_REPLAN_W:
+            self._planned_base_w[nl.node_id] = base
+            self.mark_dirty()
         if not self.leader.is_leader:
             return
         async with self._lock:
