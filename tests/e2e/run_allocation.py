@@ -1,0 +1,27 @@
+"""The allocation service as its own process with e2e timing: leases of E2E_LEASE_S seconds (default 30)
+instead of 10 min, so a killed allocator shows its fail-safe within a test's minutes. Otherwise exactly
+`python -m gridcharge.allocation`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from gridcharge.allocation.core.allocator import AllocatorConfig
+from gridcharge.allocation.service import AllocationService
+from gridcharge.shared.runtime import Runtime
+from gridcharge.shared.service import load_settings_and_topology, serve
+from gridcharge.shared.topology import Topology
+
+LEASE_S = float(os.environ.get("E2E_LEASE_S", "30"))
+
+
+def create_service(rt: Runtime, topology: Topology) -> AllocationService:
+    return AllocationService(rt, topology, AllocatorConfig(lease_s=LEASE_S, plan_interval_s=10.0))
+
+
+create_service.service_name = "allocation"  # type: ignore[attr-defined]
+
+if __name__ == "__main__":
+    settings, topology = load_settings_and_topology()
+    asyncio.run(serve([create_service], settings, topology))
