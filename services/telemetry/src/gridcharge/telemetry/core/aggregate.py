@@ -269,7 +269,7 @@ class TelemetryCore:
         if kind == "status":
             ev.status = evt.status.status[:32]
             if ev.status in IDLE_STATUSES:
-                self._zero(ev)
+                self._zero(ev, at)
         elif kind == "transaction_started":
             ts = evt.transaction_started
             ev.transaction_id = ts.transaction_id[:64]
@@ -290,12 +290,15 @@ class TelemetryCore:
                 ev.energy_delivered_wh += ev.session_energy_wh
             ev.transaction_id, ev.charging_state = "", ""
             ev.session_start_s, ev.session_meter_start_wh, ev.session_energy_wh = None, None, 0.0
-            self._zero(ev)
+            self._zero(ev, at)
         return Outcome.OK
 
     @staticmethod
-    def _zero(ev: EvseState) -> None:
-        """The station says nothing flows (idle status or session ended)."""
+    def _zero(ev: EvseState, at_s: float) -> None:
+        """The station says nothing flows (idle status or session ended) — unless a newer meter value
+        (topics are not ordered against each other) already said otherwise."""
+        if ev.last_sample_s is not None and ev.last_sample_s >= at_s:
+            return
         ev.power_w, ev.current_a, ev.measured = ZERO3, ZERO3, True
         ev.implausible, ev.implausible_reason = False, ""
 

@@ -1,0 +1,1 @@
+"""Telemetry adapters: bus/faust consumers, publisher, HTTP ingest."""

@@ -1,0 +1,132 @@
+"""Kafka runtime: a faust-streaming app run inside the service's event loop.
+
+Agents read the input topics as raw bytes and decode protobuf themselves; every source whose state
+changed is written to a changelog-backed table (`station-state`: EVSEs and stations, co-partitioned
+with the station-keyed topics, 12 partitions; `grid-state`: grid meters and weather, 6 partitions).
+After a (re)start faust replays the changelogs into the tables and `on_recover` loads them into the
+core, so a restarted worker carries on with the state it had. Offsets are committed by faust after
+each event, so records are not applied twice.
+
+Node loads sum over every station, so one active worker must own all partitions (run one replica;
+faust standbys can be added later). See docs/telemetry.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import faust
+from gridcharge.shared import contracts as C
+from gridcharge.shared.bus.kafka import KafkaBus
+from gridcharge.shared.runtime import Runtime
+from gridcharge.telemetry.adapters.engine import Engine
+from gridcharge.telemetry.settings import TelemetrySettings
+
+log = logging.getLogger(__name__)
+
+STATION_TOPICS = (C.STATION_EVENTS, C.METER_VALUES, C.COMMANDS, C.COMMAND_RESULTS)
+GRID_TOPICS = (C.GRID_METER_READINGS, C.WEATHER)
+
+
+class FaustRuntime:
+    """faust.App with two agents and two tables, started with `app.start()` in the running loop."""
+
+    kind = "faust"
+
+    def __init__(self, rt: Runtime, engine: Engine, settings: TelemetrySettings) -> None:
+        self.rt, self.engine, self.settings = rt, engine, settings
+        self.prefix = settings.topic_prefix
+        self.ready = False
+        self._recovered: set[str] = set()
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        if settings.telemetry_datadir is not None:
+            datadir = Path(settings.telemetry_datadir)
+        else:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="gridcharge-telemetry-")
+            datadir = Path(self._tmpdir.name)
+        web_port = settings.telemetry_faust_web_port
+        self.app = faust.App(
+            self.prefix + settings.telemetry_group,
+            broker=f"kafka://{settings.kafka_bootstrap}",
+            store="memory://",
+            datadir=str(datadir),
+            autodiscover=False,
+            web_enabled=web_port > 0,
+            web_port=web_port or 6066,
+            topic_replication_factor=1,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            table_standby_replicas=0,
+        )
+        self.station_table = self.app.Table("station-state", default=None,
+                                            partitions=STATION_TOPICS[0].partitions)
+        self.grid_table = self.app.Table("grid-state", default=None, partitions=GRID_TOPICS[0].partitions)
+        self.station_table.on_recover(self._make_recover("station-state"))
+        self.grid_table.on_recover(self._make_recover("grid-state"))
+        station_src = self.app.topic(*(self.prefix + t.name for t in STATION_TOPICS), key_serializer="raw",
+                                     value_serializer="raw")
+        grid_src = self.app.topic(*(self.prefix + t.name for t in GRID_TOPICS), key_serializer="raw",
+                                  value_serializer="raw")
+        self.app.agent(station_src, name="telemetry-stations")(self._station_agent)
+        self.app.agent(grid_src, name="telemetry-grid")(self._grid_agent)
+
+    def _make_recover(self, name: str) -> Any:
+        async def recovered() -> None:
+            table = self.station_table if name == "station-state" else self.grid_table
+            n = sum(1 for key, value in table.items()
+                    if isinstance(key, str) and isinstance(value, dict) and self.engine.core.restore(key, value))
+            self.engine.core.take_dirty()
+            self._recovered.add(name)
+            log.info("telemetry state recovered from changelog", extra={"table": name, "entries": n})
+            if len(self._recovered) == 2:
+                self.ready = True
+
+        return recovered
+
+    async def _consume(self, stream: Any, table: Any) -> AsyncIterator[None]:
+        plen = len(self.prefix)
+        async for event in stream.events():
+            value = event.value if isinstance(event.value, bytes | bytearray) else b""
+            self.engine.handle(event.message.topic[plen:], bytes(value), self.rt.clock.time())
+            for key in self.engine.core.take_dirty():
+                owner = self.station_table if key.startswith(("evse/", "station/")) else self.grid_table
+                if owner is table:
+                    table[key] = self.engine.core.export(key)
+                else:
+                    log.debug("state key of the other table ignored", extra={"key": key[:100]})
+            yield None
+
+    async def _station_agent(self, stream: Any) -> None:
+        async for _ in self._consume(stream, self.station_table):
+            pass
+
+    async def _grid_agent(self, stream: Any) -> None:
+        async for _ in self._consume(stream, self.grid_table):
+            pass
+
+    async def start(self) -> None:
+        if isinstance(self.rt.bus, KafkaBus):   # source topics must exist with their registry settings
+            await self.rt.bus.ensure_topics([t.name for t in (*STATION_TOPICS, *GRID_TOPICS)])
+        await self.app.start()
+        log.info("faust telemetry worker started", extra={"app": self.app.conf.id})
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.ready:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("faust telemetry worker did not finish recovery")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.ready = False
+        with contextlib.suppress(Exception):
+            await self.app.stop()
+        if self._tmpdir is not None:
+            with contextlib.suppress(Exception):
+                self._tmpdir.cleanup()
