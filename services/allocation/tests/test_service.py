@@ -279,3 +279,29 @@ async def test_standby_does_not_command(env: Env) -> None:
         assert svc2.leader.is_leader
     finally:
         await svc2.stop()
+
+
+async def test_restart_restores_sessions_leases_and_connections(env: Env) -> None:
+    await connect_all(env)
+    await start_tx(env, "cs1", "1")
+    await env.run(3)
+    cap = env.svc.alloc.worst_case_a(env.clock.time())["cs1"]
+    assert cap > 6.0
+    await env.rt.store.hset("gw:connected", "cs1", b"gw-0|ocpp1.6|1|0")
+    await env.svc.stop()
+    # a new process: fresh bus (nothing replayed), same store
+    bus2 = MemoryBus()
+    await bus2.start()
+    rt2 = Runtime(settings=Settings(replica_id="alloc-c"), bus=bus2, store=env.rt.store, clock=env.clock)
+    svc2 = AllocationService(rt2, env.svc.topology)
+    await svc2.start()
+    try:
+        now = env.clock.time()
+        assert "cs1/1" in svc2.alloc.book.sessions
+        led = svc2.alloc.ledgers["cs1"]
+        assert led.online and led.fallback_installed
+        assert svc2.alloc.worst_case_a(now)["cs1"] == cap       # the lease it may still hold counts
+        assert svc2.alloc.worst_case_a(now + 700)["cs1"] == 6.0  # until it ends
+    finally:
+        await svc2.stop()
+        await bus2.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 PLAN_TTL_S = 900.0
 PREFS_KEY = "allocation:preferences"
 FALLBACK_KEY = "allocation:fallback-installed"   # hash station -> "1": profiles persist across reboots (OCPP)
+SESSIONS_KEY = "allocation:sessions"             # hash station/evse -> session JSON (survives a restart)
+LEASE_KEY = "allocation:lease:"                  # + station: worst-case station-cap lease {cap_a, until}
+GATEWAY_CONNECTED_KEY = "gw:connected"           # the gateway registry: station -> replica|protocol|epoch|since
 BASE_LOAD_REPLAN_W = 230.0                        # a base-load change this big re-plans (≈ 1 A on a phase)
 
 INPUT_TOPICS = (C.STATION_EVENTS, C.METER_VALUES, C.STATION_CAPABILITIES, C.COMMANDS, C.COMMAND_RESULTS,
@@ -84,6 +88,7 @@ class AllocationService:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         await self._load_fallbacks()
+        await self._restore()
         group = f"allocation.{self.rt.settings.replica_id}"
         self._subs.append(await self.rt.bus.subscribe([t.name for t in INPUT_TOPICS], group, self._dispatch))
         await self.leader.renew()
@@ -116,6 +121,45 @@ class AllocationService:
             led = self.alloc.ledgers.get(sid)
             if led is not None:
                 led.fallback_installed = True
+
+    async def _restore(self) -> None:
+        """After a restart: sessions, leases a previous run may have installed, which stations are connected."""
+        now = self.rt.clock.time()
+        try:
+            for blob in (await self.rt.store.hgetall(SESSIONS_KEY)).values():
+                self.alloc.book.restore(blob)
+            for sid in self.alloc.ledgers:
+                raw = await self.rt.store.get(LEASE_KEY + sid)
+                if raw is not None:
+                    d = json.loads(raw)
+                    self.alloc.restore_lease(sid, float(d["cap_a"]), float(d["until"]), now)
+            for sid in await self.rt.store.hgetall(GATEWAY_CONNECTED_KEY):
+                if sid in self.alloc.ledgers:
+                    self.alloc.ledgers[sid].online = True
+        except Exception:
+            log.warning("could not restore state; starting from the bus only", exc_info=True)
+        if self.alloc.book.sessions:
+            log.info("restored sessions", extra={"sessions": len(self.alloc.book)})
+
+    async def _persist(self) -> None:
+        """Sessions to the store (leader only, once per cycle)."""
+        try:
+            for key, s in self.alloc.book.sessions.items():
+                await self.rt.store.hset(SESSIONS_KEY, key, s.dump())
+            for key in set(await self.rt.store.hgetall(SESSIONS_KEY)) - set(self.alloc.book.sessions):
+                await self.rt.store.hdel(SESSIONS_KEY, key)
+        except Exception:
+            log.warning("could not persist sessions", exc_info=True)
+
+    async def _persist_lease(self, station_id: str) -> None:
+        now = self.rt.clock.time()
+        rec = self.alloc.lease_record(station_id, now)
+        if rec is None:
+            return
+        cap_a, until = rec
+        with contextlib.suppress(Exception):
+            await self.rt.store.set(LEASE_KEY + station_id, json.dumps({"cap_a": cap_a, "until": until}).encode(),
+                                    max(1.0, until - now))
 
     def mark_dirty(self) -> None:
         if self._dirty_since is None:
@@ -163,6 +207,7 @@ class AllocationService:
             await self._send(res.commands)
             self._update_metrics(res)
             await self._publish_plans(res)
+            await self._persist()
             return res
 
     async def _send(self, cmds: list[ProfileCommand]) -> None:
@@ -173,6 +218,8 @@ class AllocationService:
             try:
                 gen = await self.rt.store.incr(f"allocation:gen:{cmd.station_id}:{cmd.command_key}")
                 msg = codec.station_command(cmd, gen, self.producer, self.rt.clock.now())
+                if cmd.purpose == "station_lease":
+                    await self._persist_lease(cmd.station_id)   # before it can be applied
                 await self.rt.bus.publish(C.COMMANDS.name, cmd.station_id, msg.SerializeToString())
                 M.COMMANDS.labels(purpose=cmd.purpose, outcome="sent").inc()
             except Exception:

@@ -41,6 +41,9 @@ def meta(producer: str, now: datetime) -> common_pb2.Meta:
     return common_pb2.Meta(producer=producer, produced_at=ts(now))
 
 
+ONLINE_EVIDENCE_S = 300.0
+
+
 class Changes:
     """What an input changed: re-plan soon, and commands to send right away."""
 
@@ -58,6 +61,13 @@ def apply_station_event(alloc: Allocator, ev: station_pb2.StationEvent, now: dat
         return out
     t = now.timestamp()
     kind = ev.WhichOneof("payload")
+    led = alloc.ledgers[sid]
+    if kind not in ("connected", "boot", "disconnected") and not led.online:
+        # any recent message proves the link is up (e.g. after our own restart, the Connected is long past)
+        at = from_ts(ev.occurred_at, now)
+        if abs((now - at).total_seconds()) <= ONLINE_EVIDENCE_S:
+            led.online = True
+            out.replan = True
     if kind in ("connected", "boot"):
         if kind == "boot":
             alloc.ledgers[sid].rebooted()

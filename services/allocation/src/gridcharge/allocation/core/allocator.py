@@ -250,6 +250,28 @@ class Allocator:
         for d in (self.limiter_a, self.grant_a, self.plan_a):
             d.pop(key, None)
 
+    def restore_lease(self, station_id: str, cap_a: float, valid_until: float, now: float) -> bool:
+        """After a restart: a station-cap lease a previous run may have installed counts until it ends."""
+        led = self.ledgers.get(station_id)
+        if led is None or not math.isfinite(cap_a) or valid_until <= now:
+            return False
+        cap_a = min(max(cap_a, 0.0), led.hw_max_a)
+        key = P.command_key(0, command_pb2.PROFILE_PURPOSE_STATION_MAX, P.LEASE_STACK)
+        cid = f"restored:{station_id}"
+        led.uncertain[cid] = Sent(cid, key, command_pb2.PROFILE_PURPOSE_STATION_MAX, 0, cap_a,
+                                  min(valid_until, now + self.cfg.lease_s), now)
+        return True
+
+    def lease_record(self, station_id: str, now: float) -> tuple[float, float] | None:
+        """(worst-case cap A, latest end s) of the station-cap leases that may be in force, for persistence."""
+        led = self.ledgers[station_id]
+        srcs = [s for s in [*led.accepted.values(), *led.pending.values(), *led.uncertain.values()]
+                if s.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX and math.isfinite(s.valid_until)
+                and s.valid_until > now]
+        if not srcs:
+            return None
+        return max(s.cap_a for s in srcs), max(s.valid_until for s in srcs)
+
     # ---------------------------------------------------------------- worst case
     def worst_case_a(self, now: float) -> dict[str, float]:
         """Per station: the highest per-phase current it may draw now (A)."""

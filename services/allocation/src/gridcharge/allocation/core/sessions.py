@@ -7,6 +7,7 @@ Whatever the driver did not give comes from ``topology.session_defaults``. Units
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -57,6 +58,17 @@ class SessionState:
     def remaining_wh(self) -> float:
         """Energy still wanted (Wh, ≥ 0)."""
         return max(0.0, self.energy_needed_wh - self.delivered_wh)
+
+    def dump(self) -> bytes:
+        """JSON of what must survive a restart (live meter state is re-learnt from the next samples)."""
+        return json.dumps({
+            "session_id": self.session_id, "station_id": self.station_id, "evse_id": self.evse_id,
+            "transaction_id": self.transaction_id, "started_at": self.started_at.isoformat(),
+            "departure": self.departure.isoformat(), "energy_needed_wh": self.energy_needed_wh,
+            "min_current_a": self.min_current_a, "max_current_a": self.max_current_a, "phases": self.phases,
+            "priority": self.priority, "delivered_wh": self.delivered_wh, "meter_start_wh": self.meter_start_wh,
+            "user_set": sorted(self.user_set),
+        }).encode()
 
     def meter_fresh(self, now: datetime) -> bool:
         return self.measured_at is not None and (now - self.measured_at).total_seconds() <= METER_STALE_S
@@ -239,6 +251,29 @@ class SessionBook:
             s.below_grant_samples += 1
         else:
             s.below_grant_samples = 0
+        return s
+
+    def restore(self, blob: bytes) -> SessionState | None:
+        """Re-create a session saved with ``dump`` (after a restart); bad or foreign blobs give None."""
+        try:
+            d = json.loads(blob)
+            s = SessionState(
+                session_id=str(d["session_id"]), station_id=str(d["station_id"]), evse_id=int(d["evse_id"]),
+                transaction_id=str(d["transaction_id"]), started_at=datetime.fromisoformat(d["started_at"]),
+                departure=datetime.fromisoformat(d["departure"]), energy_needed_wh=float(d["energy_needed_wh"]),
+                min_current_a=float(d["min_current_a"]), max_current_a=float(d["max_current_a"]),
+                phases=int(d["phases"]), priority=int(d["priority"]), delivered_wh=float(d["delivered_wh"]),
+                meter_start_wh=None if d.get("meter_start_wh") is None else float(d["meter_start_wh"]),
+                user_set=set(d.get("user_set", [])),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        if self._evse_ok(s.station_id, s.evse_id) is None or s.started_at.tzinfo is None:
+            return None
+        key = session_key(s.station_id, s.evse_id)
+        if key in self.sessions:
+            return None
+        self.sessions[key] = s
         return s
 
     def snapshot(self) -> list[SessionState]:
