@@ -123,3 +123,25 @@ def test_create_service_picks_runtime() -> None:
     clock = SimClock()
     rt = Runtime(settings=Settings(), bus=MemoryBus(), store=MemoryStore(clock), clock=clock)
     assert create_service(rt, topology()).runtime.kind == "bus"
+
+
+async def test_fast_path_publishes_meter_jumps_at_once(
+        setup: tuple[TelemetryService, Runtime, SimClock, list[Record]]) -> None:
+    _svc, rt, clock, out = setup
+    lim = 100 * 230.0
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo",
+                         grid("trafo", T0, 0.95 * lim, 0, 0).SerializeToString())
+    await rt.bus.flush()
+    fast = [C.decode(grid_pb2.NodeLoad, r.value) for r in out if r.topic == C.NODE_LOAD.name]
+    assert [f.node_id for f in fast] == ["trafo"] and fast[0].load_w.l1 == pytest.approx(0.95 * lim)
+    # a small change right after is not urgent: it waits for the next snapshot
+    await clock.advance(1)
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo",
+                         grid("trafo", T0 + 1, 0.5 * lim, 0.01 * lim, 0).SerializeToString())
+    await rt.bus.flush()
+    assert len([r for r in out if r.topic == C.NODE_LOAD.name]) == 2   # 0.95 -> 0.5 is a big move
+    await clock.advance(1)
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo",
+                         grid("trafo", T0 + 2, 0.51 * lim, 0.01 * lim, 0).SerializeToString())
+    await rt.bus.flush()
+    assert len([r for r in out if r.topic == C.NODE_LOAD.name]) == 2

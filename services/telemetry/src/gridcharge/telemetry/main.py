@@ -17,7 +17,7 @@ from gridcharge.telemetry.adapters.bus_runtime import BusRuntime
 from gridcharge.telemetry.adapters.engine import Engine
 from gridcharge.telemetry.adapters.http import build_router
 from gridcharge.telemetry.adapters.metrics import TelemetryMetrics
-from gridcharge.telemetry.core import NodeLoadView, TelemetryCore
+from gridcharge.telemetry.core import NodeLoadView, Outcome, TelemetryCore
 from gridcharge.telemetry.settings import TelemetrySettings
 
 if TYPE_CHECKING:
@@ -43,10 +43,11 @@ class TelemetryService:
         if use_faust:
             from gridcharge.telemetry.adapters.faust_runtime import FaustRuntime
 
-            self.runtime = FaustRuntime(rt, self.engine, settings)
+            self.runtime = FaustRuntime(rt, self.engine, settings, self._after_record)
         else:
-            self.runtime = BusRuntime(rt, self.engine, settings.telemetry_group)
+            self.runtime = BusRuntime(rt, self.engine, settings.telemetry_group, self._after_record)
         self.latest: dict[str, NodeLoadView] = {}
+        self._fast_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._router = build_router(rt.bus, rt.clock, set(topology.node_by_id), producer, lambda: self.latest)
 
@@ -83,17 +84,49 @@ class TelemetryService:
             except Exception:
                 log.exception("telemetry publish failed; retrying next period")
 
+    async def _after_record(self, topic: str, key: str, outcome: Outcome | None) -> None:
+        """Fast path for the limiter: a grid-meter reading that moves its node's load by
+        `telemetry_fast_delta` of the limit, or above `telemetry_fast_above` of it, is published at once
+        (with the node's ancestors) instead of waiting up to one snapshot period."""
+        if topic != C.GRID_METER_READINGS.name or outcome is not Outcome.OK or not self.runtime.ready:
+            return
+        node_id = key if key in self.topology.node_by_id else None
+        if node_id is None:
+            return
+        now = self.rt.clock.time()
+        if now - self._fast_at.get(node_id, -1e18) < self.settings.telemetry_fast_min_interval_s:
+            return
+        meter = self.core.meter_for(node_id, now)
+        if meter is None:
+            return
+        limit = self.topology.limit_w(node_id)
+        prev = self.latest.get(node_id)
+        urgent = any(p > self.settings.telemetry_fast_above * lim for p, lim in zip(meter.power_w, limit, strict=True))
+        if prev is None or any(abs(p - q) > self.settings.telemetry_fast_delta * lim
+                               for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True)):
+            urgent = True
+        if not urgent:
+            return
+        self._fast_at[node_id] = now
+        views = self.core.node_loads(now)
+        self.latest = {**self.latest, **views}
+        for rec in self.engine.node_load_records(views, self.topology.ancestors(node_id)):
+            await self._send(rec.topic, rec.key, rec.value)
+
+    async def _send(self, topic: str, key: str, value: bytes) -> None:
+        await self.rt.bus.publish(topic, key, value)
+        if topic == C.NODE_LOAD.name:
+            await self.rt.store.set(f"nodeload:{key}", value,
+                                    ttl_s=max(self.settings.telemetry_nodeload_ttl_s,
+                                              3 * self.settings.telemetry_snapshot_s))
+
     async def publish_once(self) -> dict[str, NodeLoadView]:
         """Compute node loads now and publish them (bus + store) with any closed history interval."""
         now = self.rt.clock.time()
         views, out = self.engine.snapshot(now)
         self.latest = views
         for rec in out:
-            await self.rt.bus.publish(rec.topic, rec.key, rec.value)
-            if rec.topic == C.NODE_LOAD.name:
-                await self.rt.store.set(f"nodeload:{rec.key}", rec.value,
-                                        ttl_s=max(self.settings.telemetry_nodeload_ttl_s,
-                                                  3 * self.settings.telemetry_snapshot_s))
+            await self._send(rec.topic, rec.key, rec.value)
         return views
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from gridcharge.shared.bus.base import Record, Subscription
 from gridcharge.shared.runtime import Runtime
 from gridcharge.telemetry.adapters.engine import INPUTS, Engine
+from gridcharge.telemetry.core import Outcome
+
+AfterRecord = Callable[[str, str, Outcome | None], Awaitable[None]]
 
 
 class BusRuntime:
@@ -12,8 +17,8 @@ class BusRuntime:
 
     kind = "bus"
 
-    def __init__(self, rt: Runtime, engine: Engine, group: str) -> None:
-        self.rt, self.engine, self.group = rt, engine, group
+    def __init__(self, rt: Runtime, engine: Engine, group: str, after: AfterRecord | None = None) -> None:
+        self.rt, self.engine, self.group, self.after = rt, engine, group, after
         self._sub: Subscription | None = None
         self.ready = False
 
@@ -22,8 +27,10 @@ class BusRuntime:
         self.ready = True
 
     async def _handle(self, rec: Record) -> None:
-        self.engine.handle(rec.topic, rec.value, self.rt.clock.time())
+        outcome = self.engine.handle(rec.topic, rec.value, self.rt.clock.time())
         self.engine.core.take_dirty()   # nothing to persist in this runtime
+        if self.after is not None:
+            await self.after(rec.topic, rec.key, outcome)
 
     async def stop(self) -> None:
         self.ready = False

@@ -92,6 +92,11 @@ class Engine:
             return c.on_weather(msg, now_s)
         return Outcome.OK
 
+    def node_load_records(self, views: dict[str, NodeLoadView], node_ids: list[str]) -> list[Outgoing]:
+        """NodeLoad records of some nodes (the fast path: no history, no metrics)."""
+        return [Outgoing(C.NODE_LOAD.name, nid, node_load_msg(views[nid], self.producer).SerializeToString())
+                for nid in node_ids if nid in views]
+
     def snapshot(self, now_s: float) -> tuple[dict[str, NodeLoadView], list[Outgoing]]:
         """Node loads now, and the NodeLoad / closed NodeLoadInterval records to publish."""
         views = self.core.node_loads(now_s)

@@ -25,6 +25,7 @@ import faust
 from gridcharge.shared import contracts as C
 from gridcharge.shared.bus.kafka import KafkaBus
 from gridcharge.shared.runtime import Runtime
+from gridcharge.telemetry.adapters.bus_runtime import AfterRecord
 from gridcharge.telemetry.adapters.engine import Engine
 from gridcharge.telemetry.settings import TelemetrySettings
 
@@ -39,8 +40,9 @@ class FaustRuntime:
 
     kind = "faust"
 
-    def __init__(self, rt: Runtime, engine: Engine, settings: TelemetrySettings) -> None:
-        self.rt, self.engine, self.settings = rt, engine, settings
+    def __init__(self, rt: Runtime, engine: Engine, settings: TelemetrySettings,
+                 after: AfterRecord | None = None) -> None:
+        self.rt, self.engine, self.settings, self.after = rt, engine, settings, after
         self.prefix = settings.topic_prefix
         self.ready = False
         self._recovered: set[str] = set()
@@ -93,13 +95,17 @@ class FaustRuntime:
         plen = len(self.prefix)
         async for event in stream.events():
             value = event.value if isinstance(event.value, bytes | bytearray) else b""
-            self.engine.handle(event.message.topic[plen:], bytes(value), self.rt.clock.time())
+            topic = event.message.topic[plen:]
+            outcome = self.engine.handle(topic, bytes(value), self.rt.clock.time())
             for key in self.engine.core.take_dirty():
                 owner = self.station_table if key.startswith(("evse/", "station/")) else self.grid_table
                 if owner is table:
                     table[key] = self.engine.core.export(key)
                 else:
                     log.debug("state key of the other table ignored", extra={"key": key[:100]})
+            if self.after is not None:
+                rkey = event.key.decode("utf-8", "replace") if isinstance(event.key, bytes) else str(event.key)
+                await self.after(topic, rkey, outcome)
             yield None
 
     async def _station_agent(self, stream: Any) -> None:

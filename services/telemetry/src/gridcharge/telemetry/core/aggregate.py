@@ -501,7 +501,7 @@ class TelemetryCore:
                    for x in out]
         return out
 
-    def _meter_for(self, node_id: str, now_s: float) -> MeterState | None:
+    def meter_for(self, node_id: str, now_s: float) -> MeterState | None:
         """The node's freshest meter (fresh ones first), or None."""
         best: MeterState | None = None
         for (nid, _), m in self.meters.items():
@@ -548,7 +548,7 @@ class TelemetryCore:
                 impl += cv.implausible_sources
                 temps += temps_under[c]
             ev_best[nid], ev_worst[nid], temps_under[nid] = e_best, e_worst, temps
-            meter = self._meter_for(nid, now_s)
+            meter = self.meter_for(nid, now_s)
             fresh = meter is not None and self.meter_fresh(meter, now_s)
             if meter is not None and meter.implausible:
                 impl += 1
@@ -602,7 +602,7 @@ class TelemetryCore:
         meters = 0
         metered_nodes = {n.id for n in self.topo.nodes if n.metered} | {nid for nid, _ in self.meters}
         for nid in metered_nodes:
-            m = self._meter_for(nid, now_s)
+            m = self.meter_for(nid, now_s)
             if m is None or not self.meter_fresh(m, now_s):
                 meters += 1
         return {"station": stations, "meter": meters}
