@@ -235,11 +235,11 @@ def build_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
                         dep = min(dep, arr0 + (k + 1) * span)
                     dep = max(dep, arr + min_stay)
                     arr = max(arr, start_s)
-                    if dep - arr < 600 or arr >= end_s:
+                    if dep - arr < 60 or arr >= end_s:
                         continue
                     battery = rng.uniform(*f.battery_kwh) * 1000
                     soc0 = rng.uniform(*f.arrival_soc)
-                    target = max(soc0 + 0.05, rng.uniform(*f.target_soc))
+                    target = max(soc0 + 0.01, rng.uniform(*f.target_soc))
                     ev = Ev(ev_id=f"{st.id}/{e.id}/{k}", battery_wh=battery, arrival_soc=soc0,
                             target_soc=min(1.0, target), arrival_s=arr, departure_s=dep,
                             max_current_a=float(round(rng.uniform(*f.max_current_a))),
