@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from gridcharge.allocation.bench import offline_optimum
 from gridcharge.allocation.core import (
     Evse,
     LpPlanner,
@@ -18,7 +18,6 @@ from gridcharge.allocation.core import (
     SlotGrid,
     merge_periods,
 )
-from gridcharge.allocation.bench import offline_optimum
 from gridcharge.allocation.core.replay import run_replay
 
 V = 230.0
@@ -177,7 +176,7 @@ def test_profile_via_plan() -> None:
 def test_two_stage_off_still_valid() -> None:
     T = 4
     node = NodeCapacity.from_amps("site", 20.0, T, V)
-    cfg = PlannerConfig(two_stage=False)
+    cfg = PlannerConfig(two_stage=False, solver="choose")
     plan = LpPlanner().plan(PlanningProblem(grid(T), [node], [one_phase_evse(0), one_phase_evse(1)],
                                             [sess(0, 50_000, 4), sess(1, 50_000, 4)], config=cfg))
     assert (plan.node_load_w["site"][0] <= 20 * V + 1e-6).all()

@@ -5,9 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from gridcharge.allocation.core import (
     Evse,
     LpPlanner,
@@ -17,6 +14,8 @@ from gridcharge.allocation.core import (
     Session,
     SlotGrid,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PHASE_MAPS = [(0,), (1,), (2,), (0, 1), (1, 2), (0, 1, 2), (1, 2, 0), (2, 0, 1)]
 
@@ -54,7 +53,13 @@ def problems(draw: st.DrawFn) -> PlanningProblem:
         ))
     price = np.array(draw(st.lists(st.floats(0.0, 0.5), min_size=T, max_size=T)))
     pv = {"n0": np.array(draw(st.lists(st.floats(0.0, 10_000.0), min_size=T, max_size=T)))}
-    cfg = PlannerConfig(default_dwell_s=draw(st.sampled_from([1800.0, 8 * 3600.0])))
+    cfg = PlannerConfig(
+        default_dwell_s=draw(st.sampled_from([1800.0, 8 * 3600.0])),
+        two_stage=draw(st.sampled_from([None, True, False])),
+        solver=draw(st.sampled_from(["auto", "ipm"])),
+        coarse_factor=draw(st.sampled_from([1, 3])),
+        fine_slots=draw(st.integers(0, 3)),
+    )
     return PlanningProblem(SlotGrid(datetime(2026, 1, 1), T, 900.0), nodes, evses, sessions, price, pv, cfg)
 
 

@@ -125,19 +125,32 @@ class PlannerConfig:
 
     Lexicographic scheme (see docs/planner.md): stage 1 maximises priority-weighted energy (plus
     ``early_weight`` preference for earlier slots); stage 2 keeps weighted energy ≥ (1−``energy_tolerance``)
-    × optimum and minimises cost − ``pv_weight``·PV used − fairness.
+    × optimum and minimises cost − ``pv_weight``·PV used − fairness. ``two_stage=None`` (auto): two stages
+    up to ``auto_threshold_vars`` LP variables, above that one weighted solve whose secondary terms are
+    scaled to ≤ ``weighted_secondary_share`` of the energy value per kWh. ``solver="auto"``: HiGHS' choice
+    (dual simplex) for small LPs, interior point without crossover above the threshold.
+    ``coarse_factor`` > 1 merges slots after the first ``fine_slots`` into blocks of that many slots in
+    the LP (block capacity = minimum over its slots, so never exceeded); 1 = exact.
     """
 
     default_dwell_s: float = DEFAULT_DWELL_S
     early_weight: float = 1e-3
+    urgency_weight: float = 1.0
     energy_tolerance: float = 1e-6
-    two_stage: bool = True
+    two_stage: bool | None = None
     price_weight: float = 1.0
     pv_weight: float = 0.05
-    fairness_weight: float = 0.01
+    fairness_weight: float = 0.1
+    fair_share: float = 0.5
     current_step_a: float = 0.1
     apply_min_current: bool = True
     time_limit_s: float = 30.0
+    solver: str = "auto"
+    auto_threshold_vars: int = 20_000
+    weighted_secondary_share: float = 1e-2
+    fine_slots: int = 8
+    coarse_factor: int = 1
+    highs_options: tuple[tuple[str, str | float | int | bool], ...] = ()
 
 
 @dataclass(frozen=True)

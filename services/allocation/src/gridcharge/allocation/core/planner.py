@@ -122,34 +122,58 @@ class _LpResult:
     stages: int
 
 
+def _blocks(T: int, fine_slots: int, factor: int) -> tuple[IntArray, IntArray]:
+    """Start and end slot of each LP time block: the first ``fine_slots`` slots alone, then ``factor``."""
+    if factor <= 1 or fine_slots >= T:
+        s = np.arange(T, dtype=np.int64)
+        return s, s + 1
+    starts = np.concatenate([np.arange(fine_slots), np.arange(fine_slots, T, factor)]).astype(np.int64)
+    ends = np.append(starts[1:], T).astype(np.int64)
+    return starts, ends
+
+
 def _solve_lp(
     ix: _Indexed,
     cfg: PlannerConfig,
     price: FloatArray | None,
     pv_w: dict[int, FloatArray],
 ) -> _LpResult:
-    """Build the sparse LP (vectorised) and solve it lexicographically with HiGHS."""
+    """Build the sparse LP (vectorised) and solve it with HiGHS, lexicographically or weighted.
+
+    Variables are per session per time block (a block = one slot, or ``coarse_factor`` slots after the
+    first ``fine_slots``); a block's capacity is the minimum over its slots, so expanding a block's current
+    to each of its slots never exceeds any slot's capacity.
+    """
     T = ix.T
     S = len(ix.arr)
     active = (ix.dep > ix.arr) & (ix.need_wh > _EPS) & (ix.imax > _EPS)
     x_full = np.zeros((S, T))
     if not active.any():
         return _LpResult(x_full, "empty", 0.0, 0)
+    bs, be = _blocks(T, cfg.fine_slots, cfg.coarse_factor)
+    B = bs.size
+    block_of = np.repeat(np.arange(B), be - bs)
     sess = np.flatnonzero(active)
-    length = (ix.dep - ix.arr)[sess]
+    b0 = block_of[ix.arr[sess]]
+    b1 = block_of[ix.dep[sess] - 1] + 1
+    length = b1 - b0
     var_s = np.repeat(sess, length)
     starts = np.cumsum(length) - length
-    var_t = np.arange(int(length.sum())) - np.repeat(starts, length) + np.repeat(ix.arr[sess], length)
+    var_b = np.arange(int(length.sum())) - np.repeat(starts, length) + np.repeat(b0, length)
+    # slots of the block the session is present in (arrival/departure may fall inside a block)
+    avail = (np.minimum(ix.dep[var_s], be[var_b]) - np.maximum(ix.arr[var_s], bs[var_b])).astype(float)
     nv = var_s.size
-    ub = np.minimum(ix.imax[var_s], ix.need_wh[var_s] / ix.k_wh[var_s])
+    k_var = ix.k_wh[var_s] * avail  # Wh per A over the block
+    ub = np.minimum(ix.imax[var_s], ix.need_wh[var_s] / k_var)
+    cap_blk = np.minimum.reduceat(ix.cap_w, bs, axis=1) if B < T else ix.cap_w
 
     # capacity rows: one entry per (variable, node×phase row of its session) — CSR expansion, no loops
     reps = np.diff(ix.row_ptr)[var_s]
     var_rep = np.repeat(np.arange(nv), reps)
     off = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
     node_row = ix.row_idx[ix.row_ptr[var_s[var_rep]] + off]
-    cap_flat = ix.cap_w.reshape(-1)
-    key = node_row * T + var_t[var_rep]
+    cap_flat = cap_blk.reshape(-1)
+    key = node_row * B + var_b[var_rep]
     finite = np.isfinite(cap_flat[key])
     key, var_rep = key[finite], var_rep[finite]
     ukeys, crow = np.unique(key, return_inverse=True)
@@ -158,20 +182,38 @@ def _solve_lp(
     sess_local = np.searchsorted(sess, var_s)
     rows_i = np.concatenate([crow, n_cap + sess_local])
     cols_i = np.concatenate([var_rep, np.arange(nv)])
-    vals = np.concatenate([ix.volt[var_s[var_rep]], ix.k_wh[var_s]])
+    vals = np.concatenate([ix.volt[var_s[var_rep]], k_var])
     n_rows = n_cap + sess.size
     A = sp.csc_matrix((vals, (rows_i, cols_i)), shape=(n_rows, nv))
     row_ub = np.concatenate([cap_flat[ukeys], ix.need_wh[sess]])
 
     # stage 1: maximise Σ w·E·(1 + early·(T−t)/T)   (kWh)
-    e_kwh = ix.k_wh[var_s] / 1000.0
+    e_kwh = k_var / 1000.0
     w_e = ix.prio[var_s] * e_kwh
-    early = (T - var_t) / T
+    early = (T - (bs[var_b] + be[var_b]) / 2.0) / T
+    if cfg.urgency_weight > 0:
+        # least-laxity tie-break: among equal energy, serve first the sessions with the least slack time
+        lax = (ix.dep - ix.arr) - ix.need_wh / np.maximum(ix.imax * ix.k_wh, _EPS)  # slots
+        urgency = 1.0 + cfg.urgency_weight * np.clip(1.0 - lax / T, 0.0, 1.0)
+        early = early * urgency[var_s]
     c1 = -w_e * (1.0 + cfg.early_weight * early)
+
+    has_price = price is not None and cfg.price_weight > 0 and float(np.ptp(price)) > 0
+    want_fair = cfg.fairness_weight > 0 and sess.size > 1
+    secondary = has_price or bool(pv_w) or want_fair
+    two_stage = cfg.two_stage if cfg.two_stage is not None else nv <= cfg.auto_threshold_vars
+    solver = cfg.solver
+    if solver == "auto":
+        solver = "choose" if nv <= cfg.auto_threshold_vars else "ipm"
 
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(cfg.time_limit_s))
+    h.setOptionValue("solver", solver)
+    if solver == "ipm":
+        h.setOptionValue("run_crossover", "off")  # an interior point is fine: rounding follows anyway
+    for name, value in cfg.highs_options:
+        h.setOptionValue(name, value)
     lp = highspy.HighsLp()
     lp.num_col_ = nv
     lp.num_row_ = n_rows
@@ -185,47 +227,38 @@ def _solve_lp(
     lp.a_matrix_.index_ = A.indices.astype(np.int32)
     lp.a_matrix_.value_ = A.data
     h.passModel(lp)
-    h.run()
-    status = h.modelStatusToString(h.getModelStatus())
-    x = np.asarray(h.getSolution().col_value, dtype=float)
-    if x.size != nv or status != "Optimal":
-        return _LpResult(x_full, status, 0.0, 1)
-    e1 = float(w_e @ x)
-    stages = 1
 
-    has_price = price is not None and cfg.price_weight > 0 and float(np.ptp(price)) > 0
-    want_fair = cfg.fairness_weight > 0 and sess.size > 1
-    if cfg.two_stage and (has_price or pv_w or want_fair):
-        p = np.zeros(T) if price is None else np.asarray(price, dtype=float)
-        p_ref = max(float(np.mean(np.abs(p))), 1e-3) if price is not None else 1.0
-        c2 = cfg.price_weight * p[var_t] * e_kwh - cfg.early_weight * p_ref * early * w_e
-        # keep weighted energy within ε of the stage-1 optimum
-        h.changeColsCost(nv, np.arange(nv, dtype=np.int32), c2)
-        h.addRow((1.0 - cfg.energy_tolerance) * e1, highspy.kHighsInf, nv,
-                 np.arange(nv, dtype=np.int32), w_e)
+    p_blk = np.zeros(B)
+    if price is not None:
+        p_arr = np.asarray(price, dtype=float)[:T]
+        p_blk = np.add.reduceat(p_arr, bs) / (be - bs)
+    p_ref = max(float(np.mean(np.abs(p_blk))), 1e-3) if price is not None else 1.0
+
+    def add_secondary(mult: float) -> None:
+        """Add PV and fairness columns/rows, their objective scaled by ``mult``."""
         n_col = nv
-        # PV: u[n,t] ≤ surplus, u[n,t] ≤ Σ power of sessions below n; reward used surplus
+        # PV: u[n,b] ≤ surplus, u[n,b] ≤ Σ power of sessions below n; reward used surplus
         for node_row0, surplus in pv_w.items():
             under = np.asarray(ix.load_matrix[node_row0 : node_row0 + PHASES].sum(axis=0)).ravel() > 0
-            ts = np.flatnonzero(surplus > 0)
+            sur_b = np.minimum.reduceat(surplus[:T], bs)
+            ts = np.flatnonzero(sur_b > 0)
             if ts.size == 0 or not under.any():
                 continue
-            u_cost = -(cfg.price_weight * p[ts] + cfg.pv_weight * p_ref) * ix.dt_h / 1000.0
-            h.addCols(ts.size, u_cost, np.zeros(ts.size), surplus[ts], 0,
+            u_cost = -mult * (cfg.price_weight * p_blk[ts] + cfg.pv_weight * p_ref) * ix.dt_h / 1000.0
+            u_cost = u_cost * (be - bs)[ts]
+            h.addCols(ts.size, u_cost, np.zeros(ts.size), sur_b[ts], 0,
                       np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
-            slot_pos = np.full(T, -1)
+            slot_pos = np.full(B, -1)
             slot_pos[ts] = np.arange(ts.size)
-            m = under[var_s] & (slot_pos[var_t] >= 0)
-            vi = np.flatnonzero(m)
-            r_of_v = slot_pos[var_t[vi]]
+            vi = np.flatnonzero(under[var_s] & (slot_pos[var_b] >= 0))
+            r_of_v = slot_pos[var_b[vi]]
             order = np.argsort(r_of_v, kind="stable")
             vi, r_of_v = vi[order], r_of_v[order]
             # each row: u_col − Σ V·n·x ≤ 0
-            starts_r = np.searchsorted(r_of_v, np.arange(ts.size))
-            counts_r = np.diff(np.append(starts_r, vi.size)) + 1
+            counts_r = np.bincount(r_of_v, minlength=ts.size) + 1
+            rs = np.cumsum(counts_r) - counts_r
             idx = np.empty(int(counts_r.sum()), dtype=np.int32)
             val = np.empty(idx.size)
-            rs = np.cumsum(counts_r) - counts_r
             idx[rs] = n_col + np.arange(ts.size)
             val[rs] = 1.0
             fill = np.ones(idx.size, bool)
@@ -236,38 +269,70 @@ def _solve_lp(
                       rs.astype(np.int32), idx, val)
             n_col += ts.size
         if want_fair:
-            # z ≤ E_s / achievable_s for every session: maximise the minimum fraction delivered
-            achievable = np.bincount(sess_local, weights=ub * ix.k_wh[var_s], minlength=sess.size)
+            # fairness proxy (sparse, no max-min coupling): a bonus on each session's first
+            # ``fair_share`` of its achievable energy — y_s ≤ share·target_s, y_s ≤ E_s — so among equals
+            # everyone reaches that share before anyone gets more
+            achievable = np.bincount(sess_local, weights=ub * k_var, minlength=sess.size)
             target = np.minimum(ix.need_wh[sess], achievable)
-            ok = target > _EPS
-            h.addCol(-cfg.fairness_weight * p_ref * float(target[ok].sum()) / 1000.0, 0.0, 1.0, 0,
-                     np.zeros(0, np.int32), np.zeros(0))
-            z_col = n_col
-            n_col += 1
-            vm = ok[sess_local]
-            vi = np.flatnonzero(vm)
-            rl = np.cumsum(ok) - 1
-            r_of_v = rl[sess_local[vi]]
-            n_fr = int(ok.sum())
+            ok = np.flatnonzero(target > _EPS)
+            n_fr = ok.size
+            y_cost = np.full(n_fr, -mult * cfg.fairness_weight * p_ref / 1000.0)
+            h.addCols(n_fr, y_cost, np.zeros(n_fr), cfg.fair_share * target[ok], 0,
+                      np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+            pos = np.full(sess.size, -1)
+            pos[ok] = np.arange(n_fr)
+            vi = np.flatnonzero(pos[sess_local] >= 0)
+            r_of_v = pos[sess_local[vi]]
             counts_r = np.bincount(r_of_v, minlength=n_fr) + 1
             rs = np.cumsum(counts_r) - counts_r
             idx = np.empty(int(counts_r.sum()), dtype=np.int32)
             val = np.empty(idx.size)
-            idx[rs] = z_col
+            idx[rs] = n_col + np.arange(n_fr)
             val[rs] = 1.0
             fill = np.ones(idx.size, bool)
             fill[rs] = False
             idx[fill] = vi  # vi is sorted by session, and sessions are contiguous in var order
-            val[fill] = -(ix.k_wh[var_s[vi]] / target[sess_local[vi]])
+            val[fill] = -k_var[vi]
             h.addRows(n_fr, np.full(n_fr, -highspy.kHighsInf), np.zeros(n_fr), idx.size,
                       rs.astype(np.int32), idx, val)
+
+    price_cost = cfg.price_weight * p_blk[var_b] * e_kwh
+    weighted = secondary and not two_stage
+    if weighted:
+        # one solve: secondary terms scaled to ≤ ~1 % of the energy value per kWh (see docs/planner.md)
+        top = cfg.price_weight * float(np.max(np.abs(p_blk))) + cfg.pv_weight * p_ref \
+            + cfg.fairness_weight * p_ref
+        mult = cfg.weighted_secondary_share / max(top, 1e-12)
+        h.changeColsCost(nv, np.arange(nv, dtype=np.int32), c1 + mult * price_cost)
+        add_secondary(mult)
+    h.run()
+    status = h.modelStatusToString(h.getModelStatus())
+    x = np.asarray(h.getSolution().col_value, dtype=float)
+    if x.size < nv or status != "Optimal":
+        return _LpResult(x_full, status, 0.0, 1)
+    x = x[:nv]
+    e1 = float(w_e @ x)
+    stages = 1
+    if secondary and two_stage:
+        c2 = price_cost - cfg.early_weight * p_ref * early * w_e
+        h.changeColsCost(nv, np.arange(nv, dtype=np.int32), c2)
+        # keep weighted energy within ε of the stage-1 optimum
+        h.addRow((1.0 - cfg.energy_tolerance) * e1, highspy.kHighsInf, nv, np.arange(nv, dtype=np.int32), w_e)
+        add_secondary(1.0)
         h.run()
         status2 = h.modelStatusToString(h.getModelStatus())
         x2 = np.asarray(h.getSolution().col_value, dtype=float)
         if status2 == "Optimal" and x2.size >= nv:
             x = x2[:nv]
             stages = 2
-    x_full[var_s, var_t] = np.clip(x, 0.0, ub)
+    x = np.clip(x, 0.0, ub)
+    # expand blocks to slots, only where the session is present
+    seg = be[var_b] - bs[var_b]
+    rep_v = np.repeat(np.arange(nv), seg)
+    t_rep = np.arange(int(seg.sum())) - np.repeat(np.cumsum(seg) - seg, seg) + np.repeat(bs[var_b], seg)
+    s_rep = var_s[rep_v]
+    present = (t_rep >= ix.arr[s_rep]) & (t_rep < ix.dep[s_rep])
+    x_full[s_rep[present], t_rep[present]] = x[rep_v[present]]
     return _LpResult(x_full, status, e1, stages)
 
 
@@ -306,7 +371,8 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
     member = np.zeros((S, pad_row + 1), dtype=bool)
     member[np.arange(S)[:, None], rows_tab] = True
     member[:, pad_row] = False
-    wanted = x_lp > max(step, 1e-3)
+    wanted = x_lp > 1e-3
+    crumbs = x_lp < max(step, 1e-3)  # e.g. the last few Wh of a session: only free room, never borrowed
     for t in range(T):
         sl = np.append(slack[:, t], np.inf)
         min_slack = sl[rows_tab].min(axis=1)
@@ -327,8 +393,9 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
                 v = ix.volt[s]
                 if is_raise:
                     add = imin[s]
-                    if room_w < add * v - 1e-6 and not _borrow(s, t, r, add * v, x, sl, member, imin, ix,
-                                                               planned, step):
+                    if room_w < add * v - 1e-6 and (
+                        crumbs[s, t] or not _borrow(s, t, r, add * v, x, sl, member, imin, ix, planned, step)
+                    ):
                         continue
                 else:
                     add = min(ix.imax[s] - x[s, t], room_w / v, (ix.need_wh[s] - planned[s]) / ix.k_wh[s])
