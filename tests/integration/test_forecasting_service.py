@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -61,12 +62,21 @@ def weather_server() -> Iterator[tuple[str, list[str]]]:
     httpd.server_close()
 
 
+@pytest.mark.parametrize("mode", ["memory", pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])])
 async def test_service_fetches_weather_with_retry_and_publishes_headroom(
-    weather_server: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+    weather_server: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch, mode: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     url, requests = weather_server
     monkeypatch.delenv("GRIDCHARGE_WEATHER_FILE", raising=False)
-    rt = build_runtime(Settings(http_port=0, http_host="127.0.0.1", weather_base_url=url, replica_id="it"))
+    extra: dict[str, object] = {}
+    if mode == "kafka":  # the same service on real Kafka and Redis
+        run = uuid.uuid4().hex[:8]
+        extra = {"bus": "kafka", "kafka_bootstrap": request.getfixturevalue("kafka_bootstrap"),
+                 "redis_url": request.getfixturevalue("redis_url"), "topic_prefix": f"fc{run}.",
+                 "store_prefix": f"fc{run}:"}
+    rt = build_runtime(Settings(http_port=0, http_host="127.0.0.1", weather_base_url=url, replica_id="it",
+                                **extra))  # type: ignore[arg-type]
     service = create_service(rt, parse_topology(TOPOLOGY))
     received: list[Record] = []
 
@@ -77,7 +87,7 @@ async def test_service_fetches_weather_with_retry_and_publishes_headroom(
     await host.start()
     try:
         await rt.bus.subscribe([contracts.HEADROOM.name], "it-reader", collect)
-        for _ in range(500):
+        for _ in range(1500):
             if {r.key for r in received} >= {"tr1", "panel"}:
                 break
             await asyncio.sleep(0.02)
@@ -98,5 +108,6 @@ async def test_service_fetches_weather_with_retry_and_publishes_headroom(
         assert 'gridcharge_weather_requests_total{outcome="ok"}' in metrics
         assert 'gridcharge_forecast_age_seconds{kind="weather"}' in metrics
         assert ready.status_code == 200
+        assert await rt.store.get("forecast:headroom:tr1") is not None
     finally:
         await host.stop()

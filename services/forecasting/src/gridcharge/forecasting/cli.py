@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS_MD = Path("docs/benchmarks.md")
-SECTION = "## Forecasting"
+from gridcharge.shared.benchmarks import BENCHMARKS_MD, record
 
 
 def backtest_main(args: argparse.Namespace) -> int:
@@ -39,23 +36,6 @@ def bench_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def record_bench(result: dict[str, Any], table: str, path: Path) -> None:
-    """Replace the measured-figures block of the ``## Forecasting`` section (creating it if needed)."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    block = (
-        "<!-- forecast-bench:start -->\n"
-        f"Last `gridcharge bench forecast` run ({stamp}):\n\n```\n{table}\n```\n"
-        "<!-- forecast-bench:end -->"
-    )
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    elif "<!-- forecast-bench:start -->" in text:
-        text = re.sub(r"<!-- forecast-bench:start -->.*?<!-- forecast-bench:end -->", lambda _: block, text,
-                      flags=re.S)
-    else:
-        head, tail = text.split(SECTION, 1)
-        nxt = re.search(r"\n## ", tail)
-        cut = nxt.start() if nxt else len(tail)
-        text = head + SECTION + tail[:cut].rstrip("\n") + f"\n\n{block}\n" + tail[cut:]
-    path.write_text(text, encoding="utf-8")
+def record_bench(result: dict[str, Any], table: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace the measured-figures block of the ``## Forecasting`` section (shared recorder)."""
+    record("Forecasting", "forecast-bench", "gridcharge bench forecast", f"```\n{table}\n```\n", path)
