@@ -125,14 +125,26 @@ def test_stale_station_counted_at_hardware_max_never_zero(core: TelemetryCore) -
     core.on_meter_values(mv("S2", 1, T0 + 2, sv("Power.Active.Import", 2000, "L1", "W")), T0 + 2)
     fresh = core.node_loads(T0 + 3)["trafo"]
     assert fresh.stale_sources == 1                  # only the (never reported) trafo meter
-    # 61 s later without any report: stale -> worst case = 16 A × 230 V on grid L3
+    # 61 s later without meter values: the charging EVSE is stale -> worst case = 16 A × 230 V on grid L3
     later = T0 + 2 + 61
     v = core.node_loads(later)["trafo"]
-    assert v.stale_sources == 5                      # 4 EVSEs (no station reported since T0) + the meter
-    # worst case on grid L3: S2 16 A + S1 32 A + S3 EVSE 1 32 A
-    assert v.worst_case_w[2] == pytest.approx((16 + 32 + 32) * V)
-    assert approx3(core.node_loads(later)["trafo"].ev_load_w, (0, 0, 2000))   # best estimate keeps last value
-    assert core.stale_counts(later)["station"] == 3
+    assert v.stale_sources == 2                      # S2's EVSE + the trafo meter; idle stations are not stale
+    assert approx3(v.worst_case_w, (0, 0, 16 * V))
+    assert approx3(v.ev_load_w, (0, 0, 2000))        # best estimate keeps the last value
+    assert core.stale_counts(later)["station"] == 1
+    # idle stations become stale once silent longer than station_silence_s (900 s): then at hardware max
+    much_later = T0 + 901
+    v = core.node_loads(much_later)["panel"]
+    assert approx3(v.worst_case_w, (80 * V, 64 * V, 64 * V))
+    assert core.stale_counts(much_later)["station"] == 3
+
+
+def test_command_results_tell_liveness(core: TelemetryCore) -> None:
+    core.on_command_result(result("S1", "unknown-cmd", command_pb2.COMMAND_OUTCOME_ACCEPTED), T0 + 800)
+    assert core.stations["S1"].last_seen_s == T0 + 800
+    assert not core.station_stale(core.stations["S1"], T0 + 1000)
+    core.on_command_result(result("S1", "other", command_pb2.COMMAND_OUTCOME_OFFLINE), T0 + 801)
+    assert core.station_stale(core.stations["S1"], T0 + 802)
 
 
 def test_stale_time_follows_reporting_interval(core: TelemetryCore) -> None:

@@ -410,6 +410,13 @@ class TelemetryCore:
         st = self.stations.get(res.station_id)
         if st is None:
             return Outcome.IMPLAUSIBLE
+        answered = res.outcome in (command_pb2.COMMAND_OUTCOME_ACCEPTED, command_pb2.COMMAND_OUTCOME_REJECTED,
+                                   command_pb2.COMMAND_OUTCOME_CALL_ERROR)
+        if answered:                       # the station answered: it is alive
+            self._seen_station(st, now_s)
+        elif res.outcome == command_pb2.COMMAND_OUTCOME_OFFLINE:
+            st.online = False
+            self._dirty.add(f"station/{st.station_id}")
         entry = st.pending.pop(res.command_id, None)
         if entry is None:
             return Outcome.OK
@@ -459,7 +466,9 @@ class TelemetryCore:
         return hw if lim is None else min(hw, lim)
 
     def station_stale(self, st: StationState, now_s: float) -> bool:
-        return not st.online or st.last_seen_s is None or now_s - st.last_seen_s > self.cfg.stale_after(None)
+        """Disconnected, never heard of, or silent longer than `station_silence_s` (idle stations only
+        heartbeat; a live WebSocket is what the gateway's Connected/Disconnected events track)."""
+        return not st.online or st.last_seen_s is None or now_s - st.last_seen_s > self.cfg.station_silence_s
 
     def evse_stale(self, ev: EvseState, st: StationState, now_s: float) -> bool:
         if self.station_stale(st, now_s):

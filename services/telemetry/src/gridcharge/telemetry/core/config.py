@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 class TelemetryConfig:
     """How telemetry judges freshness and plausibility.
 
-    A source is stale when it has not reported for `max(stale_after_s, stale_interval_factor × its
-    observed reporting interval)` seconds. A reading is implausible when it is NaN/inf, negative beyond
+    A meter source (charging EVSE, grid meter) is stale when it has not reported for
+    `max(stale_after_s, stale_interval_factor × its observed reporting interval)` seconds; a station is
+    stale when disconnected, never heard of, or silent (no event at all) for `station_silence_s`.
+    A reading is implausible when it is NaN/inf, negative beyond
     the tolerances, above the hardware maximum (or the accepted limit) by more than
     `implausible_margin` (fraction) + `implausible_abs_margin_a`, or shows current on phases the
     EVSE's phase map does not have.
@@ -25,6 +27,7 @@ class TelemetryConfig:
     negative_tolerance_w: float = 50.0       # small negative readings are meter noise, clamped to 0
     negative_tolerance_a: float = 0.5
     phase_tolerance_a: float = 0.5           # current tolerated on a phase the EVSE does not use
+    station_silence_s: float = 900.0         # a connected station silent this long is stale (3 × OCPP heartbeat)
     limit_grace_s: float = 30.0              # time a station gets to apply an accepted lower limit
     meter_max_factor: float = 3.0            # grid meter |value| above factor × node limit is implausible
     base_load_w: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # unmetered nodes
