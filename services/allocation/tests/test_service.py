@@ -241,6 +241,11 @@ async def test_plans_published_and_api(env: Env) -> None:
         r = await c.delete("/allocation/limits/site/dso1")
         assert r.status_code == 202
         assert (await c.get("/openapi.json")).status_code == 200
+        metrics = (await c.get("/metrics")).text
+        for name in ("gridcharge_plan_solve_seconds", "gridcharge_sessions_active", "gridcharge_sessions_at_risk",
+                     "gridcharge_binding_constraints", "gridcharge_allocation_commands_total", "gridcharge_leases",
+                     "gridcharge_energy_requested_joules", "gridcharge_node_limit_watts"):
+            assert name in metrics, name
 
 
 async def test_limiter_lowers_at_once_on_overload(env: Env) -> None:

@@ -305,6 +305,8 @@ class Allocator:
         now = now_dt.timestamp()
         for led in self.ledgers.values():
             led.expire(now, cfg.command_timeout_s)
+        for k in [k for k, e in self.external.items() if e.valid_to <= now]:
+            del self.external[k]   # windows that ended
         T = max(1, cfg.horizon_slots)
         slot_starts = [now + k * cfg.slot_s for k in range(T)]
         capacity = node_capacity(self.topology, self.node_inputs, self.external.values(), now, slot_starts)
