@@ -185,10 +185,11 @@ def test_rejected_or_timed_out_profile(core: TelemetryCore) -> None:
     core.on_command_result(result("S1", "a", command_pb2.COMMAND_OUTCOME_ACCEPTED), T0)
     core.on_command(set_profile("S1", 1, 8.0, "b"), T0)
     core.on_command_result(result("S1", "b", command_pb2.COMMAND_OUTCOME_REJECTED), T0)
-    assert core.evses[("S1", 1)].limit_a == 10.0
+    s1 = core.topo.station_by_id["S1"]
+    assert core.worst_case_a(s1, 1, T0) == 10.0
     core.on_command(set_profile("S1", 1, 8.0, "c"), T0)
     core.on_command_result(result("S1", "c", command_pb2.COMMAND_OUTCOME_TIMEOUT), T0)
-    assert core.evses[("S1", 1)].limit_a is None     # unknown -> hardware max
+    assert core.worst_case_a(s1, 1, T0) == 32.0      # unknown -> hardware max
     st = core.stations["S1"]
     assert st.pending == {}
 
@@ -199,10 +200,37 @@ def test_station_wide_limit_in_watts_caps_station_worst_case(core: TelemetryCore
     cmd.set_charging_profile.profile.periods[0].limit = 3 * 20 * V   # 20 A per phase on 3 phases
     core.on_command(cmd, T0)
     core.on_command_result(result("S3", "sw", command_pb2.COMMAND_OUTCOME_ACCEPTED), T0)
-    assert core.stations["S3"].limit_a == pytest.approx(20.0)
+    assert core.stations["S3"].limits["station_max"][0] == pytest.approx(20.0)
     core.on_station_event(event("S3", T0 + 1, disconnected=station_pb2.Disconnected()), T0 + 1)
     v = core.node_loads(T0 + 2)["panel"]
     assert approx3(v.worst_case_w, (20 * V, 20 * V, 20 * V))
+
+
+def test_tx_over_tx_default_and_evse0_default_per_evse(core: TelemetryCore) -> None:
+    s3 = core.topo.station_by_id["S3"]
+    # TxDefault on evse 0 applies to EACH EVSE (not a station total)
+    core.on_command(set_profile("S3", 0, 6.0, "d", purpose=command_pb2.PROFILE_PURPOSE_TX_DEFAULT), T0)
+    core.on_command_result(result("S3", "d", command_pb2.COMMAND_OUTCOME_ACCEPTED), T0)
+    assert core.worst_case_a(s3, 1, T0) == 6.0 and core.worst_case_a(s3, 2, T0) == 6.0
+    core.on_station_event(event("S3", T0 + 1, disconnected=station_pb2.Disconnected()), T0 + 1)
+    assert approx3(core.node_loads(T0 + 2)["panel"].worst_case_w, (12 * V, 6 * V, 6 * V))
+    # a TX lease above the default: worst case is the lease while valid, then the default again
+    tx = set_profile("S3", 1, 20.0, "t")
+    tx.set_charging_profile.profile.valid_to.CopyFrom(ts(T0 + 300))
+    core.on_command(tx, T0)
+    core.on_command_result(result("S3", "t", command_pb2.COMMAND_OUTCOME_ACCEPTED), T0)
+    assert core.worst_case_a(s3, 1, T0 + 10) == 20.0
+    assert core.worst_case_a(s3, 1, T0 + 301) == 6.0
+    # a lower TxDefault sent later does not hide the TX lease still in force
+    core.on_command(set_profile("S3", 1, 4.0, "d2", purpose=command_pb2.PROFILE_PURPOSE_TX_DEFAULT), T0 + 20)
+    core.on_command_result(result("S3", "d2", command_pb2.COMMAND_OUTCOME_ACCEPTED), T0 + 20)
+    assert core.worst_case_a(s3, 1, T0 + 30) == 20.0
+    # ClearChargingProfile of everything: unknown -> hardware max
+    clear = command_pb2.StationCommand(command_id="x", station_id="S3",
+                                       clear_charging_profile=command_pb2.ClearChargingProfile(evse_id=-1))
+    core.on_command(clear, T0 + 40)
+    core.on_command_result(result("S3", "x", command_pb2.COMMAND_OUTCOME_ACCEPTED), T0 + 40)
+    assert core.worst_case_a(s3, 1, T0 + 41) == 32.0 and core.worst_case_a(s3, 2, T0 + 41) == 16.0
 
 
 def test_expired_profile_reverts_to_hardware_max(core: TelemetryCore) -> None:

@@ -43,6 +43,8 @@ from gridcharge.telemetry.core.readings import parse_sample, to_grid
 log = logging.getLogger(__name__)
 
 IDLE_STATUSES = ("Available", "Unavailable", "Faulted", "Reserved")
+PURPOSES = {command_pb2.PROFILE_PURPOSE_TX: "tx", command_pb2.PROFILE_PURPOSE_TX_DEFAULT: "tx_default",
+            command_pb2.PROFILE_PURPOSE_STATION_MAX: "station_max"}
 MAX_PENDING_COMMANDS = 64
 
 
@@ -391,11 +393,13 @@ class TelemetryCore:
             if prof.duration_s > 0:
                 end = (start if start is not None else now_s) + prof.duration_s
                 until = end if until is None else min(until, end)
-            station_wide = scp.evse_id == 0 or prof.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX
-            entry = {"evse_id": 0 if station_wide else scp.evse_id, "limit_a": limit, "until_s": until}
+            purpose = PURPOSES.get(prof.purpose, "tx")
+            evse_id = 0 if purpose == "station_max" else scp.evse_id
+            entry = {"evse_id": evse_id, "purpose": purpose, "limit_a": limit, "until_s": until}
         elif kind == "clear_charging_profile":
             ccp = cmd.clear_charging_profile
-            entry = {"evse_id": max(0, ccp.evse_id), "limit_a": None, "until_s": None}
+            entry = {"evse_id": max(0, ccp.evse_id), "purpose": PURPOSES.get(ccp.purpose), "limit_a": None,
+                     "until_s": None}
         else:
             return Outcome.OK
         st = self.stations[station.id]
@@ -421,48 +425,79 @@ class TelemetryCore:
         if entry is None:
             return Outcome.OK
         self._dirty.add(f"station/{st.station_id}")
-        evse_id = int(entry["evse_id"])
-        target: EvseState | StationState | None = st if evse_id == 0 else self.evses.get((st.station_id, evse_id))
-        if target is None:
-            return Outcome.OK
-        if res.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED:
-            target.limit_a, target.limit_since_s, target.limit_until_s = entry["limit_a"], now_s, entry["until_s"]
-        elif res.outcome == command_pb2.COMMAND_OUTCOME_TIMEOUT:
-            target.limit_a, target.limit_since_s, target.limit_until_s = None, None, None   # unknown: hardware max
+        if res.outcome not in (command_pb2.COMMAND_OUTCOME_ACCEPTED, command_pb2.COMMAND_OUTCOME_TIMEOUT):
+            return Outcome.OK              # not applied: what was known stays known
+        evse_id, purpose = int(entry["evse_id"]), entry.get("purpose")
+        station = self.topo.station_by_id[st.station_id]
+        # what the command touches: (state, purpose) pairs
+        targets: list[tuple[EvseState | StationState, str]] = []
+        evse_states = [self.evses[(st.station_id, e.id)] for e in station.evses
+                       if evse_id == 0 or e.id == evse_id]
+        if entry["limit_a"] is None:       # ClearChargingProfile: every matching purpose becomes unknown
+            names = [purpose] if purpose else ["tx", "tx_default", "station_max"]
+            if evse_id == 0:
+                targets += [(st, n) for n in names if n in ("station_max", "tx_default")]
+            targets += [(ev, n) for ev in evse_states for n in names if n in ("tx", "tx_default")]
+        elif purpose == "station_max" or (evse_id == 0 and purpose == "tx_default"):
+            targets.append((st, str(purpose)))
         else:
-            return Outcome.OK
-        if isinstance(target, EvseState):
-            self._dirty.add(f"evse/{target.station_id}/{target.evse_id}")
+            targets += [(ev, str(purpose)) for ev in evse_states]
+        for target, name in targets:
+            if res.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED and entry["limit_a"] is not None:
+                target.limits[name] = [float(entry["limit_a"]), now_s, entry["until_s"]]
+            else:                          # cleared, or TIMEOUT: the station's state is unknown -> hardware max
+                target.limits.pop(name, None)
+            if isinstance(target, EvseState):
+                self._dirty.add(f"evse/{target.station_id}/{target.evse_id}")
         return Outcome.OK
 
     # ------------------------------------------------------------------ derived values
     @staticmethod
-    def _active_limit(limit: float | None, until: float | None, now_s: float) -> float | None:
-        if limit is None or (until is not None and now_s > until):
+    def _active(entry: list[float | None] | None, now_s: float) -> float | None:
+        """The limit of a [limit_a, since_s, until_s] entry while it is valid, else None."""
+        if not entry or entry[0] is None:
             return None
-        return limit
+        until = entry[2]
+        return None if until is not None and now_s > until else entry[0]
 
     def _hw_a(self, station: Station, evse_id: int) -> float:
         e = station.evse(evse_id)
         return min(e.max_current_a, station.max_current_a) if e.max_current_a else station.max_current_a
 
-    def _bound_a(self, station: Station, ev: EvseState, now_s: float) -> float:
-        """Per-phase current an EVSE may plausibly draw now (A): hardware max, or an accepted lower limit
-        once the station had `limit_grace_s` to apply it."""
-        bound = self._hw_a(station, ev.evse_id)
+    def _entries(self, ev: EvseState) -> list[list[float | None]]:
+        st = self.stations[ev.station_id]
+        return [x for x in (ev.limits.get("tx"), ev.limits.get("tx_default") or st.limits.get("tx_default"),
+                            st.limits.get("station_max")) if x]
+
+    def evse_limit_a(self, station: Station, ev: EvseState, now_s: float) -> float | None:
+        """Per-phase current the accepted profiles allow an EVSE (A), None when unknown. A TX profile
+        overrides TxDefault only while the session lasts, so the worst case is the higher of the two;
+        the station maximum caps both."""
         st = self.stations[station.id]
-        for lim, since, until in ((ev.limit_a, ev.limit_since_s, ev.limit_until_s),
-                                  (st.limit_a, st.limit_since_s, st.limit_until_s)):
-            active = self._active_limit(lim, until, now_s)
-            if active is not None and since is not None and now_s - since >= self.cfg.limit_grace_s:
-                bound = min(bound, active)
-        return bound
+        tx = self._active(ev.limits.get("tx"), now_s)
+        dflt = self._active(ev.limits.get("tx_default") or st.limits.get("tx_default"), now_s)
+        known = [x for x in (tx, dflt) if x is not None]
+        lim = max(known) if known else None
+        cap = self._active(st.limits.get("station_max"), now_s)
+        if cap is not None:
+            lim = cap if lim is None else min(lim, cap)
+        return lim
+
+    def _bound_a(self, station: Station, ev: EvseState, now_s: float) -> float:
+        """Per-phase current an EVSE may plausibly draw now (A): the hardware max, or the accepted limit
+        once every accepted profile had `limit_grace_s` to take effect (a just-raised limit may already
+        be drawn, a just-lowered one not yet)."""
+        hw = self._hw_a(station, ev.evse_id)
+        if any(e[1] is not None and now_s - e[1] < self.cfg.limit_grace_s for e in self._entries(ev)):
+            return hw
+        lim = self.evse_limit_a(station, ev, now_s)
+        return hw if lim is None else min(hw, lim)
 
     def worst_case_a(self, station: Station, evse_id: int, now_s: float) -> float:
-        """Per-phase current an EVSE may draw at worst (A): last accepted limit, else hardware max."""
+        """Per-phase current an EVSE may draw at worst (A): accepted limits, else hardware max."""
         ev = self.evses[(station.id, evse_id)]
         hw = self._hw_a(station, evse_id)
-        lim = self._active_limit(ev.limit_a, ev.limit_until_s, now_s)
+        lim = self.evse_limit_a(station, ev, now_s)
         return hw if lim is None else min(hw, lim)
 
     def station_stale(self, st: StationState, now_s: float) -> bool:
@@ -500,7 +535,7 @@ class TelemetryCore:
             else:
                 worst_p3 = best
             out.append(_EvseNow(best, worst_p3, stale, ev.implausible))
-        st_lim = self._active_limit(st.limit_a, st.limit_until_s, now_s)
+        st_lim = self._active(st.limits.get("station_max"), now_s)
         if st_lim is not None and out:   # an accepted station-wide limit caps the station's worst case
             cap = st_lim * self.v
             tot = [sum(x.worst_w[k] for x in out) for k in range(3)]

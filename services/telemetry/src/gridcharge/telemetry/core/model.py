@@ -87,9 +87,8 @@ class EvseState(_Serde):
     session_meter_start_wh: float | None = None
     session_energy_wh: float = 0.0
     energy_delivered_wh: float = 0.0    # sum over ended sessions since this state was created
-    limit_a: float | None = None        # per phase, last accepted TX/TxDefault limit
-    limit_since_s: float | None = None
-    limit_until_s: float | None = None
+    # accepted limits by purpose ("tx", "tx_default"): [limit_a per phase, accepted_at_s, until_s | None]
+    limits: dict[str, list[float | None]] = field(default_factory=dict)
 
     @property
     def charging(self) -> bool:
@@ -103,12 +102,12 @@ class StationState(_Serde):
     station_id: str
     last_seen_s: float | None = None
     online: bool = True                 # False after a Disconnected event until it reports again
-    limit_a: float | None = None        # station-wide (evse 0) limit per phase, A
-    limit_since_s: float | None = None
-    limit_until_s: float | None = None
+    # accepted station-level limits: "station_max" (total of the station) and "tx_default" (evse 0: per
+    # EVSE); each [limit_a per phase, accepted_at_s, until_s | None]
+    limits: dict[str, list[float | None]] = field(default_factory=dict)
     temperature_c: float | None = None
     temperature_at_s: float | None = None
-    # command_id -> {"evse_id": int, "limit_a": float | None (None = clear), "until_s": float | None}
+    # command_id -> {"evse_id": int, "purpose": str | None, "limit_a": float | None (None = clear), "until_s": ...}
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
