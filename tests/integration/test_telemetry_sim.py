@@ -21,7 +21,9 @@ from gridcharge.simulator.sim import Simulation
 
 
 async def test_node_load_tracks_simulated_truth() -> None:
-    sc = load_scenario("office", start="2026-06-03T06:00:00Z", duration="90m", events=[])
+    # 08:00-09:30 UTC = 10:00-11:30 site time; office-04 drops off the network 10:30-10:45
+    sc = load_scenario("office", start="2026-06-03T08:00:00Z", duration="90m",
+                       events=[{"at": "10:30", "kind": "station_offline", "station": "office-04", "for": "15m"}])
     clock = SimClock(datetime.fromtimestamp(sc.start_s, UTC))
     settings = Settings.from_env({}, bus="memory", http_host="127.0.0.1", http_port=0, ocpp_host="127.0.0.1",
                                  ocpp_port=free_port(), log_level="WARNING", log_json=False, replica_id="t")
@@ -40,6 +42,7 @@ async def test_node_load_tracks_simulated_truth() -> None:
     await rt.bus.subscribe([C.NODE_LOAD.name], "truth-check", on_load)
     errors: dict[str, list[float]] = {"grid": [], "carpark": []}
     stale_seen = 0
+    offline_extra_w: list[float] = []
     try:
         assert await sim.start(connect_timeout_s=10.0) == len(sc.topology.stations)
         while clock.time() < sc.end_s:
@@ -58,6 +61,16 @@ async def test_node_load_tracks_simulated_truth() -> None:
                 worst = (nl.worst_case_w.l1, nl.worst_case_w.l2, nl.worst_case_w.l3)
                 assert all(w >= g - 1e-6 for w, g in zip(worst, got, strict=True))
                 stale_seen += nl.stale_sources
+                if node == "carpark" and nl.stale_sources:
+                    # office-04 (3-phase, L1-L2-L3) is stale: counted at its worst-case current, never at 0
+                    core = cluster.services["telemetry"].core  # type: ignore[attr-defined]
+                    st = sc.topology.station_by_id["office-04"]
+                    assert core.evse_stale(core.evses[("office-04", 1)], core.stations["office-04"], clock.time())
+                    worst_a = core.worst_case_a(st, 1, clock.time())
+                    assert worst_a >= 6.0
+                    best = core.evses[("office-04", 1)].power_w
+                    offline_extra_w.append(min(w - (g - b + worst_a * sc.topology.nominal_voltage_v)
+                                               for w, g, b in zip(worst, got, best, strict=True)))
     finally:
         await sim.stop()
         await cluster.stop()
@@ -66,7 +79,10 @@ async def test_node_load_tracks_simulated_truth() -> None:
     print(f"\ntelemetry vs truth (mean, max abs error per phase as share of the node limit): "
           f"grid {report['grid'][0]:.2%} / {report['grid'][1]:.2%}, "
           f"carpark {report['carpark'][0]:.2%} / {report['carpark'][1]:.2%}; mean EV load {ev_w / 1000:.1f} kW; "
-          f"stale source-snapshots {stale_seen}")
+          f"stale source-snapshots {stale_seen} (office-04 offline)")
     # the metered node follows its 30-s meter; the unmetered car park lags the 60-s station meter values
     assert report["grid"][0] < 0.05
     assert report["carpark"][0] < 0.10
+    # the offline station is counted at its worst case (its accepted limit or 32 A hardware max), not at 0
+    assert len(offline_extra_w) >= 30        # ~15 min of 20-s steps
+    assert min(offline_extra_w) >= -1e-6     # worst case >= others' load + office-04 at its worst case

@@ -494,11 +494,13 @@ class TelemetryCore:
         return hw if lim is None else min(hw, lim)
 
     def worst_case_a(self, station: Station, evse_id: int, now_s: float) -> float:
-        """Per-phase current an EVSE may draw at worst (A): accepted limits, else hardware max."""
+        """Per-phase current an EVSE may draw at worst (A): its accepted limit, but not below the station's
+        fallback current (leases expire into the fallback profile, so a 0 A pause is no worst case);
+        with no known limit the hardware max."""
         ev = self.evses[(station.id, evse_id)]
         hw = self._hw_a(station, evse_id)
         lim = self.evse_limit_a(station, ev, now_s)
-        return hw if lim is None else min(hw, lim)
+        return hw if lim is None else min(hw, max(lim, station.fallback_current_a))
 
     def station_stale(self, st: StationState, now_s: float) -> bool:
         """Disconnected, never heard of, or silent longer than `station_silence_s` (idle stations only
