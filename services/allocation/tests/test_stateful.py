@@ -2,9 +2,9 @@
 limit drops; after every step the worst-case draw under every node and phase stays within its capacity.
 
 The worst case of a station is what it may draw whatever happened to our commands (failsafe.py).
-Where a limit dropped below what a station that does not answer (offline, rejecting, silent) still
-holds, nothing can lower it but time: that excess is allowed only for such stations and only until
-their leases end — which is checked too (no lease runs longer than ``lease_s``).
+Where a limit dropped below what a station that does not answer (offline, rejecting, silent, or not yet
+answered) still holds, nothing can lower it but time: that excess is allowed only for such stations and
+only until their leases end — which is checked too (no lease runs longer than ``lease_s``).
 """
 
 from __future__ import annotations
@@ -192,7 +192,8 @@ class AllocationMachine(RuleBasedStateMachine):
             troubled = {}
             for s in TOPO.stations_under(nid):
                 led = self.alloc.ledgers[s.id]
-                bad = not led.online or led.uncertain or (
+                # (in flight = sent when it fitted, not answered yet: it may be applied any moment)
+                bad = not led.online or led.uncertain or led.pending or (
                     led.failed_at is not None and now - led.failed_at < self.cfg.lease_s + self.cfg.command_timeout_s)
                 troubled[s.id] = (wc[s.id] - led.floor_a()) if bad else 0.0
             excuse = node_draw_w(TOPO, troubled)[nid]

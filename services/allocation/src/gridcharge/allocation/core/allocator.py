@@ -247,6 +247,9 @@ class Allocator:
 
     def session_ended(self, s: SessionState) -> None:
         key = session_key(s.station_id, s.evse_id)
+        led = self.ledgers.get(s.station_id)
+        if led is not None:
+            led.expired.discard(P.command_key(s.evse_id, command_pb2.PROFILE_PURPOSE_TX, P.LEASE_STACK))
         for d in (self.limiter_a, self.grant_a, self.plan_a):
             d.pop(key, None)
 
@@ -351,7 +354,8 @@ class Allocator:
             -max((s.priority for s in by_station.get(sid, [])), default=0),
             -sum(s.remaining_wh for s in by_station.get(sid, [])), sid))
         cap_now = {n: c[:, 0] for n, c in capacity.w.items()}
-        approved = fit_caps(self.topology, cap_now, wc, desired_station, order)
+        floors = {sid: led.floor_a() for sid, led in self.ledgers.items()}
+        approved = fit_caps(self.topology, cap_now, wc, desired_station, order, floor_a=floors)
         result.station_caps_a = dict(approved)
 
         # 3. commands
@@ -455,6 +459,8 @@ class Allocator:
                 return []   # nothing above the fallback to grant or take back
         elif abs(acc.cap_a - cap_a) < 0.05 and not self._due(sid, key, now):
             return []
+        elif cap_a <= led.fallback_a + 1e-9 and acc.cap_a <= led.fallback_a + 0.05 and fly is None:
+            return []   # already down at the fallback: let it lapse instead of renewing it
         self.station_cap_a[sid] = cap_a
         payload = P.station_lease_profile(cap_a, _ts(now), self.cfg.lease_s, self.target(sid))
         return [self._issue(sid, "station_lease", payload, now + self.cfg.lease_s, now)]
@@ -512,7 +518,8 @@ class Allocator:
                 want = dict(self.grant_a)
                 want[key] = a
                 desired = self._station_cap_for(s.station_id, want)
-                ok = fit_caps(self.topology, cap_now, wc, {s.station_id: desired}, [s.station_id])
+                ok = fit_caps(self.topology, cap_now, wc, {s.station_id: desired}, [s.station_id],
+                              floor_a={s.station_id: self.ledgers[s.station_id].floor_a()})
                 if ok.get(s.station_id, 0.0) < desired - 1e-9:
                     continue
                 wc[s.station_id] = max(wc[s.station_id], desired)
@@ -548,7 +555,7 @@ class Allocator:
 
     # ---------------------------------------------------------------- views
     def lease_counts(self, now: float) -> dict[str, int]:
-        """Leases by state (active/renewing/expired/failsafe) over all stations and profile slots."""
+        """Lease slots by state: active, renewing, expired (lapsed, not renewed), failsafe (fate unknown)."""
         out = {"active": 0, "renewing": 0, "expired": 0, "failsafe": 0}
         for led in self.ledgers.values():
             keys = {s.key for s in [*led.accepted.values(), *led.uncertain.values()]
@@ -557,8 +564,7 @@ class Allocator:
                 st = led.lease_state(k, now, self.cfg.lease_s, self.cfg.renew_fraction)
                 if st.value in out:
                     out[st.value] += 1
-            if led.in_failsafe(now, self.cfg.failsafe_hold_s) and led.online:
-                out["failsafe"] += 0   # counted via uncertain leases; station state is in /sessions
+            out["expired"] += len(led.expired - keys)
         return out
 
 

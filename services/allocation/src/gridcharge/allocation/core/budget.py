@@ -174,43 +174,75 @@ def fit_caps(
     desired_a: Mapping[str, float],
     order: list[str],
     min_raise_a: float = 0.0,
+    floor_a: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Approve station caps so the worst case under every node stays within its capacity.
 
-    ``worst_case_a``: what each station may draw now (A per phase). ``desired_a``: the caps wanted.
-    Lowerings are always approved (they only take effect once accepted; until then the old worst
-    case stays counted). Raises are approved in ``order`` (most important first), each only as far as
-    every node on the station's path still has room; a raise that cannot be granted at all keeps the
-    current worst case. ``capacity_w`` is [3] W per node (the current slot).
+    ``worst_case_a``: what each station may draw now (A per phase). ``desired_a``: the caps wanted,
+    ``order``: most important first. ``capacity_w`` is [3] W per node (the current slot).
+    ``floor_a``: what each station may draw whatever cap it gets (its fallback): a cap below it does
+    not lower its worst case.
+
+    1. Lowerings are always approved; they take effect only once accepted, so until then the old worst
+       case stays counted for raises.
+    2. Where a node is over its capacity even after those (a limit dropped), stations under it are
+       lowered further, least important first, each as far as needed.
+    3. Raises are approved in ``order``, each only as far as every node/phase on the station's path
+       still has room; one that cannot be granted keeps the current worst case.
     """
     v = topology.nominal_voltage_v
+    floors = floor_a or {}
     wc = dict(worst_case_a)
     used = node_draw_w(topology, wc)
     approved: dict[str, float] = {}
     for sid, want in desired_a.items():
         if want <= wc.get(sid, 0.0) + 1e-9:
             approved[sid] = want
+
+    def eff(sid: str, cap: float) -> float:
+        """Worst case of a station once ``cap`` is installed."""
+        return max(floors.get(sid, 0.0), cap)
+
+    target = node_draw_w(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items()}})
+
+    def excess_a(sid: str, load: Mapping[str, FloatArray]) -> float:
+        """Most any node/phase on the station's path is above capacity (A, may be < 0 = room)."""
+        worst = -math.inf
+        for nid in topology.station_path(sid):
+            cap = capacity_w.get(nid)
+            if cap is None:
+                continue
+            for p in station_phases(topology, sid):
+                worst = max(worst, (float(load[nid][p]) - float(cap[p])) / v)
+        return worst
+
+    def shift(load: dict[str, FloatArray], sid: str, delta_a: float) -> None:
+        for nid in topology.station_path(sid):
+            for p in station_phases(topology, sid):
+                load[nid][p] += delta_a * v
+
+    for sid in reversed(order):
+        if sid not in desired_a:
+            continue
+        over = excess_a(sid, target)
+        if over > 1e-9:
+            base = approved.get(sid, wc.get(sid, 0.0))
+            new = max(0.0, min(desired_a[sid], eff(sid, base) - over))
+            if new < base:
+                approved[sid] = new
+                shift(target, sid, eff(sid, new) - eff(sid, base))
     for sid in order:
         if sid not in desired_a or sid in approved:
             continue
         want = desired_a[sid]
         cur = wc.get(sid, 0.0)
-        room_a = math.inf
-        phases = station_phases(topology, sid)
-        for nid in topology.station_path(sid):
-            cap = capacity_w.get(nid)
-            if cap is None:
-                continue
-            for p in phases:
-                room_a = min(room_a, (float(cap[p]) - float(used[nid][p])) / v)
+        room_a = -excess_a(sid, used)
         grant = min(want, cur + max(0.0, room_a))
         if grant - cur < min_raise_a:
             approved[sid] = cur if cur < want else want
             continue
         approved[sid] = grant
-        for nid in topology.station_path(sid):
-            for p in phases:
-                used[nid][p] += (grant - cur) * v
+        shift(used, sid, grant - cur)
         wc[sid] = grant
     return approved
 

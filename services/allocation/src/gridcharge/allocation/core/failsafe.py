@@ -69,6 +69,7 @@ class StationLedger:
     uncertain: dict[str, Sent] = field(default_factory=dict)    # per command id: fate unknown
     failed_at: float | None = None
     last_failure: str = ""
+    expired: set[str] = field(default_factory=set)             # lease slots whose grant lapsed unrenewed
 
     def floor_a(self) -> float:
         return self.fallback_a if self.fallback_installed else self.hw_max_a
@@ -116,7 +117,8 @@ class StationLedger:
             for cid in [c for c, s in d.items() if s.valid_until <= now]:
                 del d[cid]
         for k in [k for k, s in self.accepted.items() if s.valid_until <= now]:
-            del self.accepted[k]
+            if self.accepted.pop(k).cap_a > self.fallback_a + 1e-9:
+                self.expired.add(k)   # a grant lapsed without renewal (a lease at the fallback may lapse)
         return late
 
     def lease_state(self, key: str, now: float, lease_s: float, renew_fraction: float) -> LeaseState:
@@ -145,6 +147,7 @@ class StationLedger:
             # a late answer to an older command must not replace a newer accepted one
             if prev is None or prev.sent_at <= s.sent_at:
                 self.accepted[s.key] = s
+                self.expired.discard(s.key)
             if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and not math.isfinite(s.valid_until):
                 self.fallback_installed = True
             # an older, unanswered lease in the same slot has been replaced by this one
