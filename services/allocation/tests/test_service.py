@@ -310,3 +310,31 @@ async def test_restart_restores_sessions_leases_and_connections(env: Env) -> Non
     finally:
         await svc2.stop()
         await bus2.stop()
+
+
+async def test_watt_only_station_gets_its_fallback_again_in_watts(env: Env) -> None:
+    def outcome(cmd: command_pb2.StationCommand) -> int:
+        p = cmd.set_charging_profile.profile
+        ok = cmd.station_id != "cs1" or p.rate_unit == common_pb2.RATE_UNIT_W
+        return command_pb2.COMMAND_OUTCOME_ACCEPTED if ok else command_pb2.COMMAND_OUTCOME_INVALID
+
+    env.gw.outcome = outcome
+    await connect_all(env)
+    assert not env.svc.alloc.ledgers["cs1"].fallback_installed
+    caps = station_pb2.StationCapabilities(station_id="cs1", allowed_rate_units=[common_pb2.RATE_UNIT_W],
+                                           max_periods_per_schedule=5)
+    await env.bus.publish(C.STATION_CAPABILITIES.name, "cs1", caps.SerializeToString())
+    await env.bus.flush()
+    await env.run(3)   # within the debounce, not after the fail-safe hold
+    assert env.svc.alloc.ledgers["cs1"].fallback_installed
+    fb = env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_STATION_MAX)[-1].profile
+    assert fb.rate_unit == common_pb2.RATE_UNIT_W and fb.periods[0].limit == 6 * 230 * 3
+
+
+async def test_late_disconnect_from_the_old_replica_is_ignored(env: Env) -> None:
+    await connect_all(env)
+    await env.publish_event("cs1", connected=station_pb2.Connected(replica_id="gw-1"))
+    await env.publish_event("cs1", disconnected=station_pb2.Disconnected(replica_id="gw-0", reason="replica died"))
+    assert env.svc.alloc.ledgers["cs1"].online
+    await env.publish_event("cs1", disconnected=station_pb2.Disconnected(replica_id="gw-1", reason="closed"))
+    assert not env.svc.alloc.ledgers["cs1"].online

@@ -40,6 +40,7 @@ PREFS_KEY = "allocation:preferences"
 FALLBACK_KEY = "allocation:fallback-installed"   # hash station -> "1": profiles persist across reboots (OCPP)
 SESSIONS_KEY = "allocation:sessions"             # hash station/evse -> session JSON (survives a restart)
 LEASE_KEY = "allocation:lease:"                  # + station: worst-case station-cap lease {cap_a, until}
+CAPS_KEY = "allocation:capabilities"             # hash station -> {units, max_periods} (survives a restart)
 GATEWAY_CONNECTED_KEY = "gw:connected"           # the gateway registry: station -> replica|protocol|epoch|since
 BASE_LOAD_REPLAN_W = 230.0                        # a base-load change this big re-plans (≈ 1 A on a phase)
 
@@ -133,9 +134,13 @@ class AllocationService:
                 if raw is not None:
                     d = json.loads(raw)
                     self.alloc.restore_lease(sid, float(d["cap_a"]), float(d["until"]), now)
-            for sid in await self.rt.store.hgetall(GATEWAY_CONNECTED_KEY):
+            for sid, blob in (await self.rt.store.hgetall(CAPS_KEY)).items():
+                d = json.loads(blob)
+                self.alloc.capabilities(sid, tuple(int(u) for u in d["units"]), int(d["max_periods"]))
+            for sid, raw in (await self.rt.store.hgetall(GATEWAY_CONNECTED_KEY)).items():
                 if sid in self.alloc.ledgers:
                     self.alloc.ledgers[sid].online = True
+                    self.alloc.ledgers[sid].replica = raw.decode("utf-8", "replace").split("|", 1)[0][:64]
         except Exception:
             log.warning("could not restore state; starting from the bus only", exc_info=True)
         if self.alloc.book.sessions:
@@ -317,8 +322,12 @@ class AllocationService:
 
     async def _on_capabilities(self, rec: Record) -> None:
         caps = C.decode(station_pb2.StationCapabilities, rec.value)
-        if self.alloc.capabilities(caps.station_id, tuple(caps.allowed_rate_units), caps.max_periods_per_schedule):
+        units = tuple(int(u) for u in caps.allowed_rate_units)
+        if self.alloc.capabilities(caps.station_id, units, caps.max_periods_per_schedule):
             self.mark_dirty()
+            with contextlib.suppress(Exception):
+                await self.rt.store.hset(CAPS_KEY, caps.station_id, json.dumps(
+                    {"units": list(units), "max_periods": caps.max_periods_per_schedule}).encode())
 
     async def _on_command(self, rec: Record) -> None:
         cmd = C.decode(command_pb2.StationCommand, rec.value)
@@ -347,7 +356,8 @@ class AllocationService:
             M.COMMANDS.labels(purpose=purpose, outcome=name.removeprefix("COMMAND_OUTCOME_").lower()).inc()
             if res.outcome != command_pb2.COMMAND_OUTCOME_ACCEPTED:
                 log.info("profile command not accepted", extra={
-                    "station": res.station_id[:48], "outcome": name, "key": res.command_key[:64]})
+                    "station": res.station_id[:48], "outcome": name, "key": res.command_key[:64],
+                    "error_code": res.error_code[:64], "error": res.error_description[:200]})
 
     async def _on_node_load(self, rec: Record) -> None:
         nl = C.decode(grid_pb2.NodeLoad, rec.value)

@@ -71,10 +71,12 @@ def apply_station_event(alloc: Allocator, ev: station_pb2.StationEvent, now: dat
     if kind in ("connected", "boot"):
         if kind == "boot":
             alloc.ledgers[sid].rebooted()
+        else:
+            led.replica = ev.connected.replica_id[:64]
         out.commands += alloc.station_online(sid, t)
         out.replan = True
     elif kind == "disconnected":
-        out.replan = alloc.station_offline(sid, t)
+        out.replan = alloc.station_offline(sid, t, ev.disconnected.replica_id[:64])
     elif kind == "transaction_started":
         m = ev.transaction_started
         s = alloc.book.start(sid, m.evse_id or m.connector_id, m.transaction_id[:64], now, m.meter_start_wh)

@@ -169,6 +169,9 @@ class Allocator:
         if led is None:
             return []
         led.online = True
+        fb_key = P.command_key(0, command_pb2.PROFILE_PURPOSE_STATION_MAX, P.FALLBACK_STACK)
+        if any(p.key == fb_key and now - p.sent_at < 5.0 for p in led.pending.values()):
+            return []   # Connected and Boot come together: one fallback is enough
         return [self._fallback(station_id, now)]
 
     def _fallback(self, station_id: str, now: float) -> ProfileCommand:
@@ -176,18 +179,27 @@ class Allocator:
         payload = P.fallback_profile(st.fallback_current_a, _ts(now), self.target(station_id))
         return self._issue(station_id, "fallback", payload, math.inf, now)
 
-    def station_offline(self, station_id: str, now: float) -> bool:
+    def station_offline(self, station_id: str, now: float, replica_id: str = "") -> bool:
+        """Disconnected; ignored when it comes from a replica the station already left (late event)."""
         led = self.ledgers.get(station_id)
         if led is None:
+            return False
+        if replica_id and led.replica and replica_id != led.replica:
             return False
         led.went_offline(now)
         return True
 
     def capabilities(self, station_id: str, allowed_rate_units: tuple[int, ...], max_periods: int) -> bool:
-        if station_id not in self.ledgers:
+        """What the station can do; a fallback refused for its unit is retried at once in the right one."""
+        led = self.ledgers.get(station_id)
+        if led is None:
             return False
-        self.caps[station_id] = StationCaps(allowed_rate_units, max_periods if max_periods > 0 else 24)
-        return True
+        new = StationCaps(tuple(allowed_rate_units), max_periods if max_periods > 0 else 24)
+        changed = self.caps.get(station_id) != new
+        self.caps[station_id] = new
+        if changed and not led.fallback_installed:
+            led.failed_at = None
+        return changed
 
     def command_result(self, station_id: str, command_id: str, outcome: int, now: float) -> bool:
         """Apply a result; True when it changes what may be planned (re-plan soon)."""

@@ -63,6 +63,7 @@ class StationLedger:
     fallback_a: float
     hw_max_a: float
     online: bool = False
+    replica: str = ""                  # gateway replica that holds the connection (from Connected)
     fallback_installed: bool = False
     accepted: dict[str, Sent] = field(default_factory=dict)     # per command key: last accepted
     pending: dict[str, Sent] = field(default_factory=dict)      # per command id
