@@ -15,6 +15,7 @@ from gridcharge.allocation.core.model import (
     merge_periods,
 )
 from gridcharge.allocation.core.planner import LpPlanner
+from gridcharge.allocation.core.replay import ReplayResult, read_sessions, run_replay
 
 __all__ = [
     "BindingConstraint",
@@ -26,8 +27,11 @@ __all__ = [
     "PlannerConfig",
     "PlanningProblem",
     "ProfilePeriod",
+    "ReplayResult",
     "Session",
     "SessionVerdict",
     "SlotGrid",
     "merge_periods",
+    "read_sessions",
+    "run_replay",
 ]
