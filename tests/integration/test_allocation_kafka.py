@@ -168,3 +168,53 @@ async def test_sessions_through_gateway_profiles_to_stations(cluster: Cluster, r
         await cp1.call(call16.StopTransaction(meter_stop=5000, timestamp="2026-06-01T11:00:00Z",
                                               transaction_id=tx1))
         await wait_for(lambda: latest(cp1) <= 6.0, what="CP1 lease taken back")
+
+
+async def test_leader_failover_on_kafka_and_redis(kafka_bus: KafkaBus, redis_store: RedisStore) -> None:
+    """Two allocators: only the leader commands; when it stops, the standby takes over and commands."""
+    from gridcharge.command.v1 import command_pb2
+    from gridcharge.shared.bus.base import Record
+    from gridcharge.shared.config import Settings
+    from gridcharge.shared.contracts import COMMANDS, STATION_EVENTS
+    from gridcharge.station.v1 import station_pb2
+
+    cfg = AllocatorConfig(plan_interval_s=2.0, debounce_s=0.2, lease_s=60.0)
+    services = []
+    for name in ("alloc-a", "alloc-b"):
+        rt = Runtime(settings=Settings(bus="kafka", replica_id=name), bus=kafka_bus, store=redis_store,
+                     clock=RealClock())
+        svc = AllocationService(rt, TOPOLOGY, cfg, leader_ttl_s=3.0, tick_s=0.2)
+        await svc.start()
+        services.append(svc)
+    a, b = services
+    seen: list[command_pb2.StationCommand] = []
+
+    async def on_cmd(rec: Record) -> None:
+        cmd = command_pb2.StationCommand()
+        cmd.ParseFromString(rec.value)
+        seen.append(cmd)
+
+    sub = await kafka_bus.subscribe([COMMANDS.name], "it-observer", on_cmd)
+    try:
+        for s in (*a._subs, *b._subs, sub):
+            await s.wait_assigned(60)
+        assert a.leader.is_leader and not b.leader.is_leader
+        ev = station_pb2.StationEvent(station_id="CP1", connected=station_pb2.Connected(replica_id="gw-x"))
+        await kafka_bus.publish(STATION_EVENTS.name, "CP1", ev.SerializeToString())
+        await wait_for(lambda: bool(seen), what="a fallback from the leader")
+        await asyncio.sleep(2.0)
+        assert {c.meta.producer for c in seen} == {"allocation/alloc-a"}
+        n = len(seen)
+        await a.stop()                              # clean stop releases the lease
+        await wait_for(lambda: b.leader.is_leader, timeout=20, what="standby takes over")
+        ev2 = station_pb2.StationEvent(station_id="CP2", connected=station_pb2.Connected(replica_id="gw-x"))
+        await kafka_bus.publish(STATION_EVENTS.name, "CP2", ev2.SerializeToString())
+        await wait_for(lambda: any(c.meta.producer == "allocation/alloc-b" for c in seen[n:]),
+                       what="commands from the new leader")
+        gens = [c.generation for c in seen if c.station_id == "CP1" and c.command_key.endswith("/0")]
+        assert gens == sorted(gens)
+    finally:
+        await sub.stop()
+        for svc in services:
+            with contextlib.suppress(Exception):
+                await svc.stop()
