@@ -181,17 +181,15 @@ def build_router(svc: AllocationService) -> APIRouter:
         out = []
         for s in alloc.book.sessions.values():
             ex = res.explanations.get(s.session_id)
-            v = res.plan.verdicts.get(s.session_id) if res.plan is not None else None
-            row = res.plan.row(s.session_id) if res.plan is not None and s.session_id in res.plan.session_ids \
-                else None
+            ol = alloc.outlook(res, s)
             b = ex.binding if ex is not None else None
             out.append({
                 "session_id": s.session_id, "station_id": s.station_id, "evse_id": s.evse_id,
                 "granted_a": ex.granted_a if ex else 0.0, "planned_a": ex.planned_a if ex else 0.0,
-                "current_a_per_slot": [round(float(x), 1) for x in res.plan.current_a[row]]
-                if row is not None and res.plan is not None else [],
-                "planned_wh": v.planned_wh if v else 0.0, "will_complete": v.will_complete if v else False,
-                "shortfall_wh": v.shortfall_wh if v else s.remaining_wh,
+                "current_a_per_slot": [round(a, 1) for a in ol.current_a] if ol else [],
+                "planned_wh": round(ol.planned_wh, 1) if ol else 0.0,
+                "will_complete": ol.will_complete if ol else False,
+                "shortfall_wh": round(ol.shortfall_wh, 1) if ol else s.remaining_wh,
                 "explanation": {"node": b.node_id if b else None,
                                 "phase": PHASES[b.phase] if b and 0 <= b.phase < 3 else None,
                                 "slot": b.slot if b else None, "source": b.source if b else None,

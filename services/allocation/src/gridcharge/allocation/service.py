@@ -271,8 +271,10 @@ class AllocationService:
         M.ENERGY_REQUESTED.set(sum(s.remaining_wh for s in sessions) * 3600.0)
         at_risk = 0
         binding: dict[tuple[str, str], int] = {}
-        if res.plan is not None:
-            at_risk = sum(1 for v in res.plan.verdicts.values() if not v.will_complete)
+        for s in sessions:
+            ol = self.alloc.outlook(res, s)
+            if ol is not None and not ol.will_complete:
+                at_risk += 1
         at_risk += sum(1 for ex in res.explanations.values() if ex.clamped_by == "failsafe")
         for ex in res.explanations.values():
             b = ex.binding

@@ -166,22 +166,19 @@ def station_command(cmd: ProfileCommand, generation: int, producer: str, now: da
 def session_plans(alloc: Allocator, res: PlanResult, producer: str) -> list[plan_pb2.SessionPlan]:
     """One SessionPlan per active session from the latest planning cycle."""
     out = []
-    plan = res.plan
     for s in alloc.book.sessions.values():
         sp = plan_pb2.SessionPlan(
             meta=meta(producer, res.at), session_id=s.session_id, station_id=s.station_id, evse_id=s.evse_id,
             start=ts(res.at), step_s=int(alloc.cfg.slot_s), energy_needed_wh=s.remaining_wh,
             departure=ts(s.departure), priority=s.priority,
         )
-        if plan is not None and s.session_id in plan.session_ids:
-            r = plan.row(s.session_id)
-            sp.current_a.extend(float(x) for x in plan.current_a[r])
-            sp.power_w.extend(float(x) for x in plan.power_w[r])
-            v = plan.verdicts.get(s.session_id)
-            if v is not None:
-                sp.energy_planned_wh = v.planned_wh
-                sp.will_complete = v.will_complete
-                sp.shortfall_wh = v.shortfall_wh
+        ol = alloc.outlook(res, s)
+        if ol is not None:
+            sp.current_a.extend(ol.current_a)
+            sp.power_w.extend(ol.power_w)
+            sp.energy_planned_wh = ol.planned_wh
+            sp.will_complete = ol.will_complete
+            sp.shortfall_wh = ol.shortfall_wh
         else:
             sp.shortfall_wh = s.remaining_wh
         ex = res.explanations.get(s.session_id)

@@ -94,6 +94,17 @@ class Explanation:
     clamped_by: str = ""        # "" | limiter | budget | failsafe
 
 
+@dataclass(frozen=True)
+class Outlook:
+    """What the plan holds for one session, base included."""
+
+    current_a: list[float]
+    power_w: list[float]
+    planned_wh: float
+    shortfall_wh: float
+    will_complete: bool
+
+
 @dataclass
 class PlanResult:
     """Outcome of one planning cycle."""
@@ -104,6 +115,7 @@ class PlanResult:
     slot_starts: list[float]
     explanations: dict[str, Explanation] = field(default_factory=dict)
     station_caps_a: dict[str, float] = field(default_factory=dict)
+    base_a: dict[str, float] = field(default_factory=dict)      # per session key: share of the station floor
     commands: list[ProfileCommand] = field(default_factory=list)
     error: str = ""
 
@@ -330,8 +342,9 @@ class Allocator:
                      if not led.in_failsafe(now, cfg.failsafe_hold_s)}
         planned_stations = {sid for sid in by_station if sid in plannable}
         wc = self.worst_case_a(now)
-        fixed = {sid: (self.ledgers[sid].floor_a() if sid in plannable else wc[sid])
-                 for sid in self.ledgers if sid not in planned_stations}
+        # every station's floor is reserved anyway (a lapsing lease falls back to it), so the planner gets
+        # the capacity above the floors and each planned car its share of its station's floor as a base
+        fixed = {sid: (self.ledgers[sid].floor_a() if sid in plannable else wc[sid]) for sid in self.ledgers}
         fixed_w = node_draw_w(self.topology, fixed)
         result = PlanResult(now_dt, None, capacity, slot_starts)
 
@@ -340,10 +353,11 @@ class Allocator:
         plan_now: dict[str, float] = {}
         if sessions:
             try:
-                plan = self._solve(sessions, capacity, fixed_w, now_dt, T)
-                result.plan = plan
+                plan, base = self._solve(sessions, capacity, fixed_w, now_dt, T)
+                result.plan, result.base_a = plan, base
                 for s in sessions:
-                    plan_now[session_key(s.station_id, s.evse_id)] = float(plan.current_a[plan.row(s.session_id), 0])
+                    key = session_key(s.station_id, s.evse_id)
+                    plan_now[key] = base.get(key, 0.0) + float(plan.current_a[plan.row(s.session_id), 0])
             except Exception as exc:   # a planner failure must not stop the fallbacks and leases from working
                 log.exception("planner failed; holding sessions at their fallback")
                 result.error = f"{type(exc).__name__}"
@@ -413,9 +427,19 @@ class Allocator:
         return result
 
     def _solve(self, sessions: list[SessionState], capacity: Capacity, fixed_w: dict[str, np.ndarray],
-               now_dt: datetime, T: int) -> Plan:
+               now_dt: datetime, T: int) -> tuple[Plan, dict[str, float]]:
+        """Plan the sessions above their base (share of the station floor); returns the plan and the bases (A).
+
+        A session's grant is base + the planner's current; its min/max currents are shifted down by the
+        base. The energy asked of the planner stays what the car needs: it is re-planned every cycle from
+        the metered energy, so what the base delivers on top only makes the car finish sooner.
+        """
         cfg = self.cfg
         topo = self.topology
+        per_station: dict[str, int] = {}
+        for s in sessions:
+            per_station[s.station_id] = per_station.get(s.station_id, 0) + 1
+        base: dict[str, float] = {}
         nodes = []
         for n in topo.nodes:
             c = np.maximum(capacity.w[n.id] - fixed_w[n.id][:, None], 0.0)
@@ -427,21 +451,25 @@ class Allocator:
             st = topo.station_by_id[s.station_id]
             key = session_key(s.station_id, s.evse_id)
             ev = st.evse(s.evse_id)
-            evses[key] = Evse(key, tuple(topo.station_path(s.station_id)),
-                              tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
-                              max_current_a=min(ev.max_current_a or st.max_current_a, st.max_current_a),
-                              min_current_a=ev.min_current_a)
-            max_a = s.max_current_a
+            evse_max = min(ev.max_current_a or st.max_current_a, st.max_current_a)
+            max_a = min(s.max_current_a, evse_max)
             if s.tapering(now_dt) and s.measured_current_a is not None:
                 max_a = min(max_a, s.measured_current_a + TAPER_MARGIN_A)
-            dep_slot = max(1, math.ceil((s.departure.timestamp() - now) / cfg.slot_s))
-            plan_sessions.append(Session(s.session_id, key, s.energy_needed_wh, 0, dep_slot, s.min_current_a,
-                                         max_a, s.phases, self.voltage_v, float(s.priority), s.delivered_wh))
+            b = max(0.0, min(self.ledgers[s.station_id].floor_a() / per_station[s.station_id], max_a))
+            base[key] = b
+            evses[key] = Evse(key, tuple(topo.station_path(s.station_id)),
+                              tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
+                              max_current_a=max(0.0, evse_max - b), min_current_a=max(0.0, ev.min_current_a - b))
+            dep_s = s.departure.timestamp() - now
+            dep_slot = max(1, math.ceil(dep_s / cfg.slot_s))
+            plan_sessions.append(Session(s.session_id, key, s.energy_needed_wh, 0, dep_slot,
+                                         max(0.0, s.min_current_a - b), max(0.0, max_a - b), s.phases,
+                                         self.voltage_v, float(s.priority), s.delivered_wh))
         problem = PlanningProblem(
             slots=SlotGrid(now_dt, T, cfg.slot_s), nodes=nodes, evses=list(evses.values()), sessions=plan_sessions,
             config=PlannerConfig(time_limit_s=10.0),
         )
-        return self.planner.plan(problem)
+        return self.planner.plan(problem), base
 
     def _due(self, station_id: str, key: str, now: float) -> bool:
         """A lease in this slot must be (re)sent: none, renewing, expired or unknown."""
@@ -566,6 +594,29 @@ class Allocator:
         return (lim[0], lim[1], lim[2])
 
     # ---------------------------------------------------------------- views
+    def outlook(self, res: PlanResult, s: SessionState) -> Outlook | None:
+        """A session's plan including its base: per-slot current (A) and power (W), energy by departure."""
+        plan = res.plan
+        if plan is None or s.session_id not in plan.session_ids:
+            return None
+        key = session_key(s.station_id, s.evse_id)
+        b = res.base_a.get(key, 0.0)
+        r = plan.row(s.session_id)
+        dep = (s.departure - res.at).total_seconds()
+        cur = []
+        for t in range(plan.slots.count):
+            start_s = t * plan.slots.duration_s
+            cur.append(float(plan.current_a[r, t]) + (b if start_s < dep else 0.0))
+        per_a = self.voltage_v * s.phases
+        planned = 0.0
+        for t, a in enumerate(cur):
+            span = min(plan.slots.duration_s, max(0.0, dep - t * plan.slots.duration_s))
+            planned += a * per_a * span / 3600.0
+        planned = min(planned, s.remaining_wh)
+        short = max(0.0, s.remaining_wh - planned)
+        return Outlook(cur, [a * per_a for a in cur], planned, short, short <= max(1.0, 1e-3 * s.remaining_wh))
+
+    # ----------------------------------------------------------------
     def lease_counts(self, now: float) -> dict[str, int]:
         """Lease slots by state: active, renewing, expired (lapsed, not renewed), failsafe (fate unknown)."""
         out = {"active": 0, "renewing": 0, "expired": 0, "failsafe": 0}
