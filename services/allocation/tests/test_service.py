@@ -338,3 +338,37 @@ async def test_late_disconnect_from_the_old_replica_is_ignored(env: Env) -> None
     assert env.svc.alloc.ledgers["cs1"].online
     await env.publish_event("cs1", disconnected=station_pb2.Disconnected(replica_id="gw-1", reason="closed"))
     assert not env.svc.alloc.ledgers["cs1"].online
+
+
+async def test_bad_input_is_skipped_and_the_service_keeps_working(env: Env) -> None:
+    from gridcharge.forecast.v1 import forecast_pb2
+
+    nan = float("nan")
+    bad: list[tuple[str, bytes]] = [(t.name, b"\xff\x00garbage") for t in (C.STATION_EVENTS, C.METER_VALUES,
+                                                                          C.COMMAND_RESULTS, C.NODE_LOAD)]
+    bad += [
+        (C.STATION_EVENTS.name, station_pb2.StationEvent(station_id="x" * 5000, connected=station_pb2.Connected())
+         .SerializeToString()),
+        (C.STATION_EVENTS.name, station_pb2.StationEvent(station_id="cs1", charging_needs=station_pb2.ChargingNeeds(
+            evse_id=99, energy_amount_wh=nan, departure_time=Timestamp(seconds=2**40))).SerializeToString()),
+        (C.STATION_EVENTS.name, station_pb2.StationEvent(station_id="cs1", transaction_started=station_pb2.
+         TransactionStarted(transaction_id="", evse_id=-3)).SerializeToString()),
+        (C.METER_VALUES.name, station_pb2.MeterValues(station_id="cs1", evse_id=1, values=[
+            station_pb2.SampledValue(measurand="Energy.Active.Import.Register", value=nan)]).SerializeToString()),
+        (C.NODE_LOAD.name, grid_pb2.NodeLoad(node_id="site", load_w=common_pb2.PhaseValues(l1=nan))
+         .SerializeToString()),
+        (C.HEADROOM.name, forecast_pb2.HeadroomForecast(node_id="site", step_s=-5).SerializeToString()),
+        (C.EXTERNAL_LIMITS.name, grid_pb2.ExternalLimit(node_id="nowhere").SerializeToString()),
+        (C.STATION_CAPABILITIES.name, station_pb2.StationCapabilities(station_id="cs1", allowed_rate_units=[common_pb2.RateUnit.ValueType(77)],
+                                                                      max_periods_per_schedule=-1)
+         .SerializeToString()),
+        (C.COMMAND_RESULTS.name, command_pb2.CommandResult(station_id="cs1", command_id="unknown")
+         .SerializeToString()),
+    ]
+    for topic, value in bad:
+        await env.bus.publish(topic, "k", value)
+    await env.bus.flush()
+    await connect_all(env)
+    await start_tx(env, "cs1", "ok")
+    await env.run(3)
+    assert env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX), "still planning after bad input"
