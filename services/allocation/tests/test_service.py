@@ -359,8 +359,8 @@ async def test_bad_input_is_skipped_and_the_service_keeps_working(env: Env) -> N
          .SerializeToString()),
         (C.HEADROOM.name, forecast_pb2.HeadroomForecast(node_id="site", step_s=-5).SerializeToString()),
         (C.EXTERNAL_LIMITS.name, grid_pb2.ExternalLimit(node_id="nowhere").SerializeToString()),
-        (C.STATION_CAPABILITIES.name, station_pb2.StationCapabilities(station_id="cs1", allowed_rate_units=[common_pb2.RateUnit.ValueType(77)],
-                                                                      max_periods_per_schedule=-1)
+        (C.STATION_CAPABILITIES.name, station_pb2.StationCapabilities(
+            station_id="cs1", allowed_rate_units=[common_pb2.RateUnit.ValueType(77)], max_periods_per_schedule=-1)
          .SerializeToString()),
         (C.COMMAND_RESULTS.name, command_pb2.CommandResult(station_id="cs1", command_id="unknown")
          .SerializeToString()),
