@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -63,14 +62,6 @@ def _pv(v: common_pb2.PhaseValues) -> P3:
     return (v.l1, v.l2, v.l3)
 
 
-@dataclass(frozen=True)
-class _EvseNow:
-    best_w: P3
-    worst_w: P3
-    stale: bool
-    implausible: bool
-
-
 class TelemetryCore:
     """State of every station, EVSE and grid meter of one topology; pure (time is passed in)."""
 
@@ -97,6 +88,10 @@ class TelemetryCore:
         for root in topology.roots():
             visit(root.id)
         self._order = order
+        self._evse_phase_idx: dict[str, list[tuple[int, tuple[int, ...]]]] = {
+            s.id: [(e.id, tuple(PHASES.index(ph) for ph in s.evse_phases(e.id))) for e in s.evses]
+            for s in topology.stations
+        }
         self._stations_at: dict[str, list[Station]] = {n.id: [] for n in topology.nodes}
         for s in topology.stations:
             self._stations_at[s.node].append(s)
@@ -520,39 +515,42 @@ class TelemetryCore:
         return (m.trusted and not m.implausible and m.last_seen_s is not None
                 and now_s - m.last_seen_s <= self.cfg.stale_after(m.interval_s))
 
-    def _evse_now(self, station: Station, now_s: float) -> list[_EvseNow]:
+    def _station_now(self, station: Station, now_s: float) -> tuple[P3, P3, int, int]:
+        """(best W, worst W, stale EVSEs, implausible EVSEs) of one station, per grid phase."""
         st = self.stations[station.id]
-        out: list[_EvseNow] = []
-        for e in station.evses:
-            ev = self.evses[(station.id, e.id)]
-            stale = self.evse_stale(ev, st, now_s)
-            untrusted = stale or ev.implausible or not ev.measured
-            best = ev.power_w
-            if untrusted:
-                w = self.worst_case_a(station, e.id, now_s) * self.v
-                worst = [0.0, 0.0, 0.0]
-                for ph in station.evse_phases(e.id):
-                    worst[PHASES.index(ph)] = w
-                worst_p3 = max3(best, (worst[0], worst[1], worst[2]))
+        station_stale = self.station_stale(st, now_s)
+        b0 = b1 = b2 = w0 = w1 = w2 = 0.0
+        stale_n = impl_n = 0
+        for evse_id, phase_idx in self._evse_phase_idx[station.id]:
+            ev = self.evses[(station.id, evse_id)]
+            stale = station_stale or (ev.charging and (
+                not ev.measured or ev.last_seen_s is None
+                or now_s - ev.last_seen_s > self.cfg.stale_after(ev.interval_s)))
+            p = ev.power_w
+            b0, b1, b2 = b0 + p[0], b1 + p[1], b2 + p[2]
+            stale_n += stale
+            impl_n += ev.implausible
+            if stale or ev.implausible or not ev.measured:
+                w = self.worst_case_a(station, evse_id, now_s) * self.v
+                q = [p[0], p[1], p[2]]
+                for k in phase_idx:
+                    q[k] = max(q[k], w)
+                w0, w1, w2 = w0 + q[0], w1 + q[1], w2 + q[2]
             else:
-                worst_p3 = best
-            out.append(_EvseNow(best, worst_p3, stale, ev.implausible))
-        st_lim = self._active(st.limits.get("station_max"), now_s)
-        if st_lim is not None and out:   # an accepted station-wide limit caps the station's worst case
-            cap = st_lim * self.v
-            tot = [sum(x.worst_w[k] for x in out) for k in range(3)]
-            scale = [min(1.0, cap / t) if t > 0 else 1.0 for t in tot]
-            out = [_EvseNow(x.best_w, max3(x.best_w, (x.worst_w[0] * scale[0], x.worst_w[1] * scale[1],
-                                                      x.worst_w[2] * scale[2])), x.stale, x.implausible)
-                   for x in out]
-        return out
+                w0, w1, w2 = w0 + p[0], w1 + p[1], w2 + p[2]
+        cap = self._active(st.limits.get("station_max"), now_s)
+        if cap is not None:   # an accepted station-wide limit caps the station's total worst case
+            c = cap * self.v
+            w0, w1, w2 = max(b0, min(w0, c)), max(b1, min(w1, c)), max(b2, min(w2, c))
+        return (b0, b1, b2), (w0, w1, w2), stale_n, impl_n
 
-    def meter_for(self, node_id: str, now_s: float) -> MeterState | None:
+    def meter_for(self, node_id: str, now_s: float,
+                  index: dict[str, list[MeterState]] | None = None) -> MeterState | None:
         """The node's freshest meter (fresh ones first), or None."""
+        cands = index.get(node_id, []) if index is not None else \
+            [m for m in self.meters.values() if m.node_id == node_id]
         best: MeterState | None = None
-        for (nid, _), m in self.meters.items():
-            if nid != node_id:
-                continue
+        for m in cands:
             if best is None or (self.meter_fresh(m, now_s), m.last_seen_s or 0) > \
                     (self.meter_fresh(best, now_s), best.last_seen_s or 0):
                 best = m
@@ -569,7 +567,10 @@ class TelemetryCore:
 
     def node_loads(self, now_s: float) -> dict[str, NodeLoadView]:
         """Every node's load now (W per grid phase), children before parents."""
-        ev_now = {s.id: self._evse_now(s, now_s) for s in self.topo.stations}
+        st_now = {s.id: self._station_now(s, now_s) for s in self.topo.stations}
+        meters_at: dict[str, list[MeterState]] = {}
+        for m in self.meters.values():
+            meters_at.setdefault(m.node_id, []).append(m)
         views: dict[str, NodeLoadView] = {}
         ev_best: dict[str, P3] = {}
         ev_worst: dict[str, P3] = {}
@@ -579,10 +580,10 @@ class TelemetryCore:
             kids = self.topo.children[nid]
             d_best, d_worst, stale, impl = ZERO3, ZERO3, 0, 0
             for s in self._stations_at[nid]:
-                for x in ev_now[s.id]:
-                    d_best, d_worst = add3(d_best, x.best_w), add3(d_worst, x.worst_w)
-                    stale += int(x.stale)
-                    impl += int(x.implausible)
+                sb, sw, sn, si = st_now[s.id]
+                d_best, d_worst = add3(d_best, sb), add3(d_worst, sw)
+                stale += sn
+                impl += si
             e_best, e_worst = d_best, d_worst
             k_load, k_worst = ZERO3, ZERO3
             temps = self._station_ambient([s.id for s in self._stations_at[nid]], now_s)
@@ -594,7 +595,7 @@ class TelemetryCore:
                 impl += cv.implausible_sources
                 temps += temps_under[c]
             ev_best[nid], ev_worst[nid], temps_under[nid] = e_best, e_worst, temps
-            meter = self.meter_for(nid, now_s)
+            meter = self.meter_for(nid, now_s, meters_at)
             fresh = meter is not None and self.meter_fresh(meter, now_s)
             if meter is not None and meter.implausible:
                 impl += 1
@@ -646,9 +647,11 @@ class TelemetryCore:
             if any(self.evse_stale(self.evses[(s.id, e.id)], st, now_s) for e in s.evses):
                 stations += 1
         meters = 0
-        metered_nodes = {n.id for n in self.topo.nodes if n.metered} | {nid for nid, _ in self.meters}
-        for nid in metered_nodes:
-            m = self.meter_for(nid, now_s)
+        meters_at: dict[str, list[MeterState]] = {}
+        for mm in self.meters.values():
+            meters_at.setdefault(mm.node_id, []).append(mm)
+        for nid in {n.id for n in self.topo.nodes if n.metered} | set(meters_at):
+            m = self.meter_for(nid, now_s, meters_at)
             if m is None or not self.meter_fresh(m, now_s):
                 meters += 1
         return {"station": stations, "meter": meters}
