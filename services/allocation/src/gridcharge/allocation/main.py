@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from gridcharge.allocation.service import AllocationService
 from gridcharge.shared.runtime import Runtime
@@ -18,7 +19,11 @@ def create_service(rt: Runtime, topology: Topology) -> Service:
 create_service.service_name = "allocation"  # type: ignore[attr-defined]
 
 
+DEFAULT_HTTP_PORT = 8083   # when run alone (docs/DEVELOPING.md); the embedded process serves all on 8080
+
+
 def main() -> None:
-    """Run the allocation service alone (HTTP on GRIDCHARGE_HTTP_PORT, 8083 in the container)."""
-    settings, topology = load_settings_and_topology()
+    """Run the allocation service alone (HTTP on GRIDCHARGE_HTTP_PORT, default 8083)."""
+    port = None if os.environ.get("GRIDCHARGE_HTTP_PORT") else DEFAULT_HTTP_PORT
+    settings, topology = load_settings_and_topology(http_port=port)
     asyncio.run(serve([create_service], settings, topology))
