@@ -24,10 +24,10 @@ from gridcharge.telemetry.testing import grid, heartbeat, phase_power, status, t
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 
-def _service(kafka_bus: Any, redis_store: Any, unique: str, tmp_path: Any) -> TelemetryService:
+def _service(kafka_bus: Any, redis_store: Any, unique: str, tmp_path: Any, replica: str = "a") -> TelemetryService:
     settings = TelemetrySettings(bus="kafka", kafka_bootstrap=kafka_bus.bootstrap, topic_prefix=f"t{unique}.",
-                                 telemetry_snapshot_s=1.0, telemetry_datadir=tmp_path,
-                                 replica_id=f"it-{unique}")
+                                 telemetry_snapshot_s=1.0, telemetry_datadir=tmp_path, telemetry_lease_ttl_s=3.0,
+                                 replica_id=f"it-{unique}-{replica}")
     rt = Runtime(settings=settings, bus=kafka_bus, store=redis_store, clock=RealClock())
     return TelemetryService(rt, topology(), settings)
 
@@ -51,10 +51,10 @@ async def test_faust_worker_node_load_and_recovery(kafka_bus: Any, redis_store: 
     out = await bus.subscribe([C.NODE_LOAD.name], f"out-{unique}", collect)
 
     svc = _service(bus, redis_store, unique, tmp_path / "w1")
-    assert svc.runtime.kind == "faust"
+    assert svc.mode == "faust"
     await svc.start()
     try:
-        await svc.runtime.wait_ready(90)   # type: ignore[union-attr]
+        await svc.wait_ready(90)
         await out.wait_assigned()
         now = time.time()
         for sid in ("S1", "S2", "S3"):
@@ -85,10 +85,10 @@ async def test_faust_worker_node_load_and_recovery(kafka_bus: Any, redis_store: 
         await svc.stop()
 
     # a new worker (same app id / consumer group): state comes back from the changelog topics
-    svc2 = _service(bus, redis_store, unique, tmp_path / "w2")
+    svc2 = _service(bus, redis_store, unique, tmp_path / "w2", replica="b")
     await svc2.start()
     try:
-        await svc2.runtime.wait_ready(90)   # type: ignore[union-attr]
+        await svc2.wait_ready(90)
         assert svc2.core.evses[("S1", 1)].power_w == (3000, 1000, 2000)
         assert ("trafo", "m1") in svc2.core.meters
         views = await svc2.publish_once()
@@ -98,3 +98,31 @@ async def test_faust_worker_node_load_and_recovery(kafka_bus: Any, redis_store: 
     finally:
         await svc2.stop()
         await out.stop()
+
+
+async def test_one_active_worker_and_failover(kafka_bus: Any, redis_store: Any, unique: str, tmp_path: Any) -> None:
+    """Two replicas: one runs the faust worker, the other stands by (outside the consumer group, so no
+    half-aggregated node loads); when the active one stops, the standby takes over with the state."""
+    bus = kafka_bus
+    a = _service(bus, redis_store, unique, tmp_path / "a", replica="a")
+    b = _service(bus, redis_store, unique, tmp_path / "b", replica="b")
+    await a.start()
+    await b.start()
+    try:
+        await _wait_for(lambda: a.ready or b.ready, 90, "an active worker")
+        active, standby = (a, b) if a.ready else (b, a)
+        await asyncio.sleep(3.0)                 # a lease period: the standby must stay out
+        assert standby.standby and not standby.ready and standby.runtime is None
+        now = time.time()
+        await bus.publish(C.STATION_EVENTS.name, "S2", heartbeat("S2", now).SerializeToString())
+        await bus.publish(C.METER_VALUES.name, "S2",
+                          phase_power("S2", 1, now, 2300).SerializeToString())   # S2: single phase on grid L3
+        await _wait_for(lambda: active.core.evses[("S2", 1)].power_w == (0, 0, 2300), 30, "S2 applied")
+        await active.stop()                       # releases the lease
+        await _wait_for(lambda: standby.ready, 90, "the standby taking over")
+        assert standby.core.evses[("S2", 1)].power_w == (0, 0, 2300)
+        views = await standby.publish_once()
+        assert views["trafo"].ev_load_w == (0, 0, 2300)
+    finally:
+        await a.stop()
+        await b.stop()

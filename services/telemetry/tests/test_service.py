@@ -44,7 +44,7 @@ async def setup() -> AsyncIterator[tuple[TelemetryService, Runtime, SimClock, li
 
 async def test_bus_in_node_load_out(setup: tuple[TelemetryService, Runtime, SimClock, list[Record]]) -> None:
     svc, rt, clock, out = setup
-    assert svc.runtime.kind == "bus"
+    assert svc.mode == "bus" and svc.ready
     for sid in ("S1", "S2", "S3"):
         await rt.bus.publish(C.STATION_EVENTS.name, sid, heartbeat(sid, T0).SerializeToString())
     for sid, e in (("S1", 1), ("S2", 1), ("S3", 1), ("S3", 2)):
@@ -122,7 +122,7 @@ async def test_http_ingest(setup: tuple[TelemetryService, Runtime, SimClock, lis
 def test_create_service_picks_runtime() -> None:
     clock = SimClock()
     rt = Runtime(settings=Settings(), bus=MemoryBus(), store=MemoryStore(clock), clock=clock)
-    assert create_service(rt, topology()).runtime.kind == "bus"
+    assert create_service(rt, topology()).mode == "bus"
 
 
 async def test_fast_path_publishes_meter_jumps_at_once(

@@ -16,6 +16,7 @@ from gridcharge.shared.topology import Topology
 from gridcharge.telemetry.adapters.bus_runtime import BusRuntime
 from gridcharge.telemetry.adapters.engine import Engine
 from gridcharge.telemetry.adapters.http import build_router
+from gridcharge.telemetry.adapters.leader import LeaderLease
 from gridcharge.telemetry.adapters.metrics import TelemetryMetrics
 from gridcharge.telemetry.core import NodeLoadView, Outcome, TelemetryCore
 from gridcharge.telemetry.settings import TelemetrySettings
@@ -34,48 +35,106 @@ class TelemetryService:
 
     def __init__(self, rt: Runtime, topology: Topology, settings: TelemetrySettings) -> None:
         self.rt, self.topology, self.settings = rt, topology, settings
+        self.producer = f"telemetry/{settings.replica_id}"
+        self.metrics = TelemetryMetrics()
         self.core = TelemetryCore(topology, settings.core_config())
-        producer = f"telemetry/{settings.replica_id}"
-        self.engine = Engine(self.core, TelemetryMetrics(), producer)
-        use_faust = settings.telemetry_runtime == "faust" or (
-            settings.telemetry_runtime == "auto" and settings.bus == "kafka")
-        self.runtime: BusRuntime | FaustRuntime
-        if use_faust:
-            from gridcharge.telemetry.adapters.faust_runtime import FaustRuntime
-
-            self.runtime = FaustRuntime(rt, self.engine, settings, self._after_record)
-        else:
-            self.runtime = BusRuntime(rt, self.engine, settings.telemetry_group, self._after_record)
+        self.engine = Engine(self.core, self.metrics, self.producer)
+        self.mode = "faust" if settings.telemetry_runtime == "faust" or (
+            settings.telemetry_runtime == "auto" and settings.bus == "kafka") else "bus"
+        self.runtime: BusRuntime | FaustRuntime | None = None
+        self.lease: LeaderLease | None = None
+        if self.mode == "faust":
+            self.lease = LeaderLease(rt.store, rt.clock, settings.replica_id, settings.telemetry_lease_ttl_s)
         self.latest: dict[str, NodeLoadView] = {}
         self._fast_at: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._router = build_router(rt.bus, rt.clock, set(topology.node_by_id), producer, lambda: self.latest)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._router = build_router(rt.bus, rt.clock, set(topology.node_by_id), self.producer, lambda: self.latest)
 
     @property
     def routers(self) -> list[APIRouter]:
         return [self._router]
 
+    @property
+    def ready(self) -> bool:
+        """Consuming and recovered (the active worker), i.e. NodeLoad is being published."""
+        return self.runtime is not None and self.runtime.ready
+
+    @property
+    def standby(self) -> bool:
+        return self.lease is not None and not self.lease.is_leader
+
     async def start(self) -> None:
-        await self.runtime.start()
-        self.rt.health.add("telemetry", lambda: self.runtime.ready)
-        self._task = asyncio.create_task(self._publish_loop(), name="telemetry-publish")
-        log.info("telemetry started", extra={"runtime": self.runtime.kind, "nodes": len(self.topology.nodes),
+        if self.mode == "bus":
+            self.runtime = BusRuntime(self.rt, self.engine, self.settings.telemetry_group, self._after_record)
+            await self.runtime.start()
+        else:
+            self._tasks.append(asyncio.create_task(self._lease_loop(), name="telemetry-lease"))
+        # a standby replica is healthy and ready to take over; the active one once its state is recovered
+        self.rt.health.add("telemetry", lambda: self.ready or self.standby)
+        self._tasks.append(asyncio.create_task(self._publish_loop(), name="telemetry-publish"))
+        log.info("telemetry started", extra={"runtime": self.mode, "nodes": len(self.topology.nodes),
                                              "stations": len(self.topology.stations)})
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for t in self._tasks:
+            t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.runtime.stop()
+                await t
+        self._tasks.clear()
+        await self._stop_worker()
+        if self.lease is not None:
+            await self.lease.release()
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait (real time) until this replica is the active, recovered worker."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.ready:
+            if loop.time() > deadline:
+                raise TimeoutError("telemetry did not become the active, recovered worker")
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ active/standby (faust mode)
+    async def _lease_loop(self) -> None:
+        assert self.lease is not None
+        while True:
+            leader = await self.lease.renew()
+            if leader and self.runtime is None:
+                # two replicas racing for a free lease both read it back as theirs only in a narrow
+                # window: confirm after a pause before joining the consumer group
+                await self.rt.clock.sleep(min(1.0, self.lease.renew_every_s))
+                if await self.lease.renew():
+                    await self._start_worker()
+            elif not leader and self.runtime is not None:
+                log.warning("telemetry lost its lease; stopping the worker")
+                await self._stop_worker()
+            await self.rt.clock.sleep(self.lease.renew_every_s)
+
+    async def _start_worker(self) -> None:
+        from gridcharge.telemetry.adapters.faust_runtime import FaustRuntime
+
+        # a fresh core each term: the changelog is the state, not what this replica saw before
+        self.core = TelemetryCore(self.topology, self.settings.core_config())
+        self.engine = Engine(self.core, self.metrics, self.producer)
+        runtime = FaustRuntime(self.rt, self.engine, self.settings, self._after_record)
+        self.runtime = runtime
+        try:
+            await runtime.start()
+        except Exception:
+            log.exception("faust worker failed to start; retrying on the next lease renewal")
+            await self._stop_worker()
+
+    async def _stop_worker(self) -> None:
+        runtime, self.runtime = self.runtime, None
+        if runtime is not None:
+            await runtime.stop()
 
     async def _publish_loop(self) -> None:
         period = self.settings.telemetry_snapshot_s
         while True:
             now = self.rt.clock.time()
             await self.rt.clock.sleep(period - (now % period) if period > 0 else 1.0)
-            if not self.runtime.ready:
+            if not self.ready:
                 continue          # state not recovered yet: publishing would understate the load
             try:
                 await self.publish_once()
@@ -88,7 +147,7 @@ class TelemetryService:
         """Fast path for the limiter: a grid-meter reading that moves its node's load by
         `telemetry_fast_delta` of the limit, or above `telemetry_fast_above` of it, is published at once
         (with the node's ancestors) instead of waiting up to one snapshot period."""
-        if topic != C.GRID_METER_READINGS.name or outcome is not Outcome.OK or not self.runtime.ready:
+        if topic != C.GRID_METER_READINGS.name or outcome is not Outcome.OK or not self.ready:
             return
         node_id = key if key in self.topology.node_by_id else None
         if node_id is None:

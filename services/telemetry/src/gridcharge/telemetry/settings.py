@@ -21,6 +21,7 @@ class TelemetrySettings(Settings):
     telemetry_group: str = "gridcharge-telemetry"   # consumer group / faust app id (topic prefix is prepended)
     telemetry_datadir: Path | None = None      # faust data dir (default: a fresh temp dir)
     telemetry_faust_web_port: int = 0          # 0 = faust's own web server off (our HTTP edge serves /metrics)
+    telemetry_lease_ttl_s: float = 15.0        # faust mode: active/standby lease in the store (s)
     telemetry_nodeload_ttl_s: float = 60.0     # TTL of nodeload:<node> in the store
     telemetry_fast_delta: float = 0.05         # publish at once when a meter moves its node's load by this × limit
     telemetry_fast_above: float = 0.9          # ... or shows more than this × limit on a phase
