@@ -13,9 +13,12 @@ from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.adapters.server import OcppServer
 from gridcharge.gateway.config import GatewaySettings, gateway_settings
 from gridcharge.gateway.handlers.base import StationSession
+from gridcharge.shared.contracts import COMMAND_RESULTS, METER_VALUES, STATION_CAPABILITIES, STATION_EVENTS
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.service import load_settings_and_topology, serve
 from gridcharge.shared.topology import Topology
+
+PRODUCED_TOPICS = (STATION_EVENTS, METER_VALUES, STATION_CAPABILITIES, COMMAND_RESULTS)
 
 
 class GatewayService:
@@ -45,6 +48,11 @@ class GatewayService:
         return self.server.port
 
     async def start(self) -> None:
+        ensure = getattr(self.rt.bus, "ensure_topics", None)
+        if ensure is not None:
+            # create the topics we produce up front: the first publish to a missing topic is slow (admin
+            # round trip, leader election) and would otherwise stall the first burst of stations
+            await ensure([t.name for t in PRODUCED_TOPICS])
         await self.registry.start()
         await self.dispatcher.start()
         await self.server.start()
