@@ -11,8 +11,8 @@
 # topology.yaml (the scenario's topology), report/ (the simulator's report, written when it stops).
 # Environment: SCENARIO (office), UP_DURATION (scenario length, default the scenario's own),
 # GRIDCHARGE_TOPIC_PREFIX / GRIDCHARGE_STORE_PREFIX (default "up." / "up:" so runs never mix with tests),
-# OCPP_PORT (9000), WEATHER_PORT (8090: the simulator serves the scenario's forecast weather there).
-# Ports: gateway HTTP 8080, telemetry 8081, forecasting 8082, allocation 8083 (docs/DEVELOPING.md).
+# OCPP_PORT (9000), WEATHER_PORT (8090: the simulator serves the scenario's forecast weather there),
+# UP_HTTP_PORT_BASE (8080): gateway HTTP 8080, telemetry 8081, forecasting 8082, allocation 8083 (DEVELOPING.md).
 set -euo pipefail
 
 PROG="up.sh"
@@ -27,7 +27,9 @@ SCENARIO="${SCENARIO:-office}"
 OCPP_PORT="${OCPP_PORT:-9000}"
 WEATHER_PORT="${WEATHER_PORT:-8090}"
 SERVICES=(gateway telemetry forecasting allocation)
-declare -A HTTP_PORT=([gateway]=8080 [telemetry]=8081 [forecasting]=8082 [allocation]=8083)
+HTTP_BASE="${UP_HTTP_PORT_BASE:-8080}"
+declare -A HTTP_PORT=([gateway]=$((HTTP_BASE)) [telemetry]=$((HTTP_BASE + 1)) [forecasting]=$((HTTP_BASE + 2))
+                      [allocation]=$((HTTP_BASE + 3)))
 
 say() { echo "$PROG: $*"; }
 die() { echo "$PROG: error: $*" >&2; exit 1; }
@@ -79,7 +81,7 @@ start() {
     GRIDCHARGE_HTTP_PORT="${HTTP_PORT[$svc]}" GRIDCHARGE_REPLICA_ID="$svc-0" launch "$svc" "$PY" -m "gridcharge.$svc"
   done
   wait_port "$OCPP_PORT" 60 || die "gateway did not open port $OCPP_PORT (see $RUN/gateway.log)"
-  say "up: OCPP ws://127.0.0.1:$OCPP_PORT/ocpp/{station_id}, metrics on :8080-8083/metrics, logs in $RUN"
+  say "up: OCPP ws://127.0.0.1:$OCPP_PORT/ocpp/{station_id}, metrics on :$HTTP_BASE-$((HTTP_BASE + 3))/metrics, logs in $RUN"
   say "stop with 'make down' (the simulator writes its report to $RUN/report when it stops)"
 }
 

@@ -1,6 +1,8 @@
-"""The allocation service as its own process with e2e timing: leases of E2E_LEASE_S seconds (default 30)
-instead of 10 min, so a killed allocator shows its fail-safe within a test's minutes. Otherwise exactly
-`python -m gridcharge.allocation`."""
+"""The allocation service as its own process with e2e timing. The e2e scenarios compress a day into minutes,
+so the allocator's time scales are compressed with them: leases of E2E_LEASE_S seconds (default 30) instead
+of 10 min, so a killed allocator shows its fail-safe within a test's minutes, and planning slots of
+E2E_SLOT_S (default 60 s) instead of 15 min, so a stay of two minutes spans more than one slot.
+Otherwise exactly `python -m gridcharge.allocation`."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ from gridcharge.shared.service import load_settings_and_topology, serve
 from gridcharge.shared.topology import Topology
 
 LEASE_S = float(os.environ.get("E2E_LEASE_S", "30"))
+SLOT_S = float(os.environ.get("E2E_SLOT_S", "60"))
 
 
 def create_service(rt: Runtime, topology: Topology) -> AllocationService:
-    return AllocationService(rt, topology, AllocatorConfig(lease_s=LEASE_S, plan_interval_s=10.0))
+    return AllocationService(rt, topology, AllocatorConfig(
+        lease_s=LEASE_S, slot_s=SLOT_S, horizon_slots=120, plan_interval_s=5.0))
 
 
 create_service.service_name = "allocation"  # type: ignore[attr-defined]

@@ -3,7 +3,7 @@
 command key, the generations the stations accepted only ever increase).
 
 Timeline (real time): cars arrive at 5 s and charge under short leases (so the allocator keeps commanding);
-the broker restarts at 45 s; the allocator is stopped at 120 s so the last commands can drain; at 150 s the
+the broker restarts at 30 s; the allocator is stopped at 95 s so the last commands can drain; at 120 s the
 run ends and both topics are read back from the broker.
 """
 
@@ -28,7 +28,7 @@ from gridcharge.shared.bus.base import Record
 from gridcharge.simulator.scenario import Scenario, build_scenario, scenario_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import ROOT, Cluster, Timeline, require_infra, run_timeline  # noqa: E402
+from harness import ROOT, Cluster, Timeline, require_infra, run_timeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(600)]
 Oc = command_pb2.CommandOutcome
@@ -42,9 +42,9 @@ def _scenario() -> Scenario:
         return (now + timedelta(seconds=s)).isoformat().replace("+00:00", "Z")
 
     data.update({
-        "start": at(0), "duration": "150s", "step": "1s", "meter_interval": "5s", "grid_meter_interval": "2s",
+        "start": at(0), "duration": "120s", "step": "1s", "meter_interval": "5s", "grid_meter_interval": "2s",
         "events": [],
-        "fleet": [{"stations": "office-*", "arrival": at(5), "arrival_std": "2s", "departure": at(140),
+        "fleet": [{"stations": "office-*", "arrival": at(5), "arrival_std": "2s", "departure": at(115),
                    "departure_std": "2s", "min_stay": "60s", "battery_kwh": [20, 20], "arrival_soc": [0.5, 0.5],
                    "target_soc": [0.6, 0.6], "max_current_a": [16, 32], "share": 0.5}],
     })
@@ -66,7 +66,7 @@ async def _read_topic(bootstrap: str, prefix: str, topic: str, idle_s: float = 4
 
     sub = await bus.subscribe([topic], f"reader-{uuid.uuid4().hex[:8]}", handle, from_beginning=True)
     await sub.wait_assigned()
-    while time.monotonic() - last < idle_s:
+    while time.monotonic() - last < idle_s:  # noqa: ASYNC110 - idle detection, not an event
         await asyncio.sleep(0.2)
     await bus.stop()
     return got
@@ -89,8 +89,8 @@ def test_kafka_restart_no_command_lost_none_out_of_order() -> None:
         cluster.procs["allocation"].stop()
 
     try:
-        asyncio.run(run_timeline(cluster, [(45.0, "kafka_restart", restart_kafka),
-                                           (120.0, "allocator_stopped", stop_allocator)]))
+        asyncio.run(run_timeline(cluster, [(30.0, "kafka_restart", restart_kafka),
+                                           (95.0, "allocator_stopped", stop_allocator)]))
     except Exception:
         for name in cluster.procs:
             print(f"--- {name} ---\n{cluster.tail(name)}")

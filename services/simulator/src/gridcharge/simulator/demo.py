@@ -46,6 +46,18 @@ def free_port() -> int:
         return port
 
 
+def port_or_any(port: int) -> int:
+    """`port` if it can be bound on loopback now, else 0 (any free port; the demo prints the one it got)."""
+    if port == 0:
+        return 0
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
 def load_factories(names: tuple[str, ...] = SERVICES) -> tuple[dict[str, Callable[..., Service]], list[str]]:
     """create_service of every service that is built; the names of those that are not."""
     found: dict[str, Callable[..., Service]] = {}
@@ -148,7 +160,8 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
     weather = make_weather(scenario.topology, scenario.spec.weather, scenario.start_s, days)
     weather_srv = await start_weather_server(weather_payload(weather))
     settings = Settings.from_env(
-        {}, bus="memory", http_host="127.0.0.1", http_port=http_port, ocpp_host="127.0.0.1", ocpp_port=free_port(),
+        {}, bus="memory", http_host="127.0.0.1", http_port=port_or_any(http_port), ocpp_host="127.0.0.1",
+        ocpp_port=free_port(),
         weather_base_url=f"http://127.0.0.1:{weather_srv.port}", log_level="WARNING", log_json=False,
         replica_id="demo")
     rt = build_runtime(settings, clock)

@@ -57,7 +57,7 @@ class SessionResult:
 
     @property
     def on_time(self) -> bool:
-        return self.delivered_wh >= self.need_wh - max(100.0, 0.01 * self.need_wh)
+        return self.delivered_wh >= self.need_wh - max(5.0, 0.01 * self.need_wh)
 
 
 @dataclass
