@@ -59,6 +59,7 @@ def problems(draw: st.DrawFn) -> PlanningProblem:
         solver=draw(st.sampled_from(["auto", "ipm"])),
         coarse_factor=draw(st.sampled_from([1, 3])),
         fine_slots=draw(st.integers(0, 3)),
+        hierarchical=draw(st.booleans()),
     )
     return PlanningProblem(SlotGrid(datetime(2026, 1, 1), T, 900.0), nodes, evses, sessions, price, pv, cfg)
 

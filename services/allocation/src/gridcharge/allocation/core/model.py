@@ -150,6 +150,7 @@ class PlannerConfig:
     weighted_secondary_share: float = 1e-2
     fine_slots: int = 8
     coarse_factor: int = 1
+    hierarchical: bool = True
     highs_options: tuple[tuple[str, str | float | int | bool], ...] = ()
 
 

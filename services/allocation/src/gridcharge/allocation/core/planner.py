@@ -132,6 +132,85 @@ def _blocks(T: int, fine_slots: int, factor: int) -> tuple[IntArray, IntArray]:
     return starts, ends
 
 
+def _node_parents(ix: _Indexed, sess: IntArray) -> IntArray | None:
+    """Parent node index of every node as implied by the sessions' paths (−1 = top); None if the paths
+    do not form one forest (a node with two different parents)."""
+    N = len(ix.node_ids)
+    parent = np.full(N, -2, dtype=np.int64)  # −2 = not on any path
+    for s in sess:
+        n_ph = int(ix.n_ph[s])
+        path = ix.row_idx[ix.row_ptr[s] : ix.row_ptr[s + 1] : n_ph] // PHASES
+        for i, node in enumerate(path):
+            par = int(path[i + 1]) if i + 1 < path.size else -1
+            if parent[node] == -2:
+                parent[node] = par
+            elif parent[node] != par:
+                return None
+    return parent
+
+
+def _direct_rows(
+    ix: _Indexed, sess: IntArray, sess_local: IntArray, var_s: IntArray, var_b: IntArray, k_var: FloatArray,
+    ub: FloatArray, cap_blk: FloatArray,
+) -> tuple[sp.csc_matrix, FloatArray, FloatArray, FloatArray, int, int]:
+    """Capacity rows Σ V·x ≤ C for every node on every session's path (one entry per var × path row)."""
+    nv = var_s.size
+    B = cap_blk.shape[1]
+    reps = np.diff(ix.row_ptr)[var_s]
+    var_rep = np.repeat(np.arange(nv), reps)
+    off = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+    node_row = ix.row_idx[ix.row_ptr[var_s[var_rep]] + off]
+    cap_flat = cap_blk.reshape(-1)
+    key = node_row * B + var_b[var_rep]
+    finite = np.isfinite(cap_flat[key])
+    key, var_rep = key[finite], var_rep[finite]
+    ukeys, crow = np.unique(key, return_inverse=True)
+    n_cap = ukeys.size
+    rows_i = np.concatenate([crow, n_cap + sess_local])
+    cols_i = np.concatenate([var_rep, np.arange(nv)])
+    vals = np.concatenate([ix.volt[var_s[var_rep]], k_var])
+    n_rows = n_cap + sess.size
+    A = sp.csc_matrix((vals, (rows_i, cols_i)), shape=(n_rows, nv))
+    row_ub = np.concatenate([cap_flat[ukeys], ix.need_wh[sess]])
+    return A, np.full(n_rows, -highspy.kHighsInf), row_ub, ub, n_rows, nv
+
+
+def _hierarchical_rows(
+    ix: _Indexed, sess: IntArray, sess_local: IntArray, var_s: IntArray, var_b: IntArray, k_var: FloatArray,
+    ub: FloatArray, cap_blk: FloatArray, parent: IntArray,
+) -> tuple[sp.csc_matrix, FloatArray, FloatArray, FloatArray, int, int]:
+    """Same constraints with a load variable L[n,φ,b] ≤ C per node: L_n = Σ V·x (sessions whose nearest node
+    is n) + Σ L_child. Each x appears only in its nearest node's rows, so the matrix (and the interior point's
+    normal equations) stay sparse however deep the tree and however many sessions share the top node."""
+    nv = var_s.size
+    N3, B = cap_blk.shape
+    n_l = N3 * B
+    # x entries: the first n_ph rows of a session's row list belong to its nearest node
+    reps = ix.n_ph[var_s].astype(np.int64)
+    var_rep = np.repeat(np.arange(nv), reps)
+    off = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+    node_row = ix.row_idx[ix.row_ptr[var_s[var_rep]] + off]
+    bal_x = node_row * B + var_b[var_rep]
+    # L entries: −1 in its own balance row, +1 in the parent's
+    l_idx = np.arange(n_l)
+    l_node = (l_idx // B) // PHASES
+    l_phase = (l_idx // B) % PHASES
+    l_blk = l_idx % B
+    has_par = parent[l_node] >= 0
+    par_row = (parent[l_node[has_par]] * PHASES + l_phase[has_par]) * B + l_blk[has_par]
+    n_bal = n_l
+    rows_i = np.concatenate([bal_x, l_idx, par_row, n_bal + sess_local])
+    cols_i = np.concatenate([var_rep, nv + l_idx, nv + l_idx[has_par], np.arange(nv)])
+    vals = np.concatenate([ix.volt[var_s[var_rep]], -np.ones(n_l), np.ones(int(has_par.sum())), k_var])
+    n_rows = n_bal + sess.size
+    A = sp.csc_matrix((vals, (rows_i, cols_i)), shape=(n_rows, nv + n_l))
+    cap = cap_blk.reshape(-1)
+    col_ub = np.concatenate([ub, np.where(np.isfinite(cap), cap, highspy.kHighsInf)])
+    row_lb = np.concatenate([np.zeros(n_bal), np.full(sess.size, -highspy.kHighsInf)])
+    row_ub = np.concatenate([np.zeros(n_bal), ix.need_wh[sess]])
+    return A, row_lb, row_ub, col_ub, n_rows, nv + n_l
+
+
 def _solve_lp(
     ix: _Indexed,
     cfg: PlannerConfig,
@@ -167,25 +246,14 @@ def _solve_lp(
     ub = np.minimum(ix.imax[var_s], ix.need_wh[var_s] / k_var)
     cap_blk = np.minimum.reduceat(ix.cap_w, bs, axis=1) if B < T else ix.cap_w
 
-    # capacity rows: one entry per (variable, node×phase row of its session) — CSR expansion, no loops
-    reps = np.diff(ix.row_ptr)[var_s]
-    var_rep = np.repeat(np.arange(nv), reps)
-    off = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-    node_row = ix.row_idx[ix.row_ptr[var_s[var_rep]] + off]
-    cap_flat = cap_blk.reshape(-1)
-    key = node_row * B + var_b[var_rep]
-    finite = np.isfinite(cap_flat[key])
-    key, var_rep = key[finite], var_rep[finite]
-    ukeys, crow = np.unique(key, return_inverse=True)
-    n_cap = ukeys.size
-    # energy rows: Σ_t k·x ≤ remaining need
     sess_local = np.searchsorted(sess, var_s)
-    rows_i = np.concatenate([crow, n_cap + sess_local])
-    cols_i = np.concatenate([var_rep, np.arange(nv)])
-    vals = np.concatenate([ix.volt[var_s[var_rep]], k_var])
-    n_rows = n_cap + sess.size
-    A = sp.csc_matrix((vals, (rows_i, cols_i)), shape=(n_rows, nv))
-    row_ub = np.concatenate([cap_flat[ukeys], ix.need_wh[sess]])
+    parent = _node_parents(ix, sess) if cfg.hierarchical else None
+    if parent is not None:
+        A, row_lb, row_ub, col_ub, n_rows, n_cols = _hierarchical_rows(ix, sess, sess_local, var_s, var_b, k_var,
+                                                                        ub, cap_blk, parent)
+    else:
+        A, row_lb, row_ub, col_ub, n_rows, n_cols = _direct_rows(ix, sess, sess_local, var_s, var_b, k_var, ub,
+                                                                  cap_blk)
 
     # stage 1: maximise Σ w·E·(1 + early·(T−t)/T)   (kWh)
     e_kwh = k_var / 1000.0
@@ -215,12 +283,12 @@ def _solve_lp(
     for name, value in cfg.highs_options:
         h.setOptionValue(name, value)
     lp = highspy.HighsLp()
-    lp.num_col_ = nv
+    lp.num_col_ = n_cols
     lp.num_row_ = n_rows
-    lp.col_cost_ = c1
-    lp.col_lower_ = np.zeros(nv)
-    lp.col_upper_ = ub
-    lp.row_lower_ = np.full(n_rows, -highspy.kHighsInf)
+    lp.col_cost_ = np.concatenate([c1, np.zeros(n_cols - nv)])
+    lp.col_lower_ = np.zeros(n_cols)
+    lp.col_upper_ = col_ub
+    lp.row_lower_ = row_lb
     lp.row_upper_ = row_ub
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_ = A.indptr.astype(np.int32)
@@ -236,7 +304,7 @@ def _solve_lp(
 
     def add_secondary(mult: float) -> None:
         """Add PV and fairness columns/rows, their objective scaled by ``mult``."""
-        n_col = nv
+        n_col = n_cols
         # PV: u[n,b] ≤ surplus, u[n,b] ≤ Σ power of sessions below n; reward used surplus
         for node_row0, surplus in pv_w.items():
             under = np.asarray(ix.load_matrix[node_row0 : node_row0 + PHASES].sum(axis=0)).ravel() > 0
@@ -307,9 +375,12 @@ def _solve_lp(
         add_secondary(mult)
     h.run()
     status = h.modelStatusToString(h.getModelStatus())
-    x = np.asarray(h.getSolution().col_value, dtype=float)
-    if x.size < nv or status != "Optimal":
+    sol = h.getSolution()
+    x = np.asarray(sol.col_value, dtype=float)
+    if x.size < nv or not (status == "Optimal" or sol.value_valid):
         return _LpResult(x_full, status, 0.0, 1)
+    # a non-optimal but valid primal point (time limit, imprecise IPM) is still used: rounding and the repair
+    # pass keep it within every capacity; ``status`` tells the caller
     x = x[:nv]
     e1 = float(w_e @ x)
     stages = 1
