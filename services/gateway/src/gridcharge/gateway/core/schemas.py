@@ -1,8 +1,12 @@
 """JSON-schema validation of OCPP payloads against the official schemas shipped with the `ocpp` library.
 
 Validation is synchronous (the library's default hops to a thread pool for every message, which costs
-more than the validation itself). Errors map to version-correct CALLERROR kinds with a description that
-names the failed rule and the field path, never the station's values.
+more than the validation itself) and uses validators compiled to Python code by `fastjsonschema` (about
+ten times faster than `jsonschema` on this hot path). `format` keywords (date-time, uri) are not enforced,
+as with the `ocpp` library; timestamps are parsed leniently where they are used. The three 1.6 schemas with
+`multipleOf: 0.1` are checked with `jsonschema` on Decimal values (0.3 is not a float multiple of 0.1).
+Errors map to version-correct CALLERROR kinds with a description that names the failed rule and the field
+path, never the station's values.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import fastjsonschema
 import ocpp
 from gridcharge.gateway.core.errors import Err, Version, cap, schema_error_kind
 from jsonschema import Draft4Validator
@@ -43,15 +48,29 @@ def known_actions(version: Version) -> frozenset[str]:
 
 
 @cache
-def _validator(version: Version, action: str, part: str) -> Draft4Validator | None:
-    """part: 'req' (the CALL payload) or 'conf' (the CALLRESULT payload)."""
+def _compiled(version: Version, action: str, part: str) -> Any:
+    """fastjsonschema validator function, or None when the action is unknown."""
     if action not in known_actions(version):
         return None
+    with open(_schema_path(version, action, part), encoding="utf-8-sig") as f:
+        schema = json.load(f)
+    return fastjsonschema.compile(schema, use_formats=False)
+
+
+def _schema_path(version: Version, action: str, part: str) -> str:
     if version is Version.V16:
         name = action + ("Response" if part == "conf" else "")
     else:
         name = action + ("Response" if part == "conf" else "Request")
-    with open(os.path.join(_schema_dir(version), name + ".json"), encoding="utf-8-sig") as f:
+    return os.path.join(_schema_dir(version), name + ".json")
+
+
+@cache
+def _validator(version: Version, action: str, part: str) -> Draft4Validator | None:
+    """part: 'req' (the CALL payload) or 'conf' (the CALLRESULT payload)."""
+    if action not in known_actions(version):
+        return None
+    with open(_schema_path(version, action, part), encoding="utf-8-sig") as f:
         text = f.read()
     parse_float: Any = decimal.Decimal if version is Version.V16 and (action, part) in _DECIMAL_16 else float
     return Draft4Validator(json.loads(text, parse_float=parse_float))
@@ -63,11 +82,26 @@ def _needs_decimal(version: Version, action: str, part: str) -> bool:
 
 def validate(version: Version, action: str, part: str, payload: dict[str, Any]) -> SchemaViolation | None:
     """Check `payload` of `action` ('req' or 'conf'); None when valid."""
-    validator = _validator(version, action, part)
-    if validator is None:
-        return SchemaViolation(Err.NOT_IMPLEMENTED, f"no schema for {action}")
     if _needs_decimal(version, action, part):
-        payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
+        return _validate_decimal(version, action, part, payload)
+    check = _compiled(version, action, part)
+    if check is None:
+        return SchemaViolation(Err.NOT_IMPLEMENTED, f"no schema for {action}")
+    try:
+        check(payload)
+    except fastjsonschema.JsonSchemaValueException as err:
+        path = "/".join(str(p) for p in (err.path or [])[1:])
+        return SchemaViolation(schema_error_kind(str(err.rule)),
+                               cap(f"{action}: '{err.rule}' violated at '/{cap(path, 120)}'"))
+    except Exception:   # generated code meeting input it did not foresee: still a violation, never a crash
+        return SchemaViolation(Err.FORMAT, f"{action}: payload not valid")
+    return None
+
+
+def _validate_decimal(version: Version, action: str, part: str, payload: dict[str, Any]) -> SchemaViolation | None:
+    validator = _validator(version, action, part)
+    assert validator is not None
+    payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
     try:
         err = next(validator.iter_errors(payload), None)
     except RecursionError:
