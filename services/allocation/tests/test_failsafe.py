@@ -130,3 +130,17 @@ def test_fit_caps_raises_only_within_room_lowerings_always() -> None:
     assert ok["a"] == 24.0                      # p has 30 A: b keeps 6 on L2
     assert ok["b"] == 6.0                       # no room left on p/L2
     assert not violations(TOPO, cap, {**wc, **ok})
+
+
+def test_over_capacity_never_cuts_below_the_floor() -> None:
+    """Σ floors above the capacity (margin, limit drop): cutting a car below its floor frees nothing."""
+    cap = {"site": np.full(3, 40 * 230.0), "p": np.full(3, 10 * 230.0)}
+    wc = {"a": 6.0, "b": 6.0, "c": 6.0}
+    floors = dict(wc)
+    ok = fit_caps(TOPO, cap, wc, {"a": 6.0, "b": 6.0}, ["a", "b"], floor_a=floors)
+    assert ok == {"a": 6.0, "b": 6.0}
+    # above the floor it does cut, least important (last in order) first
+    wc2 = {"a": 16.0, "b": 6.0, "c": 6.0}
+    ok = fit_caps(TOPO, {"site": np.full(3, 40 * 230.0), "p": np.full(3, 20 * 230.0)}, wc2,
+                  {"a": 16.0, "b": 6.0}, ["b", "a"], floor_a=floors)
+    assert ok["a"] == 14.0 and ok["b"] == 6.0

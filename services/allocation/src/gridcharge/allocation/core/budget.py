@@ -228,7 +228,9 @@ def fit_caps(
         if over > 1e-9:
             base = approved.get(sid, wc.get(sid, 0.0))
             new = max(0.0, min(desired_a[sid], eff(sid, base) - over))
-            if new < base:
+            # only a cut that lowers the worst case helps; below the floor it would just stop the car
+            new = max(new, min(floors.get(sid, 0.0), desired_a[sid]))
+            if eff(sid, new) < eff(sid, base) - 1e-9:
                 approved[sid] = new
                 shift(target, sid, eff(sid, new) - eff(sid, base))
     for sid in order:
