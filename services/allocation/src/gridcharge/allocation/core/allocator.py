@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 from gridcharge.allocation.core import profiles as P
@@ -629,7 +629,3 @@ class Allocator:
                     out[st.value] += 1
             out["expired"] += len(led.expired - keys)
         return out
-
-
-def next_plan_due(last: datetime | None, now: datetime, interval_s: float) -> bool:
-    return last is None or now - last >= timedelta(seconds=interval_s)
