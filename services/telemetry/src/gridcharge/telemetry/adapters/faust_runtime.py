@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATION_TOPICS = (C.STATION_EVENTS, C.METER_VALUES, C.COMMANDS, C.COMMAND_RESULTS)
 GRID_TOPICS = (C.GRID_METER_READINGS, C.WEATHER)
+STOP_TIMEOUT_S = 30.0
 
 
 class FaustRuntime:
@@ -131,8 +132,12 @@ class FaustRuntime:
 
     async def stop(self) -> None:
         self.ready = False
-        with contextlib.suppress(Exception):
-            await self.app.stop()
+        try:   # faust's shutdown can hang on a broker hiccup; the process must still stop
+            await asyncio.wait_for(self.app.stop(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("faust worker did not stop in time; abandoned", extra={"timeout_s": STOP_TIMEOUT_S})
+        except Exception:
+            log.warning("faust worker stop failed", exc_info=True)
         if self._tmpdir is not None:
             with contextlib.suppress(Exception):
                 self._tmpdir.cleanup()
