@@ -371,8 +371,11 @@ def record(text: str, path: Path = Path("docs/benchmarks.md")) -> None:
     if start_marker in doc and end_marker in doc:
         pre, rest = doc.split(start_marker, 1)
         doc = pre + block + rest.split(end_marker, 1)[1]
-    elif SECTION_HEAD in doc:
-        doc = doc.replace(SECTION_HEAD, SECTION_HEAD + "\n\n" + block + "\n", 1)
+    elif SECTION_HEAD in doc:        # at the end of the section, before the next "## " heading
+        head = doc.index(SECTION_HEAD)
+        nxt = doc.find("\n## ", head + len(SECTION_HEAD))
+        end = len(doc) if nxt < 0 else nxt + 1
+        doc = doc[:end].rstrip("\n") + "\n\n" + block + "\n" + ("\n" + doc[end:] if end < len(doc) else "")
     else:
         doc = doc.rstrip("\n") + f"\n\n{SECTION_HEAD}\n\n{block}\n"
     path.write_text(doc, encoding="utf-8")
