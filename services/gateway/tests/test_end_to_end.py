@@ -132,3 +132,24 @@ async def test_offline_timeout_and_call_error(gateway: Gateway) -> None:
     assert results[2].outcome == Oc.COMMAND_OUTCOME_REJECTED and results[2].status == "Unknown"
     await c.close()
     await asyncio.sleep(0)
+
+
+async def test_transaction_events_deduped_and_ordered_201(gateway: Gateway) -> None:
+    c = await booted(gateway, "CS1", "ocpp2.0.1")
+
+    def tx(kind: str, seq: int, state: str = "Charging") -> dict[str, object]:
+        return {"eventType": kind, "timestamp": "2026-06-01T10:00:00Z", "triggerReason": "ChargingStateChanged",
+                "seqNo": seq, "transactionInfo": {"transactionId": "T-9", "chargingState": state},
+                "evse": {"id": 1, "connectorId": 1}}
+
+    for step, seq in (("Started", 0), ("Updated", 2), ("Updated", 1), ("Updated", 1), ("Started", 0), ("Ended", 3)):
+        res = await c.call("TransactionEvent", tx(step, seq))
+        assert res[0] == 3, res
+    await gateway.wait_for(lambda: "transaction_ended" in gateway.kinds("CS1"))
+    seqs = []
+    for e in gateway.events:
+        kind = e.WhichOneof("payload")
+        if e.station_id == "CS1" and kind is not None and kind.startswith("transaction_"):
+            seqs.append(getattr(e, kind).seq_no)
+    assert seqs == [0, 1, 2, 3]
+    await c.close()
