@@ -113,8 +113,9 @@ class StationSession(ChargePoint):
     async def route_message(self, raw_msg: str | bytes) -> None:
         """Handle one frame; never raises (a bug in a handler becomes an InternalError CALLERROR)."""
         frame = frames.parse_frame(raw_msg)
+        allowed = self.bucket.allow()   # every frame counts against the per-connection rate
         if type(frame) is CallFrame:
-            if not self.bucket.allow():
+            if not allowed:
                 MESSAGES.labels(action=self._action_label(frame.action), direction="in", outcome="error").inc()
                 await self._send_error(frame.unique_id, Err.GENERIC, "rate limit exceeded")
                 return
@@ -122,17 +123,19 @@ class StationSession(ChargePoint):
         elif type(frame) is ResultFrame or type(frame) is ErrorFrame:
             fut = self._pending.pop(frame.unique_id, None)
             if fut is not None and not fut.done():
-                fut.set_result(frame)
+                fut.set_result(frame)       # answers to our own CALLs are bounded by those CALLs
             else:
                 MESSAGES.labels(action="unknown", direction="in", outcome="error").inc()
-                log.info("answer to no pending CALL", extra={"station": safe(self.id, 48),
-                                                            "unique_id": safe(frame.unique_id, 36)})
+                if allowed:
+                    log.debug("answer to no pending CALL", extra={"station": safe(self.id, 48),
+                                                                 "unique_id": safe(frame.unique_id, 36)})
         else:
             assert isinstance(frame, BadFrame)
             MESSAGES.labels(action="unknown", direction="in", outcome="error").inc()
-            log.info("bad frame", extra={"station": safe(self.id, 48), "error": frame.description})
-            if frame.respond and self.bucket.allow():
-                await self._send_error(frame.unique_id, frame.kind, frame.description)
+            if allowed:
+                log.info("bad frame", extra={"station": safe(self.id, 48), "error": frame.description})
+                if frame.respond:
+                    await self._send_error(frame.unique_id, frame.kind, frame.description)
 
     def _action_label(self, action: str) -> str:
         return action if action in schemas.known_actions(self.version) else "unknown"
