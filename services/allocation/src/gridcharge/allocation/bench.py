@@ -256,6 +256,8 @@ def synthetic_problem(n_sessions: int, seed: int = 0, slots: int = 96, slot_s: f
 DEFAULT_VARIANTS: dict[str, PlannerConfig] = {
     "exact (96 × 15 min)": PlannerConfig(time_limit_s=60.0),
     "blocks (8 × 15 min, then 1 h)": PlannerConfig(coarse_factor=4, time_limit_s=60.0),
+    "blocks (4 × 15 min, then 1 h), IPM weighted": PlannerConfig(coarse_factor=4, fine_slots=4,
+                                                                 auto_threshold_vars=0, time_limit_s=60.0),
 }
 
 
@@ -323,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--algos", default="mpc,edf,llf,optimum")
     ap.add_argument("--sizes", default="100,1000,3000,10000")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--variant", action="append", default=None,
+                    help="solve-time: only variants whose label starts with this (repeatable)")
     args = ap.parse_args(argv)
     if args.which == "allocator":
         bench = run_allocator_bench(args.sessions, [float(c) for c in args.caps_kw.split(",")], args.days,
@@ -330,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{bench.sessions} sessions, {bench.periods} periods of 5 min")
         print(bench.table())
     else:
-        rows = run_solve_time_bench([int(s) for s in args.sizes.split(",")], args.repeats)
+        variants = {k: v for k, v in DEFAULT_VARIANTS.items()
+                    if not args.variant or any(k.startswith(p) for p in args.variant)}
+        rows = run_solve_time_bench([int(s) for s in args.sizes.split(",")], args.repeats, variants=variants)
         print(solve_time_table(rows))
 
 
