@@ -12,6 +12,7 @@ from gridcharge.allocation.core import (
     Evse,
     LpPlanner,
     NodeCapacity,
+    Plan,
     PlannerConfig,
     PlanningProblem,
     Session,
@@ -37,7 +38,7 @@ def sess(i: int, need_wh: float, dep: int | None, *, arr: int = 0, imax: float =
     return Session(f"s{i}", f"e{i}", need_wh, arr, dep, 6.0, imax, phases, V, prio)
 
 
-def solve(T: int, nodes: list[NodeCapacity], evses: list[Evse], sessions: list[Session], **kw: object):
+def solve(T: int, nodes: list[NodeCapacity], evses: list[Evse], sessions: list[Session], **kw: object) -> Plan:
     return LpPlanner().plan(PlanningProblem(grid(T), nodes, evses, sessions, **kw))  # type: ignore[arg-type]
 
 
