@@ -58,7 +58,10 @@ def plot_pv(sim: Simulation, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(10, 3.5))
     for n in nodes:
         ax.plot(t, [v / 1000 for v in r.pv_w[n]], lw=1.2, label=f"{n} actual")
-        ax.plot(t, [v / 1000 for v in r.pv_forecast_w[n]], lw=1.2, ls="--", label=f"{n} forecast")
+        ax.plot(t, [v / 1000 for v in r.pv_weather_fc_w[n]], lw=1.0, ls=":", label=f"{n} PV of the forecast weather")
+        if any(v == v for v in r.pv_forecast_w[n]):    # NaN when no headroom forecast was seen
+            ax.plot(t, [v / 1000 for v in r.pv_forecast_w[n]], lw=1.2, ls="--",
+                    label=f"{n} forecaster's PV (headroom forecast)")
     ax.set_title("PV: forecast vs actual")
     ax.set_ylabel("kW")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=sim.tz))

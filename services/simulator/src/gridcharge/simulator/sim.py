@@ -70,7 +70,8 @@ class Recorder:
     limit_w: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
     ev_w: dict[str, list[float]] = field(default_factory=dict)
     pv_w: dict[str, list[float]] = field(default_factory=dict)
-    pv_forecast_w: dict[str, list[float]] = field(default_factory=dict)
+    pv_forecast_w: dict[str, list[float]] = field(default_factory=dict)      # the forecaster's (HEADROOM pv_w)
+    pv_weather_fc_w: dict[str, list[float]] = field(default_factory=dict)    # PV of the forecast weather
     headroom_w: dict[str, list[tuple[float, float, float] | None]] = field(default_factory=dict)
     energy_wh: float = 0.0
     cost: float = 0.0
@@ -82,7 +83,7 @@ class Recorder:
     def __post_init__(self) -> None:
         for n in self.nodes:
             self.load_w[n], self.limit_w[n], self.headroom_w[n] = [], [], []
-            self.ev_w[n], self.pv_w[n], self.pv_forecast_w[n] = [], [], []
+            self.ev_w[n], self.pv_w[n], self.pv_forecast_w[n], self.pv_weather_fc_w[n] = [], [], [], []
 
     def peak(self, node: str) -> tuple[float, float, float]:
         rows = self.load_w[node]
@@ -271,6 +272,7 @@ class Simulation:
     def _record(self, t: float, dt_s: float, wh: float, total: dict[str, list[float]], ev: dict[str, list[float]],
                 pv: dict[str, list[float]]) -> None:
         r = self.rec
+        fc_pv = self.grid.pv_w(t, actual=False)
         r.t.append(t)
         r.energy_wh += wh
         r.cost += wh / 1000 * price_at(self.topo.tariff, t, self.tz)
@@ -283,9 +285,8 @@ class Simulation:
             r.pv_w[n].append(sum(pv[n]))
             head, pv_fc = self._headroom_at(n, t)
             r.headroom_w[n].append(head)
-            if pv_fc is None and n in self.grid.pv:
-                pv_fc = sum(self.grid.pv_w(t, actual=False).get(n, (0.0, 0.0, 0.0)))
-            r.pv_forecast_w[n].append(pv_fc or 0.0)
+            r.pv_forecast_w[n].append(pv_fc if pv_fc is not None else math.nan)
+            r.pv_weather_fc_w[n].append(sum(fc_pv.get(n, (0.0, 0.0, 0.0))))
             for k, ph in enumerate(PHASES):
                 if load[k] > lim[k] + 1e-6:
                     r.violations.append(Violation(t, n, ph, load[k], lim[k]))
