@@ -48,6 +48,7 @@ class TelemetryService:
         self.latest: dict[str, NodeLoadView] = {}
         self._fast_at: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._starting: asyncio.Task[None] | None = None
         self._router = build_router(rt.bus, rt.clock, set(topology.node_by_id), self.producer, lambda: self.latest)
 
     @property
@@ -81,6 +82,7 @@ class TelemetryService:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        await self._cancel_start()
         await self._stop_worker()
         if self.lease is not None:
             await self.lease.release()
@@ -96,19 +98,33 @@ class TelemetryService:
 
     # ------------------------------------------------------------------ active/standby (faust mode)
     async def _lease_loop(self) -> None:
+        """Renew the lease every TTL/3 — never blocked by starting the worker (that runs as its own
+        task), or the lease could lapse during a slow start and a second replica join the group."""
         assert self.lease is not None
+        confirmed = False
         while True:
             leader = await self.lease.renew()
-            if leader and self.runtime is None:
-                # two replicas racing for a free lease both read it back as theirs only in a narrow
-                # window: confirm after a pause before joining the consumer group
-                await self.rt.clock.sleep(min(1.0, self.lease.renew_every_s))
-                if await self.lease.renew():
-                    await self._start_worker()
-            elif not leader and self.runtime is not None:
-                log.warning("telemetry lost its lease; stopping the worker")
-                await self._stop_worker()
+            starting = self._starting
+            if leader and self.runtime is None and (starting is None or starting.done()):
+                # two replicas racing for a free lease can both read it back as theirs only in a narrow
+                # window: join the consumer group only on the second consecutive successful renewal
+                if confirmed:
+                    self._starting = asyncio.create_task(self._start_worker(), name="telemetry-worker-start")
+                confirmed = True
+            elif not leader:
+                confirmed = False
+                await self._cancel_start()
+                if self.runtime is not None:
+                    log.warning("telemetry lost its lease; stopping the worker")
+                    await self._stop_worker()
             await self.rt.clock.sleep(self.lease.renew_every_s)
+
+    async def _cancel_start(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
 
     async def _start_worker(self) -> None:
         from gridcharge.telemetry.adapters.faust_runtime import FaustRuntime
@@ -120,6 +136,9 @@ class TelemetryService:
         self.runtime = runtime
         try:
             await runtime.start()
+        except asyncio.CancelledError:
+            await self._stop_worker()
+            raise
         except Exception:
             log.exception("faust worker failed to start; retrying on the next lease renewal")
             await self._stop_worker()

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -92,30 +91,32 @@ class FaustRuntime:
 
         return recovered
 
-    async def _consume(self, stream: Any, table: Any) -> AsyncIterator[None]:
+    async def _process(self, stream: Any, table: Any) -> None:
+        """Apply each record, mirror changed source state into `table`, run the fast path. Nothing raised
+        here may end the agent (faust would restart it into the same record: a crash loop)."""
         plen = len(self.prefix)
         async for event in stream.events():
-            value = event.value if isinstance(event.value, bytes | bytearray) else b""
-            topic = event.message.topic[plen:]
-            outcome = self.engine.handle(topic, bytes(value), self.rt.clock.time())
-            for key in self.engine.core.take_dirty():
-                owner = self.station_table if key.startswith(("evse/", "station/")) else self.grid_table
-                if owner is table:
-                    table[key] = self.engine.core.export(key)
-                else:
-                    log.debug("state key of the other table ignored", extra={"key": key[:100]})
-            if self.after is not None:
-                rkey = event.key.decode("utf-8", "replace") if isinstance(event.key, bytes) else str(event.key)
-                await self.after(topic, rkey, outcome)
-            yield None
+            try:
+                value = event.value if isinstance(event.value, bytes | bytearray) else b""
+                topic = event.message.topic[plen:]
+                outcome = self.engine.handle(topic, bytes(value), self.rt.clock.time())
+                for key in self.engine.core.take_dirty():
+                    owner = self.station_table if key.startswith(("evse/", "station/")) else self.grid_table
+                    if owner is table:
+                        table[key] = self.engine.core.export(key)
+                if self.after is not None:
+                    rkey = event.key.decode("utf-8", "replace") if isinstance(event.key, bytes) else ""
+                    await self.after(topic, rkey, outcome)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("telemetry agent could not finish a record; skipped")
 
     async def _station_agent(self, stream: Any) -> None:
-        async for _ in self._consume(stream, self.station_table):
-            pass
+        await self._process(stream, self.station_table)
 
     async def _grid_agent(self, stream: Any) -> None:
-        async for _ in self._consume(stream, self.grid_table):
-            pass
+        await self._process(stream, self.grid_table)
 
     async def start(self) -> None:
         if isinstance(self.rt.bus, KafkaBus):   # source topics must exist with their registry settings

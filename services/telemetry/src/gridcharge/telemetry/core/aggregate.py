@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -636,7 +637,7 @@ class TelemetryCore:
                 if math.isnan(t) and site_t is not None:
                     t = site_t
                 if not math.isnan(t):
-                    views[nid] = _replace_ambient(v, t)
+                    views[nid] = replace(v, ambient_c=t)
         return views
 
     def stale_counts(self, now_s: float) -> dict[str, int]:
@@ -655,9 +656,3 @@ class TelemetryCore:
             if m is None or not self.meter_fresh(m, now_s):
                 meters += 1
         return {"station": stations, "meter": meters}
-
-
-def _replace_ambient(v: NodeLoadView, t: float) -> NodeLoadView:
-    from dataclasses import replace
-
-    return replace(v, ambient_c=t)
