@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,16 +42,18 @@ _ids = itertools.count(1)
 
 
 class TokenBucket:
-    """Allows `rate` messages/s sustained and `burst` at once."""
+    """Allows `rate` messages/s sustained and `burst` at once, in the injected clock's time (a simulation
+    sped up 500x is not a flood: its stations keep their simulated pace)."""
 
-    __slots__ = ("burst", "rate", "stamp", "tokens")
+    __slots__ = ("burst", "now", "rate", "stamp", "tokens")
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst, self.tokens, self.stamp = rate, float(burst), float(burst), time.monotonic()
+    def __init__(self, rate: float, burst: int, now: Callable[[], float]) -> None:
+        self.rate, self.burst, self.tokens, self.now = rate, float(burst), float(burst), now
+        self.stamp = now()
 
     def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        now = self.now()
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
@@ -81,7 +82,7 @@ class StationSession(ChargePoint):
         self.epoch = 0                             # ownership epoch from the registry
         self.capabilities = Capabilities()
         self.closed = False
-        self.bucket = TokenBucket(ctx.settings.rate_limit_per_s, ctx.settings.rate_burst)
+        self.bucket = TokenBucket(ctx.settings.rate_limit_per_s, ctx.settings.rate_burst, ctx.clock.time)
         self._pending: dict[str, asyncio.Future[ResultFrame | ErrorFrame]] = {}
         self.queue: deque[Any] = deque()          # command jobs, run one at a time (adapters.dispatcher)
         self.worker: asyncio.Task[None] | None = None
