@@ -143,3 +143,22 @@ async def test_one_active_worker_and_failover(kafka_bus: Any, redis_store: Any, 
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_bus_runtime_on_kafka_fallback(kafka_bus: Any, redis_store: Any, unique: str, tmp_path: Any) -> None:
+    """GRIDCHARGE_TELEMETRY_RUNTIME=bus on Kafka (no faust; state in memory only) under the same lease."""
+    settings = TelemetrySettings(bus="kafka", kafka_bootstrap=kafka_bus.bootstrap, topic_prefix=f"t{unique}.",
+                                 telemetry_snapshot_s=1.0, telemetry_lease_ttl_s=3.0, telemetry_runtime="bus",
+                                 replica_id=f"it-{unique}-bus")
+    svc = TelemetryService(Runtime(settings=settings, bus=kafka_bus, store=redis_store, clock=RealClock()),
+                           topology(), settings)
+    assert svc.mode == "bus" and svc.lease is not None
+    await svc.start()
+    try:
+        await svc.wait_ready(60)
+        await kafka_bus.publish(C.GRID_METER_READINGS.name, "trafo",
+                                grid("trafo", time.time(), 1000, 2000, 3000).SerializeToString())
+        await _wait_for(lambda: "trafo" in svc.latest and svc.latest["trafo"].load_w == (1000, 2000, 3000), 30,
+                        "trafo load via the bus runtime")
+    finally:
+        await svc.stop()

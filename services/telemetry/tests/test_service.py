@@ -145,3 +145,20 @@ async def test_fast_path_publishes_meter_jumps_at_once(
                          grid("trafo", T0 + 2, 0.51 * lim, 0.01 * lim, 0).SerializeToString())
     await rt.bus.flush()
     assert len([r for r in out if r.topic == C.NODE_LOAD.name]) == 2
+
+
+async def test_fast_path_batches_within_min_interval(
+        setup: tuple[TelemetryService, Runtime, SimClock, list[Record]]) -> None:
+    _svc, rt, clock, out = setup
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo", grid("trafo", T0, 22000, 0, 0).SerializeToString())
+    await rt.bus.flush()
+    n0 = len([r for r in out if r.topic == C.NODE_LOAD.name])
+    await clock.advance(0.1)
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "panel",
+                         grid("panel", T0 + 0.1, 14000, 0, 0).SerializeToString())
+    await rt.bus.flush()
+    assert len([r for r in out if r.topic == C.NODE_LOAD.name]) == n0        # deferred: within 0.5 s
+    await clock.advance(0.5)
+    await rt.bus.flush()
+    fast = [C.decode(grid_pb2.NodeLoad, r.value) for r in out if r.topic == C.NODE_LOAD.name][n0:]
+    assert [f.node_id for f in fast] == ["panel", "trafo"] and fast[0].load_w.l1 == 14000

@@ -43,10 +43,12 @@ class TelemetryService:
             settings.telemetry_runtime == "auto" and settings.bus == "kafka") else "bus"
         self.runtime: BusRuntime | FaustRuntime | None = None
         self.lease: LeaderLease | None = None
-        if self.mode == "faust":
+        if settings.bus == "kafka":     # several replicas possible: one active consumer (see _lease_loop)
             self.lease = LeaderLease(rt.store, rt.clock, settings.replica_id, settings.telemetry_lease_ttl_s)
         self.latest: dict[str, NodeLoadView] = {}
-        self._fast_at: dict[str, float] = {}
+        self._fast_pending: set[str] = set()
+        self._fast_last = -1e18
+        self._fast_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._starting: asyncio.Task[None] | None = None
         self._router = build_router(rt.bus, rt.clock, set(topology.node_by_id), self.producer, lambda: self.latest)
@@ -65,7 +67,7 @@ class TelemetryService:
         return self.lease is not None and not self.lease.is_leader
 
     async def start(self) -> None:
-        if self.mode == "bus":
+        if self.lease is None:
             self.runtime = BusRuntime(self.rt, self.engine, self.settings.telemetry_group, self._after_record)
             await self.runtime.start()
         else:
@@ -96,7 +98,7 @@ class TelemetryService:
                 raise TimeoutError("telemetry did not become the active, recovered worker")
             await asyncio.sleep(0.05)
 
-    # ------------------------------------------------------------------ active/standby (faust mode)
+    # ------------------------------------------------------------------ active/standby (on Kafka)
     async def _lease_loop(self) -> None:
         """Renew the lease every TTL/3 — never blocked by starting the worker (that runs as its own
         task), or the lease could lapse during a slow start and a second replica join the group."""
@@ -127,12 +129,16 @@ class TelemetryService:
                 await starting
 
     async def _start_worker(self) -> None:
-        from gridcharge.telemetry.adapters.faust_runtime import FaustRuntime
-
         # a fresh core each term: the changelog is the state, not what this replica saw before
         self.core = TelemetryCore(self.topology, self.settings.core_config())
         self.engine = Engine(self.core, self.metrics, self.producer)
-        runtime = FaustRuntime(self.rt, self.engine, self.settings, self._after_record)
+        runtime: BusRuntime | FaustRuntime
+        if self.mode == "faust":
+            from gridcharge.telemetry.adapters.faust_runtime import FaustRuntime
+
+            runtime = FaustRuntime(self.rt, self.engine, self.settings, self._after_record)
+        else:   # bus adapter on Kafka (GRIDCHARGE_TELEMETRY_RUNTIME=bus): state in memory only
+            runtime = BusRuntime(self.rt, self.engine, self.settings.telemetry_group, self._after_record)
         self.runtime = runtime
         try:
             await runtime.start()
@@ -165,30 +171,44 @@ class TelemetryService:
     async def _after_record(self, topic: str, key: str, outcome: Outcome | None) -> None:
         """Fast path for the limiter: a grid-meter reading that moves its node's load by
         `telemetry_fast_delta` of the limit, or above `telemetry_fast_above` of it, is published at once
-        (with the node's ancestors) instead of waiting up to one snapshot period."""
+        (with the node's ancestors) instead of waiting up to one snapshot period. A full computation runs
+        at most every `telemetry_fast_min_interval_s`; nodes that turn urgent meanwhile are batched."""
         if topic != C.GRID_METER_READINGS.name or outcome is not Outcome.OK or not self.ready:
             return
-        node_id = key if key in self.topology.node_by_id else None
-        if node_id is None:
+        if key not in self.topology.node_by_id:
             return
         now = self.rt.clock.time()
-        if now - self._fast_at.get(node_id, -1e18) < self.settings.telemetry_fast_min_interval_s:
-            return
-        meter = self.core.meter_for(node_id, now)
+        meter = self.core.meter_for(key, now)
         if meter is None:
             return
-        limit = self.topology.limit_w(node_id)
-        prev = self.latest.get(node_id)
-        urgent = any(p > self.settings.telemetry_fast_above * lim for p, lim in zip(meter.power_w, limit, strict=True))
-        if prev is None or any(abs(p - q) > self.settings.telemetry_fast_delta * lim
-                               for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True)):
-            urgent = True
+        limit = self.topology.limit_w(key)
+        prev = self.latest.get(key)
+        s = self.settings
+        urgent = prev is None or any(p > s.telemetry_fast_above * lim or abs(p - q) > s.telemetry_fast_delta * lim
+                                     for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True))
         if not urgent:
             return
-        self._fast_at[node_id] = now
+        self._fast_pending.add(key)
+        wait = self._fast_last + s.telemetry_fast_min_interval_s - now
+        if wait <= 0:
+            await self._fast_flush()
+        elif self._fast_task is None or self._fast_task.done():
+            self._fast_task = asyncio.create_task(self._fast_flush(now + wait), name="telemetry-fast")
+            self._tasks.append(self._fast_task)
+            self._tasks = [t for t in self._tasks if not t.done() or t is self._fast_task]
+
+    async def _fast_flush(self, due_s: float | None = None) -> None:
+        if due_s is not None and due_s > self.rt.clock.time():
+            await self.rt.clock.sleep(due_s - self.rt.clock.time())
+        pending, self._fast_pending = self._fast_pending, set()
+        if not pending or not self.ready:
+            return
+        now = self.rt.clock.time()
+        self._fast_last = now
         views = self.core.node_loads(now)
         self.latest = {**self.latest, **views}
-        for rec in self.engine.node_load_records(views, self.topology.ancestors(node_id)):
+        nodes = list(dict.fromkeys(a for nid in sorted(pending) for a in self.topology.ancestors(nid)))
+        for rec in self.engine.node_load_records(views, nodes):
             await self._send(rec.topic, rec.key, rec.value)
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
