@@ -117,6 +117,9 @@ async def test_http_ingest(setup: tuple[TelemetryService, Runtime, SimClock, lis
         body = got.json()
         assert body["load_w"] == {"L1": 5000, "L2": 6000, "L3": 7000} and body["ambient_temperature_c"] == 18.5
         assert (await client.get("/api/v1/node-load/x")).status_code == 404
+        evs = (await client.get("/api/v1/evses")).json()["evses"]
+        assert {(e["station_id"], e["evse_id"]) for e in evs} == {("S1", 1), ("S2", 1), ("S3", 1), ("S3", 2)}
+        assert all(e["stale"] and e["worst_case_a"] > 0 for e in evs)   # never heard of: worst case
 
 
 def test_create_service_picks_runtime() -> None:

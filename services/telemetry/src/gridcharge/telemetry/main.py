@@ -51,7 +51,8 @@ class TelemetryService:
         self._fast_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._starting: asyncio.Task[None] | None = None
-        self._router = build_router(rt.bus, rt.clock, set(topology.node_by_id), self.producer, lambda: self.latest)
+        self._router = build_router(rt.bus, rt.clock, set(topology.node_by_id), self.producer, lambda: self.latest,
+                                    lambda: self.core)
 
     @property
     def routers(self) -> list[APIRouter]:

@@ -4,6 +4,7 @@ POST /api/v1/meter-readings  one reading, a list, or {"readings": [...]} -> 202 
                              invalid input -> 422 {"detail": [{"loc": [...], "msg": "..."}]}
 GET  /api/v1/node-load       latest per-node load (W per grid phase)
 GET  /api/v1/node-load/{id}
+GET  /api/v1/evses           per-EVSE power/current per grid phase, session, energy, staleness
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Body, HTTPException
 from gridcharge.shared import contracts as C
 from gridcharge.shared.bus.base import Bus
 from gridcharge.shared.clock import Clock
+from gridcharge.telemetry.core import TelemetryCore
 from gridcharge.telemetry.core.ingest import IngestError, check_nodes, parse_json_readings
 from gridcharge.telemetry.core.model import NodeLoadView
 
@@ -36,8 +38,28 @@ def view_json(v: NodeLoadView) -> dict[str, Any]:
     }
 
 
+def evses_json(core: TelemetryCore, now_s: float) -> list[dict[str, Any]]:
+    out = []
+    for s in core.topo.stations:
+        st = core.stations[s.id]
+        for e in s.evses:
+            ev = core.evses[(s.id, e.id)]
+            out.append({
+                "station_id": s.id, "evse_id": e.id, "node_id": s.node,
+                "power_w": dict(zip(("L1", "L2", "L3"), (round(x, 1) for x in ev.power_w), strict=True)),
+                "current_a": dict(zip(("L1", "L2", "L3"), (round(x, 2) for x in ev.current_a), strict=True)),
+                "status": ev.status, "transaction_id": ev.transaction_id or None,
+                "session_energy_wh": round(ev.session_energy_wh, 1),
+                "energy_delivered_wh": round(ev.energy_delivered_wh, 1),
+                "stale": core.evse_stale(ev, st, now_s), "implausible": ev.implausible_reason or None,
+                "worst_case_a": core.worst_case_a(s, e.id, now_s), "last_sample_at": ev.last_sample_s,
+            })
+    return out
+
+
 def build_router(bus: Bus, clock: Clock, known_nodes: set[str], producer: str,
-                 latest: Callable[[], dict[str, NodeLoadView]]) -> APIRouter:
+                 latest: Callable[[], dict[str, NodeLoadView]],
+                 core: Callable[[], TelemetryCore] | None = None) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["telemetry"])
 
     @router.post("/meter-readings", status_code=202)
@@ -64,5 +86,11 @@ def build_router(bus: Bus, clock: Clock, known_nodes: set[str], producer: str,
         if v is None:
             raise HTTPException(status_code=404, detail="unknown node or no snapshot yet")
         return view_json(v)
+
+    @router.get("/evses")
+    async def evses() -> dict[str, Any]:
+        if core is None:
+            raise HTTPException(status_code=404, detail="not available")
+        return {"evses": evses_json(core(), clock.time())}
 
     return router
