@@ -316,6 +316,17 @@ def _solve_lp(
             u_cost = u_cost * (be - bs)[ts]
             h.addCols(ts.size, u_cost, np.zeros(ts.size), sur_b[ts], 0,
                       np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+            if parent is not None:
+                # hierarchical: the node's load is Σ_φ L[n,φ,b] — three entries per row
+                l_cols = nv + ((node_row0 + np.arange(PHASES))[None, :] * B + ts[:, None])  # [ts, 3]
+                idx2 = np.empty((ts.size, PHASES + 1), dtype=np.int32)
+                idx2[:, 0] = n_col + np.arange(ts.size)
+                idx2[:, 1:] = l_cols
+                val2 = np.tile(np.array([1.0] + [-1.0] * PHASES), (ts.size, 1))
+                h.addRows(ts.size, np.full(ts.size, -highspy.kHighsInf), np.zeros(ts.size), idx2.size,
+                          (np.arange(ts.size) * (PHASES + 1)).astype(np.int32), idx2.ravel(), val2.ravel())
+                n_col += ts.size
+                continue
             slot_pos = np.full(B, -1)
             slot_pos[ts] = np.arange(ts.size)
             vi = np.flatnonzero(under[var_s] & (slot_pos[var_b] >= 0))
