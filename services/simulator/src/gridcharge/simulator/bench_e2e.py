@@ -140,19 +140,30 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
     await bus.start()
     clients: dict[str, StationClient] = {}
     try:
-        for st in topo.stations:
-            c = StationClient(StationModel(st, topo.nominal_voltage_v), [f"ws://127.0.0.1:{ocpp_port}/ocpp"],
-                              clock, meter_interval_s=30.0, response_timeout_s=30.0, reconnect_s=1.0)
-            clients[st.id] = c
-            c.start()
-        deadline = time.monotonic() + 180
+        # a fleet does not connect in one millisecond: ramp up in batches (also keeps the gateway's Redis pool sane)
+        batch = 50
+        for i in range(0, len(topo.stations), batch):
+            group = []
+            for st in topo.stations[i:i + batch]:
+                c = StationClient(StationModel(st, topo.nominal_voltage_v), [f"ws://127.0.0.1:{ocpp_port}/ocpp"],
+                                  clock, meter_interval_s=30.0, response_timeout_s=30.0, reconnect_s=1.0)
+                clients[st.id] = c
+                group.append(c)
+                c.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in group)), 30)
+        deadline = time.monotonic() + 120
         while sum(c.connected.is_set() for c in clients.values()) < len(clients):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {sum(c.connected.is_set() for c in clients.values())} stations connected")
             await asyncio.sleep(0.5)
-        now = clock.time()
-        for sid, c in clients.items():
-            c.plug_in(1, Ev(sid, 100_000, 0.2, 0.9, now, now + 8 * 3600, max_current_a=16), now)
+        log(f"bench e2e: {len(clients)} stations connected; plugging in cars")
+        ids = list(clients)
+        for i in range(0, len(ids), batch):
+            now = clock.time()
+            for sid in ids[i:i + batch]:
+                clients[sid].plug_in(1, Ev(sid, 100_000, 0.2, 0.9, now, now + 8 * 3600, max_current_a=16), now)
+            await asyncio.gather(*(clients[sid].tick(now) for sid in ids[i:i + batch]))
         log("bench e2e: all stations connected and charging; waiting for leases")
 
         async def physics() -> None:
