@@ -63,6 +63,11 @@ async def test_rate_limit_and_connection_caps() -> None:
         answers = [await c.call("Heartbeat", {}) for _ in range(8)]
         errors = [a for a in answers if a[0] == 4]
         assert errors and errors[0][2] == "GenericError" and "rate limit" in errors[0][3]
+        for i in range(40):                          # a sustained flood is cut off with 1008
+            await c.ws.send(json.dumps([2, f"f{i}", "Heartbeat", {}]))
+        await asyncio.wait_for(c.ws.wait_closed(), 5)
+        assert c.ws.close_code == 1008
+        c = await booted(gw, "CP1")                  # and may come back
         c2 = await open_client(gw, "CP2")
         with pytest.raises(InvalidStatus) as exc:
             await open_client(gw, "CP3")

@@ -82,6 +82,8 @@ class StationSession(ChargePoint):
         self.epoch = 0                             # ownership epoch from the registry
         self.capabilities = Capabilities()
         self.closed = False
+        self.over_limit = 0                        # frames dropped in a row by the rate limit
+        self._closing: asyncio.Future[None] | None = None
         self.bucket = TokenBucket(ctx.settings.rate_limit_per_s, ctx.settings.rate_burst, ctx.clock.time)
         self._pending: dict[str, asyncio.Future[ResultFrame | ErrorFrame]] = {}
         self.queue: deque[Any] = deque()          # command jobs, run one at a time (adapters.dispatcher)
@@ -113,8 +115,21 @@ class StationSession(ChargePoint):
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         """Handle one frame; never raises (a bug in a handler becomes an InternalError CALLERROR)."""
+        if self.closed:
+            return
         frame = frames.parse_frame(raw_msg)
         allowed = self.bucket.allow()   # every frame counts against the per-connection rate
+        if allowed:
+            self.over_limit = 0
+        else:
+            self.over_limit += 1
+            if self.over_limit > 5 * self.ctx.settings.rate_burst:
+                # a station that keeps flooding is cut off (1008 policy violation); it may reconnect
+                log.warning("rate limit: closing flooding connection", extra={"station": safe(self.id, 48)})
+                self.closed = True
+                # not awaited here: the receive loop must keep draining frames for the close handshake
+                self._closing = asyncio.ensure_future(self._connection.close(1008, "rate limit exceeded"))
+                return
         if type(frame) is CallFrame:
             if not allowed:
                 MESSAGES.labels(action=self._action_label(frame.action), direction="in", outcome="error").inc()
