@@ -1,7 +1,8 @@
 """Charging planner: a two-stage (lexicographic) LP solved with HiGHS, then hardware rounding.
 
-Pure: no I/O, no clock. The model is written down in docs/planner.md. Decision variables are the per-phase
-current x[s, t] (A) of session s in slot t, only between arrival and departure. Power is
+Pure: no I/O; the plan never depends on the clock (only ``solve_time_s`` is measured). Model: docs/planner.md.
+Decision variables are the per-phase current x[s, t] (A) of session s in slot t, only between arrival and
+departure. Power is
 x · V_s · n_s (n_s = grid phases the EV loads); energy per slot is x · V_s · n_s · Δt_h (Wh).
 """
 
