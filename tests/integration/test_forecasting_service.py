@@ -76,7 +76,7 @@ async def test_service_fetches_weather_with_retry_and_publishes_headroom(
                  "redis_url": request.getfixturevalue("redis_url"), "topic_prefix": f"fc{run}.",
                  "store_prefix": f"fc{run}:"}
     rt = build_runtime(Settings(http_port=0, http_host="127.0.0.1", weather_base_url=url, replica_id="it",
-                                **extra))  # type: ignore[arg-type]
+                                **extra))
     service = create_service(rt, parse_topology(TOPOLOGY))
     received: list[Record] = []
 
