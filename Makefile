@@ -29,7 +29,6 @@ docs-topics: install  ## regenerate docs/topics.md from the topic registry
 
 lint: install proto-check  ## ruff, mypy, contracts, topic docs, deployment checks (helm, promtool, schemas)
 	.venv/bin/ruff check .
-	.venv/bin/ruff format --check services tests proto || true
 	.venv/bin/mypy services tests
 	$(PY) -m gridcharge.shared.docs --check docs/topics.md
 	@if [ -f deploy/scripts/check-deploy.sh ]; then bash deploy/scripts/check-deploy.sh; fi
