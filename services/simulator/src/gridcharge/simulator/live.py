@@ -38,6 +38,18 @@ async def run_live(scenario: Scenario, gateway_urls: list[str], bus: Bus | None,
     sim = Simulation(scenario, clock, bus, gateway_urls, on_event=on_event, response_timeout_s=response_timeout_s,
                      reconnect_s=0.5)
     await sim.start(connect_timeout_s=30.0)
+    # commissioning: no car plugs in before the station has its fallback profile (a station without any
+    # profile charges unlimited, which is the point of the fallback); bounded, so a cluster without an
+    # allocator still runs
+    deadline = time.monotonic() + 30.0
+
+    def waiting() -> bool:
+        return time.monotonic() < deadline and any(
+            c.connected.is_set() and c.stats.profiles_accepted == 0 and not c.model.quirks.rejects_profiles
+            for c in sim.clients.values())
+
+    while waiting():  # noqa: ASYNC110 - polls client state, there is no event to wait on
+        await asyncio.sleep(0.2)
     stop = stop or asyncio.Event()
     try:
         nxt = time.monotonic()
