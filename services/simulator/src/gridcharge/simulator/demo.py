@@ -88,11 +88,13 @@ async def start_weather_server(payload: dict[str, Any], port: int = 0) -> HttpSe
 
 
 class Progress:
-    """A carriage-return progress bar (no dependency), or nothing."""
+    """A carriage-return progress bar (no dependency) on a terminal, a line per 10 % otherwise, or nothing."""
 
     def __init__(self, enabled: bool, total_s: float) -> None:
-        self.enabled, self.total = (enabled and sys.stderr.isatty()) or enabled, total_s
+        self.enabled, self.total = enabled, total_s
+        self.tty = sys.stderr.isatty()
         self._last = 0.0
+        self._decile = -1
 
     def update(self, done_s: float, sim_now: float, note: str = "") -> None:
         if not self.enabled:
@@ -104,11 +106,15 @@ class Progress:
         frac = min(1.0, done_s / self.total) if self.total else 1.0
         bar = "#" * int(frac * 30)
         clock = datetime.fromtimestamp(sim_now, UTC).strftime("%H:%MZ")
-        sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}%  sim {clock}  {note[:40]:<40}")
+        if self.tty:
+            sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}%  sim {clock}  {note[:40]:<40}")
+        elif int(frac * 10) > self._decile:
+            self._decile = int(frac * 10)
+            sys.stderr.write(f"[{bar:<30}] {frac * 100:5.1f}%  sim {clock}  {note[:40]}\n")
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tty:
             sys.stderr.write("\n")
 
 
