@@ -76,3 +76,9 @@ async def test_keys_by_prefix(store: Store) -> None:
 
 async def test_ping(store: Store) -> None:
     assert await store.ping()
+
+
+async def test_a_burst_beyond_the_pool_waits_instead_of_failing(store: Store) -> None:
+    """200 concurrent callers (more than the Redis pool's 100 connections) all succeed."""
+    await asyncio.gather(*(store.set(f"burst:{i}", b"x") for i in range(200)))
+    assert len(await store.keys("burst:")) == 200

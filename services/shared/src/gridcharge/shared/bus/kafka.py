@@ -42,8 +42,8 @@ def make_consumer(bootstrap: str, group: str, *, from_beginning: bool = True, **
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
-        session_timeout_ms=10000,
-        heartbeat_interval_ms=1000,
+        session_timeout_ms=30000,   # tolerate a busy event loop (a long re-plan) without eviction
+        heartbeat_interval_ms=3000,
         metadata_max_age_ms=5000,
         **kw,
     )

@@ -26,11 +26,15 @@ def _text(v: bytes | str) -> str:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, prefix: str = "") -> None:
+    def __init__(self, url: str, *, prefix: str = "", max_connections: int = 100) -> None:
         self.prefix = prefix
-        self._r: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
+        # A blocking pool: a burst of concurrent callers (e.g. 100 commands at once in the gateway) waits up
+        # to 10 s for a free connection instead of failing with MaxConnectionsError.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10,
+            socket_timeout=5, socket_connect_timeout=5, health_check_interval=10,
         )
+        self._r: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._cas = self._r.register_script(_SET_IF_NEWER)
 
     def _k(self, key: str) -> str:
