@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter
 from gridcharge.allocation.adapters import codec
 from gridcharge.allocation.adapters import metrics as M
-from gridcharge.allocation.adapters.leader import LeaderLease
 from gridcharge.allocation.core.allocator import Allocator, AllocatorConfig, PlanResult, ProfileCommand
 from gridcharge.allocation.core.budget import violations
 from gridcharge.allocation.core.model import Planner
@@ -29,6 +28,7 @@ from gridcharge.forecast.v1 import forecast_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts as C
 from gridcharge.shared.bus.base import Record, Subscription
+from gridcharge.shared.leader import LeaderLease
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.topology import PHASES, Topology
 from gridcharge.station.v1 import station_pb2
@@ -59,7 +59,7 @@ class AllocationService:
         self.alloc = Allocator(topology, config, planner)
         self.cfg = self.alloc.cfg
         self.producer = f"allocation/{rt.settings.replica_id}"
-        self.leader = LeaderLease(rt.store, rt.clock, rt.settings.replica_id, leader_ttl_s)
+        self.leader = LeaderLease(rt.store, rt.clock, rt.settings.replica_id, leader_ttl_s, key="allocation:leader")
         self.tick_s = tick_s
         self._subs: list[Subscription] = []
         self._task: asyncio.Task[None] | None = None

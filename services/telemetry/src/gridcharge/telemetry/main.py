@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from gridcharge.shared import contracts as C
+from gridcharge.shared.leader import LeaderLease
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.service import serve
 from gridcharge.shared.topology import Topology
 from gridcharge.telemetry.adapters.bus_runtime import BusRuntime
 from gridcharge.telemetry.adapters.engine import Engine
 from gridcharge.telemetry.adapters.http import build_router
-from gridcharge.telemetry.adapters.leader import LeaderLease
 from gridcharge.telemetry.adapters.metrics import TelemetryMetrics
 from gridcharge.telemetry.core import NodeLoadView, Outcome, TelemetryCore
 from gridcharge.telemetry.settings import TelemetrySettings
@@ -44,7 +44,8 @@ class TelemetryService:
         self.runtime: BusRuntime | FaustRuntime | None = None
         self.lease: LeaderLease | None = None
         if settings.bus == "kafka":     # several replicas possible: one active consumer (see _lease_loop)
-            self.lease = LeaderLease(rt.store, rt.clock, settings.replica_id, settings.telemetry_lease_ttl_s)
+            self.lease = LeaderLease(rt.store, rt.clock, settings.replica_id, settings.telemetry_lease_ttl_s,
+                                     key="telemetry:leader")
         self.latest: dict[str, NodeLoadView] = {}
         self._fast_pending: set[str] = set()
         self._fast_last = -1e18

@@ -1,9 +1,12 @@
-"""Active/standby for the faust worker: a lease in the store (Redis) says which replica runs it.
+"""A leader lease in the store: exactly one replica of a service is active, the others stand by.
 
-Node loads sum over every station, so exactly one worker may own the input partitions. Replicas that
-do not hold the lease stand by without joining the consumer group; when the leader stops (lease
-released) or dies (lease expires after `ttl_s`), a standby takes over and recovers the state from the
-changelog topics. Versions are milliseconds of the injected clock, so they only move forward.
+Used where two active replicas would be wrong: the allocator (two would command the same stations) and the
+telemetry faust worker (node loads sum over every station). The leader holds `key` (value = replica id,
+with a TTL) and renews it every `ttl_s / 3`; a standby takes over once the key has expired, or at once after
+a clean `release()`. The store has no value compare-and-set, so a takeover writes with `set_if_newer`
+(version = ms of the injected clock, so versions only move forward) and reads back: if two standbys race,
+the later write wins and the other sees it on read-back or at its next renewal — a double leader lasts at
+most one renewal interval.
 """
 
 from __future__ import annotations
@@ -15,16 +18,14 @@ from gridcharge.shared.store.base import Store
 
 log = logging.getLogger(__name__)
 
-LEADER_KEY = "telemetry:leader"
-
 
 class LeaderLease:
-    """Acquire/renew/release the telemetry lease; `is_leader` is the last known state."""
+    """Acquire/renew/release the lease at `key`; `is_leader` is the last known state."""
 
-    def __init__(self, store: Store, clock: Clock, replica_id: str, ttl_s: float = 15.0,
-                 key: str = LEADER_KEY) -> None:
+    def __init__(self, store: Store, clock: Clock, replica_id: str, ttl_s: float = 15.0, *, key: str) -> None:
         self.store, self.clock, self.me, self.ttl_s, self.key = store, clock, replica_id.encode(), ttl_s, key
         self.is_leader = False
+        self.last_check: float | None = None   # POSIX s of the last renew() attempt
 
     @property
     def renew_every_s(self) -> float:
@@ -32,6 +33,7 @@ class LeaderLease:
 
     async def renew(self) -> bool:
         """Take the lease when free, keep it when ours; True if this replica leads now."""
+        self.last_check = self.clock.time()
         try:
             cur = await self.store.get_versioned(self.key)
             if cur is not None and cur[1] != self.me:
@@ -44,11 +46,12 @@ class LeaderLease:
             back = await self.store.get_versioned(self.key)
             self._set(back is not None and back[1] == self.me)
         except Exception:
-            log.warning("telemetry lease check failed; standing by", exc_info=True)
+            log.warning("leader lease check failed; standing by", exc_info=True, extra={"lease": self.key})
             self._set(False)
         return self.is_leader
 
     async def holder(self) -> str | None:
+        """Replica id that holds the lease now, if any."""
         cur = await self.store.get_versioned(self.key)
         return cur[1].decode("utf-8", "replace") if cur is not None else None
 
@@ -61,10 +64,10 @@ class LeaderLease:
             if cur is not None and cur[1] == self.me:
                 await self.store.delete(self.key)
         except Exception:
-            log.warning("could not release the telemetry lease", exc_info=True)
+            log.warning("could not release the leader lease", exc_info=True, extra={"lease": self.key})
         self._set(False)
 
     def _set(self, leader: bool) -> None:
         if leader != self.is_leader:
-            log.info("telemetry leadership changed", extra={"leader": leader})
+            log.info("leadership changed", extra={"lease": self.key, "leader": leader})
         self.is_leader = leader
