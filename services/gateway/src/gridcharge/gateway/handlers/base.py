@@ -30,7 +30,6 @@ from gridcharge.gateway.core.profiles import Capabilities
 from gridcharge.gateway.core.transactions import TransactionSequencer
 from gridcharge.gateway.metrics import MESSAGES
 from ocpp.charge_point import ChargePoint
-from ocpp.routing import on
 
 if TYPE_CHECKING:
     from gridcharge.gateway.adapters.context import GatewayContext
@@ -100,18 +99,6 @@ class StationSession(ChargePoint):
                 if action is not None:
                     routes[str(action)] = attr
         cls._routes = routes
-
-    # -- handlers that are the same in 1.6 and 2.0.1 --------------------------------------------------
-    def after_BootNotification(self) -> None:
-        if self.boot_status == "Accepted":
-            self.ctx.on_boot_accepted(self)
-
-    @on("Heartbeat")
-    async def on_heartbeat(self, p: dict[str, Any]) -> dict[str, Any]:
-        ev = self.event()
-        ev.heartbeat.SetInParent()
-        await self.publish(ev)
-        return {"currentTime": self.now_iso()}
 
     @property
     def sequencer(self) -> TransactionSequencer[station_pb2.StationEvent]:

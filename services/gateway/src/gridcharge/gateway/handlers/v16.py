@@ -25,6 +25,17 @@ class V16Session(StationSession):
         return {"status": self.boot_status, "currentTime": self.now_iso(),
                 "interval": self.ctx.settings.heartbeat_interval_s}
 
+    def after_BootNotification(self) -> None:
+        if self.boot_status == "Accepted":
+            self.ctx.on_boot_accepted(self)
+
+    @on(Action.heartbeat)
+    async def on_heartbeat(self, p: dict[str, Any]) -> dict[str, Any]:
+        ev = self.event()
+        ev.heartbeat.SetInParent()
+        await self.publish(ev)
+        return {"currentTime": self.now_iso()}
+
     @on(Action.status_notification)
     async def on_status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
         ev = self.event(mapping.parse_time(p.get("timestamp")))
