@@ -79,3 +79,20 @@ def test_end_by_transaction_id() -> None:
     assert b.end("cs1", 0, "other") is None
     ended = b.end("cs1", 0, "t1")
     assert ended is not None and len(b) == 0
+
+
+def test_guessed_need_is_extended_when_reached_known_need_is_not() -> None:
+    """A 1.6 car's need is the site default (a guess): reaching it must not park a car that still charges."""
+    b = book()
+    guessed = b.start("cs1", 1, "t1", NOW, meter_start_wh=0)
+    known = b.start("cs1", 2, "t2", NOW, meter_start_wh=0)
+    assert guessed is not None and known is not None
+    b.needs("cs1", 2, None, 15000, 0, 0, 0)
+    assert guessed.need_guessed and not known.need_guessed
+    for s, tx in ((guessed, "t1"), (known, "t2")):
+        b.meter("cs1", s.evse_id, tx, NOW + timedelta(hours=3), 15200, 16.0, None, granted_a=16)
+    assert guessed.energy_needed_wh == 15200 + 15000 and guessed.remaining_wh == 15000
+    assert known.energy_needed_wh == 15000 and known.remaining_wh == 0
+    restored = SessionBook(b.stations, b.defaults)
+    again = restored.restore(known.dump())
+    assert again is not None and not again.need_guessed

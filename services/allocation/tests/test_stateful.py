@@ -186,7 +186,8 @@ class AllocationMachine(RuleBasedStateMachine):
         cap = self.alloc.capacity_now(now)
         wc = self.alloc.worst_case_a(now)
         draw = node_draw_w(TOPO, wc)
-        floors = node_draw_w(TOPO, {s: led.floor_a() for s, led in self.alloc.ledgers.items()})
+        # floors in force now (a scheduled fallback may be lower than its nominal value for a while)
+        floors = node_draw_w(TOPO, {s: led.floor_a(now) for s, led in self.alloc.ledgers.items()})
         for nid in NODES:
             # only stations that do not do what we ask may exceed, and only with leases they already hold
             troubled = {}
@@ -195,7 +196,7 @@ class AllocationMachine(RuleBasedStateMachine):
                 # (in flight = sent when it fitted, not answered yet: it may be applied any moment)
                 bad = not led.online or led.uncertain or led.pending or (
                     led.failed_at is not None and now - led.failed_at < self.cfg.lease_s + self.cfg.command_timeout_s)
-                troubled[s.id] = (wc[s.id] - led.floor_a()) if bad else 0.0
+                troubled[s.id] = (wc[s.id] - led.floor_a(now)) if bad else 0.0
             excuse = node_draw_w(TOPO, troubled)[nid]
             for p in range(3):
                 allowed = max(float(cap[nid][p]), float(floors[nid][p])) + float(excuse[p]) + 1e-6

@@ -25,8 +25,9 @@ from gridcharge.allocation.core.budget import (
     fit_caps,
     node_capacity,
     node_draw_w,
+    station_phases,
 )
-from gridcharge.allocation.core.failsafe import LeaseState, Sent, StationLedger
+from gridcharge.allocation.core.failsafe import FALLBACK_KEY, LeaseState, Sent, StationLedger
 from gridcharge.allocation.core.limiter import Connector, lower, regrant
 from gridcharge.allocation.core.model import (
     BindingConstraint,
@@ -44,6 +45,8 @@ from gridcharge.command.v1 import command_pb2
 from gridcharge.shared.topology import PHASES, Topology
 
 log = logging.getLogger(__name__)
+
+FALLBACK_RELAX_S = 900.0   # a fallback schedule is raised again at most this often (s); lowered at once
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class Allocator:
         self.grant_a: dict[str, float] = {}            # session key -> current tx grant (A)
         self.plan_a: dict[str, float] = {}             # session key -> plan grant now (A)
         self.station_cap_a: dict[str, float] = {}      # station -> last station lease cap sent (A)
+        self.fallback_target: dict[str, list[tuple[float, float]]] = {}   # station -> [(from s, A)] wanted
         self.last: PlanResult | None = None
         self._known_ids: deque[str] = deque(maxlen=20000)
         self._known_set: set[str] = set()
@@ -170,8 +174,10 @@ class Allocator:
         key = P.command_key(payload.evse_id, prof.purpose, prof.stack_level)
         cid = self.new_id()
         self._remember(cid)
+        tgt = self.target(station_id)
+        sched = P.profile_schedule_a(payload, tgt) if prof.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX else ()
         self.ledgers[station_id].sent(Sent(cid, key, prof.purpose, payload.evse_id,
-                                           P.profile_limit_a(payload, self.target(station_id)), valid_until, now))
+                                           P.profile_limit_a(payload, tgt), valid_until, now, sched))
         return ProfileCommand(cid, station_id, key, purpose_label, payload, _ts(now + self.cfg.command_ttl_s))
 
     # ---------------------------------------------------------------- inputs
@@ -187,9 +193,18 @@ class Allocator:
         return [self._fallback(station_id, now)]
 
     def _fallback(self, station_id: str, now: float) -> ProfileCommand:
-        st = self.topology.station_by_id[station_id]
-        payload = P.fallback_profile(st.fallback_current_a, _ts(now), self.target(station_id))
+        payload = self._fallback_payload(station_id, now)
         return self._issue(station_id, "fallback", payload, math.inf, now)
+
+    def _fallback_payload(self, station_id: str, now: float) -> command_pb2.SetChargingProfile:
+        """The fallback as it should be installed now: nominal, or the grid-aware schedule of the last plan."""
+        st = self.topology.station_by_id[station_id]
+        steps = [(t, a) for t, a in self.fallback_target.get(station_id, ()) if t > now]
+        first = st.fallback_current_a
+        for t, a in self.fallback_target.get(station_id, ()):
+            if t <= now:
+                first = a
+        return P.fallback_profile(first, _ts(now), self.target(station_id), [(_ts(t), a) for t, a in steps])
 
     def station_offline(self, station_id: str, now: float, replica_id: str = "") -> bool:
         """Disconnected; ignored when it comes from a replica the station already left (late event)."""
@@ -233,8 +248,10 @@ class Allocator:
         self._remember(command_id)
         prof = payload.profile
         valid_until = prof.valid_to.ToSeconds() if prof.HasField("valid_to") else math.inf
+        tgt = self.target(station_id)
+        sched = P.profile_schedule_a(payload, tgt) if prof.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX else ()
         led.sent(Sent(command_id, P.command_key(payload.evse_id, prof.purpose, prof.stack_level), prof.purpose,
-                      payload.evse_id, P.profile_limit_a(payload, self.target(station_id)), valid_until, sent_at))
+                      payload.evse_id, P.profile_limit_a(payload, tgt), valid_until, sent_at, sched))
         return True
 
     def node_load(self, node_id: str, load_w: tuple[float, float, float], base_load_w: tuple[float, float, float],
@@ -304,9 +321,9 @@ class Allocator:
         """Per station: the highest per-phase current it may draw now (A)."""
         return {sid: led.worst_case_a(now) for sid, led in self.ledgers.items()}
 
-    def capacity_now(self, now: float) -> dict[str, np.ndarray]:
-        """[3] W of EV capacity per node for the current moment."""
-        cap = node_capacity(self.topology, self.node_inputs, self.external.values(), now, [now])
+    def capacity_now(self, now: float, span_s: float = 0.0) -> dict[str, np.ndarray]:
+        """[3] W of EV capacity per node for the current moment (the lowest over the next ``span_s``)."""
+        cap = node_capacity(self.topology, self.node_inputs, self.external.values(), now, [now], span_s)
         return {n: c[:, 0] for n, c in cap.w.items()}
 
     # ---------------------------------------------------------------- planning
@@ -336,17 +353,20 @@ class Allocator:
             del self.external[k]   # windows that ended
         T = max(1, cfg.horizon_slots)
         slot_starts = [now + k * cfg.slot_s for k in range(T)]
-        capacity = node_capacity(self.topology, self.node_inputs, self.external.values(), now, slot_starts)
+        capacity = node_capacity(self.topology, self.node_inputs, self.external.values(), now, slot_starts,
+                                 cfg.slot_s)
         by_station = self._sessions_by_station()
         plannable = {sid for sid, led in self.ledgers.items()
                      if not led.in_failsafe(now, cfg.failsafe_hold_s)}
         planned_stations = {sid for sid in by_station if sid in plannable}
-        wc = self.worst_case_a(now)
+        lease_end = now + cfg.lease_s
+        # what each station may draw at worst while a lease sent now is in force
+        wc = {sid: led.worst_case_max_a(now, lease_end) for sid, led in self.ledgers.items()}
         # every station's floor is reserved anyway (a lapsing lease falls back to it), so the planner gets
         # the capacity above the floors and each planned car its share of its station's floor as a base
-        fixed = {sid: (self.ledgers[sid].floor_a() if sid in plannable else wc[sid]) for sid in self.ledgers}
-        fixed_w = node_draw_w(self.topology, fixed)
+        fixed_w = self._fixed_draw_w(slot_starts, plannable, wc)
         result = PlanResult(now_dt, None, capacity, slot_starts)
+        self.fallback_target = self._fallback_targets(now, by_station)
 
         # 1. the plan
         sessions = [s for sid in sorted(planned_stations) for s in by_station[sid]]
@@ -374,14 +394,14 @@ class Allocator:
             desired_station[sid] = self._station_cap_for(sid, want)
         for sid in plannable - planned_stations:
             led = self.ledgers[sid]
-            if led.worst_case_a(now) > led.floor_a() + 1e-9 or sid in self.station_cap_a:
-                desired_station[sid] = led.fallback_a   # idle: take the lease back down
+            if led.worst_case_a(now) > led.floor_a(now) + 1e-9 or sid in self.station_cap_a:
+                desired_station[sid] = led.floor_a(now)   # idle: take the lease back down
         order = sorted(desired_station, key=lambda sid: (
             -max((s.priority for s in by_station.get(sid, [])), default=0),
             -sum(s.remaining_wh for s in by_station.get(sid, [])), sid))
-        cap_now = {n: c[:, 0] for n, c in capacity.w.items()}
-        floors = {sid: led.floor_a() for sid, led in self.ledgers.items()}
-        approved = fit_caps(self.topology, cap_now, wc, desired_station, order, floor_a=floors)
+        cap_fit = self._capacity_over(capacity, slot_starts, lease_end)
+        floors = {sid: led.floor_max_a(now, lease_end) for sid, led in self.ledgers.items()}
+        approved = fit_caps(self.topology, cap_fit, wc, desired_station, order, floor_a=floors)
         result.station_caps_a = dict(approved)
 
         # 3. commands
@@ -423,8 +443,113 @@ class Allocator:
             held = led.failed_at is not None and now - led.failed_at < cfg.failsafe_hold_s
             if led.online and not led.fallback_installed and not in_flight and not held:
                 result.commands.append(self._fallback(sid, now))
+            elif led.online and led.fallback_installed and not held and self._fallback_outdated(sid, now):
+                result.commands.append(self._fallback(sid, now))
         self.last = result
         return result
+
+    # ---------------------------------------------------------------- grid-aware fallbacks
+    def _fixed_draw_w(self, slot_starts: list[float], plannable: set[str],
+                      wc: dict[str, float]) -> dict[str, np.ndarray]:
+        """[3, T] W per node reserved before planning: every station's floor (its worst case if not plannable).
+
+        A floor that changes over the horizon (a scheduled fallback) counts with its highest value per slot.
+        """
+        T = len(slot_starts)
+        step = self.cfg.slot_s
+        constant: dict[str, float] = {}
+        out = {n.id: np.zeros((3, T)) for n in self.topology.nodes}
+        horizon_end = slot_starts[-1] + step
+        for sid, led in self.ledgers.items():
+            if sid not in plannable:
+                constant[sid] = wc[sid]
+                continue
+            if not led.floor_steps(slot_starts[0], horizon_end):
+                constant[sid] = led.floor_max_a(slot_starts[0], slot_starts[0] + step)
+                continue
+            per_slot = np.array([led.floor_max_a(ts, ts + step) for ts in slot_starts]) * self.voltage_v
+            phases = station_phases(self.topology, sid)
+            for nid in self.topology.station_path(sid):
+                for ph in phases:
+                    out[nid][ph] += per_slot
+        for nid, d in node_draw_w(self.topology, constant).items():
+            out[nid] += d[:, None]
+        return out
+
+    def _capacity_over(self, capacity: Capacity, slot_starts: list[float], until: float) -> dict[str, np.ndarray]:
+        """[3] W per node: the lowest capacity of the slots between now and ``until``."""
+        k = max(1, sum(1 for ts in slot_starts if ts < until))
+        return {n: c[:, :k].min(axis=1) for n, c in capacity.w.items()}
+
+    def _fallback_targets(self, now: float, by_station: dict[str, list[SessionState]]
+                          ) -> dict[str, list[tuple[float, float]]]:
+        """Per station, the fallback schedule [(from s, A)] under which Σ fallbacks fits every node's
+        capacity over the horizon (limits, DSO windows, forecast base load), on a wall-clock slot grid.
+
+        Where they do not all fit, stations keep their nominal fallback in a fixed order (charging first,
+        then priority, then id, so the schedule is stable between plans) while there is room; the others get
+        what is left, 0 below the 6 A minimum. Stations whose path never gets tight keep the nominal value.
+        """
+        cfg = self.cfg
+        step = cfg.slot_s
+        t0 = math.floor(now / step) * step
+        starts = [t0 + k * step for k in range(cfg.horizon_slots + 1)]
+        cap = node_capacity(self.topology, self.node_inputs, self.external.values(), now, starts, step)
+        nominal = {s.id: s.fallback_current_a for s in self.topology.stations}
+        need = node_draw_w(self.topology, nominal)
+        tight = {n: bool(np.any(cap.w[n] < need[n][:, None] - 1e-6)) for n in need}
+        out: dict[str, list[tuple[float, float]]] = {sid: [(now, a)] for sid, a in nominal.items()}
+        if not any(tight.values()):
+            return out
+        affected = [sid for sid in nominal if any(tight[n] for n in self.topology.station_path(sid))]
+        order = sorted(affected, key=lambda sid: (
+            0 if sid in by_station else 1, -max((x.priority for x in by_station.get(sid, [])), default=0), sid))
+        room = {n: c.copy() for n, c in cap.w.items()}
+        values: dict[str, np.ndarray] = {}
+        v = self.voltage_v
+        for sid in order:
+            phases = station_phases(self.topology, sid)
+            path = self.topology.station_path(sid)
+            avail = np.min(np.stack([room[n][p] for n in path for p in phases]), axis=0) / v
+            a = np.minimum(nominal[sid], np.maximum(avail, 0.0))
+            a = np.where(a >= min(P.MIN_RATE_A, nominal[sid]) - 1e-9, np.floor(a * 10 + 1e-9) / 10, 0.0)
+            for n in path:
+                for p in phases:
+                    room[n][p] -= a * v
+            values[sid] = a
+        for sid, a in values.items():
+            steps = [(now, float(a[0]))]
+            for k in range(1, len(starts)):
+                if abs(a[k] - steps[-1][1]) > 1e-9:
+                    steps.append((starts[k], float(a[k])))
+            out[sid] = steps
+        return out
+
+    def _fallback_outdated(self, station_id: str, now: float) -> bool:
+        """Whether the installed (or in-flight) fallback must be replaced by the target schedule.
+
+        Lower anywhere → at once (the station could draw more than the grid allows if the allocator died).
+        Higher only → when the one in force is at least ``FALLBACK_RELAX_S`` old (no churn on forecast noise).
+        """
+        led = self.ledgers[station_id]
+        cur = [x for x in [led.accepted.get(FALLBACK_KEY), *led.pending.values(), *led.uncertain.values()]
+               if x is not None and x.key == FALLBACK_KEY]
+        if not cur:
+            return False
+        newest = max(cur, key=lambda x: x.sent_at)
+        want = P.profile_schedule_a(self._fallback_payload(station_id, now), self.target(station_id))
+        if not newest.schedule and len(want) == 1:
+            higher = want[0][1] > newest.cap_a + 0.05
+            lower = want[0][1] < newest.cap_a - 0.05
+        else:
+            probe = Sent("", FALLBACK_KEY, 0, 0, 0.0, math.inf, now, want)
+            times = sorted({now, *(t + 1.0 for t, _a in want if t > now), *(t + 1.0 for t, _a in newest.schedule
+                                                                              if t > now)})
+            diffs = [probe.limit_at(t) - newest.limit_at(t) for t in times]
+            higher, lower = max(diffs) > 0.05, min(diffs) < -0.05
+        if lower:
+            return True
+        return higher and now - newest.sent_at >= FALLBACK_RELAX_S
 
     def _solve(self, sessions: list[SessionState], capacity: Capacity, fixed_w: dict[str, np.ndarray],
                now_dt: datetime, T: int) -> tuple[Plan, dict[str, float]]:
@@ -442,7 +567,7 @@ class Allocator:
         base: dict[str, float] = {}
         nodes = []
         for n in topo.nodes:
-            c = np.maximum(capacity.w[n.id] - fixed_w[n.id][:, None], 0.0)
+            c = np.maximum(capacity.w[n.id] - fixed_w[n.id], 0.0)
             nodes.append(NodeCapacity(n.id, c, n.parent, capacity.source[n.id]))
         evses: dict[str, Evse] = {}
         plan_sessions = []
@@ -455,7 +580,9 @@ class Allocator:
             max_a = min(s.max_current_a, evse_max)
             if s.tapering(now_dt) and s.measured_current_a is not None:
                 max_a = min(max_a, s.measured_current_a + TAPER_MARGIN_A)
-            b = max(0.0, min(self.ledgers[s.station_id].floor_a() / per_station[s.station_id], max_a))
+            # the share of the floor the car can count on for the whole lease (a fallback may drop meanwhile)
+            floor = self.ledgers[s.station_id].floor_min_a(now, now + cfg.lease_s)
+            b = max(0.0, min(floor / per_station[s.station_id], max_a))
             base[key] = b
             evses[key] = Evse(key, tuple(topo.station_path(s.station_id)),
                               tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
@@ -493,13 +620,14 @@ class Allocator:
         if fly is not None and abs(fly.cap_a - cap_a) < 0.05:
             return []   # the same change is on its way
         acc = led.accepted.get(key)
+        floor = led.floor_min_a(now, now + self.cfg.lease_s)
         if acc is None or acc.valid_until <= now:
             unknown = any(u.key == key for u in led.uncertain.values())
-            if cap_a <= led.fallback_a + 1e-9 and fly is None and not unknown:
+            if cap_a <= floor + 1e-9 and fly is None and not unknown:
                 return []   # nothing above the fallback to grant or take back
         elif abs(acc.cap_a - cap_a) < 0.05 and not self._due(sid, key, now):
             return []
-        elif cap_a <= led.fallback_a + 1e-9 and acc.cap_a <= led.fallback_a + 0.05 and fly is None:
+        elif cap_a <= floor + 1e-9 and acc.cap_a <= floor + 0.05 and fly is None:
             return []   # already down at the fallback: let it lapse instead of renewing it
         self.station_cap_a[sid] = cap_a
         payload = P.station_lease_profile(cap_a, _ts(now), self.cfg.lease_s, self.target(sid))
@@ -546,8 +674,9 @@ class Allocator:
         cuts = lower(inp.load_w, lim, margin_w, self.voltage_v, conns)
         ups = {} if cuts else regrant(inp.load_w, lim, margin_w, self.voltage_v, conns)
         cmds: list[ProfileCommand] = []
-        wc = self.worst_case_a(now)
-        cap_now = self.capacity_now(now)
+        lease_end = now + self.cfg.lease_s
+        wc = {sid: led.worst_case_max_a(now, lease_end) for sid, led in self.ledgers.items()}
+        cap_now = self.capacity_now(now, self.cfg.lease_s)
         for key, a in {**cuts, **ups}.items():
             found = self.book.sessions.get(key)
             if found is None:
@@ -559,7 +688,7 @@ class Allocator:
                 want[key] = a
                 desired = self._station_cap_for(s.station_id, want)
                 ok = fit_caps(self.topology, cap_now, wc, {s.station_id: desired}, [s.station_id],
-                              floor_a={s.station_id: self.ledgers[s.station_id].floor_a()})
+                              floor_a={s.station_id: self.ledgers[s.station_id].floor_max_a(now, lease_end)})
                 if ok.get(s.station_id, 0.0) < desired - 1e-9:
                     continue
                 wc[s.station_id] = max(wc[s.station_id], desired)

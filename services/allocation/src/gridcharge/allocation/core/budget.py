@@ -92,8 +92,13 @@ def node_capacity(
     external: Iterable[ExternalLimitWindow],
     now: float,
     slot_starts: list[float],
+    slot_s: float = 0.0,
 ) -> Capacity:
-    """EV capacity of every node over the slots starting at ``slot_starts`` (POSIX s)."""
+    """EV capacity of every node over the slots starting at ``slot_starts`` (POSIX s).
+
+    With ``slot_s`` > 0 each slot gets the lowest value over its whole span [start, start + slot_s): a
+    DSO window or forecast slot that begins inside a slot already binds it.
+    """
     ext = list(external)
     T = len(slot_starts)
     v = topology.nominal_voltage_v
@@ -106,14 +111,16 @@ def node_capacity(
         for e in ext:
             if e.node_id != node.id:
                 continue
+            changes = [e.valid_from] + [start for start, _lim in e.schedule]
             for t, ts in enumerate(slot_starts):
-                val = e.value_at(ts, now)
-                if val is None:
-                    continue
-                for p in range(3):
-                    if val[p] < cap[p, t]:
-                        cap[p, t] = max(0.0, val[p])
-                        why[p][t] = f"external:{e.limit_id}"
+                for at in [ts] + [c for c in changes if ts < c < ts + slot_s]:
+                    val = e.value_at(at, now)
+                    if val is None:
+                        continue
+                    for p in range(3):
+                        if val[p] < cap[p, t]:
+                            cap[p, t] = max(0.0, val[p])
+                            why[p][t] = f"external:{e.limit_id}"
         cap *= 1.0 - node.safety_margin_pct / 100.0
         inp = inputs.get(node.id)
         load_fresh = inp is not None and inp.load_at is not None and now - inp.load_at <= NODE_LOAD_STALE_S
@@ -128,18 +135,19 @@ def node_capacity(
                         if base[p] > 0:
                             why[p][t] = why[p][t] if why[p][t] != "rating" else "base_load"
         if fc_fresh and inp is not None and inp.headroom_start is not None:
+            n_fc = len(inp.headroom_w)
             for t, ts in enumerate(slot_starts):
-                k = int((ts - inp.headroom_start) // inp.headroom_step_s)
-                if not 0 <= k < len(inp.headroom_w):
-                    k = len(inp.headroom_w) - 1 if k >= len(inp.headroom_w) else -1
-                if k < 0:
-                    continue
-                hw = inp.headroom_w[k]
-                for p in range(3):
-                    if hw[p] < cap[p, t]:
-                        cap[p, t] = max(0.0, hw[p])
-                        why[p][t] = "headroom:" + (inp.headroom_sources[k] if k < len(inp.headroom_sources)
-                                                   and inp.headroom_sources[k] else "forecast")
+                first = int((ts - inp.headroom_start) // inp.headroom_step_s)
+                last = int((ts + max(0.0, slot_s - 1.0) - inp.headroom_start) // inp.headroom_step_s)
+                for k in sorted({min(max(first, 0), n_fc - 1), min(max(last, 0), n_fc - 1)}):
+                    if last < 0:
+                        continue
+                    hw = inp.headroom_w[k]
+                    for p in range(3):
+                        if hw[p] < cap[p, t]:
+                            cap[p, t] = max(0.0, hw[p])
+                            why[p][t] = "headroom:" + (inp.headroom_sources[k] if k < len(inp.headroom_sources)
+                                                       and inp.headroom_sources[k] else "forecast")
         if node.metered and not load_fresh and not fc_fresh:
             # unknown non-EV load: only what is safe by construction
             fb = np.array(topology.fallback_draw_a(node.id), dtype=float) * v

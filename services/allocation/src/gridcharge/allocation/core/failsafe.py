@@ -3,7 +3,8 @@
 Safety principle 3, "unknown means worst case", per station:
 
 - the floor is the installed fallback (station max, stack 0) once a station accepted it, else the
-  hardware maximum (a station without a known profile charges unconstrained);
+  hardware maximum (a station without a known profile charges unconstrained). A fallback may be a
+  schedule (lowered ahead of a DSO window or a base-load peak), so the floor is a function of time;
 - on top of the floor, every station-cap lease that may be in force counts until its ``valid_to``:
   the accepted one, the ones sent and not answered yet, and those whose fate is unknown (timed out,
   CALLERROR). Leases bound the uncertainty in time: after ``valid_to`` the station is back at its floor;
@@ -19,9 +20,12 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
+from gridcharge.allocation.core.profiles import FALLBACK_STACK, STATION_MAX, command_key
 from gridcharge.command.v1 import command_pb2
 
 C = command_pb2  # outcome enum values live on the module
+
+FALLBACK_KEY = command_key(0, STATION_MAX, FALLBACK_STACK)
 
 # outcomes where the station certainly did not apply the profile
 NOT_APPLIED = {C.COMMAND_OUTCOME_REJECTED, C.COMMAND_OUTCOME_OFFLINE, C.COMMAND_OUTCOME_INVALID,
@@ -53,6 +57,22 @@ class Sent:
     cap_a: float                  # highest per-phase current the profile allows
     valid_until: float            # POSIX s; inf = no end
     sent_at: float
+    schedule: tuple[tuple[float, float], ...] = ()   # (from POSIX s, A) steps; () = cap_a throughout
+
+    def limit_at(self, t: float) -> float:
+        """Per-phase limit (A) the profile sets at time ``t`` (the first step also covers earlier times)."""
+        if not self.schedule:
+            return self.cap_a
+        cur = self.schedule[0][1]
+        for start, a in self.schedule:
+            if start > t:
+                break
+            cur = a
+        return cur
+
+    def steps_between(self, t0: float, t1: float) -> list[float]:
+        """Times in (t0, t1) at which the limit changes (POSIX s)."""
+        return [start for start, _a in self.schedule if t0 < start < t1]
 
 
 @dataclass
@@ -72,8 +92,45 @@ class StationLedger:
     last_failure: str = ""
     expired: set[str] = field(default_factory=set)             # lease slots whose grant lapsed unrenewed
 
-    def floor_a(self) -> float:
-        return self.fallback_a if self.fallback_installed else self.hw_max_a
+    def floor_a(self, t: float | None = None) -> float:
+        """What the station may draw once every lease lapsed (A): its fallback at time ``t``.
+
+        Without ``t``: the highest value the installed fallback takes at any time. A fallback known
+        installed (e.g. after a restart) but not its schedule counts at its nominal value, the highest.
+        """
+        if not self.fallback_installed:
+            return self.hw_max_a
+        fb = self.accepted.get(FALLBACK_KEY)
+        if fb is None:
+            return self.fallback_a
+        if t is None:
+            return max(a for _s, a in fb.schedule) if fb.schedule else fb.cap_a
+        return fb.limit_at(t)
+
+    def floor_max_a(self, t0: float, t1: float) -> float:
+        """Highest floor between ``t0`` and ``t1`` (A), counting a new fallback still in flight."""
+        vals = [self.floor_a(t) for t in [t0, *self.floor_steps(t0, t1)]]
+        for s in [*self.pending.values(), *self.uncertain.values()]:
+            if s.key == FALLBACK_KEY:
+                vals += [s.limit_at(t) for t in [t0, *s.steps_between(t0, t1)]]
+        return min(self.hw_max_a, max(vals))
+
+    def floor_min_a(self, t0: float, t1: float) -> float:
+        """Lowest installed floor between ``t0`` and ``t1`` (A): what a car may count on in that span."""
+        return min(self.floor_a(t) for t in [t0, *self.floor_steps(t0, t1)])
+
+    def floor_steps(self, t0: float, t1: float) -> list[float]:
+        """Times in (t0, t1) where the installed fallback changes (POSIX s)."""
+        fb = self.accepted.get(FALLBACK_KEY)
+        return fb.steps_between(t0, t1) if fb is not None and self.fallback_installed else []
+
+    def worst_case_max_a(self, t0: float, t1: float) -> float:
+        """Highest worst case between ``t0`` and ``t1`` (A) if nothing new is sent or answered."""
+        times = {t0, *self.floor_steps(t0, t1)}
+        for s in [*self.pending.values(), *self.uncertain.values()]:
+            if s.key == FALLBACK_KEY:
+                times.update(s.steps_between(t0, t1))
+        return max(self.worst_case_a(t) for t in times)
 
     def _cap_sources(self, now: float) -> list[Sent]:
         out = [s for s in self.accepted.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
@@ -83,21 +140,21 @@ class StationLedger:
 
     def worst_case_a(self, now: float) -> float:
         """Highest per-phase current the station may draw now whatever happened to our commands."""
-        caps = [self.floor_a()] + [s.cap_a for s in self._cap_sources(now)]
+        caps = [self.floor_a(now)] + [s.limit_at(now) for s in self._cap_sources(now)]
         return min(self.hw_max_a, max(caps))
 
     def committed_a(self, now: float) -> float:
         """Like worst_case_a but ignoring commands still in flight (what is surely or maybe installed)."""
         srcs = [s for s in self.accepted.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
         srcs += [s for s in self.uncertain.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
-        caps = [self.floor_a()] + [s.cap_a for s in srcs if s.valid_until > now]
+        caps = [self.floor_a(now)] + [s.limit_at(now) for s in srcs if s.valid_until > now]
         return min(self.hw_max_a, max(caps))
 
     def uncertain_excess_a(self, now: float) -> float:
         """How far unknown-fate leases lift the worst case above what we control (A)."""
-        known = [self.floor_a()] + [s.cap_a for s in self.accepted.values()
-                                    if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and s.valid_until > now]
-        unk = [s.cap_a for s in self.uncertain.values()
+        known = [self.floor_a(now)] + [s.limit_at(now) for s in self.accepted.values()
+                                       if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and s.valid_until > now]
+        unk = [s.limit_at(now) for s in self.uncertain.values()
                if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and s.valid_until > now]
         return max(0.0, min(self.hw_max_a, max(known + unk)) - min(self.hw_max_a, max(known)))
 

@@ -130,9 +130,15 @@ def _periods(periods_a: Sequence[tuple[int, float]], t: StationProfileTarget) ->
             for s, a in merged]
 
 
-def fallback_profile(fallback_a: float, now: datetime, t: StationProfileTarget) -> command_pb2.SetChargingProfile:
-    """Station-wide fallback (ChargePointMaxProfile / ChargingStationMaxProfile), stack 0, no end."""
+def fallback_profile(fallback_a: float, now: datetime, t: StationProfileTarget,
+                     steps_a: Sequence[tuple[datetime, float]] = ()) -> command_pb2.SetChargingProfile:
+    """Station-wide fallback (ChargePointMaxProfile / ChargingStationMaxProfile), stack 0, no end.
+
+    ``fallback_a`` applies from now; ``steps_a`` lists later (from, A) changes, e.g. a lower value over a
+    DSO window and back. The schedule has no duration, so its last period holds until the next fallback.
+    """
     start = now - timedelta(seconds=BACKDATE_S)
+    periods = [(0, fallback_a)] + [(max(0, int((when - start).total_seconds())), a) for when, a in steps_a]
     return command_pb2.SetChargingProfile(
         evse_id=0,
         profile=command_pb2.ChargingProfile(
@@ -143,7 +149,7 @@ def fallback_profile(fallback_a: float, now: datetime, t: StationProfileTarget) 
             valid_from=_ts(start),
             start_schedule=_ts(start),
             rate_unit=t.rate_unit,
-            periods=_periods([(0, fallback_a)], t),
+            periods=_periods(periods, t),
         ),
     )
 
@@ -209,3 +215,13 @@ def profile_limit_a(p: command_pb2.SetChargingProfile, t: StationProfileTarget) 
     lims = [per.limit for per in p.profile.periods] or [0.0]
     top = max(lims)
     return watts_to_amps(top, t.voltage_v, t.phases) if p.profile.rate_unit == RATE_W else top
+
+
+def profile_schedule_a(p: command_pb2.SetChargingProfile, t: StationProfileTarget) -> tuple[tuple[float, float], ...]:
+    """(from POSIX s, per-phase A) of every period of an absolute profile, as the station will apply it."""
+    start = p.profile.start_schedule.ToSeconds() if p.profile.HasField("start_schedule") else 0.0
+    out = []
+    for per in p.profile.periods:
+        a = watts_to_amps(per.limit, t.voltage_v, t.phases) if p.profile.rate_unit == RATE_W else per.limit
+        out.append((start + per.start_period_s, float(a)))
+    return tuple(out)

@@ -53,6 +53,7 @@ class SessionState:
     charging_state: str = "Charging"
     below_grant_samples: int = 0
     user_set: set[str] = field(default_factory=set)   # fields a driver/operator set explicitly
+    need_guessed: bool = True      # energy_needed_wh is the site default, not from the EV or a driver
 
     @property
     def remaining_wh(self) -> float:
@@ -67,7 +68,7 @@ class SessionState:
             "departure": self.departure.isoformat(), "energy_needed_wh": self.energy_needed_wh,
             "min_current_a": self.min_current_a, "max_current_a": self.max_current_a, "phases": self.phases,
             "priority": self.priority, "delivered_wh": self.delivered_wh, "meter_start_wh": self.meter_start_wh,
-            "user_set": sorted(self.user_set),
+            "user_set": sorted(self.user_set), "need_guessed": self.need_guessed,
         }).encode()
 
     def meter_fresh(self, now: datetime) -> bool:
@@ -206,6 +207,8 @@ class SessionBook:
                 v = min(float(v), hw_max)
             if k == "phases" and isinstance(v, int | float):
                 v = min(int(v), hw_phases)
+            if k == "energy_needed_wh":
+                s.need_guessed = False
             setattr(s, k, v)
         if s.min_current_a > s.max_current_a:
             s.min_current_a = s.max_current_a
@@ -222,6 +225,7 @@ class SessionBook:
         if energy_wh is not None and math.isfinite(energy_wh) and energy_wh >= 0:
             s.energy_needed_wh = energy_wh
             s.user_set.add("energy_needed_wh")
+            s.need_guessed = False
         if priority is not None and priority >= 0:
             s.priority = priority
         return s
@@ -239,6 +243,10 @@ class SessionBook:
             if s.meter_start_wh is None:
                 s.meter_start_wh = energy_register_wh
             s.delivered_wh = max(s.delivered_wh, energy_register_wh - s.meter_start_wh)
+            if s.need_guessed and s.remaining_wh <= 0:
+                # nobody told us what this car needs (OCPP 1.6): the default is a guess, not a cap, so
+                # a car that reached it may take another default's worth; a full car stops drawing by itself
+                s.energy_needed_wh = s.delivered_wh + self.defaults.energy_wh
         if current_a is not None and math.isfinite(current_a) and 0 <= current_a < 1000:
             s.measured_current_a = current_a
         elif power_w is not None and math.isfinite(power_w) and 0 <= power_w < 1e6:
@@ -264,7 +272,7 @@ class SessionBook:
                 min_current_a=float(d["min_current_a"]), max_current_a=float(d["max_current_a"]),
                 phases=int(d["phases"]), priority=int(d["priority"]), delivered_wh=float(d["delivered_wh"]),
                 meter_start_wh=None if d.get("meter_start_wh") is None else float(d["meter_start_wh"]),
-                user_set=set(d.get("user_set", [])),
+                user_set=set(d.get("user_set", [])), need_guessed=bool(d.get("need_guessed", True)),
             )
         except (ValueError, KeyError, TypeError):
             return None
