@@ -1,5 +1,5 @@
 """Message bus: one interface, an in-process implementation and a Kafka one."""
 
-from gridcharge.shared.bus.base import Bus, Handler, Record, Subscription
+from gridcharge.shared.bus.base import Bus, Handler, Outgoing, PublishError, Record, Subscription
 
-__all__ = ["Bus", "Handler", "Record", "Subscription"]
+__all__ = ["Bus", "Handler", "Outgoing", "PublishError", "Record", "Subscription"]

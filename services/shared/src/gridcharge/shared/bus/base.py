@@ -36,6 +36,24 @@ class Record:
 Handler = Callable[[Record], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A record to publish: topic (without prefix), key, value."""
+
+    topic: str
+    key: str
+    value: bytes
+
+
+class PublishError(Exception):
+    """`publish_many` could not send some records: `failed` maps their index in the batch to the error."""
+
+    def __init__(self, failed: dict[int, BaseException]) -> None:
+        first = next(iter(failed.values()), None)
+        super().__init__(f"{len(failed)} record(s) not acknowledged; first: {first!r}"[:500])
+        self.failed = failed
+
+
 class Subscription(Protocol):
     async def stop(self) -> None: ...
 
@@ -51,6 +69,12 @@ class Bus(Protocol):
 
     async def publish(self, topic: str, key: str, value: bytes) -> None:
         """Send one record; returns once the broker acknowledged it (acks=all on Kafka)."""
+        ...
+
+    async def publish_many(self, records: Sequence[Outgoing]) -> None:
+        """Send records in order (as `publish` one after the other would) and return once the broker
+        acknowledged all of them; on Kafka they share batches instead of waiting one round trip each.
+        Raises PublishError naming the records that were not acknowledged (the others were)."""
         ...
 
     async def subscribe(

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
-from gridcharge.shared.bus.base import Handler, Record, run_handler
+from gridcharge.shared.bus.base import Handler, Outgoing, PublishError, Record, run_handler
 from gridcharge.shared.contracts import TOPICS_BY_NAME
 from gridcharge.shared.metrics import BUS_MESSAGES
 
@@ -163,6 +163,30 @@ class KafkaBus:
             await self.ensure_topics([topic])
         await self._producer.send_and_wait(self.prefix + topic, value=value, key=key.encode())
         BUS_MESSAGES.labels(topic=topic, direction="out").inc()
+
+    async def publish_many(self, records: Sequence[Outgoing]) -> None:
+        """Enqueue every record in order, then wait for all acknowledgements (one batch round trip, not one
+        per record). The idempotent producer keeps the order within a partition, so per key too."""
+        if self._producer is None:
+            raise RuntimeError("KafkaBus.publish_many before start()")
+        missing = list(dict.fromkeys(r.topic for r in records if r.topic not in self._known_topics))
+        if missing:
+            await self.ensure_topics(missing)
+        failed: dict[int, BaseException] = {}
+        futs: dict[int, asyncio.Future[Any]] = {}
+        for i, r in enumerate(records):
+            try:
+                futs[i] = await self._producer.send(self.prefix + r.topic, value=r.value, key=r.key.encode())
+            except Exception as exc:   # not enqueued (e.g. too large); the rest still go
+                failed[i] = exc
+        results = await asyncio.gather(*futs.values(), return_exceptions=True)
+        for i, res in zip(futs, results, strict=True):
+            if isinstance(res, BaseException):
+                failed[i] = res
+            else:
+                BUS_MESSAGES.labels(topic=records[i].topic, direction="out").inc()
+        if failed:
+            raise PublishError(failed)
 
     async def subscribe(
         self, topics: Sequence[str], group: str, handler: Handler, *, from_beginning: bool = True

@@ -13,7 +13,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 
-from gridcharge.shared.bus.base import Handler, Record, run_handler
+from gridcharge.shared.bus.base import Handler, Outgoing, Record, run_handler
 from gridcharge.shared.metrics import BUS_MESSAGES
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,10 @@ class MemoryBus:
             for m in members:
                 if topic in m.topics:
                     m.wakeup.set()
+
+    async def publish_many(self, records: Sequence[Outgoing]) -> None:
+        for r in records:
+            await self.publish(r.topic, r.key, r.value)   # in memory a publish cannot fail
 
     async def subscribe(
         self, topics: Sequence[str], group: str, handler: Handler, *, from_beginning: bool = True
