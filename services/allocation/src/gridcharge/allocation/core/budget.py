@@ -14,6 +14,7 @@ Powers are W per grid phase (arrays of 3: L1, L2, L3); currents A per phase.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -81,9 +82,61 @@ class Capacity:
     source: dict[str, tuple[str, str, str]]
 
 
+@dataclass(frozen=True)
+class _StationIndex:
+    """Per topology: each station's path and grid phases, and the flat (node, phase) slots it loads.
+
+    ``slot[start[r]:start[r] + count[r]]`` are the slots (node position × 3 + phase) of station row ``r``
+    in the order the loops below visit them: path bottom-up, then the station's phases.
+    """
+
+    node_ids: tuple[str, ...]
+    row: dict[str, int]
+    path: tuple[tuple[str, ...], ...]
+    phases: tuple[tuple[int, ...], ...]
+    start: npt.NDArray[np.intp]
+    count: npt.NDArray[np.intp]
+    slot: npt.NDArray[np.intp]
+
+
+_INDEXES: OrderedDict[int, tuple[Topology, _StationIndex]] = OrderedDict()
+_INDEXES_MAX = 16
+
+
+def _index(topology: Topology) -> _StationIndex:
+    """The station index of a (frozen) topology, built once; the cache holds the topology, so ids stay unique."""
+    hit = _INDEXES.get(id(topology))
+    if hit is not None and hit[0] is topology:
+        _INDEXES.move_to_end(id(topology))
+        return hit[1]
+    node_ids = tuple(n.id for n in topology.nodes)
+    node_pos = {nid: i for i, nid in enumerate(node_ids)}
+    paths: list[tuple[str, ...]] = []
+    phases: list[tuple[int, ...]] = []
+    start: list[int] = []
+    count: list[int] = []
+    slot: list[int] = []
+    for st in topology.stations:
+        path = tuple(topology.station_path(st.id))
+        ph = tuple(PHASES.index(p) for p in st.phase_map)
+        paths.append(path)
+        phases.append(ph)
+        start.append(len(slot))
+        slot.extend(node_pos[nid] * 3 + p for nid in path for p in ph)
+        count.append(len(slot) - start[-1])
+    idx = _StationIndex(node_ids, {st.id: r for r, st in enumerate(topology.stations)}, tuple(paths),
+                        tuple(phases), np.array(start, dtype=np.intp), np.array(count, dtype=np.intp),
+                        np.array(slot, dtype=np.intp))
+    _INDEXES[id(topology)] = (topology, idx)
+    while len(_INDEXES) > _INDEXES_MAX:
+        _INDEXES.popitem(last=False)
+    return idx
+
+
 def station_phases(topology: Topology, station_id: str) -> list[int]:
     """Grid phase indices a station is wired to."""
-    return [PHASES.index(p) for p in topology.station_by_id[station_id].phase_map]
+    ix = _index(topology)
+    return list(ix.phases[ix.row[station_id]])
 
 
 def node_capacity(
@@ -162,17 +215,26 @@ def node_capacity(
 
 
 def node_draw_w(topology: Topology, station_caps_a: Mapping[str, float]) -> dict[str, FloatArray]:
-    """Per-node, per-phase worst-case draw (W) if every station drew its cap on all its phases."""
-    v = topology.nominal_voltage_v
-    out = {n.id: np.zeros(3) for n in topology.nodes}
+    """Per-node, per-phase worst-case draw (W) if every station drew its cap on all its phases.
+
+    Vectorised: one weighted bincount over the stations' (node, phase) slots, in the mapping's order, so
+    every slot sums the same terms in the same order as a loop over stations, nodes and phases would.
+    """
+    ix = _index(topology)
+    rows: list[int] = []
+    caps: list[float] = []
     for sid, cap in station_caps_a.items():
-        if sid not in topology.station_by_id:
-            continue
-        phases = station_phases(topology, sid)
-        for nid in topology.station_path(sid):
-            for p in phases:
-                out[nid][p] += cap * v
-    return out
+        r = ix.row.get(sid)
+        if r is not None:
+            rows.append(r)
+            caps.append(cap)
+    sel = np.array(rows, dtype=np.intp)
+    count = ix.count[sel]
+    ends = np.cumsum(count)
+    flat = np.repeat(ix.start[sel] - (ends - count), count) + np.arange(int(ends[-1]) if len(ends) else 0)
+    weights = np.repeat(np.array(caps, dtype=np.float64), count) * topology.nominal_voltage_v
+    draw = np.bincount(ix.slot[flat], weights=weights, minlength=3 * len(ix.node_ids)).reshape(-1, 3)
+    return {nid: draw[i] for i, nid in enumerate(ix.node_ids)}
 
 
 def fit_caps(
@@ -199,6 +261,7 @@ def fit_caps(
        still has room; one that cannot be granted keeps the current worst case.
     """
     v = topology.nominal_voltage_v
+    ix = _index(topology)
     floors = floor_a or {}
     wc = dict(worst_case_a)
     used = node_draw_w(topology, wc)
@@ -216,17 +279,19 @@ def fit_caps(
     def excess_a(sid: str, load: Mapping[str, FloatArray]) -> float:
         """Most any node/phase on the station's path is above capacity (A, may be < 0 = room)."""
         worst = -math.inf
-        for nid in topology.station_path(sid):
+        r = ix.row[sid]
+        for nid in ix.path[r]:
             cap = capacity_w.get(nid)
             if cap is None:
                 continue
-            for p in station_phases(topology, sid):
+            for p in ix.phases[r]:
                 worst = max(worst, (float(load[nid][p]) - float(cap[p])) / v)
         return worst
 
     def shift(load: dict[str, FloatArray], sid: str, delta_a: float) -> None:
-        for nid in topology.station_path(sid):
-            for p in station_phases(topology, sid):
+        r = ix.row[sid]
+        for nid in ix.path[r]:
+            for p in ix.phases[r]:
                 load[nid][p] += delta_a * v
 
     for sid in reversed(order):
