@@ -4,7 +4,8 @@ Inputs (one consumer group per replica, so a standby keeps the same state as the
 STATION_EVENTS, METER_VALUES, STATION_CAPABILITIES, COMMANDS (to see what a previous leader sent),
 COMMAND_RESULTS, NODE_LOAD (also runs the fast limiter), HEADROOM, EXTERNAL_LIMITS.
 Outputs (leader only): COMMANDS, SESSION_PLANS, NODE_PLANS, plans in the store.
-A re-plan runs every ``plan_interval_s`` and ``debounce_s`` after any change that matters.
+A re-plan runs every ``plan_interval_s`` and ``debounce_s`` after any change that matters; its LP is
+solved in a worker thread (`OffLoopPlanner`) so the fast limiter keeps reacting to NodeLoad meanwhile.
 """
 
 from __future__ import annotations
@@ -15,19 +16,21 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from fastapi import APIRouter
 from gridcharge.allocation.adapters import codec
 from gridcharge.allocation.adapters import metrics as M
 from gridcharge.allocation.core.allocator import Allocator, AllocatorConfig, PlanResult, ProfileCommand
 from gridcharge.allocation.core.budget import violations
-from gridcharge.allocation.core.model import Planner
+from gridcharge.allocation.core.model import Plan, Planner, PlanningProblem
 from gridcharge.command.v1 import command_pb2
 from gridcharge.forecast.v1 import forecast_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts as C
-from gridcharge.shared.bus.base import Record, Subscription
+from gridcharge.shared.bus.base import Outgoing, PublishError, Record, Subscription
+from gridcharge.shared.clock import RealClock
 from gridcharge.shared.leader import LeaderLease
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.topology import PHASES, Topology
@@ -44,8 +47,59 @@ CAPS_KEY = "allocation:capabilities"             # hash station -> {units, max_p
 GATEWAY_CONNECTED_KEY = "gw:connected"           # the gateway registry: station -> replica|protocol|epoch|since
 BASE_LOAD_REPLAN_W = 230.0                        # a base-load change this big re-plans (≈ 1 A on a phase)
 
+P3 = tuple[float, float, float]
+STORE_BATCH = 64                                  # concurrent store writes per batch (the pool has 100)
+
 INPUT_TOPICS = (C.STATION_EVENTS, C.METER_VALUES, C.STATION_CAPABILITIES, C.COMMANDS, C.COMMAND_RESULTS,
                 C.NODE_LOAD, C.HEADROOM, C.EXTERNAL_LIMITS)
+
+
+class _ProblemCaptured(BaseException):
+    """Ends a dry run of `Allocator.plan` once its planning problem is built. Control flow, not an error:
+    a BaseException, so the allocator's `except Exception` around its planner does not take it for a
+    planner failure. Before the planner, `Allocator.plan` only expires stale commands and ended external
+    limits, which the real run would do anyway."""
+
+    def __init__(self, problem: PlanningProblem) -> None:
+        super().__init__("planning problem captured")
+        self.problem = problem
+
+
+def _sessions_of(problem: PlanningProblem) -> tuple[tuple[str, str], ...]:
+    return tuple((s.session_id, s.evse_id) for s in problem.sessions)
+
+
+class OffLoopPlanner:
+    """The allocator's planner inside the service: solves in a worker thread instead of the event loop.
+
+    `Allocator.plan` calls its planner synchronously, and the LP of 1,000 sessions takes seconds of CPU
+    (HiGHS releases the GIL), during which no NodeLoad could reach the fast limiter. A re-plan therefore
+    (1) runs `Allocator.plan` with `capturing` set: without a solved plan for its sessions it stops once
+    the problem is built, (2) solves that problem in a thread (`solve`), and (3) runs `Allocator.plan`
+    again, which gets the plan from (2) when its sessions are still the same (else back to (1); the
+    last attempt solves on the loop, as before). Inputs that changed during (2) are planned with the next
+    re-plan, as when the solve blocked the loop; the budget fit and the commands always use the current
+    state. `threaded=False` (simulated time, where a solve takes no time anyway): solve on the loop, so
+    runs stay deterministic.
+    """
+
+    def __init__(self, inner: Planner, threaded: bool = True) -> None:
+        self.inner, self.threaded = inner, threaded
+        self.capturing = False
+        self._solved: tuple[tuple[tuple[str, str], ...], Plan] | None = None
+
+    def plan(self, problem: PlanningProblem) -> Plan:
+        solved, self._solved = self._solved, None
+        if solved is not None and solved[0] == _sessions_of(problem):
+            return solved[1]
+        if self.capturing:
+            raise _ProblemCaptured(problem)
+        return self.inner.plan(problem)
+
+    async def solve(self, problem: PlanningProblem) -> None:
+        """Solve in a worker thread; the next `plan` call with the same sessions gets the result."""
+        plan = await asyncio.to_thread(self.inner.plan, problem) if self.threaded else self.inner.plan(problem)
+        self._solved = (_sessions_of(problem), plan)
 
 
 class AllocationService:
@@ -56,7 +110,16 @@ class AllocationService:
     def __init__(self, rt: Runtime, topology: Topology, config: AllocatorConfig | None = None,
                  planner: Planner | None = None, leader_ttl_s: float = 15.0, tick_s: float = 1.0) -> None:
         self.rt, self.topology = rt, topology
-        self.alloc = Allocator(topology, config, planner)
+        if planner is None:
+            from gridcharge.allocation.core.planner import LpPlanner
+
+            planner = LpPlanner()
+        # real time: solve in a thread and write to the store concurrently; simulated time (tests, the demo)
+        # keeps every cycle on the loop without extra yields, so woken tasks finish within a clock step
+        self.realtime = isinstance(rt.clock, RealClock)
+        self.planner = OffLoopPlanner(planner, threaded=self.realtime)
+        self._store_batch = STORE_BATCH if self.realtime else 1
+        self.alloc = Allocator(topology, config, self.planner)
         self.cfg = self.alloc.cfg
         self.producer = f"allocation/{rt.settings.replica_id}"
         self.leader = LeaderLease(rt.store, rt.clock, rt.settings.replica_id, leader_ttl_s, key="allocation:leader")
@@ -65,8 +128,11 @@ class AllocationService:
         self._task: asyncio.Task[None] | None = None
         self._dirty_since: float | None = None
         self._last_plan_at: float | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()          # allocator decisions + their commands (plan apply, limiter)
+        self._replan_lock = asyncio.Lock()   # one re-plan at a time
         self._planned_base_w: dict[str, tuple[float, float, float]] = {}
+        # node -> ((load W, limit W) of its last NodeLoad, whether the limiter acted on it)
+        self._limited_on: dict[str, tuple[tuple[P3, P3], bool]] = {}
         self.started = False
         self._handlers: dict[str, Callable[[Record], Awaitable[None]]] = {
             C.STATION_EVENTS.name: self._on_station_event,
@@ -149,10 +215,11 @@ class AllocationService:
     async def _persist(self) -> None:
         """Sessions to the store (leader only, once per cycle)."""
         try:
-            for key, s in self.alloc.book.sessions.items():
-                await self.rt.store.hset(SESSIONS_KEY, key, s.dump())
-            for key in set(await self.rt.store.hgetall(SESSIONS_KEY)) - set(self.alloc.book.sessions):
-                await self.rt.store.hdel(SESSIONS_KEY, key)
+            blobs = {key: sess.dump() for key, sess in self.alloc.book.sessions.items()}
+            await _batched([self.rt.store.hset(SESSIONS_KEY, key, blob) for key, blob in blobs.items()],
+                           self._store_batch)
+            gone = set(await self.rt.store.hgetall(SESSIONS_KEY)) - set(self.alloc.book.sessions)
+            await _batched([self.rt.store.hdel(SESSIONS_KEY, key) for key in gone], self._store_batch)
         except Exception:
             log.warning("could not persist sessions", exc_info=True)
 
@@ -197,41 +264,94 @@ class AllocationService:
 
     # ---------------------------------------------------------------- planning
     async def replan(self) -> PlanResult:
-        """Run a planning cycle now and publish its commands and plans."""
-        async with self._lock:
-            now_dt = self.rt.clock.now()
+        """Run a planning cycle now and publish its commands and plans.
+
+        The LP is solved off the event loop (see OffLoopPlanner); `_lock` is held only to build the problem
+        and to apply the plan and send its commands, so the limiter is never held up by a solve."""
+        async with self._replan_lock:
             self._dirty_since = None
-            self._last_plan_at = now_dt.timestamp()
             await self._load_preferences()
             t0 = time.perf_counter()
-            res = self.alloc.plan(now_dt)
+            res: PlanResult | None = None
+            capture = True
+            for attempt in range(3):
+                async with self._lock:
+                    self.planner.capturing = capture and attempt < 2
+                    try:
+                        now_dt = self.rt.clock.now()
+                        res = self.alloc.plan(now_dt)
+                    except _ProblemCaptured as cap:
+                        problem = cap.problem
+                    else:
+                        self._last_plan_at = now_dt.timestamp()
+                        await self._send(res.commands)
+                        break
+                    finally:
+                        self.planner.capturing = False
+                try:
+                    await self.planner.solve(problem)
+                except Exception:   # solved again on the loop next, where a failure is handled as before
+                    log.exception("planner failed in its worker thread")
+                    capture = False
+            assert res is not None
             if res.plan is not None:
                 M.PLAN_SOLVE_SECONDS.observe(res.plan.solve_time_s)
             log.debug("planned", extra={"sessions": len(self.alloc.book), "commands": len(res.commands),
                                         "seconds": round(time.perf_counter() - t0, 4)})
-            await self._send(res.commands)
             self._update_metrics(res)
             await self._publish_plans(res)
             await self._persist()
             return res
 
     async def _send(self, cmds: list[ProfileCommand]) -> None:
+        """Publish commands in order; generations and lease records are written to the store first
+        (concurrently across profile slots, in order within one), then all commands go in one batch."""
         if not self.leader.is_leader:
             self._discard(cmds)
             return
-        for cmd in cmds:
-            try:
-                gen = await self.rt.store.incr(f"allocation:gen:{cmd.station_id}:{cmd.command_key}")
-                msg = codec.station_command(cmd, gen, self.producer, self.rt.clock.now())
-                if cmd.purpose == "station_lease":
-                    await self._persist_lease(cmd.station_id)   # before it can be applied
-                await self.rt.bus.publish(C.COMMANDS.name, cmd.station_id, msg.SerializeToString())
-                M.COMMANDS.labels(purpose=cmd.purpose, outcome="sent").inc()
-            except Exception:
-                log.exception("could not send command", extra={"station": cmd.station_id[:48]})
-                M.COMMANDS.labels(purpose=cmd.purpose, outcome="send_failed").inc()
-                # not sent: it cannot have been applied
-                self.alloc.ledgers[cmd.station_id].pending.pop(cmd.command_id, None)
+        if not cmds:
+            return
+        msgs: dict[int, bytes] = {}
+        slots: dict[tuple[str, str], list[int]] = {}
+        for i, cmd in enumerate(cmds):
+            slots.setdefault((cmd.station_id, cmd.command_key), []).append(i)
+
+        async def prepare(idx: list[int]) -> None:
+            for i in idx:
+                cmd = cmds[i]
+                try:
+                    gen = await self.rt.store.incr(f"allocation:gen:{cmd.station_id}:{cmd.command_key}")
+                    msg = codec.station_command(cmd, gen, self.producer, self.rt.clock.now())
+                    if cmd.purpose == "station_lease":
+                        await self._persist_lease(cmd.station_id)   # before it can be applied
+                    msgs[i] = msg.SerializeToString()
+                except Exception as exc:
+                    self._send_failed(cmd, exc)
+
+        if self.realtime:
+            await asyncio.gather(*(prepare(idx) for idx in slots.values()))
+        else:
+            for idx in slots.values():
+                await prepare(idx)
+        order = sorted(msgs)
+        failed: dict[int, BaseException] = {}
+        try:
+            await self.rt.bus.publish_many([Outgoing(C.COMMANDS.name, cmds[i].station_id, msgs[i]) for i in order])
+        except PublishError as exc:
+            failed = {order[j]: e for j, e in exc.failed.items()}
+        except Exception as exc:
+            failed = dict.fromkeys(order, exc)
+        for i in order:
+            if i in failed:
+                self._send_failed(cmds[i], failed[i])
+            else:
+                M.COMMANDS.labels(purpose=cmds[i].purpose, outcome="sent").inc()
+
+    def _send_failed(self, cmd: ProfileCommand, exc: BaseException) -> None:
+        log.error("could not send command", extra={"station": cmd.station_id[:48]}, exc_info=exc)
+        M.COMMANDS.labels(purpose=cmd.purpose, outcome="send_failed").inc()
+        # not sent: it cannot have been applied
+        self.alloc.ledgers[cmd.station_id].pending.pop(cmd.command_id, None)
 
     def _discard(self, cmds: list[ProfileCommand]) -> None:
         for cmd in cmds:
@@ -239,14 +359,15 @@ class AllocationService:
 
     async def _publish_plans(self, res: PlanResult) -> None:
         try:
+            out: list[Outgoing] = []
             for sp in codec.session_plans(self.alloc, res, self.producer):
-                data = sp.SerializeToString()
-                await self.rt.bus.publish(C.SESSION_PLANS.name, sp.session_id, data)
-                await self.rt.store.set(f"allocation:plan:session:{sp.session_id}", data, PLAN_TTL_S)
+                out.append(Outgoing(C.SESSION_PLANS.name, sp.session_id, sp.SerializeToString()))
+            n_sessions = len(out)
             for np_ in codec.node_plans(self.alloc, res, self.producer):
-                data = np_.SerializeToString()
-                await self.rt.bus.publish(C.NODE_PLANS.name, np_.node_id, data)
-                await self.rt.store.set(f"allocation:plan:node:{np_.node_id}", data, PLAN_TTL_S)
+                out.append(Outgoing(C.NODE_PLANS.name, np_.node_id, np_.SerializeToString()))
+            await self.rt.bus.publish_many(out)
+            await _batched([self.rt.store.set(f"allocation:plan:{'session' if i < n_sessions else 'node'}:{o.key}",
+                                              o.value, PLAN_TTL_S) for i, o in enumerate(out)], self._store_batch)
         except Exception:
             log.exception("could not publish plans")
 
@@ -377,8 +498,14 @@ class AllocationService:
         if not self.leader.is_leader:
             return
         async with self._lock:
+            # the limiter acts once on a measurement: a snapshot that repeats the load (and limit) the limiter
+            # just acted on predates that action; acting again would lower (or give back) the same excess twice
+            seen = (codec.pv(nl.load_w), self.alloc.capacity_limit_w(nl.node_id, now.timestamp()))
+            if self._limited_on.get(nl.node_id) == (seen, True):
+                return
             before = dict(self.alloc.grant_a)
             cmds = self.alloc.limit(nl.node_id, now)
+            self._limited_on[nl.node_id] = (seen, bool(cmds))
             for key, a in self.alloc.grant_a.items():
                 if key in before and a < before[key]:
                     M.LIMITER_ACTIONS.labels(action="lower").inc()
@@ -402,3 +529,17 @@ class AllocationService:
             self.mark_dirty()
 
 
+
+
+async def _batched(calls: list[Coroutine[Any, Any, None]], size: int) -> None:
+    """Await store calls `size` at a time (concurrently within a batch; 1 = one after the other, no extra
+    yields); raises the first error."""
+    try:
+        for i in range(0, len(calls), size):
+            if size <= 1:
+                await calls[i]
+            else:
+                await asyncio.gather(*calls[i:i + size])
+    finally:
+        for c in calls:   # not started after an error: close them, no "never awaited" warning
+            c.close()
