@@ -129,3 +129,46 @@ def test_window_starting_inside_a_slot_binds_the_slot() -> None:
     assert cap.w["feeder"][0, 0] == 20.0 * V and cap.w["feeder"][0, 1] == 20.0 * V
     cap = node_capacity(TOPO, {}, [ext], T0, [W_FROM - 600], 0.0)   # point value: before the window
     assert cap.w["feeder"][0, 0] == 40.0 * V
+
+
+def settle(alloc: Allocator, t: float, rounds: int = 4) -> list[ProfileCommand]:
+    sent: list[ProfileCommand] = []
+    for _ in range(rounds):
+        cmds = alloc.plan(datetime.fromtimestamp(t, UTC)).commands
+        accept(alloc, cmds, t)
+        sent += cmds
+    return sent
+
+
+SMALL = parse_topology({
+    "nominal_voltage_v": V,
+    "nodes": [{"id": "site", "limit_a": [20, 20, 20], "safety_margin_pct": 0}],
+    "stations": [{"id": f"c{i}", "node": "site", "max_current_a": 16, "fallback_current_a": 6} for i in range(1, 4)],
+})
+
+
+def small(release: bool) -> Allocator:
+    alloc = Allocator(SMALL, AllocatorConfig(release_idle_fallbacks=release))
+    for s in SMALL.stations:
+        accept(alloc, alloc.station_online(s.id, T0), T0)
+    return alloc
+
+
+def test_idle_fallbacks_released_to_a_car_held_back_and_restored_when_a_car_arrives() -> None:
+    kept = small(release=False)
+    kept.book.start("c1", 1, "tx1", datetime.fromtimestamp(T0, UTC))
+    settle(kept, T0)
+    assert kept.grant_a["c1/1"] == 8.0                    # 20 A less the two idle fallbacks
+    alloc = small(release=True)
+    alloc.book.start("c1", 1, "tx1", datetime.fromtimestamp(T0, UTC))
+    sent = settle(alloc, T0)
+    assert alloc.grant_a["c1/1"] == 16.0                  # the idle floors went to the car
+    assert {c.station_id for c in fallbacks(sent).values()} == {"c2", "c3"}
+    assert alloc.ledgers["c2"].floor_a(T0) == 0 and max(node_draw_w(SMALL, alloc.worst_case_a(T0))["site"]) \
+        <= 20 * V + 1e-6
+    # a car arrives at c2: its fallback comes back at once (no relax delay), and the budget still holds
+    alloc.book.start("c2", 1, "tx2", datetime.fromtimestamp(T0 + 60, UTC))
+    sent = settle(alloc, T0 + 60)
+    assert "c2" in fallbacks(sent) and alloc.ledgers["c2"].floor_a(T0 + 60) == 6
+    assert max(node_draw_w(SMALL, alloc.worst_case_a(T0 + 60))["site"]) <= 20 * V + 1e-6
+    assert alloc.grant_a["c2/1"] >= 6.0

@@ -134,13 +134,18 @@ async def test_fallback_at_connect_then_leases_for_a_session(env: Env) -> None:
     assert tx, "a TxProfile lease is sent after the debounce"
     t = tx[-1]
     assert t.evse_id == 1 and t.profile.transaction_id == "42" and t.profile.profile_id == 3011
-    # alone on a 40 A site, but the two idle stations may each draw their 6 A fallback
-    assert t.profile.periods[0].limit == 28.0
+    # alone on a 40 A site: first the two idle stations may each draw their 6 A fallback, so 28 A; the site
+    # held the car back, so the idle stations' fallbacks are released (0 A) and the car gets its 32 A
+    assert tx[0].profile.periods[0].limit == 28.0
+    assert t.profile.periods[0].limit == 32.0
+    for idle in ("cs2", "cs3"):
+        fbs = [c for c in env.gw.profiles(idle, command_pb2.PROFILE_PURPOSE_STATION_MAX) if c.profile.stack_level == 0]
+        assert [c.profile.periods[0].limit for c in fbs] == [6.0, 0.0]
     lease = t.profile.valid_to.ToDatetime(tzinfo=UTC) - env.clock.now()
     assert timedelta(minutes=5) <= lease <= timedelta(minutes=15)
     caps = [c for c in env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_STATION_MAX)
             if c.profile.stack_level == 1]
-    assert caps and caps[-1].profile.periods[0].limit == 28.0
+    assert caps and caps[-1].profile.periods[0].limit == 32.0
 
     # the command envelope: key, generation, uuid
     cmd = env.gw.commands[-1]
@@ -252,7 +257,7 @@ async def test_limiter_lowers_at_once_on_overload(env: Env) -> None:
     await connect_all(env)
     await start_tx(env, "cs1", "1")
     await env.run(3)
-    assert env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX)[-1].profile.periods[0].limit == 28.0
+    assert env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX)[-1].profile.periods[0].limit == 32.0
     # base load appears: 30 A on every phase measured, limit 40 A
     v = 230.0
     nl = grid_pb2.NodeLoad(node_id="site", as_of=ts(env.clock.now()),

@@ -64,6 +64,7 @@ class AllocatorConfig:
     change_threshold_a: float = 0.5      # smaller changes wait for the next renewal
     limiter_margin_pct: float = 2.0      # of the node limit, on top of the measured load
     command_ttl_s: float = 30.0          # a command not sent by then is dropped by the gateway
+    release_idle_fallbacks: bool = True  # idle stations under a congested node give their floor to the cars
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class Allocator:
         self.plan_a: dict[str, float] = {}             # session key -> plan grant now (A)
         self.station_cap_a: dict[str, float] = {}      # station -> last station lease cap sent (A)
         self.fallback_target: dict[str, list[tuple[float, float]]] = {}   # station -> [(from s, A)] wanted
+        self._stations_charging: set[str] = set()
         self.last: PlanResult | None = None
         self._known_ids: deque[str] = deque(maxlen=20000)
         self._known_set: set[str] = set()
@@ -356,6 +358,7 @@ class Allocator:
         capacity = node_capacity(self.topology, self.node_inputs, self.external.values(), now, slot_starts,
                                  cfg.slot_s)
         by_station = self._sessions_by_station()
+        self._stations_charging = set(by_station)
         plannable = {sid for sid, led in self.ledgers.items()
                      if not led.in_failsafe(now, cfg.failsafe_hold_s)}
         planned_stations = {sid for sid in by_station if sid in plannable}
@@ -366,7 +369,7 @@ class Allocator:
         # the capacity above the floors and each planned car its share of its station's floor as a base
         fixed_w = self._fixed_draw_w(slot_starts, plannable, wc)
         result = PlanResult(now_dt, None, capacity, slot_starts)
-        self.fallback_target = self._fallback_targets(now, by_station)
+        self.fallback_target = self._fallback_targets(now, by_station, self._busy_nodes())
 
         # 1. the plan
         sessions = [s for sid in sorted(planned_stations) for s in by_station[sid]]
@@ -481,14 +484,31 @@ class Allocator:
         k = max(1, sum(1 for ts in slot_starts if ts < until))
         return {n: c[:, :k].min(axis=1) for n, c in capacity.w.items()}
 
-    def _fallback_targets(self, now: float, by_station: dict[str, list[SessionState]]
-                          ) -> dict[str, list[tuple[float, float]]]:
+    def _busy_nodes(self) -> set[str]:
+        """Nodes whose capacity held a car back in the last plan (its binding constraint, or the budget)."""
+        busy: set[str] = set()
+        if self.last is None:
+            return busy
+        station_of = {s.session_id: s.station_id for s in self.book.sessions.values()}
+        for ex in self.last.explanations.values():
+            b = ex.binding
+            if b is not None and b.slot == 0 and b.node_id in self.topology.node_by_id:
+                busy.add(b.node_id)
+            if ex.clamped_by == "budget" and ex.session_id in station_of:
+                busy.update(self.topology.station_path(station_of[ex.session_id]))
+        return busy
+
+    def _fallback_targets(self, now: float, by_station: dict[str, list[SessionState]],
+                          busy: set[str] | None = None) -> dict[str, list[tuple[float, float]]]:
         """Per station, the fallback schedule [(from s, A)] under which Σ fallbacks fits every node's
         capacity over the horizon (limits, DSO windows, forecast base load), on a wall-clock slot grid.
 
         Where they do not all fit, stations keep their nominal fallback in a fixed order (charging first,
         then priority, then id, so the schedule is stable between plans) while there is room; the others get
         what is left, 0 below the 6 A minimum. Stations whose path never gets tight keep the nominal value.
+        Idle stations under a ``busy`` node (cars held back by its capacity) get 0 with
+        ``release_idle_fallbacks``: their reserved floor goes to the cars (a car plugging in there waits for
+        its grant instead of starting at the fallback).
         """
         cfg = self.cfg
         step = cfg.slot_s
@@ -496,6 +516,10 @@ class Allocator:
         starts = [t0 + k * step for k in range(cfg.horizon_slots + 1)]
         cap = node_capacity(self.topology, self.node_inputs, self.external.values(), now, starts, step)
         nominal = {s.id: s.fallback_current_a for s in self.topology.stations}
+        if cfg.release_idle_fallbacks and busy:   # (None or empty: nothing to release)
+            for sid in nominal:
+                if sid not in by_station and busy.intersection(self.topology.station_path(sid)):
+                    nominal[sid] = 0.0
         need = node_draw_w(self.topology, nominal)
         tight = {n: bool(np.any(cap.w[n] < need[n][:, None] - 1e-6)) for n in need}
         out: dict[str, list[tuple[float, float]]] = {sid: [(now, a)] for sid, a in nominal.items()}
@@ -549,7 +573,9 @@ class Allocator:
             higher, lower = max(diffs) > 0.05, min(diffs) < -0.05
         if lower:
             return True
-        return higher and now - newest.sent_at >= FALLBACK_RELAX_S
+        # a car arrived at a station whose fallback was lowered: raise it now, it is what the car may count on
+        arrived = station_id in self._stations_charging and newest.limit_at(now) < want[0][1] - 0.05
+        return higher and (arrived or now - newest.sent_at >= FALLBACK_RELAX_S)
 
     def _solve(self, sessions: list[SessionState], capacity: Capacity, fixed_w: dict[str, np.ndarray],
                now_dt: datetime, T: int) -> tuple[Plan, dict[str, float]]:
