@@ -12,7 +12,7 @@ NOW = pd.Timestamp("2026-06-10T12:00Z")  # a Wednesday
 
 def _history(days: float, weekday_w: float = 10_000.0, weekend_w: float = 2_000.0, noise: float = 0.0) -> pd.Series:
     idx = pd.date_range(NOW - pd.Timedelta(days=days), NOW, freq="15min", inclusive="left")
-    base = np.where(idx.dayofweek < 5, weekday_w, weekend_w) * np.where((idx.hour >= 8) & (idx.hour < 18), 1.0, 0.3)
+    base = np.where(idx.day_of_week < 5, weekday_w, weekend_w) * np.where((idx.hour >= 8) & (idx.hour < 18), 1.0, 0.3)
     rng = np.random.default_rng(0)
     return pd.Series(base * (1 + noise * rng.standard_normal(len(idx))), index=idx)
 

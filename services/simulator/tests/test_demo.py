@@ -49,6 +49,17 @@ async def test_demo_short_office_run(tmp_path: Path) -> None:
         assert summary["profiles_accepted"] > 0
 
 
+async def test_residential_dso_window_is_never_crossed(tmp_path: Path) -> None:
+    """The feeder limit drops to 60 % at 17:00 local (15:00 UTC), announced 3 h ahead: 24 fallbacks of 6 A
+    (33 kW per phase) alone would exceed it, so the allocator must lower them and pause cars as needed."""
+    sc = load_scenario("residential", start="2026-06-03T13:50:00Z", duration="150m")
+    summary = await run_demo(sc, None, http_port=0, progress=False)
+    if not {"gateway", "allocation"} <= set(summary["services"]):
+        pytest.skip("needs the gateway and allocation services")
+    assert summary["violations"] == 0, summary["nodes"]["feeder"]
+    assert summary["energy_total_kwh"] > 5        # cars did charge in the window
+
+
 def test_cli_main_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = argparse.Namespace(scenario="residential", out=str(tmp_path / "r"), speed=None, http_port=0,
                               no_progress=True, duration="10m", start=None)

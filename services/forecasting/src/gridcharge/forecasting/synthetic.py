@@ -155,7 +155,7 @@ def base_load_w(start: str, days: int, seed: int = 5, peak_w: float = 40_000.0) 
     times = pd.date_range(start, periods=days * 96, freq="15min", tz="UTC")
     local = times.tz_convert("Europe/Berlin")
     hour = np.asarray(local.hour + local.minute / 60.0)
-    weekday = np.asarray(local.dayofweek) < 5
+    weekday = np.asarray(local.day_of_week) < 5
     day_shape = 1.0 / (1.0 + np.exp(-(hour - 7.0) * 2)) - 1.0 / (1.0 + np.exp(-(hour - 18.0) * 2))
     level = np.where(weekday, 0.25 + 0.65 * day_shape, 0.25 + 0.15 * day_shape)
     rng = np.random.default_rng(seed)

@@ -61,7 +61,7 @@ class BaseLoadForecast:
 def _slot_keys(index: pd.DatetimeIndex, tz: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     local = index.tz_convert(tz)
     day_slot = np.asarray(local.hour * 4 + local.minute // 15, dtype=np.int64)
-    week_slot = np.asarray(local.dayofweek, dtype=np.int64) * SLOTS_PER_DAY + day_slot
+    week_slot = np.asarray(local.day_of_week, dtype=np.int64) * SLOTS_PER_DAY + day_slot
     return week_slot, day_slot
 
 
