@@ -139,3 +139,30 @@ async def test_limiter_acts_once_per_measurement(env: Env) -> None:
     assert len(env.tx_limits) == sent, "the same excess is not lowered twice"
     await env.node_load(96.0)    # a new measurement, still over: lowered again
     assert len(env.tx_limits) > sent >= first
+
+
+async def test_real_time_replan_starts_when_the_debounce_ends_not_at_the_next_tick() -> None:
+    from gridcharge.allocation.core.allocator import AllocatorConfig
+    from gridcharge.shared.clock import RealClock
+
+    topo = parse_topology({"nodes": [{"id": "site", "kind": "site", "limit_a": [40.0] * 3}],
+                           "stations": [{"id": "cs1", "node": "site", "max_current_a": 32, "fallback_current_a": 6}]})
+    clock, bus = RealClock(), MemoryBus()
+    rt = Runtime(settings=Settings(replica_id="alloc-rt"), bus=bus, store=MemoryStore(clock), clock=clock)
+    svc = AllocationService(rt, topo, AllocatorConfig(debounce_s=0.2), tick_s=2.0)
+    await bus.start()
+    await svc.start()
+    try:
+        for _ in range(200):
+            if svc._last_plan_at is not None:
+                break
+            await asyncio.sleep(0.01)
+        first = svc._last_plan_at
+        assert first is not None
+        await asyncio.sleep(2.5)            # past one tick; the loop now waits for the next (≈ 1.5 s away)
+        svc.mark_dirty()
+        await asyncio.sleep(0.6)            # debounce 0.2 s, well before the tick
+        assert svc._last_plan_at is not None and svc._last_plan_at > first
+    finally:
+        await svc.stop()
+        await bus.stop()

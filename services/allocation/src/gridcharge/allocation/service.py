@@ -1,8 +1,8 @@
 """The allocation service: bus in → Allocator → SetChargingProfile commands, plans and metrics out.
 
-Inputs (one consumer group per replica, so a standby keeps the same state as the leader):
+Inputs (consumer groups per replica, so a standby keeps the same state as the leader):
 STATION_EVENTS, METER_VALUES, STATION_CAPABILITIES, COMMANDS (to see what a previous leader sent),
-COMMAND_RESULTS, NODE_LOAD (also runs the fast limiter), HEADROOM, EXTERNAL_LIMITS.
+COMMAND_RESULTS, HEADROOM, EXTERNAL_LIMITS; NODE_LOAD (also runs the fast limiter) in a group of its own.
 Outputs (leader only): COMMANDS, SESSION_PLANS, NODE_PLANS, plans in the store.
 A re-plan runs every ``plan_interval_s`` and ``debounce_s`` after any change that matters; its LP is
 solved in a worker thread (`OffLoopPlanner`) so the fast limiter keeps reacting to NodeLoad meanwhile.
@@ -130,6 +130,8 @@ class AllocationService:
         self._last_plan_at: float | None = None
         self._lock = asyncio.Lock()          # allocator decisions + their commands (plan apply, limiter)
         self._replan_lock = asyncio.Lock()   # one re-plan at a time
+        self._wake = asyncio.Event()         # set when the plan turns dirty (real time: ends the idle wait)
+        self._replan_done_at = -math.inf     # clock time the last re-plan ended
         self._planned_base_w: dict[str, tuple[float, float, float]] = {}
         # node -> ((load W, limit W) of its last NodeLoad, whether the limiter acted on it)
         self._limited_on: dict[str, tuple[tuple[P3, P3], bool]] = {}
@@ -157,7 +159,10 @@ class AllocationService:
         await self._load_fallbacks()
         await self._restore()
         group = f"allocation.{self.rt.settings.replica_id}"
-        self._subs.append(await self.rt.bus.subscribe([t.name for t in INPUT_TOPICS], group, self._dispatch))
+        self._subs.append(await self.rt.bus.subscribe([t.name for t in INPUT_TOPICS if t is not C.NODE_LOAD], group,
+                                                      self._dispatch))
+        # the limiter's input has its own consumer: a NodeLoad never waits behind a backlog of station traffic
+        self._subs.append(await self.rt.bus.subscribe([C.NODE_LOAD.name], f"{group}.node-load", self._dispatch))
         await self.leader.renew()
         self.rt.health.add("allocation", lambda: self.started)
         self._task = asyncio.create_task(self._loop(), name="allocation-loop")
@@ -236,6 +241,7 @@ class AllocationService:
     def mark_dirty(self) -> None:
         if self._dirty_since is None:
             self._dirty_since = self.rt.clock.time()
+            self._wake.set()
 
     async def _loop(self) -> None:
         while True:
@@ -245,7 +251,21 @@ class AllocationService:
                 raise
             except Exception:
                 log.exception("allocation cycle failed")
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Until the next tick (`tick_s`); in real time a change ends the wait once its debounce is over
+        (not up to a tick later), but a re-plan still starts at least `tick_s` after the previous one ended."""
+        if not self.realtime:
             await self.rt.clock.sleep(self.tick_s)
+            return
+        self._wake.clear()
+        wait = self.tick_s
+        if self._dirty_since is not None:
+            due = max(self._dirty_since + self.cfg.debounce_s, self._replan_done_at + self.tick_s)
+            wait = min(wait, max(0.0, due - self.rt.clock.time()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait)
 
     async def step(self) -> None:
         """One tick: renew leadership, re-plan when due or dirty (leader only)."""
@@ -301,6 +321,7 @@ class AllocationService:
             self._update_metrics(res)
             await self._publish_plans(res)
             await self._persist()
+            self._replan_done_at = self.rt.clock.time()
             return res
 
     async def _send(self, cmds: list[ProfileCommand]) -> None:
