@@ -93,6 +93,38 @@ async def kafka_floor(bootstrap: str, prefix: str, n: int = 200) -> list[float]:
     return out
 
 
+class _Trace:
+    """Producer timestamps of NodeLoad, commands and command results seen during the run (diagnostics only:
+    where a trial's time goes; the figures come from the stations)."""
+
+    TOPICS = (contracts.NODE_LOAD.name, contracts.COMMANDS.name, contracts.COMMAND_RESULTS.name)
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, float]] = []   # (topic, key, producer timestamp s)
+
+    async def handle(self, rec: Record) -> None:
+        self.seen.append((rec.topic, rec.key, rec.timestamp_ms / 1000.0))
+
+    def stages(self, t0: float, t1: float, node: str, stations: set[str]) -> str:
+        """Seconds after `t0` (until `t1`): first NodeLoad of `node`, the bursts of commands to `stations`
+        (start×count) and their last result."""
+        nl = [t for topic, k, t in self.seen if topic == contracts.NODE_LOAD.name and k == node and t0 <= t <= t1]
+        cmd = sorted(t for topic, k, t in self.seen
+                     if topic == contracts.COMMANDS.name and k in stations and t0 <= t <= t1)
+        res = [t for topic, k, t in self.seen
+               if topic == contracts.COMMAND_RESULTS.name and k in stations and t0 <= t <= t1]
+        bursts: list[list[float]] = []
+        for t in cmd:
+            if bursts and t - bursts[-1][-1] < 0.1:
+                bursts[-1].append(t)
+            else:
+                bursts.append([t])
+        first_nl = f"{min(nl) - t0:.3f}" if nl else "-"
+        last_res = f"{max(res) - t0:.3f}" if res else "-"
+        return (f"nodeload {first_nl}, commands " + " ".join(f"{b[0] - t0:.2f}×{len(b)}" for b in bursts)
+                + f", last result {last_res}")
+
+
 class _Procs:
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
         self.workdir, self.env = workdir, env
@@ -138,6 +170,8 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
     clock = RealClock()
     bus = KafkaBus(bootstrap, prefix=prefix, client_id="bench-driver")
     await bus.start()
+    trace = _Trace()
+    await bus.subscribe(list(_Trace.TOPICS), "bench-trace", trace.handle, from_beginning=False)
     clients: dict[str, StationClient] = {}
     try:
         # a fleet does not connect in one millisecond: ramp up in batches (also keeps the gateway's Redis pool sane)
@@ -225,7 +259,8 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
                 per_station.extend(done.values())
                 affected.append(len(done))
             log(f"  trial {trial + 1}/{trials} {node}: {len(done)}/{len(under)} lowered, slowest "
-                f"{max(done.values()) if done else float('nan'):.3f} s")
+                f"{max(done.values()) if done else float('nan'):.3f} s; "
+                f"{trace.stages(t0, time.time(), node, set(under))}")
             # back to normal: a reading well under the limit, and time for the allocator to re-grant
             await bus.publish(contracts.GRID_METER_READINGS.name, node,
                               meter_reading(node, time.time(), [lim * 0.3 for lim in limit],
