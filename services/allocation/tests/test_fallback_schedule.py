@@ -172,3 +172,15 @@ def test_idle_fallbacks_released_to_a_car_held_back_and_restored_when_a_car_arri
     assert "c2" in fallbacks(sent) and alloc.ledgers["c2"].floor_a(T0 + 60) == 6
     assert max(node_draw_w(SMALL, alloc.worst_case_a(T0 + 60))["site"]) <= 20 * V + 1e-6
     assert alloc.grant_a["c2/1"] >= 6.0
+
+
+def test_a_car_that_is_done_releases_its_floor_like_an_idle_station() -> None:
+    alloc = small(release=True)
+    start = datetime.fromtimestamp(T0, UTC)
+    for sid, tx in (("c1", "tx1"), ("c2", "tx2")):
+        alloc.book.start(sid, 1, tx, start, meter_start_wh=0)
+    alloc.book.needs("c2", 1, None, 1000, 0, 0, 0)                 # c2 needs 1 kWh and has had it
+    alloc.book.meter("c2", 1, "tx2", start, 1000, 0.0, None, granted_a=None)
+    sent = settle(alloc, T0)
+    assert {c.station_id for c in fallbacks(sent).values()} == {"c2", "c3"}
+    assert alloc.grant_a["c1/1"] == 16.0

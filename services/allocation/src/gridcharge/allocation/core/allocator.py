@@ -358,7 +358,8 @@ class Allocator:
         capacity = node_capacity(self.topology, self.node_inputs, self.external.values(), now, slot_starts,
                                  cfg.slot_s)
         by_station = self._sessions_by_station()
-        self._stations_charging = set(by_station)
+        self._stations_charging = {sid for sid, ss in by_station.items()
+                                   if any(self._wants_energy(x, now_dt) for x in ss)}
         plannable = {sid for sid, led in self.ledgers.items()
                      if not led.in_failsafe(now, cfg.failsafe_hold_s)}
         planned_stations = {sid for sid in by_station if sid in plannable}
@@ -484,6 +485,13 @@ class Allocator:
         k = max(1, sum(1 for ts in slot_starts if ts < until))
         return {n: c[:, :k].min(axis=1) for n, c in capacity.w.items()}
 
+    @staticmethod
+    def _wants_energy(s: SessionState, now_dt: datetime) -> bool:
+        """False for a car that is done: its known need is met, or it stopped drawing (full) while granted."""
+        if s.remaining_wh <= 0 and not s.need_guessed:
+            return False
+        return not (s.tapering(now_dt) and (s.measured_current_a or 0.0) < 1.0)
+
     def _busy_nodes(self) -> set[str]:
         """Nodes whose capacity held a car back in the last plan (its binding constraint, or the budget)."""
         busy: set[str] = set()
@@ -506,7 +514,7 @@ class Allocator:
         Where they do not all fit, stations keep their nominal fallback in a fixed order (charging first,
         then priority, then id, so the schedule is stable between plans) while there is room; the others get
         what is left, 0 below the 6 A minimum. Stations whose path never gets tight keep the nominal value.
-        Idle stations under a ``busy`` node (cars held back by its capacity) get 0 with
+        Idle stations (no car, or a car that is done) under a ``busy`` node (cars held back by its capacity) get 0 with
         ``release_idle_fallbacks``: their reserved floor goes to the cars (a car plugging in there waits for
         its grant instead of starting at the fallback).
         """
@@ -518,7 +526,7 @@ class Allocator:
         nominal = {s.id: s.fallback_current_a for s in self.topology.stations}
         if cfg.release_idle_fallbacks and busy:   # (None or empty: nothing to release)
             for sid in nominal:
-                if sid not in by_station and busy.intersection(self.topology.station_path(sid)):
+                if sid not in self._stations_charging and busy.intersection(self.topology.station_path(sid)):
                     nominal[sid] = 0.0
         need = node_draw_w(self.topology, nominal)
         tight = {n: bool(np.any(cap.w[n] < need[n][:, None] - 1e-6)) for n in need}
