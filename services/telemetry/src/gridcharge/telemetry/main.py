@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from gridcharge.shared import contracts as C
+from gridcharge.shared.bus.base import Outgoing
 from gridcharge.shared.leader import LeaderLease
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.service import serve
@@ -210,23 +211,22 @@ class TelemetryService:
         views = self.core.node_loads(now)
         self.latest = {**self.latest, **views}
         nodes = list(dict.fromkeys(a for nid in sorted(pending) for a in self.topology.ancestors(nid)))
-        for rec in self.engine.node_load_records(views, nodes):
-            await self._send(rec.topic, rec.key, rec.value)
+        await self._send(self.engine.node_load_records(views, nodes))
 
-    async def _send(self, topic: str, key: str, value: bytes) -> None:
-        await self.rt.bus.publish(topic, key, value)
-        if topic == C.NODE_LOAD.name:
-            await self.rt.store.set(f"nodeload:{key}", value,
-                                    ttl_s=max(self.settings.telemetry_nodeload_ttl_s,
-                                              3 * self.settings.telemetry_snapshot_s))
+    async def _send(self, records: list[Outgoing]) -> None:
+        """Publish in one batch (one broker round trip, not one per node), then mirror NodeLoad in the store."""
+        await self.rt.bus.publish_many(records)
+        ttl_s = max(self.settings.telemetry_nodeload_ttl_s, 3 * self.settings.telemetry_snapshot_s)
+        for r in records:
+            if r.topic == C.NODE_LOAD.name:
+                await self.rt.store.set(f"nodeload:{r.key}", r.value, ttl_s=ttl_s)
 
     async def publish_once(self) -> dict[str, NodeLoadView]:
         """Compute node loads now and publish them (bus + store) with any closed history interval."""
         now = self.rt.clock.time()
         views, out = self.engine.snapshot(now)
         self.latest = views
-        for rec in out:
-            await self._send(rec.topic, rec.key, rec.value)
+        await self._send(out)
         return views
 
 

@@ -8,13 +8,13 @@ consumer into a crash loop.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
 from gridcharge.command.v1 import command_pb2
 from gridcharge.forecast.v1 import forecast_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts as C
+from gridcharge.shared.bus.base import Outgoing
 from gridcharge.shared.topology import PHASES
 from gridcharge.station.v1 import station_pb2
 from gridcharge.telemetry.adapters.metrics import TelemetryMetrics
@@ -33,13 +33,6 @@ INPUTS: dict[str, tuple[type[Message], str]] = {
     C.WEATHER.name: (forecast_pb2.WeatherForecast, "weather"),
 }
 COUNTED_KINDS = ("station", "meter")   # readings_total counts meter data; events/commands are not readings
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    topic: str
-    key: str
-    value: bytes
 
 
 class Engine:
