@@ -230,8 +230,15 @@ def format_summary(s: dict[str, Any]) -> str:
         "",
         f"  {'energy requested':<28}{s['energy_requested_kwh']:>10.1f} kWh",
         f"  {'energy delivered (of need)':<28}{s['energy_delivered_kwh']:>10.1f} kWh",
+    ]
+    if s.get("offline_optimum_kwh"):
+        opt = s["offline_optimum_kwh"]
+        lines.append(f"  {'offline optimum (of need)':<28}{opt:>10.1f} kWh   (delivered: "
+                     f"{100 * s['energy_delivered_kwh'] / opt:.1f} % of it)")
+    lines += [
         f"  {'sessions on time (departed)':<28}{s['sessions_on_time']:>6d} / {s['sessions_finished']:<3d}"
-        f"(feasible: {s['feasible_on_time']} / {s['feasible_finished']})",
+        f"(feasible: {s['feasible_on_time']} / {s['feasible_finished']}; at this site: "
+        f"{s.get('site_feasible_on_time', '-')} / {s.get('site_feasible_finished', '-')})",
         f"  {'PV self-consumption':<28}{(f'{pv:.0f} %' if pv is not None else 'n/a'):>10}",
         f"  {'EV energy cost':<28}{s['ev_cost']:>10.2f} {cur}",
         f"  {'limit violations':<28}{s['violations']:>10d}",

@@ -79,10 +79,14 @@ def plot_sessions(sim: Simulation, path: Path) -> None:
     labels = [s.ev_id for s in ses]
     ax.barh(labels, [s.need_wh / 1000 for s in ses], color="lightgrey", label="need")
     ax.barh(labels, [s.delivered_wh / 1000 for s in ses],
-            color=["tab:green" if s.on_time else ("tab:red" if s.feasible else "tab:orange") for s in ses],
+            color=["tab:green" if s.on_time else ("tab:red" if s.site_feasible else "tab:orange") for s in ses],
             height=0.5, label="delivered")
+    if any(s.optimum_wh is not None for s in ses):
+        ax.scatter([(s.optimum_wh or 0.0) / 1000 for s in ses], labels, marker="|", color="black", s=60,
+                   label="offline optimum", zorder=3)
     ax.set_xlabel("kWh")
-    ax.set_title("per session: energy delivered by departure vs need (red: feasible but short, orange: infeasible)")
+    ax.set_title("per session: energy by departure vs need (red: short though the offline optimum completes it, "
+                 "orange: infeasible at the site)", fontsize=9)
     ax.tick_params(axis="y", labelsize=6)
     ax.invert_yaxis()
     ax.legend(fontsize=8)
@@ -107,11 +111,13 @@ def write_report(sim: Simulation, summary: dict[str, Any], out: Path) -> Path:
     images.append(("sessions.png", "Energy delivered vs need per session"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     with (out / "sessions.csv").open("w", encoding="utf-8") as f:
-        f.write("ev_id,station_id,evse_id,arrival,departure,need_wh,delivered_wh,feasible,on_time\n")
+        f.write("ev_id,station_id,evse_id,arrival,departure,need_wh,delivered_wh,feasible,optimum_wh,"
+                "site_feasible,on_time\n")
         for s in sim.sessions():
+            opt = "" if s.optimum_wh is None else f"{s.optimum_wh:.0f}"
             f.write(f"{s.ev_id},{s.station_id},{s.evse_id},{datetime.fromtimestamp(s.arrival_s, UTC).isoformat()},"
                     f"{datetime.fromtimestamp(s.departure_s, UTC).isoformat()},{s.need_wh:.0f},"
-                    f"{s.delivered_wh:.0f},{s.feasible},{s.on_time}\n")
+                    f"{s.delivered_wh:.0f},{s.feasible},{opt},{s.site_feasible},{s.on_time}\n")
     figs = "\n".join(f'<figure><img src="{html.escape(n)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}'
                      f"</figcaption></figure>" for n, c in images)
     page = f"""<!doctype html>

@@ -27,6 +27,7 @@ from gridcharge.shared.clock import Clock, parse_duration
 from gridcharge.shared.topology import PHASES
 from gridcharge.simulator.ev import Ev
 from gridcharge.simulator.grid import GridModel, Weather, make_weather, meter_reading, pv_traces, ts
+from gridcharge.simulator.offline import OfflineOptimum, offline_optimum
 from gridcharge.simulator.scenario import Event, Scenario, Visit
 from gridcharge.simulator.stations import Quirks, StationClient, StationModel
 
@@ -54,6 +55,14 @@ class SessionResult:
     need_wh: float
     delivered_wh: float
     feasible: bool
+    optimum_wh: float | None = None     # what the offline optimum delivers to it (None: not computed)
+
+    @property
+    def site_feasible(self) -> bool:
+        """Feasible for the car alone and completed by the offline optimum under the site's limits."""
+        if self.optimum_wh is None:
+            return self.feasible
+        return self.feasible and self.optimum_wh >= self.need_wh - max(5.0, 0.01 * self.need_wh)
 
     @property
     def on_time(self) -> bool:
@@ -73,6 +82,7 @@ class Recorder:
     pv_forecast_w: dict[str, list[float]] = field(default_factory=dict)      # the forecaster's (HEADROOM pv_w)
     pv_weather_fc_w: dict[str, list[float]] = field(default_factory=dict)    # PV of the forecast weather
     headroom_w: dict[str, list[tuple[float, float, float] | None]] = field(default_factory=dict)
+    base_w: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)   # load − EV, per phase
     energy_wh: float = 0.0
     cost: float = 0.0
     pv_energy_wh: float = 0.0
@@ -82,7 +92,7 @@ class Recorder:
 
     def __post_init__(self) -> None:
         for n in self.nodes:
-            self.load_w[n], self.limit_w[n], self.headroom_w[n] = [], [], []
+            self.load_w[n], self.limit_w[n], self.headroom_w[n], self.base_w[n] = [], [], [], []
             self.ev_w[n], self.pv_w[n], self.pv_forecast_w[n], self.pv_weather_fc_w[n] = [], [], [], []
 
     def peak(self, node: str) -> tuple[float, float, float]:
@@ -151,6 +161,7 @@ class Simulation:
         self._events.sort(key=lambda x: (x[0], x[1]))
         self.external: list[tuple[float, float, str, float]] = []     # (from, to, node, pct)
         self.rec = Recorder([n.id for n in self.topo.nodes])
+        self._optimum: tuple[int, OfflineOptimum | None] | None = None
         self.headroom: dict[str, forecast_pb2.HeadroomForecast] = {}
         self._grid_meter_s = parse_duration(scenario.spec.grid_meter_interval).total_seconds()
         self._last_grid_meter = -math.inf
@@ -280,6 +291,7 @@ class Simulation:
             lim = self.effective_limit_w(n, t)
             load = total[n]
             r.load_w[n].append((load[0], load[1], load[2]))
+            r.base_w[n].append((load[0] - ev[n][0], load[1] - ev[n][1], load[2] - ev[n][2]))
             r.limit_w[n].append(lim)
             r.ev_w[n].append(sum(ev[n]))
             r.pv_w[n].append(sum(pv[n]))
@@ -298,7 +310,18 @@ class Simulation:
                 r.pv_self_wh += min(gen, max(0.0, demand)) * dt_s / 3600
 
     # -- results -----------------------------------------------------------------------------------
+    def optimum(self) -> OfflineOptimum | None:
+        """The offline optimum of the run so far (computed once per recorded length)."""
+        if self._optimum is None or self._optimum[0] != len(self.rec.t):
+            try:
+                self._optimum = (len(self.rec.t), offline_optimum(self))
+            except Exception:   # a report without the reference is better than no report
+                log.warning("offline optimum failed", exc_info=True)
+                self._optimum = (len(self.rec.t), None)
+        return self._optimum[1]
+
     def sessions(self) -> list[SessionResult]:
+        opt = self.optimum()
         out = []
         for v in self.visits:
             if v.ev.arrival_s > self.clock.time():
@@ -308,12 +331,14 @@ class Simulation:
             stay = v.ev.departure_s - v.ev.arrival_s
             feasible = max_energy_wh(v.ev, hw, self.v, stay * 0.8) >= v.ev.energy_need_wh
             out.append(SessionResult(v.ev.ev_id, v.station_id, v.evse_id, v.ev.arrival_s, v.ev.departure_s,
-                                     v.ev.energy_need_wh, v.ev.delivered_wh, feasible))
+                                     v.ev.energy_need_wh, v.ev.delivered_wh, feasible,
+                                     opt.per_session_wh.get(v.ev.ev_id, 0.0) if opt is not None else None))
         return out
 
     def summary(self) -> dict[str, Any]:
         """Figures for the summary table and the HTML report."""
         ses = self.sessions()
+        opt = self.optimum()
         feas = [s for s in ses if s.feasible]
         done = [s for s in ses if s.departure_s <= self.clock.time()]
         nodes = {}
@@ -332,6 +357,9 @@ class Simulation:
             "sessions_on_time": sum(1 for s in done if s.on_time),
             "feasible_finished": sum(1 for s in feas if s in done),
             "feasible_on_time": sum(1 for s in feas if s in done and s.on_time),
+            "site_feasible_finished": sum(1 for s in done if s.site_feasible),
+            "site_feasible_on_time": sum(1 for s in done if s.site_feasible and s.on_time),
+            "offline_optimum_kwh": opt.delivered_wh / 1000 if opt is not None else None,
             "energy_requested_kwh": sum(s.need_wh for s in ses) / 1000,
             "energy_delivered_kwh": sum(min(s.delivered_wh, s.need_wh) for s in ses) / 1000,
             "energy_total_kwh": self.rec.energy_wh / 1000,
