@@ -184,3 +184,12 @@ def test_a_car_that_is_done_releases_its_floor_like_an_idle_station() -> None:
     sent = settle(alloc, T0)
     assert {c.station_id for c in fallbacks(sent).values()} == {"c2", "c3"}
     assert alloc.grant_a["c1/1"] == 16.0
+
+
+def test_after_a_restart_an_installed_fallback_of_unknown_shape_is_replaced_when_it_must_go_lower() -> None:
+    alloc = Allocator(TOPO, AllocatorConfig())
+    for led in alloc.ledgers.values():            # what the store says after a restart: installed, shape unknown
+        led.fallback_installed, led.online = True, True
+    assert not fallbacks(alloc.plan(datetime.fromtimestamp(T0, UTC)).commands)
+    alloc.external_limit(window(20.0))
+    assert set(fallbacks(alloc.plan(datetime.fromtimestamp(T0 + 60, UTC)).commands)) == {"s4"}

@@ -566,13 +566,19 @@ class Allocator:
         led = self.ledgers[station_id]
         cur = [x for x in [led.accepted.get(FALLBACK_KEY), *led.pending.values(), *led.uncertain.values()]
                if x is not None and x.key == FALLBACK_KEY]
-        if not cur:
-            return False
-        newest = max(cur, key=lambda x: x.sent_at)
-        want = P.profile_schedule_a(self._fallback_payload(station_id, now), self.target(station_id))
-        if not newest.schedule and len(want) == 1:
-            higher = want[0][1] > newest.cap_a + 0.05
-            lower = want[0][1] < newest.cap_a - 0.05
+        # known installed but not what (a restart): it counts at its nominal value, as in the ledger
+        newest = max(cur, key=lambda x: x.sent_at) if cur else Sent(
+            "", FALLBACK_KEY, command_pb2.PROFILE_PURPOSE_STATION_MAX, 0, led.fallback_a, math.inf, -math.inf)
+        target = self.fallback_target.get(station_id, [])
+        if len(target) <= 1 and len(newest.schedule) <= 1:
+            # the common case, one value each: no profile needs building
+            a = target[0][1] if target else self.topology.station_by_id[station_id].fallback_current_a
+            want: tuple[tuple[float, float], ...] = ((now, P.quantise_a(a)),)   # as _periods sends it
+        else:
+            want = P.profile_schedule_a(self._fallback_payload(station_id, now), self.target(station_id))
+        if len(want) == 1 and len(newest.schedule) <= 1:
+            have = newest.limit_at(now)
+            higher, lower = want[0][1] > have + 0.05, want[0][1] < have - 0.05
         else:
             probe = Sent("", FALLBACK_KEY, 0, 0, 0.0, math.inf, now, want)
             times = sorted({now, *(t + 1.0 for t, _a in want if t > now), *(t + 1.0 for t, _a in newest.schedule
