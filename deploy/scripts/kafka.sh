@@ -23,17 +23,14 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 KAFKA_SRC="$REPO_ROOT/deploy/local-kafka"
 POM="$KAFKA_SRC/pom.xml"
 
-if [[ -z "${HOME:-}" ]]; then
-  HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
-  export HOME
-fi
+# shellcheck source=deploy/scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"   # HOME, RUN_DIR, say/warn/die, port_open, proc_alive, pid_of_ours, lock
 
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n 1)"
 CACHE_ROOT="${GRIDCHARGE_CACHE:-$HOME/.cache/gridcharge}"
 CACHE="$CACHE_ROOT/kafka-$KAFKA_VERSION"
 LIBS="$CACHE/libs"
 LIBS_STAMP="$LIBS/.gridcharge-complete"
-RUN_DIR="${GRIDCHARGE_RUN_DIR:-$HOME/.cache/gridcharge/run}"
 STATE_DIR="$RUN_DIR/kafka"
 DATA_DIR="$STATE_DIR/data"
 CONFIG="$STATE_DIR/server.properties"
@@ -51,10 +48,6 @@ STOP_TIMEOUT=30
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
 JAVA="${JAVA:-java}"
 MVN="${MVN:-mvn}"
-
-say() { echo "$PROG: $*"; }
-warn() { echo "$PROG: $*" >&2; }
-die() { echo "$PROG: error: $*" >&2; exit 1; }
 
 usage() {
   echo "usage: $PROG {start|stop|restart|status} [--fresh]   (see the header of ${BASH_SOURCE[0]})" >&2
@@ -135,8 +128,6 @@ kafka_tool() {
   "$JAVA" "${TOOL_JVM_OPTS[@]}" -Dlog4j2.configurationFile="$KAFKA_SRC/tools-log4j2.xml" -cp "$LIBS/*" "$@"
 }
 
-port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-
 write_tools_config() {
   mkdir -p "$STATE_DIR"
   cat >"$TOOLS_CONFIG" <<EOF
@@ -156,14 +147,6 @@ broker_ready() {
     --command-config "$TOOLS_CONFIG" >/dev/null 2>&1
 }
 
-proc_alive() {
-  # alive and not a zombie
-  local pid="$1" state
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-  state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo X)"
-  [[ "$state" != Z && "$state" != X ]]
-}
-
 is_our_broker() {
   local pid="$1"
   proc_alive "$pid" || return 1
@@ -172,24 +155,10 @@ is_our_broker() {
 
 # The pid of the broker started from this run dir: the pid file, else a scan of /proc.
 broker_pid() {
-  local pid=""
-  [[ -f "$PID_FILE" ]] && pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  if [[ -n "$pid" ]] && is_our_broker "$pid"; then
-    echo "$pid"
-    return 0
-  fi
-  # only processes whose command line names the program (one grep over /proc, no fork per process)
-  local f
-  for f in $(grep -l -a -F -e "kafka.Kafka" /proc/[0-9]*/cmdline 2>/dev/null || true); do
-    pid="${f#/proc/}"
-    pid="${pid%/cmdline}"
-    if is_our_broker "$pid"; then
-      echo "$pid" >"$PID_FILE"
-      echo "$pid"
-      return 0
-    fi
-  done
-  return 1
+  local pid
+  pid="$(pid_of_ours "$PID_FILE" "kafka.Kafka" is_our_broker)" || return 1
+  [[ "$(cat "$PID_FILE" 2>/dev/null || true)" == "$pid" ]] || echo "$pid" >"$PID_FILE"
+  echo "$pid"
 }
 
 LOG_MARK=0  # lines kafka.log had before this start: show only what the new broker wrote
@@ -227,12 +196,6 @@ format_storage() {
   kafka_tool kafka.tools.StorageTool format -t "$cluster_id" -c "$CONFIG" --ignore-formatted >/dev/null ||
     die "kafka.tools.StorageTool format failed for $DATA_DIR"
   echo "$cluster_id" >"$STATE_DIR/cluster.id"
-}
-
-lock() {
-  mkdir -p "$RUN_DIR"
-  exec 9>>"$LOCK_FILE"
-  flock -w 300 9 || die "another $PROG is still running (lock $LOCK_FILE)"
 }
 
 # ---------------------------------------------------------------- commands
@@ -399,9 +362,9 @@ for arg in "$@"; do
 done
 
 case "$cmd" in
-  start) lock; do_start "$fresh" ;;
-  stop) lock; do_stop ;;
-  restart) lock; do_stop; do_start "$fresh" ;;
+  start) lock "$LOCK_FILE" 300; do_start "$fresh" ;;
+  stop) lock "$LOCK_FILE" 300; do_stop ;;
+  restart) lock "$LOCK_FILE" 300; do_stop; do_start "$fresh" ;;
   status) do_status ;;
   -h | --help | help) usage ;;
   *) usage ;;

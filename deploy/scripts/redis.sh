@@ -16,13 +16,10 @@
 set -euo pipefail
 
 PROG="redis.sh"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=deploy/scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"   # HOME, RUN_DIR, say/warn/die, port_open, proc_alive, pid_of_ours, lock
 
-if [[ -z "${HOME:-}" ]]; then
-  HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
-  export HOME
-fi
-
-RUN_DIR="${GRIDCHARGE_RUN_DIR:-$HOME/.cache/gridcharge/run}"
 STATE_DIR="$RUN_DIR/redis"
 CONF="$STATE_DIR/redis.conf"
 PID_FILE="$RUN_DIR/redis.pid"
@@ -34,9 +31,6 @@ REDIS_PORT="${REDIS_PORT:-6379}"
 START_TIMEOUT="${REDIS_START_TIMEOUT:-30}"
 STOP_TIMEOUT=30
 
-say() { echo "$PROG: $*"; }
-warn() { echo "$PROG: $*" >&2; }
-die() { echo "$PROG: error: $*" >&2; exit 1; }
 usage() {
   echo "usage: $PROG {start|stop|restart|status}   (see the header of ${BASH_SOURCE[0]})" >&2
   exit 2
@@ -71,18 +65,9 @@ ensure_redis() {
 
 # ---------------------------------------------------------------- helpers
 
-port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-
 pong() {
   command -v redis-cli >/dev/null 2>&1 || return 1
   [[ "$(timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]
-}
-
-proc_alive() {
-  local pid="$1" state
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-  state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo X)"
-  [[ "$state" != Z && "$state" != X ]]
 }
 
 # A redis-server whose working dir is ours (a system Redis on the same port is never touched).
@@ -94,25 +79,7 @@ is_our_redis() {
   [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$STATE_DIR" ]]
 }
 
-redis_pid() {
-  local pid=""
-  [[ -f "$PID_FILE" ]] && pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  if [[ -n "$pid" ]] && is_our_redis "$pid"; then
-    echo "$pid"
-    return 0
-  fi
-  # only processes whose command line names the program (one grep over /proc, no fork per process)
-  local f
-  for f in $(grep -l -a -F -e "redis-server" /proc/[0-9]*/cmdline 2>/dev/null || true); do
-    pid="${f#/proc/}"
-    pid="${pid%/cmdline}"
-    if is_our_redis "$pid"; then
-      echo "$pid"
-      return 0
-    fi
-  done
-  return 1
-}
+redis_pid() { pid_of_ours "$PID_FILE" "redis-server" is_our_redis; }
 
 show_logs() {
   local f
@@ -122,12 +89,6 @@ show_logs() {
       tail -n 25 "$f" >&2
     fi
   done
-}
-
-lock() {
-  mkdir -p "$RUN_DIR"
-  exec 9>>"$LOCK_FILE"
-  flock -w 120 9 || die "another $PROG is still running (lock $LOCK_FILE)"
 }
 
 write_conf() {
@@ -256,9 +217,9 @@ cmd="${1:-}"
 [[ $# -eq 0 ]] || die "unexpected argument '$1' (usage: $PROG {start|stop|restart|status})"
 
 case "$cmd" in
-  start) lock; do_start ;;
-  stop) lock; do_stop ;;
-  restart) lock; do_stop; do_start ;;
+  start) lock "$LOCK_FILE" 120; do_start ;;
+  stop) lock "$LOCK_FILE" 120; do_stop ;;
+  restart) lock "$LOCK_FILE" 120; do_stop; do_start ;;
   status) do_status ;;
   *) usage ;;
 esac
