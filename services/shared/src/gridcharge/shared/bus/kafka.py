@@ -8,18 +8,52 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 from gridcharge.shared.bus.base import Handler, Outgoing, PublishError, Record, run_handler
 from gridcharge.shared.contracts import TOPICS_BY_NAME
 from gridcharge.shared.metrics import BUS_MESSAGES
 
 log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 15.0   # a clean stop takes a round trip; this bounds it when the broker is gone or not leading
+
+
+async def _stop_bounded(what: str, coro: Coroutine[Any, Any, None], timeout_s: float) -> bool:
+    """Run a client's stop(); False (and a warning) if it did not finish within `timeout_s`."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("%s stop failed: %r", what, task.exception())
+        return True
+    log.warning("%s did not stop within %.0f s (broker unavailable?); closing it anyway", what, timeout_s)
+    task.cancel()
+    await asyncio.wait({task})
+    return False
+
+
+async def close_producer(producer: AIOKafkaProducer, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop (flush, then close) a producer, but not forever.
+
+    The idempotent producer retries an unacknowledged batch without end (aiokafka never expires batches
+    when idempotence is on), so while the broker is down, restarting, or answering NotLeaderForPartition,
+    `producer.stop()` waits indefinitely and so does every `publish` awaiting such a batch. After
+    `timeout_s` the batches still pending are failed (their publishers get KafkaConnectionError instead
+    of hanging) and the sender and connections are closed.
+    """
+    if await _stop_bounded("kafka producer", producer.stop(), timeout_s):
+        return
+    if producer._sender is not None:
+        await _stop_bounded("kafka producer sender", producer._sender.close(), timeout_s)
+    await _stop_bounded("kafka producer connections", producer.client.close(), timeout_s)
+    err = KafkaConnectionError(f"producer closed before the broker acknowledged (stop took > {timeout_s:.0f} s)")
+    producer._message_accumulator.fail_all(err)   # what aiokafka's sender does on a fatal error
 
 
 def make_producer(bootstrap: str, client_id: str = "gridcharge") -> AIOKafkaProducer:
@@ -100,8 +134,7 @@ class _KafkaMember:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        with contextlib.suppress(Exception):
-            await self.consumer.stop()
+        await _stop_bounded(f"kafka consumer {self.group}", self.consumer.stop(), STOP_TIMEOUT_S)
 
 
 class KafkaBus:
@@ -123,8 +156,7 @@ class KafkaBus:
             await m.stop()
         self._members.clear()
         if self._producer is not None:
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
+            await close_producer(self._producer)
             self._producer = None
 
     async def ensure_topics(self, topics: Sequence[str]) -> None:
