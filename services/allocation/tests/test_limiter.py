@@ -51,3 +51,20 @@ def test_regrant_up_to_plan_with_room_highest_priority_first() -> None:
 def test_regrant_never_above_plan() -> None:
     conns = [Connector("a", (0,), 10, 12)]
     assert regrant([0, 0, 0], [1e9] * 3, 0.0, V, conns) == {"a": 12}
+
+
+def test_one_priority_is_capped_at_a_common_level_not_a_few_cars_stopped() -> None:
+    conns = [Connector(f"c{i}", (0, 1, 2), 10, 10) for i in range(10)]
+    out = lower([120 * V] * 3, [100 * V] * 3, 0.0, V, conns)      # 20 A too much on 100 A of cars
+    assert out == {f"c{i}": 8.0 for i in range(10)}
+    uneven = [Connector("big", (0,), 20, 20), Connector("small", (0,), 8, 8)]
+    assert lower([28 * V, 0, 0], [22 * V, 1e9, 1e9], 0.0, V, uneven) == {"big": 14.0}   # the level is 14 A
+
+
+def test_cuts_to_the_target_margin_once_triggered() -> None:
+    conns = [Connector("a", (0, 1, 2), 20, 20)]
+    # 97.5 A on 100 A: no trigger at a 2 A margin, though above the 5 A target ...
+    assert lower([97.5 * V] * 3, [100 * V] * 3, 2 * V, V, conns, 5 * V) == {}
+    # ... 99.5 A triggers it, and the cut goes to the 5 A target margin: 94.5 A → 15.5 A for "a"
+    out = lower([99.5 * V] * 3, [100 * V] * 3, 1 * V, V, conns, 5 * V)
+    assert out == {"a": 15.5}

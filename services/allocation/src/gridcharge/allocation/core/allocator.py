@@ -65,6 +65,7 @@ class AllocatorConfig:
     limiter_margin_pct: float = 2.0      # of the node limit, on top of the measured load
     command_ttl_s: float = 30.0          # a command not sent by then is dropped by the gateway
     release_idle_fallbacks: bool = True  # idle stations under a congested node give their floor to the cars
+    limiter_hold_s: float = 60.0         # a limiter cut holds (the plan stays within it) until a cycle this later
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class Allocator:
         self.node_inputs: dict[str, NodeInputs] = {}
         self.external: dict[tuple[str, str], ExternalLimitWindow] = {}
         self.limiter_a: dict[str, float] = {}          # session key -> limiter ceiling (A)
+        self.limiter_at: dict[str, float] = {}         # session key -> when the limiter last cut it (s)
         self.grant_a: dict[str, float] = {}            # session key -> current tx grant (A)
         self.plan_a: dict[str, float] = {}             # session key -> plan grant now (A)
         self.station_cap_a: dict[str, float] = {}      # station -> last station lease cap sent (A)
@@ -293,7 +295,7 @@ class Allocator:
         led = self.ledgers.get(s.station_id)
         if led is not None:
             led.expired.discard(P.command_key(s.evse_id, command_pb2.PROFILE_PURPOSE_TX, P.LEASE_STACK))
-        for d in (self.limiter_a, self.grant_a, self.plan_a):
+        for d in (self.limiter_a, self.grant_a, self.plan_a, self.limiter_at):
             d.pop(key, None)
 
     def restore_lease(self, station_id: str, cap_a: float, valid_until: float, now: float) -> bool:
@@ -353,6 +355,10 @@ class Allocator:
             led.expire(now, cfg.command_timeout_s)
         for k in [k for k, e in self.external.items() if e.valid_to <= now]:
             del self.external[k]   # windows that ended
+        # the limiter's cuts hold until a regular cycle re-optimises (the plan meanwhile stays within them)
+        for key in [k for k, t in self.limiter_at.items() if now - t >= cfg.limiter_hold_s]:
+            self.limiter_at.pop(key, None)
+            self.limiter_a.pop(key, None)
         T = max(1, cfg.horizon_slots)
         slot_starts = [now + k * cfg.slot_s for k in range(T)]
         capacity = node_capacity(self.topology, self.node_inputs, self.external.values(), now, slot_starts,
@@ -420,6 +426,10 @@ class Allocator:
             for s in by_station.get(sid, []) if sid in planned_stations else []:
                 key = session_key(s.station_id, s.evse_id)
                 g = P.quantise_a(want.get(key, 0.0) * scale, min_a=s.min_current_a)
+                held = self.grant_a.get(key)
+                if key in self.limiter_a and held is not None and scale >= 1.0 - 1e-9 \
+                        and held - cfg.change_threshold_a < g < held:
+                    g = held   # rounding noise under a limiter cut: not worth a command (the limiter watches)
                 binding = None
                 clamped = ""
                 if result.plan is not None:
@@ -620,6 +630,8 @@ class Allocator:
             max_a = min(s.max_current_a, evse_max)
             if s.tapering(now_dt) and s.measured_current_a is not None:
                 max_a = min(max_a, s.measured_current_a + TAPER_MARGIN_A)
+            if key in self.limiter_a:      # cut by the limiter: planned within the cut until it is released
+                max_a = min(max_a, self.limiter_a[key])
             # the share of the floor the car can count on for the whole lease (a fallback may drop meanwhile)
             floor = self.ledgers[s.station_id].floor_min_a(now, now + cfg.lease_s)
             b = max(0.0, min(floor / per_station[s.station_id], max_a))
@@ -700,6 +712,9 @@ class Allocator:
         now = now_dt.timestamp()
         lim = self.capacity_limit_w(node_id, now)
         margin_w = max(lim) * self.cfg.limiter_margin_pct / 100.0
+        # cut back to the margin the planner works to, so the re-plan that follows has nothing left to cut
+        target_w = max(lim) * max(self.cfg.limiter_margin_pct, self.topology.node_by_id[node_id].safety_margin_pct) \
+            / 100.0
         conns = []
         for s in self.book.sessions.values():
             if node_id not in self.topology.station_path(s.station_id):
@@ -711,12 +726,13 @@ class Allocator:
             conns.append(Connector(key, tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
                                    self.grant_a[key], self.plan_a.get(key, self.grant_a[key]), s.priority,
                                    s.min_current_a, s.measured_current_a if s.meter_fresh(now_dt) else None))
-        cuts = lower(inp.load_w, lim, margin_w, self.voltage_v, conns)
-        ups = {} if cuts else regrant(inp.load_w, lim, margin_w, self.voltage_v, conns)
+        cuts = lower(inp.load_w, lim, margin_w, self.voltage_v, conns, target_w)
+        ups = {} if cuts else regrant(inp.load_w, lim, target_w, self.voltage_v, conns)
         cmds: list[ProfileCommand] = []
         lease_end = now + self.cfg.lease_s
-        wc = {sid: led.worst_case_max_a(now, lease_end) for sid, led in self.ledgers.items()}
-        cap_now = self.capacity_now(now, self.cfg.lease_s)
+        if ups:   # only a give-back needs the budget (the worst case of every station: not per reading)
+            wc = {sid: led.worst_case_max_a(now, lease_end) for sid, led in self.ledgers.items()}
+            cap_now = self.capacity_now(now, self.cfg.lease_s)
         for key, a in {**cuts, **ups}.items():
             found = self.book.sessions.get(key)
             if found is None:
@@ -738,6 +754,7 @@ class Allocator:
                     self.limiter_a[key] = a
             else:
                 self.limiter_a[key] = a
+                self.limiter_at[key] = now
             self.grant_a[key] = a
             cmds += self._force_tx(s, a, now)
             cap = self._station_cap_for(s.station_id, self.grant_a)

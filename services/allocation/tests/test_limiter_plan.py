@@ -1,0 +1,63 @@
+"""The fast limiter and the re-plan after it: one cut per station for an overload, the plan that follows
+stays within the cut (no second round of lowerings), and a regular cycle re-optimises once the hold ends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from gridcharge.allocation.core.allocator import Allocator, AllocatorConfig, ProfileCommand
+from gridcharge.command.v1 import command_pb2 as C
+from gridcharge.shared.topology import parse_topology
+
+V = 230.0
+T0 = datetime(2026, 6, 3, 12, 0, tzinfo=UTC).timestamp()
+TOPO = parse_topology({
+    "nominal_voltage_v": V,
+    "nodes": [{"id": "tx", "limit_a": [100, 100, 100], "metered": True, "safety_margin_pct": 5}],
+    "stations": [{"id": f"s{i}", "node": "tx", "max_current_a": 16, "fallback_current_a": 6} for i in range(8)],
+})
+
+
+def accept(alloc: Allocator, cmds: list[ProfileCommand], t: float) -> None:
+    for c in cmds:
+        alloc.command_result(c.station_id, c.command_id, C.COMMAND_OUTCOME_ACCEPTED, t)
+
+
+def tx_cmds(cmds: list[ProfileCommand]) -> dict[str, float]:
+    return {c.station_id: c.payload.profile.periods[0].limit for c in cmds if c.purpose == "tx_lease"}
+
+
+def at(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def test_overload_one_cut_per_station_and_the_replan_keeps_it() -> None:
+    alloc = Allocator(TOPO, AllocatorConfig(release_idle_fallbacks=False))
+    for s in TOPO.stations:
+        accept(alloc, alloc.station_online(s.id, T0), T0)
+        alloc.book.start(s.id, 1, f"t-{s.id}", at(T0))
+    alloc.node_load("tx", (0.0,) * 3, (0.0,) * 3, T0)
+    for k in range(4):
+        accept(alloc, alloc.plan(at(T0 + k)).commands, T0 + k)
+    assert 90 <= sum(alloc.grant_a.values()) <= 95 + 1e-6     # 95 A (5 % margin) shared by 8 cars
+    # a reading: 30 A of base load appeared (~95 A of cars + 30 A on a 100 A transformer)
+    cars = sum(alloc.grant_a.values())
+    t1 = T0 + 10
+    alloc.node_load("tx", ((cars + 30) * V,) * 3, (30 * V,) * 3, t1)
+    cut = alloc.limit("tx", at(t1))
+    accept(alloc, cut, t1)
+    lowered = tx_cmds(cut)
+    level = set(lowered.values())
+    assert len(level) == 1 and len(lowered) >= 4                     # every car above it capped at one level
+    assert all(a <= max(level) for a in alloc.grant_a.values())
+    assert sum(lowered.values()) <= 95 - 30 + 1e-6                   # down to the planner's 5 % margin
+    # the re-plan a second later sees the same base load: nothing more to lower
+    again = alloc.plan(at(t1 + 1))
+    assert not {sid: a for sid, a in tx_cmds(again.commands).items() if a < lowered[sid] - 1e-9}
+    accept(alloc, again.commands, t1 + 1)
+    # after the hold a regular cycle plans freely again (and stays within the capacity)
+    late = T0 + 10 + AllocatorConfig().limiter_hold_s + 1
+    alloc.node_load("tx", ((sum(alloc.grant_a.values()) + 30) * V,) * 3, (30 * V,) * 3, late)
+    alloc.plan(at(late))
+    assert not alloc.limiter_a
+    assert sum(alloc.grant_a.values()) <= 95 - 30 + 1e-6
