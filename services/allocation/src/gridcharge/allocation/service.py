@@ -48,6 +48,7 @@ GATEWAY_CONNECTED_KEY = "gw:connected"           # the gateway registry: station
 BASE_LOAD_REPLAN_W = 230.0                        # a base-load change this big re-plans (≈ 1 A on a phase)
 
 P3 = tuple[float, float, float]
+SLOW_LIMITER_S = 0.25                             # a limiter reaction slower than this is logged (with why)
 STORE_BATCH = 64                                  # concurrent store writes per batch (the pool has 100)
 
 INPUT_TOPICS = (C.STATION_EVENTS, C.METER_VALUES, C.STATION_CAPABILITIES, C.COMMANDS, C.COMMAND_RESULTS,
@@ -294,26 +295,36 @@ class AllocationService:
             t0 = time.perf_counter()
             res: PlanResult | None = None
             capture = True
+            phases: list[tuple[str, float]] = []
             for attempt in range(3):
                 async with self._lock:
+                    t_got = time.perf_counter()
                     self.planner.capturing = capture and attempt < 2
                     try:
                         now_dt = self.rt.clock.now()
                         res = self.alloc.plan(now_dt)
                     except _ProblemCaptured as cap:
                         problem = cap.problem
+                        phases.append((f"prepare{attempt}", time.perf_counter() - t_got))
                     else:
                         self._last_plan_at = now_dt.timestamp()
+                        t_sending = time.perf_counter()
                         await self._send(res.commands)
+                        phases += [(f"apply{attempt}", t_sending - t_got), ("send", time.perf_counter() - t_sending)]
                         break
                     finally:
                         self.planner.capturing = False
+                t_solve = time.perf_counter()
                 try:
                     await self.planner.solve(problem)
+                    phases.append((f"solve{attempt}", time.perf_counter() - t_solve))
                 except Exception:   # solved again on the loop next, where a failure is handled as before
                     log.exception("planner failed in its worker thread")
                     capture = False
             assert res is not None
+            if sum(d for name, d in phases if not name.startswith("solve")) > SLOW_LIMITER_S:
+                log.info("planning lock held long", extra={"phases": {k: round(v, 3) for k, v in phases},
+                                                           "commands": len(res.commands)})
             if res.plan is not None:
                 M.PLAN_SOLVE_SECONDS.observe(res.plan.solve_time_s)
             log.debug("planned", extra={"sessions": len(self.alloc.book), "commands": len(res.commands),
@@ -518,7 +529,9 @@ class AllocationService:
             self.mark_dirty()
         if not self.leader.is_leader:
             return
+        t_in = time.perf_counter()
         async with self._lock:
+            t_locked = time.perf_counter()
             # the limiter acts once on a measurement: a snapshot that repeats the load (and limit) the limiter
             # just acted on predates that action; acting again would lower (or give back) the same excess twice
             seen = (codec.pv(nl.load_w), self.alloc.capacity_limit_w(nl.node_id, now.timestamp()))
@@ -532,7 +545,13 @@ class AllocationService:
                     M.LIMITER_ACTIONS.labels(action="lower").inc()
                 elif key in before and a > before[key]:
                     M.LIMITER_ACTIONS.labels(action="regrant").inc()
+            t_decided = time.perf_counter()
             await self._send(cmds)
+        t_sent = time.perf_counter()
+        if cmds and t_sent - t_in > SLOW_LIMITER_S:
+            log.info("slow limiter reaction", extra={
+                "node": nl.node_id[:48], "commands": len(cmds), "lock_wait_s": round(t_locked - t_in, 3),
+                "decide_s": round(t_decided - t_locked, 3), "send_s": round(t_sent - t_decided, 3)})
 
     async def _on_headroom(self, rec: Record) -> None:
         hf = C.decode(forecast_pb2.HeadroomForecast, rec.value)

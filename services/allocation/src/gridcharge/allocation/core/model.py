@@ -227,8 +227,13 @@ class Plan:
     lp_current_a: FloatArray | None = None
 
     def row(self, session_id: str) -> int:
-        """Row of ``session_id`` in the arrays."""
-        return self.session_ids.index(session_id)
+        """Row of ``session_id`` in the arrays (an index built on first use: a list search per call was
+        O(sessions²) per cycle)."""
+        rows = self.__dict__.get("_rows")
+        if rows is None or len(rows) != len(self.session_ids):
+            rows = {sid: i for i, sid in enumerate(self.session_ids)}
+            object.__setattr__(self, "_rows", rows)
+        return int(rows[session_id])
 
     def first_slot_current_a(self) -> dict[str, float]:
         """Per-phase current limit (A) for each session in slot 0 — what a limiter/replay applies now."""

@@ -9,6 +9,9 @@ x · V_s · n_s (n_s = grid phases the EV loads); energy per slot is x · V_s ·
 from __future__ import annotations
 
 import math
+import os
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -275,6 +278,7 @@ def _solve_lp(
     if solver == "auto":
         solver = "choose" if nv <= cfg.auto_threshold_vars else "ipm"
 
+    _swallow_banner()
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(cfg.time_limit_s))
@@ -593,6 +597,36 @@ def _verdicts(
             binding = BindingConstraint("<window>", -1, d, "departure")
         out[sess.session_id] = SessionVerdict(sess.session_id, got, need, short, complete, binding)
     return out
+
+
+_banner_lock = threading.Lock()
+_banner_done = False
+
+
+def _swallow_banner() -> None:
+    """The first ``Highs()`` of a process prints the HiGHS banner straight to file descriptor 1, before any
+    option can be set (``output_flag`` silences everything after it). Construct that first one once with fd 1
+    pointed at /dev/null, so `gridcharge demo` and the services' stdout stay clean."""
+    global _banner_done
+    if _banner_done:
+        return
+    with _banner_lock:
+        if _banner_done:
+            return
+        try:
+            sys.stdout.flush()
+            saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        except OSError:      # no fd 1 to protect: nothing to do
+            _banner_done = True
+            return
+        try:
+            os.dup2(null, 1)
+            highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(null)
+            _banner_done = True
 
 
 class LpPlanner:
