@@ -46,11 +46,12 @@ infra-down:  ## stop Kafka and Redis
 test-unit: install  ## fast tests only (no Kafka, no Redis)
 	$(PY) -m pytest -q -m "not kafka and not redis and not e2e" $(PYTEST_ARGS)
 
-test: install  ## the whole suite on real Kafka + Redis (started here if down, and then stopped again)
+test: install  ## the whole suite on real Kafka + Redis (started here if down — a broker started here starts empty — and then stopped again)
 	@set -o pipefail; status=0; \
 	kafka_up=0; bash deploy/scripts/kafka.sh status >/dev/null 2>&1 && kafka_up=1; \
 	redis_up=0; bash deploy/scripts/redis.sh status >/dev/null 2>&1 && redis_up=1; \
-	{ bash deploy/scripts/kafka.sh start && bash deploy/scripts/redis.sh start; } || status=$$?; \
+	fresh=; [ $$kafka_up -eq 1 ] || fresh=--fresh; \
+	{ bash deploy/scripts/kafka.sh start $$fresh && bash deploy/scripts/redis.sh start; } || status=$$?; \
 	if [ $$status -eq 0 ]; then $(PY) proto/generate.py --check && \
 	  $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=$$?; fi; \
 	[ $$kafka_up -eq 1 ] || bash deploy/scripts/kafka.sh stop || true; \
