@@ -155,6 +155,7 @@ class Allocator:
         self.station_cap_a: dict[str, float] = {}      # station -> last station lease cap sent (A)
         self.fallback_target: dict[str, list[tuple[float, float]]] = {}   # station -> [(from s, A)] wanted
         self._stations_charging: set[str] = set()
+        self._busy_at: dict[str, float] = {}   # node -> last plan in which its capacity held a car back
         self.last: PlanResult | None = None
         self._known_ids: deque[str] = deque(maxlen=20000)
         self._known_set: set[str] = set()
@@ -376,7 +377,11 @@ class Allocator:
         # the capacity above the floors and each planned car its share of its station's floor as a base
         fixed_w = self._fixed_draw_w(slot_starts, plannable, wc)
         result = PlanResult(now_dt, None, capacity, slot_starts)
-        self.fallback_target = self._fallback_targets(now, by_station, self._busy_nodes())
+        for n in self._busy_nodes():
+            self._busy_at[n] = now
+        # a node counts as busy until it has been quiet for FALLBACK_RELAX_S (no release/restore churn)
+        busy = {n for n, t in self._busy_at.items() if now - t < FALLBACK_RELAX_S}
+        self.fallback_target = self._fallback_targets(now, by_station, busy)
 
         # 1. the plan
         sessions = [s for sid in sorted(planned_stations) for s in by_station[sid]]
@@ -413,6 +418,7 @@ class Allocator:
         floors = {sid: led.floor_max_a(now, lease_end) for sid, led in self.ledgers.items()}
         approved = fit_caps(self.topology, cap_fit, wc, desired_station, order, floor_a=floors)
         result.station_caps_a = dict(approved)
+        self._still_busy(now, cap_fit, {**wc, **{k: max(a, floors.get(k, 0.0)) for k, a in approved.items()}})
 
         # 3. commands
         for sid in sorted(desired_station):
@@ -494,6 +500,24 @@ class Allocator:
         """[3] W per node: the lowest capacity of the slots between now and ``until``."""
         k = max(1, sum(1 for ts in slot_starts if ts < until))
         return {n: c[:, :k].min(axis=1) for n, c in capacity.w.items()}
+
+    def _still_busy(self, now: float, cap_w: dict[str, np.ndarray], draw_a: dict[str, float]) -> None:
+        """Nodes where giving the released idle floors back would not fit next to what the cars now get:
+        they stay 'busy' (released) — releasing frees the capacity, so the binding constraint alone would
+        restore and release them again every cycle."""
+        back: dict[str, float] = {}
+        for st in self.topology.stations:
+            if st.id not in self._stations_charging:
+                gap = st.fallback_current_a - self.ledgers[st.id].floor_a(now)
+                if gap > 1e-9:
+                    back[st.id] = gap
+        if not back:
+            return
+        extra = node_draw_w(self.topology, back)
+        used = node_draw_w(self.topology, draw_a)
+        for n, add in extra.items():
+            if np.any(add > 0) and np.any(used[n] + add > cap_w[n] + 1e-6):
+                self._busy_at[n] = now
 
     @staticmethod
     def _wants_energy(s: SessionState, now_dt: datetime) -> bool:
