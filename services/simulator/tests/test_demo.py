@@ -4,6 +4,7 @@ and the grid model."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,11 @@ def test_base_load_shapes_are_fractions() -> None:
         assert all(0 <= base_load_shape(prof, h / 4) <= 1 for h in range(96))
 
 
-async def test_demo_short_office_run(tmp_path: Path) -> None:
+async def test_demo_short_office_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRIDCHARGE_TELEMETRY_SNAPSHOT_S", raising=False)
     sc = load_scenario("office", start="2026-06-03T06:00:00Z", duration="40m")
     summary = await run_demo(sc, tmp_path, http_port=0, progress=False)
+    assert "GRIDCHARGE_TELEMETRY_SNAPSHOT_S" not in os.environ    # the demo's setting does not leak out
     assert summary["stations_connected_at_start"] == (20 if "gateway" in summary["services"] else 0)
     assert summary["violations"] == 0
     assert summary["energy_total_kwh"] > 0

@@ -37,6 +37,7 @@ from gridcharge.simulator.sim import Simulation
 log = logging.getLogger(__name__)
 
 SERVICES = ("gateway", "telemetry", "forecasting", "allocation")
+SNAPSHOT_ENV = "GRIDCHARGE_TELEMETRY_SNAPSHOT_S"
 MAX_REAL_S = 170.0      # the demo must finish in under 3 minutes; a longer scenario is cut here
 
 
@@ -171,8 +172,10 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
         ocpp_port=free_port(),
         weather_base_url=f"http://127.0.0.1:{weather_srv.port}", log_level="WARNING", log_json=False,
         replica_id="demo")
-    # nothing changes between the driver's steps, so a node-load snapshot per step is enough (default 5 s)
-    os.environ.setdefault("GRIDCHARGE_TELEMETRY_SNAPSHOT_S", str(max(5.0, scenario.step_s)))
+    # nothing changes between the driver's steps, so a node-load snapshot per step is enough (default 5 s);
+    # set for this run only (restored at the end: a caller running more after the demo keeps its own)
+    snapshot_env = os.environ.get(SNAPSHOT_ENV)
+    os.environ.setdefault(SNAPSHOT_ENV, str(max(5.0, scenario.step_s)))
     rt = build_runtime(settings, clock)
     factories, missing = load_factories(services)
     cluster = EmbeddedCluster(rt, scenario.topology, factories)
@@ -218,6 +221,8 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
         await sim.stop()
         await cluster.stop()
         await weather_srv.stop()
+        if snapshot_env is None:
+            os.environ.pop(SNAPSHOT_ENV, None)
 
 
 def format_summary(s: dict[str, Any]) -> str:
