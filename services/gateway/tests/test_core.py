@@ -68,6 +68,22 @@ def test_schema_violation_codes() -> None:
     assert v is not None and v.kind is Err.FORMAT
 
 
+def test_integers_beyond_32_bits_are_a_type_violation() -> None:
+    """OCPP integers are 32-bit; the JSON schemas set no bound (found by the fuzz test: a 2.0.1 seqNo of
+    ~4.8e48 reached the protobuf mapping and became an InternalError)."""
+    tx = {"eventType": "Started", "timestamp": "2026-06-01T08:00:00Z", "triggerReason": "CablePluggedIn",
+          "seqNo": 0, "transactionInfo": {"transactionId": "t1"}, "evse": {"id": 1, "connectorId": 1}}
+    assert schemas.validate(V201, "TransactionEvent", "req", tx) is None
+    huge = 4786968280569109711252255621997371689109295202304
+    for bad in ({**tx, "seqNo": 2**31}, {**tx, "evse": {"id": -(2**31) - 1}}, {**tx, "seqNo": huge}):
+        v = schemas.validate(V201, "TransactionEvent", "req", bad)
+        assert v is not None and v.kind is Err.TYPE, bad
+    assert schemas.validate(V201, "TransactionEvent", "req", {**tx, "seqNo": 2**31 - 1}) is None
+    v = schemas.validate(V16, "StartTransaction", "req", {"connectorId": 1, "idTag": "a", "meterStart": 2**40,
+                                                         "timestamp": "2026-06-01T08:00:00Z"})
+    assert v is not None and v.kind is Err.TYPE and "meterStart" in v.description
+
+
 def _profile(**kw: object) -> command_pb2.SetChargingProfile:
     sp = command_pb2.SetChargingProfile(evse_id=1)
     p = sp.profile

@@ -80,8 +80,40 @@ def _needs_decimal(version: Version, action: str, part: str) -> bool:
     return version is Version.V16 and (action, part) in _DECIMAL_16
 
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _int_out_of_range(value: Any, path: str = "", depth: int = 0) -> str | None:
+    """Path of the first integer outside 32 bits (OCPP integers are 32-bit; the schemas set no bound)."""
+    if depth > 64:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return path if not INT32_MIN <= value <= INT32_MAX else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _int_out_of_range(v, f"{path}/{k}", depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
 def validate(version: Version, action: str, part: str, payload: dict[str, Any]) -> SchemaViolation | None:
     """Check `payload` of `action` ('req' or 'conf'); None when valid."""
+    bad = _check_schema(version, action, part, payload)
+    if bad is not None:
+        return bad
+    where = _int_out_of_range(payload)
+    if where is not None:
+        return SchemaViolation(Err.TYPE, cap(f"{action}: integer outside 32 bits at '{cap(where, 120)}'"))
+    return None
+
+
+def _check_schema(version: Version, action: str, part: str, payload: dict[str, Any]) -> SchemaViolation | None:
     if _needs_decimal(version, action, part):
         return _validate_decimal(version, action, part, payload)
     check = _compiled(version, action, part)
