@@ -7,10 +7,12 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+import numpy as np
 from gridcharge.allocation.core import profiles as P
 from gridcharge.allocation.core.allocator import FALLBACK_RELAX_S, Allocator, AllocatorConfig, ProfileCommand
-from gridcharge.allocation.core.budget import ExternalLimitWindow, node_capacity, node_draw_w
+from gridcharge.allocation.core.budget import ExternalLimitWindow, fit_caps, node_capacity, node_draw_w
 from gridcharge.allocation.core.failsafe import FALLBACK_KEY, Sent, StationLedger
+from gridcharge.allocation.core.model import Plan, PlanningProblem
 from gridcharge.command.v1 import command_pb2 as C
 from gridcharge.shared.topology import parse_topology
 
@@ -193,3 +195,50 @@ def test_after_a_restart_an_installed_fallback_of_unknown_shape_is_replaced_when
     assert not fallbacks(alloc.plan(datetime.fromtimestamp(T0, UTC)).commands)
     alloc.external_limit(window(20.0))
     assert set(fallbacks(alloc.plan(datetime.fromtimestamp(T0 + 60, UTC)).commands)) == {"s4"}
+
+
+class GreedyPlanner:
+    def plan(self, problem: PlanningProblem) -> Plan:
+        cur = np.array([[s.max_current_a] * problem.slots.count for s in problem.sessions])
+        return Plan(problem.slots, [s.session_id for s in problem.sessions], cur, cur * V,
+                    [(0,)] * len(problem.sessions), {}, {}, "greedy", 0.0, 0.0)
+
+
+def test_a_fallback_rising_after_a_window_does_not_keep_a_lease_during_it() -> None:
+    """Found by the state machine: a 1-min window at 0 W; the fallback drops to 0 A for its slot and rises
+    back to 6 A at the next slot start, inside the lease's lifetime. The lease must not stay at 6 A because
+    the floor will be 6 A later: during the window it overrides the 0 A fallback (at most 0 A now)."""
+    topo = parse_topology({
+        "nominal_voltage_v": V,
+        "nodes": [{"id": "site", "limit_a": [63, 63, 63], "safety_margin_pct": 0}],
+        "stations": [{"id": "a1", "node": "site", "max_current_a": 32, "fallback_current_a": 6}],
+    })
+    # a planner that asks for the most in every slot: the budget alone must hold (as in the state machine)
+    alloc = Allocator(topo, AllocatorConfig(horizon_slots=4, lease_s=600), GreedyPlanner())
+    t = T0 + 330
+    accept(alloc, alloc.station_online("a1", t), t)
+    alloc.book.start("a1", 1, "tx1", datetime.fromtimestamp(t, UTC))
+    accept(alloc, alloc.plan(datetime.fromtimestamp(t, UTC)).commands, t)
+    assert alloc.ledgers["a1"].worst_case_a(t) >= 6
+    alloc.external_limit(ExternalLimitWindow("site", "dso", "dso", t, t + 60, (0.0,) * 3, (0.0,) * 3, t))
+    for _ in range(3):
+        accept(alloc, alloc.plan(datetime.fromtimestamp(t, UTC)).commands, t)
+    led = alloc.ledgers["a1"]
+    assert led.floor_max_a(t, t + 600) == 6          # the fallback does come back within the lease
+    assert led.worst_case_a(t) == 0                  # ... but now the station may draw nothing
+    assert alloc.grant_a["a1/1"] == 0
+
+
+def test_fit_caps_holds_at_every_moment() -> None:
+    """Two moments: now (no room) and later (room, floor back at 6 A). A scalar fit (lowest capacity,
+    highest floor) would keep 6 A as 'free'; per moment the cap must go to 0 now."""
+    cap = {"feeder": np.array([[0.0, 40 * V]] * 3)}
+    wc: dict[str, float | np.ndarray] = {"s1": np.array([6.0, 6.0]), "s2": 0.0, "s3": 0.0, "s4": 0.0}
+    floors = {"s1": np.array([0.0, 6.0])}
+    ok = fit_caps(TOPO, cap, wc, {"s1": 16.0}, ["s1"], floor_a=floors)
+    assert ok["s1"] == 0.0
+    # a raise fits the tightest moment: 10 A of room now, 40 A later
+    cap2 = {"feeder": np.array([[10 * V, 40 * V]] * 3)}
+    ok = fit_caps(TOPO, cap2, {"s1": np.array([0.0, 6.0]), "s2": 0.0, "s3": 0.0, "s4": 0.0}, {"s1": 16.0}, ["s1"],
+                  floor_a=floors)
+    assert ok["s1"] == 10.0

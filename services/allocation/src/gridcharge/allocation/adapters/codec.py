@@ -73,7 +73,7 @@ def apply_station_event(alloc: Allocator, ev: station_pb2.StationEvent, now: dat
             alloc.ledgers[sid].rebooted()
         else:
             led.replica = ev.connected.replica_id[:64]
-        out.commands += alloc.station_online(sid, t)
+        out.commands += alloc.station_online(sid, t, new_link=kind == "connected")
         out.replan = True
     elif kind == "disconnected":
         out.replan = alloc.station_offline(sid, t, ev.disconnected.replica_id[:64])

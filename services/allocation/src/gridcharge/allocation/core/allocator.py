@@ -8,6 +8,7 @@ the same code runs live, in simulation and under Hypothesis.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import uuid
@@ -186,14 +187,19 @@ class Allocator:
         return ProfileCommand(cid, station_id, key, purpose_label, payload, _ts(now + self.cfg.command_ttl_s))
 
     # ---------------------------------------------------------------- inputs
-    def station_online(self, station_id: str, now: float) -> list[ProfileCommand]:
-        """Connected/Boot: the station is reachable; (re)install its fallback (idempotent, fixed id)."""
+    def station_online(self, station_id: str, now: float, new_link: bool = False) -> list[ProfileCommand]:
+        """Connected/Boot: the station is reachable; (re)install its fallback (idempotent, fixed id).
+
+        ``new_link``: a new WebSocket connection (Connected). Whatever was in flight on the old one may be
+        lost — e.g. sent through a replica that died before the station reconnected elsewhere — so the
+        fallback goes out again even if one was sent moments ago.
+        """
         led = self.ledgers.get(station_id)
         if led is None:
             return []
         led.online = True
         fb_key = P.command_key(0, command_pb2.PROFILE_PURPOSE_STATION_MAX, P.FALLBACK_STACK)
-        if any(p.key == fb_key and now - p.sent_at < 5.0 for p in led.pending.values()):
+        if not new_link and any(p.key == fb_key and now - p.sent_at < 5.0 for p in led.pending.values()):
             return []   # Connected and Boot come together: one fallback is enough
         return [self._fallback(station_id, now)]
 
@@ -370,9 +376,9 @@ class Allocator:
         plannable = {sid for sid, led in self.ledgers.items()
                      if not led.in_failsafe(now, cfg.failsafe_hold_s)}
         planned_stations = {sid for sid in by_station if sid in plannable}
-        lease_end = now + cfg.lease_s
-        # what each station may draw at worst while a lease sent now is in force
-        wc = {sid: led.worst_case_max_a(now, lease_end) for sid, led in self.ledgers.items()}
+        # what each station may draw at worst while a lease sent now is in force, at each moment it changes
+        cap_fit, wc_k, floors_k = self._budget_moments(now, capacity, slot_starts)
+        wc = {sid: float(a.max()) for sid, a in wc_k.items()}
         # every station's floor is reserved anyway (a lapsing lease falls back to it), so the planner gets
         # the capacity above the floors and each planned car its share of its station's floor as a base
         fixed_w = self._fixed_draw_w(slot_starts, plannable, wc)
@@ -414,11 +420,11 @@ class Allocator:
         order = sorted(desired_station, key=lambda sid: (
             -max((s.priority for s in by_station.get(sid, [])), default=0),
             -sum(s.remaining_wh for s in by_station.get(sid, [])), sid))
-        cap_fit = self._capacity_over(capacity, slot_starts, lease_end)
-        floors = {sid: led.floor_max_a(now, lease_end) for sid, led in self.ledgers.items()}
-        approved = fit_caps(self.topology, cap_fit, wc, desired_station, order, floor_a=floors)
+        approved = fit_caps(self.topology, cap_fit, wc_k, desired_station, order, floor_a=floors_k)
         result.station_caps_a = dict(approved)
-        self._still_busy(now, cap_fit, {**wc, **{k: max(a, floors.get(k, 0.0)) for k, a in approved.items()}})
+        floors = {sid: float(a.max()) for sid, a in floors_k.items()}
+        self._still_busy(now, {n: c.min(axis=1) for n, c in cap_fit.items()},
+                         {**wc, **{k: max(a, floors.get(k, 0.0)) for k, a in approved.items()}})
 
         # 3. commands
         for sid in sorted(desired_station):
@@ -496,10 +502,24 @@ class Allocator:
             out[nid] += d[:, None]
         return out
 
-    def _capacity_over(self, capacity: Capacity, slot_starts: list[float], until: float) -> dict[str, np.ndarray]:
-        """[3] W per node: the lowest capacity of the slots between now and ``until``."""
-        k = max(1, sum(1 for ts in slot_starts if ts < until))
-        return {n: c[:, :k].min(axis=1) for n, c in capacity.w.items()}
+    def _budget_moments(self, now: float, capacity: Capacity, slot_starts: list[float]) -> tuple[
+            dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The moments of a lease sent now at which the budget changes — now, each later slot start and
+        each step of a fallback until the lease ends — and at each: the capacity per node ([3, K] W),
+        each station's worst case and its floor ([K] A). The fit must hold at every one of them: a
+        single worst case and a single lowest capacity would mix moments (a floor that rises when a DSO
+        window ends would count during the window)."""
+        end = now + self.cfg.lease_s
+        times = {now, *(ts for ts in slot_starts if now < ts < end)}
+        for led in self.ledgers.values():
+            times.update(led.change_times(now, end))
+        moments = sorted(times)
+        T = len(slot_starts)
+        cols = [min(T - 1, bisect.bisect_right(slot_starts, t) - 1) for t in moments]
+        cap = {n: c[:, cols] for n, c in capacity.w.items()}
+        wc = {sid: np.array([led.worst_case_a(t) for t in moments]) for sid, led in self.ledgers.items()}
+        floors = {sid: np.array([led.floor_worst_a(t) for t in moments]) for sid, led in self.ledgers.items()}
+        return cap, wc, floors
 
     def _still_busy(self, now: float, cap_w: dict[str, np.ndarray], draw_a: dict[str, float]) -> None:
         """Nodes where giving the released idle floors back would not fit next to what the cars now get:
@@ -753,10 +773,11 @@ class Allocator:
         cuts = lower(inp.load_w, lim, margin_w, self.voltage_v, conns, target_w)
         ups = {} if cuts else regrant(inp.load_w, lim, target_w, self.voltage_v, conns)
         cmds: list[ProfileCommand] = []
-        lease_end = now + self.cfg.lease_s
         if ups:   # only a give-back needs the budget (the worst case of every station: not per reading)
-            wc = {sid: led.worst_case_max_a(now, lease_end) for sid, led in self.ledgers.items()}
-            cap_now = self.capacity_now(now, self.cfg.lease_s)
+            starts = [now + k * self.cfg.slot_s for k in range(max(1, math.ceil(self.cfg.lease_s / self.cfg.slot_s)))]
+            cap_k, wc, floors = self._budget_moments(
+                now, node_capacity(self.topology, self.node_inputs, self.external.values(), now, starts,
+                                   self.cfg.slot_s), starts)
         for key, a in {**cuts, **ups}.items():
             found = self.book.sessions.get(key)
             if found is None:
@@ -767,11 +788,11 @@ class Allocator:
                 want = dict(self.grant_a)
                 want[key] = a
                 desired = self._station_cap_for(s.station_id, want)
-                ok = fit_caps(self.topology, cap_now, wc, {s.station_id: desired}, [s.station_id],
-                              floor_a={s.station_id: self.ledgers[s.station_id].floor_max_a(now, lease_end)})
+                ok = fit_caps(self.topology, cap_k, wc, {s.station_id: desired}, [s.station_id],
+                              floor_a={s.station_id: floors[s.station_id]})
                 if ok.get(s.station_id, 0.0) < desired - 1e-9:
                     continue
-                wc[s.station_id] = max(wc[s.station_id], desired)
+                wc[s.station_id] = np.maximum(wc[s.station_id], desired)
                 if a >= self.plan_a.get(key, 0.0) - 1e-9:
                     self.limiter_a.pop(key, None)
                 else:

@@ -237,14 +237,31 @@ def node_draw_w(topology: Topology, station_caps_a: Mapping[str, float]) -> dict
     return {nid: draw[i] for i, nid in enumerate(ix.node_ids)}
 
 
+def _draw_k(topology: Topology, caps_a: Mapping[str, FloatArray], k: int) -> dict[str, FloatArray]:
+    """Like :func:`node_draw_w` with a cap per moment: ``caps_a[station]`` is [k] A; returns [3, k] W per node."""
+    ix = _index(topology)
+    rows = [ix.row[sid] for sid in caps_a if sid in ix.row]
+    vals = np.array([caps_a[sid] for sid in caps_a if sid in ix.row], dtype=np.float64).reshape(len(rows), k)
+    sel = np.array(rows, dtype=np.intp)
+    count = ix.count[sel]
+    ends = np.cumsum(count)
+    flat = np.repeat(ix.start[sel] - (ends - count), count) + np.arange(int(ends[-1]) if len(ends) else 0)
+    slots = ix.slot[flat]
+    weights = np.repeat(vals, count, axis=0) * topology.nominal_voltage_v
+    n = 3 * len(ix.node_ids)
+    draw = np.stack([np.bincount(slots, weights=weights[:, j], minlength=n) for j in range(k)], axis=1)
+    draw = draw.reshape(len(ix.node_ids), 3, k)
+    return {nid: draw[i] for i, nid in enumerate(ix.node_ids)}
+
+
 def fit_caps(
     topology: Topology,
     capacity_w: Mapping[str, FloatArray],
-    worst_case_a: Mapping[str, float],
+    worst_case_a: Mapping[str, float | FloatArray],
     desired_a: Mapping[str, float],
     order: list[str],
     min_raise_a: float = 0.0,
-    floor_a: Mapping[str, float] | None = None,
+    floor_a: Mapping[str, float | FloatArray] | None = None,
 ) -> dict[str, float]:
     """Approve station caps so the worst case under every node stays within its capacity.
 
@@ -253,42 +270,59 @@ def fit_caps(
     ``floor_a``: what each station may draw whatever cap it gets (its fallback): a cap below it does
     not lower its worst case.
 
+    Time-resolved: ``capacity_w`` may be [3, K] W per node and ``worst_case_a``/``floor_a`` [K] A per
+    station, at the same K moments of a lease's lifetime (now, slot starts, fallback steps). A cap must
+    fit at every moment; a cap below a moment's floor frees nothing at that moment, but may at another
+    (a fallback that rises when a DSO window ends must not keep a car's lease at it during the window).
+
     1. Lowerings are always approved; they take effect only once accepted, so until then the old worst
        case stays counted for raises.
     2. Where a node is over its capacity even after those (a limit dropped), stations under it are
        lowered further, least important first, each as far as needed.
     3. Raises are approved in ``order``, each only as far as every node/phase on the station's path
-       still has room; one that cannot be granted keeps the current worst case.
+       still has room at every moment; one that cannot be granted keeps the current worst case.
     """
     v = topology.nominal_voltage_v
     ix = _index(topology)
-    floors = floor_a or {}
-    wc = dict(worst_case_a)
-    used = node_draw_w(topology, wc)
+    k = 1
+    for c in capacity_w.values():
+        k = max(k, np.shape(c)[1] if np.ndim(c) == 2 else 1)
+    for m in (worst_case_a, floor_a or {}):
+        for x in m.values():
+            k = max(k, np.size(x))
+    cap = {n: np.broadcast_to(np.asarray(c, dtype=np.float64).reshape(3, -1), (3, k)) for n, c in capacity_w.items()}
+
+    def vec(x: float | FloatArray) -> FloatArray:
+        return np.broadcast_to(np.asarray(x, dtype=np.float64), (k,)).copy()
+
+    zero = np.zeros(k)
+    floors = {sid: vec(x) for sid, x in (floor_a or {}).items()}
+    wc = {sid: vec(x) for sid, x in worst_case_a.items()}
+    used = _draw_k(topology, wc, k)
     approved: dict[str, float] = {}
     for sid, want in desired_a.items():
-        if want <= wc.get(sid, 0.0) + 1e-9:
+        if want <= float(wc.get(sid, zero).min()) + 1e-9:
             approved[sid] = want
 
-    def eff(sid: str, cap: float) -> float:
-        """Worst case of a station once ``cap`` is installed."""
-        return max(floors.get(sid, 0.0), cap)
+    def eff(sid: str, a: float) -> FloatArray:
+        """Worst case of a station at each moment once cap ``a`` is installed."""
+        return np.maximum(floors.get(sid, zero), a)
 
-    target = node_draw_w(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items()}})
+    target = _draw_k(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items()}}, k)
 
-    def excess_a(sid: str, load: Mapping[str, FloatArray]) -> float:
-        """Most any node/phase on the station's path is above capacity (A, may be < 0 = room)."""
-        worst = -math.inf
+    def excess_a(sid: str, load: Mapping[str, FloatArray]) -> FloatArray:
+        """[K] most any node/phase on the station's path is above capacity (A, may be < 0 = room)."""
+        worst = np.full(k, -math.inf)
         r = ix.row[sid]
         for nid in ix.path[r]:
-            cap = capacity_w.get(nid)
-            if cap is None:
+            c = cap.get(nid)
+            if c is None:
                 continue
             for p in ix.phases[r]:
-                worst = max(worst, (float(load[nid][p]) - float(cap[p])) / v)
+                worst = np.maximum(worst, (load[nid][p] - c[p]) / v)
         return worst
 
-    def shift(load: dict[str, FloatArray], sid: str, delta_a: float) -> None:
+    def shift(load: dict[str, FloatArray], sid: str, delta_a: FloatArray) -> None:
         r = ix.row[sid]
         for nid in ix.path[r]:
             for p in ix.phases[r]:
@@ -298,27 +332,29 @@ def fit_caps(
         if sid not in desired_a:
             continue
         over = excess_a(sid, target)
-        if over > 1e-9:
-            base = approved.get(sid, wc.get(sid, 0.0))
-            new = max(0.0, min(desired_a[sid], eff(sid, base) - over))
-            # only a cut that lowers the worst case helps; below the floor it would just stop the car
-            new = max(new, min(floors.get(sid, 0.0), desired_a[sid]))
-            if eff(sid, new) < eff(sid, base) - 1e-9:
+        hot = over > 1e-9
+        if hot.any():
+            cur = eff(sid, approved[sid]) if sid in approved else wc.get(sid, zero)
+            flo = floors.get(sid, zero)
+            # as far as needed at every moment over capacity; below a moment's floor frees nothing there
+            new = max(0.0, min(desired_a[sid], float(np.maximum(cur - over, flo)[hot].min())))
+            if np.any(eff(sid, new) < cur - 1e-9):
                 approved[sid] = new
-                shift(target, sid, eff(sid, new) - eff(sid, base))
+                shift(target, sid, eff(sid, new) - cur)
     for sid in order:
         if sid not in desired_a or sid in approved:
             continue
         want = desired_a[sid]
-        cur = wc.get(sid, 0.0)
+        cur = wc.get(sid, zero)
         room_a = -excess_a(sid, used)
-        grant = min(want, cur + max(0.0, room_a))
-        if grant - cur < min_raise_a:
-            approved[sid] = cur if cur < want else want
-            continue
+        grant = min(want, float((cur + np.maximum(0.0, room_a)).min()))
+        if grant - float(cur.max()) < min_raise_a:
+            grant = min(want, float(cur.min()))
         approved[sid] = grant
-        shift(used, sid, grant - cur)
-        wc[sid] = grant
+        # a raise only counts upwards: a lowering takes effect once accepted
+        up = np.maximum(eff(sid, grant) - cur, 0.0)
+        shift(used, sid, up)
+        wc[sid] = cur + up
     return approved
 
 

@@ -109,11 +109,21 @@ class StationLedger:
 
     def floor_max_a(self, t0: float, t1: float) -> float:
         """Highest floor between ``t0`` and ``t1`` (A), counting a new fallback still in flight."""
-        vals = [self.floor_a(t) for t in [t0, *self.floor_steps(t0, t1)]]
+        return max(self.floor_worst_a(t) for t in [t0, *self.change_times(t0, t1)])
+
+    def floor_worst_a(self, t: float) -> float:
+        """Highest floor at time ``t`` (A): the installed fallback or one still in flight."""
+        vals = [self.floor_a(t)]
+        vals += [s.limit_at(t) for s in [*self.pending.values(), *self.uncertain.values()] if s.key == FALLBACK_KEY]
+        return min(self.hw_max_a, max(vals))
+
+    def change_times(self, t0: float, t1: float) -> list[float]:
+        """Times in (t0, t1) where the floor may change: steps of the installed or an in-flight fallback."""
+        times = set(self.floor_steps(t0, t1))
         for s in [*self.pending.values(), *self.uncertain.values()]:
             if s.key == FALLBACK_KEY:
-                vals += [s.limit_at(t) for t in [t0, *s.steps_between(t0, t1)]]
-        return min(self.hw_max_a, max(vals))
+                times.update(s.steps_between(t0, t1))
+        return sorted(times)
 
     def floor_min_a(self, t0: float, t1: float) -> float:
         """Lowest installed floor between ``t0`` and ``t1`` (A): what a car may count on in that span."""
@@ -126,11 +136,7 @@ class StationLedger:
 
     def worst_case_max_a(self, t0: float, t1: float) -> float:
         """Highest worst case between ``t0`` and ``t1`` (A) if nothing new is sent or answered."""
-        times = {t0, *self.floor_steps(t0, t1)}
-        for s in [*self.pending.values(), *self.uncertain.values()]:
-            if s.key == FALLBACK_KEY:
-                times.update(s.steps_between(t0, t1))
-        return max(self.worst_case_a(t) for t in times)
+        return max(self.worst_case_a(t) for t in [t0, *self.change_times(t0, t1)])
 
     def _cap_sources(self, now: float) -> list[Sent]:
         out = [s for s in self.accepted.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
