@@ -109,7 +109,12 @@ class StationLedger:
 
     def floor_max_a(self, t0: float, t1: float) -> float:
         """Highest floor between ``t0`` and ``t1`` (A), counting a new fallback still in flight."""
-        return max(self.floor_worst_a(t) for t in [t0, *self.change_times(t0, t1)])
+        vals = [self.floor_a(t) for t in [t0, *self.floor_steps(t0, t1)]]
+        if self.pending or self.uncertain:
+            for s in [*self.pending.values(), *self.uncertain.values()]:
+                if s.key == FALLBACK_KEY:
+                    vals += [s.limit_at(t) for t in [t0, *s.steps_between(t0, t1)]]
+        return min(self.hw_max_a, max(vals))
 
     def floor_worst_a(self, t: float) -> float:
         """Highest floor at time ``t`` (A): the installed fallback or one still in flight."""
