@@ -378,7 +378,7 @@ class Allocator:
         planned_stations = {sid for sid in by_station if sid in plannable}
         # what each station may draw at worst while a lease sent now is in force, at each moment it changes
         cap_fit, wc_k, floors_k = self._budget_moments(now, capacity, slot_starts)
-        wc = {sid: float(a.max()) for sid, a in wc_k.items()}
+        wc = {sid: float(np.max(a)) for sid, a in wc_k.items()}
         # every station's floor is reserved anyway (a lapsing lease falls back to it), so the planner gets
         # the capacity above the floors and each planned car its share of its station's floor as a base
         fixed_w = self._fixed_draw_w(slot_starts, plannable, wc)
@@ -422,7 +422,7 @@ class Allocator:
             -sum(s.remaining_wh for s in by_station.get(sid, [])), sid))
         approved = fit_caps(self.topology, cap_fit, wc_k, desired_station, order, floor_a=floors_k)
         result.station_caps_a = dict(approved)
-        floors = {sid: float(a.max()) for sid, a in floors_k.items()}
+        floors = {sid: float(np.max(a)) for sid, a in floors_k.items()}
         self._still_busy(now, {n: c.min(axis=1) for n, c in cap_fit.items()},
                          {**wc, **{k: max(a, floors.get(k, 0.0)) for k, a in approved.items()}})
 
@@ -503,22 +503,36 @@ class Allocator:
         return out
 
     def _budget_moments(self, now: float, capacity: Capacity, slot_starts: list[float]) -> tuple[
-            dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """The moments of a lease sent now at which the budget changes — now, each later slot start and
-        each step of a fallback until the lease ends — and at each: the capacity per node ([3, K] W),
-        each station's worst case and its floor ([K] A). The fit must hold at every one of them: a
-        single worst case and a single lowest capacity would mix moments (a floor that rises when a DSO
-        window ends would count during the window)."""
+            dict[str, np.ndarray], dict[str, float | np.ndarray], dict[str, float | np.ndarray]]:
+        """The moments of a lease sent now at which the budget changes — now, each later slot start where
+        the capacity changes and each step of a fallback until the lease ends — and at each: the capacity
+        per node ([3, K] W), each station's worst case and its floor ([K] A, or one value where the floor
+        does not change: a lease that ends meanwhile only lowers the worst case, so its value now bounds it).
+
+        The fit must hold at every moment: a single highest worst case against a single lowest capacity
+        would mix moments (a floor that rises when a DSO window ends would count during the window).
+        """
         end = now + self.cfg.lease_s
-        times = {now, *(ts for ts in slot_starts if now < ts < end)}
-        for led in self.ledgers.values():
-            times.update(led.change_times(now, end))
+        steps = {sid: led.change_times(now, end) for sid, led in self.ledgers.items()}
+        times = {now}
+        for ts in steps.values():
+            times.update(ts)
+        for k in range(1, len(slot_starts)):
+            if slot_starts[k] < end and any(np.any(c[:, k] != c[:, k - 1]) for c in capacity.w.values()):
+                times.add(slot_starts[k])
         moments = sorted(times)
         T = len(slot_starts)
         cols = [min(T - 1, bisect.bisect_right(slot_starts, t) - 1) for t in moments]
         cap = {n: c[:, cols] for n, c in capacity.w.items()}
-        wc = {sid: np.array([led.worst_case_a(t) for t in moments]) for sid, led in self.ledgers.items()}
-        floors = {sid: np.array([led.floor_worst_a(t) for t in moments]) for sid, led in self.ledgers.items()}
+        wc: dict[str, float | np.ndarray] = {}
+        floors: dict[str, float | np.ndarray] = {}
+        for sid, led in self.ledgers.items():
+            if steps[sid]:
+                wc[sid] = np.array([led.worst_case_a(t) for t in moments])
+                floors[sid] = np.array([led.floor_worst_a(t) for t in moments])
+            else:
+                wc[sid] = led.worst_case_a(now)
+                floors[sid] = led.floor_worst_a(now)
         return cap, wc, floors
 
     def _still_busy(self, now: float, cap_w: dict[str, np.ndarray], draw_a: dict[str, float]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,6 +97,7 @@ class _StationIndex:
     start: npt.NDArray[np.intp]
     count: npt.NDArray[np.intp]
     slot: npt.NDArray[np.intp]
+    slots_of: tuple[tuple[int, ...], ...]    # per station row: its slots as plain ints (per-station loops)
 
 
 _INDEXES: OrderedDict[int, tuple[Topology, _StationIndex]] = OrderedDict()
@@ -126,7 +127,8 @@ def _index(topology: Topology) -> _StationIndex:
         count.append(len(slot) - start[-1])
     idx = _StationIndex(node_ids, {st.id: r for r, st in enumerate(topology.stations)}, tuple(paths),
                         tuple(phases), np.array(start, dtype=np.intp), np.array(count, dtype=np.intp),
-                        np.array(slot, dtype=np.intp))
+                        np.array(slot, dtype=np.intp),
+                        tuple(tuple(slot[a:a + n]) for a, n in zip(start, count, strict=True)))
     _INDEXES[id(topology)] = (topology, idx)
     while len(_INDEXES) > _INDEXES_MAX:
         _INDEXES.popitem(last=False)
@@ -237,21 +239,20 @@ def node_draw_w(topology: Topology, station_caps_a: Mapping[str, float]) -> dict
     return {nid: draw[i] for i, nid in enumerate(ix.node_ids)}
 
 
-def _draw_k(topology: Topology, caps_a: Mapping[str, FloatArray], k: int) -> dict[str, FloatArray]:
-    """Like :func:`node_draw_w` with a cap per moment: ``caps_a[station]`` is [k] A; returns [3, k] W per node."""
+def _draw_flat(topology: Topology, caps_a: Mapping[str, Sequence[float]], k: int) -> FloatArray:
+    """Like :func:`node_draw_w` with a cap per moment: ``caps_a[station]`` is [k] A; returns [3 × nodes, k] W
+    (row = node position × 3 + phase, as in the station index)."""
     ix = _index(topology)
-    rows = [ix.row[sid] for sid in caps_a if sid in ix.row]
-    vals = np.array([caps_a[sid] for sid in caps_a if sid in ix.row], dtype=np.float64).reshape(len(rows), k)
-    sel = np.array(rows, dtype=np.intp)
+    keep = [sid for sid in caps_a if sid in ix.row]
+    sel = np.array([ix.row[sid] for sid in keep], dtype=np.intp)
+    vals = np.array([caps_a[sid] for sid in keep], dtype=np.float64).reshape(len(keep), k)
     count = ix.count[sel]
     ends = np.cumsum(count)
     flat = np.repeat(ix.start[sel] - (ends - count), count) + np.arange(int(ends[-1]) if len(ends) else 0)
     slots = ix.slot[flat]
     weights = np.repeat(vals, count, axis=0) * topology.nominal_voltage_v
     n = 3 * len(ix.node_ids)
-    draw = np.stack([np.bincount(slots, weights=weights[:, j], minlength=n) for j in range(k)], axis=1)
-    draw = draw.reshape(len(ix.node_ids), 3, k)
-    return {nid: draw[i] for i, nid in enumerate(ix.node_ids)}
+    return np.stack([np.bincount(slots, weights=weights[:, j], minlength=n) for j in range(k)], axis=1)
 
 
 def fit_caps(
@@ -281,6 +282,8 @@ def fit_caps(
        lowered further, least important first, each as far as needed.
     3. Raises are approved in ``order``, each only as far as every node/phase on the station's path
        still has room at every moment; one that cannot be granted keeps the current worst case.
+
+    The per-station loops use plain floats (K is 1–3): numpy per station costs ~3× at 1,000 stations.
     """
     v = topology.nominal_voltage_v
     ix = _index(topology)
@@ -289,72 +292,78 @@ def fit_caps(
         k = max(k, np.shape(c)[1] if np.ndim(c) == 2 else 1)
     for m in (worst_case_a, floor_a or {}):
         for x in m.values():
-            k = max(k, np.size(x))
-    cap = {n: np.broadcast_to(np.asarray(c, dtype=np.float64).reshape(3, -1), (3, k)) for n, c in capacity_w.items()}
+            if not isinstance(x, float | int):
+                k = max(k, np.size(x))
+    K = range(k)
+    # capacity as [3 × nodes][K] rows in the station index's slot order; a node without one never binds
+    cap_arr = np.full((3 * len(ix.node_ids), k), math.inf)
+    for i, nid in enumerate(ix.node_ids):
+        given = capacity_w.get(nid)
+        if given is not None:
+            cap_arr[3 * i:3 * i + 3] = np.asarray(given, dtype=np.float64).reshape(3, -1)
+    cap: list[list[float]] = cap_arr.tolist()
 
-    def vec(x: float | FloatArray) -> FloatArray:
-        return np.broadcast_to(np.asarray(x, dtype=np.float64), (k,)).copy()
+    def row(x: float | FloatArray) -> list[float]:
+        if isinstance(x, float | int) or np.ndim(x) == 0:
+            return [float(x)] * k
+        return [float(y) for y in np.broadcast_to(x, (k,))]
 
-    zero = np.zeros(k)
-    floors = {sid: vec(x) for sid, x in (floor_a or {}).items()}
-    wc = {sid: vec(x) for sid, x in worst_case_a.items()}
-    used = _draw_k(topology, wc, k)
+    zero = [0.0] * k
+    floors = {sid: row(x) for sid, x in (floor_a or {}).items()}
+    wc = {sid: row(x) for sid, x in worst_case_a.items()}
     approved: dict[str, float] = {}
     for sid, want in desired_a.items():
-        if want <= float(wc.get(sid, zero).min()) + 1e-9:
+        if want <= min(wc.get(sid, zero)) + 1e-9:
             approved[sid] = want
 
-    def eff(sid: str, a: float) -> FloatArray:
+    def eff(sid: str, a: float) -> list[float]:
         """Worst case of a station at each moment once cap ``a`` is installed."""
-        return np.maximum(floors.get(sid, zero), a)
+        return [max(f, a) for f in floors.get(sid, zero)]
 
-    target = _draw_k(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items()}}, k)
-
-    def excess_a(sid: str, load: Mapping[str, FloatArray]) -> FloatArray:
+    def excess_a(sid: str, load: list[list[float]]) -> list[float]:
         """[K] most any node/phase on the station's path is above capacity (A, may be < 0 = room)."""
-        worst = np.full(k, -math.inf)
-        r = ix.row[sid]
-        for nid in ix.path[r]:
-            c = cap.get(nid)
-            if c is None:
+        sl = ix.slots_of[ix.row[sid]]
+        return [max((load[s][j] - cap[s][j] for s in sl), default=-math.inf) / v for j in K]
+
+    def shift(load: list[list[float]], sid: str, delta_a: list[float]) -> None:
+        for s in ix.slots_of[ix.row[sid]]:
+            ld = load[s]
+            for j in K:
+                ld[j] += delta_a[j] * v
+
+    target_arr = _draw_flat(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items()}}, k)
+    if np.any(target_arr > cap_arr + 1e-9):   # (usually nothing is over)
+        target: list[list[float]] = target_arr.tolist()
+        for sid in reversed(order):
+            if sid not in desired_a:
                 continue
-            for p in ix.phases[r]:
-                worst = np.maximum(worst, (load[nid][p] - c[p]) / v)
-        return worst
-
-    def shift(load: dict[str, FloatArray], sid: str, delta_a: FloatArray) -> None:
-        r = ix.row[sid]
-        for nid in ix.path[r]:
-            for p in ix.phases[r]:
-                load[nid][p] += delta_a * v
-
-    for sid in reversed(order):
-        if sid not in desired_a:
-            continue
-        over = excess_a(sid, target)
-        hot = over > 1e-9
-        if hot.any():
-            cur = eff(sid, approved[sid]) if sid in approved else wc.get(sid, zero)
-            flo = floors.get(sid, zero)
-            # as far as needed at every moment over capacity; below a moment's floor frees nothing there
-            new = max(0.0, min(desired_a[sid], float(np.maximum(cur - over, flo)[hot].min())))
-            if np.any(eff(sid, new) < cur - 1e-9):
-                approved[sid] = new
-                shift(target, sid, eff(sid, new) - cur)
+            over = excess_a(sid, target)
+            hot = [j for j in K if over[j] > 1e-9]
+            if hot:
+                cur = eff(sid, approved[sid]) if sid in approved else wc.get(sid, zero)
+                flo = floors.get(sid, zero)
+                # as far as needed at every moment over capacity; below a moment's floor frees nothing there
+                new = max(0.0, min(desired_a[sid], min(max(cur[j] - over[j], flo[j]) for j in hot)))
+                e = eff(sid, new)
+                if any(e[j] < cur[j] - 1e-9 for j in K):
+                    approved[sid] = new
+                    shift(target, sid, [e[j] - cur[j] for j in K])
+    used: list[list[float]] = _draw_flat(topology, wc, k).tolist()
     for sid in order:
         if sid not in desired_a or sid in approved:
             continue
         want = desired_a[sid]
         cur = wc.get(sid, zero)
-        room_a = -excess_a(sid, used)
-        grant = min(want, float((cur + np.maximum(0.0, room_a)).min()))
-        if grant - float(cur.max()) < min_raise_a:
-            grant = min(want, float(cur.min()))
+        ex = excess_a(sid, used)
+        grant = min(want, min(cur[j] + max(0.0, -ex[j]) for j in K))
+        if grant - max(cur) < min_raise_a:
+            grant = min(want, min(cur))
         approved[sid] = grant
         # a raise only counts upwards: a lowering takes effect once accepted
-        up = np.maximum(eff(sid, grant) - cur, 0.0)
+        e = eff(sid, grant)
+        up = [max(e[j] - cur[j], 0.0) for j in K]
         shift(used, sid, up)
-        wc[sid] = cur + up
+        wc[sid] = [cur[j] + up[j] for j in K]
     return approved
 
 
