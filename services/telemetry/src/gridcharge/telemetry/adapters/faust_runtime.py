@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class FaustRuntime:
         self.prefix = settings.topic_prefix
         self.ready = False
         self._recovered: set[str] = set()
+        self.mirror_failures = 0
+        self._mirror_logged = -math.inf
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         if settings.telemetry_datadir is not None:
             datadir = Path(settings.telemetry_datadir)
@@ -93,24 +96,51 @@ class FaustRuntime:
 
     async def _process(self, stream: Any, table: Any) -> None:
         """Apply each record, mirror changed source state into `table`, run the fast path. Nothing raised
-        here may end the agent (faust would restart it into the same record: a crash loop)."""
+        here may end the agent (faust would restart it into the same record: a crash loop).
+
+        The three steps fail apart: a record that is applied runs the fast path (the limiter's NodeLoad)
+        even when the changelog mirror fails — e.g. faust's PartitionsMismatch while the changelog topic is
+        not yet in its metadata; keys not mirrored are kept and written with a later record."""
         plen = len(self.prefix)
         async for event in stream.events():
             try:
                 value = event.value if isinstance(event.value, bytes | bytearray) else b""
                 topic = event.message.topic[plen:]
                 outcome = self.engine.handle(topic, bytes(value), self.rt.clock.time())
-                for key in self.engine.core.take_dirty():
-                    owner = self.station_table if key.startswith(("evse/", "station/")) else self.grid_table
-                    if owner is table:
-                        table[key] = self.engine.core.export(key)
-                if self.after is not None:
-                    rkey = event.key.decode("utf-8", "replace") if isinstance(event.key, bytes) else ""
-                    await self.after(topic, rkey, outcome)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("telemetry agent could not finish a record; skipped")
+                log.exception("telemetry agent could not apply a record; skipped")
+                continue
+            self._mirror(table)
+            if self.after is not None:
+                try:
+                    rkey = event.key.decode("utf-8", "replace") if isinstance(event.key, bytes) else ""
+                    await self.after(topic, rkey, outcome)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("telemetry fast path failed for a record")
+
+    def _mirror(self, table: Any) -> None:
+        """Write the changed keys this table owns into it (its changelog is the recovery state)."""
+        dirty = self.engine.core.take_dirty()
+        left = set(dirty)
+        try:
+            for key in dirty:
+                owner = self.station_table if key.startswith(("evse/", "station/")) else self.grid_table
+                if owner is table:
+                    table[key] = self.engine.core.export(key)
+                left.discard(key)
+        except Exception as exc:
+            self.engine.core.mark_dirty(left)
+            self.mirror_failures += 1
+            now = self.rt.clock.time()
+            if now - self._mirror_logged >= 60.0:   # once a minute, not once per record
+                self._mirror_logged = now
+                log.warning("telemetry state not mirrored to its changelog yet; kept for the next record",
+                            extra={"table": getattr(table, "name", "?"), "failures": self.mirror_failures,
+                                   "error": repr(exc)[:300]})
 
     async def _station_agent(self, stream: Any) -> None:
         await self._process(stream, self.station_table)

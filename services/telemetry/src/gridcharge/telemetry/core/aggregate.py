@@ -103,6 +103,10 @@ class TelemetryCore:
         out, self._dirty = self._dirty, set()
         return out
 
+    def mark_dirty(self, keys: set[str]) -> None:
+        """Keys whose state could not be mirrored yet: returned by the next `take_dirty`."""
+        self._dirty |= keys
+
     def export(self, key: str) -> dict[str, Any] | None:
         """JSON-able state of one source key."""
         kind, _, rest = key.partition("/")
