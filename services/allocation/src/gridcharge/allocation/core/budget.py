@@ -223,25 +223,14 @@ def node_draw_w(topology: Topology, station_caps_a: Mapping[str, float]) -> dict
     every slot sums the same terms in the same order as a loop over stations, nodes and phases would.
     """
     ix = _index(topology)
-    rows: list[int] = []
-    caps: list[float] = []
-    for sid, cap in station_caps_a.items():
-        r = ix.row.get(sid)
-        if r is not None:
-            rows.append(r)
-            caps.append(cap)
-    sel = np.array(rows, dtype=np.intp)
-    count = ix.count[sel]
-    ends = np.cumsum(count)
-    flat = np.repeat(ix.start[sel] - (ends - count), count) + np.arange(int(ends[-1]) if len(ends) else 0)
-    weights = np.repeat(np.array(caps, dtype=np.float64), count) * topology.nominal_voltage_v
-    draw = np.bincount(ix.slot[flat], weights=weights, minlength=3 * len(ix.node_ids)).reshape(-1, 3)
+    draw = _draw_flat(topology, station_caps_a, 1)[:, 0].reshape(-1, 3)
     return {nid: draw[i] for i, nid in enumerate(ix.node_ids)}
 
 
-def _draw_flat(topology: Topology, caps_a: Mapping[str, Sequence[float]], k: int) -> FloatArray:
-    """Like :func:`node_draw_w` with a cap per moment: ``caps_a[station]`` is [k] A; returns [3 × nodes, k] W
-    (row = node position × 3 + phase, as in the station index)."""
+def _draw_flat(topology: Topology, caps_a: Mapping[str, float] | Mapping[str, Sequence[float]],
+               k: int) -> FloatArray:
+    """:func:`node_draw_w` with a cap per moment (``caps_a[station]``: a value, or [k] A); returns
+    [3 × nodes, k] W, row = node position × 3 + phase as in the station index."""
     ix = _index(topology)
     keep = [sid for sid in caps_a if sid in ix.row]
     sel = np.array([ix.row[sid] for sid in keep], dtype=np.intp)
