@@ -122,7 +122,9 @@ def test_ledger_floor_follows_the_installed_schedule() -> None:
     led.result("fb", C.COMMAND_OUTCOME_ACCEPTED, 1)
     assert (led.floor_a(50), led.floor_a(150), led.floor_a(250), led.floor_a()) == (6, 0, 6, 6)
     assert led.floor_min_a(50, 150) == 0 and led.floor_max_a(120, 180) == 0 and led.floor_max_a(120, 220) == 6
-    assert led.worst_case_a(150) == 0 and led.worst_case_max_a(150, 250) == 6
+    # the moments a budget check looks at: the step at 200 s lies inside (150, 250), where the floor is back at 6 A
+    assert led.change_times(150, 250) == [200.0]
+    assert led.worst_case_a(150) == 0 and max(led.worst_case_a(t) for t in [150, *led.change_times(150, 250)]) == 6
 
 
 def test_window_starting_inside_a_slot_binds_the_slot() -> None:

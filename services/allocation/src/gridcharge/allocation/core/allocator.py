@@ -332,9 +332,9 @@ class Allocator:
         """Per station: the highest per-phase current it may draw now (A)."""
         return {sid: led.worst_case_a(now) for sid, led in self.ledgers.items()}
 
-    def capacity_now(self, now: float, span_s: float = 0.0) -> dict[str, np.ndarray]:
-        """[3] W of EV capacity per node for the current moment (the lowest over the next ``span_s``)."""
-        cap = node_capacity(self.topology, self.node_inputs, self.external.values(), now, [now], span_s)
+    def capacity_now(self, now: float) -> dict[str, np.ndarray]:
+        """[3] W of EV capacity per node for the current moment."""
+        cap = node_capacity(self.topology, self.node_inputs, self.external.values(), now, [now])
         return {n: c[:, 0] for n, c in cap.w.items()}
 
     # ---------------------------------------------------------------- planning

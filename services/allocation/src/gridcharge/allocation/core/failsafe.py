@@ -139,10 +139,6 @@ class StationLedger:
         fb = self.accepted.get(FALLBACK_KEY)
         return fb.steps_between(t0, t1) if fb is not None and self.fallback_installed else []
 
-    def worst_case_max_a(self, t0: float, t1: float) -> float:
-        """Highest worst case between ``t0`` and ``t1`` (A) if nothing new is sent or answered."""
-        return max(self.worst_case_a(t) for t in [t0, *self.change_times(t0, t1)])
-
     def _cap_sources(self, now: float) -> list[Sent]:
         out = [s for s in self.accepted.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
         out += [s for s in self.pending.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
