@@ -38,8 +38,8 @@ def test_pending_raise_counts_until_answered() -> None:
     led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 20, 700, 100))
     assert led.worst_case_a(100) == 20
     led.result("c1", C.COMMAND_OUTCOME_ACCEPTED, 101)
-    assert led.worst_case_a(101) == 20 and led.lease_state(LEASE_KEY, 101, 600, 0.5) is LeaseState.ACTIVE
-    assert led.lease_state(LEASE_KEY, 450, 600, 0.5) is LeaseState.RENEWING
+    assert led.worst_case_a(101) == 20 and led.lease_state(LEASE_KEY, 101, 300) is LeaseState.ACTIVE
+    assert led.lease_state(LEASE_KEY, 450, 300) is LeaseState.RENEWING
     assert led.worst_case_a(700) == 6            # the lease ended: back at the fallback by itself
 
 
@@ -58,8 +58,8 @@ def test_timeout_and_callerror_are_unknown_until_the_lease_ends() -> None:
         led = ledger()
         led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 25, 700, 100))
         led.result("c1", outcome, 130)
-        assert led.worst_case_a(300) == 25 and led.uncertain_excess_a(300) == 19
-        assert led.lease_state(LEASE_KEY, 300, 600, 0.5) is LeaseState.FAILSAFE
+        assert led.worst_case_a(300) == 25
+        assert led.lease_state(LEASE_KEY, 300, 300) is LeaseState.FAILSAFE
         led.expire(701, 60)
         assert led.worst_case_a(701) == 6
 
@@ -88,6 +88,40 @@ def test_not_sent_outcomes_do_not_count() -> None:
         led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 25, 700, 100))
         led.result("c1", outcome, 101)
         assert led.worst_case_a(101) == 6
+
+
+def test_a_lease_below_the_floor_overrides_it_only_while_surely_valid() -> None:
+    """OCPP: within a purpose the highest stack level in force wins, so an accepted 0 A lease frees the
+    floor — but only until its end minus the clock skew we allow; then the floor counts again."""
+    led = ledger()
+    led.skew_s = 30.0
+    led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 0.0, 1000, 100))
+    assert led.worst_case_a(100) == 6                 # in flight: it may not be applied yet
+    led.result("c1", C.COMMAND_OUTCOME_ACCEPTED, 101)
+    assert led.worst_case_a(101) == 0 and led.worst_case_a(969) == 0
+    assert led.worst_case_a(971) == 6                 # a station clock 30 s fast may have dropped it
+    assert led.lease_edges(0, 2000) == [970.0, 1030.0]
+
+
+def test_a_raised_lease_counts_until_its_end_plus_the_skew_and_is_forgotten_after() -> None:
+    led = ledger()
+    led.skew_s = 30.0
+    led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 20.0, 1000, 100))
+    led.result("c1", C.COMMAND_OUTCOME_ACCEPTED, 101)
+    led.expire(1010, 60)
+    assert led.worst_case_a(1010) == 20 and LEASE_KEY in led.accepted    # a slow station clock keeps it in force
+    led.expire(1031, 60)
+    assert led.worst_case_a(1031) == 6 and LEASE_KEY not in led.accepted
+
+
+def test_every_possible_state_counts_while_a_change_is_in_flight() -> None:
+    led = ledger()
+    led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 0.0, 1000, 100))
+    led.result("c1", C.COMMAND_OUTCOME_ACCEPTED, 101)
+    led.sent(Sent("c2", LEASE_KEY, SMAX, 0, 16.0, 900, 200))       # a raise on its way
+    assert led.worst_case_a(200) == 16 and led.held_a(200) == 16
+    led.result("c2", C.COMMAND_OUTCOME_REJECTED, 201)
+    assert led.worst_case_a(201) == 0 and led.held_a(201) == 0    # still the accepted 0 A lease
 
 
 def test_tx_profiles_do_not_lift_the_station_worst_case() -> None:

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 from gridcharge.allocation.core import profiles as P
-from gridcharge.allocation.core.allocator import FALLBACK_RELAX_S, Allocator, AllocatorConfig, ProfileCommand
+from gridcharge.allocation.core.allocator import Allocator, AllocatorConfig, ProfileCommand
 from gridcharge.allocation.core.budget import ExternalLimitWindow, fit_caps, node_capacity, node_draw_w
 from gridcharge.allocation.core.failsafe import FALLBACK_KEY, Sent, StationLedger
+from gridcharge.allocation.core.fallbacks import RELAX_S as FALLBACK_RELAX_S
 from gridcharge.allocation.core.model import Plan, PlanningProblem
 from gridcharge.command.v1 import command_pb2 as C
 from gridcharge.shared.topology import parse_topology
@@ -166,15 +167,17 @@ def test_idle_fallbacks_released_to_a_car_held_back_and_restored_when_a_car_arri
     alloc = small(release=True)
     alloc.book.start("c1", 1, "tx1", datetime.fromtimestamp(T0, UTC))
     sent = settle(alloc, T0)
-    assert alloc.grant_a["c1/1"] == 16.0                  # the idle floors went to the car
+    assert alloc.grant_a["c1/1"] == 8.0                   # the second raise waits a minute (write budget) ...
+    sent += settle(alloc, T0 + 61)
+    assert alloc.grant_a["c1/1"] == 16.0                  # ... then the idle floors went to the car
     assert {c.station_id for c in fallbacks(sent).values()} == {"c2", "c3"}
     assert alloc.ledgers["c2"].floor_a(T0) == 0 and max(node_draw_w(SMALL, alloc.worst_case_a(T0))["site"]) \
         <= 20 * V + 1e-6
     # a car arrives at c2: its fallback comes back at once (no relax delay), and the budget still holds
-    alloc.book.start("c2", 1, "tx2", datetime.fromtimestamp(T0 + 60, UTC))
-    sent = settle(alloc, T0 + 60)
-    assert "c2" in fallbacks(sent) and alloc.ledgers["c2"].floor_a(T0 + 60) == 6
-    assert max(node_draw_w(SMALL, alloc.worst_case_a(T0 + 60))["site"]) <= 20 * V + 1e-6
+    alloc.book.start("c2", 1, "tx2", datetime.fromtimestamp(T0 + 120, UTC))
+    sent = settle(alloc, T0 + 120)
+    assert "c2" in fallbacks(sent) and alloc.ledgers["c2"].floor_a(T0 + 120) == 6
+    assert max(node_draw_w(SMALL, alloc.worst_case_a(T0 + 120))["site"]) <= 20 * V + 1e-6
     assert alloc.grant_a["c2/1"] >= 6.0
 
 
@@ -185,7 +188,7 @@ def test_a_car_that_is_done_releases_its_floor_like_an_idle_station() -> None:
         alloc.book.start(sid, 1, tx, start, meter_start_wh=0)
     alloc.book.needs("c2", 1, None, 1000, 0, 0, 0)                 # c2 needs 1 kWh and has had it
     alloc.book.meter("c2", 1, "tx2", start, 1000, 0.0, None, granted_a=None)
-    sent = settle(alloc, T0)
+    sent = settle(alloc, T0) + settle(alloc, T0 + 61)
     assert {c.station_id for c in fallbacks(sent).values()} == {"c2", "c3"}
     assert alloc.grant_a["c1/1"] == 16.0
 
@@ -216,7 +219,7 @@ def test_a_fallback_rising_after_a_window_does_not_keep_a_lease_during_it() -> N
         "stations": [{"id": "a1", "node": "site", "max_current_a": 32, "fallback_current_a": 6}],
     })
     # a planner that asks for the most in every slot: the budget alone must hold (as in the state machine)
-    alloc = Allocator(topo, AllocatorConfig(horizon_slots=4, lease_s=600), GreedyPlanner())
+    alloc = Allocator(topo, AllocatorConfig(horizon_slots=4), GreedyPlanner())
     t = T0 + 330
     accept(alloc, alloc.station_online("a1", t), t)
     alloc.book.start("a1", 1, "tx1", datetime.fromtimestamp(t, UTC))

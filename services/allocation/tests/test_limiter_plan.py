@@ -24,7 +24,7 @@ def accept(alloc: Allocator, cmds: list[ProfileCommand], t: float) -> None:
 
 
 def tx_cmds(cmds: list[ProfileCommand]) -> dict[str, float]:
-    return {c.station_id: c.payload.profile.periods[0].limit for c in cmds if c.purpose == "tx_lease"}
+    return {c.station_id: c.payload.profile.periods[0].limit for c in cmds if c.purpose == "station_lease"}
 
 
 def at(t: float) -> datetime:

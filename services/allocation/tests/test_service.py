@@ -67,6 +67,11 @@ class FakeGateway:
         return [c.set_charging_profile for c in self.commands
                 if c.station_id == station and c.set_charging_profile.profile.purpose == purpose]
 
+    def leases(self, station: str) -> list[command_pb2.SetChargingProfile]:
+        """The station-cap leases (station max, stack 1): a one-EVSE station's grant."""
+        return [p for p in self.profiles(station, command_pb2.PROFILE_PURPOSE_STATION_MAX)
+                if p.profile.stack_level == 1]
+
 
 @dataclass
 class Env:
@@ -130,39 +135,47 @@ async def test_fallback_at_connect_then_leases_for_a_session(env: Env) -> None:
 
     await start_tx(env, "cs1", "42")
     await env.run(3)
-    tx = env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX)
-    assert tx, "a TxProfile lease is sent after the debounce"
-    t = tx[-1]
-    assert t.evse_id == 1 and t.profile.transaction_id == "42" and t.profile.profile_id == 3011
+    leases = env.gw.leases("cs1")
+    assert leases, "a station-cap lease is sent after the debounce"
+    first = leases[0].profile
+    assert leases[0].evse_id == 0 and first.profile_id == 1001 and first.stack_level == 1
     # alone on a 40 A site: first the two idle stations may each draw their 6 A fallback, so 28 A; the site
-    # held the car back, so the idle stations' fallbacks are released (0 A) and the car gets its 32 A
-    assert tx[0].profile.periods[0].limit == 28.0
-    assert t.profile.periods[0].limit == 32.0
+    # held the car back, so the idle stations' fallbacks are released (0 A) ...
+    assert first.periods[0].limit == 28.0
     for idle in ("cs2", "cs3"):
         fbs = [c for c in env.gw.profiles(idle, command_pb2.PROFILE_PURPOSE_STATION_MAX) if c.profile.stack_level == 0]
         assert [c.profile.periods[0].limit for c in fbs] == [6.0, 0.0]
-    lease = t.profile.valid_to.ToDatetime(tzinfo=UTC) - env.clock.now()
-    assert timedelta(minutes=5) <= lease <= timedelta(minutes=15)
-    caps = [c for c in env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_STATION_MAX)
-            if c.profile.stack_level == 1]
-    assert caps and caps[-1].profile.periods[0].limit == 32.0
+    # ... and the car gets its 32 A once the write budget allows the next raise (a minute after the first)
+    await env.run(50)
+    assert len(env.gw.leases("cs1")) == 1
+    await env.run(15)
+    t = env.gw.leases("cs1")[-1].profile
+    assert t.periods[0].limit == 32.0
+    # the lease ends on the epoch boundary (08:20 UTC with 20-min epochs), not a fixed time after sending
+    assert t.valid_to.ToDatetime(tzinfo=UTC) == START + timedelta(minutes=20)
+    assert not env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX), "one EVSE: the station cap is the grant"
 
     # the command envelope: key, generation, uuid
     cmd = env.gw.commands[-1]
     assert cmd.command_key.startswith("profile/") and cmd.generation >= 1 and len(cmd.command_id) == 32
 
 
-async def test_generations_increase_and_lease_is_renewed(env: Env) -> None:
+async def test_generations_increase_and_lease_is_renewed_once_per_epoch(env: Env) -> None:
     await connect_all(env)
     await start_tx(env, "cs1", "1")
-    await env.run(3)
-    n0 = len(env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX))
-    await env.run(330)   # past half the 10-min lease
-    tx = [c for c in env.gw.commands if c.set_charging_profile.profile.purpose == command_pb2.PROFILE_PURPOSE_TX]
-    assert len(tx) > n0
-    gens = [c.generation for c in tx]
+    await env.run(70)
+    n0 = len(env.gw.leases("cs1"))
+    await env.run(900)   # 08:16: the renewal window of the 08:20 boundary opens
+    leases = [c for c in env.gw.commands if c.set_charging_profile.profile.stack_level == 1
+              and c.station_id == "cs1"]
+    assert len(leases) == n0 + 1, "one renewal"
+    assert leases[-1].set_charging_profile.profile.valid_to.ToDatetime(tzinfo=UTC) == START + timedelta(minutes=40)
+    gens = [c.generation for c in leases]
     assert gens == sorted(gens) and len(set(gens)) == len(gens)
-    assert len({c.set_charging_profile.profile.profile_id for c in tx}) == 1   # resend replaces
+    assert len({c.set_charging_profile.profile.profile_id for c in leases}) == 1   # resend replaces
+    await env.run(1200)
+    assert len([c for c in env.gw.commands if c.set_charging_profile.profile.stack_level == 1
+                and c.station_id == "cs1"]) == n0 + 2, "and one more an epoch later"
 
 
 async def test_equal_sessions_share_the_site_limit(env: Env) -> None:
@@ -170,14 +183,11 @@ async def test_equal_sessions_share_the_site_limit(env: Env) -> None:
     for s in ("cs1", "cs2", "cs3"):
         await start_tx(env, s, "t" + s)
     await env.run(3)
-    grants = {s: env.gw.profiles(s, command_pb2.PROFILE_PURPOSE_TX)[-1].profile.periods[0].limit
-              for s in ("cs1", "cs2", "cs3")}
+    grants = {s: env.gw.leases(s)[-1].profile.periods[0].limit for s in ("cs1", "cs2", "cs3")}
     assert sum(grants.values()) <= 40.0 + 1e-6
     assert all(g == 0 or g >= 6.0 for g in grants.values())
     assert sum(grants.values()) >= 40.0 - 6.0 - 0.5   # the site is used (one idle floor may stay reserved)
-    caps = [env.gw.profiles(s, command_pb2.PROFILE_PURPOSE_STATION_MAX)[-1].profile.periods[0].limit
-            for s in ("cs1", "cs2", "cs3")]
-    assert sum(caps) <= 40.0 + 1e-6
+    assert not any(env.gw.profiles(s, command_pb2.PROFILE_PURPOSE_TX) for s in ("cs1", "cs2", "cs3"))
 
 
 async def test_rejecting_station_is_budgeted_at_worst_case(env: Env) -> None:
@@ -256,8 +266,8 @@ async def test_plans_published_and_api(env: Env) -> None:
 async def test_limiter_lowers_at_once_on_overload(env: Env) -> None:
     await connect_all(env)
     await start_tx(env, "cs1", "1")
-    await env.run(3)
-    assert env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX)[-1].profile.periods[0].limit == 32.0
+    await env.run(65)
+    assert env.gw.leases("cs1")[-1].profile.periods[0].limit == 32.0
     # base load appears: 30 A on every phase measured, limit 40 A
     v = 230.0
     nl = grid_pb2.NodeLoad(node_id="site", as_of=ts(env.clock.now()),
@@ -265,7 +275,7 @@ async def test_limiter_lowers_at_once_on_overload(env: Env) -> None:
                            base_load_w=common_pb2.PhaseValues(l1=30 * v, l2=30 * v, l3=30 * v))
     await env.bus.publish(C.NODE_LOAD.name, "site", nl.SerializeToString())
     await env.bus.flush()
-    lim = env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX)[-1].profile.periods[0].limit
+    lim = env.gw.leases("cs1")[-1].profile.periods[0].limit
     assert lim <= 40 * 0.98 - 30 + 0.1   # lowered within the same message, margin 2 %
 
 
@@ -311,7 +321,7 @@ async def test_restart_restores_sessions_leases_and_connections(env: Env) -> Non
         led = svc2.alloc.ledgers["cs1"]
         assert led.online and led.fallback_installed
         assert svc2.alloc.worst_case_a(now)["cs1"] == cap       # the lease it may still hold counts
-        assert svc2.alloc.worst_case_a(now + 700)["cs1"] == 6.0  # until it ends
+        assert svc2.alloc.worst_case_a(now + 1300)["cs1"] == 6.0  # until it ends
     finally:
         await svc2.stop()
         await bus2.stop()
@@ -376,4 +386,4 @@ async def test_bad_input_is_skipped_and_the_service_keeps_working(env: Env) -> N
     await connect_all(env)
     await start_tx(env, "cs1", "ok")
     await env.run(3)
-    assert env.gw.profiles("cs1", command_pb2.PROFILE_PURPOSE_TX), "still planning after bad input"
+    assert env.gw.leases("cs1"), "still planning after bad input"

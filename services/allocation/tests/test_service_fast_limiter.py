@@ -51,12 +51,12 @@ class Env:
     bus: MemoryBus
     svc: AllocationService
     planner: GatedPlanner
-    tx_limits: list[tuple[str, float]] = field(default_factory=list)   # (station, A) of every TxProfile sent
+    tx_limits: list[tuple[str, float]] = field(default_factory=list)   # (station, A) of every station-cap lease
 
     async def on_command(self, rec: Record) -> None:
         cmd = C.decode(command_pb2.StationCommand, rec.value)
         prof = cmd.set_charging_profile.profile
-        if prof.purpose == command_pb2.PROFILE_PURPOSE_TX:
+        if prof.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX and prof.stack_level == 1:
             self.tx_limits.append((cmd.station_id, prof.periods[0].limit))
         res = command_pb2.CommandResult(command_id=cmd.command_id, station_id=cmd.station_id,
                                         generation=cmd.generation, command_key=cmd.command_key,

@@ -1,10 +1,14 @@
 """Hypothesis state machine: random sessions, meters, command failures, offline stations, forecasts and
-limit drops; after every step the worst-case draw under every node and phase stays within its capacity.
+limit drops; after every step the worst-case draw under every node and phase stays within its capacity —
+now and at every later moment until the last lease that may be in force has lapsed, with no further command:
+the allocator may die after any step (safety principle 2).
 
-The worst case of a station is what it may draw whatever happened to our commands (failsafe.py).
-Where a limit dropped below what a station that does not answer (offline, rejecting, silent, or not yet
-answered) still holds, nothing can lower it but time: that excess is allowed only for such stations and
-only until their leases end — which is checked too (no lease runs longer than ``lease_s``).
+The worst case of a station is what it may draw whatever happened to our commands (failsafe.py): leases
+below the fallback free capacity only while surely valid, leases end on aligned epochs (leases.py) with the
+station clocks off by up to the skew we allow. Where a limit dropped below what a station that does not
+answer (offline, rejecting, silent, or not yet answered) still holds, nothing can lower it but time: that
+excess is allowed only for such stations and only until their leases end — which is checked too (no lease
+runs longer than ``LeasePolicy.max_lease_s``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from datetime import UTC, datetime
 import numpy as np
 from gridcharge.allocation.core.allocator import Allocator, AllocatorConfig, ProfileCommand
 from gridcharge.allocation.core.budget import ExternalLimitWindow, node_draw_w
+from gridcharge.allocation.core.failsafe import LEASE_KEY
+from gridcharge.allocation.core.leases import LeasePolicy
 from gridcharge.allocation.core.model import Plan, PlanningProblem, SessionVerdict
 from gridcharge.allocation.core.planner import LpPlanner
 from gridcharge.command.v1 import command_pb2
@@ -68,7 +74,10 @@ class AllocationMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.t = T0
-        self.cfg = AllocatorConfig(horizon_slots=4, lease_s=600, command_timeout_s=60, failsafe_hold_s=120)
+        # the production lease timing: a lease may span two 15-min slots (a limit announced for the second
+        # one must bind it), and examples cross epoch boundaries and renewals
+        self.cfg = AllocatorConfig(horizon_slots=4, command_timeout_s=60, failsafe_hold_s=120,
+                                   leases=LeasePolicy(epoch_s=1200, renew_lead_s=240, clock_skew_s=30))
         self.alloc = Allocator(TOPO, self.cfg, self.planner_factory())
         self.mode = dict.fromkeys(STATIONS, "accept")
         self.online = dict.fromkeys(STATIONS, False)
@@ -165,53 +174,76 @@ class AllocationMachine(RuleBasedStateMachine):
         self.settle()
 
     @rule(node=st.sampled_from(NODES), frac=st.floats(0, 1), minutes=st.integers(1, 120),
-          stale_after=st.sampled_from([0, 60, 600]))
-    def external_limit_drop(self, node: str, frac: float, minutes: int, stale_after: int) -> None:
+          stale_after=st.sampled_from([0, 60, 600]), ahead=st.sampled_from([0, 0, 300, 900, 1200]))
+    def external_limit_drop(self, node: str, frac: float, minutes: int, stale_after: int, ahead: int) -> None:
+        """A DSO limit now, or announced ``ahead`` seconds before it starts (inside a lease's lifetime)."""
         lim = TOPO.limit_w(node)
         val = (frac * lim[0], frac * lim[1], frac * lim[2])
         fb = (0.5 * lim[0], 0.5 * lim[1], 0.5 * lim[2])
-        self.alloc.external_limit(ExternalLimitWindow(node, "dso", "dso", self.t, self.t + minutes * 60, val, fb,
-                                                      self.t, float(stale_after)))
+        start = self.t + ahead
+        self.alloc.external_limit(ExternalLimitWindow(node, f"dso{ahead}", "dso", start, start + minutes * 60, val,
+                                                      fb, self.t, float(stale_after)))
         self.settle()
 
-    @rule(seconds=st.sampled_from([1, 5, 30, 61, 130, 330, 700]))
+    @rule(seconds=st.sampled_from([1, 5, 30, 61, 130, 330, 700, 1000]))
     def time_passes(self, seconds: int) -> None:
         self.t += seconds
         self.settle()
 
     # ------------------------------------------------------------ the safety property
+    def moments(self) -> list[float]:
+        """Now and every later moment at which a worst case or a capacity may change, until every lease that
+        may be in force has lapsed by any station clock; plus a 30-s grid over that span."""
+        now, skew = self.t, self.cfg.leases.clock_skew_s
+        end = now + self.cfg.leases.max_lease_s + skew + 1
+        times = {now}
+        for led in self.alloc.ledgers.values():
+            times.update(led.lease_edges(now, end))
+            times.update(led.change_times(now, end))
+            for s in [*led.accepted.values(), *led.pending.values(), *led.uncertain.values()]:
+                times.update(x for x in (s.valid_until - skew, s.valid_until + skew) if now < x < end)
+        for e in self.alloc.external.values():
+            times.update(x for x in (e.valid_from, e.valid_to) if now < x < end)
+        k = 0.0
+        while now + k < end:
+            times.add(now + k)
+            k += 30.0
+        return sorted(times)
+
     @invariant()
     def worst_case_within_limits(self) -> None:
         now = self.t
-        cap = self.alloc.capacity_now(now)
-        wc = self.alloc.worst_case_a(now)
-        draw = node_draw_w(TOPO, wc)
-        # floors in force now (a scheduled fallback may be lower than its nominal value for a while)
-        floors = node_draw_w(TOPO, {s: led.floor_a(now) for s, led in self.alloc.ledgers.items()})
-        for nid in NODES:
-            # only stations that do not do what we ask may exceed, and only with leases they already hold
-            troubled = {}
-            for s in TOPO.stations_under(nid):
-                led = self.alloc.ledgers[s.id]
-                # (in flight = sent when it fitted, not answered yet: it may be applied any moment)
-                bad = not led.online or led.uncertain or led.pending or (
-                    led.failed_at is not None and now - led.failed_at < self.cfg.lease_s + self.cfg.command_timeout_s)
-                troubled[s.id] = (wc[s.id] - led.floor_a(now)) if bad else 0.0
-            excuse = node_draw_w(TOPO, troubled)[nid]
-            for p in range(3):
-                allowed = max(float(cap[nid][p]), float(floors[nid][p])) + float(excuse[p]) + 1e-6
-                assert draw[nid][p] <= allowed, (
-                    f"{nid}/{PHASES[p]}: worst case {draw[nid][p]:.0f} W > {allowed:.0f} W "
-                    f"(capacity {cap[nid][p]:.0f} W) wc={wc}")
+        for t in self.moments():
+            cap = self.alloc.capacity_at(now, t)
+            wc = {sid: led.worst_case_a(t) for sid, led in self.alloc.ledgers.items()}
+            draw = node_draw_w(TOPO, wc)
+            # floors in force then (a scheduled fallback may be lower than its nominal value for a while)
+            floors = node_draw_w(TOPO, {s: led.floor_a(t) for s, led in self.alloc.ledgers.items()})
+            for nid in NODES:
+                # only stations that do not do what we ask may exceed, and only with leases they already hold
+                troubled = {}
+                for s in TOPO.stations_under(nid):
+                    led = self.alloc.ledgers[s.id]
+                    # (in flight = sent when it fitted, not answered yet: it may be applied any moment)
+                    bad = not led.online or led.uncertain or led.pending or (
+                        led.failed_at is not None
+                        and now - led.failed_at < self.cfg.leases.max_lease_s + self.cfg.command_timeout_s)
+                    troubled[s.id] = (wc[s.id] - led.floor_a(t)) if bad else 0.0
+                excuse = node_draw_w(TOPO, troubled)[nid]
+                for p in range(3):
+                    allowed = max(float(cap[nid][p]), float(floors[nid][p])) + float(excuse[p]) + 1e-6
+                    assert draw[nid][p] <= allowed, (
+                        f"at now+{t - now:.0f} s {nid}/{PHASES[p]}: worst case {draw[nid][p]:.0f} W > {allowed:.0f} W "
+                        f"(capacity {cap[nid][p]:.0f} W) wc={wc}")
 
     @invariant()
     def leases_are_bounded_in_time(self) -> None:
         for led in self.alloc.ledgers.values():
             for s in [*led.accepted.values(), *led.pending.values(), *led.uncertain.values()]:
-                assert math.isinf(s.valid_until) == (s.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX
-                                                     and s.key.endswith("/0"))
-                if math.isfinite(s.valid_until):
-                    assert s.valid_until <= self.t + self.cfg.lease_s + 1e-6
+                # only station-cap leases end; the fallback never does, a TxProfile dies with its transaction
+                assert math.isfinite(s.valid_until) == (s.key == LEASE_KEY)
+                if s.key == LEASE_KEY:
+                    assert s.valid_until <= s.sent_at + self.cfg.leases.max_lease_s + 1e-6
 
     @invariant()
     def grants_respect_hardware(self) -> None:

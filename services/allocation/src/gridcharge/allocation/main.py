@@ -6,14 +6,16 @@ import asyncio
 import os
 
 from gridcharge.allocation.service import AllocationService
+from gridcharge.allocation.settings import AllocationSettings
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.service import Service, load_settings_and_topology, serve
 from gridcharge.shared.topology import Topology
 
 
 def create_service(rt: Runtime, topology: Topology) -> Service:
-    """The allocation service on a runtime (bus, store, clock) for one topology."""
-    return AllocationService(rt, topology)
+    """The allocation service on a runtime (bus, store, clock) for one topology; GRIDCHARGE_ALLOCATION_*
+    settings from the environment."""
+    return AllocationService(rt, topology, AllocationSettings.derive(rt.settings).allocator_config())
 
 
 create_service.service_name = "allocation"  # type: ignore[attr-defined]

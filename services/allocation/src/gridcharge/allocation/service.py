@@ -378,6 +378,7 @@ class AllocationService:
                 self._send_failed(cmds[i], failed[i])
             else:
                 M.COMMANDS.labels(purpose=cmds[i].purpose, outcome="sent").inc()
+                M.PROFILE_WRITES.labels(purpose=cmds[i].purpose, reason=cmds[i].reason or "other").inc()
 
     def _send_failed(self, cmd: ProfileCommand, exc: BaseException) -> None:
         log.error("could not send command", extra={"station": cmd.station_id[:48]}, exc_info=exc)
@@ -441,6 +442,14 @@ class AllocationService:
                 M.NODE_LIMIT.labels(node=n.id, phase=ph).set(float(res.capacity.w[n.id][p, 0]))
         for state, count in self.alloc.lease_counts(now).items():
             M.LEASES.labels(state=state).set(count)
+        for why, count in res.deferred.items():
+            M.WRITES_DEFERRED.labels(reason=why).inc(count)
+        per_hour = sorted(self.alloc.writes_per_hour(now))
+        if per_hour:
+            M.STATION_WRITES_LAST_HOUR.labels(stat="max").set(per_hour[-1])
+            M.STATION_WRITES_LAST_HOUR.labels(stat="p95").set(per_hour[min(len(per_hour) - 1,
+                                                                            round(0.95 * (len(per_hour) - 1)))])
+            M.STATION_WRITES_LAST_HOUR.labels(stat="mean").set(sum(per_hour) / len(per_hour))
         cap_now = {n: c[:, 0] for n, c in res.capacity.w.items()}
         for nid, _p, _excess in violations(self.topology, cap_now, self.alloc.worst_case_a(now)):
             M.NODE_LIMIT_VIOLATIONS.labels(node=nid).inc()
@@ -467,13 +476,13 @@ class AllocationService:
     async def _on_meter_values(self, rec: Record) -> None:
         mv = C.decode(station_pb2.MeterValues, rec.value)
         now = self.rt.clock.now()
-        s, delta_wh = codec.apply_meter_values(self.alloc, mv, now)
+        s, delta_wh, cap_changed = codec.apply_meter_values(self.alloc, mv, now)
         if s is None:
             return
         if delta_wh > 0:
             M.ENERGY_DELIVERED.inc(delta_wh * 3600.0)
-        if s.tapering(now) and s.below_grant_samples == 2:
-            self.mark_dirty()   # give what it no longer takes to the others
+        if cap_changed:
+            self.mark_dirty()   # give what it no longer takes to the others (or what it takes again back to it)
 
     async def _on_capabilities(self, rec: Record) -> None:
         caps = C.decode(station_pb2.StationCapabilities, rec.value)
@@ -506,8 +515,8 @@ class AllocationService:
         if sent is not None:
             name = command_pb2.CommandOutcome.Name(res.outcome) if res.outcome in command_pb2.CommandOutcome.values() \
                 else "UNKNOWN"
-            purpose = "fallback" if math.isinf(sent.valid_until) else (
-                "station_lease" if sent.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX else "tx_lease")
+            purpose = "tx_profile" if sent.purpose != command_pb2.PROFILE_PURPOSE_STATION_MAX else (
+                "fallback" if math.isinf(sent.valid_until) else "station_lease")
             M.COMMANDS.labels(purpose=purpose, outcome=name.removeprefix("COMMAND_OUTCOME_").lower()).inc()
             if res.outcome != command_pb2.COMMAND_OUTCOME_ACCEPTED:
                 log.info("profile command not accepted", extra={
@@ -543,8 +552,6 @@ class AllocationService:
             for key, a in self.alloc.grant_a.items():
                 if key in before and a < before[key]:
                     M.LIMITER_ACTIONS.labels(action="lower").inc()
-                elif key in before and a > before[key]:
-                    M.LIMITER_ACTIONS.labels(action="regrant").inc()
             t_decided = time.perf_counter()
             await self._send(cmds)
         t_sent = time.perf_counter()

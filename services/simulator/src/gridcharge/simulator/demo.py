@@ -248,6 +248,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  {'EV energy cost':<28}{s['ev_cost']:>10.2f} {cur}",
         f"  {'limit violations':<28}{s['violations']:>10d}",
         f"  {'profiles accepted/rejected':<28}{s['profiles_accepted']:>6d} / {s['profiles_rejected']}",
+        f"  {'profile writes/station-hour':<28}{s.get('writes_per_station_hour', 0.0):>10.2f}   (busiest station "
+        f"{s.get('writes_per_station_hour_max', 0.0):.2f}; most in one clock hour "
+        f"{s.get('writes_peak_station_hour', 0.0):.0f})",
         "",
         f"  {'node':<14}{'phase':<7}{'peak kW':>9}{'limit kW':>10}{'peak/limit':>12}",
     ]

@@ -335,6 +335,23 @@ class Simulation:
                                      opt.per_session_wh.get(v.ev.ev_id, 0.0) if opt is not None else None))
         return out
 
+    def write_figures(self) -> dict[str, float]:
+        """SetChargingProfile writes the stations received (flash wear): per station-hour over the run (mean
+        and the busiest station) and the most any station got in one clock hour."""
+        hours = max(1e-9, (self.clock.time() - self.sc.start_s) / 3600.0)
+        per_station = [len(c.profile_log) for c in self.clients.values()]
+        peak = 0
+        for c in self.clients.values():
+            buckets: dict[int, int] = {}
+            for t, _ok, _why in c.profile_log:
+                buckets[int(t // 3600)] = buckets.get(int(t // 3600), 0) + 1
+            peak = max(peak, max(buckets.values(), default=0))
+        n = max(1, len(per_station))
+        return {"profile_writes": float(sum(per_station)),
+                "writes_per_station_hour": sum(per_station) / n / hours,
+                "writes_per_station_hour_max": max(per_station, default=0) / hours,
+                "writes_peak_station_hour": float(peak)}
+
     def summary(self) -> dict[str, Any]:
         """Figures for the summary table and the HTML report."""
         ses = self.sessions()
@@ -370,6 +387,7 @@ class Simulation:
             "currency": self.topo.tariff.currency,
             "violations": len(self.rec.violations),
             "nodes": nodes,
+            **self.write_figures(),
             "profiles_accepted": sum(c.stats.profiles_accepted for c in self.clients.values()),
             "profiles_rejected": sum(c.stats.profiles_rejected for c in self.clients.values()),
             "reconnects": sum(c.stats.disconnects for c in self.clients.values()),

@@ -108,8 +108,9 @@ _POWER = "Power.Active.Import"
 
 def apply_meter_values(
     alloc: Allocator, mv: station_pb2.MeterValues, now: datetime
-) -> tuple[SessionState | None, float]:
-    """Feed one meter sample to its session; returns (session, energy delta Wh)."""
+) -> tuple[SessionState | None, float, bool]:
+    """Feed one meter sample to its session; returns (session, energy delta Wh, whether its learnt draw cap
+    changed — the capacity it frees or needs goes to the plan)."""
     energy = None
     currents: list[float] = []
     power_total = None
@@ -136,9 +137,14 @@ def apply_meter_values(
     key = session_key(mv.station_id, evse)
     s0 = alloc.book.find(mv.station_id, evse, mv.transaction_id[:64])
     before = s0.delivered_wh if s0 is not None else 0.0
+    cap_before = s0.draw_cap_a if s0 is not None else None
+    since = alloc.grant_since.get(key)
     s = alloc.book.meter(mv.station_id, evse, mv.transaction_id[:64], at, energy,
-                         max(currents) if currents else None, power_total, alloc.grant_a.get(key))
-    return s, (s.delivered_wh - before) if s is not None else 0.0
+                         max(currents) if currents else None, power_total, alloc.grant_a.get(key),
+                         datetime.fromtimestamp(since, UTC) if since is not None else None)
+    if s is None:
+        return None, 0.0, False
+    return s, s.delivered_wh - before, s.draw_cap_a != cap_before
 
 
 def external_limit_window(el: grid_pb2.ExternalLimit, now: datetime) -> ExternalLimitWindow:

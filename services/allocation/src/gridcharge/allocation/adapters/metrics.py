@@ -21,7 +21,19 @@ COMMANDS = Counter(
     "gridcharge_allocation_commands_total", "Profile commands by purpose and outcome (sent, accepted, ...).",
     ["purpose", "outcome"],
 )
-LEASES = Gauge("gridcharge_leases", "Profile leases by state.", ["state"])
+LEASES = Gauge("gridcharge_leases", "Station-cap leases by state.", ["state"])
+PROFILE_WRITES = Counter(
+    "gridcharge_profile_writes_total",
+    "SetChargingProfile writes sent to stations (flash writes), by purpose and why.", ["purpose", "reason"],
+)
+WRITES_DEFERRED = Counter(
+    "gridcharge_profile_writes_deferred_total",
+    "Raises held back by the per-station write budget (per planning cycle and station), by rule.", ["reason"],
+)
+STATION_WRITES_LAST_HOUR = Gauge(
+    "gridcharge_station_profile_writes_last_hour",
+    "SetChargingProfile writes per station in the last hour across the stations (max, p95, mean).", ["stat"],
+)
 LIMITER_ACTIONS = Counter("gridcharge_limiter_actions_total", "Fast-limiter changes.", ["action"])
 NODE_LIMIT = Gauge("gridcharge_node_limit_watts", "Effective per-phase node limit for EV charging (W).",
                    ["node", "phase"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -252,13 +252,16 @@ def fit_caps(
     order: list[str],
     min_raise_a: float = 0.0,
     floor_a: Mapping[str, float | FloatArray] | None = None,
+    keep: Collection[str] = (),
 ) -> dict[str, float]:
     """Approve station caps so the worst case under every node stays within its capacity.
 
     ``worst_case_a``: what each station may draw now (A per phase). ``desired_a``: the caps wanted,
     ``order``: most important first. ``capacity_w`` is [3] W per node (the current slot).
-    ``floor_a``: what each station may draw whatever cap it gets (its fallback): a cap below it does
-    not lower its worst case.
+    ``floor_a``: what each station may draw whatever cap it gets, at each moment: 0 while a lease sent now
+    surely overrides the fallback, the fallback after that. A cap below it frees nothing at that moment.
+    ``keep``: stations whose current state stays as it is (nothing is sent to them unless they must go
+    lower): they count at their ``worst_case_a`` and are never raised.
 
     Time-resolved: ``capacity_w`` may be [3, K] W per node and ``worst_case_a``/``floor_a`` [K] A per
     station, at the same K moments of a lease's lifetime (now, slot starts, fallback steps). A cap must
@@ -301,8 +304,9 @@ def fit_caps(
     floors = {sid: row(x) for sid, x in (floor_a or {}).items()}
     wc = {sid: row(x) for sid, x in worst_case_a.items()}
     approved: dict[str, float] = {}
+    kept = {sid for sid in keep if sid in desired_a}
     for sid, want in desired_a.items():
-        if want <= min(wc.get(sid, zero)) + 1e-9:
+        if sid in kept or want <= min(wc.get(sid, zero)) + 1e-9:
             approved[sid] = want
 
     def eff(sid: str, a: float) -> list[float]:
@@ -320,7 +324,8 @@ def fit_caps(
             for j in K:
                 ld[j] += delta_a[j] * v
 
-    target_arr = _draw_flat(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items()}}, k)
+    target_arr = _draw_flat(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items() if sid not in kept}},
+                            k)
     if np.any(target_arr > cap_arr + 1e-9):   # (usually nothing is over)
         target: list[list[float]] = target_arr.tolist()
         for sid in reversed(order):
@@ -329,13 +334,14 @@ def fit_caps(
             over = excess_a(sid, target)
             hot = [j for j in K if over[j] > 1e-9]
             if hot:
-                cur = eff(sid, approved[sid]) if sid in approved else wc.get(sid, zero)
+                cur = wc.get(sid, zero) if sid in kept or sid not in approved else eff(sid, approved[sid])
                 flo = floors.get(sid, zero)
                 # as far as needed at every moment over capacity; below a moment's floor frees nothing there
                 new = max(0.0, min(desired_a[sid], min(max(cur[j] - over[j], flo[j]) for j in hot)))
                 e = eff(sid, new)
                 if any(e[j] < cur[j] - 1e-9 for j in K):
                     approved[sid] = new
+                    kept.discard(sid)
                     shift(target, sid, [e[j] - cur[j] for j in K])
     used: list[list[float]] = _draw_flat(topology, wc, k).tolist()
     for sid in order:

@@ -5,9 +5,14 @@ Safety principle 3, "unknown means worst case", per station:
 - the floor is the installed fallback (station max, stack 0) once a station accepted it, else the
   hardware maximum (a station without a known profile charges unconstrained). A fallback may be a
   schedule (lowered ahead of a DSO window or a base-load peak), so the floor is a function of time;
-- on top of the floor, every station-cap lease that may be in force counts until its ``valid_to``:
-  the accepted one, the ones sent and not answered yet, and those whose fate is unknown (timed out,
-  CALLERROR). Leases bound the uncertainty in time: after ``valid_to`` the station is back at its floor;
+- a station-cap lease (station max, stack 1) *overrides* the floor while it is valid (OCPP: within one
+  purpose the highest stack level in force wins), above or below it. Every lease that may be in force
+  counts until its ``valid_to``: the accepted one, those sent and not answered yet, and those whose fate
+  is unknown (timed out, CALLERROR). The worst case at a moment is the highest value any of these
+  possible states gives then; once a lease ended, that state is back at the floor;
+- station clocks are trusted only to ``skew_s``: a lease may still be in force until ``valid_to`` +
+  skew (so it counts upwards that long) and may already have lapsed at ``valid_to`` − skew (so a lease
+  below the floor frees capacity only until then);
 - a rejected/failed/offline station is not planned for a while (``failsafe_hold_s``): it is budgeted at
   that worst case and the others are re-planned around it.
 
@@ -20,12 +25,13 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
-from gridcharge.allocation.core.profiles import FALLBACK_STACK, STATION_MAX, command_key
+from gridcharge.allocation.core.profiles import FALLBACK_STACK, LEASE_STACK, STATION_MAX, command_key
 from gridcharge.command.v1 import command_pb2
 
 C = command_pb2  # outcome enum values live on the module
 
 FALLBACK_KEY = command_key(0, STATION_MAX, FALLBACK_STACK)
+LEASE_KEY = command_key(0, STATION_MAX, LEASE_STACK)
 
 # outcomes where the station certainly did not apply the profile
 NOT_APPLIED = {C.COMMAND_OUTCOME_REJECTED, C.COMMAND_OUTCOME_OFFLINE, C.COMMAND_OUTCOME_INVALID,
@@ -91,6 +97,7 @@ class StationLedger:
     failed_at: float | None = None
     last_failure: str = ""
     expired: set[str] = field(default_factory=set)             # lease slots whose grant lapsed unrenewed
+    skew_s: float = 0.0                # station clocks are trusted to ± this (s)
 
     def floor_a(self, t: float | None = None) -> float:
         """What the station may draw once every lease lapsed (A): its fallback at time ``t``.
@@ -139,31 +146,53 @@ class StationLedger:
         fb = self.accepted.get(FALLBACK_KEY)
         return fb.steps_between(t0, t1) if fb is not None and self.fallback_installed else []
 
-    def _cap_sources(self, now: float) -> list[Sent]:
-        out = [s for s in self.accepted.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
-        out += [s for s in self.pending.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
-        out += [s for s in self.uncertain.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
-        return [s for s in out if s.valid_until > now]
+    def lease_value_a(self, lease: Sent, t: float) -> float:
+        """Per-phase limit (A) a station under ``lease`` may draw at ``t``: the lease while surely valid, the
+        floor once surely lapsed, the higher of the two while the station's clock may say either."""
+        floor = self.floor_worst_a(t)
+        if t < lease.valid_until - self.skew_s:
+            return lease.limit_at(t)
+        if t >= lease.valid_until + self.skew_s:
+            return floor
+        return max(lease.limit_at(t), floor)
 
-    def worst_case_a(self, now: float) -> float:
-        """Highest per-phase current the station may draw now whatever happened to our commands."""
-        caps = [self.floor_a(now)] + [s.limit_at(now) for s in self._cap_sources(now)]
-        return min(self.hw_max_a, max(caps))
+    def lease_candidates(self) -> list[Sent]:
+        """Station-cap leases that may be in force: in flight, of unknown fate (the accepted one apart)."""
+        return [s for s in [*self.pending.values(), *self.uncertain.values()]
+                if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and math.isfinite(s.valid_until)]
 
-    def committed_a(self, now: float) -> float:
-        """Like worst_case_a but ignoring commands still in flight (what is surely or maybe installed)."""
-        srcs = [s for s in self.accepted.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
-        srcs += [s for s in self.uncertain.values() if s.purpose == C.PROFILE_PURPOSE_STATION_MAX]
-        caps = [self.floor_a(now)] + [s.limit_at(now) for s in srcs if s.valid_until > now]
-        return min(self.hw_max_a, max(caps))
+    def worst_case_a(self, t: float) -> float:
+        """Highest per-phase current (A) the station may draw at ``t`` whatever happened to our commands.
 
-    def uncertain_excess_a(self, now: float) -> float:
-        """How far unknown-fate leases lift the worst case above what we control (A)."""
-        known = [self.floor_a(now)] + [s.limit_at(now) for s in self.accepted.values()
-                                       if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and s.valid_until > now]
-        unk = [s.limit_at(now) for s in self.uncertain.values()
-               if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and s.valid_until > now]
-        return max(0.0, min(self.hw_max_a, max(known + unk)) - min(self.hw_max_a, max(known)))
+        Each possible state counts: the accepted lease (or none: the floor), and every lease in flight or
+        of unknown fate as if it were the one the station applied last.
+        """
+        acc = self.accepted.get(LEASE_KEY)
+        vals = [self.lease_value_a(acc, t) if acc is not None else self.floor_worst_a(t)]
+        vals += [self.lease_value_a(s, t) for s in self.lease_candidates()]
+        return min(self.hw_max_a, max(vals))
+
+    def lease_edges(self, t0: float, t1: float) -> list[float]:
+        """Times in (t0, t1) at which a lease that may be in force may start or stop counting (its end ± skew)."""
+        out = set()
+        for s in [self.accepted.get(LEASE_KEY), *self.lease_candidates()]:
+            if s is None:
+                continue
+            for e in (s.valid_until - self.skew_s, s.valid_until + self.skew_s):
+                if t0 < e < t1:
+                    out.add(e)
+        return sorted(out)
+
+    def held_a(self, now: float) -> float:
+        """The station cap we last asked for (A): the newest lease in flight, else the accepted one while
+        valid, else the floor now (no lease in force)."""
+        fly = [s for s in self.pending.values() if s.key == LEASE_KEY]
+        if fly:
+            return max(fly, key=lambda s: s.sent_at).limit_at(now)
+        acc = self.accepted.get(LEASE_KEY)
+        if acc is not None and now < acc.valid_until:
+            return acc.limit_at(now)
+        return self.floor_a(now)
 
     def in_failsafe(self, now: float, hold_s: float) -> bool:
         """Not to be planned: offline, fallback unknown, or a command failed within ``hold_s``."""
@@ -172,22 +201,22 @@ class StationLedger:
         return self.failed_at is not None and now - self.failed_at < hold_s
 
     def expire(self, now: float, timeout_s: float) -> list[Sent]:
-        """Commands unanswered for ``timeout_s`` become uncertain; lapsed leases are forgotten."""
+        """Commands unanswered for ``timeout_s`` become uncertain; leases that surely lapsed are forgotten."""
         late = [s for s in self.pending.values() if now - s.sent_at >= timeout_s]
         for s in late:
             del self.pending[s.command_id]
             self.uncertain[s.command_id] = s
             self.failed_at, self.last_failure = now, "no result"
-        for d in (self.uncertain,):
-            for cid in [c for c, s in d.items() if s.valid_until <= now]:
-                del d[cid]
-        for k in [k for k, s in self.accepted.items() if s.valid_until <= now]:
+        gone = now - self.skew_s       # a lease ending before this has lapsed by every clock we trust
+        for cid in [c for c, s in self.uncertain.items() if s.valid_until <= gone]:
+            del self.uncertain[cid]
+        for k in [k for k, s in self.accepted.items() if s.valid_until <= gone]:
             if self.accepted.pop(k).cap_a > self.fallback_a + 1e-9:
                 self.expired.add(k)   # a grant lapsed without renewal (a lease at the fallback may lapse)
         return late
 
-    def lease_state(self, key: str, now: float, lease_s: float, renew_fraction: float) -> LeaseState:
-        """State of the lease in profile slot ``key`` (for metrics and renewal)."""
+    def lease_state(self, key: str, now: float, renew_lead_s: float) -> LeaseState:
+        """State of the lease in profile slot ``key`` (for metrics): renewing within ``renew_lead_s`` of its end."""
         if any(s.key == key for s in self.uncertain.values()):
             return LeaseState.FAILSAFE
         acc = self.accepted.get(key)
@@ -195,7 +224,7 @@ class StationLedger:
             return LeaseState.NONE
         if acc.valid_until <= now:
             return LeaseState.EXPIRED
-        if math.isfinite(acc.valid_until) and acc.valid_until - now <= lease_s * (1 - renew_fraction):
+        if math.isfinite(acc.valid_until) and acc.valid_until - now <= renew_lead_s:
             return LeaseState.RENEWING
         return LeaseState.ACTIVE
 

@@ -4,8 +4,8 @@
 phase back to the planner's margin — lowest priority first, within a priority all capped at one common
 level (fair, and one command per station for an overload), to 0 only where all at their minimum is not
 enough.
-``regrant``: when there is room again, give connectors back what the limiter took, highest priority
-first, never above what the plan grants them.
+Giving back is the planner's job (after the raise hold of the write budget, `leases.py`): a limiter that
+raised again within seconds would write profiles on every swing of the load.
 
 Powers W per grid phase, currents A per phase.
 """
@@ -26,7 +26,6 @@ class Connector:
     key: str                       # station/evse
     phases: tuple[int, ...]        # grid phase indices it loads
     granted_a: float               # what it may draw now (A per phase)
-    plan_a: float                  # what the plan grants (A per phase); the limiter never goes above
     priority: int = 1
     min_a: float = MIN_CURRENT_A
     drawing_a: float | None = None  # measured, when fresh
@@ -97,37 +96,4 @@ def lower(
         excess = [max(0.0, excess[p] - got[p]) for p in range(3)]
         if max(excess) <= 1e-6:
             break
-    return out
-
-
-def regrant(
-    load_w: Sequence[float], limit_w: Sequence[float], margin_w: float, voltage_v: float,
-    connectors: Sequence[Connector],
-) -> dict[str, float]:
-    """New grants (A) for connectors held below their plan, raised as far as the measured room allows.
-
-    The room assumes each raised connector draws its whole increase on each of its phases.
-    """
-    room = [limit_w[p] - margin_w - load_w[p] for p in range(3)]
-    out: dict[str, float] = {}
-    for c in sorted(connectors, key=lambda c: (-c.priority, c.granted_a, c.key)):
-        gap_a = c.plan_a - c.granted_a
-        if gap_a <= 1e-9:
-            continue
-        room_a = min((room[p] for p in c.phases), default=0.0) / voltage_v
-        if room_a <= 0:
-            continue
-        new_a = min(c.plan_a, c.granted_a + room_a)
-        if new_a < c.min_a:
-            if c.plan_a >= c.min_a and c.granted_a + room_a >= c.min_a:
-                new_a = c.min_a
-            else:
-                continue
-        if new_a < c.plan_a:
-            new_a = math.floor(new_a * 10 + 1e-9) / 10   # round down to 0.1 A
-        if new_a <= c.granted_a + 1e-9:
-            continue
-        out[c.key] = new_a
-        for p in c.phases:
-            room[p] -= (new_a - c.granted_a) * voltage_v
     return out

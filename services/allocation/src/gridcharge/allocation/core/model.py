@@ -131,6 +131,10 @@ class PlannerConfig:
     (dual simplex) for small LPs, interior point without crossover above the threshold.
     ``coarse_factor`` > 1 merges slots after the first ``fine_slots`` into blocks of that many slots in
     the LP (block capacity = minimum over its slots, so never exceeded); 1 = exact.
+    ``move_weight``: move suppression — each A a session's first-slot current differs from what it holds now
+    (``PlanningProblem.current_a``) costs this × the reference price of that current's energy in one slot,
+    in the secondary objective: among plans delivering the same energy the one closest to what the stations
+    hold wins, so a re-plan does not shuffle capacity between equal cars (every shuffle is profile writes).
     """
 
     default_dwell_s: float = DEFAULT_DWELL_S
@@ -150,6 +154,7 @@ class PlannerConfig:
     weighted_secondary_share: float = 1e-2
     fine_slots: int = 8
     coarse_factor: int = 1
+    move_weight: float = 0.5
     hierarchical: bool = True
     highs_options: tuple[tuple[str, str | float | int | bool], ...] = ()
 
@@ -159,7 +164,8 @@ class PlanningProblem:
     """Everything the planner needs; pure data.
 
     ``price_per_kwh`` has shape [T] (currency/kWh, default zero); ``pv_surplus_w`` maps node id → [T] PV
-    surplus W at that node (charging is preferred while it lasts).
+    surplus W at that node (charging is preferred while it lasts); ``current_a`` what each session holds
+    now (A per phase, on the planner's scale), for move suppression.
     """
 
     slots: SlotGrid
@@ -169,6 +175,7 @@ class PlanningProblem:
     price_per_kwh: FloatArray | None = None
     pv_surplus_w: Mapping[str, FloatArray] = field(default_factory=dict)
     config: PlannerConfig = field(default_factory=PlannerConfig)
+    current_a: Mapping[str, float] = field(default_factory=dict)   # session id → A it holds now (move suppression)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class _Indexed:
     row_ptr: IntArray  # [S+1] CSR pointer into row_idx
     row_idx: IntArray  # node×phase rows each session loads
     load_matrix: sp.csr_matrix  # [N*3, S] W per A
+    cur: FloatArray  # [S] A the session holds now, nan = not known (move suppression)
 
 
 def _index(problem: PlanningProblem) -> _Indexed:
@@ -114,8 +115,9 @@ def _index(problem: PlanningProblem) -> _Indexed:
         (np.repeat(volt, counts), (row_idx, np.repeat(np.arange(S), counts))),
         shape=(len(node_ids) * PHASES, S),
     )
+    cur = np.array([problem.current_a.get(sess.session_id, math.nan) for sess in problem.sessions], dtype=float)
     return _Indexed(T, slots.duration_h, node_ids, cap, sources, phases, volt, n_ph, k_wh, imin, imax,
-                    arr, dep, need, prio, row_ptr, row_idx, load_matrix)
+                    arr, dep, need, prio, row_ptr, row_idx, load_matrix, cur)
 
 
 @dataclass
@@ -272,7 +274,10 @@ def _solve_lp(
 
     has_price = price is not None and cfg.price_weight > 0 and float(np.ptp(price)) > 0
     want_fair = cfg.fairness_weight > 0 and sess.size > 1
-    secondary = has_price or bool(pv_w) or want_fair
+    # move suppression: the first-block variable of each session that is present now and holds a known current
+    first = np.flatnonzero((var_b == 0) & (ix.arr[var_s] == 0) & np.isfinite(ix.cur[var_s]))
+    want_move = cfg.move_weight > 0 and first.size > 0
+    secondary = has_price or bool(pv_w) or want_fair or want_move
     two_stage = cfg.two_stage if cfg.two_stage is not None else nv <= cfg.auto_threshold_vars
     solver = cfg.solver
     if solver == "auto":
@@ -308,8 +313,24 @@ def _solve_lp(
     p_ref = max(float(np.mean(np.abs(p_blk))), 1e-3) if price is not None else 1.0
 
     def add_secondary(mult: float) -> None:
-        """Add PV and fairness columns/rows, their objective scaled by ``mult``."""
-        n_col = n_cols
+        """Add PV, fairness and move-suppression columns/rows, their objective scaled by ``mult``."""
+        n_col = h.getNumCol()
+        if want_move:
+            # d_s ≥ |x_s,0 − cur_s|: two rows per session, d_s costs move_weight × p_ref × kWh per A in the block
+            m = first.size
+            d_cost = mult * cfg.move_weight * p_ref * k_var[first] / 1000.0
+            h.addCols(m, d_cost, np.zeros(m), np.full(m, highspy.kHighsInf), 0,
+                      np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+            g = np.clip(ix.cur[var_s[first]], 0.0, ub[first])
+            idx = np.empty(4 * m, dtype=np.int32)
+            idx[0::4], idx[1::4] = first, n_col + np.arange(m)       #  x − d ≤ g
+            idx[2::4], idx[3::4] = first, n_col + np.arange(m)       # −x − d ≤ −g
+            val = np.tile(np.array([1.0, -1.0, -1.0, -1.0]), m)
+            lo = np.full(2 * m, -highspy.kHighsInf)
+            hi = np.empty(2 * m)
+            hi[0::2], hi[1::2] = g, -g
+            h.addRows(2 * m, lo, hi, idx.size, (np.arange(2 * m) * 2).astype(np.int32), idx, val)
+            n_col += m
         # PV: u[n,b] ≤ surplus, u[n,b] ≤ Σ power of sessions below n; reward used surplus
         for node_row0, surplus in pv_w.items():
             under = np.asarray(ix.load_matrix[node_row0 : node_row0 + PHASES].sum(axis=0)).ravel() > 0
@@ -385,7 +406,7 @@ def _solve_lp(
     if weighted:
         # one solve: secondary terms scaled to ≤ ~1 % of the energy value per kWh (see docs/planner.md)
         top = cfg.price_weight * float(np.max(np.abs(p_blk))) + cfg.pv_weight * p_ref \
-            + cfg.fairness_weight * p_ref
+            + cfg.fairness_weight * p_ref + (cfg.move_weight * p_ref if want_move else 0.0)
         mult = cfg.weighted_secondary_share / max(top, 1e-12)
         h.changeColsCost(nv, np.arange(nv, dtype=np.int32), c1 + mult * price_cost)
         add_secondary(mult)
@@ -463,7 +484,7 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
     for t in range(T):
         sl = np.append(slack[:, t], np.inf)
         min_slack = sl[rows_tab].min(axis=1)
-        prev_on = x[:, t - 1] > 0 if t > 0 else np.zeros(S, bool)
+        prev_on = x[:, t - 1] > 0 if t > 0 else np.nan_to_num(ix.cur) > 0
         cand = np.flatnonzero(zeroed[:, t] | (wanted[:, t] & (x[:, t] == 0)))
         cand = cand[planned[cand] < ix.need_wh[cand] - _EPS]
         topup = np.flatnonzero(

@@ -7,7 +7,8 @@ Profiles a station holds (fixed ids, so a resend replaces instead of duplicating
 | STATION_MAX  | 0    | 0     | 1000  | fallback at ``fallback_current_a``, no end: what the station may draw   |
 |              |      |       |       | unsupervised (Σ fallbacks ≤ node limits, checked at topology load)      |
 | STATION_MAX  | 0    | 1     | 1001  | lease: lifts the station cap to its grant until ``valid_to``            |
-| TX           | n    | 1     | 3n01  | lease: the grant of the transaction on EVSE n until ``valid_to``        |
+| TX           | n    | 1     | 3n01  | the grant of the transaction on EVSE n (stations with several EVSEs:     |
+|              |      |       |       | splits the station cap; no end of its own, it dies with the transaction)|
 
 A station max profile at a higher stack level prevails over the lower one while it is valid, so when
 the allocator or the link dies the lease lapses and the station is back at its fallback by itself.
@@ -38,8 +39,6 @@ RATE_W = common_pb2.RATE_UNIT_W
 FALLBACK_STACK = 0
 LEASE_STACK = 1
 BACKDATE_S = 60
-DEFAULT_LEASE_S = 600.0         # 10 min: long enough to ride out a re-plan hiccup, short enough to be safe
-RENEW_FRACTION = 0.5            # renew a lease once half of it has passed
 MIN_RATE_A = 6.0                # IEC 61851: below 6 A an AC EV cannot charge; send 0 instead
 STEP_A = 0.1
 
@@ -158,7 +157,7 @@ def station_lease_profile(limit_a: float, now: datetime, lease_s: float,
                           t: StationProfileTarget) -> command_pb2.SetChargingProfile:
     """Station-wide lease (stack 1) lifting the station cap to ``limit_a`` per phase until now + lease."""
     start = now - timedelta(seconds=BACKDATE_S)
-    duration = int(lease_s) + BACKDATE_S
+    duration = math.ceil(lease_s) + BACKDATE_S
     return command_pb2.SetChargingProfile(
         evse_id=0,
         profile=command_pb2.ChargingProfile(
@@ -177,37 +176,37 @@ def station_lease_profile(limit_a: float, now: datetime, lease_s: float,
 
 
 def tx_profile(evse_id: int, transaction_id: str, schedule_a: Sequence[tuple[datetime, float]], now: datetime,
-               lease_s: float, t: StationProfileTarget) -> command_pb2.SetChargingProfile:
-    """TxProfile lease for one transaction: the planned per-phase current (A) from each time on.
+               lease_s: float | None, t: StationProfileTarget) -> command_pb2.SetChargingProfile:
+    """TxProfile for one transaction: the planned per-phase current (A) from each time on.
 
-    ``schedule_a`` lists (from, A) steps of the plan; only the part inside the lease is sent. The
-    first step applies from the back-dated start.
+    ``schedule_a`` lists (from, A) steps of the plan; with ``lease_s`` only the part inside the lease is
+    sent and the profile ends with it; without, it has no end of its own (it dies with its transaction).
+    The first step applies from the back-dated start.
     """
     start = now - timedelta(seconds=BACKDATE_S)
-    end = now + timedelta(seconds=lease_s)
+    end = now + timedelta(seconds=lease_s) if lease_s is not None else None
     steps: list[tuple[int, float]] = []
     for when, a in schedule_a:
-        if when >= end:
+        if end is not None and when >= end:
             break
         steps.append((max(0, int((when - start).total_seconds())), a))
     if steps:
         steps[0] = (0, steps[0][1]) if steps[0][0] <= BACKDATE_S else steps[0]
-    return command_pb2.SetChargingProfile(
-        evse_id=evse_id,
-        profile=command_pb2.ChargingProfile(
-            profile_id=profile_id(evse_id, TX, LEASE_STACK),
-            stack_level=LEASE_STACK,
-            purpose=TX,
-            kind="Absolute",
-            transaction_id=transaction_id,
-            valid_from=_ts(start),
-            valid_to=_ts(end),
-            start_schedule=_ts(start),
-            duration_s=int(lease_s) + BACKDATE_S,
-            rate_unit=t.rate_unit,
-            periods=_periods(steps, t),
-        ),
+    prof = command_pb2.ChargingProfile(
+        profile_id=profile_id(evse_id, TX, LEASE_STACK),
+        stack_level=LEASE_STACK,
+        purpose=TX,
+        kind="Absolute",
+        transaction_id=transaction_id,
+        valid_from=_ts(start),
+        start_schedule=_ts(start),
+        rate_unit=t.rate_unit,
+        periods=_periods(steps, t),
     )
+    if end is not None and lease_s is not None:
+        prof.valid_to.CopyFrom(_ts(end))
+        prof.duration_s = int(lease_s) + BACKDATE_S
+    return command_pb2.SetChargingProfile(evse_id=evse_id, profile=prof)
 
 
 def profile_limit_a(p: command_pb2.SetChargingProfile, t: StationProfileTarget) -> float:

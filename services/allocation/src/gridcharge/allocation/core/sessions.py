@@ -16,9 +16,16 @@ from gridcharge.shared.topology import SessionDefaults, Station
 
 # Meter samples older than this no longer tell what a connector draws (s).
 METER_STALE_S = 180.0
-# A connector drawing this much (A) less than granted for TAPER_SAMPLES samples is tapering.
-TAPER_MARGIN_A = 2.0
-TAPER_SAMPLES = 2
+# A car drawing at least DRAW_MARGIN_A less than it is given, for DRAW_SAMPLES fresh samples in a row, takes
+# less than it is given (taper, a full battery, an on-board charger smaller than the station): it is capped
+# at what it draws + DRAW_MARGIN_A, once. The cap stays until the car draws within RELEASE_MARGIN_A of it
+# (it may take more: released) or twice the margin below it (it tapered on: capped again) — so a tapering car
+# costs a few writes, not one per cycle.
+DRAW_MARGIN_A = 2.0
+DRAW_SAMPLES = 2
+RELEASE_MARGIN_A = 0.75
+NOT_DRAWING_A = 1.0        # below this (A) the car draws nothing: full or waiting
+SETTLE_S = 15.0            # a sample this soon after its grant changed may predate the change: not judged
 
 
 def session_key(station_id: str, evse_id: int) -> str:
@@ -51,7 +58,9 @@ class SessionState:
     measured_power_w: float | None = None
     measured_at: datetime | None = None
     charging_state: str = "Charging"
-    below_grant_samples: int = 0
+    draw_cap_a: float | None = None     # learnt from the meter: the car takes about this at most (A)
+    below_samples: int = 0              # fresh samples in a row clearly below what the car may draw
+    at_cap_samples: int = 0             # fresh samples in a row at the learnt cap
     user_set: set[str] = field(default_factory=set)   # fields a driver/operator set explicitly
     need_guessed: bool = True      # energy_needed_wh is the site default, not from the EV or a driver
 
@@ -74,9 +83,40 @@ class SessionState:
     def meter_fresh(self, now: datetime) -> bool:
         return self.measured_at is not None and (now - self.measured_at).total_seconds() <= METER_STALE_S
 
-    def tapering(self, now: datetime) -> bool:
-        """The EV has drawn clearly less than granted for several fresh samples (it will not use more)."""
-        return self.meter_fresh(now) and self.below_grant_samples >= TAPER_SAMPLES
+    def draw_limit_a(self, now: datetime) -> float | None:
+        """The learnt draw cap (A) while the meter is fresh; None = the car takes what it is given."""
+        return self.draw_cap_a if self.meter_fresh(now) else None
+
+    def judge_draw(self, granted_a: float) -> bool:
+        """Update the learnt draw cap from the latest sample against ``granted_a`` (what the car may draw);
+        True when the cap changed (the capacity it frees or needs goes to the plan)."""
+        m = self.measured_current_a
+        if m is None:
+            return False
+        if self.draw_cap_a is not None:
+            if self.draw_cap_a <= 0:      # drew nothing: it woke up once it draws on what it is offered
+                at_cap = granted_a > 0 and m >= NOT_DRAWING_A
+            else:   # (offered less than its cap, drawing that says nothing new)
+                at_cap = granted_a >= self.draw_cap_a - 0.05 and m >= self.draw_cap_a - RELEASE_MARGIN_A
+            if at_cap:
+                self.below_samples = 0
+                self.at_cap_samples += 1
+                if self.at_cap_samples >= DRAW_SAMPLES:      # it takes what it gets: it may take more
+                    self.draw_cap_a, self.at_cap_samples = None, 0
+                    return True
+                return False
+        offered = granted_a if self.draw_cap_a is None else min(granted_a, self.draw_cap_a)
+        self.at_cap_samples = 0
+        gap = DRAW_MARGIN_A if self.draw_cap_a is None else 2 * DRAW_MARGIN_A
+        if offered >= max(self.min_current_a, NOT_DRAWING_A) and m < offered - gap:
+            self.below_samples += 1
+        else:
+            self.below_samples = 0
+        if self.below_samples < DRAW_SAMPLES:
+            return False
+        self.below_samples = 0
+        self.draw_cap_a = 0.0 if m < NOT_DRAWING_A else max(m + DRAW_MARGIN_A, self.min_current_a)
+        return True
 
 
 class SessionBook:
@@ -232,8 +272,11 @@ class SessionBook:
 
     def meter(self, station_id: str, evse_id: int, transaction_id: str, at: datetime,
               energy_register_wh: float | None, current_a: float | None, power_w: float | None,
-              granted_a: float | None) -> SessionState | None:
-        """Apply one meter sample; returns the session it belongs to (None when it matches none)."""
+              granted_a: float | None, granted_since: datetime | None = None) -> SessionState | None:
+        """Apply one meter sample; returns the session it belongs to (None when it matches none).
+
+        ``granted_a``: what the car may draw now; ``granted_since``: since when (a sample taken before the
+        grant could take effect says nothing about it)."""
         s = self.find(station_id, evse_id, transaction_id)
         if s is None:
             return None
@@ -254,11 +297,9 @@ class SessionBook:
         if power_w is not None and math.isfinite(power_w):
             s.measured_power_w = power_w
         s.measured_at = at
-        if granted_a is not None and s.measured_current_a is not None and \
-                s.measured_current_a < granted_a - TAPER_MARGIN_A:
-            s.below_grant_samples += 1
-        else:
-            s.below_grant_samples = 0
+        if granted_a is not None and (granted_since is None
+                                      or (at - granted_since).total_seconds() >= SETTLE_S):
+            s.judge_draw(granted_a)
         return s
 
     def restore(self, blob: bytes) -> SessionState | None:

@@ -1,0 +1,497 @@
+"""One planning cycle of the allocator (pure, no I/O; time passed in).
+
+1. expire unanswered commands and ended external windows; capacity per node, phase and slot
+   (`budget.node_capacity`);
+2. the grid-aware fallback schedules (`fallbacks.py`); which nodes are busy (their capacity held a car back);
+3. the plan (`LpPlanner`) of every session of a plannable station, on the capacity left after what is
+   reserved anyway: the worst case of stations not planned, the floor of idle ones, and — outside busy
+   nodes — the floor of the charging ones, given to their cars as a base;
+4. the desired station caps (the per-phase sum of each station's grants, capped by the limiter);
+5. the **calm control law** (`control_targets`): a station keeps what it holds unless the change is worth a
+   flash write — a raise only by ``raise_min_step_a``, not within ``raise_hold_s`` of a lowering and within
+   the write budget; a lowering the budget does not need only under a busy node (someone gets the room),
+   not right after a limiter cut there (the cut already shed what was measured: no second round), and by
+   ``lower_min_step_a``; a renewal (one per lease and epoch) takes the desired value;
+6. the budget fit (`budget.fit_caps`) at every moment of the lease's lifetime: lowerings always, raises as
+   far as the worst case of every station fits; over capacity, stations are lowered whatever they hold;
+7. commands: what changes, or renews a lease still wanted (`issuer.py`); fallbacks that must change.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+from gridcharge.allocation.core import profiles as P
+from gridcharge.allocation.core.budget import Capacity, fit_caps, node_capacity, node_draw_w, station_phases
+from gridcharge.allocation.core.failsafe import LEASE_KEY
+from gridcharge.allocation.core.issuer import ProfileCommand
+from gridcharge.allocation.core.model import (
+    BindingConstraint,
+    Evse,
+    NodeCapacity,
+    Plan,
+    PlannerConfig,
+    PlanningProblem,
+    Session,
+    SlotGrid,
+)
+from gridcharge.allocation.core.sessions import SessionState, session_key
+from gridcharge.shared.topology import PHASES, Topology
+
+if TYPE_CHECKING:   # the allocator hosts the cycle; only its type is needed here
+    from gridcharge.allocation.core.allocator import Allocator
+
+log = logging.getLogger(__name__)
+
+Moments = tuple[list[float], dict[str, np.ndarray], dict[str, float | np.ndarray]]
+
+
+@dataclass
+class Explanation:
+    """Why a session gets what it gets: the grant, the binding constraint and its source."""
+
+    session_id: str
+    granted_a: float
+    planned_a: float
+    binding: BindingConstraint | None
+    clamped_by: str = ""        # "" | limiter | budget | failsafe | held (a raise waiting for the write budget)
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """What the plan holds for one session, base included."""
+
+    current_a: list[float]
+    power_w: list[float]
+    planned_wh: float
+    shortfall_wh: float
+    will_complete: bool
+
+
+@dataclass
+class PlanResult:
+    """Outcome of one planning cycle."""
+
+    at: datetime
+    plan: Plan | None
+    capacity: Capacity
+    slot_starts: list[float]
+    explanations: dict[str, Explanation] = field(default_factory=dict)
+    station_caps_a: dict[str, float] = field(default_factory=dict)
+    base_a: dict[str, float] = field(default_factory=dict)      # per session key: share of the station floor
+    commands: list[ProfileCommand] = field(default_factory=list)
+    deferred: dict[str, int] = field(default_factory=dict)      # raises held back, by reason (hold|interval|budget)
+    error: str = ""
+
+
+
+def station_cap_for(topology: Topology, station_id: str, grants: dict[str, float]) -> float:
+    """Per-phase station cap that lets every EVSE of the station draw its grant (A)."""
+    st = topology.station_by_id[station_id]
+    per_phase = [0.0, 0.0, 0.0]
+    for e in st.evses:
+        g = grants.get(session_key(station_id, e.id), 0.0)
+        for ph in st.evse_phases(e.id):
+            per_phase[PHASES.index(ph)] += g
+    return max(per_phase)
+
+
+def wants_energy(s: SessionState, now: datetime) -> bool:
+    """False for a car that is done: its known need is met, or it stopped drawing while granted."""
+    if s.remaining_wh <= 0 and not s.need_guessed:
+        return False
+    cap = s.draw_limit_a(now)
+    return cap is None or cap > 0
+
+
+def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
+    """One planning cycle (module docstring)."""
+    cfg, topo = alloc.cfg, alloc.topology
+    now = now_dt.timestamp()
+    for led in alloc.ledgers.values():
+        led.expire(now, cfg.command_timeout_s)
+    for k in [k for k, e in alloc.external.items() if e.valid_to <= now]:
+        del alloc.external[k]   # windows that ended
+    # the limiter's cuts hold until a regular cycle re-optimises (the plan meanwhile stays within them)
+    for key in [k for k, t in alloc.limiter_at.items() if now - t >= cfg.limiter_hold_s]:
+        alloc.limiter_at.pop(key, None)
+        alloc.limiter_a.pop(key, None)
+    T = max(1, cfg.horizon_slots)
+    slot_starts = [now + k * cfg.slot_s for k in range(T)]
+    capacity = node_capacity(topo, alloc.node_inputs, alloc.external.values(), now, slot_starts, cfg.slot_s)
+    by_station: dict[str, list[SessionState]] = {}
+    for s in alloc.book.sessions.values():
+        by_station.setdefault(s.station_id, []).append(s)
+    alloc.charging = {sid for sid, ss in by_station.items() if any(wants_energy(x, now_dt) for x in ss)}
+    plannable = {sid for sid, led in alloc.ledgers.items() if not led.in_failsafe(now, cfg.failsafe_hold_s)}
+    planned = {sid for sid in by_station if sid in plannable}
+    for n in busy_nodes(alloc):
+        alloc.busy_at[n] = now
+    busy = alloc.busy(now)
+    under_busy = {sid for sid in alloc.ledgers if any(n in busy for n in topo.station_path(sid))}
+    step = cfg.slot_s
+    t0 = math.floor(now / step) * step
+    starts = [t0 + k * step for k in range(cfg.horizon_slots + 1)]
+    prio = {sid: max(x.priority for x in ss) for sid, ss in by_station.items()}
+    alloc.fallbacks.compute(now, node_capacity(topo, alloc.node_inputs, alloc.external.values(), now, starts, step),
+                            starts, alloc.charging, prio, busy)
+    result = PlanResult(now_dt, None, capacity, slot_starts)
+    end = cfg.leases.lease_end(now, lowered=False)
+    moments, cap_k, wc_k = budget_moments(alloc, now, end, capacity, slot_starts)
+    wc_max = {sid: float(np.max(a)) for sid, a in wc_k.items()}
+
+    # the plan
+    sessions = [s for sid in sorted(planned) for s in by_station[sid]]
+    plan_now: dict[str, float] = {}
+    if sessions:
+        fixed_w = fixed_draw_w(alloc, slot_starts, plannable, planned - under_busy, wc_max)
+        try:
+            plan, base = solve(alloc, sessions, capacity, fixed_w, now_dt, T, under_busy)
+            result.plan, result.base_a = plan, base
+            for s in sessions:
+                key = session_key(s.station_id, s.evse_id)
+                plan_now[key] = base.get(key, 0.0) + float(plan.current_a[plan.row(s.session_id), 0])
+        except Exception as exc:   # a planner failure must not stop the fallbacks and leases from working
+            log.exception("planner failed; holding sessions at their fallback")
+            result.error = f"{type(exc).__name__}"
+            for s in sessions:
+                plan_now[session_key(s.station_id, s.evse_id)] = 0.0
+    alloc.plan_a = dict(plan_now)
+    want = {key: min(a, alloc.limiter_a.get(key, math.inf)) for key, a in plan_now.items()}
+
+    # desired caps: planned stations their grants, idle ones (with a lease) their fallback
+    desired: dict[str, float] = {sid: station_cap_for(topo, sid, want) for sid in planned}
+    for sid in plannable - planned:
+        led = alloc.ledgers[sid]
+        if abs(led.held_a(now) - led.floor_a(now)) > 0.05 or led.worst_case_a(now) > led.floor_a(now) + 1e-9:
+            # a lease still held: back to what the fallback will be (released under a busy node)
+            desired[sid] = min(led.floor_a(now), alloc.fallbacks.target.get(sid, [(now, led.floor_a(now))])[0][1])
+    targets, keep, due = control_targets(alloc, now, desired, planned, under_busy, result.deferred)
+    floors: dict[str, float | np.ndarray] = {}
+    for sid, t in targets.items():
+        led = alloc.ledgers[sid]
+        if t < led.floor_max_a(now, end) - 1e-9:
+            floors[sid] = 0.0        # a lowered lease outlives this window (leases.py)
+        else:
+            floors[sid] = np.array([0.0 if m < end - cfg.leases.clock_skew_s else led.floor_worst_a(m)
+                                    for m in moments])
+    order = sorted(targets, key=lambda sid: (-prio.get(sid, 0), -sum(s.remaining_wh for s in by_station.get(sid, [])),
+                                             sid))
+    approved = fit_caps(topo, cap_k, wc_k, targets, order, floor_a=floors, keep=keep)
+    result.station_caps_a = dict(approved)
+    still_busy(alloc, now, {n: c.min(axis=1) for n, c in cap_k.items()},
+               {**wc_max, **{k: max(a, float(np.max(floors[k]))) for k, a in approved.items()}})
+
+    # commands
+    for sid in sorted(targets):
+        led = alloc.ledgers[sid]
+        if not led.online:
+            continue
+        held = led.held_a(now)
+        cmd = station_command(alloc, sid, targets[sid], approved.get(sid, 0.0), now, sid in due, sid in under_busy)
+        in_force = held
+        if cmd is not None:
+            result.commands.append(cmd)
+            in_force = P.profile_limit_a(cmd.payload, alloc.target(sid))
+        if sid in planned:
+            result.commands += session_grants(alloc, sid, by_station[sid], want, desired[sid], in_force, now,
+                                              cmd is not None)
+            explain(alloc, result, by_station[sid], want, plan_now, desired[sid], in_force, targets[sid])
+    for sid in sorted(by_station):
+        if sid in planned:
+            continue
+        for s in by_station[sid]:
+            why = "failsafe:" + (alloc.ledgers[sid].last_failure or "offline")
+            node = topo.station_by_id[sid].node
+            result.explanations[s.session_id] = Explanation(
+                s.session_id, 0.0, 0.0, BindingConstraint(node, -1, 0, why), "failsafe")
+    result.commands += fallback_commands(alloc, now)
+    alloc.last = result
+    return result
+
+
+def control_targets(alloc: Allocator, now: float, desired: dict[str, float], planned: set[str],
+                    under_busy: set[str], deferred: dict[str, int]) -> tuple[dict[str, float], set[str], set[str]]:
+    """The calm control law (module docstring, step 5): per station the cap to aim for, the stations that
+    keep what they hold, and those whose lease is due for renewal."""
+    pol, wp, log_ = alloc.cfg.leases, alloc.cfg.writes, alloc.issuer.writes
+    hold = alloc.cfg.limiter_hold_s
+    cut = {n for n, t in alloc.cut_at.items() if now - t < hold}
+    targets: dict[str, float] = {}
+    keep: set[str] = set()
+    due: set[str] = set()
+    for sid, d in desired.items():
+        led = alloc.ledgers[sid]
+        held = led.held_a(now)
+        d = P.quantise_a(d)
+        cur = alloc.issuer.lease_in_flight(sid) or led.accepted.get(LEASE_KEY)
+        renew = cur is not None and now < cur.valid_until and pol.renewal_due(
+            cur.valid_until, now, pol.is_lowered_end(cur.valid_until))
+        floor_now = led.floor_a(now)
+        if renew and abs(d - floor_now) > 0.05:
+            due.add(sid)
+            targets[sid] = d                 # one write anyway: it takes the desired value
+            continue
+        t = held
+        if d < held - 0.05:
+            calm = any(n in cut for n in alloc.topology.station_path(sid))
+            if sid in under_busy and not calm and held - d >= wp.lower_min_step_a - 1e-9:
+                t = d                        # someone under a busy node gets the room
+        elif d > held + 0.05 and sid in planned and d - held >= wp.raise_min_step_a - 1e-9:
+            why = log_.why_not_raise(sid, now)
+            if why:
+                deferred[why] = deferred.get(why, 0) + 1
+            else:
+                t = d
+        targets[sid] = t
+        if t == held:
+            keep.add(sid)
+    return targets, keep, due
+
+
+def station_command(alloc: Allocator, sid: str, target: float, approved: float, now: float, due: bool,
+                    busy: bool) -> ProfileCommand | None:
+    """The station-cap lease to send, if any: a lowering (at once), a raise, or a renewal still wanted."""
+    led = alloc.ledgers[sid]
+    held = led.held_a(now)
+    a = P.quantise_a(approved)          # as the profile will carry it: 0 below the 6 A minimum
+    fly = alloc.issuer.lease_in_flight(sid)
+    if fly is not None and abs(fly.limit_at(now) - a) < 0.05 and not due:
+        return None   # the same change is on its way
+    if a < held - 0.05:
+        if due and not busy and abs(a - led.floor_a(now)) < 0.05 and a >= target - 0.05:
+            return None   # nobody needs it back now: the lease lapses to the fallback at its end
+        return alloc.issuer.station_lease(sid, a, now, "safety" if a < target - 0.05 else "lower")
+    if a > held + 0.05 and (due or a - held >= alloc.cfg.writes.raise_min_step_a - 1e-9):
+        return alloc.issuer.station_lease(sid, a, now, "renewal" if due else "raise")
+    if due and abs(a - led.floor_a(now)) > 0.05:
+        return alloc.issuer.station_lease(sid, a, now, "renewal")
+    return None
+
+
+def session_grants(alloc: Allocator, sid: str, sessions: list[SessionState], want: dict[str, float],
+                   desired_cap: float, in_force: float, now: float, station_written: bool) -> list[ProfileCommand]:
+    """Record each session's grant; at a station with several EVSEs, split the station cap with TxProfiles."""
+    scale = in_force / desired_cap if desired_cap > 1e-9 and in_force < desired_cap - 1e-9 else 1.0
+    multi = len(alloc.topology.station_by_id[sid].evses) > 1
+    out: list[ProfileCommand] = []
+    for s in sessions:
+        key = session_key(s.station_id, s.evse_id)
+        if not multi:
+            alloc.set_grant(key, in_force, now)
+            continue
+        g = P.quantise_a(want.get(key, 0.0) * scale, min_a=s.min_current_a)
+        g = min(g, in_force)
+        sent = alloc.issuer.tx_sent_a.get(key)
+        alloc.set_grant(key, g, now)
+        if sent is None or g < sent - 0.05 or (abs(g - sent) >= 0.05 and station_written):
+            out.append(alloc.issuer.tx_profile(s, g, now, "lower" if sent is not None and g < sent else "raise"))
+    return out
+
+
+def explain(alloc: Allocator, result: PlanResult, sessions: list[SessionState], want: dict[str, float],
+            plan_now: dict[str, float], desired_cap: float, in_force: float, target: float) -> None:
+    for s in sessions:
+        key = session_key(s.station_id, s.evse_id)
+        binding = None
+        if result.plan is not None:
+            v = result.plan.verdicts.get(s.session_id)
+            binding = v.binding if v else None
+        clamped = ""
+        if key in alloc.limiter_a and alloc.limiter_a[key] < plan_now.get(key, 0.0) - 1e-9:
+            clamped = "limiter"
+        if in_force < min(desired_cap, target) - 0.05:
+            clamped = "budget"
+        elif in_force < desired_cap - 0.05 and target < desired_cap - 0.05:
+            clamped = "held"
+        result.explanations[s.session_id] = Explanation(s.session_id, alloc.grant_a.get(key, in_force),
+                                                        plan_now.get(key, 0.0), binding, clamped)
+
+
+def fallback_commands(alloc: Allocator, now: float) -> list[ProfileCommand]:
+    """Fallbacks never installed (rejected, lost) are retried once the hold is over; outdated ones replaced:
+    a lower one at once, a higher one once it fits next to what the others may draw now (a car that arrives
+    at a released station gets its floor back as soon as the lowering of the others made room for it)."""
+    out = []
+    hold = alloc.cfg.failsafe_hold_s
+    topo = alloc.topology
+    wc: dict[str, float] | None = None
+    for sid, led in alloc.ledgers.items():
+        in_flight = alloc.issuer.fallback_in_flight(sid)
+        held = led.failed_at is not None and now - led.failed_at < hold
+        if not led.online or held:
+            continue
+        if not led.fallback_installed and not in_flight:
+            out.append(alloc.fallback_command(sid, now, "retry"))
+            continue
+        why = alloc.fallbacks.outdated(led, now, alloc.target(sid), sid in alloc.charging) \
+            if led.fallback_installed else ""
+        if why == "raise":
+            if wc is None:
+                wc = alloc.worst_case_a(now)
+            new = {**wc, sid: max(wc[sid], alloc.fallbacks.value_now(sid, now))}
+            cap = alloc.capacity_now(now)
+            draw = node_draw_w(topo, new)
+            if any(np.any(draw[n] > cap[n] + 1e-6) for n in topo.station_path(sid)):
+                continue        # not yet: the others' lowering must be accepted first
+            wc = new
+        if why:
+            out.append(alloc.fallback_command(sid, now, "schedule"))
+    return out
+
+
+def fixed_draw_w(alloc: Allocator, slot_starts: list[float], plannable: set[str], based: set[str],
+                 wc: dict[str, float]) -> dict[str, np.ndarray]:
+    """[3, T] W per node reserved before planning: the worst case of stations not plannable, the floor of
+    idle ones and of the charging stations in ``based`` (their cars get it as a base).
+
+    A floor that changes over the horizon (a scheduled fallback) counts with its highest value per slot.
+    """
+    topo = alloc.topology
+    T = len(slot_starts)
+    step = alloc.cfg.slot_s
+    constant: dict[str, float] = {}
+    out = {n.id: np.zeros((3, T)) for n in topo.nodes}
+    horizon_end = slot_starts[-1] + step
+    charging_stations = {s.station_id for s in alloc.book.sessions.values()}
+    for sid, led in alloc.ledgers.items():
+        if sid not in plannable:
+            constant[sid] = wc[sid]
+            continue
+        if sid in charging_stations and sid not in based:
+            continue        # under a busy node the plan may take a car below its floor
+        if not led.floor_steps(slot_starts[0], horizon_end):
+            constant[sid] = led.floor_max_a(slot_starts[0], slot_starts[0] + step)
+            continue
+        per_slot = np.array([led.floor_max_a(ts, ts + step) for ts in slot_starts]) * alloc.voltage_v
+        phases = station_phases(topo, sid)
+        for nid in topo.station_path(sid):
+            for ph in phases:
+                out[nid][ph] += per_slot
+    for nid, d in node_draw_w(topo, constant).items():
+        out[nid] += d[:, None]
+    return out
+
+
+def budget_moments(alloc: Allocator, now: float, end: float, capacity: Capacity, slot_starts: list[float]) -> Moments:
+    """The moments of a lease sent now (ending at ``end``) at which the budget may change — now, each later
+    slot start where the capacity changes, each step of a fallback, each edge of a lease that may be in
+    force (its end ± clock skew) — and at each: the capacity per node ([3, K] W) and each station's worst
+    case ([K] A, or one value where it does not change).
+
+    The fit must hold at every moment: a single highest worst case against a single lowest capacity would
+    mix moments (a floor that rises when a DSO window ends would count during the window).
+    """
+    skew = alloc.cfg.leases.clock_skew_s
+    hi = end + skew
+    steps = {sid: sorted({*led.change_times(now, hi), *led.lease_edges(now, hi)})
+             for sid, led in alloc.ledgers.items()}
+    times = {now, end - skew}
+    for ts in steps.values():
+        times.update(ts)
+    for k in range(1, len(slot_starts)):
+        if slot_starts[k] < hi and any(np.any(c[:, k] != c[:, k - 1]) for c in capacity.w.values()):
+            times.add(slot_starts[k])
+    moments = sorted(t for t in times if now <= t < hi)
+    T = len(slot_starts)
+    cols = [min(T - 1, bisect.bisect_right(slot_starts, t) - 1) for t in moments]
+    cap = {n: c[:, cols] for n, c in capacity.w.items()}
+    wc: dict[str, float | np.ndarray] = {}
+    for sid, led in alloc.ledgers.items():
+        wc[sid] = np.array([led.worst_case_a(t) for t in moments]) if steps[sid] else led.worst_case_a(now)
+    return moments, cap, wc
+
+
+def solve(alloc: Allocator, sessions: list[SessionState], capacity: Capacity, fixed_w: dict[str, np.ndarray],
+          now_dt: datetime, T: int, under_busy: set[str]) -> tuple[Plan, dict[str, float]]:
+    """Plan the sessions; returns the plan and each session's base (A).
+
+    Outside busy nodes a car gets its share of its station's floor as a base and the planner distributes
+    the capacity above all floors (min/max currents shifted down by the base): the floor is reserved there
+    anyway. Under a busy node there is no base: the plan may take a car below its floor (a lease below the
+    fallback) so that the capacity goes where it is needed. The energy asked stays what the car needs.
+    """
+    cfg, topo = alloc.cfg, alloc.topology
+    per_station: dict[str, int] = {}
+    for s in sessions:
+        per_station[s.station_id] = per_station.get(s.station_id, 0) + 1
+    base: dict[str, float] = {}
+    nodes = [NodeCapacity(n.id, np.maximum(capacity.w[n.id] - fixed_w[n.id], 0.0), n.parent, capacity.source[n.id])
+             for n in topo.nodes]
+    evses: dict[str, Evse] = {}
+    plan_sessions = []
+    current: dict[str, float] = {}
+    now = now_dt.timestamp()
+    end = cfg.leases.lease_end(now, lowered=False)
+    for s in sessions:
+        st = topo.station_by_id[s.station_id]
+        key = session_key(s.station_id, s.evse_id)
+        ev = st.evse(s.evse_id)
+        evse_max = min(ev.max_current_a or st.max_current_a, st.max_current_a)
+        max_a = min(s.max_current_a, evse_max)
+        cap = s.draw_limit_a(now_dt)
+        if cap is not None:                # the car takes less than it was given (taper, full, ...)
+            max_a = min(max_a, cap)
+        if key in alloc.limiter_a:         # cut by the limiter: planned within the cut until it is released
+            max_a = min(max_a, alloc.limiter_a[key])
+        b = 0.0
+        if s.station_id not in under_busy:
+            # the share of the floor the car can count on for the whole lease (a fallback may drop meanwhile)
+            floor = alloc.ledgers[s.station_id].floor_min_a(now, end)
+            b = max(0.0, min(floor / per_station[s.station_id], max_a))
+        base[key] = b
+        if key in alloc.grant_a:           # what it holds now, above its base: the plan prefers to keep it
+            current[s.session_id] = max(0.0, alloc.grant_a[key] - b)
+        evses[key] = Evse(key, tuple(topo.station_path(s.station_id)),
+                          tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
+                          max_current_a=max(0.0, evse_max - b), min_current_a=max(0.0, ev.min_current_a - b))
+        dep_s = s.departure.timestamp() - now
+        dep_slot = max(1, math.ceil(dep_s / cfg.slot_s))
+        plan_sessions.append(Session(s.session_id, key, s.energy_needed_wh, 0, dep_slot,
+                                     max(0.0, s.min_current_a - b), max(0.0, max_a - b), s.phases,
+                                     alloc.voltage_v, float(s.priority), s.delivered_wh))
+    problem = PlanningProblem(
+        slots=SlotGrid(now_dt, T, cfg.slot_s), nodes=nodes, evses=list(evses.values()), sessions=plan_sessions,
+        config=PlannerConfig(time_limit_s=10.0), current_a=current,
+    )
+    return alloc.planner.plan(problem), base
+
+
+def still_busy(alloc: Allocator, now: float, cap_w: dict[str, np.ndarray], draw_a: dict[str, float]) -> None:
+    """Nodes where giving the released idle floors back would not fit next to what the cars now get:
+    they stay 'busy' (released) — releasing frees the capacity, so the binding constraint alone would
+    restore and release them again every cycle."""
+    back: dict[str, float] = {}
+    for st in alloc.topology.stations:
+        if st.id not in alloc.charging:
+            gap = st.fallback_current_a - alloc.ledgers[st.id].floor_a(now)
+            if gap > 1e-9:
+                back[st.id] = gap
+    if not back:
+        return
+    extra = node_draw_w(alloc.topology, back)
+    used = node_draw_w(alloc.topology, draw_a)
+    for n, add in extra.items():
+        if np.any(add > 0) and np.any(used[n] + add > cap_w[n] + 1e-6):
+            alloc.busy_at[n] = now
+
+
+def busy_nodes(alloc: Allocator) -> set[str]:
+    """Nodes whose capacity held a car back in the last plan (its binding constraint, or the budget)."""
+    busy: set[str] = set()
+    if alloc.last is None:
+        return busy
+    station_of = {s.session_id: s.station_id for s in alloc.book.sessions.values()}
+    for ex in alloc.last.explanations.values():
+        b = ex.binding
+        if b is not None and b.slot == 0 and b.node_id in alloc.topology.node_by_id:
+            busy.add(b.node_id)
+        if ex.clamped_by == "budget" and ex.session_id in station_of:
+            busy.update(alloc.topology.station_path(station_of[ex.session_id]))
+    return busy
