@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_delegate("gridcharge.simulator.demo", "cli_main", "demo"))
 
     r = sub.add_parser("replay", help="allocation on a recorded session log in simulated time")
-    r.add_argument("--sessions", required=True, help="session CSV (ACN-Data format)")
+    r.add_argument("--sessions", required=True,
+                   help="session CSV (ACN-Data format; a sample ships in gridcharge/allocation/data/)")
     r.add_argument("--capacity-kw", type=float, required=True)
     r.add_argument("--period-min", type=int, default=5)
     r.add_argument("--days", type=float, default=None, help="replay only the first N days")
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["gateway", "allocator", "forecast", "e2e"])
     b.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     b.add_argument("--record", action="store_true", help="append the figures to docs/benchmarks.md")
-    b.add_argument("--sessions", default=None, help="allocator: session CSV")
+    b.add_argument("--sessions", default=None,
+                   help="allocator: session CSV (default: the shipped ACN-Data sample)")
     b.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("forecast", help="forecast tools")
