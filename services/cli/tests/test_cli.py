@@ -6,13 +6,14 @@ import argparse
 import csv
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import gridcharge.allocation
 import pytest
 from gridcharge.allocation.bench import DEFAULT_SESSIONS
 from gridcharge.allocation.cli import find_acn_sessions
-from gridcharge.cli.main import EXIT_NOT_BUILT, build_parser, main
+from gridcharge.cli.main import build_parser, main
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -40,9 +41,22 @@ def test_unknown_service_is_rejected(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--services" in r.stderr
 
 
-def test_a_missing_piece_says_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "gridcharge.simulator.demo", None)  # import fails as if not built
-    assert main(["demo"]) == EXIT_NOT_BUILT
+def test_a_missing_piece_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gridcharge.simulator.demo", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"gridcharge\.simulator\.demo"):
+        main(["demo"])
+
+
+def test_serve_fails_loudly_when_a_service_does_not_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = tmp_path / "t.yaml"
+    good.write_text("nodes:\n  - {id: a, limit_a: [10, 10, 10]}\n")
+    monkeypatch.setitem(sys.modules, "gridcharge.allocation.main", None)
+    with pytest.raises(ImportError, match=r"gridcharge\.allocation\.main"):
+        main(["serve", "--config", str(good)])
+    broken = types.ModuleType("gridcharge.forecasting.main")  # imports, but has no create_service
+    monkeypatch.setitem(sys.modules, "gridcharge.forecasting.main", broken)
+    with pytest.raises(AttributeError, match="create_service"):
+        main(["serve", "--config", str(good), "--services", "forecasting"])
 
 
 def test_reference_sessions_ship_inside_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
