@@ -27,9 +27,9 @@ proto-check: install  ## fail if generated contract code is stale
 docs-topics: install  ## regenerate docs/topics.md from the topic registry
 	$(PY) -m gridcharge.shared.docs > docs/topics.md
 
-lint: install proto-check  ## ruff, mypy, contracts, topic docs, deployment checks (helm, promtool, schemas)
+lint: install proto-check  ## ruff, mypy, contracts, topic docs, deployment checks (deploy/scripts: helm, promtool, schemas)
 	.venv/bin/ruff check .
-	.venv/bin/mypy services tests
+	.venv/bin/mypy services tests deploy/scripts
 	$(PY) -m gridcharge.shared.docs --check docs/topics.md
 	@if [ -f deploy/scripts/check-deploy.sh ]; then bash deploy/scripts/check-deploy.sh; fi
 

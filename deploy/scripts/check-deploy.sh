@@ -117,10 +117,10 @@ run "helm package; packaged chart renders the PrometheusRule" packaged_rule_rend
 
 echo "== manifests (kubernetes $KUBE_VERSION, strict; CRD kinds against minimal schemas)"
 run "kubernetes-validate + policy (${#rendered[@]} renders)" \
-  "$PY" tests/deploy/deploy_checks.py manifests --kube-version "$KUBE_VERSION" "${rendered[@]}"
+  "$PY" deploy/scripts/deploy_checks.py manifests --kube-version "$KUBE_VERSION" "${rendered[@]}"
 
 run "topic Job script against stub Kafka CLIs" \
-  "$PY" tests/deploy/deploy_checks.py topic-job "$OUT/rendered-topics-job-values.yaml"
+  "$PY" deploy/scripts/deploy_checks.py topic-job "$OUT/rendered-topics-job-values.yaml"
 
 echo "== prometheus rules"
 run "promtool check rules deploy/prometheus/alerts.yaml" promtool check rules deploy/prometheus/alerts.yaml
@@ -130,7 +130,7 @@ echo "== compose"
 run "deploy/compose.yaml against the Compose spec (compose-go)" compose-check deploy/compose.yaml
 
 echo "== dashboards, metrics, rules, compose"
-run "deploy_checks static" "$PY" tests/deploy/deploy_checks.py static
+run "deploy_checks static" "$PY" deploy/scripts/deploy_checks.py static
 
 echo "== chart README"
 run "helm/gridcharge/README.md up to date" "$PY" deploy/scripts/chart_readme.py --check

@@ -1,5 +1,6 @@
 """Fast, pure checks of the deployment artefacts (no helm, no cluster): run in `make test`.
 
+The checks live in deploy/scripts/deploy_checks.py (the tool check-deploy.sh runs); these tests call it.
 The helm/promtool/kubernetes-validate parts run in deploy/scripts/check-deploy.sh (`make lint`).
 """
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,10 @@ import jsonschema
 import pytest
 import yaml
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "deploy" / "scripts"
+sys.path.insert(0, str(SCRIPTS))
 import deploy_checks as dc  # noqa: E402
-
-REPO = dc.REPO
 
 
 def _load_script(name: str, path: Path) -> Any:
@@ -28,6 +30,25 @@ def _load_script(name: str, path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ----------------------------------------------------------------------------------------------- the tool
+
+
+def test_the_checking_tool_lives_under_deploy_and_runs_from_anywhere(tmp_path: Path) -> None:
+    """check-deploy.sh runs it as a script; it finds the repository from its own path, not the cwd."""
+    assert Path(dc.__file__).resolve() == SCRIPTS / "deploy_checks.py"
+    r = subprocess.run([sys.executable, str(SCRIPTS / "deploy_checks.py"), "static"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_deploy_runs_only_scripts_that_exist() -> None:
+    text = (SCRIPTS / "check-deploy.sh").read_text()
+    called = re.findall(r'"\$PY" (\S+\.py)', text) + re.findall(r"bash (deploy/scripts/\S+\.sh)", text)
+    assert "deploy/scripts/deploy_checks.py" in called
+    assert [c for c in called if not (REPO / c).is_file()] == []
+    assert "tests/" not in text  # the deployment tooling does not live in the test tree
 
 
 # ----------------------------------------------------------------------------------------------- metrics

@@ -75,3 +75,35 @@ def test_missing_weather_is_degraded_and_conservative() -> None:
     assert np.all(tr1.pv_credit_w == 0)
     assert np.all(tr1.rating_w < 250_000 / 3)  # ambient unknown → hot fallback on the dynamic rating
     assert np.all(tr1.base_load_w > 0)  # metered without history → a share of the limit
+
+
+def test_slots_without_weather_get_the_worst_case_only_there() -> None:
+    model = grid_model_from_topology(parse_topology(TOPOLOGY))
+    slots = slot_starts(NOW, 48)
+    full = _weather(slots)
+    gap = full.copy()
+    lost = (slots >= pd.Timestamp("2026-06-02T10:00Z")) & (slots < pd.Timestamp("2026-06-02T12:00Z"))
+    gap.iloc[lost] = np.nan                       # 8 slots around noon of day 2 ...
+    gap.iloc[-1, gap.columns.get_loc("temp_air_c")] = np.nan   # ... and the last slot has no temperature
+    missing = lost.copy()
+    missing[-1] = True
+    history = {"tr1": _history()}
+    fc_full = forecast_site(model, slots, NOW, full, history, {})
+    fc_none = forecast_site(model, slots, NOW, None, history, {})
+    fc = forecast_site(model, slots, NOW, gap, history, {})
+    assert fc.weather_missing.tolist() == missing.tolist() and not fc.weather_available
+    for node in ("tr1", "panel-a"):
+        h, h_full, h_none = fc.headroom[node], fc_full.headroom[node], fc_none.headroom[node]
+        assert h.slot_weather() == ["missing" if m else "forecast" for m in missing]
+        assert h_full.slot_weather() == ["forecast"] * len(slots)
+        # where the weather is: exactly the full forecast (PV, ambient, rating, headroom)
+        assert np.allclose(h.headroom_w[:, ~missing], h_full.headroom_w[:, ~missing])
+        assert np.allclose(h.pv_credit_w[:, ~missing], h_full.pv_credit_w[:, ~missing])
+        # where it is not: exactly the no-weather worst case (PV 0, hot ambient on the dynamic rating)
+        assert np.allclose(h.headroom_w[:, missing], h_none.headroom_w[:, missing])
+        assert np.all(h.pv_credit_w[:, missing] == 0) and np.isnan(h.ambient_c[missing]).all()
+        assert h.degraded and any("no weather for 9 of 192 slots" in r for r in h.degraded_reasons)
+    noon_day1 = slots.get_loc(pd.Timestamp("2026-06-01T11:00Z"))
+    assert fc.headroom["panel-a"].pv_credit_w[:, noon_day1].sum() > 0      # one gap does not drop all PV
+    assert fc.pv is not None and not fc.pv.implausible[:, missing].any()
+    assert np.all(fc.headroom["tr1"].rating_w[:, lost] < fc_full.headroom["tr1"].rating_w[:, lost])

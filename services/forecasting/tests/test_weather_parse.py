@@ -16,6 +16,7 @@ from gridcharge.forecasting.core.weather import (
     resample_to,
     slot_midpoints,
     slot_starts,
+    slots_with_weather,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -93,3 +94,52 @@ def test_slot_grid() -> None:
     assert len(starts) == 192 and starts[0] == pd.Timestamp("2026-06-01T10:00Z")
     assert slot_midpoints(starts)[0] == pd.Timestamp("2026-06-01T10:07:30Z")
     assert json.dumps([str(starts[-1])])
+
+
+def _quarter_hourly(start: str, hours: int, ghi: float = 500.0, temp: float = 20.0) -> dict[str, Any]:
+    times = pd.date_range(start, periods=hours * 4, freq="15min")
+    return {"time": [t.strftime("%Y-%m-%dT%H:%M") for t in times],
+            "shortwave_radiation": [ghi] * len(times), "temperature_2m": [temp] * len(times)}
+
+
+def test_short_gap_is_interpolated_long_gap_is_missing_beyond_an_hour() -> None:
+    block = _quarter_hourly("2026-06-01T00:15", 24)
+    t = block["time"]
+    for i in (t.index("2026-06-01T06:00"), t.index("2026-06-01T06:15")):  # 30 min: interpolated
+        block["shortwave_radiation"][i] = block["temperature_2m"][i] = None
+    long_gap = range(t.index("2026-06-01T10:00"), t.index("2026-06-01T15:00") + 1)  # 5 h of nulls
+    for i in long_gap:
+        block["shortwave_radiation"][i] = block["temperature_2m"][i] = None
+    w = parse_open_meteo({"latitude": 48.0, "longitude": 7.85, "utc_offset_seconds": 0, "minutely_15": block})
+    mids = slot_midpoints(slot_starts(pd.Timestamp("2026-06-01T04:00Z"), 14))
+    frame = resample_to(w, mids).set_index(mids.strftime("%H:%M"))
+    assert frame.loc["05:52", "ghi_w_m2"] == pytest.approx(500.0) and frame.loc["06:07", "temp_air_c"] == 20.0
+    # the last value before the gap (09:45) is carried one hour, the first after it (15:15) an hour back
+    assert np.isfinite(frame.loc[["09:52", "10:37", "14:22", "15:07"], "temp_air_c"]).all()
+    assert frame.loc[["10:52", "12:07", "14:07"], "temp_air_c"].isna().all()
+    assert frame.loc[["10:52", "12:07", "13:52"], "ghi_w_m2"].isna().all()  # radiation: 15:15 = 15:00–15:15
+    assert frame.loc["14:07", "ghi_w_m2"] == 500.0
+    frame = frame.set_index(mids)
+    missing = ~slots_with_weather(frame, len(mids))
+    assert missing.sum() == 14  # 10:45 … 14:00 starts: more than an hour from any value
+    assert not slots_with_weather(None, 4).any()
+
+
+def test_hourly_values_fill_where_the_15_min_block_has_none() -> None:
+    """Open-Meteo's 15-min data can end (nulls) before the hourly data: the hourly values are used there."""
+    quarter = _quarter_hourly("2026-06-01T00:15", 48, ghi=300.0)
+    end = quarter["time"].index("2026-06-01T23:45")
+    for key in ("shortwave_radiation", "temperature_2m"):
+        quarter[key] = [v if i <= end else None for i, v in enumerate(quarter[key])]
+    hours = pd.date_range("2026-06-01T01:00", periods=48, freq="1h")
+    hourly = {"time": [t.strftime("%Y-%m-%dT%H:%M") for t in hours], "shortwave_radiation": [700.0] * 48,
+              "temperature_2m": [25.0] * 48}
+    w = parse_open_meteo({"latitude": 48.0, "longitude": 7.85, "utc_offset_seconds": 0,
+                          "hourly": hourly, "minutely_15": quarter})
+    assert w.resolution == "minutely_15"
+    ghi = w.frame["ghi_w_m2"].dropna()
+    assert (ghi[: "2026-06-01T23:40Z"] == 300.0).all()         # the 15-min values where they exist
+    assert (ghi["2026-06-02T00:10Z":] == 700.0).all()          # the hourly ones after they end
+    assert ghi["2026-06-02T00:10Z":].index[0] == pd.Timestamp("2026-06-02T00:30Z")
+    mids = slot_midpoints(slot_starts(pd.Timestamp("2026-06-01T12:00Z"), 30))
+    assert slots_with_weather(resample_to(w, mids), len(mids)).all()

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from gridcharge.shared.errors import ConfigError
-from gridcharge.simulator.demo import cli_main, format_summary, run_demo
+from gridcharge.simulator.demo import SERVICES, cli_main, run_demo
 from gridcharge.simulator.grid import base_load_shape
 from gridcharge.simulator.scenario import build_scenario, load_scenario
+from gridcharge.simulator.summary import format_summary
 
 
 @pytest.mark.parametrize("name", ["office", "depot", "residential"])
@@ -41,17 +43,28 @@ async def test_demo_short_office_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     sc = load_scenario("office", start="2026-06-03T06:00:00Z", duration="40m")
     summary = await run_demo(sc, tmp_path, http_port=0, progress=False)
     assert "GRIDCHARGE_TELEMETRY_SNAPSHOT_S" not in os.environ    # the demo's setting does not leak out
-    assert summary["stations_connected_at_start"] == (20 if "gateway" in summary["services"] else 0)
+    assert summary["services"] == sorted(SERVICES) == ["allocation", "forecasting", "gateway", "telemetry"]
+    assert summary["stations_connected_at_start"] == 20
     assert summary["violations"] == 0
     assert summary["energy_total_kwh"] > 0
     for f in ("index.html", "node-grid.png", "node-carpark.png", "sessions.png", "summary.json", "sessions.csv"):
         assert (tmp_path / f).stat().st_size > 0
     text = format_summary(summary)
     assert "grid" in text and "limit violations" in text
-    if "gateway" in summary["services"] and "allocation" in summary["services"]:
-        assert summary["profiles_accepted"] > 0
-        # the offline optimum knows the future and ignores margins and fallbacks: an upper bound
-        assert summary["offline_optimum_kwh"] >= summary["energy_delivered_kwh"] - 1e-6 > 0
+    assert summary["profiles_accepted"] > 0
+    # the offline optimum knows the future and ignores margins and fallbacks: an upper bound
+    assert summary["offline_optimum_kwh"] >= summary["energy_delivered_kwh"] - 1e-6 > 0
+
+
+async def test_demo_fails_when_allocation_does_not_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No demo without the allocator: a service that does not import stops the run before anything starts."""
+    monkeypatch.setitem(sys.modules, "gridcharge.allocation.main", None)
+    monkeypatch.delenv("GRIDCHARGE_TELEMETRY_SNAPSHOT_S", raising=False)
+    sc = load_scenario("office", start="2026-06-03T06:00:00Z", duration="10m")
+    with pytest.raises(ImportError, match=r"gridcharge\.allocation\.main"):
+        await run_demo(sc, tmp_path, http_port=0, progress=False)
+    assert os.listdir(tmp_path) == []                               # no report of a run without allocation
+    assert "GRIDCHARGE_TELEMETRY_SNAPSHOT_S" not in os.environ
 
 
 async def test_residential_dso_window_is_never_crossed(tmp_path: Path) -> None:
@@ -59,8 +72,7 @@ async def test_residential_dso_window_is_never_crossed(tmp_path: Path) -> None:
     (33 kW per phase) alone would exceed it, so the allocator must lower them and pause cars as needed."""
     sc = load_scenario("residential", start="2026-06-03T13:50:00Z", duration="150m")
     summary = await run_demo(sc, None, http_port=0, progress=False)
-    if not {"gateway", "allocation"} <= set(summary["services"]):
-        pytest.skip("needs the gateway and allocation services")
+    assert {"gateway", "allocation"} <= set(summary["services"])
     assert summary["violations"] == 0, summary["nodes"]["feeder"]
     assert summary["energy_total_kwh"] > 5        # cars did charge in the window
 

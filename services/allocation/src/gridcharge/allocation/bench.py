@@ -34,6 +34,7 @@ from gridcharge.allocation.core.model import (
 )
 from gridcharge.allocation.core.planner import LpPlanner
 from gridcharge.allocation.core.replay import (
+    ACN_CALTECH_2019_03,
     ACN_VOLTAGE_V,
     SITE,
     ReplayResult,
@@ -42,7 +43,7 @@ from gridcharge.allocation.core.replay import (
     run_replay,
 )
 
-DEFAULT_SESSIONS = Path("/work/shared/data/acn-caltech-2019-03/sessions.csv")
+DEFAULT_SESSIONS = ACN_CALTECH_2019_03
 
 
 @dataclass

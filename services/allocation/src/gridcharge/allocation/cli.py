@@ -7,19 +7,15 @@ import csv
 import sys
 from pathlib import Path
 
+from gridcharge.allocation.core.replay import ACN_CALTECH_2019_03, run_replay
 from gridcharge.shared.benchmarks import record
-
-ACN_RELATIVE = Path("shared/data/acn-caltech-2019-03/sessions.csv")
 
 
 def find_acn_sessions() -> Path:
-    """The reference ACN-Data file: `shared/` sits beside the checkout (../shared) on every machine."""
-    here = Path.cwd().resolve()
-    for base in (here, *here.parents):
-        for cand in (base / ACN_RELATIVE, base.parent / ACN_RELATIVE):
-            if cand.exists():
-                return cand
-    raise FileNotFoundError(f"cannot find {ACN_RELATIVE} beside the checkout; pass --sessions")
+    """The reference ACN-Data file shipped in this package (independent of the working directory)."""
+    if not ACN_CALTECH_2019_03.is_file():
+        raise FileNotFoundError(f"{ACN_CALTECH_2019_03} is missing from the installed package; pass --sessions")
+    return ACN_CALTECH_2019_03
 
 
 def _progress(done: int, total: int) -> None:
@@ -29,8 +25,6 @@ def _progress(done: int, total: int) -> None:
 
 def replay_main(args: argparse.Namespace) -> int:
     """`gridcharge replay --sessions CSV --capacity-kw X [--period-min 5] [--days N] [--out DIR]`."""
-    from gridcharge.allocation.core.replay import run_replay
-
     res = run_replay(args.sessions, args.capacity_kw, args.period_min, days=args.days, progress=_progress)
     print(res.summary())
     if args.out:

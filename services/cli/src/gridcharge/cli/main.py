@@ -1,7 +1,7 @@
 """The `gridcharge` command: serve, demo, replay, bench, forecast.
 
-Sub-commands import their service lazily so `gridcharge --help` stays fast and a missing piece
-fails only the command that needs it.
+Sub-commands import their service lazily so `gridcharge --help` stays fast. A service that is missing
+or fails to import is an error of the install: the command that needs it fails with the import's traceback.
 """
 
 from __future__ import annotations
@@ -15,18 +15,13 @@ from collections.abc import Callable, Sequence
 from gridcharge.shared.errors import ConfigError
 
 SERVICES = ("gateway", "telemetry", "forecasting", "allocation")
-EXIT_NOT_BUILT = 3
 
 
 def _factory(name: str) -> Callable[..., object]:
+    """``create_service`` of ``gridcharge.<name>.main``; ImportError/AttributeError propagate."""
     mod = importlib.import_module(f"gridcharge.{name}.main")
     factory: Callable[..., object] = mod.create_service
     return factory
-
-
-def _not_built(what: str) -> int:
-    print(f"gridcharge: '{what}' is not built yet", file=sys.stderr)
-    return EXIT_NOT_BUILT
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -39,20 +34,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
         raise ConfigError("command line", "--services", f"unknown service(s) {unknown}; known: {SERVICES}")
-    try:
-        factories = [_factory(n) for n in names]
-    except (ImportError, AttributeError) as exc:
-        return _not_built(f"serve ({exc})")
+    factories = [_factory(n) for n in names]
     asyncio.run(serve(factories, settings, topology))  # type: ignore[arg-type]
     return 0
 
 
-def _delegate(module: str, func: str, what: str) -> Callable[[argparse.Namespace], int]:
+def _delegate(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    """A sub-command that imports ``module`` when it runs and calls ``module.func(args)``."""
+
     def run(args: argparse.Namespace) -> int:
-        try:
-            fn = getattr(importlib.import_module(module), func)
-        except (ImportError, AttributeError):
-            return _not_built(what)
+        fn = getattr(importlib.import_module(module), func)
         return int(fn(args) or 0)
 
     return run
@@ -76,28 +67,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--speed", type=float, default=None, help="simulated seconds per real second")
     d.add_argument("--http-port", type=int, default=8080)
     d.add_argument("--no-progress", action="store_true")
-    d.set_defaults(func=_delegate("gridcharge.simulator.demo", "cli_main", "demo"))
+    d.set_defaults(func=_delegate("gridcharge.simulator.demo", "cli_main"))
 
     r = sub.add_parser("replay", help="allocation on a recorded session log in simulated time")
-    r.add_argument("--sessions", required=True, help="session CSV (ACN-Data format)")
+    r.add_argument("--sessions", required=True,
+                   help="session CSV (ACN-Data format; a sample ships in gridcharge/allocation/data/)")
     r.add_argument("--capacity-kw", type=float, required=True)
     r.add_argument("--period-min", type=int, default=5)
     r.add_argument("--days", type=float, default=None, help="replay only the first N days")
     r.add_argument("--out", default=None, help="write per-session and per-slot CSVs here")
-    r.set_defaults(func=_delegate("gridcharge.allocation.cli", "replay_main", "replay"))
+    r.set_defaults(func=_delegate("gridcharge.allocation.cli", "replay_main"))
 
     b = sub.add_parser("bench", help="benchmarks (figures go to docs/benchmarks.md)")
     b.add_argument("what", choices=["gateway", "allocator", "forecast", "e2e"])
     b.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     b.add_argument("--record", action="store_true", help="append the figures to docs/benchmarks.md")
-    b.add_argument("--sessions", default=None, help="allocator: session CSV")
+    b.add_argument("--sessions", default=None,
+                   help="allocator: session CSV (default: the shipped ACN-Data sample)")
     b.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("forecast", help="forecast tools")
     fsub = f.add_subparsers(dest="forecast_command", required=True)
     bt = fsub.add_parser("backtest", help="score PV and base-load forecasts against recorded actuals")
     bt.add_argument("--data", default=None, help="recorded data directory (default: the shipped sample)")
-    bt.set_defaults(func=_delegate("gridcharge.forecasting.cli", "backtest_main", "forecast backtest"))
+    bt.set_defaults(func=_delegate("gridcharge.forecasting.cli", "backtest_main"))
     return p
 
 
@@ -110,7 +103,7 @@ BENCH_MODULES = {
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    return _delegate(BENCH_MODULES[args.what], "bench_main", f"bench {args.what}")(args)
+    return _delegate(BENCH_MODULES[args.what], "bench_main")(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

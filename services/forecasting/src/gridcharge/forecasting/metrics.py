@@ -20,3 +20,7 @@ FORECAST_RUNS = Counter(
     ["kind", "outcome"],
 )
 WEATHER_REQUESTS = Counter("gridcharge_weather_requests_total", "Calls to the weather API.", ["outcome"])
+WEATHER_MISSING_SLOTS = Gauge(
+    "gridcharge_weather_missing_slots",
+    "Slots of the latest headroom forecast without weather (PV counted 0, ambient at the hot fallback there).",
+)

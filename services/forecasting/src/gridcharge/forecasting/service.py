@@ -32,8 +32,20 @@ from gridcharge.forecasting.adapters.weather import WeatherUnavailable
 from gridcharge.forecasting.core.headroom import PHASES, ExternalLimitSpec, NodeHeadroom
 from gridcharge.forecasting.core.pv import stack_weather
 from gridcharge.forecasting.core.site import ForecastOptions, GridModel, SiteForecast, forecast_site
-from gridcharge.forecasting.core.weather import WeatherSeries, resample_to, slot_midpoints, slot_starts
-from gridcharge.forecasting.metrics import FORECAST_AGE_S, FORECAST_RUNS, HEADROOM_W, PV_FORECAST_W
+from gridcharge.forecasting.core.weather import (
+    WeatherSeries,
+    resample_to,
+    slot_midpoints,
+    slot_starts,
+    slots_with_weather,
+)
+from gridcharge.forecasting.metrics import (
+    FORECAST_AGE_S,
+    FORECAST_RUNS,
+    HEADROOM_W,
+    PV_FORECAST_W,
+    WEATHER_MISSING_SLOTS,
+)
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts
 from gridcharge.shared.bus.base import Record, Subscription
@@ -112,8 +124,9 @@ def external_limit_from_proto(msg: grid_pb2.ExternalLimit, received_at: pd.Times
 def headroom_message(
     h: NodeHeadroom, producer: str, produced_at: pd.Timestamp, weather_as_of: pd.Timestamp | None
 ) -> forecast_pb2.HeadroomForecast:
-    """NodeHeadroom → HeadroomForecast contract (one slot per 15 min, binding source per slot)."""
+    """NodeHeadroom → HeadroomForecast contract (one slot per 15 min, binding and weather source per slot)."""
     sources = h.slot_source()
+    weather = h.slot_weather()
     slots = [
         forecast_pb2.HeadroomSlot(
             headroom_w=_phase_values(h.headroom_w[:, t]),
@@ -122,6 +135,7 @@ def headroom_message(
             pv_w=_phase_values(h.pv_credit_w[:, t]),
             ambient_temperature_c=float(h.ambient_c[t]) if np.isfinite(h.ambient_c[t]) else float("nan"),
             binding_source=sources[t],
+            weather_source=weather[t],
         )
         for t in range(h.headroom_w.shape[1])
     ]
@@ -189,6 +203,7 @@ class ForecastingService:
         self._weather_at: float | None = None
         self._weather_attempt_at: float | None = None
         self.last: SiteForecast | None = None
+        self._missing_slots_logged: int | None = None
         self.last_run_at: float | None = None
         self._trigger = asyncio.Event()
         self._subs: list[Subscription] = []
@@ -314,19 +329,19 @@ class ForecastingService:
         """Compute and publish headroom for every node now."""
         now = self._now()
         slots = slot_starts(now, self.options.horizon_h)
-        weather_frame = None
-        if self._weather is not None:
-            frame = resample_to(self._weather, slot_midpoints(slots))
-            if "ghi_w_m2" in frame and np.isfinite(frame["ghi_w_m2"].to_numpy()).all():
-                weather_frame = frame
+        # Slots the weather does not cover stay NaN: the core takes the worst case for those slots only.
+        weather_frame = resample_to(self._weather, slot_midpoints(slots)) if self._weather is not None else None
+        covered = slots_with_weather(weather_frame, len(slots))
+        self._report_missing_weather(slots, covered, weather_frame is not None)
         pv_weather = None
-        if weather_frame is not None and len(self._cells) > 1:
+        if weather_frame is not None and covered.any() and len(self._cells) > 1:
             frames = [weather_frame]
             for c in range(1, len(self._cells)):
-                cell_frame = (resample_to(self._cell_weather[c], slot_midpoints(slots))
-                              if c in self._cell_weather else weather_frame)
-                if not np.isfinite(cell_frame["ghi_w_m2"].to_numpy()).all():
-                    cell_frame = weather_frame
+                cell_frame = (resample_to(self._cell_weather[c], slot_midpoints(slots)).reindex(
+                    columns=weather_frame.columns) if c in self._cell_weather else weather_frame)
+                # a slot the cell's weather lacks takes the site's weather for it (as a missing cell does)
+                has = slots_with_weather(cell_frame, len(slots))
+                cell_frame = cell_frame.where(np.broadcast_to(has[:, None], cell_frame.shape), weather_frame)
                 frames.append(cell_frame)
             pv_weather = stack_weather(frames, self._system_cell)
         for specs in self._limits.values():  # forget limits whose window has passed
@@ -343,7 +358,7 @@ class ForecastingService:
             log.exception("headroom forecast failed")
             raise
         weather_as_of = (pd.Timestamp(self._weather_at, unit="s", tz="UTC")
-                         if self._weather_at is not None and weather_frame is not None else None)
+                         if self._weather_at is not None and covered.any() else None)
         degraded = False
         for i, node in enumerate(self.model.nodes):
             h = result.headroom[node.node_id]
@@ -362,6 +377,22 @@ class ForecastingService:
         FORECAST_RUNS.labels(kind="base_load", outcome="fallback" if bl_fallback else "ok").inc()
         self.last, self.last_run_at = result, self.rt.clock.time()
         return result
+
+    def _report_missing_weather(self, slots: pd.DatetimeIndex, covered: np.ndarray, have_weather: bool) -> None:
+        """Metric of the slots without weather; a log line when their number changes."""
+        missing = int((~covered).sum())
+        WEATHER_MISSING_SLOTS.set(missing)
+        if missing == self._missing_slots_logged:
+            return
+        self._missing_slots_logged = missing
+        if missing == 0:
+            log.info("weather covers every forecast slot again", extra={"slots": len(slots)})
+        elif have_weather:
+            first = pd.Timestamp(slots[int(np.argmax(~covered))])
+            log.warning("weather missing for some forecast slots: PV 0 and hot ambient there",
+                        extra={"missing_slots": missing, "slots": len(slots), "first_missing": first.isoformat(),
+                               "weather_ends": self._weather.frame.index.max().isoformat()
+                               if self._weather is not None and len(self._weather.frame) else None})
 
     async def _loop(self) -> None:
         while True:
@@ -403,6 +434,7 @@ class ForecastingService:
                 "degraded_reasons": list(h.degraded_reasons),
                 "headroom_w": np.round(h.headroom_w.T, 1).tolist(),
                 "source": h.slot_source(),
+                "weather": h.slot_weather(),
             }
 
         return router

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import logging
 import os
 import socket
 import sys
@@ -31,10 +30,10 @@ from gridcharge.shared.runtime import Runtime, build_runtime
 from gridcharge.shared.service import Host, Service
 from gridcharge.shared.topology import Topology
 from gridcharge.simulator.grid import make_weather, weather_payload
+from gridcharge.simulator.report import write_report
 from gridcharge.simulator.scenario import Event, Scenario, load_scenario
 from gridcharge.simulator.sim import Simulation
-
-log = logging.getLogger(__name__)
+from gridcharge.simulator.summary import format_summary
 
 SERVICES = ("gateway", "telemetry", "forecasting", "allocation")
 SNAPSHOT_ENV = "GRIDCHARGE_TELEMETRY_SNAPSHOT_S"
@@ -60,17 +59,10 @@ def port_or_any(port: int) -> int:
     return port
 
 
-def load_factories(names: tuple[str, ...] = SERVICES) -> tuple[dict[str, Callable[..., Service]], list[str]]:
-    """create_service of every service that is built; the names of those that are not."""
-    found: dict[str, Callable[..., Service]] = {}
-    missing: list[str] = []
-    for n in names:
-        try:
-            found[n] = importlib.import_module(f"gridcharge.{n}.main").create_service
-        except (ImportError, AttributeError) as exc:
-            log.info("service not available", extra={"service": n, "error": repr(exc)[:200]})
-            missing.append(n)
-    return found, missing
+def load_factories(names: tuple[str, ...] = SERVICES) -> dict[str, Callable[..., Service]]:
+    """``create_service`` of each named service; a service that does not import raises (ImportError or
+    AttributeError): the demo never runs with a piece silently missing."""
+    return {n: importlib.import_module(f"gridcharge.{n}.main").create_service for n in names}
 
 
 async def start_weather_server(payload: dict[str, Any], port: int = 0) -> HttpServer:
@@ -163,6 +155,7 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
                    progress: bool = True, services: tuple[str, ...] = SERVICES,
                    max_real_s: float = MAX_REAL_S) -> dict[str, Any]:
     """Run a scenario on the embedded cluster; write the report to `out`; return the summary."""
+    factories = load_factories(services)
     clock = SimClock(datetime.fromtimestamp(scenario.start_s, UTC))
     days = max(1, int((scenario.end_s - scenario.start_s) // 86_400) + 2)
     weather = make_weather(scenario.topology, scenario.spec.weather, scenario.start_s, days)
@@ -177,7 +170,6 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
     snapshot_env = os.environ.get(SNAPSHOT_ENV)
     os.environ.setdefault(SNAPSHOT_ENV, str(max(5.0, scenario.step_s)))
     rt = build_runtime(settings, clock)
-    factories, missing = load_factories(services)
     cluster = EmbeddedCluster(rt, scenario.topology, factories)
     sim = Simulation(scenario, clock, rt.bus, [f"ws://127.0.0.1:{settings.ocpp_port}/ocpp"],
                      on_event=cluster.on_event, weather=weather, response_timeout_s=10.0, reconnect_s=0.05)
@@ -187,8 +179,6 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
     if cluster.host.http is not None and progress:
         sys.stderr.write(f"gridcharge demo: scenario '{scenario.name}', Prometheus metrics at "
                          f"http://127.0.0.1:{cluster.host.http.port}/metrics\n")
-    if missing and progress:
-        sys.stderr.write(f"gridcharge demo: services not built yet, running without: {', '.join(missing)}\n")
     try:
         connected = await sim.start(connect_timeout_s=10.0 if "gateway" in factories else 0.01)
         step = scenario.step_s
@@ -211,10 +201,8 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
         bar.close()
         summary = sim.summary()
         summary.update({"real_seconds": time.monotonic() - real0, "stations_connected_at_start": connected,
-                        "services": sorted(factories), "services_missing": missing, "cut_short": cut})
+                        "services": sorted(factories), "cut_short": cut})
         if out is not None:
-            from gridcharge.simulator.report import write_report
-
             write_report(sim, summary, out)
         return summary
     finally:
@@ -223,45 +211,6 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
         await weather_srv.stop()
         if snapshot_env is None:
             os.environ.pop(SNAPSHOT_ENV, None)
-
-
-def format_summary(s: dict[str, Any]) -> str:
-    """The summary table printed at the end of the demo."""
-    cur = s.get("currency", "")
-    pv = s.get("pv_self_consumption_pct")
-    lines = [
-        f"scenario {s['scenario']}: {s['start'][:16]} -> {s['end'][:16]} UTC, {s['real_seconds']:.0f} s real time"
-        + (" (cut short)" if s.get("cut_short") else ""),
-        "",
-        f"  {'energy requested':<28}{s['energy_requested_kwh']:>10.1f} kWh",
-        f"  {'energy delivered (of need)':<28}{s['energy_delivered_kwh']:>10.1f} kWh",
-    ]
-    if s.get("offline_optimum_kwh"):
-        opt = s["offline_optimum_kwh"]
-        lines.append(f"  {'offline optimum (of need)':<28}{opt:>10.1f} kWh   (delivered: "
-                     f"{100 * s['energy_delivered_kwh'] / opt:.1f} % of it)")
-    lines += [
-        f"  {'sessions on time (departed)':<28}{s['sessions_on_time']:>6d} / {s['sessions_finished']:<3d}"
-        f"(feasible: {s['feasible_on_time']} / {s['feasible_finished']}; at this site: "
-        f"{s.get('site_feasible_on_time', '-')} / {s.get('site_feasible_finished', '-')})",
-        f"  {'PV self-consumption':<28}{(f'{pv:.0f} %' if pv is not None else 'n/a'):>10}",
-        f"  {'EV energy cost':<28}{s['ev_cost']:>10.2f} {cur}",
-        f"  {'limit violations':<28}{s['violations']:>10d}",
-        f"  {'profiles accepted/rejected':<28}{s['profiles_accepted']:>6d} / {s['profiles_rejected']}",
-        f"  {'profile writes/station-hour':<28}{s.get('writes_per_station_hour', 0.0):>10.2f}   (busiest station "
-        f"{s.get('writes_per_station_hour_max', 0.0):.2f}; most in one clock hour "
-        f"{s.get('writes_peak_station_hour', 0.0):.0f})",
-        "",
-        f"  {'node':<14}{'phase':<7}{'peak kW':>9}{'limit kW':>10}{'peak/limit':>12}",
-    ]
-    for node, d in s["nodes"].items():
-        for k, ph in enumerate(("L1", "L2", "L3")):
-            peak, lim = d["peak_w"][k], d["limit_w"][k]
-            ratio = peak / lim * 100 if lim else 0.0
-            lines.append(f"  {node:<14}{ph:<7}{peak / 1000:>9.1f}{lim / 1000:>10.1f}{ratio:>11.0f}%")
-    if s.get("services_missing"):
-        lines.append(f"\n  services not built (ran without them): {', '.join(s['services_missing'])}")
-    return "\n".join(lines)
 
 
 def cli_main(args: argparse.Namespace) -> int:

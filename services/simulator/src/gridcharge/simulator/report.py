@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from gridcharge.simulator.sim import Simulation
+from gridcharge.simulator.summary import format_summary
 
 _COLORS = ("tab:blue", "tab:orange", "tab:green")
 
@@ -97,8 +98,6 @@ def plot_sessions(sim: Simulation, path: Path) -> None:
 
 def write_report(sim: Simulation, summary: dict[str, Any], out: Path) -> Path:
     """Write plots, summary.json, sessions.csv and index.html into `out`; return the HTML path."""
-    from gridcharge.simulator.demo import format_summary
-
     out.mkdir(parents=True, exist_ok=True)
     images: list[tuple[str, str]] = []
     for n in sim.rec.nodes:

@@ -32,6 +32,8 @@ from gridcharge.allocation.core.planner import LpPlanner
 
 SITE = "site"
 ACN_VOLTAGE_V = 208.0
+# The reference log, shipped inside this package (data/acn-caltech-2019-03/README.md: source and terms).
+ACN_CALTECH_2019_03 = Path(__file__).resolve().parents[1] / "data" / "acn-caltech-2019-03" / "sessions.csv"
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class SessionLog:
 
 
 def read_sessions(sessions_csv: str | Path, period_min: float = 5.0, days: float | None = None) -> SessionLog:
-    """Read an ACN-Data style CSV (see shared/data/acn-caltech-2019-03/README.md).
+    """Read an ACN-Data style CSV (the format of :data:`ACN_CALTECH_2019_03`; see its README.md).
 
     With ``period_min`` = 5 the file's ``arrival_period``/``departure_period`` columns are used; otherwise
     periods are recomputed from the local timestamps. ``days`` keeps sessions arriving in the first N days.

@@ -19,6 +19,10 @@ Headroom is not clipped at 0: a negative value says the base load alone is expec
 ``source`` per phase and slot names the binding term: ``rating`` (nameplate), ``ambient`` (dynamic rating
 below nameplate), ``external:<limit_id>``, ``fallback`` (stale external source) and ``base_load`` when the
 base load takes more of the limit than is left as headroom.
+
+``weather_missing`` per slot (T,) marks slots the weather forecast does not cover: their PV is 0 and their
+ambient temperature unknown (so a dynamic rating takes its hot fallback) — the worst case for those slots only;
+:meth:`NodeHeadroom.slot_weather` says ``missing`` or ``forecast`` for each slot.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class NodeHeadroomInputs:
     ``nameplate_w`` per-phase node limit W (``thermal_nameplate_w``: the transformer's rating per phase W
     that the dynamic factor scales, if it differs from the node limit); ``base_load_upper_w`` (3, T) W;
     ``pv_w`` (3, T) forecast AC W of the PV at or below the node (before the credit factor);
-    ``ambient_c`` (T,) °C (NaN = unknown).
+    ``ambient_c`` (T,) °C (NaN = unknown); ``weather_missing`` (T,) True where no weather covers the slot
+    (``pv_w`` 0 and ``ambient_c`` NaN there; None = weather for every slot).
     """
 
     node_id: str
@@ -75,6 +80,7 @@ class NodeHeadroomInputs:
     external_limits: Sequence[ExternalLimitSpec] = ()
     degraded_inputs: tuple[str, ...] = ()
     thermal_nameplate_w: tuple[float, float, float] | None = None  # transformer rating K applies to
+    weather_missing: NDArray[np.bool_] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,8 @@ class HeadroomOptions:
 
 @dataclass(frozen=True)
 class NodeHeadroom:
-    """Headroom of one node: arrays (3, T) in W, ``source`` (3, T) strings, ``ambient_c`` (T,) °C."""
+    """Headroom of one node: arrays (3, T) in W, ``source`` (3, T) strings, ``ambient_c`` (T,) °C,
+    ``weather_missing`` (T,) slots without weather (worst case used there)."""
 
     node_id: str
     slot_starts: pd.DatetimeIndex
@@ -100,11 +107,17 @@ class NodeHeadroom:
     source: NDArray[np.str_]
     degraded: bool
     degraded_reasons: tuple[str, ...] = field(default=())
+    weather_missing: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def slot_source(self) -> list[str]:
         """One source per slot: that of the phase with the least headroom."""
         worst = np.argmin(self.headroom_w, axis=0)
         return [str(self.source[p, t]) for t, p in enumerate(worst)]
+
+    def slot_weather(self) -> list[str]:
+        """Per slot where its PV and ambient came from: ``forecast``, or ``missing`` (PV 0, hot ambient)."""
+        missing = self.weather_missing if len(self.weather_missing) else np.zeros(self.headroom_w.shape[1], bool)
+        return ["missing" if m else "forecast" for m in missing]
 
 
 def _phase3(values: Sequence[float]) -> FloatArray:
@@ -185,6 +198,8 @@ def compute_headroom(
         source=source,
         degraded=bool(reasons),
         degraded_reasons=tuple(reasons),
+        weather_missing=(np.zeros(t, dtype=bool) if inputs.weather_missing is None
+                         else np.asarray(inputs.weather_missing, dtype=bool).reshape(t)),
     )
 
 

@@ -142,8 +142,10 @@ class WeatherGrid:
     def from_frame(cls, frame: pd.DataFrame, use_decomposition: bool = False) -> WeatherGrid:
         """From a frame with ``ghi_w_m2``, ``temp_air_c``, optional ``wind_speed_m_s``/``dni_w_m2``/
         ``dhi_w_m2`` (the output of :func:`~gridcharge.forecasting.core.weather.resample_to`).
-        Missing temperature → 20 °C, missing wind → 1 m/s (pvlib defaults)."""
+        Missing temperature → 20 °C, missing wind → 1 m/s (pvlib defaults), missing GHI → 0; slots
+        without GHI do not force the GHI decomposition on the others (callers zero PV in such slots)."""
         n = len(frame)
+        no_ghi = ~np.isfinite(frame["ghi_w_m2"].to_numpy(dtype=float)) if "ghi_w_m2" in frame else np.ones(n, bool)
 
         def get(col: str, default: float | None) -> FloatArray | None:
             if col in frame:
@@ -155,6 +157,8 @@ class WeatherGrid:
 
         dni = None if use_decomposition else get("dni_w_m2", None)
         dhi = None if use_decomposition else get("dhi_w_m2", None)
+        dni = None if dni is None else np.where(no_ghi, 0.0, dni)
+        dhi = None if dhi is None else np.where(no_ghi, 0.0, dhi)
         if dni is None or dhi is None or not (np.isfinite(dni).all() and np.isfinite(dhi).all()):
             dni = dhi = None
         ghi = get("ghi_w_m2", 0.0)

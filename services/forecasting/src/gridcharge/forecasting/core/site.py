@@ -6,7 +6,7 @@ Pure: the service (``main.py``) gathers the inputs from the bus and publishes th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ from gridcharge.forecasting.core.headroom import (
 )
 from gridcharge.forecasting.core.pv import PVFleet, PVForecast, PVModelOptions, WeatherGrid, forecast_pv
 from gridcharge.forecasting.core.rating import RatingParams
-from gridcharge.forecasting.core.weather import slot_midpoints
+from gridcharge.forecasting.core.weather import slot_midpoints, slots_with_weather
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
@@ -87,7 +87,8 @@ class ForecastOptions:
 
 @dataclass(frozen=True)
 class SiteForecast:
-    """Result of one run on ``slot_starts``: headroom per node, PV per system and per node/phase (W)."""
+    """Result of one run on ``slot_starts``: headroom per node, PV per system and per node/phase (W).
+    ``weather_available``: weather covered every slot; ``weather_missing`` (T,): the slots it did not cover."""
 
     slot_starts: pd.DatetimeIndex
     headroom: dict[str, NodeHeadroom]
@@ -95,6 +96,7 @@ class SiteForecast:
     node_pv_w: FloatArray  # (nodes, 3, T)
     base_load: dict[str, list[BaseLoadForecast]]
     weather_available: bool
+    weather_missing: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 def forecast_site(
@@ -109,31 +111,43 @@ def forecast_site(
 ) -> SiteForecast:
     """Headroom for every node.
 
-    ``weather_on_midpoints``: weather resampled to the slot midpoints (None = no forecast: PV 0, ambient
-    unknown → hot fallback, degraded); ``pv_weather``: per-system weather (N, T) on the midpoints when the PV
-    systems are spread over several weather cells (default: the site weather for all).
+    ``weather_on_midpoints``: weather resampled to the slot midpoints; a slot without GHI or temperature
+    (NaN) has no weather, and so does every slot when it is None: PV 0 and ambient unknown (→ hot fallback of
+    the dynamic rating) in exactly those slots, flagged per slot and as degraded. ``pv_weather``: per-system
+    weather (N, T) on the midpoints when the PV systems are spread over several weather cells (default: the
+    site weather for all; slots the site weather lacks get no PV whatever the cell weather says).
     ``histories[node]``: 15-min base load W with columns L1, L2, L3 (UTC).
     """
     opts = options or ForecastOptions()
     t = len(slot_starts)
     mids = slot_midpoints(slot_starts)
     pv: PVForecast | None = None
-    weather_ok = weather_on_midpoints is not None and len(weather_on_midpoints) == t
-    if weather_ok and weather_on_midpoints is not None and len(model.fleet):
+    covered = slots_with_weather(weather_on_midpoints, t)
+    missing = ~covered
+    if covered.any() and weather_on_midpoints is not None and len(model.fleet):
         grid = pv_weather if pv_weather is not None else WeatherGrid.from_frame(weather_on_midpoints)
         pv = forecast_pv(model.fleet, mids, grid, opts.pv)
+        if missing.any():  # no weather, no PV credit: the worst case, in those slots only
+            pv = replace(pv, ac_w=np.where(missing, 0.0, pv.ac_w), implausible=pv.implausible & covered)
         node_pv = pv_per_node_phase(pv.ac_w, model.pv_membership, model.pv_phase_fraction)
     else:
         node_pv = np.zeros((len(model.nodes), 3, t))
-    if weather_ok and weather_on_midpoints is not None and "temp_air_c" in weather_on_midpoints:
-        ambient = weather_on_midpoints["temp_air_c"].to_numpy(dtype=float)
+    if covered.any() and weather_on_midpoints is not None:
+        ambient = np.where(covered, weather_on_midpoints["temp_air_c"].to_numpy(dtype=float), np.nan)
     else:
         ambient = np.full(t, np.nan)
+    weather_reasons: list[str] = []
+    if not covered.any():
+        weather_reasons.append("no weather forecast")
+    elif missing.any():
+        first = pd.Timestamp(slot_starts[int(np.argmax(missing))])
+        weather_reasons.append(f"no weather for {int(missing.sum())} of {t} slots (first {first:%Y-%m-%d %H:%M} "
+                               f"UTC): PV 0 and hot ambient there")
     bl_opts = BaseLoadOptions(**{**opts.base_load.__dict__, "timezone": model.timezone})
     results: dict[str, NodeHeadroom] = {}
     base_loads: dict[str, list[BaseLoadForecast]] = {}
     for i, node in enumerate(model.nodes):
-        reasons: list[str] = [] if weather_ok else ["no weather forecast"]
+        reasons: list[str] = list(weather_reasons)
         history = histories.get(node.node_id)
         upper = np.zeros((3, t))
         forecasts: list[BaseLoadForecast] = []
@@ -160,6 +174,8 @@ def forecast_site(
             safety_margin_pct=node.safety_margin_pct,
             external_limits=tuple(external_limits.get(node.node_id, ())),
             degraded_inputs=tuple(reasons),
+            weather_missing=missing,
         )
         results[node.node_id] = compute_headroom(inputs, slot_starts, now, opts.headroom)
-    return SiteForecast(pd.DatetimeIndex(slot_starts), results, pv, node_pv, base_loads, weather_ok)
+    return SiteForecast(pd.DatetimeIndex(slot_starts), results, pv, node_pv, base_loads, bool(covered.all()),
+                        missing)

@@ -95,9 +95,14 @@ class HeadroomSlot(_message.Message):
     PV_W_FIELD_NUMBER: _builtins.int
     AMBIENT_TEMPERATURE_C_FIELD_NUMBER: _builtins.int
     BINDING_SOURCE_FIELD_NUMBER: _builtins.int
+    WEATHER_SOURCE_FIELD_NUMBER: _builtins.int
     ambient_temperature_c: _builtins.float
     binding_source: _builtins.str
     """rating | ambient | external:<limit_id> | base_load | fallback"""
+    weather_source: _builtins.str
+    """forecast | missing: no weather covers this slot, so PV counts 0 and the ambient temperature is unknown
+    (ambient_temperature_c NaN; a dynamic rating takes its hot fallback): the worst case, in this slot only.
+    """
     @_builtins.property
     def headroom_w(self) -> _common_pb2.PhaseValues: ...
     @_builtins.property
@@ -115,10 +120,11 @@ class HeadroomSlot(_message.Message):
         pv_w: _common_pb2.PhaseValues | None = ...,
         ambient_temperature_c: _builtins.float = ...,
         binding_source: _builtins.str = ...,
+        weather_source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["base_load_w", b"base_load_w", "headroom_w", b"headroom_w", "pv_w", b"pv_w", "rating_w", b"rating_w"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ambient_temperature_c", b"ambient_temperature_c", "base_load_w", b"base_load_w", "binding_source", b"binding_source", "headroom_w", b"headroom_w", "pv_w", b"pv_w", "rating_w", b"rating_w"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ambient_temperature_c", b"ambient_temperature_c", "base_load_w", b"base_load_w", "binding_source", b"binding_source", "headroom_w", b"headroom_w", "pv_w", b"pv_w", "rating_w", b"rating_w", "weather_source", b"weather_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,11 +1,12 @@
 """Checks of the deployment artefacts that need no cluster and no helm.
 
 Used two ways:
+- by ``deploy/scripts/check-deploy.sh`` (``make lint``) as a CLI:
+    python deploy/scripts/deploy_checks.py static
+    python deploy/scripts/deploy_checks.py manifests --kube-version 1.34.0 RENDERED.yaml...
+    python deploy/scripts/deploy_checks.py topic-job RENDERED-TOPICS-JOB.yaml
 - by ``tests/deploy/test_deploy_checks.py`` (pytest, part of ``make test``): the pure parts
-  (metrics naming, dashboards, alert rules, chart rule copy);
-- by ``deploy/scripts/check-deploy.sh`` as a CLI:
-    python tests/deploy/deploy_checks.py static
-    python tests/deploy/deploy_checks.py manifests --kube-version 1.34.0 RENDERED.yaml...
+  (metrics naming, dashboards, alert rules, chart rule copy) and the checks' own behaviour.
 
 Every check returns a list of human-readable problems; empty means fine.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # deploy/scripts/ -> repository root
 DEVELOPING_MD = REPO / "docs" / "DEVELOPING.md"
 METRICS_MD = REPO / "docs" / "metrics.md"
 DASHBOARDS_DIR = REPO / "deploy" / "grafana"
