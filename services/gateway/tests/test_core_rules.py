@@ -56,7 +56,8 @@ def test_commands_per_registration() -> None:
     assert command_allowed(R.PENDING, V16, "SetChargingProfile")          # 1.6: all but remote start/stop
     assert not command_allowed(R.PENDING, V16, "RemoteStartTransaction")
     assert command_allowed(R.PENDING, V201, "GetVariables") and command_allowed(R.PENDING, V201, "TriggerMessage")
-    assert not command_allowed(R.PENDING, V201, "SetChargingProfile")
+    assert command_allowed(R.PENDING, V201, "SetChargingProfile")         # the fallback before acceptance
+    assert not command_allowed(R.PENDING, V201, "RequestStartTransaction")  # B02.FR.05
 
 
 def test_triggered_actions() -> None:

@@ -50,12 +50,13 @@ _TRIGGERED = {
                    "PublishFirmwareStatusNotification": "PublishFirmwareStatusNotification"},
 }
 
-# 2.0.1 B02.FR.01: while Pending the CSMS may read (B06–B08) and set (B05) variables; TriggerMessage is how
-# it asks for anything else (B02.FR.09 lets the triggered message through).
-_PENDING_COMMANDS_201 = frozenset({"GetVariables", "SetVariables", "GetBaseReport", "GetReport", "TriggerMessage"})
-# 1.6 §4.2: "While in pending state, the following Central System initiated messages are not allowed:
-# RemoteStartTransaction.req and RemoteStopTransaction.req"
-_NOT_WHILE_PENDING_16 = frozenset({"RemoteStartTransaction", "RemoteStopTransaction"})
+# While Pending the CSMS may read and change the station's configuration (1.6 §4.2; 2.0.1 B02.FR.01 names
+# Get/SetVariables, the reports and TriggerMessage). Not allowed: remote start/stop (1.6 §4.2 "While in
+# pending state, the following Central System initiated messages are not allowed: RemoteStartTransaction.req
+# and RemoteStopTransaction.req"; 2.0.1 B02.FR.05, the station rejects them). Everything else is sent, so a
+# station held Pending still gets its fallback charging profile (safety principle 1) before it is Accepted.
+_NOT_WHILE_PENDING = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "RequestStartTransaction",
+                                "RequestStopTransaction"})
 
 
 def triggered_action(version: Version, action: str, payload: dict[str, Any]) -> str | None:
@@ -79,9 +80,7 @@ def command_allowed(status: Registration, version: Version, action: str) -> bool
     if status is Registration.ACCEPTED:
         return True
     if status is Registration.PENDING:
-        if version is Version.V16:
-            return action not in _NOT_WHILE_PENDING_16
-        return action in _PENDING_COMMANDS_201
+        return action not in _NOT_WHILE_PENDING
     return False
 
 
