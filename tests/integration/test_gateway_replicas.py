@@ -1,6 +1,7 @@
 """Two gateway processes (`python -m gridcharge.gateway`) on real Kafka + Redis: commands reach the
 replica that owns the station; after the station reconnects to the other replica, ownership moves and the
-old replica can no longer send; a station connected nowhere gets exactly one OFFLINE result."""
+old replica can no longer send; a station connected nowhere gets exactly one OFFLINE result; a station that
+booted on one replica reconnects to the other without a new boot."""
 
 from __future__ import annotations
 
@@ -202,3 +203,9 @@ async def test_two_replicas_route_commands_to_the_owner(replicas: list[GatewayPr
     assert r4.outcome == Oc.COMMAND_OUTCOME_OFFLINE
     await asyncio.sleep(2)
     assert len([r for r in results if r.command_id == "c4"]) == 1
+
+    # a boot is per station (Redis), not per connection: CP1 booted on b, reconnects to a without rebooting
+    st_again = Station(await connect(a.url("CP1"), subprotocols=["ocpp1.6"]))  # type: ignore[list-item]
+    res = await st_again.call("Heartbeat", {})
+    assert res[0] == 3, res
+    await st_again.ws.close()

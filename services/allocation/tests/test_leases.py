@@ -9,16 +9,16 @@ P = LeasePolicy(epoch_s=1200, renew_lead_s=240, clock_skew_s=30)
 
 
 def test_leases_end_on_common_boundaries_lowered_ones_later() -> None:
-    assert P.lease_end(900, lowered=False) == 1200
-    assert P.lease_end(900, lowered=True) == 1200 + 90        # 3 × skew: after every raised one, by any clock
-    assert P.lease_end(961, lowered=False) == 2400             # inside the renewal window: the next epoch
+    assert P.lease_end(899, lowered=False) == 1200
+    assert P.lease_end(899, lowered=True) == 1200 + 90        # 3 × skew: after every raised one, by any clock
+    assert P.lease_end(901, lowered=False) == 2400             # inside the renewal window: the next epoch
     assert P.is_lowered_end(1290) and not P.is_lowered_end(1200)
 
 
 def test_renewals_are_due_in_the_window_lowered_first() -> None:
     assert not P.renewal_due(1200, 959, lowered=False) and P.renewal_due(1200, 960, lowered=False)
     assert P.renewal_due(1290, 900, lowered=True) and not P.renewal_due(1290, 899, lowered=True)
-    assert P.max_lease_s == 1200 + 240 + 90
+    assert P.max_lease_s == 1200 + 240 + 60 + 90
 
 
 def test_inconsistent_timing_is_refused() -> None:

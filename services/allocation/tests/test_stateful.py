@@ -228,7 +228,7 @@ class AllocationMachine(RuleBasedStateMachine):
                     bad = not led.online or led.uncertain or led.pending or (
                         led.failed_at is not None
                         and now - led.failed_at < self.cfg.leases.max_lease_s + self.cfg.command_timeout_s)
-                    troubled[s.id] = (wc[s.id] - led.floor_a(t)) if bad else 0.0
+                    troubled[s.id] = max(0.0, wc[s.id] - led.floor_a(t)) if bad else 0.0
                 excuse = node_draw_w(TOPO, troubled)[nid]
                 for p in range(3):
                     allowed = max(float(cap[nid][p]), float(floors[nid][p])) + float(excuse[p]) + 1e-6

@@ -131,6 +131,19 @@ async def test_external_limit_triggers_and_binds() -> None:
     await svc.rt.bus.stop()
 
 
+async def test_station_scoped_limit_is_not_node_headroom() -> None:
+    """A station's own limit (OCPP NotifyChargingLimit via the gateway) binds that station only: the
+    allocator applies it; the node's headroom must not shrink to it."""
+    svc, _clock = await _service(FakeWeather())
+    now = pd.Timestamp(START)
+    limit = grid_pb2.ExternalLimit(
+        node_id="tr1", limit_id="CS1/0/SO", source="ocpp-so", station_id="CS1", valid_from=_ts(now),
+        limit_w=common_pb2.PhaseValues(l1=2300, l2=2300, l3=2300))
+    await svc.on_external_limit(Record(contracts.EXTERNAL_LIMITS.name, "tr1/CS1/0/SO", limit.SerializeToString()))
+    assert not svc._limits.get("tr1")
+    await svc.rt.bus.stop()
+
+
 async def test_weather_outage_keeps_last_forecast_then_degrades() -> None:
     weather = FakeWeather()
     svc, clock = await _service(weather)

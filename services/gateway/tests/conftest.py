@@ -57,13 +57,18 @@ class Gateway:
             await asyncio.sleep(0.01)
 
 
-async def start_gateway(**overrides: Any) -> Gateway:
-    settings = GatewaySettings(ocpp_port=0, ocpp_host="127.0.0.1", replica_id="gw-test", **overrides)
+async def start_gateway(*, bus: MemoryBus | None = None, store: Any = None, upstream: Any = None,
+                        **overrides: Any) -> Gateway:
+    """A gateway on an ephemeral port; pass `bus`/`store` to share them between replicas (or to swap in
+    a failing adapter)."""
+    settings = GatewaySettings(**{"ocpp_port": 0, "ocpp_host": "127.0.0.1", "replica_id": "gw-test", **overrides})
     clock = RealClock()
-    bus, store = MemoryBus(), MemoryStore(clock)
-    await bus.start()
+    if bus is None:
+        bus = MemoryBus()
+        await bus.start()
+    store = store if store is not None else MemoryStore(clock)
     rt = Runtime(settings=settings, bus=bus, store=store, clock=clock)
-    svc = GatewayService(rt, make_topology(), settings)
+    svc = GatewayService(rt, make_topology(), settings, **({"upstream": upstream} if upstream is not None else {}))
     gw = Gateway(svc, bus, store)
 
     async def on_event(rec: Record) -> None:
@@ -72,8 +77,8 @@ async def start_gateway(**overrides: Any) -> Gateway:
     async def on_meter(rec: Record) -> None:
         gw.meters.append(decode(station_pb2.MeterValues, rec.value))
 
-    await bus.subscribe([STATION_EVENTS.name], "test-events", on_event)
-    await bus.subscribe([METER_VALUES.name], "test-meters", on_meter)
+    await bus.subscribe([STATION_EVENTS.name], f"test-events-{settings.replica_id}", on_event)
+    await bus.subscribe([METER_VALUES.name], f"test-meters-{settings.replica_id}", on_meter)
     await svc.start()
     return gw
 

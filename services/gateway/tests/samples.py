@@ -28,6 +28,13 @@ V16: dict[str, dict[str, Any]] = {
     "MeterValues": {"connectorId": 1, "transactionId": 1, "meterValue": MV_16},
     "StopTransaction": {"transactionId": 1, "meterStop": 1000, "timestamp": TS, "reason": "EVDisconnected"},
     "DataTransfer": {"vendorId": "com.acme", "messageId": "x", "data": "hello"},
+    "DiagnosticsStatusNotification": {"status": "Idle"},
+    "FirmwareStatusNotification": {"status": "Installed"},
+    # security whitepaper messages (OCPP 1.6 edition 2 security extensions)
+    "LogStatusNotification": {"status": "Uploaded", "requestId": 1},
+    "SecurityEventNotification": {"type": "SettingSystemTime", "timestamp": TS, "techInfo": "ntp"},
+    "SignCertificate": {"csr": "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----"},
+    "SignedFirmwareStatusNotification": {"status": "Downloaded", "requestId": 1},
 }
 V201: dict[str, dict[str, Any]] = {
     "BootNotification": {"reason": "PowerUp", "chargingStation": {"model": "X2", "vendorName": "Acme"}},
@@ -50,4 +57,32 @@ V201: dict[str, dict[str, Any]] = {
                                                     "chargingSchedule": [SCHEDULE_201]}]},
     "NotifyEVChargingSchedule": {"timeBase": TS, "evseId": 1, "chargingSchedule": SCHEDULE_201},
     "DataTransfer": {"vendorId": "com.acme", "messageId": "x", "data": {"any": [1, 2]}},
+    "ClearedChargingLimit": {"chargingLimitSource": "SO", "evseId": 1},
+    "NotifyEvent": {"generatedAt": TS, "seqNo": 0, "eventData": [
+        {"eventId": 1, "timestamp": TS, "trigger": "Delta", "actualValue": "Available",
+         "eventNotificationType": "HardWiredNotification", "component": {"name": "Connector", "evse": {"id": 1}},
+         "variable": {"name": "AvailabilityState"}}]},
+    "NotifyReport": {"requestId": 1, "generatedAt": TS, "seqNo": 0, "tbc": False, "reportData": [
+        {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"},
+         "variableAttribute": [{"type": "Actual", "value": "300"}]}]},
+    "NotifyMonitoringReport": {"requestId": 1, "seqNo": 0, "generatedAt": TS},
+    "NotifyDisplayMessages": {"requestId": 1},
+    "NotifyCustomerInformation": {"data": "no data", "seqNo": 0, "generatedAt": TS, "requestId": 1},
+    "LogStatusNotification": {"status": "Uploaded", "requestId": 1},
+    "FirmwareStatusNotification": {"status": "Installed", "requestId": 1},
+    "PublishFirmwareStatusNotification": {"status": "Published", "location": ["http://example.com/fw"],
+                                          "requestId": 1},
+    "ReservationStatusUpdate": {"reservationId": 1, "reservationUpdateStatus": "Expired"},
+    "SecurityEventNotification": {"type": "SettingSystemTime", "timestamp": TS, "techInfo": "ntp"},
+    "SignCertificate": {"csr": "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----",
+                        "certificateType": "ChargingStationCertificate"},
+    "Get15118EVCertificate": {"iso15118SchemaVersion": "urn:iso:15118:2:2013:MsgDef", "action": "Install",
+                              "exiRequest": "AAAA"},
+    "GetCertificateStatus": {"ocspRequestData": {"hashAlgorithm": "SHA256", "issuerNameHash": "aa",
+                                                 "issuerKeyHash": "bb", "serialNumber": "01",
+                                                 "responderURL": "http://ocsp.example.com"}},
 }
+
+# Every message a station may send (the spec's station-to-CSMS messages): each must get a CALLRESULT.
+STATION_ACTIONS_16 = frozenset(V16)
+STATION_ACTIONS_201 = frozenset(V201)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from gridcharge.gateway.core.errors import V16_CODES, V201_CODES
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import InvalidStatus
 
@@ -26,8 +26,10 @@ async def test_unknown_and_unsupported_actions(gateway: Gateway) -> None:
     assert res[2] == "NotImplemented"                 # not known to the spec
     res = await c16.call("SetChargingProfile", {})     # known to 1.6, not accepted from a station
     assert res[2] == "NotSupported"
-    res = await c16.call("DiagnosticsStatusNotification", {"status": "Idle"})
+    res = await c16.call("RemoteStartTransaction", {"idTag": "T"})   # a CSMS-to-station message
     assert res[2] == "NotSupported"
+    res = await c16.call("DiagnosticsStatusNotification", {"status": "Idle"})   # a station message: answered
+    assert res == [3, res[1], {}]
     c201 = await booted(gateway, "CS1", "ocpp2.0.1")
     res = await c201.send_raw('[7,"u1","Heartbeat",{}]', "u1")
     assert res[:3] == [4, "u1", "MessageTypeNotSupported"]
@@ -67,7 +69,8 @@ async def test_rate_limit_and_connection_caps() -> None:
             await c.ws.send(json.dumps([2, f"f{i}", "Heartbeat", {}]))
         await asyncio.wait_for(c.ws.wait_closed(), 5)
         assert c.ws.close_code == 1008
-        c = await booted(gw, "CP1")                  # and may come back
+        await asyncio.sleep(1.2)                     # the station's bucket outlives the connection (1/s)
+        c = await booted(gw, "CP1")                  # and may come back once it has refilled
         c2 = await open_client(gw, "CP2")
         with pytest.raises(InvalidStatus) as exc:
             await open_client(gw, "CP3")
@@ -251,3 +254,66 @@ def test_fuzz_frames(rig: FuzzRig, version: str, caplog: pytest.LogCaptureFixtur
         assert (await other.call("Heartbeat", {}))[0] == 3
         await other.close()
     rig.run(others())
+
+
+# ---- timestamps at the edges of what a UTC timestamp can hold --------------------------------------------
+
+@st.composite
+def edge_timestamps(draw: Any) -> str:
+    year = draw(st.sampled_from([1, 2, 1970, 2026, 9998, 9999]) | st.integers(1, 9999))
+    month, day = draw(st.integers(1, 12)), draw(st.integers(1, 28))
+    hh, mm, ss = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
+    off = draw(st.sampled_from(["Z", "+14:00", "-14:00", "+00:00"]) |
+               st.builds(lambda sign, h, m: f"{sign}{h:02d}:{m:02d}", st.sampled_from("+-"), st.integers(0, 14),
+                         st.sampled_from([0, 30, 45])))
+    frac = draw(st.sampled_from(["", ".5", ".999999"]))
+    return f"{year:04d}-{month:02d}-{day:02d}T{hh:02d}:{mm:02d}:{ss:02d}{frac}{off}"
+
+
+def _with_timestamp(version: str, action: str, ts: str) -> dict[str, Any]:
+    """A valid seed with every date-time field (per the official schema) set to `ts`."""
+    from gridcharge.gateway.core import schemas as sch
+    from gridcharge.gateway.core.errors import Version
+
+    seeds = samples.V16 if version == "1.6" else samples.V201
+    payload = json.loads(json.dumps(seeds[action]))
+    v = Version.V16 if version == "1.6" else Version.V201
+
+    def put(node: Any, path: tuple[str, ...]) -> None:
+        head, rest = path[0], path[1:]
+        items = (node if isinstance(node, list) else []) if head == "*" else (
+            [node] if isinstance(node, dict) and head in node else [])
+        for item in items:
+            if head == "*":
+                put(item, rest) if rest else None
+            elif rest:
+                put(item[head], rest)
+            else:
+                item[head] = ts
+
+    for path in sch._datetime_paths(v, action, "req"):
+        put(payload, path)
+    return payload
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+def test_fuzz_timestamps(rig: FuzzRig, version: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (found by review): 0001-01-01T00:00:00+14:00 or 9999-12-31T23:59:59-14:00 reached the
+    protobuf mapping and was answered InternalError with a traceback. Now: a CALLRESULT, or
+    PropertyConstraintViolation when the UTC value is outside years 1..9999."""
+    caplog.set_level(logging.ERROR, logger="gridcharge")
+    seeds = samples.V16 if version == "1.6" else samples.V201
+    with_dates = sorted(a for a in seeds if '"20' in json.dumps(seeds[a]) and a != "BootNotification")
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(action=st.sampled_from(with_dates), ts=edge_timestamps())
+    @example(action="StatusNotification", ts="0001-01-01T00:00:00+14:00")
+    @example(action="MeterValues", ts="9999-12-31T23:59:59-14:00")
+    def one(action: str, ts: str) -> None:
+        frame = json.dumps([2, "ts1", action, _with_timestamp(version, action, ts)])
+        got = rig.run(rig.exchange(version, frame))
+        _check(version, frame, got)
+        assert len(got) == 1 and (got[0][0] == 3 or got[0][2] == "PropertyConstraintViolation"), (action, ts, got)
+
+    one()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records[:3]

@@ -3,6 +3,7 @@ certificates generated here; passwords never reach the logs."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import ipaddress
@@ -106,13 +107,16 @@ def test_password_hashing() -> None:
 async def test_profile_1_basic_auth(pki: dict[str, Path], gw_factory: list[Gateway],
                                     caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    gw = await start_gateway(security_profile=1, credentials_file=pki["credentials"], read_capabilities=False)
+    # back-off after failures kept short here (tested on its own in test_failed_auth_backoff_and_lockout)
+    gw = await start_gateway(security_profile=1, credentials_file=pki["credentials"], read_capabilities=False,
+                             auth_backoff_base_s=0.01, auth_backoff_max_s=0.05)
     gw_factory.append(gw)
     url = gw.url + "CP1"
     for headers in ({}, _basic("CP1", "wrong-password-123"), _basic("CP2", PASSWORD), {"Authorization": "Basic !!"}):
         with pytest.raises(InvalidStatus) as exc:
             await connect(url, subprotocols=["ocpp1.6"], additional_headers=headers)  # type: ignore[list-item]
         assert exc.value.response.status_code == 401
+        await asyncio.sleep(0.06)
     c = await _boot(url, additional_headers=_basic("CP1", PASSWORD))
     await c.close()
     c = await _boot(url, additional_headers=_basic("CP1", PASSWORD))   # cached verification path

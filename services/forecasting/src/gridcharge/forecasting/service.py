@@ -263,8 +263,8 @@ class ForecastingService:
 
     async def on_external_limit(self, record: Record) -> None:
         msg = contracts.decode(grid_pb2.ExternalLimit, record.value)
-        if msg.node_id not in self.model_node_ids:
-            return
+        if msg.node_id not in self.model_node_ids or msg.station_id:
+            return   # a station-scoped limit (from the station) is not node headroom; the allocator applies it
         spec = external_limit_from_proto(msg, self._now())
         self._limits.setdefault(msg.node_id, {})[spec.limit_id] = spec
         self._trigger.set()

@@ -11,7 +11,8 @@ pinned to different cores when there are at least two. Phases per server:
 3. open loop at 1,000 CALL/s spread over all connections for T s → p50/p99 latency. Gateway-added latency =
    gateway percentile − echo percentile at the same rate.
 Settings changed for the bench (stated in the output): capability reads off (the simulated stations do
-not answer GetConfiguration), unknown stations accepted, per-connection rate limit 1,000/s.
+not answer GetConfiguration), unknown stations accepted, per-station rate limit 1,000/s, per-IP rate limit
+off (every simulated station connects from 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -278,6 +279,7 @@ def run_target(target: str, n: int, concurrency: int, seconds: float, workdir: P
                     "GRIDCHARGE_OCPP_PORT": str(port), "GRIDCHARGE_HTTP_HOST": "127.0.0.1", "GRIDCHARGE_HTTP_PORT": "0",
                     "GRIDCHARGE_UNKNOWN_STATIONS": "accept", "GRIDCHARGE_READ_CAPABILITIES": "false",
                     "GRIDCHARGE_RATE_LIMIT_PER_S": "1000", "GRIDCHARGE_RATE_BURST": "1000",
+                    "GRIDCHARGE_IP_RATE_LIMIT_PER_S": "1000000", "GRIDCHARGE_IP_RATE_BURST": "1000000",
                     "GRIDCHARGE_MAX_CONNECTIONS_PER_IP": "50000", "GRIDCHARGE_MAX_CONNECTIONS": "50000",
                     "GRIDCHARGE_LOG_LEVEL": "WARNING", "GRIDCHARGE_REPLICA_ID": "bench",
                     "GRIDCHARGE_BUS": "kafka" if target == "gateway+kafka" else "memory",

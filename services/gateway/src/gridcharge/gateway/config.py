@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
 from gridcharge.shared.config import Settings
-from pydantic import Field
+from pydantic import Field, field_validator
 
 
 class GatewaySettings(Settings):
@@ -23,13 +24,48 @@ class GatewaySettings(Settings):
     capabilities_timeout_s: float = Field(10.0, gt=0)
     read_capabilities: bool = True                # GetConfiguration / GetVariables after an Accepted boot
     max_message_bytes: int = Field(65_536, ge=1024)   # bigger frames close the socket with 1009
-    rate_limit_per_s: float = Field(20.0, gt=0)   # sustained inbound messages per connection
+    rate_limit_per_s: float = Field(20.0, gt=0)   # sustained inbound messages per station id (across reconnects)
     rate_burst: int = Field(100, ge=1)
+    ip_rate_limit_per_s: float = Field(500.0, gt=0)   # sustained inbound messages per source IP (all its stations)
+    ip_rate_burst: int = Field(5000, ge=1)
+    # failed Basic auth (profiles 1, 2): wait base * 2^(n-1) s (at most max) before the next attempt, and
+    # after `auth_lockout_after` failures (per station id; per source IP: `auth_ip_lockout_after`) refuse
+    # every attempt for `auth_lockout_s`
+    auth_backoff_base_s: float = Field(1.0, gt=0)
+    auth_backoff_max_s: float = Field(60.0, gt=0)
+    auth_lockout_after: int = Field(10, ge=1)
+    auth_ip_lockout_after: int = Field(100, ge=1)
+    auth_lockout_s: float = Field(300.0, gt=0)
     max_connections_per_ip: int = Field(1024, ge=1)
     max_connections: int = Field(20_000, ge=1)
     api_timeout_s: float = Field(35.0, gt=0)      # operator API waits this long for a command result
     ws_ping_interval_s: float = Field(60.0, ge=0)   # WebSocket ping to detect dead links; 0 = off
     validate_responses: bool = True               # schema-check our own CALLRESULTs before sending
+    # registration (BootNotification): a station's boot status is kept in the store this long after it
+    # was last connected, so a reconnect without a reboot needs no new boot
+    boot_state_ttl_s: float = Field(7 * 86400.0, gt=0)
+    pending_stations: frozenset[str] = frozenset()   # answered Pending for `pending_hold_s` (provisioning); "*" = all
+    pending_hold_s: float = Field(60.0, ge=0)
+    pending_interval_s: int = Field(30, ge=1)     # BootNotification interval given with Pending
+    cluster_timeout_s: float = Field(5.0, gt=0)   # store/bus not answering a boot within this -> Pending
+    # authorization of idTokens: accept-all (every token Accepted) or local-list (the store's
+    # `gw:id-tokens` hash, then `id_tokens_file`, then an upstream authorizer if one is plugged in)
+    authorization: Literal["accept-all", "local-list"] = "accept-all"
+    id_tokens_file: Path | None = None            # YAML/JSON {id_token: status | {status, expiry, group}}
+
+    @field_validator("pending_stations", mode="before")
+    @classmethod
+    def _station_list(cls, v: object) -> object:
+        """Env gives a string: comma-separated ids (or a JSON list)."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [s.strip() for s in text.split(",") if s.strip()]
+        return v
+
+    def is_pending_station(self, station_id: str) -> bool:
+        return station_id in self.pending_stations or "*" in self.pending_stations
 
 
 def gateway_settings(settings: Settings) -> GatewaySettings:

@@ -11,3 +11,13 @@ ROUNDTRIP = Histogram("gridcharge_gateway_call_roundtrip_seconds", "CALL sent to
                       ["action"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 COMMANDS = Counter("gridcharge_gateway_commands_total", "Commands from the bus by outcome.", ["command", "outcome"])
 REJECTED = Counter("gridcharge_gateway_rejected_connections_total", "WebSocket connections refused.", ["reason"])
+BOOTS = Counter("gridcharge_gateway_boots_total", "BootNotifications answered, by status and why not Accepted.",
+                ["status", "reason"])
+AUTH_FAILURES = Counter("gridcharge_gateway_auth_failures_total",
+                        "Refused Basic-auth attempts: wrong credentials, or refused unchecked during a back-off or "
+                        "lockout.", ["outcome"])
+AUTH_LOCKOUTS = Counter("gridcharge_gateway_auth_lockouts_total",
+                        "Station ids or source IPs locked out after repeated failed authentication.", ["scope"])
+RATE_LIMITED = Counter("gridcharge_gateway_rate_limited_total",
+                       "Inbound frames refused by a rate limit, by the bucket that was empty.", ["scope"])
+AUTHORIZATIONS = Counter("gridcharge_gateway_authorizations_total", "idToken authorization decisions.", ["status"])

@@ -55,8 +55,9 @@ NODE_LOAD = Topic("gridcharge.grid.node-load.v1", grid_pb2.NodeLoad, "node_id", 
                   "telemetry", "allocation (limiter), forecasting")
 NODE_LOAD_HISTORY = Topic("gridcharge.grid.node-load-history.v1", grid_pb2.NodeLoadInterval, "node_id",
                           False, 35 * DAY_MS, 6, "telemetry", "forecasting")
-EXTERNAL_LIMITS = Topic("gridcharge.grid.external-limits.v1", grid_pb2.ExternalLimit, "node_id", True, -1,
-                        6, "DSO adapters, operator API", "forecasting, allocation")
+EXTERNAL_LIMITS = Topic("gridcharge.grid.external-limits.v1", grid_pb2.ExternalLimit,
+                        "node_id (station-scoped limits: node_id/limit_id)", True, -1, 6,
+                        "DSO adapters, operator API, gateway (OCPP NotifyChargingLimit)", "forecasting, allocation")
 WEATHER = Topic("gridcharge.forecast.weather.v1", forecast_pb2.WeatherForecast, "site_id", True, -1, 6,
                 "forecasting", "forecasting, simulator")
 HEADROOM = Topic("gridcharge.forecast.headroom.v1", forecast_pb2.HeadroomForecast, "node_id", True, -1, 6,

@@ -154,7 +154,8 @@ def external_limit_window(el: grid_pb2.ExternalLimit, now: datetime) -> External
     sched = tuple((from_ts(s.start, now).timestamp(), pv(s.limit_w)) for s in el.schedule)
     fb = pv(el.fallback_limit_w) if el.HasField("fallback_limit_w") else pv(el.limit_w)
     return ExternalLimitWindow(el.node_id, el.limit_id[:64] or "default", el.source[:32], vf, vt, pv(el.limit_w),
-                               fb, min(received, now.timestamp()), float(max(0, el.stale_after_s)), sched)
+                               fb, min(received, now.timestamp()), float(max(0, el.stale_after_s)), sched,
+                               el.station_id[:48], max(0, el.evse_id))
 
 
 def station_command(cmd: ProfileCommand, generation: int, producer: str, now: datetime) -> command_pb2.StationCommand:

@@ -111,11 +111,23 @@ class Allocator:
         """[3] W of EV capacity per node for the current moment."""
         return self.capacity_at(now, now)
 
+    def station_limit_a(self, station_id: str, evse_id: int, now: float) -> float:
+        """Lowest station-scoped external limit in force for an EVSE now (a station's own NotifyChargingLimit),
+        per phase A; inf when none. The planner plans no more for the EVSE (on a whole-station limit, each
+        EVSE is capped by it: the station enforces the sum itself)."""
+        lim = math.inf
+        for e in self.external.values():
+            if e.station_id == station_id and e.evse_id in (0, evse_id):
+                val = e.value_at(now, now)
+                if val is not None:
+                    lim = min(lim, min(val) / self.voltage_v)
+        return max(0.0, lim)
+
     def capacity_limit_w(self, node_id: str, now: float) -> tuple[float, float, float]:
         """Per-phase limit (W) a node's measured total load must stay under: topology and external limits."""
         lim = list(self.topology.limit_w(node_id))
         for e in self.external.values():
-            if e.node_id == node_id:
+            if e.node_id == node_id and not e.station_id:
                 val = e.value_at(now, now)
                 if val is not None:
                     lim = [min(lim[p], val[p]) for p in range(3)]

@@ -46,6 +46,8 @@ class ExternalLimitWindow:
     received_at: float
     stale_after_s: float = 0.0
     schedule: tuple[tuple[float, tuple[float, float, float]], ...] = ()
+    station_id: str = ""     # set: binds that station (EVSE evse_id, 0 = all) only, never the node
+    evse_id: int = 0
 
     def value_at(self, t: float, now: float) -> tuple[float, float, float] | None:
         """Limit in force at time ``t`` (POSIX s), judged at ``now``; None outside the window."""
@@ -164,7 +166,7 @@ def node_capacity(
         cap = np.repeat(lim[:, None], T, axis=1)
         why = [["rating"] * T for _ in range(3)]
         for e in ext:
-            if e.node_id != node.id:
+            if e.node_id != node.id or e.station_id:
                 continue
             changes = [e.valid_from] + [start for start, _lim in e.schedule]
             for t, ts in enumerate(slot_starts):

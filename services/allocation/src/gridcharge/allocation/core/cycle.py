@@ -433,7 +433,8 @@ def solve(alloc: Allocator, sessions: list[SessionState], capacity: Capacity, fi
         st = topo.station_by_id[s.station_id]
         key = session_key(s.station_id, s.evse_id)
         ev = st.evse(s.evse_id)
-        evse_max = min(ev.max_current_a or st.max_current_a, st.max_current_a)
+        evse_max = min(ev.max_current_a or st.max_current_a, st.max_current_a,
+                       alloc.station_limit_a(s.station_id, s.evse_id, now))
         max_a = min(s.max_current_a, evse_max)
         cap = s.draw_limit_a(now_dt)
         if cap is not None:                # the car takes less than it was given (taper, full, ...)

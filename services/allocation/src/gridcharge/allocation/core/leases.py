@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class LeasePolicy:
-    """Lease timing (s). With the defaults a lease lasts 4–24 min and costs 3 writes an hour."""
+    """Lease timing (s). With the defaults a lease lasts 5–26.5 min and costs 3 writes an hour."""
 
     epoch_s: float = 1200.0          # leases end on multiples of this (wall clock, UTC)
     renew_lead_s: float = 240.0      # renewals go out this long before the boundary
@@ -61,7 +61,7 @@ class LeasePolicy:
         window (a lease is never sent due at once); a lowered lease ``lowered_extra_s`` later; and later
         than ``after`` (a renewal outlives the lease it renews)."""
         b = self.boundary_after(now)
-        if b - now <= self.renew_lead_s + (self.lowered_first_s if lowered else 0.0):
+        if b - now <= self.renew_lead_s + self.lowered_first_s:
             b += self.epoch_s
         end = b + (self.lowered_extra_s if lowered else 0.0)
         while end <= after:
@@ -77,7 +77,7 @@ class LeasePolicy:
     @property
     def max_lease_s(self) -> float:
         """Longest a lease can run from the moment it is sent."""
-        return self.epoch_s + self.renew_lead_s + self.lowered_extra_s
+        return self.epoch_s + self.renew_lead_s + self.lowered_first_s + self.lowered_extra_s
 
 
 @dataclass(frozen=True)

@@ -131,10 +131,11 @@ class PlannerConfig:
     (dual simplex) for small LPs, interior point without crossover above the threshold.
     ``coarse_factor`` > 1 merges slots after the first ``fine_slots`` into blocks of that many slots in
     the LP (block capacity = minimum over its slots, so never exceeded); 1 = exact.
-    ``move_weight``: move suppression — each A a session's first-slot current differs from what it holds now
+    ``move_weight``: move suppression — each A a session's first-slot current is below what it holds now
     (``PlanningProblem.current_a``) costs this × the reference price of that current's energy in one slot,
-    in the secondary objective: among plans delivering the same energy the one closest to what the stations
-    hold wins, so a re-plan does not shuffle capacity between equal cars (every shuffle is profile writes).
+    in the secondary objective: among plans delivering the same energy one that takes nothing away from a
+    car wins, so a re-plan does not shuffle capacity between equal cars (every shuffle is profile writes).
+    Raises are not penalised: free capacity is used as early as before.
     """
 
     default_dwell_s: float = DEFAULT_DWELL_S

@@ -316,20 +316,17 @@ def _solve_lp(
         """Add PV, fairness and move-suppression columns/rows, their objective scaled by ``mult``."""
         n_col = h.getNumCol()
         if want_move:
-            # d_s ≥ |x_s,0 − cur_s|: two rows per session, d_s costs move_weight × p_ref × kWh per A in the block
+            # d_s ≥ cur_s − x_s,0: taking current away from a session costs move_weight × p_ref × kWh per A in
+            # the block; giving it more does not (free capacity is used as early as before)
             m = first.size
             d_cost = mult * cfg.move_weight * p_ref * k_var[first] / 1000.0
             h.addCols(m, d_cost, np.zeros(m), np.full(m, highspy.kHighsInf), 0,
                       np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
             g = np.clip(ix.cur[var_s[first]], 0.0, ub[first])
-            idx = np.empty(4 * m, dtype=np.int32)
-            idx[0::4], idx[1::4] = first, n_col + np.arange(m)       #  x − d ≤ g
-            idx[2::4], idx[3::4] = first, n_col + np.arange(m)       # −x − d ≤ −g
-            val = np.tile(np.array([1.0, -1.0, -1.0, -1.0]), m)
-            lo = np.full(2 * m, -highspy.kHighsInf)
-            hi = np.empty(2 * m)
-            hi[0::2], hi[1::2] = g, -g
-            h.addRows(2 * m, lo, hi, idx.size, (np.arange(2 * m) * 2).astype(np.int32), idx, val)
+            idx = np.empty(2 * m, dtype=np.int32)
+            idx[0::2], idx[1::2] = first, n_col + np.arange(m)       # −x − d ≤ −g
+            val = np.tile(np.array([-1.0, -1.0]), m)
+            h.addRows(m, np.full(m, -highspy.kHighsInf), -g, idx.size, (np.arange(m) * 2).astype(np.int32), idx, val)
             n_col += m
         # PV: u[n,b] ≤ surplus, u[n,b] ≤ Σ power of sessions below n; reward used surplus
         for node_row0, surplus in pv_w.items():

@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 from gridcharge.command.v1 import command_pb2
 from gridcharge.common.v1 import common_pb2
 from gridcharge.gateway.core import schemas
+from gridcharge.gateway.core.boot import Registration, command_allowed, triggered_action
 from gridcharge.gateway.core.commands import InvalidCommand, action_of, is_profile_command, outcome_of, to_request
 from gridcharge.gateway.core.errors import cap, safe
 from gridcharge.gateway.core.frames import ErrorFrame
@@ -169,6 +170,14 @@ class Dispatcher:
             await self.finish(cmd, Oc.COMMAND_OUTCOME_EXPIRED, action=action,
                               error_description="expired before sending")
             return
+        # registration: wait (bounded) until a fresh connection's boot is decided, then only what its
+        # status allows: nothing while Rejected or unregistered, a few reads/writes while Pending (core.boot)
+        status = await self._registration(sess)
+        if not command_allowed(status, sess.version, action):
+            await self.finish(cmd, Oc.COMMAND_OUTCOME_INVALID, action=action, error_code="NotRegistered",
+                              error_description=f"{action} not sent: station registration is "
+                                                f"{status.value or 'unknown (no BootNotification)'}")
+            return
         try:
             action, payload = to_request(cmd, sess.version, sess.capabilities)
         except InvalidCommand as exc:
@@ -204,6 +213,14 @@ class Dispatcher:
         sess.epoch = epoch
         await self._send(sess, cmd, action, payload)
 
+    async def _registration(self, sess: StationSession) -> Registration:
+        if not sess.registered.is_set():
+            try:
+                await asyncio.wait_for(sess.registered.wait(), self.ctx.settings.call_timeout_s)
+            except TimeoutError:
+                pass
+        return sess.boot_status
+
     async def ctx_close(self, sess: StationSession) -> None:
         """Close a connection that lost ownership (the station is connected elsewhere)."""
         try:
@@ -214,6 +231,10 @@ class Dispatcher:
     async def _send(self, sess: StationSession, cmd: command_pb2.StationCommand, action: str,
                     payload: dict[str, Any]) -> None:
         t0 = time.monotonic()
+        asked = triggered_action(sess.version, action, payload)
+        if asked is not None:
+            # allowed before the station answers: it may send the triggered message right after its answer
+            sess.triggered.add(asked)
         try:
             answer = await sess.send_call(action, payload, self.ctx.settings.call_timeout_s)
         except TimeoutError:
@@ -284,7 +305,45 @@ class Dispatcher:
         if fut is not None and not fut.done():
             fut.set_result(res)
 
+    # ---- registration recovery -------------------------------------------------------------------
+
+    def request_boot(self, sess: StationSession) -> None:
+        """A station with no known boot (never booted here, or its boot state expired) sent a CALL: ask it
+        for a BootNotification (TriggerMessage) instead of answering SecurityError forever. A 2.0.1 station
+        that still considers itself Accepted answers Rejected (F06.FR.17); it is then asked no more on this
+        connection."""
+        async def ask() -> None:
+            try:
+                await sess.send_call("TriggerMessage", {"requestedMessage": "BootNotification"},
+                                     self.ctx.settings.call_timeout_s)
+            except (TimeoutError, ConnectionError):
+                pass
+        # not queued: a command at the head of the queue may be waiting for exactly this boot (send_call
+        # still keeps one CALL in flight)
+        self._spawn(ask())
+
     # ---- capabilities at boot --------------------------------------------------------------------
+
+    async def restore_capabilities(self, sess: StationSession) -> None:
+        """A reconnect without a boot: the capabilities read at the station's last boot, from the store (read
+        again when missing)."""
+        try:
+            raw = await self.ctx.store.get(f"gw:caps:{sess.id}")
+        except Exception:
+            raw = None
+        if raw is None:
+            self.read_capabilities(sess)
+            return
+        try:
+            caps = decode(station_pb2.StationCapabilities, raw)
+        except DecodeError:
+            self.read_capabilities(sess)
+            return
+        units = frozenset("A" if u == common_pb2.RATE_UNIT_A else "W" for u in caps.allowed_rate_units)
+        sess.capabilities = Capabilities(
+            max_stack_level=caps.max_stack_level if caps.read_complete or caps.max_stack_level else None,
+            allowed_rate_units=units, max_periods=caps.max_periods_per_schedule or None,
+            max_profiles_installed=caps.max_profiles_installed or None)
 
     def read_capabilities(self, sess: StationSession) -> None:
         """Queue the capability read (runs before any command queued after the boot)."""

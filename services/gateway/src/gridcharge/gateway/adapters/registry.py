@@ -6,7 +6,12 @@ Keys (under the deployment's store prefix):
   connection can never overwrite a newer owner;
 - `gw:replica:{replica}` liveness key with a TTL, refreshed while the replica runs: an owner whose
   replica is not alive counts as offline;
-- `gw:connected` hash station → "replica|protocol|epoch|since" for the operator API's station list.
+- `gw:connected` hash station → "replica|protocol|epoch|since" for the operator API's station list;
+- `gw:boot:{station}`  the station's registration status (Accepted / Pending / Rejected) from its last
+  BootNotification, kept `boot_state_ttl_s` after it was last connected: a boot is per station, not per
+  connection, so a station that reconnects (to any replica) without rebooting keeps its status;
+- `gw:pending:{station}` when the current boot sequence of a station listed in `pending_stations` was
+  first answered Pending (it is Accepted once `pending_hold_s` have passed since).
 
 A replica may send to a station only while `gw:owner` still holds its own epoch; it checks right
 before every CALL, so after the station reconnects elsewhere the old replica cannot send.
@@ -19,6 +24,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from gridcharge.gateway.core.boot import Registration
 from gridcharge.shared.clock import Clock
 from gridcharge.shared.store.base import Store
 
@@ -141,3 +147,30 @@ class Registry:
             if alive[o.replica_id]:
                 out.append((sid, o))
         return sorted(out)
+
+    # ---- registration (boot) state, per station across connections and replicas ----------------------
+
+    async def boot_state(self, station_id: str) -> Registration:
+        raw = await self.store.get(f"gw:boot:{station_id}")
+        try:
+            return Registration(raw.decode()) if raw else Registration.NONE
+        except (ValueError, UnicodeDecodeError):
+            return Registration.NONE
+
+    async def set_boot_state(self, station_id: str, status: Registration, ttl_s: float) -> None:
+        await self.store.set(f"gw:boot:{station_id}", status.value.encode(), ttl_s=ttl_s)
+
+    async def pending_since(self, station_id: str, now: float, ttl_s: float) -> float | None:
+        """When this boot sequence was first answered Pending; starts it at `now` when there is none (the
+        first writer wins across replicas). None = this call started it."""
+        key = f"gw:pending:{station_id}"
+        if await self.store.set_if_newer(key, 1, f"{now:.3f}".encode(), ttl_s=ttl_s):
+            return None
+        cur = await self.store.get_versioned(key)
+        try:
+            return float(cur[1].decode()) if cur else None
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    async def clear_pending(self, station_id: str) -> None:
+        await self.store.delete(f"gw:pending:{station_id}")

@@ -2,9 +2,11 @@
 
 At the HTTP upgrade: path and station id checked, connection caps (per IP and total), security profile
 (1: HTTP Basic, 2: TLS + Basic, 3: mTLS with the certificate CN = station id), unknown stations → 404
-(or a Pending/Rejected boot, per settings). After the upgrade: ownership claimed in the registry, an
-older connection of the same station closed (a newly authenticated one replaces it), Connected /
-Disconnected events published. Frames above `max_message_bytes` close the socket with 1009.
+(or a Pending/Rejected boot, per settings). Failed Basic auth backs off and locks out per station id and
+per source IP (`core.lockout`). After the upgrade: ownership claimed in the registry, the station's boot
+status restored from it (a reconnect needs no new boot), an older connection of the same station closed
+(a newly authenticated one replaces it), Connected / Disconnected events published. Frames above
+`max_message_bytes` close the socket with 1009. Profile 0 on a non-loopback address logs one warning.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ipaddress
 import logging
+import math
 import re
 import ssl
+import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -26,11 +32,13 @@ from gridcharge.gateway.adapters.context import GatewayContext
 from gridcharge.gateway.adapters.credentials import Credentials
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
 from gridcharge.gateway.adapters.registry import Registry
+from gridcharge.gateway.core.boot import Registration
 from gridcharge.gateway.core.errors import Version, safe
+from gridcharge.gateway.core.lockout import AuthBackoff, Policy
 from gridcharge.gateway.handlers.base import StationSession
 from gridcharge.gateway.handlers.v16 import V16Session
 from gridcharge.gateway.handlers.v201 import V201Session
-from gridcharge.gateway.metrics import CONNECTED, REJECTED
+from gridcharge.gateway.metrics import AUTH_FAILURES, AUTH_LOCKOUTS, CONNECTED, REJECTED
 from gridcharge.station.v1 import station_pb2
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
@@ -56,6 +64,22 @@ def tls_context(cert: Any, key: Any, ca: Any | None, require_client_cert: bool) 
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(str(ca))
     return ctx
+
+
+PROFILE_0_WARNING = ("SECURITY: security profile 0 on {host}:{port}: station connections are not "
+                     "authenticated; any client that knows a station id can take over that station and receive "
+                     "its charging profiles. Use it on a trusted network only; set GRIDCHARGE_SECURITY_PROFILE "
+                     "to 1, 2 or 3 elsewhere (docs/gateway.md).")
+
+
+def is_loopback(host: str) -> bool:
+    """Is the OCPP endpoint bound to loopback only (development: nothing else can reach it)?"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def station_from_path(path: str) -> str | None:
@@ -84,6 +108,11 @@ class OcppServer:
         self.ctx, self.registry, self.dispatcher, self.sessions = ctx, registry, dispatcher, sessions
         self.credentials = credentials
         self.per_ip: dict[str, int] = defaultdict(int)
+        st = ctx.settings
+        policy = Policy(base_delay_s=st.auth_backoff_base_s, max_delay_s=st.auth_backoff_max_s,
+                        lockout_after=st.auth_lockout_after, lockout_s=st.auth_lockout_s)
+        self.station_auth = AuthBackoff(policy)      # failed Basic auth per station id ...
+        self.ip_auth = AuthBackoff(replace(policy, lockout_after=st.auth_ip_lockout_after))   # ... and per IP
         self.open_connections = 0
         self.server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -100,6 +129,8 @@ class OcppServer:
             if st.tls_cert is None or st.tls_key is None:
                 raise ValueError("security profiles 2 and 3 need GRIDCHARGE_TLS_CERT and GRIDCHARGE_TLS_KEY")
             ssl_ctx = tls_context(st.tls_cert, st.tls_key, st.tls_ca, st.security_profile == 3)
+        if st.security_profile == 0 and not is_loopback(st.ocpp_host):
+            log.warning(PROFILE_0_WARNING.format(host=st.ocpp_host, port=st.ocpp_port))
         self.server = await serve(
             self._handler, st.ocpp_host, st.ocpp_port, subprotocols=SUBPROTOCOLS,
             select_subprotocol=self._select_subprotocol, process_request=self._process_request,
@@ -123,11 +154,14 @@ class OcppServer:
         REJECTED.labels(reason="subprotocol").inc()
         raise NegotiationError("expected subprotocol ocpp2.0.1 or ocpp1.6")
 
-    def _reject(self, connection: ServerConnection, status: HTTPStatus, reason: str, text: str) -> Response:
+    def _reject(self, connection: ServerConnection, status: HTTPStatus, reason: str, text: str,
+                retry_after_s: float = 0.0) -> Response:
         REJECTED.labels(reason=reason).inc()
         resp = connection.respond(status, text + "\n")
         if status == HTTPStatus.UNAUTHORIZED:
             resp.headers["WWW-Authenticate"] = 'Basic realm="gridcharge", charset="UTF-8"'
+        if retry_after_s > 0:
+            resp.headers["Retry-After"] = str(math.ceil(retry_after_s))
         return resp
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -142,9 +176,7 @@ class OcppServer:
         if not known and st.unknown_stations == "reject":
             return self._reject(connection, HTTPStatus.NOT_FOUND, "unknown_station", "Not Found")
         if st.security_profile in (1, 2):
-            if not await self._basic_ok(sid, request.headers.get("Authorization", "")):
-                log.info("basic auth failed", extra={"station": safe(sid, 48), "remote": ip})
-                return self._reject(connection, HTTPStatus.UNAUTHORIZED, "auth", "Unauthorized")
+            return await self._basic_auth(connection, request, sid, ip)
         elif st.security_profile == 3:
             cn = peer_common_name(connection)
             if cn != sid:
@@ -152,6 +184,30 @@ class OcppServer:
                                                                            "cn": safe(cn or "", 64)})
                 return self._reject(connection, HTTPStatus.FORBIDDEN, "auth", "Forbidden")
         return None
+
+    async def _basic_auth(self, connection: ServerConnection, request: Request, sid: str, ip: str) -> Response | None:
+        """Basic auth with back-off and lockout per station id and per IP (`core.lockout`): while a key
+        waits or is locked every attempt gets 401 unchecked, so guesses cost time whatever the client does."""
+        now = time.monotonic()
+        wait = max(self.station_auth.wait_s(sid, now), self.ip_auth.wait_s(ip, now))
+        if wait > 0:
+            locked = self.station_auth.locked(sid, now) or self.ip_auth.locked(ip, now)
+            AUTH_FAILURES.labels(outcome="locked" if locked else "throttled").inc()
+            return self._reject(connection, HTTPStatus.UNAUTHORIZED, "auth", "Unauthorized", wait)
+        if await self._basic_ok(sid, request.headers.get("Authorization", "")):
+            self.station_auth.success(sid)
+            return None
+        AUTH_FAILURES.labels(outcome="bad_credentials").inc()
+        now = time.monotonic()
+        log.info("basic auth failed", extra={"station": safe(sid, 48), "remote": ip})
+        for scope, table, key in (("station", self.station_auth, sid), ("ip", self.ip_auth, ip)):
+            if table.failure(key, now):
+                AUTH_LOCKOUTS.labels(scope=scope).inc()
+                log.warning("authentication locked out after repeated failures",
+                            extra={"scope": scope, "station": safe(sid, 48), "remote": ip,
+                                   "lockout_s": self.ctx.settings.auth_lockout_s})
+        wait = max(self.station_auth.wait_s(sid, now), self.ip_auth.wait_s(ip, now))
+        return self._reject(connection, HTTPStatus.UNAUTHORIZED, "auth", "Unauthorized", wait)
 
     async def _basic_ok(self, sid: str, header: str) -> bool:
         if not header.startswith("Basic ") or len(header) > 1024:
@@ -184,6 +240,12 @@ class OcppServer:
                 old.closed = True
                 self._spawn(old._connection.close(4000, "replaced by a newer connection"))
             sess.epoch = await self.registry.claim(sid, protocol)
+            # a boot is per station: a reconnect (here or on another replica) without a reboot keeps it
+            status = await self.ctx.restore_registration(sid)
+            if status is not Registration.NONE:
+                sess.set_registration(status)
+                if status is Registration.ACCEPTED:
+                    await self.dispatcher.restore_capabilities(sess)
             ev = sess.event()
             ev.connected.CopyFrom(station_pb2.Connected(replica_id=self.ctx.settings.replica_id,
                                                         ownership_epoch=sess.epoch, remote_addr=ip[:64],
@@ -212,6 +274,7 @@ class OcppServer:
             for ev in sess.sequencer.flush() if sess._sequencer is not None else []:
                 await self.ctx.publish_event(ev)
             if sess.epoch:
+                await self.ctx.touch_registration(sess)
                 await self.registry.release(sess.id, sess.epoch)
             ev = sess.event()
             code = sess._connection.close_code

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -42,14 +42,16 @@ def blob(value: Any) -> str:
 
 
 def parse_time(value: Any) -> datetime | None:
-    """ISO 8601 from a station ('Z' allowed); None when absent or unreadable."""
+    """ISO 8601 from a station ('Z' allowed), in UTC; None when absent, unreadable, without a zone, or
+    outside what a UTC timestamp can hold (0001-01-01T00:00:00+14:00 is in year 0 in UTC; the schema
+    check answers those with PropertyConstraintViolation before a handler runs, this is the backstop)."""
     if not isinstance(value, str) or len(value) > 40:
         return None
     try:
         dt = datetime.fromisoformat(value)
-    except ValueError:
+        return dt.astimezone(UTC) if dt.tzinfo is not None else None
+    except (ValueError, OverflowError):
         return None
-    return dt if dt.tzinfo is not None else None
 
 
 def timestamp(dt: datetime) -> Timestamp:
@@ -205,6 +207,11 @@ def data_transfer(p: dict[str, Any]) -> station_pb2.DataTransfer:
         vendor_id=text(p.get("vendorId")), message_id=text(p.get("messageId")),
         data=text(data, MAX_JSON) if isinstance(data, str) else ("" if data is None else blob(data)),
     )
+
+
+def notification(action: str, p: dict[str, Any]) -> station_pb2.Notification:
+    """A station message without a domain mapping, kept for operators (action + payload JSON)."""
+    return station_pb2.Notification(action=text(action, 64), payload_json=blob(p))
 
 
 def describe(station_id: str) -> str:

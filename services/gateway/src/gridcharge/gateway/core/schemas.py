@@ -15,6 +15,7 @@ import decimal
 import json
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -102,6 +103,71 @@ def _int_out_of_range(value: Any, path: str = "", depth: int = 0) -> str | None:
     return None
 
 
+@cache
+def _datetime_paths(version: Version, action: str, part: str) -> tuple[tuple[str, ...], ...]:
+    """Paths of the schema's `format: date-time` fields ("*" = every item of an array)."""
+    if action not in known_actions(version):
+        return ()
+    with open(_schema_path(version, action, part), encoding="utf-8-sig") as f:
+        schema = json.load(f)
+    definitions = schema.get("definitions", {})
+    found: list[tuple[str, ...]] = []
+
+    def walk(node: Any, path: tuple[str, ...], refs: frozenset[str]) -> None:
+        if not isinstance(node, dict) or len(path) > 16:
+            return
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/definitions/"):
+            if ref not in refs:
+                walk(definitions.get(ref.rsplit("/", 1)[1]), path, refs | {ref})
+            return
+        if node.get("format") == "date-time":
+            found.append(path)
+        for key, sub in (node.get("properties") or {}).items():
+            walk(sub, (*path, key), refs)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], (*path, "*"), refs)
+
+    walk(schema, (), frozenset())
+    return tuple(found)
+
+
+def _unrepresentable(value: str) -> bool:
+    """A readable ISO 8601 date-time whose UTC value is outside years 1..9999 (e.g. 0001-01-01T00:00:00+14:00).
+
+    Unreadable values are left alone: `format` is not enforced (as in the `ocpp` library) and such
+    timestamps fall back to the receive time where they are used."""
+    if len(value) > 40:
+        return False
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    if dt.tzinfo is None:
+        return False
+    try:
+        dt.astimezone(UTC)
+    except OverflowError:
+        return True
+    return False
+
+
+def _bad_datetime(payload: Any, path: tuple[str, ...], at: str = "") -> str | None:
+    if not path:
+        return at if isinstance(payload, str) and _unrepresentable(payload) else None
+    head, rest = path[0], path[1:]
+    if head == "*":
+        if isinstance(payload, list):
+            for i, item in enumerate(payload):
+                found = _bad_datetime(item, rest, f"{at}/{i}")
+                if found is not None:
+                    return found
+        return None
+    if isinstance(payload, dict) and head in payload:
+        return _bad_datetime(payload[head], rest, f"{at}/{head}")
+    return None
+
+
 def validate(version: Version, action: str, part: str, payload: dict[str, Any]) -> SchemaViolation | None:
     """Check `payload` of `action` ('req' or 'conf'); None when valid."""
     bad = _check_schema(version, action, part, payload)
@@ -110,6 +176,11 @@ def validate(version: Version, action: str, part: str, payload: dict[str, Any]) 
     where = _int_out_of_range(payload)
     if where is not None:
         return SchemaViolation(Err.TYPE, cap(f"{action}: integer outside 32 bits at '{cap(where, 120)}'"))
+    for path in _datetime_paths(version, action, part):
+        where = _bad_datetime(payload, path)
+        if where is not None:
+            # a date-time no UTC timestamp can hold: a property (value range) violation, never an InternalError
+            return SchemaViolation(Err.PROPERTY, cap(f"{action}: date-time out of range at '{cap(where, 120)}'"))
     return None
 
 

@@ -3,10 +3,11 @@
 What this layer adds (the library drops unparseable frames, swaps NotImplemented/NotSupported, validates
 in a thread pool and does no boot gating):
 - every frame is parsed by `core.frames`; unreadable CALLs get a CALLERROR (id "-1" where unreadable);
+- any CALL other than BootNotification before an Accepted boot → SecurityError, checked first (2.0.1
+  B02.FR.09 / B03.FR.07; `core.boot`); the boot is per station (registry), not per connection;
 - unknown action → NotImplemented, known but unhandled → NotSupported (OCPP-J wording);
-- any CALL before an Accepted BootNotification → SecurityError;
 - schema violations → the version's error code, description ≤ 255 chars without station data;
-- a token-bucket rate limit per connection;
+- token-bucket rate limits per station id and per source IP that outlive the connection (`core.ratelimit`);
 - outgoing CALLs are matched to answers by message id (one in flight, enforced by the command queue).
 
 Handlers (`@on(Action)` in v16.py / v201.py) receive the validated payload as on the wire (camelCase
@@ -24,11 +25,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gridcharge.gateway.core import frames, schemas
+from gridcharge.gateway.core.authorization import STATUSES_16, AuthRequest, Decision
+from gridcharge.gateway.core.boot import Registration, station_call_allowed
 from gridcharge.gateway.core.errors import Err, Version, cap, safe
 from gridcharge.gateway.core.frames import BadFrame, CallFrame, ErrorFrame, ResultFrame
 from gridcharge.gateway.core.profiles import Capabilities
+from gridcharge.gateway.core.ratelimit import allow_all
 from gridcharge.gateway.core.transactions import TransactionSequencer
-from gridcharge.gateway.metrics import MESSAGES
+from gridcharge.gateway.metrics import AUTHORIZATIONS, MESSAGES, RATE_LIMITED
 from ocpp.charge_point import ChargePoint
 
 if TYPE_CHECKING:
@@ -39,26 +43,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]
 _ids = itertools.count(1)
-
-
-class TokenBucket:
-    """Allows `rate` messages/s sustained and `burst` at once, in the injected clock's time (a simulation
-    sped up 500x is not a flood: its stations keep their simulated pace)."""
-
-    __slots__ = ("burst", "now", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: Callable[[], float]) -> None:
-        self.rate, self.burst, self.tokens, self.now = rate, float(burst), float(burst), now
-        self.stamp = now()
-
-    def allow(self) -> bool:
-        now = self.now()
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 class StationSession(ChargePoint):
@@ -78,14 +62,19 @@ class StationSession(ChargePoint):
         self.ctx = ctx
         self.remote_addr = remote_addr
         self.security_profile = security_profile
-        self.boot_status = ""                      # "", Pending, Rejected, Accepted
+        self.boot_status = Registration.NONE       # the station's registration (restored from the registry)
+        self.registered = asyncio.Event()          # set once boot_status is known (restored or booted)
+        self.triggered: set[str] = set()           # messages we asked for with TriggerMessage (allowed while Pending)
+        self.asked_for_boot = False                # a TriggerMessage(BootNotification) was queued on this connection
         self.epoch = 0                             # ownership epoch from the registry
         self.capabilities = Capabilities()
         self.closed = False
         self.over_limit = 0                        # frames dropped in a row by the rate limit
         self._closing: asyncio.Future[None] | None = None
-        self.bucket = TokenBucket(ctx.settings.rate_limit_per_s, ctx.settings.rate_burst, ctx.clock.time)
         self._pending: dict[str, asyncio.Future[ResultFrame | ErrorFrame]] = {}
+        self._call_lock = asyncio.Lock()           # one CALL in flight (OCPP-J), also for calls outside the queue
+        self.touched_at = ctx.clock.time()         # last refresh of the boot status in the registry
+        self._tasks: set[asyncio.Future[Any]] = set()
         self.queue: deque[Any] = deque()          # command jobs, run one at a time (adapters.dispatcher)
         self.worker: asyncio.Task[None] | None = None
         self._sequencer: TransactionSequencer[station_pb2.StationEvent] | None = None
@@ -118,7 +107,7 @@ class StationSession(ChargePoint):
         if self.closed:
             return
         frame = frames.parse_frame(raw_msg)
-        allowed = self.bucket.allow()   # every frame counts against the per-connection rate
+        allowed = self._within_rate()   # every frame counts, against the station's and the IP's bucket
         if allowed:
             self.over_limit = 0
         else:
@@ -153,12 +142,30 @@ class StationSession(ChargePoint):
                 if frame.respond:
                     await self._send_error(frame.unique_id, frame.kind, frame.description)
 
+    def _within_rate(self) -> bool:
+        now = self.ctx.clock.time()
+        station = self.ctx.station_buckets.get(self.id, now)
+        ip = self.ctx.ip_buckets.get(self.remote_addr, now)
+        if allow_all([station, ip], now):
+            return True
+        RATE_LIMITED.labels(scope="station" if station.tokens < 1.0 else "ip").inc()
+        return False
+
     def _action_label(self, action: str) -> str:
         return action if action in schemas.known_actions(self.version) else "unknown"
 
     async def _handle(self, call: CallFrame) -> None:
         action = call.action
         label = self._action_label(action)
+        if not station_call_allowed(self.boot_status, action, self.triggered):
+            # before an Accepted boot every other CALL is a SecurityError, whatever the action (B02.FR.09,
+            # B03.FR.07): checked before the action is looked up
+            MESSAGES.labels(action=label, direction="in", outcome="error").inc()
+            await self._send_error(call.unique_id, Err.SECURITY, "BootNotification not accepted yet")
+            if self.boot_status is Registration.NONE and not self.asked_for_boot:
+                self.asked_for_boot = True
+                self.ctx.on_unregistered_call(self)
+            return
         handler = self._routes.get(action)
         if handler is None:
             # OCPP-J: NotImplemented = action not known; NotSupported = known but not supported
@@ -166,10 +173,6 @@ class StationSession(ChargePoint):
             MESSAGES.labels(action=label, direction="in", outcome="error").inc()
             await self._send_error(call.unique_id, kind, f"{cap(action, 64)} is not " +
                                    ("supported" if kind is Err.NOT_SUPPORTED else "implemented"))
-            return
-        if action != "BootNotification" and self.boot_status != "Accepted":
-            MESSAGES.labels(action=label, direction="in", outcome="error").inc()
-            await self._send_error(call.unique_id, Err.SECURITY, "BootNotification not accepted yet")
             return
         violation = schemas.validate(self.version, action, "req", call.payload)
         if violation is not None:
@@ -191,9 +194,19 @@ class StationSession(ChargePoint):
                 return
         MESSAGES.labels(action=label, direction="in", outcome="ok").inc()
         await self._send(frames.call_result(call.unique_id, response))
+        now = self.ctx.clock.time()
+        if now - self.touched_at > self.ctx.settings.boot_state_ttl_s / 4:
+            # a connection that lives for days keeps its station's boot status from expiring
+            self.touched_at = now
+            self._background(self.ctx.touch_registration(self))
         after = getattr(self, "after_" + action, None)
         if after is not None:
             after()
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _send_error(self, unique_id: str, kind: Err, description: str) -> None:
         await self._send(frames.call_error(unique_id, kind, description, self.version))
@@ -210,24 +223,25 @@ class StationSession(ChargePoint):
 
     async def send_call(self, action: str, payload: dict[str, Any], timeout_s: float) -> ResultFrame | ErrorFrame:
         """Send a CALL and wait for its answer (raises TimeoutError, ConnectionError when closed)."""
-        if self.closed:
-            raise ConnectionError("station disconnected")
-        uid = f"gw{next(_ids)}"
-        fut: asyncio.Future[ResultFrame | ErrorFrame] = asyncio.get_running_loop().create_future()
-        self._pending[uid] = fut
-        try:
-            await self._connection.send(frames.call(uid, action, payload))
-            MESSAGES.labels(action=action, direction="out", outcome="ok").inc()
-            return await asyncio.wait_for(fut, timeout_s)
-        except TimeoutError:
-            MESSAGES.labels(action=action, direction="out", outcome="timeout").inc()
-            raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise ConnectionError("station disconnected") from exc
-        finally:
-            self._pending.pop(uid, None)
+        async with self._call_lock:
+            if self.closed:
+                raise ConnectionError("station disconnected")
+            uid = f"gw{next(_ids)}"
+            fut: asyncio.Future[ResultFrame | ErrorFrame] = asyncio.get_running_loop().create_future()
+            self._pending[uid] = fut
+            try:
+                await self._connection.send(frames.call(uid, action, payload))
+                MESSAGES.labels(action=action, direction="out", outcome="ok").inc()
+                return await asyncio.wait_for(fut, timeout_s)
+            except TimeoutError:
+                MESSAGES.labels(action=action, direction="out", outcome="timeout").inc()
+                raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise ConnectionError("station disconnected") from exc
+            finally:
+                self._pending.pop(uid, None)
 
     def fail_pending(self) -> None:
         """On close: wake every waiter with ConnectionError."""
@@ -238,6 +252,41 @@ class StationSession(ChargePoint):
         self._pending.clear()
 
     # ---- helpers for handlers --------------------------------------------------------------------
+
+    def set_registration(self, status: Registration) -> None:
+        self.boot_status = status
+        self.registered.set()
+
+    async def answer_boot(self, boot: station_pb2.Boot) -> dict[str, Any]:
+        """BootNotification: decide, record, publish (`GatewayContext.register_boot`); a new boot sequence
+        forgets what earlier TriggerMessages allowed."""
+        d = await self.ctx.register_boot(self, boot)
+        self.triggered.clear()
+        self.set_registration(d.status)
+        return {"status": d.status.value, "currentTime": self.now_iso(), "interval": d.interval_s}
+
+    def after_BootNotification(self) -> None:
+        if self.boot_status is Registration.ACCEPTED:
+            self.ctx.on_boot_accepted(self)
+
+    async def authorize(self, id_token: str, token_type: str = "") -> Decision:
+        """The authorization source's decision for a token (counted by status; never station data)."""
+        d = await self.ctx.authorizer.authorize(AuthRequest(self.id, id_token, token_type, self.version))
+        AUTHORIZATIONS.labels(status=d.status.lower() if d.status in STATUSES_16 else "other").inc()
+        return d
+
+    def log_security_event(self, p: dict[str, Any]) -> None:
+        """A station's SecurityEventNotification goes to the log too (security monitoring reads logs)."""
+        log.warning("station security event", extra={"station": safe(self.id, 48), "type": safe(p.get("type", ""), 50),
+                                                     "tech_info": safe(p.get("techInfo", ""), 255)})
+
+    async def notify(self, action: str, p: dict[str, Any]) -> None:
+        """Publish a message that has no domain mapping as a `notification` event (for operators)."""
+        from gridcharge.gateway.core.mapping import notification
+
+        ev = self.event()
+        ev.notification.CopyFrom(notification(action, p))
+        await self.publish(ev)
 
     def event(self, occurred_at: Any = None) -> station_pb2.StationEvent:
         from gridcharge.gateway.core.mapping import new_event

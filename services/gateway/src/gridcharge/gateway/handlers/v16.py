@@ -1,16 +1,19 @@
-"""OCPP 1.6J station-initiated messages → bus events. Thin: mapping lives in `core.mapping`."""
+"""OCPP 1.6J station-initiated messages → bus events. Thin: mapping lives in `core.mapping`.
+
+Every message a 1.6 station may send has a handler (core and the security whitepaper's additions), so
+none is answered NotSupported.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gridcharge.gateway.core import mapping
+from gridcharge.gateway.core.authorization import id_tag_info_16
 from gridcharge.gateway.core.errors import Version
 from gridcharge.gateway.handlers.base import StationSession
 from ocpp.routing import on
 from ocpp.v16.enums import Action
-
-ACCEPTED_ID = {"idTagInfo": {"status": "Accepted"}}
 
 
 class V16Session(StationSession):
@@ -18,16 +21,7 @@ class V16Session(StationSession):
 
     @on(Action.boot_notification)
     async def on_boot_notification(self, p: dict[str, Any]) -> dict[str, Any]:
-        self.boot_status = self.ctx.boot_status_for(self.id)
-        ev = self.event()
-        ev.boot.CopyFrom(mapping.boot_16(p, self.boot_status))
-        await self.publish(ev)
-        return {"status": self.boot_status, "currentTime": self.now_iso(),
-                "interval": self.ctx.settings.heartbeat_interval_s}
-
-    def after_BootNotification(self) -> None:
-        if self.boot_status == "Accepted":
-            self.ctx.on_boot_accepted(self)
+        return await self.answer_boot(mapping.boot_16(p, ""))
 
     @on(Action.heartbeat)
     async def on_heartbeat(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -45,25 +39,30 @@ class V16Session(StationSession):
 
     @on(Action.authorize)
     async def on_authorize(self, p: dict[str, Any]) -> dict[str, Any]:
-        # Authorisation policy is not the gateway's job: every token is accepted and reported.
+        token = mapping.text(p.get("idTag"), 20)
+        d = await self.authorize(token)
         ev = self.event()
-        ev.authorize.id_token = mapping.text(p.get("idTag"), 20)
-        ev.authorize.status = "Accepted"
+        ev.authorize.id_token = token
+        ev.authorize.status = d.status
         await self.publish(ev)
-        return dict(ACCEPTED_ID)
+        return {"idTagInfo": id_tag_info_16(d)}
 
     @on(Action.start_transaction)
     async def on_start_transaction(self, p: dict[str, Any]) -> dict[str, Any]:
+        token = mapping.text(p.get("idTag"), 20)
+        d = await self.authorize(token)
         tx_id = await self.ctx.next_transaction_id()
         ev = self.event(mapping.parse_time(p.get("timestamp")))
         st = ev.transaction_started
         st.transaction_id = str(tx_id)
         st.evse_id = int(p["connectorId"])
         st.connector_id = 1
-        st.id_token = mapping.text(p.get("idTag"), 20)
+        st.id_token = token
         st.meter_start_wh = float(p.get("meterStart", 0))
+        # published whatever the decision: the station has started the transaction (it stops it itself
+        # when the idTag is not Accepted, per its StopTransactionOnInvalidId)
         await self.publish(ev)
-        return {"transactionId": tx_id, **ACCEPTED_ID}
+        return {"transactionId": tx_id, "idTagInfo": id_tag_info_16(d)}
 
     @on(Action.stop_transaction)
     async def on_stop_transaction(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +76,9 @@ class V16Session(StationSession):
         ev.transaction_ended.meter_stop_wh = float(p.get("meterStop", 0))
         ev.transaction_ended.reason = mapping.text(p.get("reason", "Local"), 32)
         await self.publish(ev)
-        return dict(ACCEPTED_ID) if "idTag" in p else {}
+        if "idTag" not in p:
+            return {}
+        return {"idTagInfo": id_tag_info_16(await self.authorize(mapping.text(p.get("idTag"), 20)))}
 
     @on(Action.meter_values)
     async def on_meter_values(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -93,3 +94,37 @@ class V16Session(StationSession):
         ev.data_transfer.CopyFrom(mapping.data_transfer(p))
         await self.publish(ev)
         return {"status": "UnknownVendorId"}   # no vendor extensions are implemented; the event is published
+
+    # ---- status reports and security (published as `notification` events for operators) ------------
+
+    @on(Action.diagnostics_status_notification)
+    async def on_diagnostics_status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("DiagnosticsStatusNotification", p)
+        return {}
+
+    @on(Action.firmware_status_notification)
+    async def on_firmware_status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("FirmwareStatusNotification", p)
+        return {}
+
+    @on(Action.log_status_notification)
+    async def on_log_status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("LogStatusNotification", p)
+        return {}
+
+    @on(Action.signed_firmware_status_notification)
+    async def on_signed_firmware_status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("SignedFirmwareStatusNotification", p)
+        return {}
+
+    @on(Action.security_event_notification)
+    async def on_security_event_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        self.log_security_event(p)
+        await self.notify("SecurityEventNotification", p)
+        return {}
+
+    @on(Action.sign_certificate)
+    async def on_sign_certificate(self, p: dict[str, Any]) -> dict[str, Any]:
+        # no certificate authority is connected to sign the CSR: Rejected (the station keeps its certificate)
+        await self.notify("SignCertificate", p)
+        return {"status": "Rejected"}

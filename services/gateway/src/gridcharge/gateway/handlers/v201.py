@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridcharge.gateway.core import mapping
+from gridcharge.gateway.core import limits, mapping
+from gridcharge.gateway.core.authorization import id_token_info_201
 from gridcharge.gateway.core.errors import Version
 from gridcharge.gateway.handlers.base import StationSession
 from gridcharge.station.v1 import station_pb2
@@ -19,16 +20,7 @@ class V201Session(StationSession):
 
     @on(Action.boot_notification)
     async def on_boot_notification(self, p: dict[str, Any]) -> dict[str, Any]:
-        self.boot_status = self.ctx.boot_status_for(self.id)
-        ev = self.event()
-        ev.boot.CopyFrom(mapping.boot_201(p, self.boot_status))
-        await self.publish(ev)
-        return {"status": self.boot_status, "currentTime": self.now_iso(),
-                "interval": self.ctx.settings.heartbeat_interval_s}
-
-    def after_BootNotification(self) -> None:
-        if self.boot_status == "Accepted":
-            self.ctx.on_boot_accepted(self)
+        return await self.answer_boot(mapping.boot_201(p, ""))
 
     @on(Action.heartbeat)
     async def on_heartbeat(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -46,11 +38,13 @@ class V201Session(StationSession):
 
     @on(Action.authorize)
     async def on_authorize(self, p: dict[str, Any]) -> dict[str, Any]:
+        token = mapping.text(p["idToken"].get("idToken"), 36)
+        d = await self.authorize(token, mapping.text(p["idToken"].get("type"), 20))
         ev = self.event()
-        ev.authorize.id_token = mapping.text(p["idToken"].get("idToken"), 36)
-        ev.authorize.status = "Accepted"
+        ev.authorize.id_token = token
+        ev.authorize.status = d.status
         await self.publish(ev)
-        return {"idTokenInfo": {"status": "Accepted"}}
+        return {"idTokenInfo": id_token_info_201(d)}
 
     @on(Action.transaction_event)
     async def on_transaction_event(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +54,12 @@ class V201Session(StationSession):
         evse_id = int(evse.get("id", 0))
         seq = int(p["seqNo"])
         kind = p["eventType"]
+        # E01.FR.11/12: an idToken in a TransactionEvent is verified and the answer carries its idTokenInfo
+        id_token = p.get("idToken")
+        answer: dict[str, Any] = {}
+        if id_token is not None:
+            d = await self.authorize(mapping.text(id_token.get("idToken"), 36), mapping.text(id_token.get("type"), 20))
+            answer = {"idTokenInfo": id_token_info_201(d)}
         ev = self.event(mapping.parse_time(p.get("timestamp")))
         if kind == "Started":
             ev.transaction_started.CopyFrom(station_pb2.TransactionStarted(
@@ -76,7 +76,7 @@ class V201Session(StationSession):
                 seq_no=seq, trigger_reason=mapping.text(p.get("triggerReason"), 32)))
         # duplicates (same seqNo) are answered but not published again; gaps are reordered
         if self.sequencer.seen(tx_id, seq):
-            return {}
+            return answer
         for mv in mapping.meter_values(self.id, self.version, self.ctx.producer, self.ctx.clock.now(), evse_id,
                                        tx_id, p.get("meterValue", ())):
             if kind == "Ended":
@@ -86,7 +86,7 @@ class V201Session(StationSession):
             await self.ctx.publish_meter(mv)
         for r in self.sequencer.accept(tx_id, seq, ev, ended=kind == "Ended"):
             await self.publish(r)
-        return {}
+        return answer
 
     @on(Action.meter_values)
     async def on_meter_values(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -104,9 +104,25 @@ class V201Session(StationSession):
 
     @on(Action.notify_charging_limit)
     async def on_notify_charging_limit(self, p: dict[str, Any]) -> dict[str, Any]:
+        # the limit binds this station: published as a station-scoped ExternalLimit the allocator respects
+        facts = self.ctx.stations.get(self.id)
+        if facts is not None:
+            lim = limits.station_limit(facts, p, self.ctx.clock.now(), self.ctx.producer)
+            if lim is not None:
+                await self.ctx.publish_external_limit(lim)
         ev = self.event()
         ev.charging_limit.CopyFrom(mapping.charging_limit(p))
         await self.publish(ev)
+        return {}
+
+    @on(Action.cleared_charging_limit)
+    async def on_cleared_charging_limit(self, p: dict[str, Any]) -> dict[str, Any]:
+        facts = self.ctx.stations.get(self.id)
+        if facts is not None:
+            for lim in limits.cleared_limits(facts, p, self.ctx.evse_ids.get(self.id, []), self.ctx.clock.now(),
+                                             self.ctx.producer):
+                await self.ctx.publish_external_limit(lim)
+        await self.notify("ClearedChargingLimit", p)
         return {}
 
     @on(Action.report_charging_profiles)
@@ -129,3 +145,71 @@ class V201Session(StationSession):
         ev.data_transfer.CopyFrom(mapping.data_transfer(p))
         await self.publish(ev)
         return {"status": "UnknownVendorId"}
+
+    # ---- reports and status notifications (published as `notification` events for operators) ------
+
+    @on(Action.notify_event)
+    async def on_notify_event(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("NotifyEvent", p)    # N07/N08: always answered, with an empty NotifyEventResponse
+        return {}
+
+    @on(Action.notify_report)
+    async def on_notify_report(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("NotifyReport", p)
+        return {}
+
+    @on(Action.notify_monitoring_report)
+    async def on_notify_monitoring_report(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("NotifyMonitoringReport", p)
+        return {}
+
+    @on(Action.notify_display_messages)
+    async def on_notify_display_messages(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("NotifyDisplayMessages", p)
+        return {}
+
+    @on(Action.notify_customer_information)
+    async def on_notify_customer_information(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("NotifyCustomerInformation", p)
+        return {}
+
+    @on(Action.log_status_notification)
+    async def on_log_status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("LogStatusNotification", p)
+        return {}
+
+    @on(Action.firmware_status_notification)
+    async def on_firmware_status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("FirmwareStatusNotification", p)
+        return {}
+
+    @on(Action.publish_firmware_status_notification)
+    async def on_publish_firmware_status_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("PublishFirmwareStatusNotification", p)
+        return {}
+
+    @on(Action.reservation_status_update)
+    async def on_reservation_status_update(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("ReservationStatusUpdate", p)
+        return {}
+
+    @on(Action.security_event_notification)
+    async def on_security_event_notification(self, p: dict[str, Any]) -> dict[str, Any]:
+        self.log_security_event(p)
+        await self.notify("SecurityEventNotification", p)
+        return {}
+
+    # ---- certificates: no certificate authority or OCSP/ISO 15118 backend is connected ---------------
+
+    @on(Action.sign_certificate)
+    async def on_sign_certificate(self, p: dict[str, Any]) -> dict[str, Any]:
+        await self.notify("SignCertificate", p)      # A02/A03: Rejected, the station keeps its certificate
+        return {"status": "Rejected", "statusInfo": {"reasonCode": "NoCA"}}
+
+    @on(Action.get_15118_ev_certificate)
+    async def on_get_15118_ev_certificate(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "Failed", "exiResponse": "", "statusInfo": {"reasonCode": "NoBackend"}}
+
+    @on(Action.get_certificate_status)
+    async def on_get_certificate_status(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "Failed", "statusInfo": {"reasonCode": "NoOCSP"}}

@@ -205,12 +205,20 @@ class ExternalLimit(_message.Message):
     FALLBACK_LIMIT_W_FIELD_NUMBER: _builtins.int
     STALE_AFTER_S_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
+    STATION_ID_FIELD_NUMBER: _builtins.int
+    EVSE_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     limit_id: _builtins.str
     source: _builtins.str
     """e.g. "dso", "operator", "openadr" """
     stale_after_s: _builtins.int
     """0 = never stale within the window"""
+    station_id: _builtins.str
+    """Set when the limit binds one station only (reported by the station itself, OCPP 2.0.1
+    NotifyChargingLimit): node_id is then the station's node, limit_w the per-phase limit of that station
+    (EVSE `evse_id`, 0 = the whole station), and the limit must not be applied to the node as a whole.
+    """
+    evse_id: _builtins.int
     @_builtins.property
     def meta(self) -> _common_pb2.Meta: ...
     @_builtins.property
@@ -240,10 +248,12 @@ class ExternalLimit(_message.Message):
         fallback_limit_w: _common_pb2.PhaseValues | None = ...,
         stale_after_s: _builtins.int = ...,
         schedule: _abc.Iterable[Global___TimedLimit] | None = ...,
+        station_id: _builtins.str = ...,
+        evse_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fallback_limit_w", b"fallback_limit_w", "limit_w", b"limit_w", "meta", b"meta", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallback_limit_w", b"fallback_limit_w", "limit_id", b"limit_id", "limit_w", b"limit_w", "meta", b"meta", "node_id", b"node_id", "schedule", b"schedule", "source", b"source", "stale_after_s", b"stale_after_s", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evse_id", b"evse_id", "fallback_limit_w", b"fallback_limit_w", "limit_id", b"limit_id", "limit_w", b"limit_w", "meta", b"meta", "node_id", b"node_id", "schedule", b"schedule", "source", b"source", "stale_after_s", b"stale_after_s", "station_id", b"station_id", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -44,6 +44,7 @@ class StationEvent(_message.Message):
     CHARGING_PROFILES_REPORT_FIELD_NUMBER: _builtins.int
     EV_CHARGING_SCHEDULE_FIELD_NUMBER: _builtins.int
     DATA_TRANSFER_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_FIELD_NUMBER: _builtins.int
     station_id: _builtins.str
     ocpp_version: _common_pb2.OcppVersion.ValueType
     @_builtins.property
@@ -80,6 +81,8 @@ class StationEvent(_message.Message):
     def ev_charging_schedule(self) -> Global___EvChargingSchedule: ...
     @_builtins.property
     def data_transfer(self) -> Global___DataTransfer: ...
+    @_builtins.property
+    def notification(self) -> Global___Notification: ...
     def __init__(
         self,
         *,
@@ -101,12 +104,13 @@ class StationEvent(_message.Message):
         charging_profiles_report: Global___ChargingProfilesReport | None = ...,
         ev_charging_schedule: Global___EvChargingSchedule | None = ...,
         data_transfer: Global___DataTransfer | None = ...,
+        notification: Global___Notification | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "boot", b"boot", "charging_limit", b"charging_limit", "charging_needs", b"charging_needs", "charging_profiles_report", b"charging_profiles_report", "connected", b"connected", "data_transfer", b"data_transfer", "disconnected", b"disconnected", "ev_charging_schedule", b"ev_charging_schedule", "heartbeat", b"heartbeat", "meta", b"meta", "occurred_at", b"occurred_at", "payload", b"payload", "status", b"status", "transaction_ended", b"transaction_ended", "transaction_started", b"transaction_started", "transaction_updated", b"transaction_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "boot", b"boot", "charging_limit", b"charging_limit", "charging_needs", b"charging_needs", "charging_profiles_report", b"charging_profiles_report", "connected", b"connected", "data_transfer", b"data_transfer", "disconnected", b"disconnected", "ev_charging_schedule", b"ev_charging_schedule", "heartbeat", b"heartbeat", "meta", b"meta", "notification", b"notification", "occurred_at", b"occurred_at", "payload", b"payload", "status", b"status", "transaction_ended", b"transaction_ended", "transaction_started", b"transaction_started", "transaction_updated", b"transaction_updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "boot", b"boot", "charging_limit", b"charging_limit", "charging_needs", b"charging_needs", "charging_profiles_report", b"charging_profiles_report", "connected", b"connected", "data_transfer", b"data_transfer", "disconnected", b"disconnected", "ev_charging_schedule", b"ev_charging_schedule", "heartbeat", b"heartbeat", "meta", b"meta", "occurred_at", b"occurred_at", "ocpp_version", b"ocpp_version", "payload", b"payload", "station_id", b"station_id", "status", b"status", "transaction_ended", b"transaction_ended", "transaction_started", b"transaction_started", "transaction_updated", b"transaction_updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "boot", b"boot", "charging_limit", b"charging_limit", "charging_needs", b"charging_needs", "charging_profiles_report", b"charging_profiles_report", "connected", b"connected", "data_transfer", b"data_transfer", "disconnected", b"disconnected", "ev_charging_schedule", b"ev_charging_schedule", "heartbeat", b"heartbeat", "meta", b"meta", "notification", b"notification", "occurred_at", b"occurred_at", "ocpp_version", b"ocpp_version", "payload", b"payload", "station_id", b"station_id", "status", b"status", "transaction_ended", b"transaction_ended", "transaction_started", b"transaction_started", "transaction_updated", b"transaction_updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["connected", "disconnected", "boot", "heartbeat", "status", "authorize", "transaction_started", "transaction_updated", "transaction_ended", "charging_needs", "charging_limit", "charging_profiles_report", "ev_charging_schedule", "data_transfer"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["connected", "disconnected", "boot", "heartbeat", "status", "authorize", "transaction_started", "transaction_updated", "transaction_ended", "charging_needs", "charging_limit", "charging_profiles_report", "ev_charging_schedule", "data_transfer", "notification"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -513,6 +517,33 @@ class DataTransfer(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DataTransfer: _TypeAlias = DataTransfer  # noqa: Y015
+
+@_typing.final
+class Notification(_message.Message):
+    """A station message with no domain mapping of its own (NotifyEvent, SecurityEventNotification,
+    FirmwareStatusNotification, ...), kept for operators: the OCPP action and its payload as JSON.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    payload_json: _builtins.str
+    """validated JSON as the station sent it; empty when above 16 KiB"""
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+        payload_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "payload_json", b"payload_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Notification: _TypeAlias = Notification  # noqa: Y015
 
 @_typing.final
 class MeterValues(_message.Message):
