@@ -28,8 +28,11 @@ from typing import Any
 
 import h11
 import uvicorn
-from fastapi import APIRouter, FastAPI, HTTPException, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from gridcharge.shared.audit import NOTE_KEY, PRINCIPAL_KEY, AuditSink
 from gridcharge.shared.auth import SAFE_METHODS, ApiAuth, Denied
 from gridcharge.shared.config import MIB, Settings
@@ -127,6 +130,23 @@ def _declare_bearer_auth(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN/inf (which JSON cannot carry) as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, but one that can echo a NaN/1e400 input: its own handler fails to encode it and answers 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
+
+
 def create_app(title: str, health: Health, routers: list[APIRouter] | None = None, *, auth: ApiAuth | None = None,
                audit: AuditSink | None = None, limits: EdgeLimits | None = None, ops: bool = True) -> FastAPI:
     """The service's HTTP app. Without `auth`, no credential is configured: reads open, changes refused."""
@@ -136,6 +156,7 @@ def create_app(title: str, health: Health, routers: list[APIRouter] | None = Non
     for r in routers or []:
         app.include_router(r)
     _declare_bearer_auth(app)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(EdgeMiddleware, auth=auth or ApiAuth(), audit=audit,
                        max_body_bytes=(limits or EdgeLimits()).max_body_bytes)
     return app
