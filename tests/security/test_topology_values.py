@@ -13,7 +13,7 @@ from gridcharge.shared.errors import ConfigError
 from gridcharge.shared.topology import STATION_ID, load_topology
 
 BASE = """\
-site: {id: s, timezone: {tz}}
+site: {{id: s, timezone: {tz}}}
 nominal_voltage_v: {voltage}
 nodes:
   - {{id: {node}, kind: site, limit_w: [{limit}, 50000, 50000], safety_margin_pct: {margin}}}
