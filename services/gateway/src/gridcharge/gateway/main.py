@@ -14,6 +14,7 @@ from gridcharge.gateway.config import GatewaySettings, check_gateway_files, gate
 from gridcharge.gateway.handlers.base import StationSession
 from gridcharge.shared.contracts import COMMAND_RESULTS, METER_VALUES, STATION_CAPABILITIES, STATION_EVENTS
 from gridcharge.shared.errors import ConfigError
+from gridcharge.shared.http import os_error_text
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.service import run_service
 from gridcharge.shared.topology import Topology
@@ -60,7 +61,7 @@ class GatewayService:
             await self.server.start()
         except OSError as exc:
             raise ConfigError("start-up", "GRIDCHARGE_OCPP_PORT", f"cannot listen on {self.settings.ocpp_host}:"
-                              f"{self.settings.ocpp_port}: {exc.strerror or exc}") from None
+                              f"{self.settings.ocpp_port}: {os_error_text(exc)}") from None
         self.rt.health.add("gateway", lambda: self.server.server is not None)
 
     async def stop(self) -> None:

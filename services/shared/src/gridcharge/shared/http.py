@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -393,6 +394,11 @@ def guarded_protocol(guard: ConnectionGuard, limits: EdgeLimits) -> type[asyncio
     return GuardedH11Protocol
 
 
+def os_error_text(exc: OSError) -> str:
+    """'Address already in use' rather than a library's wrapped sentence."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A listening socket, bound here so a busy or bad port is an error we can word (uvicorn would sys.exit)."""
     family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
@@ -424,12 +430,19 @@ class HttpServer:
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
 
-    async def start(self) -> None:
+    def bind(self) -> None:
+        """Take the port now (before the services start), so a busy port fails start-up cleanly."""
+        if self._sock is not None:
+            return
         try:
             self._sock = bind_socket(self.host, self.requested_port)
         except OSError as exc:
             raise ConfigError("start-up", self.port_var, f"cannot listen on {self.host}:{self.requested_port}: "
-                                                         f"{exc.strerror or exc}") from None
+                                                         f"{os_error_text(exc)}") from None
+
+    async def start(self) -> None:
+        self.bind()
+        assert self._sock is not None
         # _serve() rather than serve(): serve() captures SIGTERM/SIGINT, which belong to the host process
         self._task = asyncio.create_task(self.server._serve(sockets=[self._sock]), name="http")
         while not self.server.started:
@@ -448,3 +461,5 @@ class HttpServer:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 10)
+        elif self._sock is not None:    # bound, never served (start-up failed later)
+            self._sock.close()

@@ -65,14 +65,10 @@ class Host:
         st = self.rt.settings
         # credentials first: a bad token file must stop start-up before any service commands a station
         auth = self.auth or (ApiAuth.from_settings(st) if self.http_enabled else None)
-        await self.rt.bus.start()
-        self._bus_started = True
-        for s in self.services:
-            BUILD_INFO.labels(service=s.name, version=VERSION).set(1)
-            await s.start()
-            self._started.append(s)
         if self.http_enabled:
             assert auth is not None
+            # the edge is built and its ports taken before any service starts: a busy port stops start-up
+            # before a service commands a station or logs that it started
             routers = [r for s in self.services for r in s.routers]
             names = "+".join(s.name for s in self.services)
             limits = EdgeLimits.from_settings(st)
@@ -80,16 +76,27 @@ class Host:
             app = create_app("gridcharge " + names, self.rt.health, routers, auth=auth, audit=audit, limits=limits,
                              ops=st.ops_port is None)
             self.http = HttpServer(app, st.http_host, st.http_port, limits)
+            self.http.bind()
+            if st.ops_port is not None:
+                self.ops = HttpServer(create_ops_app(self.rt.health, limits), st.http_host, st.ops_port, limits,
+                                      listener="ops", port_var="GRIDCHARGE_OPS_PORT")
+                self.ops.bind()
+        await self.rt.bus.start()
+        self._bus_started = True
+        for s in self.services:
+            BUILD_INFO.labels(service=s.name, version=VERSION).set(1)
+            await s.start()
+            self._started.append(s)
+        if self.http is not None:
+            assert auth is not None
             await self.http.start()
             log.info("http listening", extra={"port": self.http.port, "api_auth": auth.describe()})
             if auth.open_access:
                 log.warning("operator API open to anyone who reaches the port (GRIDCHARGE_API_OPEN_ACCESS=true): "
                             "development only")
-            if st.ops_port is not None:
-                self.ops = HttpServer(create_ops_app(self.rt.health, limits), st.http_host, st.ops_port, limits,
-                                      listener="ops", port_var="GRIDCHARGE_OPS_PORT")
-                await self.ops.start()
-                log.info("ops endpoints listening", extra={"port": self.ops.port})
+        if self.ops is not None:
+            await self.ops.start()
+            log.info("ops endpoints listening", extra={"port": self.ops.port})
 
     async def stop(self) -> None:
         for server in (self.ops, self.http):
