@@ -115,6 +115,7 @@ class Served:
     http_port: int
     ocpp_port: int
     log: Path
+    ops_port: int | None = None   # /healthz, /readyz, /metrics when GRIDCHARGE_OPS_PORT is set
 
     @property
     def base(self) -> str:
@@ -147,14 +148,16 @@ def serving(topology: Path, log: Path, *, services: str | None = None, **env: st
                          GRIDCHARGE_WEATHER_FILE=str(WEATHER), GRIDCHARGE_LOG_JSON="true", **env)
     with log.open("wb") as out:
         proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-        served = Served(proc, http_port, ocpp_port, log)
+        ops = int(env["GRIDCHARGE_OPS_PORT"]) if "GRIDCHARGE_OPS_PORT" in env else None
+        served = Served(proc, http_port, ocpp_port, log, ops)
+        ready_url = f"http://127.0.0.1:{ops}/readyz" if ops else f"{served.base}/readyz"
         try:
             deadline = time.monotonic() + 60
             while True:
                 if proc.poll() is not None:
                     raise AssertionError(f"gridcharge serve exited {proc.returncode}:\n{served.output()[-3000:]}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{served.base}/readyz", timeout=2).status_code == 200:
+                    if httpx.get(ready_url, timeout=2).status_code == 200:
                         break
                 if time.monotonic() > deadline:
                     raise AssertionError(f"gridcharge serve not ready:\n{served.output()[-3000:]}")

@@ -292,6 +292,28 @@ _503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconten
         b"connection: close\r\n\r\ntoo many connections\n")
 
 
+LINGER_S = 2.0
+LINGER_BYTES = 16 * MIB
+
+
+class _LingeringTransport:
+    """The transport as uvicorn sees it; `close()` goes through the protocol, which may half-close first."""
+
+    def __init__(self, inner: asyncio.Transport, close: Callable[[], None]) -> None:
+        self._inner, self._close, self._closing = inner, close, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._inner.is_closing()
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._close()
+
+
 class ConnectionGuard:
     """Open connections of one listener, in total and per client address."""
 
@@ -328,9 +350,14 @@ def guarded_protocol(guard: ConnectionGuard, limits: EdgeLimits) -> type[asyncio
         _ip = ""
         _timer: asyncio.TimerHandle | None = None
         _timer_kind = ""
+        _raw: asyncio.Transport
+        _lingering = False
+        _linger_bytes = 0
+        _linger_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            self._raw = transport
+            super().connection_made(_LingeringTransport(transport, self._close_or_linger))  # type: ignore[arg-type]
             self._ip = self.client[0] if self.client else ""
             self._admitted = guard.admit(self._ip)
             if not self._admitted:
@@ -342,6 +369,8 @@ def guarded_protocol(guard: ConnectionGuard, limits: EdgeLimits) -> type[asyncio
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
             if self._admitted:
                 self._admitted = False
                 guard.release(self._ip)
@@ -349,6 +378,11 @@ def guarded_protocol(guard: ConnectionGuard, limits: EdgeLimits) -> type[asyncio
 
         def data_received(self, data: bytes) -> None:
             if not self._admitted:
+                return
+            if self._lingering:     # the rest of a refused upload: dropped unparsed, never buffered
+                self._linger_bytes += len(data)
+                if self._linger_bytes > LINGER_BYTES:
+                    self._raw.close()
                 return
             super().data_received(data)
             self._follow_request()
@@ -358,6 +392,24 @@ def guarded_protocol(guard: ConnectionGuard, limits: EdgeLimits) -> type[asyncio
             self._disarm()
             if self.conn.their_state is h11.SEND_BODY:   # answered early: the rest of the body is still bounded
                 self._arm("body_timeout", limits.body_timeout_s)
+
+        def _close_or_linger(self) -> None:
+            """Closing while the client still sends a body we refused (413, 401) makes the kernel answer with a
+            reset, which throws our response away at the client. Half-close instead: the response goes out with
+            a FIN, the rest of the upload is read and dropped for LINGER_S (at most LINGER_BYTES), then close."""
+            raw = self._raw
+            if self.conn.their_state is not h11.SEND_BODY or raw.is_closing() or not raw.can_write_eof():
+                raw.close()
+                return
+            self._disarm()
+            self._lingering = True
+            try:
+                raw.write_eof()
+            except (OSError, RuntimeError):
+                raw.close()
+                return
+            raw.resume_reading()
+            self._linger_timer = self.loop.call_later(LINGER_S, raw.close)
 
         def _follow_request(self) -> None:
             if self.transport.is_closing():
@@ -388,8 +440,8 @@ def guarded_protocol(guard: ConnectionGuard, limits: EdgeLimits) -> type[asyncio
                 return
             HTTP_REJECTIONS.labels(reason=kind).inc()
             if self.cycle is None or not self.cycle.response_started:
-                self.transport.write(_408)
-            self.transport.close()
+                self._raw.write(_408)
+            self._raw.close()
 
     return GuardedH11Protocol
 
