@@ -670,6 +670,34 @@ def check_env_names(docs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def check_env_parses(docs: list[dict[str, Any]]) -> list[str]:
+    """The env the chart gives each service parses into that service's settings, as the pod would see it (all
+    strings; Secret references stand in as placeholders): GRIDCHARGE_SECURITY_PROFILE "1" once stopped start-up."""
+    from gridcharge.forecasting.settings import ForecastingSettings
+    from gridcharge.gateway.config import GatewaySettings
+    from gridcharge.shared.config import Settings
+    from gridcharge.shared.errors import ConfigError
+    from gridcharge.telemetry.settings import TelemetrySettings
+
+    classes: dict[str, type[Settings]] = {"gateway": GatewaySettings, "telemetry": TelemetrySettings,
+                                          "forecasting": ForecastingSettings, "allocation": Settings}
+    problems: list[str] = []
+    for d in docs:
+        component = d.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component", "")
+        if d.get("kind") != "Deployment" or component not in classes:
+            continue
+        for c in _dig(d, POD_KINDS["Deployment"]).get("containers", []):
+            env = {e["name"]: str(e["value"]) if "value" in e else "placeholder-from-" + next(iter(e["valueFrom"]))
+                   for e in c.get("env", [])}
+            if env.get("GRIDCHARGE_REDIS_URL", "").startswith("placeholder"):
+                env["GRIDCHARGE_REDIS_URL"] = "redis://redis:6379/0"
+            try:
+                classes[component].from_env(env)
+            except ConfigError as exc:
+                problems.append(f"Deployment/{d['metadata']['name']}: the service would not start: {exc}")
+    return problems
+
+
 def check_manifests(paths: list[Path], kube_version: str) -> list[str]:
     import jsonschema
     import kubernetes_validate
@@ -703,7 +731,7 @@ def check_manifests(paths: list[Path], kube_version: str) -> list[str]:
             if rule["spec"]["groups"] != load_alert_groups():
                 problems.append(f"{path.name}: PrometheusRule groups differ from deploy/prometheus/alerts.yaml")
         problems += [f"{path.name}: {p}" for p in check_exposure(docs) + check_network_policies(docs)
-                     + check_env_names(docs)]
+                     + check_env_names(docs) + check_env_parses(docs)]
         names = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
         dupes = {n for n in names if names.count(n) > 1}
         problems += [f"{path.name}: duplicate resource {d}" for d in sorted(dupes, key=str)]

@@ -336,3 +336,13 @@ def test_network_policy_check() -> None:
 def test_env_name_check_flags_variables_nobody_reads() -> None:
     problems = dc.check_env_names([_deployment("telemetry", http=8081)])
     assert problems and "GRIDCHARGE_DATA_DIR is not a gridcharge setting" in problems[0]
+
+
+def test_env_parse_check_runs_the_services_settings() -> None:
+    gw = _deployment("gateway", ocpp=9000)
+    container = gw["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [{"name": "GRIDCHARGE_SECURITY_PROFILE", "value": "2"},
+                        {"name": "GRIDCHARGE_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    assert dc.check_env_parses([gw]) == []
+    container["env"][0]["value"] = "7"
+    assert "GRIDCHARGE_SECURITY_PROFILE" in dc.check_env_parses([gw])[0]
