@@ -188,3 +188,9 @@ def test_unrelated_unknown_variable_is_only_a_warning() -> None:
     warnings = check_environment({"GRIDCHARGE_FANCY_NEW_FEATURE": "1", "GRIDCHARGE_SERVICE": "gateway",
                                   "GRIDCHARGE_WEATHER_FILE": "/x", "GRIDCHARGE_TELEMETRY_RUNTIME": "bus"})
     assert warnings == ["GRIDCHARGE_FANCY_NEW_FEATURE: unknown variable, ignored"]
+
+
+def test_security_doc_lists_every_setting() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    missing = sorted(v for v in known_env_vars() if v not in doc)
+    assert missing == [], f"docs/security.md does not mention {missing}"
