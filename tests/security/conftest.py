@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 import socket
@@ -25,7 +26,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from gridcharge.gateway.adapters.credentials import hash_password
-from gridcharge.shared.auth import token_digest
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -43,6 +43,12 @@ stations:
   - {id: CP2, node: feeder, ocpp: "1.6", max_current_a: 32, fallback_current_a: 6}
 """
 WEATHER = REPO / "services/forecasting/src/gridcharge/forecasting/data/backtest/weather_forecast.json"
+
+
+def token_digest(token: str) -> str:
+    """What `gridcharge api-token` writes into the tokens file (computed here so these process-level tests also
+    run against older code, to show what they catch)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def free_port() -> int:
