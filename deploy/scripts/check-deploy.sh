@@ -9,7 +9,8 @@
 # 4. helm template for the same cases + cases that must FAIL (schema typos, unsafe values);
 #    helm package, and the packaged chart still renders the PrometheusRule from files/alerts.yaml
 # 5. rendered manifests: kubernetes-validate (strict) for built-in kinds, minimal schemas for the CRD
-#    kinds ServiceMonitor, PrometheusRule, KafkaTopic, plus security/probe/env policy checks;
+#    kinds ServiceMonitor, PrometheusRule, KafkaTopic, plus security/probe/env policy checks; exposure (only
+#    OCPP on a LoadBalancer/NodePort/Ingress), NetworkPolicies on, every GRIDCHARGE_* name a real setting;
 #    the topic Job's shell script run against stub kafka-topics.sh/kafka-configs.sh
 # 6. promtool check rules + promtool test rules on deploy/prometheus/
 # 7. dashboards, metric names, alert rules vs docs/metrics.md, chart copy of the rules, compose structure
@@ -94,6 +95,11 @@ for c in "${cases[@]}"; do
   run "helm template ($name)" render "$OUT/rendered-$name.yaml" ${file:+-f "$file"}
   rendered+=("$OUT/rendered-$name.yaml")
 done
+# OCPP exposed through a LoadBalancer (the documented way without an Ingress): the manifests step checks that
+# only the OCPP port is on it and that the NetworkPolicies keep the operator API closed
+run "helm template (gateway.service.type=LoadBalancer)" render "$OUT/rendered-loadbalancer.yaml" \
+  --set gateway.service.type=LoadBalancer --set gateway.service.externalTrafficPolicy=Local
+rendered+=("$OUT/rendered-loadbalancer.yaml")
 tpl() { helm template gridcharge "$CHART" --kube-version "$KUBE_VERSION" "$@"; }
 must_fail "rejects a top-level typo (gatway.replicaCount)" "additional properties" tpl --set gatway.replicaCount=2
 must_fail "rejects a nested typo (gateway.autoscalling)" "additional properties" tpl --set gateway.autoscalling.enabled=false
@@ -105,6 +111,17 @@ must_fail "rejects Strimzi topics and topic Job together" "alternatives" \
 must_fail "rejects min.insync.replicas > replication" "must not exceed" tpl --set kafkaTopics.minInsyncReplicas=4
 must_fail "rejects a delete topic without retention" "retentionMs" \
   tpl --set-json 'kafkaTopics.topics=[{"name":"x.v1","key":"k","scope":"node","cleanupPolicy":"delete"}]'
+
+must_fail "rejects a plain station password (hashes only)" "pbkdf2_sha256" \
+  tpl --set stationCredentials.stations.CP1=plain-password
+must_fail "rejects an API token entry that is not a SHA-256 digest" "sha256" \
+  tpl --set-json 'apiAuth.tokens={"ui":{"role":"operator","sha256":"abc"}}'
+must_fail "rejects an unknown API role" "role" \
+  tpl --set-json 'apiAuth.tokens={"ui":{"role":"admin","sha256":"'"$(printf '0%.0s' {1..64})"'"}}'
+must_fail "rejects a plain-http JWKS URL" "jwksUrl" tpl --set apiAuth.oidc.jwksUrl=http://idp.example/jwks
+must_fail "rejects an OIDC issuer without audience/JWKS" "needs apiAuth.oidc.audience" \
+  tpl --set apiAuth.oidc.issuer=https://idp.example
+must_fail "rejects a symmetric OIDC algorithm" "algorithms" tpl --set apiAuth.oidc.algorithms=HS256
 
 packaged_rule_renders() {
   helm package "$CHART" -d "$OUT/pkg" >/dev/null &&

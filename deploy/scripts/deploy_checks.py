@@ -385,6 +385,11 @@ def check_compose() -> list[str]:
         env = svc.get("environment", {})
         if env.get("GRIDCHARGE_SERVICE") and env.get("GRIDCHARGE_BUS") != "kafka":
             problems.append(f"compose.yaml: {name} must run with GRIDCHARGE_BUS=kafka")
+        from gridcharge.shared.config import known_env_vars
+
+        for var in env:
+            if var.startswith("GRIDCHARGE_") and var not in known_env_vars():
+                problems.append(f"compose.yaml: {name}: {var} is not a gridcharge setting")
     ct, kt = compose_topics(), chart_topics()
     if set(ct) != set(kt):
         problems.append(f"compose.yaml topics differ from the chart's: {sorted(set(ct) ^ set(kt))}")
@@ -511,6 +516,7 @@ SERVICE_ENV = {
     "GRIDCHARGE_REDIS_URL",
     "GRIDCHARGE_TOPOLOGY",
     "GRIDCHARGE_HTTP_PORT",
+    "GRIDCHARGE_OPS_PORT",
     "GRIDCHARGE_LOG_LEVEL",
 }
 
@@ -560,6 +566,8 @@ def check_pod_policy(doc: dict[str, Any]) -> list[str]:
             ):
                 if _dig(c, (probe, "httpGet", "path")) != path:
                     problems.append(f"{cw}: {probe} must GET {path}")
+                if _dig(c, (probe, "httpGet", "port")) != "ops":
+                    problems.append(f"{cw}: {probe} must use the ops port (the API port may be under attack)")
             env = {e["name"]: e for e in c.get("env", [])}
             missing = SERVICE_ENV - set(env)
             if missing:
@@ -577,6 +585,117 @@ def check_pod_policy(doc: dict[str, Any]) -> list[str]:
             problems.append(f"{where}: allocation must run at most one replica (one allocator commands stations)")
         if doc["spec"].get("strategy", {}).get("type") != "Recreate":
             problems.append(f"{where}: allocation needs strategy Recreate (old and new allocator must not overlap)")
+    return problems
+
+
+def _container_ports(docs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """component -> {port name: containerPort} of the release's Deployments."""
+    out: dict[str, dict[str, int]] = {}
+    for d in docs:
+        if d.get("kind") != "Deployment":
+            continue
+        component = d["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
+        for c in _dig(d, POD_KINDS["Deployment"]).get("containers", []):
+            for port in c.get("ports", []):
+                out.setdefault(component, {})[port.get("name", "")] = port["containerPort"]
+    return out
+
+
+def check_exposure(docs: list[dict[str, Any]]) -> list[str]:
+    """Only the OCPP port may leave the cluster: a LoadBalancer/NodePort Service (or one with externalIPs) and an
+    Ingress may carry nothing else; the operator API and the ops port stay on ClusterIP Services."""
+    problems: list[str] = []
+    for d in docs:
+        kind, name = d.get("kind"), d.get("metadata", {}).get("name")
+        if kind == "Service":
+            spec = d.get("spec", {})
+            if spec.get("type") in ("LoadBalancer", "NodePort") or spec.get("externalIPs"):
+                for port in spec.get("ports", []):
+                    if port.get("name") != "ocpp" or port.get("targetPort") != "ocpp":
+                        problems.append(f"Service/{name} ({spec.get('type')}) exposes port {port.get('name')!r}: "
+                                        "only OCPP may be on an externally reachable Service")
+        elif kind == "Ingress":
+            for rule in d.get("spec", {}).get("rules", []):
+                for path in rule.get("http", {}).get("paths", []):
+                    port = _dig(path, ("backend", "service", "port"))
+                    if port.get("name") != "ocpp":
+                        problems.append(f"Ingress/{name} routes to port {port}: only OCPP may be exposed")
+    return problems
+
+
+def check_network_policies(docs: list[dict[str, Any]]) -> list[str]:
+    """NetworkPolicies are on: a default deny for the release's pods, and per component no ingress rule without
+    `from` except for the gateway's OCPP port (stations connect from anywhere)."""
+    workloads = [d for d in docs if d.get("kind") == "Deployment"]
+    if not workloads:
+        return []
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    problems: list[str] = []
+    deny = [p for p in policies if set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+            and not p["spec"].get("ingress") and not p["spec"].get("egress")
+            and "app.kubernetes.io/component" not in p["spec"].get("podSelector", {}).get("matchLabels", {})]
+    if not deny:
+        problems.append("no default-deny NetworkPolicy for the release's pods (networkPolicy.enabled must stay on)")
+    ports = _container_ports(docs)
+    for component, named in ports.items():
+        mine = [p for p in policies
+                if p["spec"].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+                == component]
+        if not mine:
+            problems.append(f"{component}: no NetworkPolicy selects its pods")
+        open_ok = {named["ocpp"]} if "ocpp" in named else set()
+        for p in mine:
+            for rule in p["spec"].get("ingress", []):
+                rule_ports = {port.get("port") for port in rule.get("ports", [])}
+                if not rule.get("from") and (not rule_ports or rule_ports - open_ok):
+                    problems.append(f"NetworkPolicy/{p['metadata']['name']}: ports {sorted(rule_ports, key=str)} "
+                                    "open to everyone; only the OCPP port may be")
+    return problems
+
+
+def check_env_names(docs: list[dict[str, Any]]) -> list[str]:
+    """Every GRIDCHARGE_* variable the chart sets is one gridcharge reads (GRIDCHARGE_DATA_DIR was read by
+    nobody; the services now refuse misspelt names at start-up, so a bad name would stop the pod)."""
+    from gridcharge.shared.config import known_env_vars
+
+    known = known_env_vars()
+    problems: list[str] = []
+    for d in docs:
+        if d.get("kind") not in POD_KINDS:
+            continue
+        for c in _dig(d, POD_KINDS[d["kind"]]).get("containers", []):
+            for e in c.get("env", []):
+                if e["name"].startswith("GRIDCHARGE_") and e["name"] not in known:
+                    problems.append(f"{d['kind']}/{d['metadata']['name']} container {c['name']}: "
+                                    f"{e['name']} is not a gridcharge setting")
+    return problems
+
+
+def check_env_parses(docs: list[dict[str, Any]]) -> list[str]:
+    """The env the chart gives each service parses into that service's settings, as the pod would see it (all
+    strings; Secret references stand in as placeholders): GRIDCHARGE_SECURITY_PROFILE "1" once stopped start-up."""
+    from gridcharge.forecasting.settings import ForecastingSettings
+    from gridcharge.gateway.config import GatewaySettings
+    from gridcharge.shared.config import Settings
+    from gridcharge.shared.errors import ConfigError
+    from gridcharge.telemetry.settings import TelemetrySettings
+
+    classes: dict[str, type[Settings]] = {"gateway": GatewaySettings, "telemetry": TelemetrySettings,
+                                          "forecasting": ForecastingSettings, "allocation": Settings}
+    problems: list[str] = []
+    for d in docs:
+        component = d.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component", "")
+        if d.get("kind") != "Deployment" or component not in classes:
+            continue
+        for c in _dig(d, POD_KINDS["Deployment"]).get("containers", []):
+            env = {e["name"]: str(e["value"]) if "value" in e else "placeholder-from-" + next(iter(e["valueFrom"]))
+                   for e in c.get("env", [])}
+            if env.get("GRIDCHARGE_REDIS_URL", "").startswith("placeholder"):
+                env["GRIDCHARGE_REDIS_URL"] = "redis://redis:6379/0"
+            try:
+                classes[component].from_env(env)
+            except ConfigError as exc:
+                problems.append(f"Deployment/{d['metadata']['name']}: the service would not start: {exc}")
     return problems
 
 
@@ -612,6 +731,8 @@ def check_manifests(paths: list[Path], kube_version: str) -> list[str]:
         for rule in kinds.get("PrometheusRule", []):
             if rule["spec"]["groups"] != load_alert_groups():
                 problems.append(f"{path.name}: PrometheusRule groups differ from deploy/prometheus/alerts.yaml")
+        problems += [f"{path.name}: {p}" for p in check_exposure(docs) + check_network_policies(docs)
+                     + check_env_names(docs) + check_env_parses(docs)]
         names = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
         dupes = {n for n in names if names.count(n) > 1}
         problems += [f"{path.name}: duplicate resource {d}" for d in sorted(dupes, key=str)]

@@ -8,7 +8,8 @@
 #   deploy/scripts/up.sh status    list the processes and their ports
 #
 # Runtime files live in $UP_RUN_DIR (default ~/.cache/gridcharge/run/up): <name>.pid, <name>.log,
-# topology.yaml (the scenario's topology), report/ (the simulator's report, written when it stops).
+# topology.yaml (the scenario's topology), report/ (the simulator's report, written when it stops),
+# api-token (an operator bearer token for the services' APIs, generated once, mode 600).
 # Environment: SCENARIO (office), UP_DURATION (scenario length, default the scenario's own),
 # GRIDCHARGE_TOPIC_PREFIX / GRIDCHARGE_STORE_PREFIX (default "up." / "up:" so runs never mix with tests),
 # OCPP_PORT (9000), WEATHER_PORT (8090: the simulator serves the scenario's forecast weather there),
@@ -71,6 +72,11 @@ start() {
   export GRIDCHARGE_OCPP_PORT="$OCPP_PORT"
   export GRIDCHARGE_WEATHER_BASE_URL="http://127.0.0.1:$WEATHER_PORT"
   export GRIDCHARGE_LOG_JSON="${GRIDCHARGE_LOG_JSON:-true}"
+  # the operator APIs refuse changes without credentials: one generated operator token for this cluster
+  if [[ ! -s "$RUN/api-token" ]]; then
+    (umask 077 && "$PY" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$RUN/api-token")
+  fi
+  export GRIDCHARGE_API_TOKENS="up:operator:$(cat "$RUN/api-token")"
   local sim_args=(--scenario "$SCENARIO" --gateway "ws://127.0.0.1:$OCPP_PORT/ocpp" --bus kafka
                   --serve-weather "$WEATHER_PORT" --out "$RUN/report")
   if [[ -n "${UP_DURATION:-}" ]]; then sim_args+=(--duration "$UP_DURATION"); fi
@@ -82,6 +88,7 @@ start() {
   done
   wait_port "$OCPP_PORT" 60 || die "gateway did not open port $OCPP_PORT (see $RUN/gateway.log)"
   say "up: OCPP ws://127.0.0.1:$OCPP_PORT/ocpp/{station_id}, metrics on :$HTTP_BASE-$((HTTP_BASE + 3))/metrics, logs in $RUN"
+  say "operator API token in $RUN/api-token: curl -H \"Authorization: Bearer \$(cat $RUN/api-token)\" ..."
   say "stop with 'make down' (the simulator writes its report to $RUN/report when it stops)"
 }
 

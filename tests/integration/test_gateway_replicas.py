@@ -27,6 +27,7 @@ from gridcharge.station.v1 import station_pb2
 from websockets.asyncio.client import connect
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+API_TOKEN = "integration-test-operator-token-0123456789"
 Oc = command_pb2.CommandOutcome
 TOPOLOGY = """
 nodes:
@@ -51,7 +52,8 @@ class GatewayProcess:
                "GRIDCHARGE_STORE_PREFIX": f"t{unique}:", "GRIDCHARGE_TOPOLOGY": str(topology),
                "GRIDCHARGE_REPLICA_ID": replica, "GRIDCHARGE_OCPP_HOST": "127.0.0.1",
                "GRIDCHARGE_OCPP_PORT": str(self.ocpp_port), "GRIDCHARGE_HTTP_HOST": "127.0.0.1",
-               "GRIDCHARGE_HTTP_PORT": str(self.http_port), "GRIDCHARGE_CALL_TIMEOUT_S": "5"}
+               "GRIDCHARGE_HTTP_PORT": str(self.http_port), "GRIDCHARGE_CALL_TIMEOUT_S": "5",
+               "GRIDCHARGE_API_TOKENS": f"it:operator:{API_TOKEN}"}
         self.log = log.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "gridcharge.gateway"], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -188,7 +190,7 @@ async def test_two_replicas_route_commands_to_the_owner(replicas: list[GatewayPr
     assert r3.outcome == Oc.COMMAND_OUTCOME_SUPERSEDED
 
     # the operator API on replica a reaches the station on replica b through the bus
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {API_TOKEN}"}) as http:
         listing = (await http.get(f"http://127.0.0.1:{a.http_port}/api/v1/stations")).json()
         assert [(s["station_id"], s["replica_id"]) for s in listing] == [("CP1", "gw-b")]
         resp = await http.post(f"http://127.0.0.1:{a.http_port}/api/v1/stations/CP1/commands/get_configuration",

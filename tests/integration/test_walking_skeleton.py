@@ -167,12 +167,14 @@ async def test_station_session_gets_a_charging_profile_back(mode: str, request: 
             # the station event went over the bus ...
             await wait_for(lambda: any(e.WhichOneof("payload") == "transaction_started" and e.station_id == "CP1"
                                        for e in seen.events), what="TransactionStarted on the bus")
-            # ... the allocator answered with a TxProfile for that transaction, within the site limit ...
-            await wait_for(lambda: any(p.get("charging_profile_purpose") == "TxProfile" for p in cp.profiles),
-                           what="TxProfile at the station")
-            tx_profile = next(p for p in cp.profiles if p["charging_profile_purpose"] == "TxProfile")
-            assert tx_profile["transaction_id"] == tx_id
-            schedule = tx_profile["charging_schedule"]
+            # ... the allocator answered with a station-cap lease (its only EVSE's grant) within the site limit ...
+            def lease(p: dict[str, Any]) -> bool:
+                return p.get("charging_profile_purpose") == "ChargePointMaxProfile" and p.get("stack_level") == 1
+
+            await wait_for(lambda: any(lease(p) for p in cp.profiles), what="station-cap lease at the station")
+            grant = next(p for p in cp.profiles if lease(p))
+            assert "valid_to" in grant and tx_id
+            schedule = grant["charging_schedule"]
             unit = schedule["charging_rate_unit"]
             limits = [period["limit"] for period in schedule["charging_schedule_period"]]
             allowed_a = SITE_LIMIT_A - CP2_MAX_A

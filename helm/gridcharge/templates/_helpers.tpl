@@ -83,6 +83,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.stationCredentials.existingSecret (and .Values.stationCredentials.create .Values.stationCredentials.stations) }}true{{ end }}
 {{- end }}
 
+{{- define "gridcharge.apiTokensSecret" -}}
+{{- default (printf "%s-api-tokens" (include "gridcharge.fullname" .)) .Values.apiAuth.existingSecret }}
+{{- end }}
+
+{{/* Operator API tokens come from an existing Secret, or from the chart's when tokens are listed. */}}
+{{- define "gridcharge.hasApiTokens" -}}
+{{- if or .Values.apiAuth.existingSecret .Values.apiAuth.tokens }}true{{ end }}
+{{- end }}
+
 {{- define "gridcharge.tlsSecret" -}}
 {{- default (printf "%s-tls" (include "gridcharge.fullname" .)) .Values.tls.existingSecret }}
 {{- end }}
@@ -110,6 +119,32 @@ app.kubernetes.io/component: {{ .component }}
   value: /etc/gridcharge/topology.yaml
 - name: GRIDCHARGE_HTTP_PORT
   value: {{ .port | quote }}
+- name: GRIDCHARGE_OPS_PORT
+  value: {{ .root.Values.opsPort | quote }}
+{{- if include "gridcharge.hasApiTokens" .root }}
+- name: GRIDCHARGE_API_TOKENS_FILE
+  value: /etc/gridcharge/api/tokens.yaml
+{{- end }}
+{{- with .root.Values.apiAuth.oidc }}
+{{- if .issuer }}
+- name: GRIDCHARGE_OIDC_ISSUER
+  value: {{ .issuer | quote }}
+- name: GRIDCHARGE_OIDC_AUDIENCE
+  value: {{ .audience | quote }}
+- name: GRIDCHARGE_OIDC_JWKS_URL
+  value: {{ .jwksUrl | quote }}
+- name: GRIDCHARGE_OIDC_ROLES_CLAIM
+  value: {{ .rolesClaim | quote }}
+- name: GRIDCHARGE_OIDC_ROLE_MAP
+  value: {{ .roleMap | quote }}
+- name: GRIDCHARGE_OIDC_ALGORITHMS
+  value: {{ .algorithms | quote }}
+{{- end }}
+{{- end }}
+{{- if .root.Values.apiAuth.openAccess }}
+- name: GRIDCHARGE_API_OPEN_ACCESS
+  value: "true"
+{{- end }}
 - name: GRIDCHARGE_LOG_LEVEL
   value: {{ .root.Values.logLevel | quote }}
 - name: GRIDCHARGE_REPLICA_ID
@@ -121,26 +156,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Probes on the HTTP port named "http". */}}
+{{/* Probes on the ops port (GRIDCHARGE_OPS_PORT), apart from the operator API. */}}
 {{- define "gridcharge.probes" -}}
 startupProbe:
   httpGet:
     path: /healthz
-    port: http
+    port: ops
   periodSeconds: {{ .Values.probes.startup.periodSeconds }}
   failureThreshold: {{ .Values.probes.startup.failureThreshold }}
   timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
 livenessProbe:
   httpGet:
     path: /healthz
-    port: http
+    port: ops
   periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
   failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
   timeoutSeconds: {{ .Values.probes.liveness.timeoutSeconds }}
 readinessProbe:
   httpGet:
     path: /readyz
-    port: http
+    port: ops
   periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
   failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
   timeoutSeconds: {{ .Values.probes.readiness.timeoutSeconds }}
@@ -165,6 +200,12 @@ checksum/topology: {{ include (print .Template.BasePath "/configmap-topology.yam
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- if include "gridcharge.hasApiTokens" . }}
+- name: api-tokens
+  secret:
+    secretName: {{ include "gridcharge.apiTokensSecret" . }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}
 
 {{- define "gridcharge.commonVolumeMounts" -}}
@@ -174,6 +215,12 @@ checksum/topology: {{ include (print .Template.BasePath "/configmap-topology.yam
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- if include "gridcharge.hasApiTokens" . }}
+# a directory, not a subPath: Kubernetes updates it in place when the Secret changes (tokens rotate live)
+- name: api-tokens
+  mountPath: /etc/gridcharge/api
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/* Render-time checks of values that a JSON schema cannot express. */}}
@@ -192,6 +239,11 @@ checksum/topology: {{ include (print .Template.BasePath "/configmap-topology.yam
 {{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (or (not .Values.tls.cert) (not .Values.tls.key)) }}
 {{- fail "tls.enabled needs tls.existingSecret or both tls.cert and tls.key" }}
+{{- end }}
+{{- with .Values.apiAuth.oidc }}
+{{- if and .issuer (or (not .audience) (not .jwksUrl)) }}
+{{- fail "apiAuth.oidc.issuer needs apiAuth.oidc.audience and apiAuth.oidc.jwksUrl" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.gateway.terminateTLS (not .Values.tls.enabled) }}
 {{- fail "gateway.terminateTLS needs tls.enabled" }}

@@ -16,6 +16,7 @@ from gridcharge.common.v1 import common_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.plan.v1 import plan_pb2
 from gridcharge.shared import contracts as C
+from gridcharge.shared.auth import ApiAuth
 from gridcharge.shared.bus.base import Record
 from gridcharge.shared.bus.memory import MemoryBus
 from gridcharge.shared.clock import SimClock
@@ -237,8 +238,10 @@ async def test_plans_published_and_api(env: Env) -> None:
     assert plans and plans[-1].session_id == "cs1/1/7" and plans[-1].energy_needed_wh == 11000
     assert await env.rt.store.get("allocation:plan:session:cs1/1/7") is not None
 
-    app = create_app("t", env.rt.health, env.svc.routers)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    app = create_app("t", env.rt.health, env.svc.routers,
+                     auth=ApiAuth.with_tokens(ops=("operator", "allocation-test-operator-token-00")))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
+                                 headers={"Authorization": "Bearer allocation-test-operator-token-00"}) as c:
         r = await c.get("/allocation/sessions")
         assert r.status_code == 200 and r.json()[0]["energy_needed_wh"] == 11000
         r = await c.put("/allocation/sessions/cs1/1/7/preferences", json={"energy_wh": 5000, "priority": 3})

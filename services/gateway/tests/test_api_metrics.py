@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from gridcharge.shared.auth import ApiAuth
 from gridcharge.shared.http import Health, create_app
 from prometheus_client import REGISTRY, generate_latest
 
@@ -12,9 +13,11 @@ from .conftest import Gateway, booted
 
 
 async def test_operator_api_lists_stations_and_sends_commands(gateway: Gateway) -> None:
-    app = create_app("gateway", Health(), gateway.service.routers)
+    auth = ApiAuth.with_tokens(ops=("operator", "gateway-test-operator-token-000000"))
+    app = create_app("gateway", Health(), gateway.service.routers, auth=auth)
     c = await booted(gateway, "CP1", answers={"ChangeConfiguration": {"status": "Accepted"}})
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw",
+                                 headers={"Authorization": "Bearer gateway-test-operator-token-000000"}) as http:
         listing = (await http.get("/api/v1/stations")).json()
         assert listing[0]["station_id"] == "CP1" and listing[0]["protocol"] == "ocpp1.6"
         assert listing[0]["replica_id"] == "gw-test"

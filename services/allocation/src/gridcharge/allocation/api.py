@@ -18,12 +18,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path, Request
 from gridcharge.allocation.adapters import codec
 from gridcharge.allocation.core.allocator import Allocator
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts as C
+from gridcharge.shared.audit import note_change
 from gridcharge.shared.topology import PHASES
+from gridcharge.shared.validation import bounded_datetime
 from pydantic import BaseModel, Field, model_validator
 
 if TYPE_CHECKING:
@@ -55,9 +57,8 @@ class ExternalLimitIn(BaseModel):
         for v in (self.limit_w or self.limit_a or []) + (self.fallback_limit_w or []):
             if not math.isfinite(v) or v < 0:
                 raise ValueError("limits must be finite and ≥ 0")
-        for d in (self.valid_from, self.valid_to):
-            if d is not None and d.tzinfo is None:
-                raise ValueError("times need a timezone (e.g. 2026-06-01T12:00:00Z)")
+        bounded_datetime(self.valid_from, "valid_from")
+        bounded_datetime(self.valid_to, "valid_to")
         if self.valid_from and self.valid_to and self.valid_to <= self.valid_from:
             raise ValueError("valid_to must be after valid_from")
         return self
@@ -72,8 +73,7 @@ class PreferencesIn(BaseModel):
 
     @model_validator(mode="after")
     def _tz(self) -> PreferencesIn:
-        if self.departure is not None and self.departure.tzinfo is None:
-            raise ValueError("departure needs a timezone")
+        bounded_datetime(self.departure, "departure")
         return self
 
 
@@ -129,9 +129,10 @@ def build_router(svc: AllocationService) -> APIRouter:
                 "external_limits": ext}
 
     @r.post("/limits", status_code=202, summary="Set a time-windowed external limit (published on the bus)")
-    async def post_limit(body: ExternalLimitIn) -> dict[str, str]:
+    async def post_limit(body: ExternalLimitIn, request: Request) -> dict[str, str]:
         if body.node_id not in topo.node_by_id:
             raise HTTPException(404, "unknown node")
+        before = _limit_json(alloc, body.node_id, body.limit_id)
         now = svc.rt.clock.now()
         v = topo.nominal_voltage_v
         lim = body.limit_w or [a * v for a in body.limit_a or []]
@@ -144,13 +145,16 @@ def build_router(svc: AllocationService) -> APIRouter:
         await svc.rt.bus.publish(C.EXTERNAL_LIMITS.name, body.node_id, msg.SerializeToString())
         alloc.external_limit(codec.external_limit_window(msg, now))
         svc.mark_dirty()
+        note_change(request, f"node/{body.node_id}/external-limit/{body.limit_id}", before,
+                    _limit_json(alloc, body.node_id, body.limit_id))
         return {"limit_id": body.limit_id}
 
     @r.delete("/limits/{node_id}/{limit_id}", status_code=202, summary="Withdraw an external limit")
     async def delete_limit(node_id: Annotated[str, Path(max_length=64)],
-                           limit_id: Annotated[str, Path(max_length=64)]) -> dict[str, str]:
+                           limit_id: Annotated[str, Path(max_length=64)], request: Request) -> dict[str, str]:
         if (node_id, limit_id) not in alloc.external:
             raise HTTPException(404, "no such limit")
+        note_change(request, f"node/{node_id}/external-limit/{limit_id}", _limit_json(alloc, node_id, limit_id))
         now = svc.rt.clock.now()
         msg = grid_pb2.ExternalLimit(meta=codec.meta(svc.producer, now), node_id=node_id, limit_id=limit_id,
                                      source="operator", valid_from=codec.ts(now), valid_to=codec.ts(now))
@@ -164,14 +168,18 @@ def build_router(svc: AllocationService) -> APIRouter:
         return [_session_json(alloc, s.session_id) for s in alloc.book.sessions.values()]
 
     @r.put("/sessions/{session_id:path}/preferences", summary="Set departure, energy and priority of a session")
-    async def put_preferences(session_id: str, body: PreferencesIn) -> dict[str, object]:
+    async def put_preferences(session_id: str, body: PreferencesIn, request: Request) -> dict[str, object]:
         if alloc.book.by_id(session_id) is None:
             raise HTTPException(404, "unknown session")
+        keys = ("departure", "energy_needed_wh", "priority")
+        before = {k: _session_json(alloc, session_id).get(k) for k in keys}
         alloc.book.set_preferences(session_id, body.departure, body.energy_wh, body.priority)
         await svc.rt.store.hset("allocation:preferences", session_id,
                                 body.model_dump_json(exclude_none=True).encode())
         svc.mark_dirty()
-        return _session_json(alloc, session_id)
+        after = _session_json(alloc, session_id)
+        note_change(request, f"session/{session_id}/preferences", before, {k: after.get(k) for k in keys})
+        return after
 
     @r.get("/plan", summary="Latest plan per session with its explanation (binding constraint)")
     def get_plan() -> dict[str, object]:
@@ -199,6 +207,16 @@ def build_router(svc: AllocationService) -> APIRouter:
                 "solve_seconds": res.plan.solve_time_s if res.plan else 0.0, "error": res.error, "sessions": out}
 
     return r
+
+
+def _limit_json(alloc: Allocator, node_id: str, limit_id: str) -> dict[str, object] | None:
+    """An external limit as the audit log shows it (None: there is none)."""
+    e = alloc.external.get((node_id, limit_id))
+    if e is None:
+        return None
+    return {"source": e.source, "valid_from": datetime.fromtimestamp(e.valid_from, UTC).isoformat(),
+            "valid_to": None if math.isinf(e.valid_to) else datetime.fromtimestamp(e.valid_to, UTC).isoformat(),
+            "limit_w": _phases(e.limit_w), "fallback_limit_w": _phases(e.fallback_limit_w)}
 
 
 def _pv(v: list[float]) -> codec.common_pb2.PhaseValues:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 from gridcharge.allocation.service import AllocationService
 from gridcharge.allocation.settings import AllocationSettings
 from gridcharge.shared.runtime import Runtime
-from gridcharge.shared.service import Service, load_settings_and_topology, serve
+from gridcharge.shared.service import Service, run_service
 from gridcharge.shared.topology import Topology
 
 
@@ -24,8 +21,6 @@ create_service.service_name = "allocation"  # type: ignore[attr-defined]
 DEFAULT_HTTP_PORT = 8083   # when run alone (docs/DEVELOPING.md); the embedded process serves all on 8080
 
 
-def main() -> None:
+def main() -> int:
     """Run the allocation service alone (HTTP on GRIDCHARGE_HTTP_PORT, default 8083)."""
-    port = None if os.environ.get("GRIDCHARGE_HTTP_PORT") else DEFAULT_HTTP_PORT
-    settings, topology = load_settings_and_topology(http_port=port)
-    asyncio.run(serve([create_service], settings, topology))
+    return run_service("allocation", [create_service], DEFAULT_HTTP_PORT)

@@ -1,4 +1,4 @@
-"""The `gridcharge` command: serve, demo, replay, bench, forecast.
+"""The `gridcharge` command: serve, demo, replay, bench, forecast, api-token.
 
 Sub-commands import their service lazily so `gridcharge --help` stays fast. A service that is missing
 or fails to import is an error of the install: the command that needs it fails with the import's traceback.
@@ -25,8 +25,11 @@ def _factory(name: str) -> Callable[..., object]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gridcharge.shared.config import check_environment
     from gridcharge.shared.service import load_settings_and_topology, serve
 
+    for warning in check_environment():
+        print(f"gridcharge: warning: {warning}", file=sys.stderr)
     settings, topology = load_settings_and_topology(
         topology=args.config, bus=args.bus, http_port=args.http_port, ocpp_port=args.ocpp_port,
     )
@@ -86,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allocator: session CSV (default: the shipped ACN-Data sample)")
     b.set_defaults(func=cmd_bench)
 
+    t = sub.add_parser("api-token", help="make an operator API token and its GRIDCHARGE_API_TOKENS_FILE entry")
+    t.add_argument("name", help="who holds the token (shows in the audit log)")
+    t.add_argument("--role", choices=["read-only", "operator"], default="read-only")
+    t.set_defaults(func=cmd_api_token)
+
     f = sub.add_parser("forecast", help="forecast tools")
     fsub = f.add_subparsers(dest="forecast_command", required=True)
     bt = fsub.add_parser("backtest", help="score PV and base-load forecasts against recorded actuals")
@@ -100,6 +108,12 @@ BENCH_MODULES = {
     "forecast": "gridcharge.forecasting.cli",
     "e2e": "gridcharge.simulator.bench_e2e",
 }
+
+
+def cmd_api_token(args: argparse.Namespace) -> int:
+    from gridcharge.shared.auth import token_cli
+
+    return token_cli([args.name, "--role", args.role])
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

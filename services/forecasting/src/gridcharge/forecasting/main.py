@@ -15,20 +15,10 @@ from gridcharge.forecasting.core.site import ForecastOptions
 from gridcharge.forecasting.core.weather import WeatherSeries
 from gridcharge.forecasting.metrics import WEATHER_REQUESTS
 from gridcharge.forecasting.service import ForecastingService, ServiceOptions, WeatherSource
+from gridcharge.forecasting.settings import ForecastingSettings
 from gridcharge.shared.clock import Clock
-from gridcharge.shared.config import Settings
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.topology import Topology
-
-
-class ForecastingSettings(Settings):
-    """Forecasting keys on top of the shared settings (env ``GRIDCHARGE_WEATHER_FILE`` etc.)."""
-
-    weather_file: Path | None = None          # recorded forecast (.json/.csv) instead of the API
-    weather_file_shift: bool = True           # move the recording so its first day is today (demo/sim)
-    weather_refresh_s: float = 3600.0
-    weather_timeout_s: float = 10.0
-    pv_credit_factor: float = 0.5
 
 
 class ApiWeather:

@@ -1,5 +1,7 @@
 """`python -m gridcharge.gateway`: run the gateway alone (its container's entry point)."""
 
+import sys
+
 from gridcharge.gateway.main import main
 
-main()
+sys.exit(main())

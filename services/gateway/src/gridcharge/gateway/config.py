@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 from typing import Literal
 
-from gridcharge.shared.config import Settings
+import yaml
+from gridcharge.gateway.adapters.credentials import Credentials
+from gridcharge.shared.config import ENV_PREFIX, Settings
+from gridcharge.shared.errors import ConfigError
 from pydantic import Field, field_validator
 
 
@@ -74,3 +78,68 @@ def gateway_settings(settings: Settings) -> GatewaySettings:
         return settings
     base = settings.model_dump()
     return GatewaySettings.from_env(**{k: v for k, v in base.items() if k in Settings.model_fields})
+
+
+def check_gateway_files(st: GatewaySettings) -> None:
+    """Fail start-up with one line when a configured file is missing or unusable, or a TLS setting would be
+    silently ignored (a TLS key given to a plain-ws gateway is a deployment mistake, not an option)."""
+    files = {"credentials_file": st.credentials_file, "tls_cert": st.tls_cert, "tls_key": st.tls_key,
+             "tls_ca": st.tls_ca}
+    for name, path in files.items():
+        if path is None:
+            continue
+        var = ENV_PREFIX + name.upper()
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise ConfigError(str(path), var, f"cannot read: {exc.strerror or exc}") from None
+    profile = f"{ENV_PREFIX}SECURITY_PROFILE={st.security_profile}"
+    if st.security_profile < 2:
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            if files[name] is not None:
+                raise ConfigError("environment", ENV_PREFIX + name.upper(),
+                                  f"set, but {profile} serves plain ws and would ignore it (use profile 2 or 3)")
+    else:
+        for name in ("tls_cert", "tls_key"):
+            if files[name] is None:
+                raise ConfigError("environment", ENV_PREFIX + name.upper(), f"required by {profile}")
+        if st.security_profile == 3 and st.tls_ca is None:
+            raise ConfigError("environment", f"{ENV_PREFIX}TLS_CA", f"required by {profile} (station client CA)")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(str(st.tls_cert), str(st.tls_key))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"{st.tls_cert} + {st.tls_key}", f"{ENV_PREFIX}TLS_CERT/{ENV_PREFIX}TLS_KEY",
+                              f"not a matching PEM certificate chain and private key ({exc.__class__.__name__}: "
+                              f"{getattr(exc, 'reason', None) or exc})") from None
+        if st.tls_ca is not None:
+            try:
+                ctx.load_verify_locations(str(st.tls_ca))
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(str(st.tls_ca), f"{ENV_PREFIX}TLS_CA", f"not a PEM CA certificate ({exc})") from None
+    if st.security_profile in (1, 2) and st.credentials_file is None:
+        raise ConfigError("environment", f"{ENV_PREFIX}CREDENTIALS_FILE",
+                          f"required by {profile} (HTTP Basic passwords of the stations)")
+
+
+def load_credentials(path: Path | None) -> Credentials:
+    """Station credentials, or one-line ConfigError: a broken file must stop start-up, not reject every station."""
+    var = f"{ENV_PREFIX}CREDENTIALS_FILE"
+    try:
+        creds = Credentials.load(path)
+    except OSError as exc:
+        raise ConfigError(str(path), var, f"cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(str(path), var, f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(str(path), var, str(exc).removeprefix(f"{path}: ")) from None
+    for station, encoded in creds.hashes.items():
+        parts = encoded.split("$")
+        if len(parts) != 4 or parts[0] != "pbkdf2_sha256" or not parts[1].isdigit():
+            raise ConfigError(str(path), f"{var}: {station[:48]}",
+                              "not a pbkdf2_sha256$<iterations>$<salt>$<hash> entry (plain passwords are not "
+                              "accepted; make one with python -m gridcharge.gateway.adapters.credentials)")
+    return creds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 
@@ -10,11 +9,10 @@ from fastapi import APIRouter
 from gridcharge.gateway.adapters.api import build_router
 from gridcharge.gateway.adapters.authorization import AcceptAll, Authorizer, LocalList, Upstream, load_entries
 from gridcharge.gateway.adapters.context import GatewayContext
-from gridcharge.gateway.adapters.credentials import Credentials
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
 from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.adapters.server import OcppServer
-from gridcharge.gateway.config import GatewaySettings, gateway_settings
+from gridcharge.gateway.config import GatewaySettings, check_gateway_files, gateway_settings, load_credentials
 from gridcharge.gateway.core.limits import StationFacts
 from gridcharge.gateway.handlers.base import StationSession
 from gridcharge.shared.contracts import (
@@ -24,8 +22,10 @@ from gridcharge.shared.contracts import (
     STATION_CAPABILITIES,
     STATION_EVENTS,
 )
+from gridcharge.shared.errors import ConfigError
+from gridcharge.shared.http import os_error_text
 from gridcharge.shared.runtime import Runtime
-from gridcharge.shared.service import load_settings_and_topology, serve
+from gridcharge.shared.service import run_service
 from gridcharge.shared.topology import Topology
 
 PRODUCED_TOPICS = (STATION_EVENTS, METER_VALUES, STATION_CAPABILITIES, COMMAND_RESULTS, EXTERNAL_LIMITS)
@@ -41,7 +41,8 @@ class GatewayService:
                  upstream: Upstream | None = None) -> None:
         self.rt = rt
         self.settings = settings or gateway_settings(rt.settings)
-        self.credentials = Credentials.load(self.settings.credentials_file)
+        check_gateway_files(self.settings)
+        self.credentials = load_credentials(self.settings.credentials_file)
         known = frozenset(s.id for s in topology.stations) | frozenset(self.credentials.hashes)
         self.registry = Registry(rt.store, self.settings.replica_id, rt.clock)
         self.authorizer = build_authorizer(self.settings, rt, upstream)
@@ -72,7 +73,11 @@ class GatewayService:
             await ensure([t.name for t in PRODUCED_TOPICS])
         await self.registry.start()
         await self.dispatcher.start()
-        await self.server.start()
+        try:
+            await self.server.start()
+        except OSError as exc:
+            raise ConfigError("start-up", "GRIDCHARGE_OCPP_PORT", f"cannot listen on {self.settings.ocpp_host}:"
+                              f"{self.settings.ocpp_port}: {os_error_text(exc)}") from None
         self.rt.health.add("gateway", lambda: self.server.server is not None)
 
     async def stop(self) -> None:
@@ -99,11 +104,14 @@ def create_service(rt: Runtime, topology: Topology) -> GatewayService:
 create_service.service_name = "gateway"  # type: ignore[attr-defined]
 
 
-def main() -> None:
-    settings, topology = load_settings_and_topology()
+def _tune_gc() -> None:
     # A gateway process holds many long-lived small objects per connection: move start-up objects out of
     # the collector's reach and collect the young generation less often (fewer, shorter GC pauses in the
     # latency tail). Only here, where the gateway owns the process; embedded hosts keep their defaults.
     gc.freeze()
     gc.set_threshold(20_000, 20, 50)
-    asyncio.run(serve([create_service], gateway_settings(settings), topology))
+
+
+def main() -> int:
+    """Run the gateway alone (HTTP on GRIDCHARGE_HTTP_PORT, default 8080)."""
+    return run_service("gateway", [create_service], None, prepare=gateway_settings, before_run=_tune_gc)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import Message
+from gridcharge.audit.v1 import audit_pb2
 from gridcharge.command.v1 import command_pb2
 from gridcharge.common.v1 import common_pb2
 from gridcharge.forecast.v1 import forecast_pb2
@@ -68,10 +69,13 @@ NODE_PLANS = Topic("gridcharge.plan.nodes.v1", plan_pb2.NodePlan, "node_id", Tru
                    "allocation", "dashboards, operator API")
 DEAD_LETTERS = Topic("gridcharge.deadletter.v1", common_pb2.DeadLetter, "source topic", False, 14 * DAY_MS,
                      3, "every consumer", "operators")
+AUDIT_EVENTS = Topic("gridcharge.audit.events.v1", audit_pb2.AuditEvent, "service", False, 365 * DAY_MS, 3,
+                     "every operator HTTP API (the shared HTTP edge)", "operators, SIEM")
 
 ALL_TOPICS: tuple[Topic, ...] = (
     STATION_EVENTS, METER_VALUES, STATION_CAPABILITIES, COMMANDS, COMMAND_RESULTS, GRID_METER_READINGS,
     NODE_LOAD, NODE_LOAD_HISTORY, EXTERNAL_LIMITS, WEATHER, HEADROOM, SESSION_PLANS, NODE_PLANS, DEAD_LETTERS,
+    AUDIT_EVENTS,
 )
 TOPICS_BY_NAME = {t.name: t for t in ALL_TOPICS}
 

@@ -3,14 +3,21 @@
 Loaded from YAML and validated at start-up: unknown references, cycles, negative limits and station
 fallback limits that could add up to more than a node's limit are errors that name the file and key.
 Limits are per phase, in A (at the topology's nominal phase-to-neutral voltage) or in W.
+
+Values that would load but poison the running cluster are refused too, each with one line naming file, key
+and problem: NaN/infinite numbers (`.nan`, `.inf`, `1e400`: NaN left a station stuck on its fallback, inf made
+a node unlimited), duplicate YAML keys (YAML keeps the last one silently), station ids the gateway would never
+accept on its OCPP URL, node ids that cannot appear in an API path, unknown time zones, malformed tariff times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Hashable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from gridcharge.shared.errors import ConfigError
@@ -19,10 +26,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 Phase = Literal["L1", "L2", "L3"]
 PHASES: tuple[Phase, Phase, Phase] = ("L1", "L2", "L3")
 NodeKind = Literal["feeder", "transformer", "site", "panel", "circuit"]
+# What the gateway accepts as {station_id} in ws://HOST/ocpp/{station_id} (OCPP 2.0.1 identifierString plus what
+# 1.6 deployments use); gateway/adapters/server.py STATION_ID must stay equal (a test compares them).
+STATION_ID_PATTERN = r"[A-Za-z0-9*\-_=:+|@.]{1,48}"
+STATION_ID = re.compile(STATION_ID_PATTERN)
+# Node ids appear in API paths (/allocation/limits/{node_id}/...), Kafka keys and metric labels.
+NODE_ID = re.compile(r"[^\s/?#%\\\x00-\x1f\x7f]{1,64}")
+HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]|24:00")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Site(_Model):
@@ -31,7 +45,16 @@ class Site(_Model):
     timezone: str = "UTC"
     latitude: float = Field(0.0, ge=-90, le=90)
     longitude: float = Field(0.0, ge=-180, le=180)
-    altitude_m: float = 0.0
+    altitude_m: float = Field(0.0, ge=-500, le=9000)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/Berlin or UTC)") from None
+        return v
 
 
 class Rating(_Model):
@@ -54,6 +77,14 @@ class Node(_Model):
     metered: bool = False                               # a grid meter reports this node's load
     rating: Rating | None = None
     safety_margin_pct: float = Field(5.0, ge=0, lt=100)
+
+    @field_validator("id", "parent")
+    @classmethod
+    def _node_id(cls, v: str | None) -> str | None:
+        if v is not None and not NODE_ID.fullmatch(v):
+            raise ValueError(f"node id {v[:80]!r} must be 1-64 characters without spaces, '/', '?', '#', '%' or "
+                             "control characters (it appears in API paths and Kafka keys)")
+        return v
 
     @model_validator(mode="after")
     def _one_limit(self) -> Node:
@@ -84,6 +115,14 @@ class Station(_Model):
     max_current_a: float = Field(32.0, gt=0)
     fallback_current_a: float = Field(6.0, ge=0)       # station-wide fallback per phase, A
     evses: tuple[Evse, ...] = Field(default_factory=lambda: (Evse(id=1),))
+
+    @field_validator("id")
+    @classmethod
+    def _station_id(cls, v: str) -> str:
+        if not STATION_ID.fullmatch(v):
+            raise ValueError(f"station id {v[:80]!r} can never connect: the gateway accepts 1-48 of "
+                             "A-Z a-z 0-9 * - _ = : + | @ . in ws://HOST/ocpp/{station_id}")
+        return v
 
     @field_validator("phase_map")
     @classmethod
@@ -135,6 +174,13 @@ class TariffWindow(_Model):
     start: str   # "HH:MM" local time
     end: str
     price_per_kwh: float
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not HHMM.fullmatch(v):
+            raise ValueError(f"{v[:20]!r} is not a time of day HH:MM (00:00-24:00)")
+        return v
 
 
 class Tariff(_Model):
@@ -299,7 +345,29 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
+        elif err["type"] == "finite_number":
+            msg = f"must be a finite number (got {err.get('input')!r})"
         raise ConfigError(source, _loc_to_key(tuple(err["loc"])), msg) from None
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (plain YAML keeps the last one without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                first = seen[key].start_mark
+                raise _DuplicateKey(None, None, f"duplicate key {str(key)[:64]!r} (first at line {first.line + 1})",
+                                    key_node.start_mark)
+            if isinstance(key, Hashable):
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -310,7 +378,7 @@ def load_topology(path: str | Path) -> Topology:
     except OSError as exc:
         raise ConfigError(str(p), "(file)", f"cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)   # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"

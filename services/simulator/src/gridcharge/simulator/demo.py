@@ -164,7 +164,7 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
         {}, bus="memory", http_host="127.0.0.1", http_port=port_or_any(http_port), ocpp_host="127.0.0.1",
         ocpp_port=free_port(),
         weather_base_url=f"http://127.0.0.1:{weather_srv.port}", log_level="WARNING", log_json=False,
-        replica_id="demo")
+        replica_id="demo", api_open_access=True)   # development: loopback only, so anyone here may try the API
     # nothing changes between the driver's steps, so a node-load snapshot per step is enough (default 5 s);
     # set for this run only (restored at the end: a caller running more after the demo keeps its own)
     snapshot_env = os.environ.get(SNAPSHOT_ENV)
@@ -178,7 +178,8 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
     await cluster.start()
     if cluster.host.http is not None and progress:
         sys.stderr.write(f"gridcharge demo: scenario '{scenario.name}', Prometheus metrics at "
-                         f"http://127.0.0.1:{cluster.host.http.port}/metrics\n")
+                         f"http://127.0.0.1:{cluster.host.http.port}/metrics (operator API open on loopback: "
+                         "development mode)\n")
     try:
         connected = await sim.start(connect_timeout_s=10.0 if "gateway" in factories else 0.01)
         step = scenario.step_s

@@ -1,5 +1,7 @@
 """`python -m gridcharge.telemetry`: the telemetry service alone (its container's entry point)."""
 
+import sys
+
 from gridcharge.telemetry.main import main
 
-main()
+sys.exit(main())

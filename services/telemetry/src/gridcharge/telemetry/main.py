@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
@@ -13,7 +12,6 @@ from gridcharge.shared import contracts as C
 from gridcharge.shared.bus.base import Outgoing
 from gridcharge.shared.leader import LeaderLease
 from gridcharge.shared.runtime import Runtime
-from gridcharge.shared.service import serve
 from gridcharge.shared.topology import Topology
 from gridcharge.telemetry.adapters.bus_runtime import BusRuntime
 from gridcharge.telemetry.adapters.engine import Engine
@@ -238,10 +236,8 @@ def create_service(rt: Runtime, topology: Topology) -> TelemetryService:
 create_service.service_name = "telemetry"  # type: ignore[attr-defined]
 
 
-def main() -> None:
+def main() -> int:
     """Run telemetry alone (HTTP on GRIDCHARGE_HTTP_PORT, default 8081)."""
-    from gridcharge.shared.service import load_settings_and_topology
+    from gridcharge.shared.service import run_service
 
-    overrides = {} if os.environ.get("GRIDCHARGE_HTTP_PORT") else {"http_port": DEFAULT_HTTP_PORT}
-    settings, topology = load_settings_and_topology(**overrides)
-    asyncio.run(serve([create_service], settings, topology))
+    return run_service("telemetry", [create_service], DEFAULT_HTTP_PORT)

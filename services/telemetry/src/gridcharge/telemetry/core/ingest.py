@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from gridcharge.common.v1 import common_pb2
 from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared.validation import bounded_datetime
 from gridcharge.telemetry.core.convert import meta, ts
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -53,7 +54,7 @@ class ReadingIn(BaseModel):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             raise ValueError("needs a timezone (e.g. 2026-06-01T12:00:00Z)")
-        return v
+        return bounded_datetime(v, "measured_at")   # year 1 or 9999 would overflow the protobuf Timestamp: 500
 
     @field_validator("current_a")
     @classmethod
