@@ -379,12 +379,13 @@ class ForecastingService:
         return result
 
     def _report_missing_weather(self, slots: pd.DatetimeIndex, covered: np.ndarray, have_weather: bool) -> None:
-        """Metric of the slots without weather; a log line when their number changes."""
+        """Metric of the slots without weather; a warning when slots start to miss it (not at every change of
+        their number: the horizon moves past the provider's data one slot at a time)."""
         missing = int((~covered).sum())
         WEATHER_MISSING_SLOTS.set(missing)
-        if missing == self._missing_slots_logged:
+        before, self._missing_slots_logged = self._missing_slots_logged, missing
+        if missing == before or (missing > 0 and (before or 0) > 0):
             return
-        self._missing_slots_logged = missing
         if missing == 0:
             log.info("weather covers every forecast slot again", extra={"slots": len(slots)})
         elif have_weather:

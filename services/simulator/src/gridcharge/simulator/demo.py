@@ -157,7 +157,7 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
     """Run a scenario on the embedded cluster; write the report to `out`; return the summary."""
     factories = load_factories(services)
     clock = SimClock(datetime.fromtimestamp(scenario.start_s, UTC))
-    days = max(1, int((scenario.end_s - scenario.start_s) // 86_400) + 2)
+    days = max(1, int((scenario.end_s - scenario.start_s) // 86_400) + 3)   # the 48-h horizon past the end
     weather = make_weather(scenario.topology, scenario.spec.weather, scenario.start_s, days)
     weather_srv = await start_weather_server(weather_payload(weather))
     settings = Settings.from_env(

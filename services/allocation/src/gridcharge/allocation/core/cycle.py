@@ -185,8 +185,9 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
                                              sid))
     approved = fit_caps(topo, cap_k, wc_k, targets, order, floor_a=floors, keep=keep)
     result.station_caps_a = dict(approved)
+    # (what the cars want, not only what they got: a restore that would hold a car back re-releases at once)
     still_busy(alloc, now, {n: c.min(axis=1) for n, c in cap_k.items()},
-               {**wc_max, **{k: max(a, float(np.max(floors[k]))) for k, a in approved.items()}})
+               {**wc_max, **{k: max(a, desired.get(k, 0.0), float(np.max(floors[k]))) for k, a in approved.items()}})
 
     # commands
     for sid in sorted(targets):
@@ -226,6 +227,12 @@ def control_targets(alloc: Allocator, now: float, desired: dict[str, float], pla
     targets: dict[str, float] = {}
     keep: set[str] = set()
     due: set[str] = set()
+    raising: set[str] = set()        # nodes under which a raise goes out now: room made there is used at once
+    for sid, d in desired.items():
+        held = alloc.ledgers[sid].held_a(now)
+        d = P.quantise_a(d)
+        if sid in planned and d - held >= wp.raise_min_step_a - 1e-9 and not log_.why_not_raise(sid, now):
+            raising.update(alloc.topology.station_path(sid))
     for sid, d in desired.items():
         led = alloc.ledgers[sid]
         held = led.held_a(now)
@@ -239,10 +246,14 @@ def control_targets(alloc: Allocator, now: float, desired: dict[str, float], pla
             targets[sid] = d                 # one write anyway: it takes the desired value
             continue
         t = held
+        path = alloc.topology.station_path(sid)
         if d < held - 0.05:
-            calm = any(n in cut for n in alloc.topology.station_path(sid))
-            if sid in under_busy and not calm and held - d >= wp.lower_min_step_a - 1e-9:
-                t = d                        # someone under a busy node gets the room
+            calm = any(n in cut for n in path)
+            # a lowering the budget does not need goes out only when a raise under the same busy node takes
+            # the room now (else a car finishing its last kWh would be written down minute by minute)
+            useful = sid in under_busy and any(n in raising for n in path)
+            if useful and not calm and held - d >= wp.lower_min_step_a - 1e-9:
+                t = d
         elif d > held + 0.05 and sid in planned and d - held >= wp.raise_min_step_a - 1e-9:
             why = log_.why_not_raise(sid, now)
             if why:
