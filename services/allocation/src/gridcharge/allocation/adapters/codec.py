@@ -141,10 +141,19 @@ def apply_meter_values(
     since = alloc.grant_since.get(key)
     s = alloc.book.meter(mv.station_id, evse, mv.transaction_id[:64], at, energy,
                          max(currents) if currents else None, power_total, alloc.grant_a.get(key),
-                         datetime.fromtimestamp(since, UTC) if since is not None else None)
+                         datetime.fromtimestamp(since, UTC) if since is not None else None,
+                         phases_drawn(currents))
     if s is None:
         return None, 0.0, False
     return s, s.delivered_wh - before, s.draw_cap_a != cap_before
+
+
+def phases_drawn(currents: list[float]) -> int | None:
+    """How many phases a car draws on, from per-phase current samples (A): None when it says nothing
+    (no per-phase values, or too little current to tell)."""
+    if len(currents) < 2 or max(currents) < 4.0:
+        return None
+    return sum(1 for c in currents if c >= max(1.0, 0.25 * max(currents)))
 
 
 def external_limit_window(el: grid_pb2.ExternalLimit, now: datetime) -> ExternalLimitWindow:

@@ -49,6 +49,8 @@ if TYPE_CHECKING:   # the allocator hosts the cycle; only its type is needed her
 
 log = logging.getLogger(__name__)
 
+GUESSED_DEPARTURE_S = 2 * 3600.0   # planning horizon of a car whose departure nobody gave (s)
+
 Moments = tuple[list[float], dict[str, np.ndarray], dict[str, float | np.ndarray]]
 
 
@@ -464,10 +466,20 @@ def solve(alloc: Allocator, sessions: list[SessionState], capacity: Capacity, fi
                           tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
                           max_current_a=max(0.0, evse_max - b), min_current_a=max(0.0, ev.min_current_a - b))
         dep_s = s.departure.timestamp() - now
+        if s.departure_guessed:
+            # nobody said when the car leaves (OCPP 1.6, no driver input): plan it to be done soon rather than
+            # by the site's default departure — a late guess makes the car look lax, and if it leaves early
+            # the energy it was waiting for is lost; a rolling horizon, so it never becomes "overdue"
+            dep_s = min(dep_s, GUESSED_DEPARTURE_S)
         dep_slot = max(1, math.ceil(dep_s / cfg.slot_s))
-        plan_sessions.append(Session(s.session_id, key, s.energy_needed_wh, 0, dep_slot,
-                                     max(0.0, s.min_current_a - b), max(0.0, max_a - b), s.phases,
-                                     alloc.voltage_v, float(s.priority), s.delivered_wh))
+        # the station cap binds all the EVSE's phases (the budget counts it there), so a car drawing on fewer
+        # is planned on all of them with its energy scaled up: the plan reserves what the budget counts and
+        # still knows how long the car really needs (a single-phase car takes three times as long)
+        wired = len(st.evse_phases(s.evse_id))
+        k = wired / max(1, min(s.phases, wired))
+        plan_sessions.append(Session(s.session_id, key, s.energy_needed_wh * k, 0, dep_slot,
+                                     max(0.0, s.min_current_a - b), max(0.0, max_a - b), wired,
+                                     alloc.voltage_v, float(s.priority), s.delivered_wh * k))
     problem = PlanningProblem(
         slots=SlotGrid(now_dt, T, cfg.slot_s), nodes=nodes, evses=list(evses.values()), sessions=plan_sessions,
         config=PlannerConfig(time_limit_s=10.0), current_a=current,

@@ -61,8 +61,10 @@ class SessionState:
     draw_cap_a: float | None = None     # learnt from the meter: the car takes about this at most (A)
     below_samples: int = 0              # fresh samples in a row clearly below what the car may draw
     at_cap_samples: int = 0             # fresh samples in a row at the learnt cap
+    phases_seen: int | None = None      # phases the car drew on in the latest sample that told
     user_set: set[str] = field(default_factory=set)   # fields a driver/operator set explicitly
     need_guessed: bool = True      # energy_needed_wh is the site default, not from the EV or a driver
+    departure_guessed: bool = True  # departure is the site default, not from the EV or a driver
 
     @property
     def remaining_wh(self) -> float:
@@ -78,6 +80,7 @@ class SessionState:
             "min_current_a": self.min_current_a, "max_current_a": self.max_current_a, "phases": self.phases,
             "priority": self.priority, "delivered_wh": self.delivered_wh, "meter_start_wh": self.meter_start_wh,
             "user_set": sorted(self.user_set), "need_guessed": self.need_guessed,
+            "departure_guessed": self.departure_guessed,
         }).encode()
 
     def meter_fresh(self, now: datetime) -> bool:
@@ -247,8 +250,11 @@ class SessionBook:
                 v = min(float(v), hw_max)
             if k == "phases" and isinstance(v, int | float):
                 v = min(int(v), hw_phases)
+                s.user_set.add("phases")   # the EV said so: the meter does not overrule it
             if k == "energy_needed_wh":
                 s.need_guessed = False
+            if k == "departure":
+                s.departure_guessed = False
             setattr(s, k, v)
         if s.min_current_a > s.max_current_a:
             s.min_current_a = s.max_current_a
@@ -262,6 +268,7 @@ class SessionBook:
         if departure is not None:
             s.departure = departure
             s.user_set.add("departure")
+            s.departure_guessed = False
         if energy_wh is not None and math.isfinite(energy_wh) and energy_wh >= 0:
             s.energy_needed_wh = energy_wh
             s.user_set.add("energy_needed_wh")
@@ -272,11 +279,14 @@ class SessionBook:
 
     def meter(self, station_id: str, evse_id: int, transaction_id: str, at: datetime,
               energy_register_wh: float | None, current_a: float | None, power_w: float | None,
-              granted_a: float | None, granted_since: datetime | None = None) -> SessionState | None:
+              granted_a: float | None, granted_since: datetime | None = None,
+              phases_drawn: int | None = None) -> SessionState | None:
         """Apply one meter sample; returns the session it belongs to (None when it matches none).
 
         ``granted_a``: what the car may draw now; ``granted_since``: since when (a sample taken before the
-        grant could take effect says nothing about it)."""
+        grant could take effect says nothing about it). ``phases_drawn``: on how many phases the car draws
+        (per-phase currents): a car drawing on fewer phases than its EVSE has (a single-phase car on a
+        three-phase point) is planned on those, twice in a row and unless the EV or driver said otherwise."""
         s = self.find(station_id, evse_id, transaction_id)
         if s is None:
             return None
@@ -297,6 +307,10 @@ class SessionBook:
         if power_w is not None and math.isfinite(power_w):
             s.measured_power_w = power_w
         s.measured_at = at
+        if phases_drawn is not None and 1 <= phases_drawn < s.phases and "phases" not in s.user_set:
+            if s.phases_seen == phases_drawn:
+                s.phases = phases_drawn
+            s.phases_seen = phases_drawn
         if granted_a is not None and (granted_since is None
                                       or (at - granted_since).total_seconds() >= SETTLE_S):
             s.judge_draw(granted_a)
@@ -314,6 +328,7 @@ class SessionBook:
                 phases=int(d["phases"]), priority=int(d["priority"]), delivered_wh=float(d["delivered_wh"]),
                 meter_start_wh=None if d.get("meter_start_wh") is None else float(d["meter_start_wh"]),
                 user_set=set(d.get("user_set", [])), need_guessed=bool(d.get("need_guessed", True)),
+                departure_guessed=bool(d.get("departure_guessed", True)),
             )
         except (ValueError, KeyError, TypeError):
             return None
