@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,8 @@ from gridcharge.shared.topology import PHASES, Topology
 
 log = logging.getLogger(__name__)
 
+WOBBLE_S = 600.0   # the base-load history the raise hysteresis looks at (s)
+
 __all__ = ["Allocator", "AllocatorConfig", "Explanation", "Outlook", "PlanResult", "ProfileCommand", "StationCaps"]
 
 
@@ -54,6 +57,8 @@ class AllocatorConfig:
     command_ttl_s: float = 30.0          # a command not sent by then is dropped by the gateway
     release_idle_fallbacks: bool = True  # idle stations under a busy node give their floor to the cars
     limiter_hold_s: float = 60.0         # a limiter cut holds (the plan stays within it) until a cycle this later
+    raise_headroom_pct: float = 5.0      # at most this much of a node's limit is left free by raises: the band
+    #                                      is how much its base load wobbled in the last 10 min (hysteresis)
 
 
 class Allocator:
@@ -82,6 +87,7 @@ class Allocator:
         self.plan_a: dict[str, float] = {}             # session key -> plan grant now (A)
         self.charging: set[str] = set()                # stations with a car that wants energy
         self.busy_at: dict[str, float] = {}            # node -> last plan in which its capacity held a car back
+        self.base_history: dict[str, deque[tuple[float, float]]] = {}   # node -> (s, highest phase base load W)
         self.last: PlanResult | None = None
 
     # ---------------------------------------------------------------- views used by the service and API
@@ -219,7 +225,21 @@ class Allocator:
         if inp.load_at is not None and at < inp.load_at:
             return False
         inp.load_w, inp.base_load_w, inp.load_at = load_w, base_load_w, at
+        hist = self.base_history.setdefault(node_id, deque())
+        hist.append((at, max(base_load_w)))
+        while hist and hist[0][0] < at - WOBBLE_S:
+            hist.popleft()
         return True
+
+    def raise_band_w(self, node_id: str) -> float:
+        """W per phase raises leave free under a node: how much its base load moved in the last ``WOBBLE_S``
+        (a base load that wobbles by that much would otherwise lower and raise the same cars every cycle),
+        at most ``raise_headroom_pct`` of its limit."""
+        hist = self.base_history.get(node_id)
+        if not hist:
+            return 0.0
+        vals = [b for _t, b in hist]
+        return min(max(vals) - min(vals), max(self.topology.limit_w(node_id)) * self.cfg.raise_headroom_pct / 100.0)
 
     def headroom(self, node_id: str, start: float, step_s: float, slots: list[tuple[float, float, float]],
                  sources: list[str], at: float) -> bool:

@@ -255,6 +255,8 @@ def fit_caps(
     min_raise_a: float = 0.0,
     floor_a: Mapping[str, float | FloatArray] | None = None,
     keep: Collection[str] = (),
+    raise_headroom_w: Mapping[str, float] | None = None,
+    lower_order: list[str] | None = None,
 ) -> dict[str, float]:
     """Approve station caps so the worst case under every node stays within its capacity.
 
@@ -264,6 +266,10 @@ def fit_caps(
     surely overrides the fallback, the fallback after that. A cap below it frees nothing at that moment.
     ``keep``: stations whose current state stays as it is (nothing is sent to them unless they must go
     lower): they count at their ``worst_case_a`` and are never raised.
+    ``lower_order``: who goes down first where a node is over its capacity (default: ``order`` reversed).
+    ``raise_headroom_w``: per node, W per phase that raises leave free (a hysteresis band): lowerings are
+    needed only once the capacity is exceeded, so a base load that wobbles by less than the band does not
+    lower and raise the same cars every cycle.
 
     Time-resolved: ``capacity_w`` may be [3, K] W per node and ``worst_case_a``/``floor_a`` [K] A per
     station, at the same K moments of a lease's lifetime (now, slot starts, fallback steps). A cap must
@@ -315,9 +321,17 @@ def fit_caps(
         """Worst case of a station at each moment once cap ``a`` is installed."""
         return [max(f, a) for f in floors.get(sid, zero)]
 
-    def excess_a(sid: str, load: list[list[float]]) -> list[float]:
-        """[K] most any node/phase on the station's path is above capacity (A, may be < 0 = room)."""
+    band = [0.0] * (3 * len(ix.node_ids))
+    for i, nid in enumerate(ix.node_ids):
+        for p in range(3):
+            band[3 * i + p] = (raise_headroom_w or {}).get(nid, 0.0)
+
+    def excess_a(sid: str, load: list[list[float]], headroom: bool = False) -> list[float]:
+        """[K] most any node/phase on the station's path is above capacity (less the raise headroom with
+        ``headroom``) (A, may be < 0 = room)."""
         sl = ix.slots_of[ix.row[sid]]
+        if headroom:
+            return [max((load[s][j] - cap[s][j] + band[s] for s in sl), default=-math.inf) / v for j in K]
         return [max((load[s][j] - cap[s][j] for s in sl), default=-math.inf) / v for j in K]
 
     def shift(load: list[list[float]], sid: str, delta_a: list[float]) -> None:
@@ -330,7 +344,7 @@ def fit_caps(
                             k)
     if np.any(target_arr > cap_arr + 1e-9):   # (usually nothing is over)
         target: list[list[float]] = target_arr.tolist()
-        for sid in reversed(order):
+        for sid in (lower_order if lower_order is not None else list(reversed(order))):
             if sid not in desired_a:
                 continue
             over = excess_a(sid, target)
@@ -351,10 +365,16 @@ def fit_caps(
             continue
         want = desired_a[sid]
         cur = wc.get(sid, zero)
-        ex = excess_a(sid, used)
+        ex = excess_a(sid, used, headroom=True)
         grant = min(want, min(cur[j] + max(0.0, -ex[j]) for j in K))
-        if grant - max(cur) < min_raise_a:
-            grant = min(want, min(cur))
+        if grant < min(want, cur[0]):
+            # what it holds now (e.g. renewing a lease past its end) needs room, not the hysteresis band:
+            # the band only holds back raises above the current value
+            plain = excess_a(sid, used)
+            grant = max(grant, min(want, cur[0], min(cur[j] + max(0.0, -plain[j]) for j in K)))
+        if max(cur) <= grant < max(cur) + min_raise_a:
+            grant = min(want, max(cur))          # a raise too small to be worth it (it fits: grant ≥ it)
+        grant = max(0.0, grant)
         approved[sid] = grant
         # a raise only counts upwards: a lowering takes effect once accepted
         e = eff(sid, grant)

@@ -176,16 +176,24 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
             desired[sid] = min(led.floor_a(now), alloc.fallbacks.target.get(sid, [(now, led.floor_a(now))])[0][1])
     targets, keep, due = control_targets(alloc, now, desired, planned, under_busy, result.deferred)
     floors: dict[str, float | np.ndarray] = {}
+    skew, lowered_end = cfg.leases.clock_skew_s, cfg.leases.lease_end(now, lowered=True)
     for sid, t in targets.items():
         led = alloc.ledgers[sid]
-        if t < led.floor_max_a(now, end) - 1e-9:
-            floors[sid] = 0.0        # a lowered lease outlives this window (leases.py)
+        # what the station may draw whatever cap it gets: nothing while the lease sent now surely overrides the
+        # fallback (a lease below the fallback outlives the others, leases.py), the fallback after that
+        until = lowered_end if t < led.floor_max_a(now, end) - 1e-9 and sid not in keep else end
+        if until - skew >= moments[-1]:
+            floors[sid] = 0.0
         else:
-            floors[sid] = np.array([0.0 if m < end - cfg.leases.clock_skew_s else led.floor_worst_a(m)
-                                    for m in moments])
+            floors[sid] = np.array([0.0 if m < until - skew else led.floor_worst_a(m) for m in moments])
     order = sorted(targets, key=lambda sid: (-prio.get(sid, 0), -sum(s.remaining_wh for s in by_station.get(sid, [])),
                                              sid))
-    approved = fit_caps(topo, cap_k, wc_k, targets, order, floor_a=floors, keep=keep)
+    band = {n.id: alloc.raise_band_w(n.id) for n in topo.nodes}
+    # over capacity: the lowest priority goes down first, within it the station holding the most (a trim of
+    # the largest grant rather than one car stopped)
+    lower_order = sorted(targets, key=lambda sid: (prio.get(sid, 0), -alloc.ledgers[sid].held_a(now), sid))
+    approved = fit_caps(topo, cap_k, wc_k, targets, order, floor_a=floors, keep=keep, raise_headroom_w=band,
+                        lower_order=lower_order)
     result.station_caps_a = dict(approved)
     # (what the cars want, not only what they got: a restore that would hold a car back re-releases at once)
     still_busy(alloc, now, {n: c.min(axis=1) for n, c in cap_k.items()},
@@ -402,7 +410,13 @@ def budget_moments(alloc: Allocator, now: float, end: float, capacity: Capacity,
     mix moments (a floor that rises when a DSO window ends would count during the window).
     """
     skew = alloc.cfg.leases.clock_skew_s
+    # until the new lease may have lapsed, and every lease that may be in force now too: a lease sent when the
+    # fallback was higher (so below it, ending late) may outlive the lowered leases of other stations
     hi = end + skew
+    for led in alloc.ledgers.values():
+        for ls in [led.accepted.get(LEASE_KEY), *led.lease_candidates()]:
+            if ls is not None and math.isfinite(ls.valid_until):
+                hi = max(hi, ls.valid_until + skew)
     steps = {sid: sorted({*led.change_times(now, hi), *led.lease_edges(now, hi)})
              for sid, led in alloc.ledgers.items()}
     times = {now, end - skew}
