@@ -16,7 +16,7 @@ from gridcharge.allocation.core.allocator import AllocatorConfig
 from gridcharge.allocation.core.leases import LeasePolicy
 from gridcharge.allocation.service import AllocationService
 from gridcharge.gateway.config import GatewaySettings
-from gridcharge.gateway.main import GatewayService
+from gridcharge.gateway.service import GatewayService
 from gridcharge.plan.v1 import plan_pb2
 from gridcharge.shared.bus.kafka import KafkaBus
 from gridcharge.shared.clock import RealClock

@@ -17,7 +17,7 @@ from gridcharge.shared import contracts as C
 from gridcharge.shared.bus.base import Record
 from gridcharge.shared.clock import RealClock
 from gridcharge.shared.runtime import Runtime
-from gridcharge.telemetry.main import TelemetryService
+from gridcharge.telemetry.service import TelemetryService
 from gridcharge.telemetry.settings import TelemetrySettings
 from gridcharge.telemetry.testing import grid, heartbeat, phase_power, status, topology
 

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from google.protobuf.timestamp_pb2 import Timestamp
 from gridcharge.common.v1 import common_pb2
 from gridcharge.forecast.v1 import forecast_pb2
-from gridcharge.forecasting.main import ApiWeather
+from gridcharge.forecasting.adapters.weather import ApiWeather
 from gridcharge.forecasting.service import ForecastingService
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts

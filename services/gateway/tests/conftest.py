@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from gridcharge.gateway.config import GatewaySettings
-from gridcharge.gateway.main import GatewayService
+from gridcharge.gateway.service import GatewayService
 from gridcharge.shared.bus.base import Record
 from gridcharge.shared.bus.memory import MemoryBus
 from gridcharge.shared.clock import RealClock

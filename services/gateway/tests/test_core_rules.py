@@ -28,8 +28,9 @@ from gridcharge.gateway.core.boot import (
 from gridcharge.gateway.core.errors import Err, Version
 from gridcharge.gateway.core.limits import StationFacts, cleared_limits, limit_id, station_limit
 from gridcharge.gateway.core.lockout import AuthBackoff, Policy
-from gridcharge.gateway.core.mapping import parse_time, timestamp
+from gridcharge.gateway.core.mapping import parse_time
 from gridcharge.gateway.core.ratelimit import BucketTable, TokenBucket, allow_all
+from gridcharge.shared.codec import to_timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -195,7 +196,7 @@ def test_any_valid_timestamp_maps_without_error(year: int, hours: int, minutes: 
     if schemas.validate(V16, "StatusNotification", "req", p) is None:
         dt = parse_time(ts)
         assert dt is not None
-        timestamp(dt)           # the protobuf mapping accepts what validation let through
+        to_timestamp(dt)        # the protobuf mapping accepts what validation let through
     else:
         assert parse_time(ts) is None
     json.dumps(p)

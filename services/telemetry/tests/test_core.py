@@ -8,6 +8,7 @@ import pytest
 from gridcharge.command.v1 import command_pb2
 from gridcharge.common.v1 import common_pb2
 from gridcharge.forecast.v1 import forecast_pb2
+from gridcharge.shared.codec import to_timestamp
 from gridcharge.station.v1 import station_pb2
 from gridcharge.telemetry.core import TelemetryConfig, TelemetryCore
 from gridcharge.telemetry.core.model import Outcome
@@ -23,7 +24,6 @@ from gridcharge.telemetry.testing import (
     status,
     sv,
     topology,
-    ts,
 )
 
 V = 230.0
@@ -216,7 +216,7 @@ def test_tx_over_tx_default_and_evse0_default_per_evse(core: TelemetryCore) -> N
     assert approx3(core.node_loads(T0 + 2)["panel"].worst_case_w, (12 * V, 6 * V, 6 * V))
     # a TX lease above the default: worst case is the lease while valid, then the default again
     tx = set_profile("S3", 1, 20.0, "t")
-    tx.set_charging_profile.profile.valid_to.CopyFrom(ts(T0 + 300))
+    tx.set_charging_profile.profile.valid_to.CopyFrom(to_timestamp(T0 + 300))
     core.on_command(tx, T0)
     core.on_command_result(result("S3", "t", command_pb2.COMMAND_OUTCOME_ACCEPTED), T0)
     assert core.worst_case_a(s3, 1, T0 + 10) == 20.0
@@ -235,7 +235,7 @@ def test_tx_over_tx_default_and_evse0_default_per_evse(core: TelemetryCore) -> N
 
 def test_expired_profile_reverts_to_hardware_max(core: TelemetryCore) -> None:
     cmd = set_profile("S2", 1, 6.0, "e")
-    cmd.set_charging_profile.profile.valid_to.CopyFrom(ts(T0 + 100))
+    cmd.set_charging_profile.profile.valid_to.CopyFrom(to_timestamp(T0 + 100))
     core.on_command(cmd, T0)
     core.on_command_result(result("S2", "e", command_pb2.COMMAND_OUTCOME_ACCEPTED), T0)
     s2 = core.topo.station_by_id["S2"]
@@ -339,7 +339,8 @@ def test_unknown_station_and_evse(core: TelemetryCore) -> None:
 def test_ambient_from_meter_stations_and_weather() -> None:
     c = TelemetryCore(topology())
     assert math.isnan(c.node_loads(T0)["panel"].ambient_c)
-    w = forecast_pb2.WeatherForecast(site_id="site", start=ts(T0 - 900), step_s=900, temperature_c=[10, 12, 14])
+    w = forecast_pb2.WeatherForecast(site_id="site", start=to_timestamp(T0 - 900), step_s=900,
+                                     temperature_c=[10, 12, 14])
     c.on_weather(w, T0)
     assert c.node_loads(T0)["panel"].ambient_c == 12
     c.on_meter_values(mv("S1", 1, T0, sv("Temperature", 20, "", "Celsius", "Body")), T0)

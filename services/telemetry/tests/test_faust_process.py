@@ -18,7 +18,7 @@ from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.store.memory import MemoryStore
 from gridcharge.telemetry.adapters.faust_runtime import FaustRuntime
 from gridcharge.telemetry.core import Outcome
-from gridcharge.telemetry.main import TelemetryService
+from gridcharge.telemetry.service import TelemetryService
 from gridcharge.telemetry.settings import TelemetrySettings
 from gridcharge.telemetry.testing import T0, grid, topology
 

@@ -7,11 +7,12 @@ import math
 
 import pytest
 from gridcharge.command.v1 import command_pb2
+from gridcharge.shared.codec import MeterSample
 from gridcharge.shared.topology import PHASES
 from gridcharge.station.v1 import station_pb2
 from gridcharge.telemetry.core import TelemetryCore
 from gridcharge.telemetry.core.config import TelemetryConfig
-from gridcharge.telemetry.core.readings import Sample, to_grid
+from gridcharge.telemetry.core.readings import to_grid
 from gridcharge.telemetry.testing import T0, event, grid, heartbeat, mv, result, set_profile, status, sv, topology
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -93,7 +94,7 @@ def test_any_sequence_keeps_invariants(msgs: list[tuple[str, object, float]], la
 @given(st.lists(st.floats(min_value=0, max_value=7000), min_size=3, max_size=3),
        st.permutations(["L1", "L2", "L3"]))
 def test_phase_mapping_conserves_power(powers: list[float], phase_map: list[str]) -> None:
-    sample = Sample(power_ph=[powers[0], powers[1], powers[2]])
+    sample = MeterSample(power_ph=[powers[0], powers[1], powers[2]])
     g = to_grid(sample, tuple(phase_map), 230.0, 32.0, TelemetryConfig())  # type: ignore[arg-type]
     assert not g.problem
     assert sum(g.power_w) == pytest.approx(sum(powers))

@@ -18,7 +18,8 @@ from gridcharge.shared.clock import SimClock
 from gridcharge.shared.config import Settings
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.store.memory import MemoryStore
-from gridcharge.telemetry.main import TelemetryService, create_service
+from gridcharge.telemetry.main import create_service
+from gridcharge.telemetry.service import TelemetryService
 from gridcharge.telemetry.settings import TelemetrySettings
 from gridcharge.telemetry.testing import T0, grid, heartbeat, phase_power, status, topology
 from prometheus_client import REGISTRY

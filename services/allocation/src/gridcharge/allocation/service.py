@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter
 from gridcharge.allocation.adapters import codec
 from gridcharge.allocation.adapters import metrics as M
+from gridcharge.allocation.adapters.http import build_router
 from gridcharge.allocation.core.allocator import Allocator, AllocatorConfig, PlanResult, ProfileCommand
 from gridcharge.allocation.core.budget import violations
 from gridcharge.allocation.core.model import Plan, Planner, PlanningProblem
@@ -31,6 +32,7 @@ from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts as C
 from gridcharge.shared.bus.base import Outgoing, PublishError, Record, Subscription
 from gridcharge.shared.clock import RealClock
+from gridcharge.shared.codec import phase_tuple, timestamp_dt
 from gridcharge.shared.leader import LeaderLease
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.topology import PHASES, Topology
@@ -39,7 +41,6 @@ from gridcharge.station.v1 import station_pb2
 log = logging.getLogger(__name__)
 
 PLAN_TTL_S = 900.0
-PREFS_KEY = "allocation:preferences"
 FALLBACK_KEY = "allocation:fallback-installed"   # hash station -> "1": profiles persist across reboots (OCPP)
 SESSIONS_KEY = "allocation:sessions"             # hash station/evse -> session JSON (survives a restart)
 LEASE_KEY = "allocation:lease:"                  # + station: worst-case station-cap lease {cap_a, until}
@@ -147,8 +148,6 @@ class AllocationService:
             C.HEADROOM.name: self._on_headroom,
             C.EXTERNAL_LIMITS.name: self._on_external_limit,
         }
-        from gridcharge.allocation.api import build_router
-
         self._router = build_router(self)
 
     @property
@@ -407,16 +406,14 @@ class AllocationService:
     async def _load_preferences(self) -> None:
         """Operator/driver preferences live in the store so every replica plans with them."""
         try:
-            prefs = await self.rt.store.hgetall(PREFS_KEY)
+            prefs = await self.rt.store.hgetall(codec.PREFS_KEY)
         except Exception:
             log.warning("could not read preferences", exc_info=True)
             return
-        from gridcharge.allocation.api import apply_preference_blob
-
         for sid, blob in prefs.items():
             if self.alloc.book.by_id(sid) is None:
                 continue
-            apply_preference_blob(self.alloc, sid, blob)
+            codec.apply_preference_blob(self.alloc, sid, blob)
 
     def _update_metrics(self, res: PlanResult) -> None:
         now = res.at.timestamp()
@@ -469,7 +466,7 @@ class AllocationService:
         for s in ch.ended:
             with contextlib.suppress(Exception):
                 await self.rt.store.delete(f"allocation:plan:session:{s.session_id}")
-                await self.rt.store.hdel(PREFS_KEY, s.session_id)
+                await self.rt.store.hdel(codec.PREFS_KEY, s.session_id)
         if ch.replan:
             self.mark_dirty()
 
@@ -526,11 +523,9 @@ class AllocationService:
     async def _on_node_load(self, rec: Record) -> None:
         nl = C.decode(grid_pb2.NodeLoad, rec.value)
         now = self.rt.clock.now()
-        at = codec.from_ts(nl.as_of, now)
-        if at > now:
-            at = now
-        base = codec.pv(nl.base_load_w)
-        if not self.alloc.node_load(nl.node_id, codec.pv(nl.load_w), base, at.timestamp()):
+        at = codec.message_time(nl.as_of, now)
+        base = phase_tuple(nl.base_load_w)
+        if not self.alloc.node_load(nl.node_id, phase_tuple(nl.load_w), base, at.timestamp()):
             return
         prev = self._planned_base_w.get(nl.node_id)
         if prev is None or max(abs(a - b) for a, b in zip(prev, base, strict=True)) >= BASE_LOAD_REPLAN_W:
@@ -543,7 +538,7 @@ class AllocationService:
             t_locked = time.perf_counter()
             # the limiter acts once on a measurement: a snapshot that repeats the load (and limit) the limiter
             # just acted on predates that action; acting again would lower (or give back) the same excess twice
-            seen = (codec.pv(nl.load_w), self.alloc.capacity_limit_w(nl.node_id, now.timestamp()))
+            seen = (phase_tuple(nl.load_w), self.alloc.capacity_limit_w(nl.node_id, now.timestamp()))
             if self._limited_on.get(nl.node_id) == (seen, True):
                 return
             before = dict(self.alloc.grant_a)
@@ -563,9 +558,9 @@ class AllocationService:
     async def _on_headroom(self, rec: Record) -> None:
         hf = C.decode(forecast_pb2.HeadroomForecast, rec.value)
         now = self.rt.clock.now()
-        start = codec.from_ts(hf.start, now).timestamp()
-        produced = min(codec.from_ts(hf.meta.produced_at, now), now).timestamp()
-        slots = [codec.pv(s.headroom_w) for s in hf.slots]
+        start = (timestamp_dt(hf.start) or now).timestamp()
+        produced = codec.message_time(hf.meta.produced_at, now).timestamp()
+        slots = [phase_tuple(s.headroom_w) for s in hf.slots]
         sources = [s.binding_source[:48] for s in hf.slots]
         if self.alloc.headroom(hf.node_id, start, float(hf.step_s or 900), slots, sources, produced):
             self.mark_dirty()

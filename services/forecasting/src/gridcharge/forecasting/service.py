@@ -18,18 +18,23 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from fastapi import APIRouter, HTTPException
-from google.protobuf.timestamp_pb2 import Timestamp
-from gridcharge.common.v1 import common_pb2
-from gridcharge.forecast.v1 import forecast_pb2
+from fastapi import APIRouter
+from gridcharge.forecasting.adapters.codec import external_limit_from_proto, headroom_message, pd_time, weather_message
+from gridcharge.forecasting.adapters.http import build_router
+from gridcharge.forecasting.adapters.metrics import (
+    FORECAST_AGE_S,
+    FORECAST_RUNS,
+    HEADROOM_W,
+    PV_FORECAST_W,
+    WEATHER_MISSING_SLOTS,
+)
 from gridcharge.forecasting.adapters.topology import grid_model_from_topology
 from gridcharge.forecasting.adapters.weather import WeatherUnavailable
-from gridcharge.forecasting.core.headroom import PHASES, ExternalLimitSpec, NodeHeadroom
+from gridcharge.forecasting.core.headroom import PHASES, ExternalLimitSpec
 from gridcharge.forecasting.core.pv import stack_weather
 from gridcharge.forecasting.core.site import ForecastOptions, GridModel, SiteForecast, forecast_site
 from gridcharge.forecasting.core.weather import (
@@ -39,23 +44,16 @@ from gridcharge.forecasting.core.weather import (
     slot_starts,
     slots_with_weather,
 )
-from gridcharge.forecasting.metrics import (
-    FORECAST_AGE_S,
-    FORECAST_RUNS,
-    HEADROOM_W,
-    PV_FORECAST_W,
-    WEATHER_MISSING_SLOTS,
-)
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts
 from gridcharge.shared.bus.base import Record, Subscription
+from gridcharge.shared.codec import phase_tuple
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.topology import Topology
 
 log = logging.getLogger(__name__)
 
 STORE_KEY = "forecast:headroom:{node_id}"
-STEP_S = 900
 
 
 class WeatherSource(Protocol):
@@ -79,95 +77,6 @@ class ServiceOptions:
     history_days: int = 35
     weather_cell_deg: float = 0.1  # PV systems further apart than this get their own weather
     forecast: ForecastOptions = field(default_factory=ForecastOptions)
-
-
-def _ts(t: pd.Timestamp | datetime) -> Timestamp:
-    out = Timestamp()
-    out.FromNanoseconds(int(pd.Timestamp(t).value))
-    return out
-
-
-def _from_ts(t: Timestamp) -> pd.Timestamp | None:
-    if t.seconds == 0 and t.nanos == 0:
-        return None
-    return pd.Timestamp(t.ToNanoseconds(), unit="ns", tz="UTC")
-
-
-def _phase_values(values: np.ndarray) -> common_pb2.PhaseValues:
-    return common_pb2.PhaseValues(l1=float(values[0]), l2=float(values[1]), l3=float(values[2]))
-
-
-def _triple(p: common_pb2.PhaseValues) -> tuple[float, float, float]:
-    return (p.l1, p.l2, p.l3)
-
-
-def external_limit_from_proto(msg: grid_pb2.ExternalLimit, received_at: pd.Timestamp) -> ExternalLimitSpec:
-    """ExternalLimit contract → core spec (``updated_at``: producer time, else when we received it)."""
-    produced = _from_ts(msg.meta.produced_at) if msg.HasField("meta") else None
-    return ExternalLimitSpec(
-        limit_id=msg.limit_id or msg.source or "external",
-        limit_w=_triple(msg.limit_w),
-        updated_at=produced or received_at,
-        valid_from=_from_ts(msg.valid_from),
-        valid_to=_from_ts(msg.valid_to),
-        fallback_limit_w=_triple(msg.fallback_limit_w) if msg.HasField("fallback_limit_w") else None,
-        stale_after_s=float(msg.stale_after_s),
-        schedule=tuple(
-            (start, _triple(s.limit_w))
-            for s in sorted(msg.schedule, key=lambda s: s.start.ToNanoseconds())
-            if (start := _from_ts(s.start)) is not None
-        ),
-        source=msg.source or "external",
-    )
-
-
-def headroom_message(
-    h: NodeHeadroom, producer: str, produced_at: pd.Timestamp, weather_as_of: pd.Timestamp | None
-) -> forecast_pb2.HeadroomForecast:
-    """NodeHeadroom → HeadroomForecast contract (one slot per 15 min, binding and weather source per slot)."""
-    sources = h.slot_source()
-    weather = h.slot_weather()
-    slots = [
-        forecast_pb2.HeadroomSlot(
-            headroom_w=_phase_values(h.headroom_w[:, t]),
-            rating_w=_phase_values(h.limit_w[:, t]),
-            base_load_w=_phase_values(h.base_load_w[:, t]),
-            pv_w=_phase_values(h.pv_credit_w[:, t]),
-            ambient_temperature_c=float(h.ambient_c[t]) if np.isfinite(h.ambient_c[t]) else float("nan"),
-            binding_source=sources[t],
-            weather_source=weather[t],
-        )
-        for t in range(h.headroom_w.shape[1])
-    ]
-    msg = forecast_pb2.HeadroomForecast(
-        meta=common_pb2.Meta(producer=producer, produced_at=_ts(produced_at)),
-        node_id=h.node_id,
-        start=_ts(h.slot_starts[0]),
-        step_s=STEP_S,
-        slots=slots,
-        degraded=h.degraded,
-    )
-    if weather_as_of is not None:
-        msg.weather_as_of.CopyFrom(_ts(weather_as_of))
-    return msg
-
-
-def weather_message(w: WeatherSeries, site_id: str, producer: str, now: pd.Timestamp,
-                    provider: str) -> forecast_pb2.WeatherForecast:
-    """The weather used, on the 15-min grid from the current slot (``WeatherForecast`` contract)."""
-    starts = slot_starts(now, 48.0)
-    frame = resample_to(w, slot_midpoints(starts))
-
-    def col(name: str) -> list[float]:
-        return [float(x) for x in frame[name]] if name in frame else []
-
-    return forecast_pb2.WeatherForecast(
-        meta=common_pb2.Meta(producer=producer, produced_at=_ts(now)),
-        site_id=site_id, latitude=w.latitude, longitude=w.longitude, start=_ts(starts[0]), step_s=STEP_S,
-        temperature_c=col("temp_air_c"), ghi_w_m2=col("ghi_w_m2"), dni_w_m2=col("dni_w_m2"),
-        dhi_w_m2=col("dhi_w_m2"), cloud_cover_pct=col("cloud_cover_pct"), wind_speed_m_s=col("wind_speed_m_s"),
-        provider=provider,
-    )
 
 
 class ForecastingService:
@@ -208,7 +117,7 @@ class ForecastingService:
         self._trigger = asyncio.Event()
         self._subs: list[Subscription] = []
         self._task: asyncio.Task[None] | None = None
-        self._router = self._make_router()
+        self._router = build_router(self)
 
     # -- Service protocol -----------------------------------------------------------------------
     @property
@@ -245,11 +154,11 @@ class ForecastingService:
     # -- bus handlers ---------------------------------------------------------------------------
     async def on_history(self, record: Record) -> None:
         msg = contracts.decode(grid_pb2.NodeLoadInterval, record.value)
-        start = _from_ts(msg.interval_start)
+        start = pd_time(msg.interval_start)
         if start is None or msg.node_id not in self.model_node_ids:
             return
         hist = self._history.setdefault(msg.node_id, {})
-        hist[start] = _triple(msg.mean_base_load_w)
+        hist[start] = phase_tuple(msg.mean_base_load_w)
         cutoff = self._now() - pd.Timedelta(days=self.options.history_days)
         if len(hist) > 2 * 96 * self.options.history_days:  # prune occasionally, not on every record
             for t in [t for t in hist if t < cutoff]:
@@ -257,9 +166,9 @@ class ForecastingService:
 
     async def on_node_load(self, record: Record) -> None:
         msg = contracts.decode(grid_pb2.NodeLoad, record.value)
-        at = _from_ts(msg.as_of)
+        at = pd_time(msg.as_of)
         if at is not None and msg.node_id in self.model_node_ids:
-            self._latest[msg.node_id] = (at, _triple(msg.base_load_w))
+            self._latest[msg.node_id] = (at, phase_tuple(msg.base_load_w))
 
     async def on_external_limit(self, record: Record) -> None:
         msg = contracts.decode(grid_pb2.ExternalLimit, record.value)
@@ -416,27 +325,3 @@ class ForecastingService:
                 for task in (sleeper, trigger):
                     task.cancel()
                 self._trigger.clear()
-
-    # -- operator API -----------------------------------------------------------------------------
-    def _make_router(self) -> APIRouter:
-        router = APIRouter(prefix="/api/forecast", tags=["forecast"])
-
-        @router.get("/headroom/{node_id}")
-        def headroom(node_id: str) -> dict[str, Any]:
-            """The latest headroom forecast of a node: W per phase per 15-min slot, with the binding source."""
-            if self.last is None or node_id not in self.last.headroom:
-                raise HTTPException(404, f"no forecast for node {node_id!r}")
-            h = self.last.headroom[node_id]
-            return {
-                "node_id": node_id,
-                "start": h.slot_starts[0].isoformat(),
-                "step_s": STEP_S,
-                "degraded": h.degraded,
-                "degraded_reasons": list(h.degraded_reasons),
-                "headroom_w": np.round(h.headroom_w.T, 1).tolist(),
-                "source": h.slot_source(),
-                "weather": h.slot_weather(),
-            }
-
-        return router
-

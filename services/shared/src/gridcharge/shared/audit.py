@@ -18,6 +18,7 @@ from gridcharge.audit.v1 import audit_pb2
 from gridcharge.shared.auth import Principal
 from gridcharge.shared.bus.base import Bus
 from gridcharge.shared.clock import Clock, RealClock
+from gridcharge.shared.codec import meta
 from gridcharge.shared.contracts import AUDIT_EVENTS
 
 log = logging.getLogger("gridcharge.audit")
@@ -63,9 +64,7 @@ class AuditSink:
             request_json=_cut(body.decode("utf-8", errors="replace")), status_code=status,
             actor=audit_pb2.Actor(subject=principal.subject, name=principal.name, role=principal.role,
                                   method=principal.method, client_address=client[:64]))
-        ev.meta.producer = self.producer
-        ev.meta.produced_at.FromDatetime(self.clock.now())
-        ev.meta.trace_id = ev.event_id
+        ev.meta.CopyFrom(meta(self.producer, self.clock.now(), trace_id=ev.event_id))
         if note:
             ev.target = str(note.get("target", ""))[:256]
             ev.before_json = _json(note.get("before"))

@@ -18,9 +18,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
-from gridcharge.common.v1 import common_pb2
 from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared.codec import meta, phase_values, to_timestamp
 from gridcharge.shared.topology import PHASES, Topology
 from gridcharge.simulator.scenario import BaseLoadSpec, WeatherSpec
 
@@ -42,12 +41,6 @@ def base_load_shape(profile: str, local_hour: float) -> float:
     h0 = math.floor(local_hour) % 24
     frac = local_hour - math.floor(local_hour)
     return pts[h0] * (1 - frac) + pts[(h0 + 1) % 24] * frac
-
-
-def ts(t: float) -> Timestamp:
-    out = Timestamp()
-    out.FromNanoseconds(int(t * 1e9))
-    return out
 
 
 @dataclass
@@ -200,11 +193,8 @@ def meter_reading(node_id: str, t: float, load_w: list[float], voltage_v: float,
                   producer: str = "simulator") -> bytes:
     """A GridMeterReading (power and current per phase) as the bytes published on GRID_METER_READINGS."""
     return grid_pb2.GridMeterReading(
-        meta=common_pb2.Meta(producer=producer, produced_at=ts(t)),
-        node_id=node_id, meter_id=f"sim-meter-{node_id}", measured_at=ts(t),
-        power_w=common_pb2.PhaseValues(l1=load_w[0], l2=load_w[1], l3=load_w[2]),
-        current_a=common_pb2.PhaseValues(l1=load_w[0] / voltage_v, l2=load_w[1] / voltage_v,
-                                         l3=load_w[2] / voltage_v),
-        voltage_v=common_pb2.PhaseValues(l1=voltage_v, l2=voltage_v, l3=voltage_v),
+        meta=meta(producer, t), node_id=node_id, meter_id=f"sim-meter-{node_id}", measured_at=to_timestamp(t),
+        power_w=phase_values(load_w), current_a=phase_values([w / voltage_v for w in load_w]),
+        voltage_v=phase_values((voltage_v,) * 3),
         ambient_temperature_c=ambient_c, has_current=True, has_voltage=True,
     ).SerializeToString()

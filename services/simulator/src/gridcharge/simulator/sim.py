@@ -18,15 +18,15 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gridcharge.common.v1 import common_pb2
 from gridcharge.forecast.v1 import forecast_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts
 from gridcharge.shared.bus.base import Bus, Record
 from gridcharge.shared.clock import Clock, parse_duration
+from gridcharge.shared.codec import meta, phase_tuple, phase_values, to_timestamp
 from gridcharge.shared.topology import PHASES
 from gridcharge.simulator.ev import Ev
-from gridcharge.simulator.grid import GridModel, Weather, make_weather, meter_reading, pv_traces, ts
+from gridcharge.simulator.grid import GridModel, Weather, make_weather, meter_reading, pv_traces
 from gridcharge.simulator.offline import OfflineOptimum, offline_optimum
 from gridcharge.simulator.scenario import Event, Scenario, Visit
 from gridcharge.simulator.stations import Quirks, StationClient, StationModel
@@ -207,7 +207,7 @@ class Simulation:
         if not 0 <= i < len(f.slots):
             return None, None
         s = f.slots[i]
-        return (s.headroom_w.l1, s.headroom_w.l2, s.headroom_w.l3), s.pv_w.l1 + s.pv_w.l2 + s.pv_w.l3
+        return phase_tuple(s.headroom_w), sum(phase_tuple(s.pv_w))
 
     # -- events ------------------------------------------------------------------------------------
     async def _fire(self, e: Event, starting: bool, t: float) -> None:
@@ -239,11 +239,10 @@ class Simulation:
         lim = self.topo.limit_w(e.node)
         f = e.pct / 100
         msg = grid_pb2.ExternalLimit(
-            meta=common_pb2.Meta(producer=self.producer, produced_at=ts(self.clock.time())),
+            meta=meta(self.producer, self.clock.time()),
             node_id=e.node, limit_id=f"sim-{e.node}-{int(e.at_s)}", source="dso",
-            valid_from=ts(e.at_s), valid_to=ts(end),
-            limit_w=common_pb2.PhaseValues(l1=lim[0] * f, l2=lim[1] * f, l3=lim[2] * f),
-            fallback_limit_w=common_pb2.PhaseValues(l1=lim[0] * f, l2=lim[1] * f, l3=lim[2] * f),
+            valid_from=to_timestamp(e.at_s), valid_to=to_timestamp(end),
+            limit_w=phase_values([w * f for w in lim]), fallback_limit_w=phase_values([w * f for w in lim]),
         )
         await self.bus.publish(contracts.EXTERNAL_LIMITS.name, e.node, msg.SerializeToString())
 

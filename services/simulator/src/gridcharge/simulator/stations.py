@@ -15,11 +15,11 @@ import logging
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import websockets
 from gridcharge.shared.clock import Clock
+from gridcharge.shared.codec import iso_utc
 from gridcharge.shared.topology import PHASES, Phase, Station
 from gridcharge.simulator.ev import Ev
 from gridcharge.simulator.profiles import (
@@ -59,11 +59,6 @@ class Quirks:
     stale_meter_after_s: float | None = None      # stops sending meter values this long after start
     implausible_factor: float = 1.0               # reported currents/powers are multiplied by this
     max_stack_level: int = 8
-
-
-def iso(t: float) -> str:
-    """POSIX seconds -> OCPP timestamp (UTC, Z, millisecond precision)."""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -222,8 +217,8 @@ class _Handlers16(Cp16):
         pts = m.profiles.composite_schedule(connector_id, now, duration, m.active_tx(connector_id), 3, m.voltage_v)
         periods = [{"start_period": off, "limit": round(min(lim, m.cfg.max_current_a), 1)} for off, lim in pts]
         return res16.GetCompositeSchedule(
-            status="Accepted", connector_id=connector_id, schedule_start=iso(now),
-            charging_schedule={"duration": duration, "start_schedule": iso(now), "charging_rate_unit": "A",
+            status="Accepted", connector_id=connector_id, schedule_start=iso_utc(now),
+            charging_schedule={"duration": duration, "start_schedule": iso_utc(now), "charging_rate_unit": "A",
                                "charging_schedule_period": periods})
 
     @on("GetConfiguration")
@@ -284,7 +279,7 @@ class _Handlers201(Cp201):
         pts = m.profiles.composite_schedule(evse_id, now, duration, m.active_tx(evse_id), 3, m.voltage_v)
         periods = [{"start_period": off, "limit": round(min(lim, m.cfg.max_current_a), 1)} for off, lim in pts]
         return res201.GetCompositeSchedule(status="Accepted", schedule={
-            "evse_id": evse_id, "duration": duration, "schedule_start": iso(now), "charging_rate_unit": "A",
+            "evse_id": evse_id, "duration": duration, "schedule_start": iso_utc(now), "charging_rate_unit": "A",
             "charging_schedule_period": periods})
 
     @on("GetChargingProfiles")
@@ -470,7 +465,7 @@ class StationClient:
                 reason="PowerUp"))
             for e in self.model.evses.values():
                 await self._call(call201.StatusNotification(
-                    timestamp=iso(now), connector_status="Occupied" if e.ev else "Available",
+                    timestamp=iso_utc(now), connector_status="Occupied" if e.ev else "Available",
                     evse_id=e.evse_id, connector_id=1))
         else:
             await self._call(call16.BootNotification(charge_point_model="SimStation",
@@ -478,7 +473,7 @@ class StationClient:
             for e in self.model.evses.values():
                 await self._call(call16.StatusNotification(
                     connector_id=e.evse_id, error_code="NoError",
-                    status="Charging" if e.ev else "Available", timestamp=iso(now)))
+                    status="Charging" if e.ev else "Available", timestamp=iso_utc(now)))
         self.stats.connects += 1
         self.connected.set()
         for e in self.model.evses.values():      # transactions that started offline
@@ -545,12 +540,12 @@ class StationClient:
 
     async def _status(self, e: EvseState, now: float) -> None:
         if self.v201:
-            await self._call(call201.StatusNotification(timestamp=iso(now), evse_id=e.evse_id, connector_id=1,
+            await self._call(call201.StatusNotification(timestamp=iso_utc(now), evse_id=e.evse_id, connector_id=1,
                                                         connector_status="Occupied" if e.ev else "Available"))
         else:
             st = ("Charging" if e.current_a > 0 else "SuspendedEVSE") if e.ev else "Available"
             await self._call(call16.StatusNotification(connector_id=e.evse_id, error_code="NoError", status=st,
-                                                       timestamp=iso(now)))
+                                                       timestamp=iso_utc(now)))
 
     async def _start_tx(self, e: EvseState) -> None:
         assert e.tx is not None
@@ -558,11 +553,11 @@ class StationClient:
         if self.v201:
             e.seq_no += 1
             r = await self._call(call201.TransactionEvent(
-                event_type="Started", timestamp=iso(t), trigger_reason="CablePluggedIn", seq_no=e.seq_no,
+                event_type="Started", timestamp=iso_utc(t), trigger_reason="CablePluggedIn", seq_no=e.seq_no,
                 transaction_info={"transaction_id": e.tx.transaction_id, "charging_state": "EVConnected"},
                 evse={"id": e.evse_id, "connector_id": 1}, id_token={"id_token": "SIM" + e.tx.transaction_id[-8:],
                                                                      "type": "Central"},
-                meter_value=[{"timestamp": iso(t), "sampled_value": [
+                meter_value=[{"timestamp": iso_utc(t), "sampled_value": [
                     {"value": round(e.register_wh, 1), "measurand": "Energy.Active.Import.Register",
                      "context": "Transaction.Begin"}]}]))
             e.tx_reported = r is not None
@@ -570,7 +565,7 @@ class StationClient:
         else:
             await self._status(e, t)
             r = await self._call(call16.StartTransaction(connector_id=e.evse_id, id_tag="SIM",
-                                                         meter_start=int(e.register_wh), timestamp=iso(t)))
+                                                         meter_start=int(e.register_wh), timestamp=iso_utc(t)))
             if r is not None:
                 # 1.6: the CSMS assigns the transaction id; Tx profiles carry it
                 tx_id = str(r.transaction_id)
@@ -582,7 +577,7 @@ class StationClient:
         assert ev is not None
         r = await self._call(call201.NotifyEVChargingNeeds(evse_id=e.evse_id, charging_needs={
             "requested_energy_transfer": "AC_three_phase" if ev.phases == 3 else "AC_single_phase",
-            "departure_time": iso(ev.departure_s),
+            "departure_time": iso_utc(ev.departure_s),
             "ac_charging_parameters": {"energy_amount": int(ev.energy_need_wh),
                                        "ev_min_current": int(ev.min_current_a),
                                        "ev_max_current": int(ev.max_current_a), "ev_max_voltage": 400}}))
@@ -600,16 +595,16 @@ class StationClient:
         if self.v201:
             e.seq_no += 1
             await self._call(call201.TransactionEvent(
-                event_type="Ended", timestamp=iso(now), trigger_reason="EVDeparted", seq_no=e.seq_no,
+                event_type="Ended", timestamp=iso_utc(now), trigger_reason="EVDeparted", seq_no=e.seq_no,
                 transaction_info={"transaction_id": tx.transaction_id, "stopped_reason": "EVDisconnected",
                                   "charging_state": "Idle"},
                 evse={"id": e.evse_id, "connector_id": 1},
-                meter_value=[{"timestamp": iso(now), "sampled_value": [
+                meter_value=[{"timestamp": iso_utc(now), "sampled_value": [
                     {"value": round(e.register_wh, 1), "measurand": "Energy.Active.Import.Register",
                      "context": "Transaction.End"}]}]))
         else:
             tx_id = int(tx.transaction_id) if tx.transaction_id.isdigit() else 0
-            await self._call(call16.StopTransaction(meter_stop=int(e.register_wh), timestamp=iso(now),
+            await self._call(call16.StopTransaction(meter_stop=int(e.register_wh), timestamp=iso_utc(now),
                                                     transaction_id=tx_id, reason="EVDisconnected"))
         e.tx_reported = False
         await self._status(e, now)
@@ -629,11 +624,11 @@ class StationClient:
                 sv.append(d)
             e.seq_no += 1
             await self._call(call201.TransactionEvent(
-                event_type="Updated", timestamp=iso(now), trigger_reason="MeterValuePeriodic", seq_no=e.seq_no,
+                event_type="Updated", timestamp=iso_utc(now), trigger_reason="MeterValuePeriodic", seq_no=e.seq_no,
                 transaction_info={"transaction_id": e.tx.transaction_id,
                                   "charging_state": "Charging" if e.current_a > 0 else "SuspendedEVSE"},
                 evse={"id": e.evse_id, "connector_id": 1},
-                meter_value=[{"timestamp": iso(now), "sampled_value": sv}]))
+                meter_value=[{"timestamp": iso_utc(now), "sampled_value": sv}]))
         else:
             sv16: list[dict[str, Any]] = []
             for meas, ph, val, unit in sample:
@@ -646,7 +641,7 @@ class StationClient:
                 sv16.append(d16)
             tx_id = int(e.tx.transaction_id) if e.tx.transaction_id.isdigit() else None
             await self._call(call16.MeterValues(connector_id=e.evse_id, transaction_id=tx_id,
-                                                meter_value=[{"timestamp": iso(now), "sampled_value": sv16}]))
+                                                meter_value=[{"timestamp": iso_utc(now), "sampled_value": sv16}]))
 
     async def _report_profiles(self, request_id: int) -> None:
         profs = self.model.profiles.profiles
@@ -664,4 +659,4 @@ class StationClient:
                 tbc=i < len(items) - 1))
 
 
-__all__ = ["OCPP16_PURPOSE", "EvseState", "Quirks", "StationClient", "StationModel", "iso"]
+__all__ = ["OCPP16_PURPOSE", "EvseState", "Quirks", "StationClient", "StationModel"]

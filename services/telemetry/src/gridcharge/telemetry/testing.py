@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from gridcharge.command.v1 import command_pb2
 from gridcharge.common.v1 import common_pb2
 from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared.codec import phase_values, to_timestamp
 from gridcharge.shared.topology import Topology, parse_topology
 from gridcharge.station.v1 import station_pb2
 
@@ -37,18 +37,12 @@ def topology() -> Topology:
     return parse_topology(data)
 
 
-def ts(t: float) -> Timestamp:
-    out = Timestamp()
-    out.FromNanoseconds(int(t * 1e9))
-    return out
-
-
 def sv(measurand: str, value: float, phase: str = "", unit: str = "", location: str = "") -> station_pb2.SampledValue:
     return station_pb2.SampledValue(measurand=measurand, value=value, phase=phase, unit=unit, location=location)
 
 
 def mv(station: str, evse: int, t: float, *values: station_pb2.SampledValue, tx: str = "") -> station_pb2.MeterValues:
-    return station_pb2.MeterValues(station_id=station, evse_id=evse, sampled_at=ts(t), values=list(values),
+    return station_pb2.MeterValues(station_id=station, evse_id=evse, sampled_at=to_timestamp(t), values=list(values),
                                    transaction_id=tx)
 
 
@@ -61,7 +55,7 @@ def phase_power(station: str, evse: int, t: float, l1: float, l2: float = 0.0, l
 
 
 def event(station: str, t: float, **payload: Any) -> station_pb2.StationEvent:
-    return station_pb2.StationEvent(station_id=station, occurred_at=ts(t), **payload)
+    return station_pb2.StationEvent(station_id=station, occurred_at=to_timestamp(t), **payload)
 
 
 def heartbeat(station: str, t: float) -> station_pb2.StationEvent:
@@ -74,8 +68,8 @@ def status(station: str, evse: int, t: float, st: str) -> station_pb2.StationEve
 
 def grid(node: str, t: float, l1: float, l2: float, l3: float, meter: str = "m1",
          ambient: float = float("nan")) -> grid_pb2.GridMeterReading:
-    return grid_pb2.GridMeterReading(node_id=node, meter_id=meter, measured_at=ts(t),
-                                     power_w=common_pb2.PhaseValues(l1=l1, l2=l2, l3=l3),
+    return grid_pb2.GridMeterReading(node_id=node, meter_id=meter, measured_at=to_timestamp(t),
+                                     power_w=phase_values((l1, l2, l3)),
                                      ambient_temperature_c=ambient)
 
 

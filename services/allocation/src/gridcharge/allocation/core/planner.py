@@ -124,7 +124,7 @@ def _index(problem: PlanningProblem) -> _Indexed:
 class _LpResult:
     x: FloatArray  # [S, T] A, continuous LP optimum
     status: str
-    energy_wh: float  # stage-1 priority-weighted energy (Wh)
+    energy_kwh: float  # stage-1 priority-weighted energy (kWh)
     stages: int
 
 
@@ -677,7 +677,7 @@ class LpPlanner:
             node_load_w=node_load,
             verdicts=verdicts,
             status=res.status,
-            objective_energy_wh=res.energy_wh * 1000.0,
+            objective_energy_wh=res.energy_kwh * 1000.0,
             solve_time_s=time.perf_counter() - t0,
             lp_current_a=res.x,
         )

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from gridcharge.command.v1 import command_pb2
 from gridcharge.common.v1 import common_pb2
+from gridcharge.shared.codec import to_timestamp
 
 STATION_MAX = command_pb2.PROFILE_PURPOSE_STATION_MAX
 TX = command_pb2.PROFILE_PURPOSE_TX
@@ -81,12 +81,6 @@ def quantise_a(current_a: float, min_a: float = MIN_RATE_A, step_a: float = STEP
     q = math.floor(current_a / step_a + 1e-9) * step_a
     q = round(q, 3)
     return q if q >= min_a - 1e-9 else 0.0
-
-
-def _ts(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
 
 
 @dataclass(frozen=True)
@@ -145,8 +139,8 @@ def fallback_profile(fallback_a: float, now: datetime, t: StationProfileTarget,
             stack_level=FALLBACK_STACK,
             purpose=STATION_MAX,
             kind="Absolute",
-            valid_from=_ts(start),
-            start_schedule=_ts(start),
+            valid_from=to_timestamp(start),
+            start_schedule=to_timestamp(start),
             rate_unit=t.rate_unit,
             periods=_periods(periods, t),
         ),
@@ -165,9 +159,9 @@ def station_lease_profile(limit_a: float, now: datetime, lease_s: float,
             stack_level=LEASE_STACK,
             purpose=STATION_MAX,
             kind="Absolute",
-            valid_from=_ts(start),
-            valid_to=_ts(now + timedelta(seconds=lease_s)),
-            start_schedule=_ts(start),
+            valid_from=to_timestamp(start),
+            valid_to=to_timestamp(now + timedelta(seconds=lease_s)),
+            start_schedule=to_timestamp(start),
             duration_s=duration,
             rate_unit=t.rate_unit,
             periods=_periods([(0, limit_a)], t),
@@ -198,13 +192,13 @@ def tx_profile(evse_id: int, transaction_id: str, schedule_a: Sequence[tuple[dat
         purpose=TX,
         kind="Absolute",
         transaction_id=transaction_id,
-        valid_from=_ts(start),
-        start_schedule=_ts(start),
+        valid_from=to_timestamp(start),
+        start_schedule=to_timestamp(start),
         rate_unit=t.rate_unit,
         periods=_periods(steps, t),
     )
     if end is not None and lease_s is not None:
-        prof.valid_to.CopyFrom(_ts(end))
+        prof.valid_to.CopyFrom(to_timestamp(end))
         prof.duration_s = int(lease_s) + BACKDATE_S
     return command_pb2.SetChargingProfile(evse_id=evse_id, profile=prof)
 

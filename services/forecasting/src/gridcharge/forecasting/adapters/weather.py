@@ -4,7 +4,9 @@ for recorded responses (JSON as returned by the API, or Open-Meteo's CSV export)
 - timeouts per request; retries with exponential back-off (+ jitter) on connect errors, timeouts,
   HTTP 5xx and 429 (``Retry-After`` honoured up to the back-off cap); other 4xx fail at once;
 - an in-memory cache keyed by (lat, lon rounded to ``cache_decimals``, UTC hour) with a TTL;
-- :class:`WeatherUnavailable` names the URL and the last failure when every attempt failed.
+- :class:`WeatherUnavailable` names the URL and the last failure when every attempt failed;
+- the service's weather sources: :class:`ApiWeather` (the API, timed on the service clock) and
+  :class:`RecordedWeather` (a recorded file).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
+from gridcharge.forecasting.adapters.metrics import WEATHER_REQUESTS
 from gridcharge.forecasting.core.weather import OPEN_METEO_VARIABLES, WeatherSeries, parse_open_meteo
+from gridcharge.shared.clock import Clock
 
 HOURLY_VARIABLES = (
     "temperature_2m",
@@ -250,3 +255,41 @@ def read_recorded_weather(
     else:
         raise ValueError(f"{p}: recorded weather must be .json or .csv")
     return parse_open_meteo(payload)
+
+
+class ApiWeather:
+    """The Open-Meteo-compatible HTTP API (with retries and cache), timed on the service clock."""
+
+    def __init__(self, base_url: str, clock: Clock, timeout_s: float) -> None:
+        self.name = base_url
+        self.client = OpenMeteoClient(
+            WeatherClientConfig(base_url=base_url, timeout_s=timeout_s),
+            now=clock.time, sleep=clock.sleep,
+            on_request=lambda outcome: WEATHER_REQUESTS.labels(outcome=outcome).inc(),
+        )
+
+    async def get(self, latitude: float, longitude: float) -> WeatherSeries:
+        return await self.client.get_forecast(latitude, longitude)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class RecordedWeather:
+    """A recorded forecast file; with ``shift`` its first day is moved to the clock's current day."""
+
+    def __init__(self, path: Path, clock: Clock, shift: bool) -> None:
+        self.name = f"file:{path.name}"
+        self.path, self.clock, self.shift = path, clock, shift
+
+    async def get(self, latitude: float, longitude: float) -> WeatherSeries:
+        series = read_recorded_weather(self.path)
+        if not self.shift or series.frame.empty:
+            return series
+        today = pd.Timestamp(self.clock.time(), unit="s", tz="UTC").floor("D")
+        frame = series.frame.copy()
+        frame.index = frame.index + (today - frame.index[0].floor("D"))
+        return WeatherSeries(series.latitude, series.longitude, frame, series.resolution)
+
+    async def aclose(self) -> None:
+        return None

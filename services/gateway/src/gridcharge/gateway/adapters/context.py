@@ -8,12 +8,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gridcharge.gateway.adapters.authorization import AcceptAll, Authorizer
+from gridcharge.gateway.adapters.metrics import BOOTS
 from gridcharge.gateway.config import GatewaySettings
 from gridcharge.gateway.core.boot import BootDecision, PendingReason, Registration, decide_boot
 from gridcharge.gateway.core.errors import safe
 from gridcharge.gateway.core.limits import StationFacts, record_key
 from gridcharge.gateway.core.ratelimit import BucketTable
-from gridcharge.gateway.metrics import BOOTS
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared.bus.base import Bus
 from gridcharge.shared.clock import Clock

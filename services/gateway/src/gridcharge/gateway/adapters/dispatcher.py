@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 from gridcharge.command.v1 import command_pb2
-from gridcharge.common.v1 import common_pb2
+from gridcharge.gateway.adapters.codec import capabilities_of, capabilities_record, command_result
+from gridcharge.gateway.adapters.metrics import COMMANDS, ROUNDTRIP
 from gridcharge.gateway.core import schemas
 from gridcharge.gateway.core.boot import Registration, command_allowed, triggered_action
 from gridcharge.gateway.core.commands import InvalidCommand, action_of, is_profile_command, outcome_of, to_request
-from gridcharge.gateway.core.errors import cap, safe
+from gridcharge.gateway.core.errors import Version, cap, safe
 from gridcharge.gateway.core.frames import ErrorFrame
 from gridcharge.gateway.core.profiles import Capabilities
-from gridcharge.gateway.metrics import COMMANDS, ROUNDTRIP
 from gridcharge.shared.bus.base import Record, Subscription
 from gridcharge.shared.contracts import COMMAND_RESULTS, STATION_CAPABILITIES, decode
 from gridcharge.shared.contracts import COMMANDS as COMMANDS_TOPIC
@@ -224,7 +224,7 @@ class Dispatcher:
     async def ctx_close(self, sess: StationSession) -> None:
         """Close a connection that lost ownership (the station is connected elsewhere)."""
         try:
-            await sess._connection.close(4001, "replaced by a newer connection")
+            await sess.close(4001, "replaced by a newer connection")
         except Exception:
             pass
 
@@ -278,15 +278,10 @@ class Dispatcher:
                 action = action_of(cmd)
             except InvalidCommand:
                 action = ""
-        res = command_pb2.CommandResult(
-            command_id=cmd.command_id, station_id=cmd.station_id, generation=cmd.generation,
-            command_key=cmd.command_key, outcome=outcome, status=status, error_code=error_code,  # type: ignore[arg-type]
-            error_description=cap(error_description), response_json=response_json, round_trip_s=round_trip_s,
-            action=action,
-        )
-        res.meta.producer = self.ctx.producer
-        res.meta.trace_id = cmd.meta.trace_id
-        res.meta.produced_at.FromNanoseconds(int(self.ctx.clock.time() * 1e9))
+        res = command_result(cmd, outcome, self.ctx.producer, self.ctx.clock.time(),  # type: ignore[arg-type]
+                             action=action, status=status, error_code=error_code,
+                             error_description=error_description, response_json=response_json,
+                             round_trip_s=round_trip_s)
         COMMANDS.labels(command=action or "unknown", outcome=OUTCOME_LABEL.get(outcome, "error")).inc()
         fut = self.waiters.get(cmd.command_id)
         if fut is not None and not fut.done():
@@ -339,11 +334,7 @@ class Dispatcher:
         except DecodeError:
             self.read_capabilities(sess)
             return
-        units = frozenset("A" if u == common_pb2.RATE_UNIT_A else "W" for u in caps.allowed_rate_units)
-        sess.capabilities = Capabilities(
-            max_stack_level=caps.max_stack_level if caps.read_complete or caps.max_stack_level else None,
-            allowed_rate_units=units, max_periods=caps.max_periods_per_schedule or None,
-            max_profiles_installed=caps.max_profiles_installed or None)
+        sess.capabilities = capabilities_of(caps)
 
     def read_capabilities(self, sess: StationSession) -> None:
         """Queue the capability read (runs before any command queued after the boot)."""
@@ -351,17 +342,13 @@ class Dispatcher:
             self.enqueue(sess, lambda: self._read_capabilities(sess))
 
     async def _read_capabilities(self, sess: StationSession) -> None:
-        from gridcharge.gateway.core.errors import Version
-
         timeout = self.ctx.settings.capabilities_timeout_s
-        caps = station_pb2.StationCapabilities(station_id=sess.id)
-        caps.meta.producer = self.ctx.producer
-        caps.meta.produced_at.FromNanoseconds(int(self.ctx.clock.time() * 1e9))
+        read_at = self.ctx.clock.time()
         values: dict[str, Any] = {}
         complete = False
+        evses, smart = 0, False
         try:
             if sess.version is Version.V16:
-                caps.ocpp_version = common_pb2.OCPP_VERSION_16
                 ans = await sess.send_call("GetConfiguration", {"key": CAPS_16_KEYS}, timeout)
                 if not isinstance(ans, ErrorFrame) and schemas.validate(sess.version, "GetConfiguration", "conf",
                                                                         ans.payload) is None:
@@ -372,10 +359,9 @@ class Dispatcher:
                 units = _units(values.get("ChargingScheduleAllowedChargingRateUnit"))
                 periods = _int(values.get("ChargingScheduleMaxPeriods"))
                 installed = _int(values.get("MaxChargingProfilesInstalled"))
-                caps.number_of_evses = _int(values.get("NumberOfConnectors")) or 0
-                caps.supports_smart_charging = bool(values)
+                evses = _int(values.get("NumberOfConnectors")) or 0
+                smart = bool(values)
             else:
-                caps.ocpp_version = common_pb2.OCPP_VERSION_201
                 req = {"getVariableData": [
                     {"component": {"name": c}, "variable": {"name": v, **({"instance": i} if i else {})}}
                     for c, v, i in CAPS_201_VARS]}
@@ -391,18 +377,14 @@ class Dispatcher:
                 units = _units(values.get("RateUnit"))
                 periods = _int(values.get("PeriodsPerSchedule"))
                 installed = _int(values.get("Entries"))
-                caps.supports_smart_charging = str(values.get("Enabled", "")).lower() == "true"
+                smart = str(values.get("Enabled", "")).lower() == "true"
         except (TimeoutError, ConnectionError):
             stack = units = periods = installed = None  # type: ignore[assignment]
             units = frozenset()
         sess.capabilities = Capabilities(max_stack_level=stack, allowed_rate_units=units, max_periods=periods,
                                          max_profiles_installed=installed)
-        caps.max_stack_level = stack or 0
-        caps.allowed_rate_units.extend(
-            common_pb2.RATE_UNIT_A if u == "A" else common_pb2.RATE_UNIT_W for u in sorted(units))
-        caps.max_periods_per_schedule = periods or 0
-        caps.max_profiles_installed = installed or 0
-        caps.read_complete = complete
-        data = caps.SerializeToString()
+        data = capabilities_record(sess.id, sess.version, sess.capabilities, self.ctx.producer, read_at,
+                                   number_of_evses=evses, supports_smart_charging=smart,
+                                   read_complete=complete).SerializeToString()
         await self.ctx.store.set(f"gw:caps:{sess.id}", data)
         await self.ctx.bus.publish(STATION_CAPABILITIES.name, sess.id, data)

@@ -31,6 +31,7 @@ from urllib.parse import unquote
 from gridcharge.gateway.adapters.context import GatewayContext
 from gridcharge.gateway.adapters.credentials import Credentials
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
+from gridcharge.gateway.adapters.metrics import AUTH_FAILURES, AUTH_LOCKOUTS, CONNECTED, REJECTED
 from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.core.boot import Registration
 from gridcharge.gateway.core.errors import Version, safe
@@ -38,7 +39,6 @@ from gridcharge.gateway.core.lockout import AuthBackoff, Policy
 from gridcharge.gateway.handlers.base import StationSession
 from gridcharge.gateway.handlers.v16 import V16Session
 from gridcharge.gateway.handlers.v201 import V201Session
-from gridcharge.gateway.metrics import AUTH_FAILURES, AUTH_LOCKOUTS, CONNECTED, REJECTED
 from gridcharge.station.v1 import station_pb2
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
@@ -238,7 +238,7 @@ class OcppServer:
             if old is not None:
                 # policy: a newly authenticated connection replaces the old one
                 old.closed = True
-                self._spawn(old._connection.close(4000, "replaced by a newer connection"))
+                self._spawn(old.close(4000, "replaced by a newer connection"))
             sess.epoch = await self.registry.claim(sid, protocol)
             # a boot is per station: a reconnect (here or on another replica) without a reboot keeps it
             status = await self.ctx.restore_registration(sid)
@@ -271,13 +271,13 @@ class OcppServer:
         if not replaced:
             del self.sessions[sess.id]
         try:
-            for ev in sess.sequencer.flush() if sess._sequencer is not None else []:
+            for ev in sess.release_held_events():
                 await self.ctx.publish_event(ev)
             if sess.epoch:
                 await self.ctx.touch_registration(sess)
                 await self.registry.release(sess.id, sess.epoch)
             ev = sess.event()
-            code = sess._connection.close_code
+            code = sess.close_code
             ev.disconnected.CopyFrom(station_pb2.Disconnected(
                 replica_id=self.ctx.settings.replica_id, reason="replaced" if replaced else f"closed {code}"))
             await self.ctx.publish_event(ev)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from gridcharge.common.v1 import common_pb2
-from gridcharge.gateway.core.mapping import parse_time, text, timestamp
+from gridcharge.gateway.core.mapping import parse_time, text
 from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared.codec import meta, phase_values, to_timestamp
 
 MAX_LIMIT_W = 1e9     # a station limit above this is no limit worth the name (and keeps inf/1e999 off the bus)
 
@@ -86,10 +86,6 @@ def _value(steps: list[tuple[datetime, float]], end: datetime | None, t: datetim
     return cur
 
 
-def _pv(w: float) -> common_pb2.PhaseValues:
-    return common_pb2.PhaseValues(l1=w, l2=w, l3=w)
-
-
 def station_limit(facts: StationFacts, payload: dict[str, Any], now: datetime,
                   producer: str) -> grid_pb2.ExternalLimit | None:
     """NotifyChargingLimit (validated) -> ExternalLimit; None when it carries no schedule (nothing to budget)."""
@@ -121,15 +117,15 @@ def station_limit(facts: StationFacts, payload: dict[str, Any], now: datetime,
     first_at, first_w = timeline[0]
     msg = grid_pb2.ExternalLimit(
         node_id=facts.node_id, limit_id=limit_id(facts.station_id, evse_id, source), source=f"ocpp-{source.lower()}",
-        limit_w=_pv(first_w), fallback_limit_w=_pv(first_w), station_id=facts.station_id, evse_id=evse_id,
-        valid_from=timestamp(min(valid_from, first_at)),
+        limit_w=phase_values((first_w,) * 3), fallback_limit_w=phase_values((first_w,) * 3),
+        station_id=facts.station_id, evse_id=evse_id,
+        valid_from=to_timestamp(min(valid_from, first_at)),
     )
     if valid_to is not None:
-        msg.valid_to.CopyFrom(timestamp(valid_to))
+        msg.valid_to.CopyFrom(to_timestamp(valid_to))
     for at, w in timeline[1:]:
-        msg.schedule.add(start=timestamp(at), limit_w=_pv(w))
-    msg.meta.producer = producer
-    msg.meta.produced_at.CopyFrom(timestamp(now))
+        msg.schedule.add(start=to_timestamp(at), limit_w=phase_values((w,) * 3))
+    msg.meta.CopyFrom(meta(producer, now))
     return msg
 
 
@@ -144,8 +140,7 @@ def cleared_limits(facts: StationFacts, payload: dict[str, Any], evse_ids: list[
     for e in targets:
         msg = grid_pb2.ExternalLimit(node_id=facts.node_id, limit_id=limit_id(facts.station_id, e, source),
                                      source=f"ocpp-{source.lower()}", station_id=facts.station_id, evse_id=e,
-                                     valid_from=timestamp(now), valid_to=timestamp(now))
-        msg.meta.producer = producer
-        msg.meta.produced_at.CopyFrom(timestamp(now))
+                                     valid_from=to_timestamp(now), valid_to=to_timestamp(now))
+        msg.meta.CopyFrom(meta(producer, now))
         out.append(msg)
     return out

@@ -12,16 +12,14 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from gridcharge.common.v1 import common_pb2
 from gridcharge.gateway.core.errors import Version, safe
+from gridcharge.shared.codec import ENERGY, UNIT_SCALE, meta, to_timestamp
 from gridcharge.station.v1 import station_pb2
 
 MAX_TEXT = 255          # station strings put on the bus are capped (they were schema-checked already)
 MAX_JSON = 16_384       # JSON blobs (profiles, schedules, DataTransfer data) on the bus
 
-_SCALE = {"kW": ("W", 1e3), "kWh": ("Wh", 1e3), "kvar": ("var", 1e3), "kvarh": ("varh", 1e3),
-          "kVA": ("VA", 1e3), "kVAh": ("VAh", 1e3)}
 # 1.6 default units per measurand when the station omits `unit`
 _DEFAULT_UNIT = {"Current.Import": "A", "Current.Export": "A", "Current.Offered": "A", "Voltage": "V",
                  "Power.Active.Import": "W", "Power.Active.Export": "W", "Power.Offered": "W",
@@ -54,18 +52,9 @@ def parse_time(value: Any) -> datetime | None:
         return None
 
 
-def timestamp(dt: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(dt)
-    return ts
-
-
 def new_event(station_id: str, version: Version, producer: str, occurred_at: datetime) -> station_pb2.StationEvent:
-    ev = station_pb2.StationEvent(station_id=station_id, ocpp_version=OCPP_VERSION[version])
-    ev.meta.producer = producer
-    ev.meta.produced_at.FromDatetime(occurred_at)
-    ev.occurred_at.FromDatetime(occurred_at)
-    return ev
+    return station_pb2.StationEvent(meta=meta(producer, occurred_at), station_id=station_id,
+                                    ocpp_version=OCPP_VERSION[version], occurred_at=to_timestamp(occurred_at))
 
 
 def _number(value: Any) -> float | None:
@@ -88,12 +77,12 @@ def sampled_value(sv: dict[str, Any], version: Version) -> station_pb2.SampledVa
     if version is Version.V16:
         if sv.get("format") == "SignedData":
             return None
-        measurand = sv.get("measurand", "Energy.Active.Import.Register")
+        measurand = sv.get("measurand", ENERGY)
         unit = sv.get("unit") or _DEFAULT_UNIT.get(measurand, "Wh")
         value = _number(sv.get("value"))
         multiplier = 0
     else:
-        measurand = sv.get("measurand", "Energy.Active.Import.Register")
+        measurand = sv.get("measurand", ENERGY)
         uom = sv.get("unitOfMeasure") or {}
         unit = uom.get("unit") or _DEFAULT_UNIT.get(measurand, "Wh")
         multiplier = uom.get("multiplier", 0) if isinstance(uom.get("multiplier", 0), int) else 0
@@ -102,8 +91,8 @@ def sampled_value(sv: dict[str, Any], version: Version) -> station_pb2.SampledVa
         return None
     if multiplier:
         value *= 10.0 ** max(-9, min(9, multiplier))
-    if unit in _SCALE:
-        unit, factor = _SCALE[unit]
+    if unit in UNIT_SCALE:
+        unit, factor = UNIT_SCALE[unit]
         value *= factor
     return station_pb2.SampledValue(
         measurand=text(measurand, 64), phase=text(sv.get("phase", ""), 8), value=value, unit=text(unit, 16),
@@ -120,12 +109,9 @@ def meter_values(
         values = [v for v in (sampled_value(sv, version) for sv in mv.get("sampledValue", ())) if v is not None]
         if not values:
             continue
-        msg = station_pb2.MeterValues(station_id=station_id, evse_id=evse_id, transaction_id=transaction_id,
-                                      values=values)
-        msg.meta.producer = producer
-        msg.meta.produced_at.FromDatetime(now)
-        msg.sampled_at.FromDatetime(parse_time(mv.get("timestamp")) or now)
-        yield msg
+        yield station_pb2.MeterValues(meta=meta(producer, now), station_id=station_id, evse_id=evse_id,
+                                      transaction_id=transaction_id, values=values,
+                                      sampled_at=to_timestamp(parse_time(mv.get("timestamp")) or now))
 
 
 # --- station → event payloads (one function per action; both versions where they share a shape) ---
@@ -176,7 +162,7 @@ def charging_needs(p: dict[str, Any]) -> station_pb2.ChargingNeeds:
     )
     departure = parse_time(needs.get("departureTime"))
     if departure is not None:
-        msg.departure_time.FromDatetime(departure)
+        msg.departure_time.CopyFrom(to_timestamp(departure))
     return msg
 
 

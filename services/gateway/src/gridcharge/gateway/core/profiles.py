@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from gridcharge.command.v1 import command_pb2
 from gridcharge.common.v1 import common_pb2
 from gridcharge.gateway.core.errors import Version
+from gridcharge.shared.codec import iso_utc
 
 TENTH = Decimal("0.1")
 RATE_UNIT = {common_pb2.RATE_UNIT_A: "A", common_pb2.RATE_UNIT_W: "W"}
@@ -50,8 +52,8 @@ def round_limit(limit: float) -> float:
     return float(Decimal(repr(limit)).quantize(TENTH, rounding=ROUND_DOWN))
 
 
-def _iso(ts: Any) -> str:
-    return str(ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ"))
+def _iso(ts: Timestamp) -> str:
+    return iso_utc(ts.ToDatetime(), timespec="seconds")
 
 
 def check_profile(evse_id: int, p: command_pb2.ChargingProfile, caps: Capabilities, version: Version) -> None:

@@ -24,15 +24,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from gridcharge.gateway.adapters.metrics import AUTHORIZATIONS, MESSAGES, RATE_LIMITED
 from gridcharge.gateway.core import frames, schemas
 from gridcharge.gateway.core.authorization import STATUSES_16, AuthRequest, Decision
 from gridcharge.gateway.core.boot import Registration, station_call_allowed
 from gridcharge.gateway.core.errors import Err, Version, cap, safe
 from gridcharge.gateway.core.frames import BadFrame, CallFrame, ErrorFrame, ResultFrame
+from gridcharge.gateway.core.mapping import new_event, notification
 from gridcharge.gateway.core.profiles import Capabilities
 from gridcharge.gateway.core.ratelimit import allow_all
 from gridcharge.gateway.core.transactions import TransactionSequencer
-from gridcharge.gateway.metrics import AUTHORIZATIONS, MESSAGES, RATE_LIMITED
+from gridcharge.shared.codec import iso_utc
 from ocpp.charge_point import ChargePoint
 
 if TYPE_CHECKING:
@@ -243,6 +245,19 @@ class StationSession(ChargePoint):
             finally:
                 self._pending.pop(uid, None)
 
+    async def close(self, code: int, reason: str) -> None:
+        """Close the station's socket (the receive loop then ends and cleans up)."""
+        await self._connection.close(code, reason)
+
+    @property
+    def close_code(self) -> Any:
+        """The WebSocket close code once the socket closed."""
+        return self._connection.close_code
+
+    def release_held_events(self) -> list[station_pb2.StationEvent]:
+        """Transaction events the sequencer still holds back (on disconnect: published as they are)."""
+        return self._sequencer.flush() if self._sequencer is not None else []
+
     def fail_pending(self) -> None:
         """On close: wake every waiter with ConnectionError."""
         self.closed = True
@@ -282,20 +297,16 @@ class StationSession(ChargePoint):
 
     async def notify(self, action: str, p: dict[str, Any]) -> None:
         """Publish a message that has no domain mapping as a `notification` event (for operators)."""
-        from gridcharge.gateway.core.mapping import notification
-
         ev = self.event()
         ev.notification.CopyFrom(notification(action, p))
         await self.publish(ev)
 
     def event(self, occurred_at: Any = None) -> station_pb2.StationEvent:
-        from gridcharge.gateway.core.mapping import new_event
-
         return new_event(self.id, self.version, self.ctx.producer, occurred_at or self.ctx.clock.now())
 
     async def publish(self, ev: station_pb2.StationEvent) -> None:
         await self.ctx.publish_event(ev)
 
     def now_iso(self) -> str:
-        return str(self.ctx.clock.now().strftime("%Y-%m-%dT%H:%M:%S.") +
-                   f"{self.ctx.clock.now().microsecond // 1000:03d}Z")
+        """The time now as stations read it (UTC, milliseconds), from one reading of the clock."""
+        return iso_utc(self.ctx.clock.now())

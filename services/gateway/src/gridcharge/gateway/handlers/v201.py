@@ -8,6 +8,7 @@ from gridcharge.gateway.core import limits, mapping
 from gridcharge.gateway.core.authorization import id_token_info_201
 from gridcharge.gateway.core.errors import Version
 from gridcharge.gateway.handlers.base import StationSession
+from gridcharge.shared.codec import parse_meter_values
 from gridcharge.station.v1 import station_pb2
 from ocpp.routing import on
 from ocpp.v201.enums import Action
@@ -79,10 +80,8 @@ class V201Session(StationSession):
             return answer
         for mv in mapping.meter_values(self.id, self.version, self.ctx.producer, self.ctx.clock.now(), evse_id,
                                        tx_id, p.get("meterValue", ())):
-            if kind == "Ended":
-                for v in mv.values:
-                    if v.measurand == "Energy.Active.Import.Register" and not v.phase:
-                        ev.transaction_ended.meter_stop_wh = v.value
+            if kind == "Ended" and (stop_wh := parse_meter_values(mv.values).energy_wh) is not None:
+                ev.transaction_ended.meter_stop_wh = stop_wh
             await self.ctx.publish_meter(mv)
         for r in self.sequencer.accept(tx_id, seq, ev, ended=kind == "Ended"):
             await self.publish(r)

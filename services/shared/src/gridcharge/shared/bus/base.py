@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from gridcharge.common.v1 import common_pb2
+from gridcharge.shared.codec import to_timestamp
 from gridcharge.shared.metrics import BUS_DEAD_LETTERS
 
 log = logging.getLogger(__name__)
@@ -90,15 +90,13 @@ class Bus(Protocol):
 
 def dead_letter_value(record: Record, error: BaseException, consumer: str, now_s: float) -> bytes:
     """Serialise a DeadLetter for a record its handler could not process."""
-    ts = Timestamp()
-    ts.FromNanoseconds(int(now_s * 1e9))
     return common_pb2.DeadLetter(
         topic=record.topic,
         key=record.key,
         value=record.value,
         error=f"{type(error).__name__}: {error}"[:1000],
         consumer=consumer,
-        failed_at=ts,
+        failed_at=to_timestamp(now_s),
     ).SerializeToString()
 
 

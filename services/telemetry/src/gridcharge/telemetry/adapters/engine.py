@@ -17,9 +17,9 @@ from gridcharge.shared import contracts as C
 from gridcharge.shared.bus.base import Outgoing
 from gridcharge.shared.topology import PHASES
 from gridcharge.station.v1 import station_pb2
+from gridcharge.telemetry.adapters.codec import interval_msg, node_load_msg
 from gridcharge.telemetry.adapters.metrics import TelemetryMetrics
 from gridcharge.telemetry.core import IntervalAccumulator, NodeLoadView, Outcome, TelemetryCore
-from gridcharge.telemetry.core.convert import interval_msg, node_load_msg
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from gridcharge.command.v1 import command_pb2
 from gridcharge.common.v1 import common_pb2
 from gridcharge.forecast.v1 import forecast_pb2
 from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared.codec import parse_meter_values, phase_tuple, timestamp_s
 from gridcharge.shared.topology import PHASES, Station, Topology
 from gridcharge.station.v1 import station_pb2
 from gridcharge.telemetry.core.config import TelemetryConfig
@@ -38,7 +39,7 @@ from gridcharge.telemetry.core.model import (
     max3,
     sub3,
 )
-from gridcharge.telemetry.core.readings import parse_sample, to_grid
+from gridcharge.telemetry.core.readings import to_grid
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,8 @@ PURPOSES = {command_pb2.PROFILE_PURPOSE_TX: "tx", command_pb2.PROFILE_PURPOSE_TX
 MAX_PENDING_COMMANDS = 64
 
 
-def ts_seconds(ts: Timestamp) -> float | None:
-    """POSIX seconds of a protobuf Timestamp, None when unset."""
-    if ts.seconds == 0 and ts.nanos == 0:
-        return None
-    return ts.seconds + ts.nanos / 1e9
-
-
 def _finite(*vals: float) -> bool:
     return all(math.isfinite(v) for v in vals)
-
-
-def _pv(v: common_pb2.PhaseValues) -> P3:
-    return (v.l1, v.l2, v.l3)
 
 
 class TelemetryCore:
@@ -164,7 +154,7 @@ class TelemetryCore:
     # ------------------------------------------------------------------ inputs
     def _at(self, ts: Timestamp, now_s: float) -> float:
         """Message time, clamped to now (station clocks may run ahead)."""
-        t = ts_seconds(ts)
+        t = timestamp_s(ts)
         if t is None or t > now_s:
             return now_s
         return t
@@ -182,7 +172,7 @@ class TelemetryCore:
             return Outcome.IMPLAUSIBLE
         st = self.stations[station.id]
         at = self._at(mv.sampled_at, now_s)
-        sample = parse_sample(mv.values)
+        sample = parse_meter_values(mv.values)
         if now_s - at > self.cfg.stale_after(None) * 10:
             return Outcome.STALE      # a backlog far older than any stale time tells nothing about now
         self._seen_station(st, at)
@@ -324,7 +314,7 @@ class TelemetryCore:
         m.last_sample_s = at
         m.last_seen_s = at
         self._dirty.add(f"meter/{key[0]}/{key[1]}")
-        power, current = _pv(r.power_w), _pv(r.current_a)
+        power, current = phase_tuple(r.power_w), phase_tuple(r.current_a)
         limit_w = self.topo.limit_w(node.id)
         problem = ""
         if not _finite(*power) or (r.has_current and not _finite(*current)):
@@ -351,7 +341,7 @@ class TelemetryCore:
 
     def on_weather(self, w: forecast_pb2.WeatherForecast, now_s: float) -> Outcome:
         """Keep the site's temperature forecast (ambient fallback for nodes without a sensor)."""
-        start = ts_seconds(w.start)
+        start = timestamp_s(w.start)
         if start is None or w.step_s <= 0:
             return Outcome.IMPLAUSIBLE
         temps = [t if math.isfinite(t) else float("nan") for t in w.temperature_c]
@@ -388,8 +378,8 @@ class TelemetryCore:
             limit = self._profile_limit_a(station, scp.evse_id, prof)
             if limit is None:
                 return Outcome.IMPLAUSIBLE
-            until = ts_seconds(prof.valid_to)
-            start = ts_seconds(prof.start_schedule)
+            until = timestamp_s(prof.valid_to)
+            start = timestamp_s(prof.start_schedule)
             if prof.duration_s > 0:
                 end = (start if start is not None else now_s) + prof.duration_s
                 until = end if until is None else min(until, end)
@@ -545,7 +535,8 @@ class TelemetryCore:
                 w0, w1, w2 = w0 + p[0], w1 + p[1], w2 + p[2]
         cap = self._active(st.limits.get("station_max"), now_s)
         if cap is not None:   # an accepted station-wide limit caps the station's total worst case
-            c = cap * self.v
+            # (not below the fallback: a lease below it — a paused car — lapses into it, as worst_case_a says)
+            c = max(cap, station.fallback_current_a) * self.v
             w0, w1, w2 = max(b0, min(w0, c)), max(b1, min(w1, c)), max(b2, min(w2, c))
         return (b0, b1, b2), (w0, w1, w2), stale_n, impl_n
 

@@ -17,10 +17,9 @@ import math
 from datetime import datetime
 from typing import Annotated, Any
 
-from gridcharge.common.v1 import common_pb2
 from gridcharge.grid.v1 import grid_pb2
+from gridcharge.shared.codec import meta, phase_values, to_timestamp
 from gridcharge.shared.validation import bounded_datetime
-from gridcharge.telemetry.core.convert import meta, ts
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 MAX_BATCH = 5000
@@ -64,20 +63,17 @@ class ReadingIn(BaseModel):
         return v
 
     def to_proto(self, now_s: float, producer: str) -> grid_pb2.GridMeterReading:
-        at = self.measured_at.timestamp() if self.measured_at else now_s
         msg = grid_pb2.GridMeterReading(
-            meta=meta(producer, now_s), node_id=self.node_id, meter_id=self.meter_id, measured_at=ts(at),
-            power_w=common_pb2.PhaseValues(l1=self.power_w[0], l2=self.power_w[1], l3=self.power_w[2]),
+            meta=meta(producer, now_s), node_id=self.node_id, meter_id=self.meter_id,
+            measured_at=to_timestamp(self.measured_at or now_s), power_w=phase_values(self.power_w),
             ambient_temperature_c=self.ambient_temperature_c if self.ambient_temperature_c is not None
             else math.nan,
         )
         if self.current_a is not None:
-            msg.current_a.CopyFrom(common_pb2.PhaseValues(l1=self.current_a[0], l2=self.current_a[1],
-                                                          l3=self.current_a[2]))
+            msg.current_a.CopyFrom(phase_values(self.current_a))
             msg.has_current = True
         if self.voltage_v is not None:
-            msg.voltage_v.CopyFrom(common_pb2.PhaseValues(l1=self.voltage_v[0], l2=self.voltage_v[1],
-                                                          l3=self.voltage_v[2]))
+            msg.voltage_v.CopyFrom(phase_values(self.voltage_v))
             msg.has_voltage = True
         return msg
 

@@ -1,5 +1,6 @@
-"""Turn one station MeterValues sample into per-GRID-phase power and current, with plausibility checks.
+"""Map one station meter sample onto per-GRID-phase power and current, with plausibility checks.
 
+The sample is parsed once, by `gridcharge.shared.codec.parse_meter_values` (defaults, scaling, phases).
 Station-local phase i (L1, L2, L3 as the station reports them) lands on grid phase `phase_map[i]`
 (topology: the station's or the EVSE's phase map). Precedence per phase: Power.Active.Import of that
 phase; else Current.Import × Voltage (of that phase, else nominal); a total power with per-phase
@@ -8,85 +9,12 @@ currents is split in proportion to the currents, a total without them evenly ove
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from gridcharge.shared.codec import MeterSample
 from gridcharge.shared.topology import PHASES, Phase
-from gridcharge.station.v1 import station_pb2
 from gridcharge.telemetry.core.config import TelemetryConfig
 from gridcharge.telemetry.core.model import P3
-
-POWER = "Power.Active.Import"
-CURRENT = "Current.Import"
-VOLTAGE = "Voltage"
-ENERGY = "Energy.Active.Import.Register"
-TEMPERATURE = "Temperature"
-_SCALE = {"kW": 1000.0, "kWh": 1000.0, "W": 1.0, "Wh": 1.0, "A": 1.0, "V": 1.0, "": 1.0}
-
-
-def _phase_index(phase: str) -> int | None:
-    """'L2' / 'L2-N' -> 1; '' -> -1 (no phase); N, L1-L2 (line-to-line) -> None (ignored)."""
-    if phase == "":
-        return -1
-    if phase in ("L1", "L2", "L3", "L1-N", "L2-N", "L3-N"):
-        return int(phase[1]) - 1
-    return None
-
-
-@dataclass
-class Sample:
-    """Values of one MeterValues message by station-local phase (index 0..2); None = not reported."""
-
-    power_ph: list[float | None] = field(default_factory=lambda: [None, None, None])
-    current_ph: list[float | None] = field(default_factory=lambda: [None, None, None])
-    voltage_ph: list[float | None] = field(default_factory=lambda: [None, None, None])
-    power_total: float | None = None
-    current_any: float | None = None     # Current.Import without phase: the current on each used phase
-    energy_wh: float | None = None
-    temperature_c: float | None = None
-    invalid: str = ""                    # non-empty: why the sample cannot be trusted at all
-
-    @property
-    def has_power_info(self) -> bool:
-        return (any(v is not None for v in self.power_ph) or any(v is not None for v in self.current_ph)
-                or self.power_total is not None or self.current_any is not None)
-
-
-def parse_sample(values: Iterable[station_pb2.SampledValue]) -> Sample:
-    """Collect the measurands of one MeterValues message; NaN/inf anywhere marks it invalid."""
-    s = Sample()
-    for sv in values:
-        v = sv.value
-        if not math.isfinite(v):
-            s.invalid = f"non-finite {sv.measurand or ENERGY}"
-            continue
-        measurand = sv.measurand or ENERGY       # OCPP default measurand
-        v *= _SCALE.get(sv.unit, 1.0)
-        idx = _phase_index(sv.phase)
-        if measurand == TEMPERATURE:
-            if sv.location != "EV":             # the EV's battery temperature is not ambient
-                s.temperature_c = v
-            continue
-        if measurand == ENERGY:
-            if idx == -1:
-                s.energy_wh = v
-            continue
-        if idx is None:
-            continue
-        if measurand == POWER:
-            if idx == -1:
-                s.power_total = v
-            else:
-                s.power_ph[idx] = v
-        elif measurand == CURRENT:
-            if idx == -1:
-                s.current_any = v
-            else:
-                s.current_ph[idx] = v
-        elif measurand == VOLTAGE and idx >= 0:
-            s.voltage_ph[idx] = v
-    return s
 
 
 @dataclass(frozen=True)
@@ -98,7 +26,7 @@ class GridValues:
     problem: str          # empty when plausible
 
 
-def to_grid(sample: Sample, phase_map: tuple[Phase, ...], nominal_v: float, bound_a: float,
+def to_grid(sample: MeterSample, phase_map: tuple[Phase, ...], nominal_v: float, bound_a: float,
             cfg: TelemetryConfig) -> GridValues:
     """Map a sample to grid phases and check it against `bound_a` (per-phase current allowed, A)."""
     n = len(phase_map)

@@ -11,7 +11,6 @@ GET  /allocation/plan                          the latest plan per session with 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import uuid
@@ -19,11 +18,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
-from gridcharge.allocation.adapters import codec
+from gridcharge.allocation.adapters.codec import PREFS_KEY, PreferencesIn, external_limit_window
 from gridcharge.allocation.core.allocator import Allocator
+from gridcharge.allocation.core.budget import ExternalLimitWindow
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts as C
 from gridcharge.shared.audit import note_change
+from gridcharge.shared.codec import meta, phase_values, to_timestamp
 from gridcharge.shared.topology import PHASES
 from gridcharge.shared.validation import bounded_datetime
 from pydantic import BaseModel, Field, model_validator
@@ -64,28 +65,6 @@ class ExternalLimitIn(BaseModel):
         return self
 
 
-class PreferencesIn(BaseModel):
-    """What the driver or operator wants for a session; omitted fields stay as they are."""
-
-    departure: datetime | None = None
-    energy_wh: float | None = Field(None, ge=0, le=1e6)
-    priority: int | None = Field(None, ge=0, le=100)
-
-    @model_validator(mode="after")
-    def _tz(self) -> PreferencesIn:
-        bounded_datetime(self.departure, "departure")
-        return self
-
-
-def apply_preference_blob(alloc: Allocator, session_id: str, blob: bytes) -> bool:
-    """Apply preferences stored as JSON (tolerant: bad blobs are ignored)."""
-    try:
-        p = PreferencesIn.model_validate(json.loads(blob))
-    except Exception:
-        return False
-    return alloc.book.set_preferences(session_id, p.departure, p.energy_wh, p.priority) is not None
-
-
 def _phases(values: tuple[float, float, float] | list[float]) -> dict[str, float]:
     return {ph: round(float(values[i]), 1) for i, ph in enumerate(PHASES)}
 
@@ -118,10 +97,7 @@ def build_router(svc: AllocationService) -> APIRouter:
     def get_limits() -> dict[str, object]:
         now = svc.rt.clock.time()
         cap = alloc.capacity_now(now)
-        ext = [{"node_id": e.node_id, "limit_id": e.limit_id, "source": e.source,
-                "valid_from": datetime.fromtimestamp(e.valid_from, UTC).isoformat(),
-                "valid_to": None if math.isinf(e.valid_to) else datetime.fromtimestamp(e.valid_to, UTC).isoformat(),
-                "limit_w": _phases(e.limit_w), "fallback_limit_w": _phases(e.fallback_limit_w),
+        ext = [{"node_id": e.node_id, "limit_id": e.limit_id, **_window_json(e),
                 "in_force_w": (_phases(v) if (v := e.value_at(now, now)) is not None else None)}
                for e in alloc.external.values()]
         return {"nodes": {n.id: {"limit_w": _phases(alloc.capacity_limit_w(n.id, now)),
@@ -137,13 +113,13 @@ def build_router(svc: AllocationService) -> APIRouter:
         v = topo.nominal_voltage_v
         lim = body.limit_w or [a * v for a in body.limit_a or []]
         msg = grid_pb2.ExternalLimit(
-            meta=codec.meta(svc.producer, now), node_id=body.node_id, limit_id=body.limit_id, source=body.source,
-            valid_from=codec.ts(body.valid_from or now), limit_w=_pv(lim),
-            fallback_limit_w=_pv(body.fallback_limit_w or lim), stale_after_s=body.stale_after_s)
+            meta=meta(svc.producer, now), node_id=body.node_id, limit_id=body.limit_id, source=body.source,
+            valid_from=to_timestamp(body.valid_from or now), limit_w=phase_values(lim),
+            fallback_limit_w=phase_values(body.fallback_limit_w or lim), stale_after_s=body.stale_after_s)
         if body.valid_to is not None:
-            msg.valid_to.CopyFrom(codec.ts(body.valid_to))
+            msg.valid_to.CopyFrom(to_timestamp(body.valid_to))
         await svc.rt.bus.publish(C.EXTERNAL_LIMITS.name, body.node_id, msg.SerializeToString())
-        alloc.external_limit(codec.external_limit_window(msg, now))
+        alloc.external_limit(external_limit_window(msg, now))
         svc.mark_dirty()
         note_change(request, f"node/{body.node_id}/external-limit/{body.limit_id}", before,
                     _limit_json(alloc, body.node_id, body.limit_id))
@@ -156,8 +132,8 @@ def build_router(svc: AllocationService) -> APIRouter:
             raise HTTPException(404, "no such limit")
         note_change(request, f"node/{node_id}/external-limit/{limit_id}", _limit_json(alloc, node_id, limit_id))
         now = svc.rt.clock.now()
-        msg = grid_pb2.ExternalLimit(meta=codec.meta(svc.producer, now), node_id=node_id, limit_id=limit_id,
-                                     source="operator", valid_from=codec.ts(now), valid_to=codec.ts(now))
+        msg = grid_pb2.ExternalLimit(meta=meta(svc.producer, now), node_id=node_id, limit_id=limit_id,
+                                     source="operator", valid_from=to_timestamp(now), valid_to=to_timestamp(now))
         await svc.rt.bus.publish(C.EXTERNAL_LIMITS.name, node_id, msg.SerializeToString())
         alloc.remove_external_limit(node_id, limit_id)
         svc.mark_dirty()
@@ -174,7 +150,7 @@ def build_router(svc: AllocationService) -> APIRouter:
         keys = ("departure", "energy_needed_wh", "priority")
         before = {k: _session_json(alloc, session_id).get(k) for k in keys}
         alloc.book.set_preferences(session_id, body.departure, body.energy_wh, body.priority)
-        await svc.rt.store.hset("allocation:preferences", session_id,
+        await svc.rt.store.hset(PREFS_KEY, session_id,
                                 body.model_dump_json(exclude_none=True).encode())
         svc.mark_dirty()
         after = _session_json(alloc, session_id)
@@ -212,15 +188,13 @@ def build_router(svc: AllocationService) -> APIRouter:
 def _limit_json(alloc: Allocator, node_id: str, limit_id: str) -> dict[str, object] | None:
     """An external limit as the audit log shows it (None: there is none)."""
     e = alloc.external.get((node_id, limit_id))
-    if e is None:
-        return None
+    return _window_json(e) if e is not None else None
+
+
+def _window_json(e: ExternalLimitWindow) -> dict[str, object]:
     return {"source": e.source, "valid_from": datetime.fromtimestamp(e.valid_from, UTC).isoformat(),
             "valid_to": None if math.isinf(e.valid_to) else datetime.fromtimestamp(e.valid_to, UTC).isoformat(),
             "limit_w": _phases(e.limit_w), "fallback_limit_w": _phases(e.fallback_limit_w)}
-
-
-def _pv(v: list[float]) -> codec.common_pb2.PhaseValues:
-    return codec.common_pb2.PhaseValues(l1=v[0], l2=v[1], l3=v[2])
 
 
 def _session_json(alloc: Allocator, session_id: str) -> dict[str, object]:

@@ -1,0 +1,95 @@
+"""The gateway as a hostable service: settings, registry, dispatcher, WebSocket server and operator API."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+from gridcharge.gateway.adapters.authorization import AcceptAll, Authorizer, LocalList, Upstream, load_entries
+from gridcharge.gateway.adapters.context import GatewayContext
+from gridcharge.gateway.adapters.dispatcher import Dispatcher
+from gridcharge.gateway.adapters.http import build_router
+from gridcharge.gateway.adapters.registry import Registry
+from gridcharge.gateway.adapters.server import OcppServer
+from gridcharge.gateway.config import GatewaySettings, check_gateway_files, gateway_settings, load_credentials
+from gridcharge.gateway.core.limits import StationFacts
+from gridcharge.gateway.handlers.base import StationSession
+from gridcharge.shared.contracts import (
+    COMMAND_RESULTS,
+    EXTERNAL_LIMITS,
+    METER_VALUES,
+    STATION_CAPABILITIES,
+    STATION_EVENTS,
+)
+from gridcharge.shared.errors import ConfigError
+from gridcharge.shared.http import os_error_text
+from gridcharge.shared.runtime import Runtime
+from gridcharge.shared.topology import Topology
+
+PRODUCED_TOPICS = (STATION_EVENTS, METER_VALUES, STATION_CAPABILITIES, COMMAND_RESULTS, EXTERNAL_LIMITS)
+log = logging.getLogger(__name__)
+
+
+class GatewayService:
+    """The OCPP gateway as a hostable service; `ocpp_port` is the bound port (settings.ocpp_port 0 = any)."""
+
+    name = "gateway"
+
+    def __init__(self, rt: Runtime, topology: Topology, settings: GatewaySettings | None = None,
+                 upstream: Upstream | None = None) -> None:
+        self.rt = rt
+        self.settings = settings or gateway_settings(rt.settings)
+        check_gateway_files(self.settings)
+        self.credentials = load_credentials(self.settings.credentials_file)
+        known = frozenset(s.id for s in topology.stations) | frozenset(self.credentials.hashes)
+        self.registry = Registry(rt.store, self.settings.replica_id, rt.clock)
+        self.authorizer = build_authorizer(self.settings, rt, upstream)
+        facts = {s.id: StationFacts(s.id, s.node, len(s.phase_map), topology.nominal_voltage_v)
+                 for s in topology.stations}
+        self.ctx = GatewayContext(self.settings, rt.bus, rt.store, rt.clock, known, self.registry, self.authorizer,
+                                  facts, {s.id: [e.id for e in s.evses] for s in topology.stations})
+        self.sessions: dict[str, StationSession] = {}
+        self.dispatcher = Dispatcher(self.ctx, self.registry, self.sessions)
+        self.ctx.on_boot_accepted = self.dispatcher.read_capabilities
+        self.ctx.on_unregistered_call = self.dispatcher.request_boot
+        self.server = OcppServer(self.ctx, self.registry, self.dispatcher, self.sessions, self.credentials)
+        self._routers = [build_router(self.registry, self.dispatcher)]
+
+    @property
+    def routers(self) -> list[APIRouter]:
+        return self._routers
+
+    @property
+    def ocpp_port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        ensure = getattr(self.rt.bus, "ensure_topics", None)
+        if ensure is not None:
+            # create the topics we produce up front: the first publish to a missing topic is slow (admin
+            # round trip, leader election) and would otherwise stall the first burst of stations
+            await ensure([t.name for t in PRODUCED_TOPICS])
+        await self.registry.start()
+        await self.dispatcher.start()
+        try:
+            await self.server.start()
+        except OSError as exc:
+            raise ConfigError("start-up", "GRIDCHARGE_OCPP_PORT", f"cannot listen on {self.settings.ocpp_host}:"
+                              f"{self.settings.ocpp_port}: {os_error_text(exc)}") from None
+        self.rt.health.add("gateway", lambda: self.server.server is not None)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.dispatcher.stop()
+        await self.registry.stop()
+
+
+def build_authorizer(settings: GatewaySettings, rt: Runtime, upstream: Upstream | None = None) -> Authorizer:
+    """The idToken authorization source for `settings.authorization` (see adapters.authorization)."""
+    if settings.authorization == "accept-all":
+        log.info("authorization: accept-all (every idToken is Accepted; GRIDCHARGE_AUTHORIZATION=local-list "
+                 "checks tokens against a list)")
+        return AcceptAll()
+    entries = load_entries(settings.id_tokens_file)
+    log.info("authorization: local-list", extra={"file_entries": len(entries), "upstream": upstream is not None})
+    return LocalList(rt.store, rt.clock, entries, upstream, timeout_s=settings.cluster_timeout_s)
