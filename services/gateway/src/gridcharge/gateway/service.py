@@ -77,6 +77,7 @@ class GatewayService:
             raise ConfigError("start-up", "GRIDCHARGE_OCPP_PORT", f"cannot listen on {self.settings.ocpp_host}:"
                               f"{self.settings.ocpp_port}: {os_error_text(exc)}") from None
         self.rt.health.add("gateway", lambda: self.server.server is not None)
+        log.info("idToken authorization", extra={"mode": self.settings.authorization})
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -87,9 +88,9 @@ class GatewayService:
 def build_authorizer(settings: GatewaySettings, rt: Runtime, upstream: Upstream | None = None) -> Authorizer:
     """The idToken authorization source for `settings.authorization` (see adapters.authorization)."""
     if settings.authorization == "accept-all":
-        log.info("authorization: accept-all (every idToken is Accepted; GRIDCHARGE_AUTHORIZATION=local-list "
-                 "checks tokens against a list)")
+        log.debug("authorization: accept-all (every idToken is Accepted; GRIDCHARGE_AUTHORIZATION=local-list "
+                  "checks tokens against a list)")
         return AcceptAll()
     entries = load_entries(settings.id_tokens_file)
-    log.info("authorization: local-list", extra={"file_entries": len(entries), "upstream": upstream is not None})
+    log.debug("authorization: local-list", extra={"file_entries": len(entries), "upstream": upstream is not None})
     return LocalList(rt.store, rt.clock, entries, upstream, timeout_s=settings.cluster_timeout_s)
