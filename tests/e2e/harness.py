@@ -216,6 +216,7 @@ class Snapshot:
     max_phase_a: dict[str, float]         # highest per-phase current the station draws
     limit_sources: dict[str, list[str]]   # per EVSE: Tx / TxDefault / StationMax / none
     accepted: dict[str, int]
+    leased: set[str] = field(default_factory=set)   # stations under a station-cap lease (station max, stack ≥ 1)
 
 
 @dataclass
@@ -237,6 +238,7 @@ def snapshot(sim: Any) -> Snapshot:
         limit_sources={sid: [e.limit_source for e in m.evses.values() if e.ev is not None]
                        for sid, m in sim.models.items()},
         accepted={sid: c.stats.profiles_accepted for sid, c in sim.clients.items()},
+        leased={sid for sid, m in sim.models.items() if (m.profiles.station_max_stack(now) or 0) > 0},
     )
 
 

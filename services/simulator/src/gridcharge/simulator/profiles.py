@@ -279,6 +279,12 @@ class ProfileStore:
         prof, per = won
         return to_amps(per.limit, prof.rate_unit, per.number_phases or phases, voltage_v)
 
+    def station_max_stack(self, t: float) -> int | None:
+        """Stack level of the station maximum profile in force at ``t`` (None = none): above 0 it is a lease
+        over the fallback."""
+        won = self._winner([p for p in self.profiles if p.purpose == "StationMax"], t, None)
+        return won[0].stack_level if won is not None else None
+
     def composite_schedule(self, evse_id: int, start_s: float, duration_s: int, tx: Transaction | None,
                            phases: int, voltage_v: float, step_s: int = 60) -> list[tuple[int, float]]:
         """GetCompositeSchedule: (offset s, limit A) change points over the window, sampled every `step_s`.
