@@ -99,6 +99,7 @@ def _profile(**kw: object) -> command_pb2.SetChargingProfile:
 def test_round_limit_down_with_decimal() -> None:
     assert round_limit(16.09) == 16.0 and round_limit(7.3) == 7.3 and round_limit(0.29999) == 0.2
     assert round_limit(32.0) == 32.0
+    assert round_limit(16.1 * 230 * 3) == 11109.0        # binary representation, not a lower limit
 
 
 def test_profile_mapping_16_and_201_validate_against_schema() -> None:

@@ -66,7 +66,7 @@ class FallbackSchedules:
             path = topo.station_path(sid)
             avail = np.min(np.stack([room[n][p] for n in path for p in phases]), axis=0) / v
             a = np.minimum(nominal[sid], np.maximum(avail, 0.0))
-            a = np.where(a >= min(P.MIN_RATE_A, nominal[sid]) - 1e-9, np.floor(a * 10 + 1e-9) / 10, 0.0)
+            a = np.array([P.quantise_a(x, min_a=min(P.MIN_RATE_A, nominal[sid])) for x in a])
             for n in path:
                 for p in phases:
                     room[n][p] -= a * v

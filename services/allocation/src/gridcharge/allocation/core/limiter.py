@@ -12,11 +12,12 @@ Powers W per grid phase, currents A per phase.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-MIN_CURRENT_A = 6.0
+from gridcharge.allocation.core.profiles import MIN_RATE_A, quantise_a
+
+MIN_CURRENT_A = MIN_RATE_A
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def lower(
                     lo = mid
                 else:
                     hi = mid
-            new = {k: math.floor(a * 10 + 1e-9) / 10 for k, a in at_level(lo).items()}
+            new = {k: quantise_a(a, min_a=0.0) for k, a in at_level(lo).items()}
         else:
             # all at their minimum is not enough: stop connectors, the largest draw first
             for c in sorted(tier, key=lambda c: (-eff(c), c.key)):

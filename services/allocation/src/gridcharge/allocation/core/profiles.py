@@ -94,9 +94,11 @@ class StationProfileTarget:
 
 
 def _limit(current_a: float, t: StationProfileTarget) -> float:
+    """The limit in the station's unit, unrounded: the gateway rounds it down once, to the 0.1 the OCPP
+    message carries (`gateway.core.profiles.round_limit`)."""
     if t.rate_unit == RATE_W:
-        return round(amps_to_watts(current_a, t.voltage_v, t.phases), 1)
-    return round(current_a, 1)
+        return amps_to_watts(current_a, t.voltage_v, t.phases)
+    return current_a
 
 
 def _periods(periods_a: Sequence[tuple[int, float]], t: StationProfileTarget) -> list[command_pb2.SchedulePeriod]:

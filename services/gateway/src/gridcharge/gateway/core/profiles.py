@@ -48,8 +48,10 @@ class InvalidProfile(ValueError):
 
 
 def round_limit(limit: float) -> float:
-    """Round a limit DOWN to a multiple of 0.1 (exact decimal arithmetic, no float drift)."""
-    return float(Decimal(repr(limit)).quantize(TENTH, rounding=ROUND_DOWN))
+    """The one rounding of a profile's limit: DOWN to a multiple of 0.1, at the edge that writes the OCPP
+    message (exact decimal arithmetic). A float a hair below a tenth by binary representation (16.1 A × 230 V
+    × 3 = 11108.999999999998 W) counts as that tenth: 1e-9 relative is representation, not a limit."""
+    return float(Decimal(repr(limit + abs(limit) * 1e-9)).quantize(TENTH, rounding=ROUND_DOWN))
 
 
 def _iso(ts: Timestamp) -> str:
