@@ -369,3 +369,84 @@ def test_state_round_trips_through_export_restore(core: TelemetryCore) -> None:
     assert repr(fresh.node_loads(T0 + 2)) == repr(core.node_loads(T0 + 2))   # repr: NaN != NaN
     assert fresh.stations["S1"].pending["x"]["limit_a"] == 10.0
     assert not fresh.restore("evse/S1/1", {"station_id": "S1", "evse_id": "x", "bogus": 1})
+
+
+# ---------------------------------------------------------------- EV draw between meter values after a cut
+def _accept(core: TelemetryCore, station: str, evse: int, limit_a: float, cid: str, at: float,
+            purpose: command_pb2.ProfilePurpose.ValueType = command_pb2.PROFILE_PURPOSE_STATION_MAX) -> None:
+    """A profile (a lease ending at T0 + 1200) sent and accepted at `at`."""
+    cmd = set_profile(station, evse, limit_a, cid, purpose=purpose)
+    cmd.set_charging_profile.profile.valid_to.CopyFrom(ts(T0 + 1200))
+    core.on_command(cmd, at)
+    core.on_command_result(result(station, cid, command_pb2.COMMAND_OUTCOME_ACCEPTED), at)
+
+
+def _charging_s2(core: TelemetryCore, amps: float, base_l3: float) -> None:
+    """S2 (single-phase, grid L3, under the metered trafo) charges at `amps` at T0+1; the meter sees it."""
+    core.on_station_event(event("S2", T0, transaction_started=station_pb2.TransactionStarted(
+        transaction_id="t", evse_id=1, meter_start_wh=0)), T0)
+    core.on_meter_values(phase_power("S2", 1, T0 + 1, amps * V, tx="t"), T0 + 1)
+    core.on_grid_reading(grid("trafo", T0 + 1, 2000, 2000, base_l3 + amps * V), T0 + 1)
+    assert core.node_loads(T0 + 1)["trafo"].base_load_w[2] == pytest.approx(base_l3)
+
+
+def test_base_load_stays_put_after_an_accepted_cut(core: TelemetryCore) -> None:
+    """The issue's case: a station-cap lease lowers S2 from 16 A to 8 A; the meter falls with the EV, the
+    station's next MeterValues is 30-60 s away. Base = meter − EV must not drop by the cut."""
+    base = 5000.0
+    _charging_s2(core, 16.0, base)
+    _accept(core, "S2", 0, 8.0, "cut", T0 + 10)
+    core.on_grid_reading(grid("trafo", T0 + 16, 2000, 2000, base + 8 * V), T0 + 16)   # the EV followed
+    v = core.node_loads(T0 + 16)["trafo"]
+    assert v.base_load_w[2] == pytest.approx(base, abs=50)
+    assert v.ev_load_w[2] == pytest.approx(8 * V)
+    assert approx3(v.worst_case_w, v.load_w)          # all sources trusted: the worst case is the meter
+    s2 = core.topo.station_by_id["S2"]
+    assert core.worst_case_a(s2, 1, T0 + 16) == 8.0    # the worst-case path is unchanged
+
+
+def test_estimate_waits_for_the_ev_to_follow_and_trusts_later_samples(core: TelemetryCore) -> None:
+    _charging_s2(core, 16.0, 5000.0)
+    _accept(core, "S2", 0, 8.0, "cut", T0 + 10)
+    assert core.node_loads(T0 + 12)["trafo"].ev_load_w[2] == pytest.approx(16 * V)   # within ev_follow_s
+    assert core.node_loads(T0 + 15)["trafo"].ev_load_w[2] == pytest.approx(8 * V)
+    # a renewal at the same limit does not reopen the window
+    _accept(core, "S2", 0, 8.0, "renewal", T0 + 20)
+    assert core.node_loads(T0 + 21)["trafo"].ev_load_w[2] == pytest.approx(8 * V)
+    # a sample taken after the EV had time to follow is the truth, even a little above the limit
+    core.on_meter_values(phase_power("S2", 1, T0 + 25, 8.5 * V, tx="t"), T0 + 25)
+    assert core.node_loads(T0 + 26)["trafo"].ev_load_w[2] == pytest.approx(8.5 * V)
+    # a longer follow time is a setting
+    slow = TelemetryCore(topology(), TelemetryConfig(ev_follow_s=10.0))
+    slow.on_station_event(heartbeat("S2", T0), T0)
+    _charging_s2(slow, 16.0, 5000.0)
+    _accept(slow, "S2", 0, 8.0, "cut", T0 + 10)
+    assert slow.node_loads(T0 + 16)["trafo"].ev_load_w[2] == pytest.approx(16 * V)
+    assert slow.node_loads(T0 + 20)["trafo"].ev_load_w[2] == pytest.approx(8 * V)
+
+
+def test_tx_cut_and_expired_lease(core: TelemetryCore) -> None:
+    _charging_s2(core, 16.0, 5000.0)
+    _accept(core, "S2", 1, 10.0, "tx", T0 + 10, purpose=command_pb2.PROFILE_PURPOSE_TX)
+    assert core.node_loads(T0 + 20)["trafo"].ev_load_w[2] == pytest.approx(10 * V)
+    # after the lease ends nothing caps the EV any more: the last sample is the estimate again
+    assert core.node_loads(T0 + 1201)["trafo"].ev_load_w[2] == pytest.approx(16 * V)
+
+
+def test_station_max_is_shared_by_the_stations_evses(core: TelemetryCore) -> None:
+    """S3 (unmetered panel): EVSE 1 three-phase, EVSE 2 single-phase on grid L1, both at 16 A. The station
+    max caps each EVSE and their sum per phase; a Tx limit caps its own EVSE only."""
+    core.on_meter_values(phase_power("S3", 1, T0 + 1, 16 * V, 16 * V, 16 * V), T0 + 1)
+    core.on_meter_values(phase_power("S3", 2, T0 + 1, 16 * V), T0 + 1)
+    assert approx3(core.node_loads(T0 + 1)["panel"].ev_load_w, (32 * V, 16 * V, 16 * V))
+    _accept(core, "S3", 0, 20.0, "max", T0 + 10)
+    v = core.node_loads(T0 + 16)["panel"]
+    assert approx3(v.ev_load_w, (20 * V, 16 * V, 16 * V), abs_=1e-3)
+    assert approx3(v.load_w, v.ev_load_w, abs_=1e-3)
+    _accept(core, "S3", 1, 10.0, "tx1", T0 + 20, purpose=command_pb2.PROFILE_PURPOSE_TX)
+    v = core.node_loads(T0 + 26)["panel"]
+    assert approx3(v.ev_load_w, (20 * V, 10 * V, 10 * V), abs_=1e-3)   # L1: 10 + 16 capped at 20
+    _accept(core, "S3", 0, 12.0, "max2", T0 + 30)
+    v = core.node_loads(T0 + 36)["panel"]
+    assert approx3(v.ev_load_w, (12 * V, 10 * V, 10 * V), abs_=1e-3)
+    assert approx3(v.worst_case_w, (32 * V, 16 * V, 16 * V), abs_=1e-3)  # worst case: measured, unchanged

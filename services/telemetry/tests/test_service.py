@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from fastapi import FastAPI
+from gridcharge.command.v1 import command_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts as C
 from gridcharge.shared.bus.base import Record
@@ -18,9 +19,21 @@ from gridcharge.shared.clock import SimClock
 from gridcharge.shared.config import Settings
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.store.memory import MemoryStore
+from gridcharge.station.v1 import station_pb2
 from gridcharge.telemetry.main import TelemetryService, create_service
 from gridcharge.telemetry.settings import TelemetrySettings
-from gridcharge.telemetry.testing import T0, grid, heartbeat, phase_power, status, topology
+from gridcharge.telemetry.testing import (
+    T0,
+    event,
+    grid,
+    heartbeat,
+    phase_power,
+    result,
+    set_profile,
+    status,
+    topology,
+    ts,
+)
 from prometheus_client import REGISTRY
 
 
@@ -165,3 +178,33 @@ async def test_fast_path_batches_within_min_interval(
     await rt.bus.flush()
     fast = [C.decode(grid_pb2.NodeLoad, r.value) for r in out if r.topic == C.NODE_LOAD.name][n0:]
     assert [f.node_id for f in fast] == ["panel", "trafo"] and fast[0].load_w.l1 == 14000
+
+
+async def test_cut_seen_on_the_bus_keeps_the_base_load(
+        setup: tuple[TelemetryService, Runtime, SimClock, list[Record]]) -> None:
+    """A station-cap lease accepted on COMMANDS + COMMAND_RESULTS: the NodeLoad the limiter gets for the
+    meter reading after the cut (fast path) keeps base = meter − EV at the true base load."""
+    _svc, rt, clock, out = setup
+    base, v = 5000.0, 230.0
+
+    async def pub(topic: str, key: str, msg: bytes) -> None:
+        await rt.bus.publish(topic, key, msg)
+        await rt.bus.flush()
+
+    await pub(C.STATION_EVENTS.name, "S2", event("S2", T0, transaction_started=station_pb2.TransactionStarted(
+        transaction_id="t", evse_id=1)).SerializeToString())
+    await pub(C.METER_VALUES.name, "S2", phase_power("S2", 1, T0, 16 * v, tx="t").SerializeToString())
+    await pub(C.GRID_METER_READINGS.name, "trafo", grid("trafo", T0, 0, 0, base + 16 * v).SerializeToString())
+    await clock.advance(5)
+    cmd = set_profile("S2", 0, 8.0, "cut", purpose=command_pb2.PROFILE_PURPOSE_STATION_MAX)
+    cmd.set_charging_profile.profile.valid_to.CopyFrom(ts(T0 + 1200))
+    await pub(C.COMMANDS.name, "S2", cmd.SerializeToString())
+    await pub(C.COMMAND_RESULTS.name, "S2",
+              result("S2", "cut", command_pb2.COMMAND_OUTCOME_ACCEPTED).SerializeToString())
+    await clock.advance(6)
+    n = len(out)
+    await pub(C.GRID_METER_READINGS.name, "trafo", grid("trafo", T0 + 11, 0, 0, base + 8 * v).SerializeToString())
+    fast = [C.decode(grid_pb2.NodeLoad, r.value) for r in out[n:] if r.topic == C.NODE_LOAD.name]
+    assert [f.node_id for f in fast] == ["trafo"]
+    assert fast[0].load_w.l3 == pytest.approx(base + 8 * v)
+    assert fast[0].base_load_w.l3 == pytest.approx(base, abs=50)

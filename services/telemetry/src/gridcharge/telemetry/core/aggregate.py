@@ -6,7 +6,9 @@ Rules (see docs/telemetry.md):
 - a stale or implausible EVSE counts at its worst case in `worst_case_w`: its last accepted limit, else
   the hardware maximum (never zero), capped by an accepted station-wide limit;
 - a node's load is its grid meter's reading while that meter is fresh and plausible; otherwise the sum
-  of its children and EVSEs plus its non-EV (base) estimate; base load = meter − EV sum below it.
+  of its children and EVSEs plus its non-EV (base) estimate; base load = meter − EV sum below it;
+- between meter values an EVSE draws its last sample, or less: an accepted lower limit caps the estimate
+  once the EV had `ev_follow_s` to follow it, so the base load does not swing after a cut.
 """
 
 from __future__ import annotations
@@ -444,7 +446,12 @@ class TelemetryCore:
             targets += [(ev, str(purpose)) for ev in evse_states]
         for target, name in targets:
             if res.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED and entry["limit_a"] is not None:
-                target.limits[name] = [float(entry["limit_a"]), now_s, entry["until_s"]]
+                lim, prev = float(entry["limit_a"]), target.limits.get(name)
+                since = now_s
+                if prev and prev[0] is not None and prev[1] is not None and self._active(prev, now_s) is not None \
+                        and lim >= prev[0] - 1e-9:
+                    since = prev[1]        # a renewal or a raise: the EV already follows a tighter limit
+                target.limits[name] = [lim, since, entry["until_s"]]
             else:                          # cleared, or TIMEOUT: the station's state is unknown -> hardware max
                 target.limits.pop(name, None)
             if isinstance(target, EvseState):
@@ -520,34 +527,80 @@ class TelemetryCore:
         return (m.trusted and not m.implausible and m.last_seen_s is not None
                 and now_s - m.last_seen_s <= self.cfg.stale_after(m.interval_s))
 
-    def _station_now(self, station: Station, now_s: float) -> tuple[P3, P3, int, int]:
-        """(best W, worst W, stale EVSEs, implausible EVSEs) of one station, per grid phase."""
+    def _followed(self, entries: list[list[float | None] | None], now_s: float) -> tuple[float, float] | None:
+        """(limit A, time from which the EV follows it) of the accepted limits in force now — the highest of
+        them — once every one of them had `ev_follow_s` to take effect; None while one is newer (what it
+        replaced is not known any more) or none is in force."""
+        live = [e for e in entries if e and e[0] is not None and self._active(e, now_s) is not None]
+        since = [e[1] for e in live if e[1] is not None]
+        if not live or len(since) < len(live) or now_s - max(since) < self.cfg.ev_follow_s:
+            return None
+        return max(float(e[0] or 0.0) for e in live), max(since) + self.cfg.ev_follow_s
+
+    def _estimate(self, station: Station, now_s: float) -> tuple[list[P3], float | None]:
+        """Estimated draw of each EVSE of a station between meter values (W per grid phase) and the cap of
+        the station's total (W per phase, None: none applies).
+
+        An EVSE's estimate is its last sample, capped on its phases by the accepted limits (its Tx/TxDefault
+        and the station max) that the EV had to follow after that sample was taken; a sample taken later
+        is trusted as it is. The station max also caps the sum of its EVSEs when it came after a sample."""
+        st = self.stations[station.id]
+        cap = self._followed([st.limits.get("station_max")], now_s)
+        out: list[P3] = []
+        total_cap: float | None = None
+        for evse_id, phase_idx in self._evse_phase_idx[station.id]:
+            ev = self.evses[(station.id, evse_id)]
+            p = ev.power_w
+            lims = [x for x in (cap, self._followed([ev.limits.get("tx"), ev.limits.get("tx_default")
+                                                     or st.limits.get("tx_default")], now_s))
+                    if x is not None and (ev.last_sample_s is None or ev.last_sample_s < x[1])]
+            if not lims or not (p[0] or p[1] or p[2]):
+                out.append(p)
+                continue
+            if cap is not None and cap in lims:
+                total_cap = cap[0] * self.v
+            w = min(lim_a for lim_a, _ in lims) * self.v
+            q = [p[0], p[1], p[2]]
+            for k in phase_idx:
+                q[k] = min(q[k], w)
+            out.append((q[0], q[1], q[2]))
+        return out, total_cap
+
+    def _station_now(self, station: Station, now_s: float) -> tuple[P3, P3, P3, int, int]:
+        """(best W, measured W, worst W, stale EVSEs, implausible EVSEs) of one station, per grid phase.
+
+        Best = the estimate between meter values (`_estimate`); measured = the last samples as they were
+        (what the worst case builds on, unchanged by the estimate)."""
         st = self.stations[station.id]
         station_stale = self.station_stale(st, now_s)
-        b0 = b1 = b2 = w0 = w1 = w2 = 0.0
+        est, total_cap = self._estimate(station, now_s)
+        e0 = e1 = e2 = b0 = b1 = b2 = w0 = w1 = w2 = 0.0
         stale_n = impl_n = 0
-        for evse_id, phase_idx in self._evse_phase_idx[station.id]:
+        for (evse_id, phase_idx), q in zip(self._evse_phase_idx[station.id], est, strict=True):
             ev = self.evses[(station.id, evse_id)]
             stale = station_stale or (ev.charging and (
                 not ev.measured or ev.last_seen_s is None
                 or now_s - ev.last_seen_s > self.cfg.stale_after(ev.interval_s)))
             p = ev.power_w
             b0, b1, b2 = b0 + p[0], b1 + p[1], b2 + p[2]
+            e0, e1, e2 = e0 + q[0], e1 + q[1], e2 + q[2]
             stale_n += stale
             impl_n += ev.implausible
             if stale or ev.implausible or not ev.measured:
                 w = self.worst_case_a(station, evse_id, now_s) * self.v
-                q = [p[0], p[1], p[2]]
+                r = [p[0], p[1], p[2]]
                 for k in phase_idx:
-                    q[k] = max(q[k], w)
-                w0, w1, w2 = w0 + q[0], w1 + q[1], w2 + q[2]
+                    r[k] = max(r[k], w)
+                w0, w1, w2 = w0 + r[0], w1 + r[1], w2 + r[2]
             else:
                 w0, w1, w2 = w0 + p[0], w1 + p[1], w2 + p[2]
+        if total_cap is not None:   # the station max caps the station's total, shared by its EVSEs
+            e0, e1, e2 = min(e0, total_cap), min(e1, total_cap), min(e2, total_cap)
         cap = self._active(st.limits.get("station_max"), now_s)
         if cap is not None:   # an accepted station-wide limit caps the station's total worst case
             c = cap * self.v
             w0, w1, w2 = max(b0, min(w0, c)), max(b1, min(w1, c)), max(b2, min(w2, c))
-        return (b0, b1, b2), (w0, w1, w2), stale_n, impl_n
+        return (e0, e1, e2), (b0, b1, b2), (w0, w1, w2), stale_n, impl_n
 
     def meter_for(self, node_id: str, now_s: float,
                   index: dict[str, list[MeterState]] | None = None) -> MeterState | None:
@@ -578,28 +631,30 @@ class TelemetryCore:
             meters_at.setdefault(m.node_id, []).append(m)
         views: dict[str, NodeLoadView] = {}
         ev_best: dict[str, P3] = {}
+        ev_seen: dict[str, P3] = {}
         ev_worst: dict[str, P3] = {}
         temps_under: dict[str, list[float]] = {}
         for nid in self._order:
             node = self.topo.node_by_id[nid]
             kids = self.topo.children[nid]
-            d_best, d_worst, stale, impl = ZERO3, ZERO3, 0, 0
+            d_best, d_seen, d_worst, stale, impl = ZERO3, ZERO3, ZERO3, 0, 0
             for s in self._stations_at[nid]:
-                sb, sw, sn, si = st_now[s.id]
-                d_best, d_worst = add3(d_best, sb), add3(d_worst, sw)
+                sb, ss, sw, sn, si = st_now[s.id]
+                d_best, d_seen, d_worst = add3(d_best, sb), add3(d_seen, ss), add3(d_worst, sw)
                 stale += sn
                 impl += si
-            e_best, e_worst = d_best, d_worst
+            e_best, e_seen, e_worst = d_best, d_seen, d_worst
             k_load, k_worst = ZERO3, ZERO3
             temps = self._station_ambient([s.id for s in self._stations_at[nid]], now_s)
             for c in kids:
                 cv = views[c]
                 e_best, e_worst = add3(e_best, ev_best[c]), add3(e_worst, ev_worst[c])
+                e_seen = add3(e_seen, ev_seen[c])
                 k_load, k_worst = add3(k_load, cv.load_w), add3(k_worst, cv.worst_case_w)
                 stale += cv.stale_sources
                 impl += cv.implausible_sources
                 temps += temps_under[c]
-            ev_best[nid], ev_worst[nid], temps_under[nid] = e_best, e_worst, temps
+            ev_best[nid], ev_seen[nid], ev_worst[nid], temps_under[nid] = e_best, e_seen, e_worst, temps
             meter = self.meter_for(nid, now_s, meters_at)
             fresh = meter is not None and self.meter_fresh(meter, now_s)
             if meter is not None and meter.implausible:
@@ -608,7 +663,7 @@ class TelemetryCore:
                 assert meter is not None
                 load = meter.power_w
                 base = sub3(load, e_best)
-                worst = add3(load, sub3(e_worst, e_best))   # untrusted EVSEs may still ramp up
+                worst = add3(load, sub3(e_worst, e_seen))   # untrusted EVSEs may still ramp up
                 self._last_base[nid] = base
             else:
                 if meter is not None or node.metered:
