@@ -208,3 +208,35 @@ async def test_cut_seen_on_the_bus_keeps_the_base_load(
     assert [f.node_id for f in fast] == ["trafo"]
     assert fast[0].load_w.l3 == pytest.approx(base + 8 * v)
     assert fast[0].base_load_w.l3 == pytest.approx(base, abs=50)
+
+
+async def test_fast_path_big_move_not_held_back_by_meters_near_their_limit(
+        setup: tuple[TelemetryService, Runtime, SimClock, list[Record]]) -> None:
+    """Meters that sit above 90 % of their limit and report every second must not delay, by the fast path's
+    minimum interval, the reading that shows an overload; a steady one near its limit is not urgent at all."""
+    _svc, rt, clock, out = setup
+    trafo, panel = 100 * 230.0, 63 * 230.0
+
+    def fast() -> list[tuple[str, float]]:
+        return [(m.node_id, m.load_w.l1) for m in (C.decode(grid_pb2.NodeLoad, r.value) for r in out
+                                                    if r.topic == C.NODE_LOAD.name)]
+
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo", grid("trafo", T0, 0.95 * trafo, 0, 0).SerializeToString())
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "panel", grid("panel", T0, 0.95 * panel, 0, 0).SerializeToString())
+    await rt.bus.flush()
+    await clock.advance(1.1)                       # both first readings published (the panel's 0.5 s later)
+    await rt.bus.flush()
+    n = len(fast())
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo",
+                         grid("trafo", T0 + 1.1, 0.951 * trafo, 0, 0).SerializeToString())   # steady: not urgent
+    await rt.bus.flush()
+    assert len(fast()) == n
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "panel",
+                         grid("panel", T0 + 1.1, 0.97 * panel, 0, 0).SerializeToString())    # near, moved: urgent
+    await rt.bus.flush()
+    assert fast()[n:] == [("panel", pytest.approx(0.97 * panel)), ("trafo", pytest.approx(0.951 * trafo))]
+    await clock.advance(0.1)
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo",
+                         grid("trafo", T0 + 1.2, 1.2 * trafo, 0, 0).SerializeToString())     # the overload
+    await rt.bus.flush()
+    assert fast()[-1] == ("trafo", pytest.approx(1.2 * trafo))

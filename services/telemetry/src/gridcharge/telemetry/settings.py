@@ -25,6 +25,7 @@ class TelemetrySettings(Settings):
     telemetry_nodeload_ttl_s: float = 60.0     # TTL of nodeload:<node> in the store
     telemetry_fast_delta: float = 0.05         # publish at once when a meter moves its node's load by this × limit
     telemetry_fast_above: float = 0.9          # ... or shows more than this × limit on a phase
+    telemetry_fast_near_delta: float = 0.01    # ... and moved by more than this × limit
     telemetry_fast_min_interval_s: float = 0.5  # at most one fast computation per this time (s); batched
     telemetry_ev_follow_s: float = 5.0         # an accepted lower limit caps the EV's estimated draw after this (s)
 
