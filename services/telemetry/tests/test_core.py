@@ -370,3 +370,157 @@ def test_state_round_trips_through_export_restore(core: TelemetryCore) -> None:
     assert repr(fresh.node_loads(T0 + 2)) == repr(core.node_loads(T0 + 2))   # repr: NaN != NaN
     assert fresh.stations["S1"].pending["x"]["limit_a"] == 10.0
     assert not fresh.restore("evse/S1/1", {"station_id": "S1", "evse_id": "x", "bogus": 1})
+
+
+# ---------------------------------------------------------------- EV draw between meter values after a cut
+def _accept(core: TelemetryCore, station: str, evse: int, limit_a: float, cid: str, at: float,
+            purpose: command_pb2.ProfilePurpose.ValueType = command_pb2.PROFILE_PURPOSE_STATION_MAX,
+            stack: int = 1, until: float | None = T0 + 1200) -> None:
+    """A profile (by default a stack-1 lease ending at T0 + 1200) sent and accepted at `at`."""
+    cmd = set_profile(station, evse, limit_a, cid, purpose=purpose)
+    cmd.set_charging_profile.profile.stack_level = stack
+    if until is not None:
+        cmd.set_charging_profile.profile.valid_to.CopyFrom(to_timestamp(until))
+    core.on_command(cmd, at)
+    core.on_command_result(result(station, cid, command_pb2.COMMAND_OUTCOME_ACCEPTED), at)
+
+
+def _charging_s2(core: TelemetryCore, amps: float, base_l3: float) -> None:
+    """S2 (single-phase, grid L3, under the metered trafo) charges at `amps` at T0+1; the meter sees it."""
+    core.on_station_event(event("S2", T0, transaction_started=station_pb2.TransactionStarted(
+        transaction_id="t", evse_id=1, meter_start_wh=0)), T0)
+    core.on_meter_values(phase_power("S2", 1, T0 + 1, amps * V, tx="t"), T0 + 1)
+    core.on_grid_reading(grid("trafo", T0 + 1, 2000, 2000, base_l3 + amps * V), T0 + 1)
+    assert core.node_loads(T0 + 1)["trafo"].base_load_w[2] == pytest.approx(base_l3)
+
+
+def test_base_load_stays_put_after_an_accepted_cut(core: TelemetryCore) -> None:
+    """The issue's case: a station-cap lease lowers S2 from 16 A to 8 A; the meter falls with the EV, the
+    station's next MeterValues is 30-60 s away. Base = meter − EV must not drop by the cut."""
+    base = 5000.0
+    _charging_s2(core, 16.0, base)
+    _accept(core, "S2", 0, 8.0, "cut", T0 + 10)
+    core.on_grid_reading(grid("trafo", T0 + 16, 2000, 2000, base + 8 * V), T0 + 16)   # the EV followed
+    v = core.node_loads(T0 + 16)["trafo"]
+    assert v.base_load_w[2] == pytest.approx(base, abs=50)
+    assert v.ev_load_w[2] == pytest.approx(8 * V)
+    assert approx3(v.worst_case_w, v.load_w)          # all sources trusted: the worst case is the meter
+    s2 = core.topo.station_by_id["S2"]
+    assert core.worst_case_a(s2, 1, T0 + 16) == 8.0    # the worst-case path is unchanged
+
+
+def test_estimate_waits_for_the_ev_to_follow_and_trusts_later_samples(core: TelemetryCore) -> None:
+    _charging_s2(core, 16.0, 5000.0)
+    _accept(core, "S2", 0, 8.0, "cut", T0 + 10)
+    assert core.node_loads(T0 + 12)["trafo"].ev_load_w[2] == pytest.approx(16 * V)   # within ev_follow_s
+    assert core.node_loads(T0 + 15)["trafo"].ev_load_w[2] == pytest.approx(8 * V)
+    # a renewal at the same limit does not reopen the window
+    _accept(core, "S2", 0, 8.0, "renewal", T0 + 20)
+    assert core.node_loads(T0 + 21)["trafo"].ev_load_w[2] == pytest.approx(8 * V)
+    # a sample taken after the EV had time to follow is the truth, even a little above the limit
+    core.on_meter_values(phase_power("S2", 1, T0 + 25, 8.5 * V, tx="t"), T0 + 25)
+    assert core.node_loads(T0 + 26)["trafo"].ev_load_w[2] == pytest.approx(8.5 * V)
+    # a longer follow time is a setting
+    slow = TelemetryCore(topology(), TelemetryConfig(ev_follow_s=10.0))
+    slow.on_station_event(heartbeat("S2", T0), T0)
+    _charging_s2(slow, 16.0, 5000.0)
+    _accept(slow, "S2", 0, 8.0, "cut", T0 + 10)
+    assert slow.node_loads(T0 + 16)["trafo"].ev_load_w[2] == pytest.approx(16 * V)
+    assert slow.node_loads(T0 + 20)["trafo"].ev_load_w[2] == pytest.approx(8 * V)
+
+
+def test_tx_cut_and_expired_lease(core: TelemetryCore) -> None:
+    _charging_s2(core, 16.0, 5000.0)
+    _accept(core, "S2", 1, 10.0, "tx", T0 + 10, purpose=command_pb2.PROFILE_PURPOSE_TX)
+    assert core.node_loads(T0 + 20)["trafo"].ev_load_w[2] == pytest.approx(10 * V)
+    # after the lease ends nothing caps the EV any more: the last sample is the estimate again
+    assert core.node_loads(T0 + 1201)["trafo"].ev_load_w[2] == pytest.approx(16 * V)
+
+
+def test_station_max_is_shared_by_the_stations_evses(core: TelemetryCore) -> None:
+    """S3 (unmetered panel): EVSE 1 three-phase, EVSE 2 single-phase on grid L1, both at 16 A. The station
+    max caps each EVSE and their sum per phase; a Tx limit caps its own EVSE only."""
+    core.on_meter_values(phase_power("S3", 1, T0 + 1, 16 * V, 16 * V, 16 * V), T0 + 1)
+    core.on_meter_values(phase_power("S3", 2, T0 + 1, 16 * V), T0 + 1)
+    assert approx3(core.node_loads(T0 + 1)["panel"].ev_load_w, (32 * V, 16 * V, 16 * V))
+    _accept(core, "S3", 0, 20.0, "max", T0 + 10)
+    v = core.node_loads(T0 + 16)["panel"]
+    assert approx3(v.ev_load_w, (20 * V, 16 * V, 16 * V), abs_=1e-3)
+    assert approx3(v.load_w, v.ev_load_w, abs_=1e-3)
+    _accept(core, "S3", 1, 10.0, "tx1", T0 + 20, purpose=command_pb2.PROFILE_PURPOSE_TX)
+    v = core.node_loads(T0 + 26)["panel"]
+    assert approx3(v.ev_load_w, (20 * V, 10 * V, 10 * V), abs_=1e-3)   # L1: 10 + 16 capped at 20
+    _accept(core, "S3", 0, 12.0, "max2", T0 + 30)
+    v = core.node_loads(T0 + 36)["panel"]
+    assert approx3(v.ev_load_w, (12 * V, 10 * V, 10 * V), abs_=1e-3)
+    assert approx3(v.worst_case_w, (32 * V, 16 * V, 16 * V), abs_=1e-3)  # worst case: measured, unchanged
+
+
+def test_base_load_stays_put_after_an_accepted_raise(core: TelemetryCore) -> None:
+    """The mirror case: S2 charges at its 8 A lease; the lease is raised to 16 A and the EV takes it. An EV
+    that drew its limit draws the new one; base = meter − EV stays put."""
+    base = 5000.0
+    core.on_station_event(event("S2", T0, transaction_started=station_pb2.TransactionStarted(
+        transaction_id="t", evse_id=1, meter_start_wh=0)), T0)
+    _accept(core, "S2", 0, 8.0, "lease", T0)
+    core.on_meter_values(phase_power("S2", 1, T0 + 10, 7.9 * V, tx="t"), T0 + 10)
+    core.on_grid_reading(grid("trafo", T0 + 10, 0, 0, base + 7.9 * V), T0 + 10)
+    assert core.node_loads(T0 + 10)["trafo"].base_load_w[2] == pytest.approx(base)
+    _accept(core, "S2", 0, 16.0, "raise", T0 + 20)
+    # a raise counts at once: while the EV ramps up the estimate errs high and the base low, never high
+    assert core.node_loads(T0 + 20)["trafo"].ev_load_w[2] == pytest.approx(16 * V)
+    core.on_grid_reading(grid("trafo", T0 + 26, 0, 0, base + 16 * V), T0 + 26)
+    v = core.node_loads(T0 + 26)["trafo"]
+    assert v.base_load_w[2] == pytest.approx(base, abs=50)
+    assert v.ev_load_w[2] == pytest.approx(16 * V)
+
+
+def test_an_ev_below_its_limit_keeps_its_sample_after_a_raise(core: TelemetryCore) -> None:
+    core.on_station_event(event("S2", T0, transaction_started=station_pb2.TransactionStarted(
+        transaction_id="t", evse_id=1, meter_start_wh=0)), T0)
+    _accept(core, "S2", 0, 8.0, "lease", T0)
+    core.on_meter_values(phase_power("S2", 1, T0 + 10, 4 * V, tx="t"), T0 + 10)    # tapering: 4 A of 8
+    _accept(core, "S2", 0, 16.0, "raise", T0 + 20)
+    assert core.node_loads(T0 + 26)["trafo"].ev_load_w[2] == pytest.approx(4 * V)
+    _accept(core, "S2", 0, 3.0, "cut", T0 + 30)                                      # a cut below it still caps
+    assert core.node_loads(T0 + 36)["trafo"].ev_load_w[2] == pytest.approx(3 * V)
+
+
+def test_station_max_per_stack_level_the_lease_over_the_fallback(core: TelemetryCore) -> None:
+    """The allocator's fallback (stack 0, no end) and station-cap lease (stack 1, until T0+1200): the lease
+    is in force while valid, whatever order the two were accepted in; then the fallback again."""
+    s2 = core.topo.station_by_id["S2"]
+    core.on_station_event(event("S2", T0, transaction_started=station_pb2.TransactionStarted(
+        transaction_id="t", evse_id=1, meter_start_wh=0)), T0)
+    _accept(core, "S2", 0, 6.0, "fallback", T0, stack=0, until=None)
+    _accept(core, "S2", 0, 16.0, "lease", T0 + 1)
+    core.on_meter_values(phase_power("S2", 1, T0 + 10, 16 * V, tx="t"), T0 + 10)
+    # the fallback is rewritten (an idle floor released to 0 A): the lease still caps the station
+    _accept(core, "S2", 0, 0.0, "fallback2", T0 + 20, stack=0, until=None)
+    assert core.worst_case_a(s2, 1, T0 + 30) == 16.0
+    assert core.node_loads(T0 + 30)["trafo"].ev_load_w[2] == pytest.approx(16 * V)
+    # the lease lapses: the station is back at its fallback (0 A; the worst case keeps the station's floor)
+    assert core.worst_case_a(s2, 1, T0 + 1201) == 6.0
+    assert core.node_loads(T0 + 1201)["trafo"].ev_load_w[2] == pytest.approx(16 * V)   # the EV follows in 5 s
+    assert core.node_loads(T0 + 1206)["trafo"].ev_load_w[2] == pytest.approx(0.0)
+    # a timed-out station max makes every level unknown: hardware max
+    cmd = set_profile("S2", 0, 8.0, "lost", purpose=command_pb2.PROFILE_PURPOSE_STATION_MAX)
+    cmd.set_charging_profile.profile.stack_level = 1
+    core.on_command(cmd, T0 + 1300)
+    core.on_command_result(result("S2", "lost", command_pb2.COMMAND_OUTCOME_TIMEOUT), T0 + 1300)
+    assert core.worst_case_a(s2, 1, T0 + 1301) == 16.0 and not core.stations["S2"].limits
+
+
+def test_base_load_holds_while_the_ev_follows_a_cut(core: TelemetryCore) -> None:
+    """Within `ev_follow_s` of a cut the EV may already have followed (the meter falls at once) or not yet:
+    the meter decides, as far as the EV's move between its old and new draw explains it."""
+    base = 5000.0
+    _charging_s2(core, 16.0, base)                        # steady: base known at T0+1
+    _accept(core, "S2", 0, 8.0, "cut", T0 + 10)
+    core.on_grid_reading(grid("trafo", T0 + 11, 2000, 2000, base + 8 * V), T0 + 11)    # followed within 1 s
+    v = core.node_loads(T0 + 11)["trafo"]
+    assert v.base_load_w[2] == pytest.approx(base, abs=1)
+    assert v.ev_load_w[2] == pytest.approx(8 * V)
+    # a base load that rises meanwhile is not hidden: beyond the EV's old draw the meter is base
+    core.on_grid_reading(grid("trafo", T0 + 12, 2000, 2000, base + 3000 + 16 * V), T0 + 12)
+    assert core.node_loads(T0 + 12)["trafo"].base_load_w[2] == pytest.approx(base + 3000, abs=1)

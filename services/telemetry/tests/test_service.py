@@ -10,18 +10,31 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from fastapi import FastAPI
+from gridcharge.command.v1 import command_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts as C
 from gridcharge.shared.bus.base import Record
 from gridcharge.shared.bus.memory import MemoryBus
 from gridcharge.shared.clock import SimClock
+from gridcharge.shared.codec import to_timestamp
 from gridcharge.shared.config import Settings
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.store.memory import MemoryStore
+from gridcharge.station.v1 import station_pb2
 from gridcharge.telemetry.main import create_service
 from gridcharge.telemetry.service import TelemetryService
 from gridcharge.telemetry.settings import TelemetrySettings
-from gridcharge.telemetry.testing import T0, grid, heartbeat, phase_power, status, topology
+from gridcharge.telemetry.testing import (
+    T0,
+    event,
+    grid,
+    heartbeat,
+    phase_power,
+    result,
+    set_profile,
+    status,
+    topology,
+)
 from prometheus_client import REGISTRY
 
 
@@ -166,3 +179,65 @@ async def test_fast_path_batches_within_min_interval(
     await rt.bus.flush()
     fast = [C.decode(grid_pb2.NodeLoad, r.value) for r in out if r.topic == C.NODE_LOAD.name][n0:]
     assert [f.node_id for f in fast] == ["panel", "trafo"] and fast[0].load_w.l1 == 14000
+
+
+async def test_cut_seen_on_the_bus_keeps_the_base_load(
+        setup: tuple[TelemetryService, Runtime, SimClock, list[Record]]) -> None:
+    """A station-cap lease accepted on COMMANDS + COMMAND_RESULTS: the NodeLoad the limiter gets for the
+    meter reading after the cut (fast path) keeps base = meter − EV at the true base load."""
+    _svc, rt, clock, out = setup
+    base, v = 5000.0, 230.0
+
+    async def pub(topic: str, key: str, msg: bytes) -> None:
+        await rt.bus.publish(topic, key, msg)
+        await rt.bus.flush()
+
+    await pub(C.STATION_EVENTS.name, "S2", event("S2", T0, transaction_started=station_pb2.TransactionStarted(
+        transaction_id="t", evse_id=1)).SerializeToString())
+    await pub(C.METER_VALUES.name, "S2", phase_power("S2", 1, T0, 16 * v, tx="t").SerializeToString())
+    await pub(C.GRID_METER_READINGS.name, "trafo", grid("trafo", T0, 0, 0, base + 16 * v).SerializeToString())
+    await clock.advance(5)
+    cmd = set_profile("S2", 0, 8.0, "cut", purpose=command_pb2.PROFILE_PURPOSE_STATION_MAX)
+    cmd.set_charging_profile.profile.valid_to.CopyFrom(to_timestamp(T0 + 1200))
+    await pub(C.COMMANDS.name, "S2", cmd.SerializeToString())
+    await pub(C.COMMAND_RESULTS.name, "S2",
+              result("S2", "cut", command_pb2.COMMAND_OUTCOME_ACCEPTED).SerializeToString())
+    await clock.advance(6)
+    n = len(out)
+    await pub(C.GRID_METER_READINGS.name, "trafo", grid("trafo", T0 + 11, 0, 0, base + 8 * v).SerializeToString())
+    fast = [C.decode(grid_pb2.NodeLoad, r.value) for r in out[n:] if r.topic == C.NODE_LOAD.name]
+    assert [f.node_id for f in fast] == ["trafo"]
+    assert fast[0].load_w.l3 == pytest.approx(base + 8 * v)
+    assert fast[0].base_load_w.l3 == pytest.approx(base, abs=50)
+
+
+async def test_fast_path_big_move_not_held_back_by_meters_near_their_limit(
+        setup: tuple[TelemetryService, Runtime, SimClock, list[Record]]) -> None:
+    """Meters that sit above 90 % of their limit and report every second must not delay, by the fast path's
+    minimum interval, the reading that shows an overload; a steady one near its limit is not urgent at all."""
+    _svc, rt, clock, out = setup
+    trafo, panel = 100 * 230.0, 63 * 230.0
+
+    def fast() -> list[tuple[str, float]]:
+        return [(m.node_id, m.load_w.l1) for m in (C.decode(grid_pb2.NodeLoad, r.value) for r in out
+                                                    if r.topic == C.NODE_LOAD.name)]
+
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo", grid("trafo", T0, 0.95 * trafo, 0, 0).SerializeToString())
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "panel", grid("panel", T0, 0.95 * panel, 0, 0).SerializeToString())
+    await rt.bus.flush()
+    await clock.advance(1.1)                       # both first readings published (the panel's 0.5 s later)
+    await rt.bus.flush()
+    n = len(fast())
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo",
+                         grid("trafo", T0 + 1.1, 0.951 * trafo, 0, 0).SerializeToString())   # steady: not urgent
+    await rt.bus.flush()
+    assert len(fast()) == n
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "panel",
+                         grid("panel", T0 + 1.1, 0.97 * panel, 0, 0).SerializeToString())    # near, moved: urgent
+    await rt.bus.flush()
+    assert fast()[n:] == [("panel", pytest.approx(0.97 * panel)), ("trafo", pytest.approx(0.951 * trafo))]
+    await clock.advance(0.1)
+    await rt.bus.publish(C.GRID_METER_READINGS.name, "trafo",
+                         grid("trafo", T0 + 1.2, 1.2 * trafo, 0, 0).SerializeToString())     # the overload
+    await rt.bus.flush()
+    assert fast()[-1] == ("trafo", pytest.approx(1.2 * trafo))

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["gateway", "allocator", "forecast", "e2e"])
     b.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     b.add_argument("--record", action="store_true", help="append the figures to docs/benchmarks.md")
+    b.add_argument("--meters-follow", action="store_true",
+                   help="e2e: grid meters follow the stations' draw; a trial steps the base load up")
     b.add_argument("--sessions", default=None,
                    help="allocator: session CSV (default: the shipped ACN-Data sample)")
     b.set_defaults(func=cmd_bench)

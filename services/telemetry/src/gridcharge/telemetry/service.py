@@ -46,7 +46,10 @@ class TelemetryService:
                                      key="telemetry:leader")
         self.latest: dict[str, NodeLoadView] = {}
         self._fast_pending: set[str] = set()
-        self._fast_last = -1e18
+        self._fast_last = -1e18          # last fast computation
+        self._fast_last_big = -1e18      # last one for a big move (see _after_record)
+        self._fast_big = False           # a big move is pending
+        self._fast_due = -1e18           # when the scheduled fast computation runs
         self._fast_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._starting: asyncio.Task[None] | None = None
@@ -170,9 +173,12 @@ class TelemetryService:
 
     async def _after_record(self, topic: str, key: str, outcome: Outcome | None) -> None:
         """Fast path for the limiter: a grid-meter reading that moves its node's load by
-        `telemetry_fast_delta` of the limit, or above `telemetry_fast_above` of it, is published at once
-        (with the node's ancestors) instead of waiting up to one snapshot period. A full computation runs
-        at most every `telemetry_fast_min_interval_s`; nodes that turn urgent meanwhile are batched."""
+        `telemetry_fast_delta` of the limit or across the limit (a big move), or that moves it by
+        `telemetry_fast_near_delta` above `telemetry_fast_above` of it, is published at once (with the node's
+        ancestors) instead of waiting up to one snapshot period. A full computation runs at most every
+        `telemetry_fast_min_interval_s`, nodes that turn urgent meanwhile are batched — but a big move waits
+        only for the last computation made for a big move: meters that sit near their limit and report every
+        second do not hold back the one that jumps."""
         if topic != C.GRID_METER_READINGS.name or outcome is not Outcome.OK or not self.ready:
             return
         if key not in self.topology.node_by_id:
@@ -184,15 +190,19 @@ class TelemetryService:
         limit = self.topology.limit_w(key)
         prev = self.latest.get(key)
         s = self.settings
-        urgent = prev is None or any(p > s.telemetry_fast_above * lim or abs(p - q) > s.telemetry_fast_delta * lim
-                                     for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True))
-        if not urgent:
+        big = prev is None or any(abs(p - q) > s.telemetry_fast_delta * lim or (p > lim) != (q > lim)
+                                  for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True))
+        near = any(p > s.telemetry_fast_above * lim and abs(p - q) > s.telemetry_fast_near_delta * lim
+                   for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True)) if prev else False
+        if not big and not near:
             return
         self._fast_pending.add(key)
-        wait = self._fast_last + s.telemetry_fast_min_interval_s - now
+        self._fast_big = self._fast_big or big
+        wait = (self._fast_last_big if big else self._fast_last) + s.telemetry_fast_min_interval_s - now
         if wait <= 0:
             await self._fast_flush()
-        elif self._fast_task is None or self._fast_task.done():
+        elif self._fast_task is None or self._fast_task.done() or self._fast_due > now + wait + 1e-6:
+            self._fast_due = now + wait          # a big move does not wait for a later near one's task
             self._fast_task = asyncio.create_task(self._fast_flush(now + wait), name="telemetry-fast")
             self._tasks.append(self._fast_task)
             self._tasks = [t for t in self._tasks if not t.done() or t is self._fast_task]
@@ -201,10 +211,13 @@ class TelemetryService:
         if due_s is not None and due_s > self.rt.clock.time():
             await self.rt.clock.sleep(due_s - self.rt.clock.time())
         pending, self._fast_pending = self._fast_pending, set()
+        big, self._fast_big = self._fast_big, False
         if not pending or not self.ready:
             return
         now = self.rt.clock.time()
         self._fast_last = now
+        if big:
+            self._fast_last_big = now
         views = self.core.node_loads(now)
         self.latest = {**self.latest, **views}
         nodes = list(dict.fromkeys(a for nid in sorted(pending) for a in self.topology.ancestors(nid)))

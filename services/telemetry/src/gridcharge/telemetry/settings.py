@@ -25,7 +25,9 @@ class TelemetrySettings(Settings):
     telemetry_nodeload_ttl_s: float = 60.0     # TTL of nodeload:<node> in the store
     telemetry_fast_delta: float = 0.05         # publish at once when a meter moves its node's load by this × limit
     telemetry_fast_above: float = 0.9          # ... or shows more than this × limit on a phase
+    telemetry_fast_near_delta: float = 0.01    # ... and moved by more than this × limit
     telemetry_fast_min_interval_s: float = 0.5  # at most one fast computation per this time (s); batched
+    telemetry_ev_follow_s: float = 5.0         # an accepted lower limit caps the EV's estimated draw after this (s)
 
     @classmethod
     def derive(cls, base: Settings, env: Mapping[str, str] | None = None) -> TelemetrySettings:
@@ -36,4 +38,5 @@ class TelemetrySettings(Settings):
     def core_config(self) -> TelemetryConfig:
         return TelemetryConfig(snapshot_interval_s=self.telemetry_snapshot_s,
                                history_interval_s=self.telemetry_history_s,
-                               stale_after_s=self.telemetry_stale_after_s)
+                               stale_after_s=self.telemetry_stale_after_s,
+                               ev_follow_s=self.telemetry_ev_follow_s)

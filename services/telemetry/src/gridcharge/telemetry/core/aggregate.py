@@ -6,7 +6,10 @@ Rules (see docs/telemetry.md):
 - a stale or implausible EVSE counts at its worst case in `worst_case_w`: its last accepted limit, else
   the hardware maximum (never zero), capped by an accepted station-wide limit;
 - a node's load is its grid meter's reading while that meter is fresh and plausible; otherwise the sum
-  of its children and EVSEs plus its non-EV (base) estimate; base load = meter − EV sum below it.
+  of its children and EVSEs plus its non-EV (base) estimate; base load = meter − EV sum below it;
+- between meter values an EVSE's draw is estimated from the accepted limits (a raise at once, a cut once the
+  EV had `ev_follow_s` to follow it): an EV that drew its old limit draws the new one, any other at most it;
+  so the base load (meter − EV) does not swing after a cut or a raise, and errs low while the EV follows.
 """
 
 from __future__ import annotations
@@ -47,6 +50,20 @@ IDLE_STATUSES = ("Available", "Unavailable", "Faulted", "Reserved")
 PURPOSES = {command_pb2.PROFILE_PURPOSE_TX: "tx", command_pb2.PROFILE_PURPOSE_TX_DEFAULT: "tx_default",
             command_pb2.PROFILE_PURPOSE_STATION_MAX: "station_max"}
 MAX_PENDING_COMMANDS = 64
+STATION_MAX = "station_max"     # key of the stack-0 station max; stack n > 0 is kept as "station_max@n"
+
+
+def station_max_key(stack: int) -> str:
+    """Key of an accepted station maximum in `StationState.limits` (one per stack level)."""
+    return STATION_MAX if stack <= 0 else f"{STATION_MAX}@{stack}"
+
+
+def station_max_stack(key: str) -> int | None:
+    """Stack level of a `StationState.limits` key, None when it is not a station maximum."""
+    if key == STATION_MAX:
+        return 0
+    head, sep, tail = key.partition("@")
+    return int(tail) if head == STATION_MAX and sep and tail.isdigit() else None
 
 
 def _finite(*vals: float) -> bool:
@@ -67,6 +84,7 @@ class TelemetryCore:
         self.meters: dict[tuple[str, str], MeterState] = {}
         self.weather: WeatherState | None = None
         self._last_base: dict[str, P3] = {}
+        self._steady_base: dict[str, tuple[P3, float]] = {}   # node -> (base W, at s) while no EV was following a cut
         self._dirty: set[str] = set()
         # bottom-up order: every child before its parent
         order: list[str] = []
@@ -222,6 +240,7 @@ class TelemetryCore:
             ev.implausible, ev.implausible_reason = True, problem[:200]
             return Outcome.IMPLAUSIBLE
         ev.power_w, ev.current_a, ev.measured = gv.power_w, gv.current_a, True
+        ev.sample_limit_a = self._limit_at(station, ev, at)
         ev.implausible, ev.implausible_reason = False, ""
         return Outcome.OK
 
@@ -292,6 +311,7 @@ class TelemetryCore:
         if ev.last_sample_s is not None and ev.last_sample_s >= at_s:
             return
         ev.power_w, ev.current_a, ev.measured = ZERO3, ZERO3, True
+        ev.sample_limit_a = None
         ev.implausible, ev.implausible_reason = False, ""
 
     def on_grid_reading(self, r: grid_pb2.GridMeterReading, now_s: float) -> Outcome:
@@ -384,8 +404,9 @@ class TelemetryCore:
                 end = (start if start is not None else now_s) + prof.duration_s
                 until = end if until is None else min(until, end)
             purpose = PURPOSES.get(prof.purpose, "tx")
-            evse_id = 0 if purpose == "station_max" else scp.evse_id
-            entry = {"evse_id": evse_id, "purpose": purpose, "limit_a": limit, "until_s": until}
+            evse_id = 0 if purpose == STATION_MAX else scp.evse_id
+            entry = {"evse_id": evse_id, "purpose": purpose, "limit_a": limit, "until_s": until,
+                     "stack": max(0, prof.stack_level)}
         elif kind == "clear_charging_profile":
             ccp = cmd.clear_charging_profile
             entry = {"evse_id": max(0, ccp.evse_id), "purpose": PURPOSES.get(ccp.purpose), "limit_a": None,
@@ -433,8 +454,28 @@ class TelemetryCore:
         else:
             targets += [(ev, str(purpose)) for ev in evse_states]
         for target, name in targets:
-            if res.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED and entry["limit_a"] is not None:
-                target.limits[name] = [float(entry["limit_a"]), now_s, entry["until_s"]]
+            accepted = res.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED and entry["limit_a"] is not None
+            if name == STATION_MAX and accepted:     # one station max per stack level (OCPP: the highest wins)
+                name = station_max_key(int(entry.get("stack", 0)))
+            if accepted:
+                lim, prev = float(entry["limit_a"]), target.limits.get(name)
+                if prev and prev[0] is not None and prev[1] is not None and self._active(prev, now_s) is not None \
+                        and abs(lim - prev[0]) <= 0.05:   # a renewal: the EV has been following it since then
+                    target.limits[name] = [lim, prev[1], entry["until_s"], self._from(prev)]
+                else:
+                    affected = [target] if isinstance(target, EvseState) else \
+                        [self.evses[(st.station_id, e.id)] for e in station.evses]
+                    before = [self._raw_limit_a(station, ev, now_s) for ev in affected]
+                    target.limits[name] = [lim, now_s, entry["until_s"], None]
+                    after = [self._raw_limit_a(station, ev, now_s) for ev in affected]
+                    raised = all(a >= b - 1e-9 for a, b in zip(after, before, strict=True)) and \
+                        any(a > b + 0.05 for a, b in zip(after, before, strict=True))
+                    # the estimate takes a raise at once and a cut once the EV had time to follow: in between
+                    # it errs high, so base = meter − EV errs low (a lower base asks for raises, which wait)
+                    target.limits[name][3] = now_s if raised else now_s + self.cfg.ev_follow_s
+            elif name == STATION_MAX:      # cleared, or TIMEOUT: unknown -> hardware max (every stack level)
+                for key in [k for k in target.limits if station_max_stack(k) is not None]:
+                    target.limits.pop(key)
             else:                          # cleared, or TIMEOUT: the station's state is unknown -> hardware max
                 target.limits.pop(name, None)
             if isinstance(target, EvseState):
@@ -457,7 +498,38 @@ class TelemetryCore:
     def _entries(self, ev: EvseState) -> list[list[float | None]]:
         st = self.stations[ev.station_id]
         return [x for x in (ev.limits.get("tx"), ev.limits.get("tx_default") or st.limits.get("tx_default"),
-                            st.limits.get("station_max")) if x]
+                            *(e for k, e in st.limits.items() if station_max_stack(k) is not None)) if x]
+
+    def _from(self, entry: list[float | None]) -> float:
+        """When the estimate applies an accepted limit: at once for a raise, `ev_follow_s` after it was
+        accepted for a cut (entries of older state without that time: as a cut)."""
+        if len(entry) > 3 and entry[3] is not None:
+            return entry[3]
+        return (entry[1] if entry[1] is not None else -math.inf) + self.cfg.ev_follow_s
+
+    def _raw_limit_a(self, station: Station, ev: EvseState, now_s: float) -> float:
+        """What the accepted profiles let an EVSE draw now (A), the hardware max when nothing limits it."""
+        lim = self.evse_limit_a(station, ev, now_s)
+        hw = self._hw_a(station, ev.evse_id)
+        return hw if lim is None else min(lim, hw)
+
+    def station_max(self, st: StationState, now_s: float) -> tuple[float, float, float] | None:
+        """(limit A, in force since, applied to the estimate from) of the station maximum in force now: of
+        the accepted ones still valid, the highest stack level (OCPP); in force since it was accepted or a
+        higher one lapsed (a lapse into a lower limit is a cut: the EV gets `ev_follow_s`)."""
+        entries = [(stack, e) for k, e in st.limits.items() if (stack := station_max_stack(k)) is not None]
+        live = [(stack, e) for stack, e in entries if self._active(e, now_s) is not None]
+        if not live:
+            return None
+        top, entry = max(live, key=lambda x: x[0])
+        lim = float(entry[0] or 0.0)
+        since = entry[1] if entry[1] is not None else -math.inf
+        start = self._from(entry)
+        for stack, e in entries:
+            if stack > top and e[2] is not None and since < e[2] <= now_s:
+                since = e[2]
+                start = e[2] + (self.cfg.ev_follow_s if lim < float(e[0] or 0.0) else 0.0)
+        return lim, since, start
 
     def evse_limit_a(self, station: Station, ev: EvseState, now_s: float) -> float | None:
         """Per-phase current the accepted profiles allow an EVSE (A), None when unknown. A TX profile
@@ -468,9 +540,9 @@ class TelemetryCore:
         dflt = self._active(ev.limits.get("tx_default") or st.limits.get("tx_default"), now_s)
         known = [x for x in (tx, dflt) if x is not None]
         lim = max(known) if known else None
-        cap = self._active(st.limits.get("station_max"), now_s)
-        if cap is not None:
-            lim = cap if lim is None else min(lim, cap)
+        sm = self.station_max(st, now_s)
+        if sm is not None:
+            lim = sm[0] if lim is None else min(lim, sm[0])
         return lim
 
     def _bound_a(self, station: Station, ev: EvseState, now_s: float) -> float:
@@ -510,35 +582,121 @@ class TelemetryCore:
         return (m.trusted and not m.implausible and m.last_seen_s is not None
                 and now_s - m.last_seen_s <= self.cfg.stale_after(m.interval_s))
 
-    def _station_now(self, station: Station, now_s: float) -> tuple[P3, P3, int, int]:
-        """(best W, worst W, stale EVSEs, implausible EVSEs) of one station, per grid phase."""
+    def limit_sources(self, station: Station, ev: EvseState, now_s: float,
+                      early: bool = False) -> list[tuple[float, float, bool]]:
+        """The accepted limits the estimate of an EVSE applies at `now_s`: (limit A, accepted at, whether it
+        is the station max) for the station max in force and for the Tx/TxDefault pair (the higher of the two
+        in force, as for the worst case); a raise at once, a cut once the EV had `ev_follow_s` to follow it
+        (before that, what it replaced is not known any more: the source is left out) — or with `early`, a
+        cut at once too (the lower end of what the EV may draw while it follows)."""
+        st = self.stations[station.id]
+        out: list[tuple[float, float, bool]] = []
+        sm = self.station_max(st, now_s)
+        if sm is not None and now_s >= (sm[1] if early else sm[2]):
+            out.append((sm[0], sm[1], True))
+        live = [e for e in (ev.limits.get("tx"), ev.limits.get("tx_default") or st.limits.get("tx_default"))
+                if e and self._active(e, now_s) is not None]
+        since = [e[1] for e in live if e[1] is not None]
+        if live and len(since) == len(live) and now_s >= (max(since) if early else max(self._from(e) for e in live)):
+            out.append((max(float(e[0] or 0.0) for e in live), max(since), False))
+        return out
+
+    def _following(self, station: Station, now_s: float) -> bool:
+        """Whether an accepted cut at this station is within its `ev_follow_s` (the EV may be following it)."""
+        st = self.stations[station.id]
+        entries = [*st.limits.values(), *(e for eid, _ in self._evse_phase_idx[station.id]
+                                          for e in self.evses[(station.id, eid)].limits.values())]
+        return any(e and e[1] is not None and e[1] <= now_s < self._from(e) for e in entries)
+
+    def _limit_at(self, station: Station, ev: EvseState, at_s: float) -> float | None:
+        """The limit (A per phase) an EVSE was under at `at_s`, None when unknown."""
+        srcs = self.limit_sources(station, ev, at_s)
+        return min(x[0] for x in srcs) if srcs else None
+
+    def _estimate(self, station: Station, now_s: float, early: bool = False) -> tuple[list[P3], float | None]:
+        """Estimated draw of each EVSE of a station between meter values (W per grid phase) and the cap of
+        the station's total (W per phase, None: none applies).
+
+        A sample taken once the EV had `ev_follow_s` to follow every accepted limit is trusted as it is.
+        Otherwise a limit changed since (or was changing when it was taken): an EV that drew its limit then
+        (within 10 %, at least 1 A), or was still following a change, is taken to draw the new limit (capped
+        by the hardware) on the phases it used — a cut and a raise alike; an EV that drew less (tapering,
+        full) draws its sample, capped by the new limit. The station max also caps the sum of its EVSEs
+        when it changed after a sample. `early`: cuts count at once (see `limit_sources`)."""
+        follow = self.cfg.ev_follow_s
+        out: list[P3] = []
+        total_cap: float | None = None
+        for evse_id, phase_idx in self._evse_phase_idx[station.id]:
+            ev = self.evses[(station.id, evse_id)]
+            p, at = ev.power_w, ev.last_sample_s
+            srcs = self.limit_sources(station, ev, now_s, early)
+            newer = [x for x in srcs if at is not None and at < x[1] + follow]
+            if not newer or at is None:
+                out.append(p)
+                continue
+            if any(x[2] for x in newer):
+                total_cap = next(x[0] for x in srcs if x[2]) * self.v
+            w = min(min(x[0] for x in srcs), self._hw_a(station, evse_id)) * self.v
+            q = [p[0], p[1], p[2]]
+            was = ev.sample_limit_a
+            drew = max((ev.current_a[k] for k in phase_idx), default=0.0)
+            moving = any(x[1] <= at for x in newer)        # the sample was taken while the EV followed a change
+            if ev.charging and (moving or (was is not None and drew >= was - max(1.0, 0.1 * was))):
+                used = [k for k in phase_idx if ev.current_a[k] > 0.5] or list(phase_idx)
+                for k in used:
+                    q[k] = w
+            else:
+                for k in phase_idx:
+                    q[k] = min(q[k], w)
+            out.append((q[0], q[1], q[2]))
+        return out, total_cap
+
+    def _station_now(self, station: Station, now_s: float) -> tuple[P3, P3, P3, P3, int, int]:
+        """(best W, low W, measured W, worst W, stale EVSEs, implausible EVSEs) of one station, per grid phase.
+
+        Best = the estimate between meter values (`_estimate`); low = the same with the cuts the EVs may
+        still be following already done (equal to best unless one is); measured = the last samples as they
+        were (what the worst case builds on, unchanged by the estimate)."""
         st = self.stations[station.id]
         station_stale = self.station_stale(st, now_s)
-        b0 = b1 = b2 = w0 = w1 = w2 = 0.0
+        est, total_cap = self._estimate(station, now_s)
+        low: P3 | None = None
+        if self._following(station, now_s):
+            est_lo, cap_lo = self._estimate(station, now_s, early=True)
+            lo = [sum(q[k] for q in est_lo) for k in range(3)]
+            if cap_lo is not None:
+                lo = [min(x, cap_lo) for x in lo]
+            low = (lo[0], lo[1], lo[2])
+        e0 = e1 = e2 = b0 = b1 = b2 = w0 = w1 = w2 = 0.0
         stale_n = impl_n = 0
-        for evse_id, phase_idx in self._evse_phase_idx[station.id]:
+        for (evse_id, phase_idx), q in zip(self._evse_phase_idx[station.id], est, strict=True):
             ev = self.evses[(station.id, evse_id)]
             stale = station_stale or (ev.charging and (
                 not ev.measured or ev.last_seen_s is None
                 or now_s - ev.last_seen_s > self.cfg.stale_after(ev.interval_s)))
             p = ev.power_w
             b0, b1, b2 = b0 + p[0], b1 + p[1], b2 + p[2]
+            e0, e1, e2 = e0 + q[0], e1 + q[1], e2 + q[2]
             stale_n += stale
             impl_n += ev.implausible
             if stale or ev.implausible or not ev.measured:
                 w = self.worst_case_a(station, evse_id, now_s) * self.v
-                q = [p[0], p[1], p[2]]
+                r = [p[0], p[1], p[2]]
                 for k in phase_idx:
-                    q[k] = max(q[k], w)
-                w0, w1, w2 = w0 + q[0], w1 + q[1], w2 + q[2]
+                    r[k] = max(r[k], w)
+                w0, w1, w2 = w0 + r[0], w1 + r[1], w2 + r[2]
             else:
                 w0, w1, w2 = w0 + p[0], w1 + p[1], w2 + p[2]
-        cap = self._active(st.limits.get("station_max"), now_s)
-        if cap is not None:   # an accepted station-wide limit caps the station's total worst case
+        if total_cap is not None:   # the station max caps the station's total, shared by its EVSEs
+            e0, e1, e2 = min(e0, total_cap), min(e1, total_cap), min(e2, total_cap)
+        sm = self.station_max(st, now_s)
+        if sm is not None:    # an accepted station-wide limit caps the station's total worst case
             # (not below the fallback: a lease below it — a paused car — lapses into it, as worst_case_a says)
-            c = max(cap, station.fallback_current_a) * self.v
+            c = max(sm[0], station.fallback_current_a) * self.v
             w0, w1, w2 = max(b0, min(w0, c)), max(b1, min(w1, c)), max(b2, min(w2, c))
-        return (b0, b1, b2), (w0, w1, w2), stale_n, impl_n
+        best = (e0, e1, e2)
+        low = best if low is None else (min(low[0], e0), min(low[1], e1), min(low[2], e2))
+        return best, low, (b0, b1, b2), (w0, w1, w2), stale_n, impl_n
 
     def meter_for(self, node_id: str, now_s: float,
                   index: dict[str, list[MeterState]] | None = None) -> MeterState | None:
@@ -569,28 +727,33 @@ class TelemetryCore:
             meters_at.setdefault(m.node_id, []).append(m)
         views: dict[str, NodeLoadView] = {}
         ev_best: dict[str, P3] = {}
+        ev_low: dict[str, P3] = {}
+        ev_seen: dict[str, P3] = {}
         ev_worst: dict[str, P3] = {}
         temps_under: dict[str, list[float]] = {}
         for nid in self._order:
             node = self.topo.node_by_id[nid]
             kids = self.topo.children[nid]
-            d_best, d_worst, stale, impl = ZERO3, ZERO3, 0, 0
+            d_best, d_low, d_seen, d_worst, stale, impl = ZERO3, ZERO3, ZERO3, ZERO3, 0, 0
             for s in self._stations_at[nid]:
-                sb, sw, sn, si = st_now[s.id]
-                d_best, d_worst = add3(d_best, sb), add3(d_worst, sw)
+                sb, sl, ss, sw, sn, si = st_now[s.id]
+                d_best, d_low, d_seen, d_worst = add3(d_best, sb), add3(d_low, sl), add3(d_seen, ss), add3(d_worst, sw)
                 stale += sn
                 impl += si
-            e_best, e_worst = d_best, d_worst
+            e_best, e_low, e_seen, e_worst = d_best, d_low, d_seen, d_worst
             k_load, k_worst = ZERO3, ZERO3
             temps = self._station_ambient([s.id for s in self._stations_at[nid]], now_s)
             for c in kids:
                 cv = views[c]
                 e_best, e_worst = add3(e_best, ev_best[c]), add3(e_worst, ev_worst[c])
+                e_seen, e_low = add3(e_seen, ev_seen[c]), add3(e_low, ev_low[c])
                 k_load, k_worst = add3(k_load, cv.load_w), add3(k_worst, cv.worst_case_w)
                 stale += cv.stale_sources
                 impl += cv.implausible_sources
                 temps += temps_under[c]
-            ev_best[nid], ev_worst[nid], temps_under[nid] = e_best, e_worst, temps
+            ev_best[nid], ev_low[nid], ev_seen[nid], ev_worst[nid] = e_best, e_low, e_seen, e_worst
+            temps_under[nid] = temps
+            ev_now = e_best
             meter = self.meter_for(nid, now_s, meters_at)
             fresh = meter is not None and self.meter_fresh(meter, now_s)
             if meter is not None and meter.implausible:
@@ -598,8 +761,17 @@ class TelemetryCore:
             if fresh:
                 assert meter is not None
                 load = meter.power_w
-                base = sub3(load, e_best)
-                worst = add3(load, sub3(e_worst, e_best))   # untrusted EVSEs may still ramp up
+                ref = self._steady_base.get(nid)
+                if e_low == e_best:
+                    self._steady_base[nid] = (sub3(load, e_best), now_s)
+                elif ref is not None and now_s - ref[1] <= self.cfg.stale_after_s:
+                    # EVs below are following a cut: they draw between low and best; the meter tells how far
+                    # they got if the base load stayed as it was (it moves only beyond what they explain)
+                    lo_hi = zip(sub3(load, ref[0]), e_low, e_best, strict=True)
+                    x0, x1, x2 = (min(hi, max(lo, x)) for x, lo, hi in lo_hi)
+                    ev_now = (x0, x1, x2)
+                base = sub3(load, ev_now)
+                worst = add3(load, sub3(e_worst, e_seen))   # untrusted EVSEs may still ramp up
                 self._last_base[nid] = base
             else:
                 if meter is not None or node.metered:
@@ -618,7 +790,7 @@ class TelemetryCore:
             elif temps:
                 ambient = sum(temps) / len(temps)
             views[nid] = NodeLoadView(
-                node_id=nid, as_of_s=now_s, load_w=load, worst_case_w=max3(worst, load), ev_load_w=e_best,
+                node_id=nid, as_of_s=now_s, load_w=load, worst_case_w=max3(worst, load), ev_load_w=ev_now,
                 base_load_w=base, limit_w=self.topo.limit_w(nid), metered=node.metered or meter is not None,
                 meter_fresh=fresh, stale_sources=stale, implausible_sources=impl, ambient_c=ambient,
             )

@@ -16,6 +16,10 @@ class TelemetryConfig:
     the tolerances, above the hardware maximum (or the accepted limit) by more than
     `implausible_margin` (fraction) + `implausible_abs_margin_a`, or shows current on phases the
     EVSE's phase map does not have.
+    Between meter values an EVSE's draw is estimated as its last sample, capped by an accepted lower limit
+    once the EV had `ev_follow_s` to follow it (IEC 61851: within 5 s of a PWM change); `limit_grace_s`
+    bounds the worst case instead (how long a station may take before a reading above the limit is
+    implausible).
     """
 
     snapshot_interval_s: float = 5.0
@@ -29,6 +33,7 @@ class TelemetryConfig:
     phase_tolerance_a: float = 0.5           # current tolerated on a phase the EVSE does not use
     station_silence_s: float = 900.0         # a connected station silent this long is stale (3 × OCPP heartbeat)
     limit_grace_s: float = 30.0              # time a station gets to apply an accepted lower limit
+    ev_follow_s: float = 5.0                 # time an EV takes to follow an accepted lower limit (estimate)
     meter_max_factor: float = 3.0            # grid meter |value| above factor × node limit is implausible
     base_load_w: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # unmetered nodes
     ambient_min_c: float = -50.0

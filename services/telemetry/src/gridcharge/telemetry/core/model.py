@@ -89,6 +89,7 @@ class EvseState(_Serde):
     energy_delivered_wh: float = 0.0    # sum over ended sessions since this state was created
     # accepted limits by purpose ("tx", "tx_default"): [limit_a per phase, accepted_at_s, until_s | None]
     limits: dict[str, list[float | None]] = field(default_factory=dict)
+    sample_limit_a: float | None = None  # the limit the EV had been following when the last sample was taken
 
     @property
     def charging(self) -> bool:
@@ -102,8 +103,8 @@ class StationState(_Serde):
     station_id: str
     last_seen_s: float | None = None
     online: bool = True                 # False after a Disconnected event until it reports again
-    # accepted station-level limits: "station_max" (total of the station) and "tx_default" (evse 0: per
-    # EVSE); each [limit_a per phase, accepted_at_s, until_s | None]
+    # accepted station-level limits: "station_max" (total of the station; stack level n > 0 as
+    # "station_max@n") and "tx_default" (evse 0: per EVSE); each [limit_a per phase, accepted_at_s, until_s | None]
     limits: dict[str, list[float | None]] = field(default_factory=dict)
     temperature_c: float | None = None
     temperature_at_s: float | None = None
