@@ -5,8 +5,13 @@ PY := .venv/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 PYTEST_ARGS ?=
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
+# `make bench-control`: the code the control-quality bench compares with (a checkout with its own .venv, or a
+# git ref installed in a temporary worktree)
+CONTROL_BASELINE ?=
+CONTROL_BASELINE_REF ?= 28abc91
+CONTROL_ARGS = $(if $(CONTROL_BASELINE),--baseline $(CONTROL_BASELINE),--baseline-ref $(CONTROL_BASELINE_REF))
 
-.PHONY: help install proto proto-check docs-topics lint test test-unit kafka redis infra-down demo up down bench
+.PHONY: help install proto proto-check docs-topics lint test test-unit kafka redis infra-down demo up down bench bench-control
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -73,3 +78,7 @@ bench: install  ## all benchmarks; figures go to docs/benchmarks.md
 	.venv/bin/gridcharge bench gateway --record
 	$(MAKE) kafka redis
 	.venv/bin/gridcharge bench e2e --record
+	$(MAKE) bench-control
+
+bench-control: install  ## control quality side by side with CONTROL_BASELINE (dir) or CONTROL_BASELINE_REF (git ref)
+	.venv/bin/gridcharge bench control $(CONTROL_ARGS) --record

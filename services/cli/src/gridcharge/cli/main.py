@@ -82,13 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_delegate("gridcharge.allocation.cli", "replay_main"))
 
     b = sub.add_parser("bench", help="benchmarks (figures go to docs/benchmarks.md)")
-    b.add_argument("what", choices=["gateway", "allocator", "forecast", "e2e"])
+    b.add_argument("what", choices=["gateway", "allocator", "forecast", "e2e", "control"])
     b.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     b.add_argument("--record", action="store_true", help="append the figures to docs/benchmarks.md")
     b.add_argument("--meters-follow", action="store_true",
                    help="e2e: grid meters follow the stations' draw; a trial steps the base load up")
     b.add_argument("--sessions", default=None,
                    help="allocator: session CSV (default: the shipped ACN-Data sample)")
+    b.add_argument("--baseline", default=None, metavar="DIR",
+                   help="control: the code to compare with, a checkout with its own .venv")
+    b.add_argument("--baseline-ref", default=None, metavar="REF",
+                   help="control: the code to compare with, a git ref (temporary worktree + make install)")
+    b.add_argument("--cases", default=None,
+                   help="control: comma-separated cases or groups (all, step, fleet, demos; default all)")
+    b.add_argument("--repeat", type=int, default=1, help="control: runs per case and side (medians are shown)")
+    b.add_argument("--jobs", type=int, default=1, help="control: children at once (default 1: sequential)")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("api-token", help="make an operator API token and its GRIDCHARGE_API_TOKENS_FILE entry")
@@ -109,6 +117,7 @@ BENCH_MODULES = {
     "allocator": "gridcharge.allocation.cli",
     "forecast": "gridcharge.forecasting.cli",
     "e2e": "gridcharge.simulator.bench_e2e",
+    "control": "gridcharge.simulator.bench_control",
 }
 
 
