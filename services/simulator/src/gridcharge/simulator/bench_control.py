@@ -58,6 +58,7 @@ from gridcharge.common.v1 import common_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts
 from gridcharge.shared.clock import SimClock
+from gridcharge.shared.codec import to_timestamp as ts
 from gridcharge.shared.config import Settings
 from gridcharge.shared.runtime import build_runtime
 from gridcharge.simulator.demo import (
@@ -69,7 +70,7 @@ from gridcharge.simulator.demo import (
     start_weather_server,
 )
 from gridcharge.simulator.ev import Ev
-from gridcharge.simulator.grid import make_weather, ts, weather_payload
+from gridcharge.simulator.grid import make_weather, weather_payload
 from gridcharge.simulator.scenario import Scenario, Visit, build_scenario, load_scenario
 from gridcharge.simulator.sim import Simulation
 
