@@ -74,3 +74,17 @@ def test_profile_is_in_site_local_time() -> None:
     fc = forecast_base_load(hist, slots, NOW, BaseLoadOptions(timezone="Europe/Berlin"))
     nine_local = slots.get_loc(pd.Timestamp("2026-06-11T07:00Z"))  # 09:00 CEST
     assert fc.expected_w[nine_local] == 1000.0
+
+
+def test_a_step_in_the_base_load_counts_once_in_the_upper_value() -> None:
+    """An hour of flat 18.4 kW, then 15 min at 46 kW (a 30 %-of-limit step): the forecast starts at the new
+    level, and the upper value adds the normal spread, not the step a second time (it used to be P90 of the
+    bins including the new one + the anchor's offset: ≈ 73 kW, starving the cars for two hours)."""
+    idx = pd.date_range(NOW - pd.Timedelta(minutes=75), NOW, freq="1min", inclusive="left")
+    hist = pd.Series(np.where(idx >= NOW - pd.Timedelta(minutes=15), 46_000.0, 18_400.0), index=idx)
+    slots = slot_starts(NOW, 8)
+    fc = forecast_base_load(hist, slots, NOW, BaseLoadOptions(margin_frac=0.1))
+    assert fc.method == "constant" and fc.anchored
+    assert abs(fc.expected_w[0] - (18_400.0 + 27_600.0 * np.exp(-1 / 60 / 2.0))) < 50.0
+    assert fc.upper_w[0] <= 1.1 * fc.expected_w[0] + 1.0
+    assert fc.upper_w[0] >= fc.expected_w[0]

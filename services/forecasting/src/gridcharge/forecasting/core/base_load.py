@@ -11,7 +11,8 @@ Profile, in the site's local time (load follows local clocks and DST):
 The upper value is the larger of the per-slot quantile and ``median × (1 + q)``, q being the same quantile
 of all samples' relative deviation from their slot median (pooled: a few weeks give only a few samples
 per slot). The latest measurement anchors the first slots: ``forecast = profile + (measured − profile_then)·e^(−Δt/τ)``,
-so slot 0 ≈ the measured value, decaying to the profile with time constant ``anchor_tau_h``. The upper
+so slot 0 ≈ the measured value, decaying to the profile with time constant ``anchor_tau_h``; the profile
+then rests on the bins before the anchor's own 15-min bin (a step counts once). The upper
 value (``quantile``, default P90) gets the same offset and is never below the expected value nor below
 ``expected·(1 + margin_frac)`` when the profile rests on fewer than ``min_samples`` samples per slot.
 """
@@ -106,6 +107,13 @@ def forecast_base_load(
         return BaseLoadForecast(slots, fallback, fallback.copy(), "empty", False, None)
 
     binned = hist.astype(float).resample("15min").mean().dropna()
+    last_t = pd.Timestamp(hist.index[-1])
+    anchored = now_ts - last_t <= pd.Timedelta(opts.anchor_max_age)
+    if anchored and len(binned) > 1:
+        # the anchor carries the latest level; the profile and its spread come from the bins before the
+        # anchor's own, or a step in the base load would count twice in the upper value (once in a P90 that
+        # the new level inflates, once as the anchor's offset): a 30 % step gave an upper value 60 % up
+        binned = binned[binned.index < last_t.floor("15min")]
     values = binned.to_numpy(dtype=float)
     week_keys, day_keys = _slot_keys(pd.DatetimeIndex(binned.index), opts.timezone)
     span = binned.index[-1] - binned.index[0] + pd.Timedelta(minutes=15)
@@ -148,8 +156,6 @@ def forecast_base_load(
         upper = np.maximum(upper, expected * (1.0 + max(rel_q, 0.0)))
 
     # Anchor on the latest raw measurement if it is recent enough.
-    last_t = pd.Timestamp(hist.index[-1])
-    anchored = now_ts - last_t <= pd.Timedelta(opts.anchor_max_age)
     if anchored:
         offset = float(hist.iloc[-1]) - float(profile_at(pd.DatetimeIndex([last_t]))[0][0])
         dt_h = (slots - last_t).total_seconds().to_numpy() / 3600.0
