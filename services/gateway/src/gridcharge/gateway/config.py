@@ -56,6 +56,14 @@ class GatewaySettings(Settings):
     # `gw:id-tokens` hash, then `id_tokens_file`, then an upstream authorizer if one is plugged in)
     authorization: Literal["accept-all", "local-list"] = "accept-all"
     id_tokens_file: Path | None = None            # YAML/JSON {id_token: status | {status, expiry, group}}
+    # closed-loop profile check (docs/grid-interfaces.md): read back what a station applies after every
+    # accepted profile write (coalesced, after the delay) and in a slow audit, at most N checks per station
+    # and hour; reads only (GetChargingProfiles, GetCompositeSchedule), nothing is written to the station
+    profile_check: bool = True
+    profile_check_delay_s: float = Field(30.0, ge=0)
+    profile_audit_interval_s: float = Field(3600.0, ge=0)   # 0 = no periodic audit (checks after writes only)
+    profile_checks_per_hour: int = Field(4, ge=1, le=60)
+    profile_check_skew_s: float = Field(30.0, ge=0)   # a profile ending within this may already be gone
 
     @field_validator("pending_stations", mode="before")
     @classmethod

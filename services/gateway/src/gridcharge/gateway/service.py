@@ -9,6 +9,7 @@ from gridcharge.gateway.adapters.authorization import AcceptAll, Authorizer, Loc
 from gridcharge.gateway.adapters.context import GatewayContext
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
 from gridcharge.gateway.adapters.http import build_router
+from gridcharge.gateway.adapters.profile_check import ProfileChecker
 from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.adapters.server import OcppServer
 from gridcharge.gateway.config import GatewaySettings, check_gateway_files, gateway_settings, load_credentials
@@ -52,8 +53,12 @@ class GatewayService:
         self.dispatcher = Dispatcher(self.ctx, self.registry, self.sessions)
         self.ctx.on_boot_accepted = self.dispatcher.read_capabilities
         self.ctx.on_unregistered_call = self.dispatcher.request_boot
+        self.checker = ProfileChecker(self.ctx, self.sessions, self.dispatcher.enqueue)
+        self.dispatcher.on_profile_written = self.checker.profile_written
+        self.ctx.on_profiles_report = self.checker.collect_report
+        self.ctx.event_observer = self.checker.observe
         self.server = OcppServer(self.ctx, self.registry, self.dispatcher, self.sessions, self.credentials)
-        self._routers = [build_router(self.registry, self.dispatcher)]
+        self._routers = [build_router(self.registry, self.dispatcher, self.checker)]
 
     @property
     def routers(self) -> list[APIRouter]:
@@ -71,6 +76,7 @@ class GatewayService:
             await ensure([t.name for t in PRODUCED_TOPICS])
         await self.registry.start()
         await self.dispatcher.start()
+        await self.checker.start()
         try:
             await self.server.start()
         except OSError as exc:
@@ -81,6 +87,7 @@ class GatewayService:
 
     async def stop(self) -> None:
         await self.server.stop()
+        await self.checker.stop()
         await self.dispatcher.stop()
         await self.registry.stop()
 

@@ -1,6 +1,8 @@
 """Operator HTTP API (mounted on the service's HTTP edge; OpenAPI docs at /docs).
 
 - `GET /api/v1/stations`: stations connected to any live replica, with protocol and owner replica.
+- `GET /api/v1/stations/{station_id}/profile-check`: the last closed-loop profile check of the station (what it
+  applies against what it accepted; `adapters.profile_check`), from any replica.
 - `POST /api/v1/stations/{station_id}/commands/{action}`: send one command (body: the command's fields
   as in `command.v1` proto JSON, e.g. `{"keys": ["HeartbeatInterval"]}` for get_configuration) through
   the bus like any other producer, wait for its CommandResult and return it as JSON.
@@ -17,6 +19,7 @@ a node, PUT /allocation/sessions/{id}/preferences for a session), which keeps th
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -24,6 +27,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from google.protobuf import json_format
 from gridcharge.command.v1 import command_pb2
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
+from gridcharge.gateway.adapters.profile_check import ProfileChecker, result_key
 from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.adapters.server import STATION_ID
 from gridcharge.gateway.core.commands import ACTIONS
@@ -65,8 +69,21 @@ class StationInfo(BaseModel):
     connected_since: float   # POSIX s
 
 
-def build_router(registry: Registry, dispatcher: Dispatcher) -> APIRouter:
+def build_router(registry: Registry, dispatcher: Dispatcher, checker: ProfileChecker | None = None) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["gateway"])
+
+    @router.get("/stations/{station_id}/profile-check")
+    async def profile_check(station_id: str) -> dict[str, Any]:
+        """The station's last profile check: `ok`, `complete`, `checked_at` and each mismatch (kind, EVSE, stack
+        level, profile id, the limit sent and the one the station applies, unit). 404 before the first check."""
+        if not STATION_ID.fullmatch(station_id):
+            raise HTTPException(404, "unknown station id")
+        raw = await dispatcher.ctx.store.get(result_key(station_id))
+        if raw is None:
+            raise HTTPException(404, "no profile check of this station yet")
+        out: dict[str, Any] = json.loads(raw)
+        out["station_id"] = station_id
+        return out
 
     @router.get("/stations", response_model=list[StationInfo])
     async def stations() -> list[StationInfo]:

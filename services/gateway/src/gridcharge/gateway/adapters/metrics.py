@@ -21,3 +21,8 @@ AUTH_LOCKOUTS = Counter("gridcharge_gateway_auth_lockouts_total",
 RATE_LIMITED = Counter("gridcharge_gateway_rate_limited_total",
                        "Inbound frames refused by a rate limit, by the bucket that was empty.", ["scope"])
 AUTHORIZATIONS = Counter("gridcharge_gateway_authorizations_total", "idToken authorization decisions.", ["status"])
+PROFILE_CHECKS = Counter("gridcharge_gateway_profile_checks_total",
+                         "Closed-loop profile checks of stations, by outcome (ok, mismatch, incomplete).", ["outcome"])
+PROFILE_MISMATCHES = Counter("gridcharge_gateway_profile_mismatches_total",
+                             "Differences between the profiles a station accepted and what it applies, by kind "
+                             "(missing, higher_limit, altered, foreign, composite_higher).", ["kind"])

@@ -80,6 +80,8 @@ class StationSession(ChargePoint):
         self.queue: deque[Any] = deque()          # command jobs, run one at a time (adapters.dispatcher)
         self.worker: asyncio.Task[None] | None = None
         self._sequencer: TransactionSequencer[station_pb2.StationEvent] | None = None
+        # GetChargingProfiles request id -> (ReportChargingProfiles received, set when the last one came)
+        self.profile_reports: dict[Any, tuple[list[dict[str, Any]], asyncio.Future[None]]] = {}
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
