@@ -122,13 +122,18 @@ class Allocator:
         """Lowest station-scoped external limit in force for an EVSE now (a station's own NotifyChargingLimit),
         per phase A; inf when none. The planner plans no more for the EVSE (on a whole-station limit, each
         EVSE is capped by it: the station enforces the sum itself)."""
-        lim = math.inf
+        return self.station_limit(station_id, evse_id, now)[0]
+
+    def station_limit(self, station_id: str, evse_id: int, now: float) -> tuple[float, str]:
+        """(limit A per phase, its source, e.g. "ocpp-ems") of `station_limit_a`; (inf, "") when none. A
+        per-phase limit counts at its lowest phase (the station caps every phase of an EVSE alike)."""
+        lim, src = math.inf, ""
         for e in self.external.values():
             if e.station_id == station_id and e.evse_id in (0, evse_id):
                 val = e.value_at(now, now)
-                if val is not None:
-                    lim = min(lim, min(val) / self.voltage_v)
-        return max(0.0, lim)
+                if val is not None and min(val) / self.voltage_v < lim:
+                    lim, src = min(val) / self.voltage_v, e.source
+        return max(0.0, lim), src
 
     def capacity_limit_w(self, node_id: str, now: float) -> tuple[float, float, float]:
         """Per-phase limit (W) a node's measured total load must stay under: topology and external limits."""
