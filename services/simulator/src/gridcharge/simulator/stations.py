@@ -552,6 +552,29 @@ class StationClient:
             self._last_heartbeat = now
             await self._call(call201.Heartbeat() if self.v201 else call16.Heartbeat())
 
+    async def raw_call(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """Send a CALL with a payload already in OCPP JSON (camelCase), unconverted: the `ocpp` library's
+        snake→camel conversion cannot spell some 2.1 fields (`limit_L2` becomes `limitL2`). The answer's
+        payload, or None on a CALLERROR, timeout or no link."""
+        cp = self.cp
+        if cp is None:
+            return None
+        from ocpp.messages import Call, MessageType
+
+        call = Call(unique_id=f"raw{random.getrandbits(32)}", action=action, payload=payload)
+        try:
+            async with cp._call_lock:
+                await cp._send(call.to_json())
+                res = await cp._get_specific_response(call.unique_id, self.response_timeout_s)
+        except Exception as exc:
+            self.stats.calls_failed += 1
+            log.debug("raw call failed", extra={"station": self.model.station_id, "error": repr(exc)[:200]})
+            return None
+        if res.message_type_id != MessageType.CallResult:
+            return None
+        out: dict[str, Any] = res.payload
+        return out
+
     async def notify_priority(self, evse_id: int, activated: bool) -> bool:
         """2.1: the driver pressed the station's priority button (or UsePriorityCharging was accepted): tell
         the CSMS with NotifyPriorityCharging. False when there is no transaction or no 2.1 link."""
