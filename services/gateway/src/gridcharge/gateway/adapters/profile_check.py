@@ -198,7 +198,7 @@ class ProfileChecker:
             if sess.version is not Version.V16:
                 reports = await self._get_profiles(sess, timeout)
                 if reports is None:
-                    complete, reason = False, "GetChargingProfiles not answered"
+                    complete, reason = False, "GetChargingProfiles/ReportChargingProfiles not answered"
                 else:
                     mismatches += compare_profiles(book, reported_profiles(reports), self.ctx.clock.time(),
                                                    self.skew_s)
@@ -233,7 +233,10 @@ class ProfileChecker:
                 return []
             if status != "Accepted":
                 return None
-            await asyncio.wait_for(done, timeout)
+            try:
+                await asyncio.wait_for(done, timeout)
+            except TimeoutError:
+                return None        # Accepted, but the reports did not come (all of them) in time
             return reports
         finally:
             sess.profile_reports.pop(rid, None)
