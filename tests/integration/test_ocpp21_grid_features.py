@@ -51,12 +51,13 @@ class Site:
     clock: RealClock
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def api(self, path: str) -> httpx.Response:
+    async def api(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        """The gateway's operator API (GET, or POST with `body`); the auth edge is tested elsewhere."""
         app = FastAPI()
         for r in self.gateway.routers:
             app.include_router(r)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
-            return await c.get(path)
+            return await (c.get(path) if body is None else c.post(path, json=body))
 
     def plug(self, sid: str, need_wh: float = 50_000.0) -> None:
         now = self.clock.time()
@@ -213,3 +214,16 @@ async def test_21_priority_charging_goes_first() -> None:
         await wait_for(lambda: alloc.grant_a[f"{low}/1"] == 16.0, what="priority session served first")
         assert alloc.grant_a[f"{high}/1"] <= 8.0 + 1e-9
         assert alloc.book.find(low, 1).priority == alloc.cfg.priority_charging_level   # type: ignore[union-attr]
+        # the CSMS side: an operator stops it with UsePriorityCharging; the station confirms with
+        # NotifyPriorityCharging(activated=false) and the session is back at its own priority
+        tx = s.clients[low].model.evses[1].tx
+        assert tx is not None
+        r = await s.api(f"/api/v1/stations/{low}/commands/use_priority_charging?timeout_s=10",
+                        {"transaction_id": tx.transaction_id, "activate": False})
+        assert r.status_code == 200 and r.json()["outcome"] == "COMMAND_OUTCOME_ACCEPTED", r.text
+        await wait_for(lambda: alloc.book.find(low, 1).priority == 1,   # type: ignore[union-attr]
+                       what="priority back after UsePriorityCharging(false)")
+        # not a 2.1 transaction: the station refuses, nothing changes
+        r = await s.api(f"/api/v1/stations/{high}/commands/use_priority_charging?timeout_s=10",
+                        {"transaction_id": "no-such-tx", "activate": True})
+        assert r.json()["outcome"] == "COMMAND_OUTCOME_REJECTED", r.text

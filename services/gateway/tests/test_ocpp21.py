@@ -136,3 +136,22 @@ async def test_check_bounds_a_flood_of_reports_and_ignores_strangers() -> None:
     finally:
         await gw.service.stop()
         await gw.bus.stop()
+
+
+def test_use_priority_charging_is_21_only_and_needs_a_transaction() -> None:
+    import pytest
+    from gridcharge.gateway.core.commands import InvalidCommand, to_request
+    from gridcharge.gateway.core.profiles import Capabilities
+
+    cmd = command_pb2.StationCommand(command_id="u", station_id="CS1")
+    cmd.use_priority_charging.transaction_id = "tx-1"
+    cmd.use_priority_charging.activate = True
+    action, payload = to_request(cmd, Version.V21, Capabilities())
+    assert (action, payload) == ("UsePriorityCharging", {"transactionId": "tx-1", "activate": True})
+    assert validate(Version.V21, action, "req", payload) is None
+    for version in (Version.V16, Version.V201):
+        with pytest.raises(InvalidCommand, match="does not exist"):
+            to_request(cmd, version, Capabilities())
+    cmd.use_priority_charging.transaction_id = ""
+    with pytest.raises(InvalidCommand, match="transaction id"):
+        to_request(cmd, Version.V21, Capabilities())
