@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from gridcharge.gateway.adapters.authorization import AcceptAll, Authorizer, LocalList, Upstream, load_entries
 from gridcharge.gateway.adapters.context import GatewayContext
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
-from gridcharge.gateway.adapters.http import build_router
+from gridcharge.gateway.adapters.http import build_profile_check_router, build_router
 from gridcharge.gateway.adapters.profile_check import ProfileChecker
 from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.adapters.server import OcppServer
@@ -51,18 +51,20 @@ class GatewayService:
                                   facts, {s.id: [e.id for e in s.evses] for s in topology.stations})
         self.sessions: dict[str, StationSession] = {}
         self.dispatcher = Dispatcher(self.ctx, self.registry, self.sessions)
-        self.ctx.on_boot_accepted = self.dispatcher.read_capabilities
-        self.ctx.on_unregistered_call = self.dispatcher.request_boot
+        # the closed-loop profile check (docs/grid-interfaces.md): told of accepted writes, reports and events
         self.checker = ProfileChecker(self.ctx, self.sessions, self.dispatcher.enqueue)
         self.dispatcher.on_profile_written = self.checker.profile_written
         self.ctx.on_profiles_report = self.checker.collect_report
         self.ctx.event_observer = self.checker.observe
+        self._check_router = build_profile_check_router(self.dispatcher)
+        self.ctx.on_boot_accepted = self.dispatcher.read_capabilities
+        self.ctx.on_unregistered_call = self.dispatcher.request_boot
         self.server = OcppServer(self.ctx, self.registry, self.dispatcher, self.sessions, self.credentials)
-        self._routers = [build_router(self.registry, self.dispatcher, self.checker)]
+        self._routers = [build_router(self.registry, self.dispatcher)]
 
     @property
     def routers(self) -> list[APIRouter]:
-        return self._routers
+        return [*self._routers, self._check_router]
 
     @property
     def ocpp_port(self) -> int:

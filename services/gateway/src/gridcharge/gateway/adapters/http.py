@@ -27,7 +27,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from google.protobuf import json_format
 from gridcharge.command.v1 import command_pb2
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
-from gridcharge.gateway.adapters.profile_check import ProfileChecker, result_key
+from gridcharge.gateway.adapters.profile_check import result_key
 from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.adapters.server import STATION_ID
 from gridcharge.gateway.core.commands import ACTIONS
@@ -69,21 +69,8 @@ class StationInfo(BaseModel):
     connected_since: float   # POSIX s
 
 
-def build_router(registry: Registry, dispatcher: Dispatcher, checker: ProfileChecker | None = None) -> APIRouter:
+def build_router(registry: Registry, dispatcher: Dispatcher) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["gateway"])
-
-    @router.get("/stations/{station_id}/profile-check")
-    async def profile_check(station_id: str) -> dict[str, Any]:
-        """The station's last profile check: `ok`, `complete`, `checked_at` and each mismatch (kind, EVSE, stack
-        level, profile id, the limit sent and the one the station applies, unit). 404 before the first check."""
-        if not STATION_ID.fullmatch(station_id):
-            raise HTTPException(404, "unknown station id")
-        raw = await dispatcher.ctx.store.get(result_key(station_id))
-        if raw is None:
-            raise HTTPException(404, "no profile check of this station yet")
-        out: dict[str, Any] = json.loads(raw)
-        out["station_id"] = station_id
-        return out
 
     @router.get("/stations", response_model=list[StationInfo])
     async def stations() -> list[StationInfo]:
@@ -134,6 +121,26 @@ def build_router(registry: Registry, dispatcher: Dispatcher, checker: ProfileChe
         out = json_format.MessageToDict(res, preserving_proto_field_name=True,
                                         always_print_fields_with_no_presence=True)
         note_change(request, target, after={k: out.get(k) for k in ("command_id", "outcome", "status", "error_code")})
+        return out
+
+    return router
+
+
+def build_profile_check_router(dispatcher: Dispatcher) -> APIRouter:
+    """`GET /api/v1/stations/{station_id}/profile-check` (read from the store: any replica answers)."""
+    router = APIRouter(prefix="/api/v1", tags=["gateway"])
+
+    @router.get("/stations/{station_id}/profile-check")
+    async def profile_check(station_id: str) -> dict[str, Any]:
+        """The station's last profile check: `ok`, `complete`, `checked_at` and each mismatch (kind, EVSE, stack
+        level, profile id, the limit sent and the one the station applies, unit). 404 before the first check."""
+        if not STATION_ID.fullmatch(station_id):
+            raise HTTPException(404, "unknown station id")
+        raw = await dispatcher.ctx.store.get(result_key(station_id))
+        if raw is None:
+            raise HTTPException(404, "no profile check of this station yet")
+        out: dict[str, Any] = json.loads(raw)
+        out["station_id"] = station_id
         return out
 
     return router

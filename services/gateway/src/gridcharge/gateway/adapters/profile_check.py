@@ -5,8 +5,8 @@ Cadence (`docs/grid-interfaces.md`): `profile_check_delay_s` after every profile
 `profile_checks_per_hour` per station (a check is reads only — GetChargingProfiles and GetCompositeSchedule
 write nothing to the station's flash — but stations are real hardware on thin links). A check runs in the
 station's command queue, so it never overlaps a command: 2.0.1/2.1 GetChargingProfiles, then the station's
-ReportChargingProfiles (collected by request id until `tbc` is false), then GetCompositeSchedule for the
-station and each EVSE with a TxProfile of ours; 1.6 (no GetChargingProfiles) the composite schedules only.
+ReportChargingProfiles (collected by request id until `tbc` is false), then GetCompositeSchedule of the
+station (EVSE 0); 1.6 (no GetChargingProfiles) the composite schedule only.
 
 What the station accepted is kept per station in the store (`gw:sent-profiles:{station}`), so a reconnect to
 another replica keeps it; the last result too (`gw:profile-check:{station}`, read by the operator API).
@@ -202,14 +202,15 @@ class ProfileChecker:
                 else:
                     mismatches += compare_profiles(book, reported_profiles(reports), self.ctx.clock.time(),
                                                    self.skew_s)
-            evses = sorted({0} | {p.evse_id for p in book.profiles.values() if p.purpose == "TxProfile"})
-            for evse in evses:
-                unit = next((p.rate_unit for p in book.profiles.values() if p.evse_id in (0, evse)), "A")
-                comp = await self._composite(sess, evse, unit, timeout)
-                if comp is None:
-                    complete, reason = False, reason or "GetCompositeSchedule not answered"
-                    continue
-                mm = compare_composite(book, evse, comp, self.ctx.clock.time(), self.skew_s)
+            # the station's composite (EVSE 0) against our station maximum: what the budget counts. Per-EVSE
+            # TxProfiles only split the station cap (and an upstream CSMS in proxy mode may stack its own above
+            # them), so their composites are not judged; a missing TxProfile still shows in the report.
+            unit = next((p.rate_unit for p in book.profiles.values() if p.purpose == "StationMax"), "A")
+            comp = await self._composite(sess, 0, unit, timeout)
+            if comp is None:
+                complete, reason = False, reason or "GetCompositeSchedule not answered"
+            else:
+                mm = compare_composite(book, 0, comp, self.ctx.clock.time(), self.skew_s)
                 if mm is not None:
                     mismatches.append(mm)
         except (TimeoutError, ConnectionError) as exc:

@@ -70,6 +70,8 @@ class StationSession(ChargePoint):
         self.asked_for_boot = False                # a TriggerMessage(BootNotification) was queued on this connection
         self.epoch = 0                             # ownership epoch from the registry
         self.capabilities = Capabilities()
+        # GetChargingProfiles request id -> (ReportChargingProfiles received, set when the last one came)
+        self.profile_reports: dict[Any, tuple[list[dict[str, Any]], asyncio.Future[None]]] = {}
         self.closed = False
         self.over_limit = 0                        # frames dropped in a row by the rate limit
         self._closing: asyncio.Future[None] | None = None
@@ -80,8 +82,6 @@ class StationSession(ChargePoint):
         self.queue: deque[Any] = deque()          # command jobs, run one at a time (adapters.dispatcher)
         self.worker: asyncio.Task[None] | None = None
         self._sequencer: TransactionSequencer[station_pb2.StationEvent] | None = None
-        # GetChargingProfiles request id -> (ReportChargingProfiles received, set when the last one came)
-        self.profile_reports: dict[Any, tuple[list[dict[str, Any]], asyncio.Future[None]]] = {}
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
