@@ -89,9 +89,9 @@ class GatewayService:
 
     async def stop(self) -> None:
         await self.server.stop()
-        await self.checker.stop()
         await self.dispatcher.stop()
         await self.registry.stop()
+        await self.checker.stop()
 
 
 def build_authorizer(settings: GatewaySettings, rt: Runtime, upstream: Upstream | None = None) -> Authorizer:
