@@ -25,6 +25,7 @@ class AllocationSettings(Settings):
     allocation_plan_interval_s: float = 60.0        # a regular re-plan at least this often
     allocation_slot_s: float = 900.0                # planning slot
     allocation_horizon_slots: int = 96              # planning horizon in slots
+    allocation_priority_charging_level: int = 10    # session priority while OCPP 2.1 priority charging is on
 
     @classmethod
     def derive(cls, base: Settings, env: Mapping[str, str] | None = None) -> AllocationSettings:
@@ -51,5 +52,9 @@ class AllocationSettings(Settings):
                               "slot, horizon and plan interval must be positive")
         writes = WritePolicy(self.allocation_write_min_interval_s, self.allocation_writes_per_hour,
                              self.allocation_raise_hold_s, self.allocation_raise_min_step_a)
+        if not 0 <= self.allocation_priority_charging_level <= 100:
+            raise ConfigError("environment", "GRIDCHARGE_ALLOCATION_PRIORITY_CHARGING_LEVEL",
+                              f"must be 0..100 like a session priority (got {self.allocation_priority_charging_level})")
         return AllocatorConfig(slot_s=self.allocation_slot_s, horizon_slots=self.allocation_horizon_slots,
-                               plan_interval_s=self.allocation_plan_interval_s, leases=leases, writes=writes)
+                               plan_interval_s=self.allocation_plan_interval_s, leases=leases, writes=writes,
+                               priority_charging_level=self.allocation_priority_charging_level)

@@ -45,6 +45,14 @@ class GatewaySettings(Settings):
     api_timeout_s: float = Field(35.0, gt=0)      # operator API waits this long for a command result
     ws_ping_interval_s: float = Field(60.0, ge=0)   # WebSocket ping to detect dead links; 0 = off
     validate_responses: bool = True               # schema-check our own CALLRESULTs before sending
+    # closed-loop profile check (docs/grid-interfaces.md): read back what a station applies after every
+    # accepted profile write (coalesced, after the delay) and in a slow audit, at most N checks per station
+    # and hour; reads only (GetChargingProfiles, GetCompositeSchedule), nothing is written to the station
+    profile_check: bool = True
+    profile_check_delay_s: float = Field(30.0, ge=0)
+    profile_audit_interval_s: float = Field(3600.0, ge=0)   # 0 = no periodic audit (checks after writes only)
+    profile_checks_per_hour: int = Field(4, ge=1, le=60)
+    profile_check_skew_s: float = Field(30.0, ge=0)   # a profile ending within this may already be gone
     # registration (BootNotification): a station's boot status is kept in the store this long after it
     # was last connected, so a reconnect without a reboot needs no new boot
     boot_state_ttl_s: float = Field(7 * 86400.0, gt=0)

@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from gridcharge.gateway.adapters.authorization import AcceptAll, Authorizer, LocalList, Upstream, load_entries
 from gridcharge.gateway.adapters.context import GatewayContext
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
-from gridcharge.gateway.adapters.http import build_router
+from gridcharge.gateway.adapters.http import build_profile_check_router, build_router
+from gridcharge.gateway.adapters.profile_check import ProfileChecker
 from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.adapters.server import OcppServer
 from gridcharge.gateway.config import GatewaySettings, check_gateway_files, gateway_settings, load_credentials
@@ -50,6 +51,12 @@ class GatewayService:
                                   facts, {s.id: [e.id for e in s.evses] for s in topology.stations})
         self.sessions: dict[str, StationSession] = {}
         self.dispatcher = Dispatcher(self.ctx, self.registry, self.sessions)
+        # the closed-loop profile check (docs/grid-interfaces.md): told of accepted writes, reports and events
+        self.checker = ProfileChecker(self.ctx, self.sessions, self.dispatcher.enqueue)
+        self.dispatcher.on_profile_written = self.checker.profile_written
+        self.ctx.on_profiles_report = self.checker.collect_report
+        self.ctx.event_observer = self.checker.observe
+        self._check_router = build_profile_check_router(self.dispatcher)
         self.ctx.on_boot_accepted = self.dispatcher.read_capabilities
         self.ctx.on_unregistered_call = self.dispatcher.request_boot
         self.server = OcppServer(self.ctx, self.registry, self.dispatcher, self.sessions, self.credentials)
@@ -57,7 +64,7 @@ class GatewayService:
 
     @property
     def routers(self) -> list[APIRouter]:
-        return self._routers
+        return [*self._routers, self._check_router]
 
     @property
     def ocpp_port(self) -> int:
@@ -71,6 +78,7 @@ class GatewayService:
             await ensure([t.name for t in PRODUCED_TOPICS])
         await self.registry.start()
         await self.dispatcher.start()
+        await self.checker.start()
         try:
             await self.server.start()
         except OSError as exc:
@@ -83,6 +91,7 @@ class GatewayService:
         await self.server.stop()
         await self.dispatcher.stop()
         await self.registry.stop()
+        await self.checker.stop()
 
 
 def build_authorizer(settings: GatewaySettings, rt: Runtime, upstream: Upstream | None = None) -> Authorizer:

@@ -110,7 +110,7 @@ class Station(_Model):
 
     id: str = Field(min_length=1, max_length=48)
     node: str
-    ocpp: Literal["1.6", "2.0.1"] = "1.6"
+    ocpp: Literal["1.6", "2.0.1", "2.1"] = "1.6"
     phase_map: tuple[Phase, ...] = ("L1", "L2", "L3")   # grid phase of the station's L1, L2, L3
     max_current_a: float = Field(32.0, gt=0)
     fallback_current_a: float = Field(6.0, ge=0)       # station-wide fallback per phase, A

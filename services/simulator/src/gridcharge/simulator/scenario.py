@@ -243,7 +243,7 @@ def build_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
                     ev = Ev(ev_id=f"{st.id}/{e.id}/{k}", battery_wh=battery, arrival_soc=soc0,
                             target_soc=min(1.0, target), arrival_s=arr, departure_s=dep,
                             max_current_a=float(round(rng.uniform(*f.max_current_a))),
-                            phases=rng.choices(phase_opts, phase_w)[0], announces_needs=st.ocpp == "2.0.1")
+                            phases=rng.choices(phase_opts, phase_w)[0], announces_needs=st.ocpp in ("2.0.1", "2.1"))
                     visits.append(Visit(st.id, e.id, ev))
     events: list[Event] = []
     for i, ev_spec in enumerate(spec.events):

@@ -1,5 +1,5 @@
 """Simulated charging stations: a station model (EVSEs, plugged EVs, transactions, installed profiles,
-meter registers) and OCPP 1.6J / 2.0.1 clients on the `ocpp` library that connect it to a gateway.
+meter registers) and OCPP 1.6J / 2.0.1 / 2.1 clients on the `ocpp` library that connect it to a gateway.
 
 `StationModel` is pure (time passed in, POSIX s). `StationClient` owns the WebSocket: it connects,
 boots, answers the CSMS's calls (smart-charging profile handlers translate OCPP into the model) and
@@ -34,6 +34,8 @@ from ocpp.routing import on
 from ocpp.v16 import ChargePoint as Cp16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as res16
+from ocpp.v21 import call as call21
+from ocpp.v21 import call_result as res21
 from ocpp.v201 import ChargePoint as Cp201
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as res201
@@ -59,6 +61,7 @@ class Quirks:
     stale_meter_after_s: float | None = None      # stops sending meter values this long after start
     implausible_factor: float = 1.0               # reported currents/powers are multiplied by this
     max_stack_level: int = 8
+    ignores_profiles: bool = False                # answers Accepted to SetChargingProfile but installs nothing
 
 
 @dataclass
@@ -76,6 +79,7 @@ class EvseState:
     tx_reported: bool = False         # the CSMS knows about the transaction
     needs_sent: bool = False
     seq_no: int = 0
+    priority: bool = False            # 2.1 priority charging active
 
 
 @dataclass
@@ -108,6 +112,8 @@ class StationModel:
         """SetChargingProfile: (accepted, reason)."""
         if self.quirks.rejects_profiles:
             return False, "quirk: rejects profiles"
+        if self.quirks.ignores_profiles:
+            return True, "quirk: accepted, not installed"
         if evse_id != 0 and evse_id not in self.evses:
             return False, "unknown EVSE"
         try:
@@ -346,7 +352,7 @@ class StationClient:
         self.model, self.urls, self.clock = model, urls, clock
         self.meter_interval_s, self.heartbeat_s = meter_interval_s, heartbeat_s
         self.response_timeout_s, self.reconnect_s = response_timeout_s, reconnect_s
-        self.cp: _Handlers16 | _Handlers201 | None = None
+        self.cp: _Handlers16 | _Handlers201 | _Handlers21 | None = None
         self.connected = asyncio.Event()
         self.enabled = True            # False: the station is unplugged from the network (event)
         self.triggered: list[str] = []
@@ -362,7 +368,12 @@ class StationClient:
 
     @property
     def v201(self) -> bool:
-        return self.model.cfg.ocpp == "2.0.1"
+        """Speaks OCPP 2.0.1 or 2.1 (2.1 keeps every 2.0.1 message)."""
+        return self.model.cfg.ocpp in ("2.0.1", "2.1")
+
+    @property
+    def v21(self) -> bool:
+        return self.model.cfg.ocpp == "2.1"
 
     def note_profile(self, ok: bool, why: str) -> None:
         if ok:
@@ -422,7 +433,7 @@ class StationClient:
         await self._close()
 
     async def _run(self) -> None:
-        sub = Subprotocol("ocpp2.0.1" if self.v201 else "ocpp1.6")
+        sub = Subprotocol("ocpp2.1" if self.v21 else "ocpp2.0.1" if self.v201 else "ocpp1.6")
         while True:
             if not self.enabled or not self.urls:
                 await asyncio.sleep(self.reconnect_s)
@@ -432,7 +443,7 @@ class StationClient:
                 async with websockets.connect(url, subprotocols=[sub], open_timeout=5,
                                               ping_interval=None, close_timeout=1) as ws:
                     self._ws = ws
-                    cls = _Handlers201 if self.v201 else _Handlers16
+                    cls = _Handlers21 if self.v21 else _Handlers201 if self.v201 else _Handlers16
                     cp = cls(self.model.station_id, ws, response_timeout=self.response_timeout_s)
                     cp.client = self
                     self.cp = cp
@@ -534,9 +545,45 @@ class StationClient:
                     await self._status(e, now)
             elif t.startswith("ReportChargingProfiles:"):
                 await self._report_profiles(int(t.split(":")[1]))
+            elif t.startswith("NotifyPriorityCharging:"):
+                _n, evse, act = t.split(":")
+                await self.notify_priority(int(evse), act == "1")
         if now - self._last_heartbeat >= self.heartbeat_s:
             self._last_heartbeat = now
             await self._call(call201.Heartbeat() if self.v201 else call16.Heartbeat())
+
+    async def raw_call(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """Send a CALL with a payload already in OCPP JSON (camelCase), unconverted: the `ocpp` library's
+        snake→camel conversion cannot spell some 2.1 fields (`limit_L2` becomes `limitL2`). The answer's
+        payload, or None on a CALLERROR, timeout or no link."""
+        cp = self.cp
+        if cp is None:
+            return None
+        from ocpp.messages import Call, MessageType
+
+        call = Call(unique_id=f"raw{random.getrandbits(32)}", action=action, payload=payload)
+        try:
+            async with cp._call_lock:
+                await cp._send(call.to_json())
+                res = await cp._get_specific_response(call.unique_id, self.response_timeout_s)
+        except Exception as exc:
+            self.stats.calls_failed += 1
+            log.debug("raw call failed", extra={"station": self.model.station_id, "error": repr(exc)[:200]})
+            return None
+        if res.message_type_id != MessageType.CallResult:
+            return None
+        out: dict[str, Any] = res.payload
+        return out
+
+    async def notify_priority(self, evse_id: int, activated: bool) -> bool:
+        """2.1: the driver pressed the station's priority button (or UsePriorityCharging was accepted): tell
+        the CSMS with NotifyPriorityCharging. False when there is no transaction or no 2.1 link."""
+        e = self.model.evses.get(evse_id)
+        if not self.v21 or e is None or e.tx is None or not e.tx_reported:
+            return False
+        e.priority = activated
+        r = await self._call(call21.NotifyPriorityCharging(transaction_id=e.tx.transaction_id, activated=activated))
+        return r is not None
 
     async def _status(self, e: EvseState, now: float) -> None:
         if self.v201:
@@ -652,11 +699,30 @@ class StationClient:
                 "charging_profile_purpose": OCPP201_PURPOSE[p.purpose], "charging_profile_kind": p.kind,
                 "charging_schedule": [{"id": 1, "charging_rate_unit": p.rate_unit, "charging_schedule_period": [
                     {"start_period": per.start_s, "limit": per.limit} for per in p.periods]}]})
+        if not by_evse:   # asked while holding nothing (the answer was Accepted before a reboot): one empty report
+            return
         items = list(by_evse.items())
         for i, (evse_id, lst) in enumerate(items):
             await self._call(call201.ReportChargingProfiles(
                 request_id=request_id, charging_limit_source="CSO", evse_id=evse_id, charging_profile=lst,
                 tbc=i < len(items) - 1))
+
+
+class _Handlers21(_Handlers201):
+    """CSMS -> station calls for 2.1: the 2.0.1 ones (validated against the 2.1 schemas) plus priority charging."""
+
+    _call = call21
+    _call_result = res21
+    _ocpp_version = "2.1"
+
+    @on("UsePriorityCharging")
+    async def on_use_priority_charging(self, transaction_id: str, activate: bool, **_: Any) -> Any:
+        e = next((e for e in self.client.model.evses.values() if e.tx and e.tx.transaction_id == transaction_id),
+                 None)
+        if e is None:
+            return res21.UsePriorityCharging(status="Rejected")
+        self.client.triggered.append(f"NotifyPriorityCharging:{e.evse_id}:{int(activate)}")
+        return res21.UsePriorityCharging(status="Accepted")
 
 
 __all__ = ["OCPP16_PURPOSE", "EvseState", "Quirks", "StationClient", "StationModel"]

@@ -93,6 +93,13 @@ def apply_station_event(alloc: Allocator, ev: station_pb2.StationEvent, now: dat
             dep = None
         out.replan = alloc.book.needs(sid, n.evse_id, dep, n.energy_amount_wh, n.ev_min_current_a,
                                       n.ev_max_current_a, n.phases)
+    elif kind == "priority_charging":
+        pc = ev.priority_charging
+        out.replan = alloc.priority_charging(sid, pc.transaction_id[:64], pc.activated)
+    elif kind == "profile_check" and ev.profile_check.mismatches:
+        kinds = sorted({m.kind[:20] for m in ev.profile_check.mismatches})
+        out.commands += alloc.profile_mismatch(sid, t, ",".join(kinds))
+        out.replan = True
     return out
 
 

@@ -59,6 +59,7 @@ class AllocatorConfig:
     limiter_hold_s: float = 60.0         # a limiter cut holds (the plan stays within it) until a cycle this later
     raise_headroom_pct: float = 5.0      # at most this much of a node's limit is left free by raises: the band
     #                                      is how much its base load wobbled in the last 10 min (hysteresis)
+    priority_charging_level: int = 10    # session priority while OCPP 2.1 priority charging is active (default 1)
 
 
 class Allocator:
@@ -121,13 +122,18 @@ class Allocator:
         """Lowest station-scoped external limit in force for an EVSE now (a station's own NotifyChargingLimit),
         per phase A; inf when none. The planner plans no more for the EVSE (on a whole-station limit, each
         EVSE is capped by it: the station enforces the sum itself)."""
-        lim = math.inf
+        return self.station_limit(station_id, evse_id, now)[0]
+
+    def station_limit(self, station_id: str, evse_id: int, now: float) -> tuple[float, str]:
+        """(limit A per phase, its source, e.g. "ocpp-ems") of `station_limit_a`; (inf, "") when none. A
+        per-phase limit counts at its lowest phase (the station caps every phase of an EVSE alike)."""
+        lim, src = math.inf, ""
         for e in self.external.values():
             if e.station_id == station_id and e.evse_id in (0, evse_id):
                 val = e.value_at(now, now)
-                if val is not None:
-                    lim = min(lim, min(val) / self.voltage_v)
-        return max(0.0, lim)
+                if val is not None and min(val) / self.voltage_v < lim:
+                    lim, src = min(val) / self.voltage_v, e.source
+        return max(0.0, lim), src
 
     def capacity_limit_w(self, node_id: str, now: float) -> tuple[float, float, float]:
         """Per-phase limit (W) a node's measured total load must stay under: topology and external limits."""
@@ -211,6 +217,31 @@ class Allocator:
             return False
         accepted = outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED
         return not accepted or sent.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX
+
+    def priority_charging(self, station_id: str, transaction_id: str, activated: bool) -> bool:
+        """OCPP 2.1 NotifyPriorityCharging; True when a session's priority changed (re-plan)."""
+        s = self.book.find(station_id, 0, transaction_id)
+        before = s.priority if s is not None else None
+        s = self.book.priority_charging(station_id, transaction_id, activated, self.cfg.priority_charging_level)
+        return s is not None and s.priority != before
+
+    def profile_mismatch(self, station_id: str, now: float, what: str) -> list[ProfileCommand]:
+        """The gateway's profile check found the station not applying what it accepted: nothing we think is
+        installed can be relied on. The station is budgeted at its worst case — its hardware maximum, as if
+        it had no profile — and not planned until its fallback is accepted again and the fail-safe hold has
+        passed; the fallback goes out again now, leases and TxProfiles with the next plan."""
+        led = self.ledgers.get(station_id)
+        if led is None or not led.online:
+            return []
+        for sent in led.accepted.values():
+            if sent.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX and math.isfinite(sent.valid_until):
+                led.uncertain[sent.command_id] = sent   # a lease may or may not be in force until its end
+        led.accepted.clear()
+        led.fallback_installed = False
+        led.failed_at, led.last_failure = now, f"profile check: {what}"[:64]
+        for key in [k for k in self.issuer.tx_sent_a if k.startswith(station_id + "/")]:
+            del self.issuer.tx_sent_a[key]
+        return [self.fallback_command(station_id, now, "profile_check")]
 
     def observe_command(self, station_id: str, command_id: str, payload: command_pb2.SetChargingProfile,
                         sent_at: float) -> bool:

@@ -331,6 +331,11 @@ def explain(alloc: Allocator, result: PlanResult, sessions: list[SessionState], 
             clamped = "budget"
         elif in_force < desired_cap - 0.05 and target < desired_cap - 0.05:
             clamped = "held"
+        lim_a, lim_src = alloc.station_limit(s.station_id, s.evse_id, result.at.timestamp())
+        if lim_src and plan_now.get(key, 0.0) >= lim_a - 0.05 and (binding is None or binding.node_id.startswith("<")):
+            # held at the station's own external limit (an EMS or the grid operator via NotifyChargingLimit):
+            # that is the binding constraint, with its source, not the car or the departure
+            binding = BindingConstraint(s.station_id, -1, 0, lim_src)
         result.explanations[s.session_id] = Explanation(s.session_id, alloc.grant_a.get(key, in_force),
                                                         plan_now.get(key, 0.0), binding, clamped)
 

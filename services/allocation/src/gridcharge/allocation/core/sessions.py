@@ -65,6 +65,7 @@ class SessionState:
     user_set: set[str] = field(default_factory=set)   # fields a driver/operator set explicitly
     need_guessed: bool = True      # energy_needed_wh is the site default, not from the EV or a driver
     departure_guessed: bool = True  # departure is the site default, not from the EV or a driver
+    priority_before: int | None = None   # set while OCPP 2.1 priority charging raised `priority` (restored after)
 
     @property
     def remaining_wh(self) -> float:
@@ -80,7 +81,7 @@ class SessionState:
             "min_current_a": self.min_current_a, "max_current_a": self.max_current_a, "phases": self.phases,
             "priority": self.priority, "delivered_wh": self.delivered_wh, "meter_start_wh": self.meter_start_wh,
             "user_set": sorted(self.user_set), "need_guessed": self.need_guessed,
-            "departure_guessed": self.departure_guessed,
+            "departure_guessed": self.departure_guessed, "priority_before": self.priority_before,
         }).encode()
 
     def meter_fresh(self, now: datetime) -> bool:
@@ -277,6 +278,23 @@ class SessionBook:
             s.priority = priority
         return s
 
+    def priority_charging(self, station_id: str, transaction_id: str, activated: bool,
+                          level: int) -> SessionState | None:
+        """OCPP 2.1 NotifyPriorityCharging: while active the session's priority is at least ``level`` (the
+        planner gives weighted energy and the limiter cuts in priority order, so it is served first); when it
+        stops, the priority it had before comes back (a driver/operator change meanwhile is kept)."""
+        s = self.find(station_id, 0, transaction_id)
+        if s is None:
+            return None
+        if activated and s.priority_before is None:
+            s.priority_before = s.priority
+            s.priority = max(s.priority, level)
+        elif not activated and s.priority_before is not None:
+            if s.priority == max(s.priority_before, level):
+                s.priority = s.priority_before
+            s.priority_before = None
+        return s
+
     def meter(self, station_id: str, evse_id: int, transaction_id: str, at: datetime,
               energy_register_wh: float | None, current_a: float | None, power_w: float | None,
               granted_a: float | None, granted_since: datetime | None = None,
@@ -329,6 +347,7 @@ class SessionBook:
                 meter_start_wh=None if d.get("meter_start_wh") is None else float(d["meter_start_wh"]),
                 user_set=set(d.get("user_set", [])), need_guessed=bool(d.get("need_guessed", True)),
                 departure_guessed=bool(d.get("departure_guessed", True)),
+                priority_before=None if d.get("priority_before") is None else int(d["priority_before"]),
             )
         except (ValueError, KeyError, TypeError):
             return None

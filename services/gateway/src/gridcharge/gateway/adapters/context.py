@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gridcharge.gateway.adapters.authorization import AcceptAll, Authorizer
 from gridcharge.gateway.adapters.metrics import BOOTS
@@ -42,6 +42,9 @@ class GatewayContext:
         self.producer = f"gateway/{settings.replica_id}"
         self.on_boot_accepted: Callable[[StationSession], None] = lambda s: None
         self.on_unregistered_call: Callable[[StationSession], None] = lambda s: None
+        # profile check (adapters.profile_check): reports collected, events observed
+        self.on_profiles_report: Callable[[StationSession, dict[str, Any]], None] = lambda s, p: None
+        self.event_observer: Callable[[station_pb2.StationEvent], None] = lambda ev: None
         # rate buckets outlive connections (a reconnect must not refill them); per replica, in process
         self.station_buckets: BucketTable[str] = BucketTable(settings.rate_limit_per_s, settings.rate_burst)
         self.ip_buckets: BucketTable[str] = BucketTable(settings.ip_rate_limit_per_s, settings.ip_rate_burst)
@@ -134,6 +137,7 @@ class GatewayContext:
     # ---- bus ----------------------------------------------------------------------------------------
 
     async def publish_event(self, ev: station_pb2.StationEvent) -> None:
+        self.event_observer(ev)
         await self.bus.publish(STATION_EVENTS.name, ev.station_id, ev.SerializeToString())
 
     async def publish_meter(self, mv: station_pb2.MeterValues) -> None:

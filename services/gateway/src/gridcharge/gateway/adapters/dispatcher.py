@@ -80,6 +80,8 @@ class Dispatcher:
         self.waiters: dict[str, asyncio.Future[command_pb2.CommandResult]] = {}
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # the profile check: told of every profile write the station accepted (adapters.profile_check)
+        self.on_profile_written: Callable[[StationSession, str, dict[str, Any]], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         rid = self.ctx.settings.replica_id
@@ -264,6 +266,8 @@ class Dispatcher:
         outcome, status = outcome_of(action, answer.payload)
         if is_profile_command(action) and outcome == Oc.COMMAND_OUTCOME_ACCEPTED:
             await self.ctx.store.delete(f"gw:profile-state:{sess.id}")
+            if self.on_profile_written is not None:
+                await self.on_profile_written(sess, action, payload)
 
 
         await self.finish(cmd, outcome, action=action, status=status, round_trip_s=rt,

@@ -1,6 +1,8 @@
 """Operator HTTP API (mounted on the service's HTTP edge; OpenAPI docs at /docs).
 
 - `GET /api/v1/stations`: stations connected to any live replica, with protocol and owner replica.
+- `GET /api/v1/stations/{station_id}/profile-check`: the last closed-loop profile check of the station (what it
+  applies against what it accepted; `adapters.profile_check`), from any replica.
 - `POST /api/v1/stations/{station_id}/commands/{action}`: send one command (body: the command's fields
   as in `command.v1` proto JSON, e.g. `{"keys": ["HeartbeatInterval"]}` for get_configuration) through
   the bus like any other producer, wait for its CommandResult and return it as JSON.
@@ -17,6 +19,7 @@ a node, PUT /allocation/sessions/{id}/preferences for a session), which keeps th
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -24,6 +27,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from google.protobuf import json_format
 from gridcharge.command.v1 import command_pb2
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
+from gridcharge.gateway.adapters.profile_check import result_key
 from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.adapters.server import STATION_ID
 from gridcharge.gateway.core.commands import ACTIONS
@@ -117,6 +121,26 @@ def build_router(registry: Registry, dispatcher: Dispatcher) -> APIRouter:
         out = json_format.MessageToDict(res, preserving_proto_field_name=True,
                                         always_print_fields_with_no_presence=True)
         note_change(request, target, after={k: out.get(k) for k in ("command_id", "outcome", "status", "error_code")})
+        return out
+
+    return router
+
+
+def build_profile_check_router(dispatcher: Dispatcher) -> APIRouter:
+    """`GET /api/v1/stations/{station_id}/profile-check` (read from the store: any replica answers)."""
+    router = APIRouter(prefix="/api/v1", tags=["gateway"])
+
+    @router.get("/stations/{station_id}/profile-check")
+    async def profile_check(station_id: str) -> dict[str, Any]:
+        """The station's last profile check: `ok`, `complete`, `checked_at` and each mismatch (kind, EVSE, stack
+        level, profile id, the limit sent and the one the station applies, unit). 404 before the first check."""
+        if not STATION_ID.fullmatch(station_id):
+            raise HTTPException(404, "unknown station id")
+        raw = await dispatcher.ctx.store.get(result_key(station_id))
+        if raw is None:
+            raise HTTPException(404, "no profile check of this station yet")
+        out: dict[str, Any] = json.loads(raw)
+        out["station_id"] = station_id
         return out
 
     return router

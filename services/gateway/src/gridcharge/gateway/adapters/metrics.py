@@ -13,6 +13,11 @@ COMMANDS = Counter("gridcharge_gateway_commands_total", "Commands from the bus b
 REJECTED = Counter("gridcharge_gateway_rejected_connections_total", "WebSocket connections refused.", ["reason"])
 BOOTS = Counter("gridcharge_gateway_boots_total", "BootNotifications answered, by status and why not Accepted.",
                 ["status", "reason"])
+PROFILE_CHECKS = Counter("gridcharge_gateway_profile_checks_total",
+                         "Closed-loop profile checks of stations, by outcome (ok, mismatch, incomplete).", ["outcome"])
+PROFILE_MISMATCHES = Counter("gridcharge_gateway_profile_mismatches_total",
+                             "Differences between the profiles a station accepted and what it applies, by kind "
+                             "(missing, higher_limit, altered, foreign, composite_higher).", ["kind"])
 AUTH_FAILURES = Counter("gridcharge_gateway_auth_failures_total",
                         "Refused Basic-auth attempts: wrong credentials, or refused unchecked during a back-off or "
                         "lockout.", ["outcome"])

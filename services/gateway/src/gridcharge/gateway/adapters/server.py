@@ -1,4 +1,4 @@
-"""The OCPP WebSocket endpoint `ws[s]://HOST:PORT/ocpp/{station_id}` (subprotocols ocpp1.6, ocpp2.0.1).
+"""The OCPP WebSocket endpoint `ws[s]://HOST:PORT/ocpp/{station_id}` (subprotocols ocpp1.6, ocpp2.0.1, ocpp2.1).
 
 At the HTTP upgrade: path and station id checked, connection caps (per IP and total), security profile
 (1: HTTP Basic, 2: TLS + Basic, 3: mTLS with the certificate CN = station id), unknown stations → 404
@@ -38,6 +38,7 @@ from gridcharge.gateway.core.errors import Version, safe
 from gridcharge.gateway.core.lockout import AuthBackoff, Policy
 from gridcharge.gateway.handlers.base import StationSession
 from gridcharge.gateway.handlers.v16 import V16Session
+from gridcharge.gateway.handlers.v21 import V21Session
 from gridcharge.gateway.handlers.v201 import V201Session
 from gridcharge.station.v1 import station_pb2
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -47,8 +48,9 @@ from websockets.typing import Subprotocol
 
 log = logging.getLogger(__name__)
 
-SUBPROTOCOLS = [Subprotocol("ocpp2.0.1"), Subprotocol("ocpp1.6")]
-SESSION_CLASSES: dict[Version, type[StationSession]] = {Version.V16: V16Session, Version.V201: V201Session}
+SUBPROTOCOLS = [Subprotocol("ocpp2.1"), Subprotocol("ocpp2.0.1"), Subprotocol("ocpp1.6")]
+SESSION_CLASSES: dict[Version, type[StationSession]] = {Version.V16: V16Session, Version.V201: V201Session,
+                                                        Version.V21: V21Session}
 # OCPP 2.0.1 identifierString plus what 1.6 deployments use; 48 = topology limit
 STATION_ID = re.compile(r"[A-Za-z0-9*\-_=:+|@.]{1,48}")
 
@@ -152,7 +154,7 @@ class OcppServer:
             if sub in offered:
                 return sub
         REJECTED.labels(reason="subprotocol").inc()
-        raise NegotiationError("expected subprotocol ocpp2.0.1 or ocpp1.6")
+        raise NegotiationError("expected subprotocol ocpp2.1, ocpp2.0.1 or ocpp1.6")
 
     def _reject(self, connection: ServerConnection, status: HTTPStatus, reason: str, text: str,
                 retry_after_s: float = 0.0) -> Response:

@@ -49,6 +49,7 @@ _TRIGGERED = {
                    "StatusNotification": "StatusNotification", "TransactionEvent": "TransactionEvent",
                    "PublishFirmwareStatusNotification": "PublishFirmwareStatusNotification"},
 }
+_TRIGGERED[Version.V21] = _TRIGGERED[Version.V201]
 
 # While Pending the CSMS may read and change the station's configuration (1.6 §4.2; 2.0.1 B02.FR.01 names
 # Get/SetVariables, the reports and TriggerMessage). Not allowed: remote start/stop (1.6 §4.2 "While in
@@ -63,7 +64,7 @@ def triggered_action(version: Version, action: str, payload: dict[str, Any]) -> 
     """The station message a CSMS CALL asks for (a station answering it Accepted will send it)."""
     if action == "TriggerMessage":
         return _TRIGGERED[version].get(str(payload.get("requestedMessage", "")))
-    if version is Version.V201 and action in ("GetBaseReport", "GetReport"):
+    if version is not Version.V16 and action in ("GetBaseReport", "GetReport"):
         return "NotifyReport"
     return None
 

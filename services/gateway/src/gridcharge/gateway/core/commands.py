@@ -32,9 +32,12 @@ ACTIONS = {
     "change_configuration": "ChangeConfiguration",
     "trigger_message": "TriggerMessage",
     "reset": "Reset",
+    "use_priority_charging": "UsePriorityCharging",
 }
-ONLY = {"GetChargingProfiles": Version.V201, "GetVariables": Version.V201, "SetVariables": Version.V201,
-        "GetConfiguration": Version.V16, "ChangeConfiguration": Version.V16}
+_V2 = frozenset({Version.V201, Version.V21})
+ONLY = {"GetChargingProfiles": _V2, "GetVariables": _V2, "SetVariables": _V2,
+        "GetConfiguration": frozenset({Version.V16}), "ChangeConfiguration": frozenset({Version.V16}),
+        "UsePriorityCharging": frozenset({Version.V21})}
 # statuses that mean the station did (or will do) what was asked
 ACCEPTING = frozenset({"Accepted", "RebootRequired", "Scheduled", "NoProfiles"})
 
@@ -64,7 +67,7 @@ def _var(v: command_pb2.VariableRef) -> dict[str, Any]:
 def to_request(cmd: command_pb2.StationCommand, version: Version, caps: Capabilities) -> tuple[str, dict[str, Any]]:
     """(action, payload) for the station; raises InvalidCommand."""
     action = action_of(cmd)
-    if ONLY.get(action, version) is not version:
+    if version not in ONLY.get(action, (version,)):
         raise InvalidCommand(f"{action} does not exist in OCPP {version.value}")
     v16 = version is Version.V16
     p: dict[str, Any]
@@ -133,6 +136,11 @@ def to_request(cmd: command_pb2.StationCommand, version: Version, caps: Capabili
         if t.evse_id > 0:
             p.update({"connectorId": t.evse_id} if v16 else {"evse": {"id": t.evse_id}})
         return action, p
+    if action == "UsePriorityCharging":
+        u = cmd.use_priority_charging
+        if not u.transaction_id:
+            raise InvalidCommand("UsePriorityCharging needs a transaction id")
+        return action, {"transactionId": u.transaction_id[:36], "activate": u.activate}
     if action == "Reset":
         kind = cmd.reset.type or ("Soft" if v16 else "OnIdle")
         swap = {"Immediate": "Hard", "OnIdle": "Soft"} if v16 else {"Hard": "Immediate", "Soft": "OnIdle"}

@@ -2,8 +2,8 @@
 
 OCPP 1.6J and 2.0.1 spell some codes differently (1.6: "FormationViolation",
 "OccurenceConstraintViolation"; 2.0.1: "FormatViolation", "OccurrenceConstraintViolation") and 2.0.1 adds
-"RpcFrameworkError" and "MessageTypeNotSupported". Descriptions are capped at 255 characters and never
-echo the station's payload.
+"RpcFrameworkError" and "MessageTypeNotSupported"; 2.1 uses the 2.0.1 codes. Descriptions are capped at 255
+characters and never echo the station's payload.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ class Version(StrEnum):
 
     V16 = "1.6"
     V201 = "2.0.1"
+    V21 = "2.1"       # OCPP 2.1: the 2.0.1 messages plus the 2.1 ones (priority charging, DER, ...)
 
     @property
     def subprotocol(self) -> str:
@@ -25,7 +26,7 @@ class Version(StrEnum):
 
     @classmethod
     def from_subprotocol(cls, subprotocol: str | None) -> Version | None:
-        return {"ocpp1.6": cls.V16, "ocpp2.0.1": cls.V201}.get(subprotocol or "")
+        return {"ocpp1.6": cls.V16, "ocpp2.0.1": cls.V201, "ocpp2.1": cls.V21}.get(subprotocol or "")
 
 
 class Err(StrEnum):

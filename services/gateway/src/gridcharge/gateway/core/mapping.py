@@ -25,7 +25,8 @@ _DEFAULT_UNIT = {"Current.Import": "A", "Current.Export": "A", "Current.Offered"
                  "Power.Active.Import": "W", "Power.Active.Export": "W", "Power.Offered": "W",
                  "Temperature": "Celsius", "SoC": "Percent", "Frequency": "Hz", "Power.Factor": ""}
 
-OCPP_VERSION = {Version.V16: common_pb2.OCPP_VERSION_16, Version.V201: common_pb2.OCPP_VERSION_201}
+OCPP_VERSION = {Version.V16: common_pb2.OCPP_VERSION_16, Version.V201: common_pb2.OCPP_VERSION_201,
+                Version.V21: common_pb2.OCPP_VERSION_21}
 
 
 def text(value: Any, limit: int = MAX_TEXT) -> str:

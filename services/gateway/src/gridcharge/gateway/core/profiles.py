@@ -1,5 +1,6 @@
 """Where a SetChargingProfile is built: the version-neutral `command_pb2.ChargingProfile` is checked
-against the OCPP rules and the station's capabilities, then mapped to 1.6 or 2.0.1 JSON.
+against the OCPP rules and the station's capabilities, then mapped to 1.6 or 2.0.1 JSON (2.1: the 2.0.1
+shape, valid against the 2.1 schema).
 
 Rules (OCPP 1.6 §3.13/§7.7-7.9, 2.0.1 K01): the first period starts at 0 s, periods ascend strictly,
 the rate unit is one the station allows, the period count and stack level fit the station, a TxProfile
@@ -30,6 +31,7 @@ PURPOSE = {
                    command_pb2.PROFILE_PURPOSE_TX_DEFAULT: "TxDefaultProfile",
                    command_pb2.PROFILE_PURPOSE_TX: "TxProfile"},
 }
+PURPOSE[Version.V21] = PURPOSE[Version.V201]   # 2.1 adds purposes (PriorityCharging, LocalGeneration) we do not send
 KINDS = ("Absolute", "Relative")   # Recurring needs a recurrencyKind, which the contract does not carry
 
 

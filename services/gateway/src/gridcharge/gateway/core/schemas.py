@@ -37,7 +37,8 @@ class SchemaViolation:
 
 
 def _schema_dir(version: Version) -> str:
-    return os.path.join(_SCHEMA_ROOT, "v16" if version is Version.V16 else "v201", "schemas")
+    folder = {Version.V16: "v16", Version.V201: "v201", Version.V21: "v21"}[version]
+    return os.path.join(_SCHEMA_ROOT, folder, "schemas")
 
 
 @cache

@@ -70,6 +70,8 @@ class StationSession(ChargePoint):
         self.asked_for_boot = False                # a TriggerMessage(BootNotification) was queued on this connection
         self.epoch = 0                             # ownership epoch from the registry
         self.capabilities = Capabilities()
+        # GetChargingProfiles request id -> (ReportChargingProfiles received, set when the last one came)
+        self.profile_reports: dict[Any, tuple[list[dict[str, Any]], asyncio.Future[None]]] = {}
         self.closed = False
         self.over_limit = 0                        # frames dropped in a row by the rate limit
         self._closing: asyncio.Future[None] | None = None

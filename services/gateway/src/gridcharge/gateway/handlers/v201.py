@@ -129,6 +129,7 @@ class V201Session(StationSession):
         ev = self.event()
         ev.charging_profiles_report.CopyFrom(mapping.profiles_report(p))
         await self.publish(ev)
+        self.ctx.on_profiles_report(self, p)     # the answer to our profile check's GetChargingProfiles
         return {}
 
     @on(Action.notify_ev_charging_schedule)

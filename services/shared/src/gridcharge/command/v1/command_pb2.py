@@ -26,45 +26,47 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gridcharge.common.v1 import common_pb2 as gridcharge_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#gridcharge/command/v1/command.proto\x12\x15gridcharge.command.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!gridcharge/common/v1/common.proto\"\xfb\x06\n\x0eStationCommand\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x12\n\nstation_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ommand_key\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12I\n\x14set_charging_profile\x18\n \x01(\x0b\x32).gridcharge.command.v1.SetChargingProfileH\x00\x12M\n\x16\x63lear_charging_profile\x18\x0b \x01(\x0b\x32+.gridcharge.command.v1.ClearChargingProfileH\x00\x12M\n\x16get_composite_schedule\x18\x0c \x01(\x0b\x32+.gridcharge.command.v1.GetCompositeScheduleH\x00\x12K\n\x15get_charging_profiles\x18\r \x01(\x0b\x32*.gridcharge.command.v1.GetChargingProfilesH\x00\x12<\n\rget_variables\x18\x0e \x01(\x0b\x32#.gridcharge.command.v1.GetVariablesH\x00\x12<\n\rset_variables\x18\x0f \x01(\x0b\x32#.gridcharge.command.v1.SetVariablesH\x00\x12\x44\n\x11get_configuration\x18\x10 \x01(\x0b\x32\'.gridcharge.command.v1.GetConfigurationH\x00\x12J\n\x14\x63hange_configuration\x18\x11 \x01(\x0b\x32*.gridcharge.command.v1.ChangeConfigurationH\x00\x12@\n\x0ftrigger_message\x18\x12 \x01(\x0b\x32%.gridcharge.command.v1.TriggerMessageH\x00\x12-\n\x05reset\x18\x13 \x01(\x0b\x32\x1c.gridcharge.command.v1.ResetH\x00\x42\t\n\x07payload\"N\n\x0eSchedulePeriod\x12\x16\n\x0estart_period_s\x18\x01 \x01(\x05\x12\r\n\x05limit\x18\x02 \x01(\x01\x12\x15\n\rnumber_phases\x18\x03 \x01(\x05\"\xc4\x03\n\x0f\x43hargingProfile\x12\x12\n\nprofile_id\x18\x01 \x01(\x05\x12\x13\n\x0bstack_level\x18\x02 \x01(\x05\x12\x36\n\x07purpose\x18\x03 \x01(\x0e\x32%.gridcharge.command.v1.ProfilePurpose\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\x12.\n\nvalid_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08valid_to\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0estart_schedule\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nduration_s\x18\t \x01(\x05\x12\x31\n\trate_unit\x18\n \x01(\x0e\x32\x1e.gridcharge.common.v1.RateUnit\x12\x19\n\x11min_charging_rate\x18\x0b \x01(\x01\x12\x36\n\x07periods\x18\x0c \x03(\x0b\x32%.gridcharge.command.v1.SchedulePeriod\"^\n\x12SetChargingProfile\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x37\n\x07profile\x18\x02 \x01(\x0b\x32&.gridcharge.command.v1.ChargingProfile\"\x88\x01\n\x14\x43learChargingProfile\x12\x12\n\nprofile_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x36\n\x07purpose\x18\x03 \x01(\x0e\x32%.gridcharge.command.v1.ProfilePurpose\x12\x13\n\x0bstack_level\x18\x04 \x01(\x05\"n\n\x14GetCompositeSchedule\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x12\n\nduration_s\x18\x02 \x01(\x05\x12\x31\n\trate_unit\x18\x03 \x01(\x0e\x32\x1e.gridcharge.common.v1.RateUnit\"r\n\x13GetChargingProfiles\x12\x12\n\nrequest_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x36\n\x07purpose\x18\x03 \x01(\x0e\x32%.gridcharge.command.v1.ProfilePurpose\"k\n\x0bVariableRef\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x10\n\x08variable\x18\x02 \x01(\t\x12\x10\n\x08instance\x18\x03 \x01(\t\x12\x16\n\x0e\x61ttribute_type\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\t\"E\n\x0cGetVariables\x12\x35\n\tvariables\x18\x01 \x03(\x0b\x32\".gridcharge.command.v1.VariableRef\"E\n\x0cSetVariables\x12\x35\n\tvariables\x18\x01 \x03(\x0b\x32\".gridcharge.command.v1.VariableRef\" \n\x10GetConfiguration\x12\x0c\n\x04keys\x18\x01 \x03(\t\"1\n\x13\x43hangeConfiguration\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"<\n\x0eTriggerMessage\x12\x19\n\x11requested_message\x18\x01 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\"\x15\n\x05Reset\x12\x0c\n\x04type\x18\x01 \x01(\t\"\xbe\x02\n\rCommandResult\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x12\n\nstation_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ommand_key\x18\x05 \x01(\t\x12\x36\n\x07outcome\x18\x06 \x01(\x0e\x32%.gridcharge.command.v1.CommandOutcome\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x19\n\x11\x65rror_description\x18\t \x01(\t\x12\x15\n\rresponse_json\x18\n \x01(\t\x12\x14\n\x0cround_trip_s\x18\x0b \x01(\x01\x12\x0e\n\x06\x61\x63tion\x18\x0c \x01(\t*\x8a\x01\n\x0eProfilePurpose\x12\x1f\n\x1bPROFILE_PURPOSE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPROFILE_PURPOSE_STATION_MAX\x10\x01\x12\x1e\n\x1aPROFILE_PURPOSE_TX_DEFAULT\x10\x02\x12\x16\n\x12PROFILE_PURPOSE_TX\x10\x03*\xc0\x02\n\x0e\x43ommandOutcome\x12\x1f\n\x1b\x43OMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OMMAND_OUTCOME_ACCEPTED\x10\x01\x12\x1c\n\x18\x43OMMAND_OUTCOME_REJECTED\x10\x02\x12\x1e\n\x1a\x43OMMAND_OUTCOME_CALL_ERROR\x10\x03\x12\x1b\n\x17\x43OMMAND_OUTCOME_TIMEOUT\x10\x04\x12\x1b\n\x17\x43OMMAND_OUTCOME_OFFLINE\x10\x05\x12\x1b\n\x17\x43OMMAND_OUTCOME_INVALID\x10\x06\x12\x1e\n\x1a\x43OMMAND_OUTCOME_SUPERSEDED\x10\x07\x12\x1b\n\x17\x43OMMAND_OUTCOME_EXPIRED\x10\x08\x12\x1d\n\x19\x43OMMAND_OUTCOME_NOT_OWNER\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#gridcharge/command/v1/command.proto\x12\x15gridcharge.command.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!gridcharge/common/v1/common.proto\"\xc8\x07\n\x0eStationCommand\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x12\n\nstation_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ommand_key\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12I\n\x14set_charging_profile\x18\n \x01(\x0b\x32).gridcharge.command.v1.SetChargingProfileH\x00\x12M\n\x16\x63lear_charging_profile\x18\x0b \x01(\x0b\x32+.gridcharge.command.v1.ClearChargingProfileH\x00\x12M\n\x16get_composite_schedule\x18\x0c \x01(\x0b\x32+.gridcharge.command.v1.GetCompositeScheduleH\x00\x12K\n\x15get_charging_profiles\x18\r \x01(\x0b\x32*.gridcharge.command.v1.GetChargingProfilesH\x00\x12<\n\rget_variables\x18\x0e \x01(\x0b\x32#.gridcharge.command.v1.GetVariablesH\x00\x12<\n\rset_variables\x18\x0f \x01(\x0b\x32#.gridcharge.command.v1.SetVariablesH\x00\x12\x44\n\x11get_configuration\x18\x10 \x01(\x0b\x32\'.gridcharge.command.v1.GetConfigurationH\x00\x12J\n\x14\x63hange_configuration\x18\x11 \x01(\x0b\x32*.gridcharge.command.v1.ChangeConfigurationH\x00\x12@\n\x0ftrigger_message\x18\x12 \x01(\x0b\x32%.gridcharge.command.v1.TriggerMessageH\x00\x12-\n\x05reset\x18\x13 \x01(\x0b\x32\x1c.gridcharge.command.v1.ResetH\x00\x12K\n\x15use_priority_charging\x18( \x01(\x0b\x32*.gridcharge.command.v1.UsePriorityChargingH\x00\x42\t\n\x07payload\"N\n\x0eSchedulePeriod\x12\x16\n\x0estart_period_s\x18\x01 \x01(\x05\x12\r\n\x05limit\x18\x02 \x01(\x01\x12\x15\n\rnumber_phases\x18\x03 \x01(\x05\"\xc4\x03\n\x0f\x43hargingProfile\x12\x12\n\nprofile_id\x18\x01 \x01(\x05\x12\x13\n\x0bstack_level\x18\x02 \x01(\x05\x12\x36\n\x07purpose\x18\x03 \x01(\x0e\x32%.gridcharge.command.v1.ProfilePurpose\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\x12.\n\nvalid_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08valid_to\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0estart_schedule\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nduration_s\x18\t \x01(\x05\x12\x31\n\trate_unit\x18\n \x01(\x0e\x32\x1e.gridcharge.common.v1.RateUnit\x12\x19\n\x11min_charging_rate\x18\x0b \x01(\x01\x12\x36\n\x07periods\x18\x0c \x03(\x0b\x32%.gridcharge.command.v1.SchedulePeriod\"^\n\x12SetChargingProfile\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x37\n\x07profile\x18\x02 \x01(\x0b\x32&.gridcharge.command.v1.ChargingProfile\"\x88\x01\n\x14\x43learChargingProfile\x12\x12\n\nprofile_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x36\n\x07purpose\x18\x03 \x01(\x0e\x32%.gridcharge.command.v1.ProfilePurpose\x12\x13\n\x0bstack_level\x18\x04 \x01(\x05\"n\n\x14GetCompositeSchedule\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x12\n\nduration_s\x18\x02 \x01(\x05\x12\x31\n\trate_unit\x18\x03 \x01(\x0e\x32\x1e.gridcharge.common.v1.RateUnit\"r\n\x13GetChargingProfiles\x12\x12\n\nrequest_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x36\n\x07purpose\x18\x03 \x01(\x0e\x32%.gridcharge.command.v1.ProfilePurpose\"k\n\x0bVariableRef\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x10\n\x08variable\x18\x02 \x01(\t\x12\x10\n\x08instance\x18\x03 \x01(\t\x12\x16\n\x0e\x61ttribute_type\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\t\"E\n\x0cGetVariables\x12\x35\n\tvariables\x18\x01 \x03(\x0b\x32\".gridcharge.command.v1.VariableRef\"E\n\x0cSetVariables\x12\x35\n\tvariables\x18\x01 \x03(\x0b\x32\".gridcharge.command.v1.VariableRef\" \n\x10GetConfiguration\x12\x0c\n\x04keys\x18\x01 \x03(\t\"1\n\x13\x43hangeConfiguration\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"<\n\x0eTriggerMessage\x12\x19\n\x11requested_message\x18\x01 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\"\x15\n\x05Reset\x12\x0c\n\x04type\x18\x01 \x01(\t\"?\n\x13UsePriorityCharging\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63tivate\x18\x02 \x01(\x08\"\xbe\x02\n\rCommandResult\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x12\n\nstation_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ommand_key\x18\x05 \x01(\t\x12\x36\n\x07outcome\x18\x06 \x01(\x0e\x32%.gridcharge.command.v1.CommandOutcome\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x19\n\x11\x65rror_description\x18\t \x01(\t\x12\x15\n\rresponse_json\x18\n \x01(\t\x12\x14\n\x0cround_trip_s\x18\x0b \x01(\x01\x12\x0e\n\x06\x61\x63tion\x18\x0c \x01(\t*\x8a\x01\n\x0eProfilePurpose\x12\x1f\n\x1bPROFILE_PURPOSE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPROFILE_PURPOSE_STATION_MAX\x10\x01\x12\x1e\n\x1aPROFILE_PURPOSE_TX_DEFAULT\x10\x02\x12\x16\n\x12PROFILE_PURPOSE_TX\x10\x03*\xc0\x02\n\x0e\x43ommandOutcome\x12\x1f\n\x1b\x43OMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OMMAND_OUTCOME_ACCEPTED\x10\x01\x12\x1c\n\x18\x43OMMAND_OUTCOME_REJECTED\x10\x02\x12\x1e\n\x1a\x43OMMAND_OUTCOME_CALL_ERROR\x10\x03\x12\x1b\n\x17\x43OMMAND_OUTCOME_TIMEOUT\x10\x04\x12\x1b\n\x17\x43OMMAND_OUTCOME_OFFLINE\x10\x05\x12\x1b\n\x17\x43OMMAND_OUTCOME_INVALID\x10\x06\x12\x1e\n\x1a\x43OMMAND_OUTCOME_SUPERSEDED\x10\x07\x12\x1b\n\x17\x43OMMAND_OUTCOME_EXPIRED\x10\x08\x12\x1d\n\x19\x43OMMAND_OUTCOME_NOT_OWNER\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gridcharge.command.v1.command_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROFILEPURPOSE']._serialized_start=2765
-  _globals['_PROFILEPURPOSE']._serialized_end=2903
-  _globals['_COMMANDOUTCOME']._serialized_start=2906
-  _globals['_COMMANDOUTCOME']._serialized_end=3226
+  _globals['_PROFILEPURPOSE']._serialized_start=2907
+  _globals['_PROFILEPURPOSE']._serialized_end=3045
+  _globals['_COMMANDOUTCOME']._serialized_start=3048
+  _globals['_COMMANDOUTCOME']._serialized_end=3368
   _globals['_STATIONCOMMAND']._serialized_start=131
-  _globals['_STATIONCOMMAND']._serialized_end=1022
-  _globals['_SCHEDULEPERIOD']._serialized_start=1024
-  _globals['_SCHEDULEPERIOD']._serialized_end=1102
-  _globals['_CHARGINGPROFILE']._serialized_start=1105
-  _globals['_CHARGINGPROFILE']._serialized_end=1557
-  _globals['_SETCHARGINGPROFILE']._serialized_start=1559
-  _globals['_SETCHARGINGPROFILE']._serialized_end=1653
-  _globals['_CLEARCHARGINGPROFILE']._serialized_start=1656
-  _globals['_CLEARCHARGINGPROFILE']._serialized_end=1792
-  _globals['_GETCOMPOSITESCHEDULE']._serialized_start=1794
-  _globals['_GETCOMPOSITESCHEDULE']._serialized_end=1904
-  _globals['_GETCHARGINGPROFILES']._serialized_start=1906
-  _globals['_GETCHARGINGPROFILES']._serialized_end=2020
-  _globals['_VARIABLEREF']._serialized_start=2022
-  _globals['_VARIABLEREF']._serialized_end=2129
-  _globals['_GETVARIABLES']._serialized_start=2131
-  _globals['_GETVARIABLES']._serialized_end=2200
-  _globals['_SETVARIABLES']._serialized_start=2202
-  _globals['_SETVARIABLES']._serialized_end=2271
-  _globals['_GETCONFIGURATION']._serialized_start=2273
-  _globals['_GETCONFIGURATION']._serialized_end=2305
-  _globals['_CHANGECONFIGURATION']._serialized_start=2307
-  _globals['_CHANGECONFIGURATION']._serialized_end=2356
-  _globals['_TRIGGERMESSAGE']._serialized_start=2358
-  _globals['_TRIGGERMESSAGE']._serialized_end=2418
-  _globals['_RESET']._serialized_start=2420
-  _globals['_RESET']._serialized_end=2441
-  _globals['_COMMANDRESULT']._serialized_start=2444
-  _globals['_COMMANDRESULT']._serialized_end=2762
+  _globals['_STATIONCOMMAND']._serialized_end=1099
+  _globals['_SCHEDULEPERIOD']._serialized_start=1101
+  _globals['_SCHEDULEPERIOD']._serialized_end=1179
+  _globals['_CHARGINGPROFILE']._serialized_start=1182
+  _globals['_CHARGINGPROFILE']._serialized_end=1634
+  _globals['_SETCHARGINGPROFILE']._serialized_start=1636
+  _globals['_SETCHARGINGPROFILE']._serialized_end=1730
+  _globals['_CLEARCHARGINGPROFILE']._serialized_start=1733
+  _globals['_CLEARCHARGINGPROFILE']._serialized_end=1869
+  _globals['_GETCOMPOSITESCHEDULE']._serialized_start=1871
+  _globals['_GETCOMPOSITESCHEDULE']._serialized_end=1981
+  _globals['_GETCHARGINGPROFILES']._serialized_start=1983
+  _globals['_GETCHARGINGPROFILES']._serialized_end=2097
+  _globals['_VARIABLEREF']._serialized_start=2099
+  _globals['_VARIABLEREF']._serialized_end=2206
+  _globals['_GETVARIABLES']._serialized_start=2208
+  _globals['_GETVARIABLES']._serialized_end=2277
+  _globals['_SETVARIABLES']._serialized_start=2279
+  _globals['_SETVARIABLES']._serialized_end=2348
+  _globals['_GETCONFIGURATION']._serialized_start=2350
+  _globals['_GETCONFIGURATION']._serialized_end=2382
+  _globals['_CHANGECONFIGURATION']._serialized_start=2384
+  _globals['_CHANGECONFIGURATION']._serialized_end=2433
+  _globals['_TRIGGERMESSAGE']._serialized_start=2435
+  _globals['_TRIGGERMESSAGE']._serialized_end=2495
+  _globals['_RESET']._serialized_start=2497
+  _globals['_RESET']._serialized_end=2518
+  _globals['_USEPRIORITYCHARGING']._serialized_start=2520
+  _globals['_USEPRIORITYCHARGING']._serialized_end=2583
+  _globals['_COMMANDRESULT']._serialized_start=2586
+  _globals['_COMMANDRESULT']._serialized_end=2904
 # @@protoc_insertion_point(module_scope)

@@ -113,6 +113,7 @@ class StationCommand(_message.Message):
     CHANGE_CONFIGURATION_FIELD_NUMBER: _builtins.int
     TRIGGER_MESSAGE_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
+    USE_PRIORITY_CHARGING_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """unique; the result carries it back"""
     station_id: _builtins.str
@@ -148,6 +149,8 @@ class StationCommand(_message.Message):
     def trigger_message(self) -> Global___TriggerMessage: ...
     @_builtins.property
     def reset(self) -> Global___Reset: ...
+    @_builtins.property
+    def use_priority_charging(self) -> Global___UsePriorityCharging: ...
     def __init__(
         self,
         *,
@@ -167,12 +170,13 @@ class StationCommand(_message.Message):
         change_configuration: Global___ChangeConfiguration | None = ...,
         trigger_message: Global___TriggerMessage | None = ...,
         reset: Global___Reset | None = ...,
+        use_priority_charging: Global___UsePriorityCharging | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change_configuration", b"change_configuration", "clear_charging_profile", b"clear_charging_profile", "expires_at", b"expires_at", "get_charging_profiles", b"get_charging_profiles", "get_composite_schedule", b"get_composite_schedule", "get_configuration", b"get_configuration", "get_variables", b"get_variables", "meta", b"meta", "payload", b"payload", "reset", b"reset", "set_charging_profile", b"set_charging_profile", "set_variables", b"set_variables", "trigger_message", b"trigger_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_configuration", b"change_configuration", "clear_charging_profile", b"clear_charging_profile", "expires_at", b"expires_at", "get_charging_profiles", b"get_charging_profiles", "get_composite_schedule", b"get_composite_schedule", "get_configuration", b"get_configuration", "get_variables", b"get_variables", "meta", b"meta", "payload", b"payload", "reset", b"reset", "set_charging_profile", b"set_charging_profile", "set_variables", b"set_variables", "trigger_message", b"trigger_message", "use_priority_charging", b"use_priority_charging"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_configuration", b"change_configuration", "clear_charging_profile", b"clear_charging_profile", "command_id", b"command_id", "command_key", b"command_key", "expires_at", b"expires_at", "generation", b"generation", "get_charging_profiles", b"get_charging_profiles", "get_composite_schedule", b"get_composite_schedule", "get_configuration", b"get_configuration", "get_variables", b"get_variables", "meta", b"meta", "payload", b"payload", "reset", b"reset", "set_charging_profile", b"set_charging_profile", "set_variables", b"set_variables", "station_id", b"station_id", "trigger_message", b"trigger_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_configuration", b"change_configuration", "clear_charging_profile", b"clear_charging_profile", "command_id", b"command_id", "command_key", b"command_key", "expires_at", b"expires_at", "generation", b"generation", "get_charging_profiles", b"get_charging_profiles", "get_composite_schedule", b"get_composite_schedule", "get_configuration", b"get_configuration", "get_variables", b"get_variables", "meta", b"meta", "payload", b"payload", "reset", b"reset", "set_charging_profile", b"set_charging_profile", "set_variables", b"set_variables", "station_id", b"station_id", "trigger_message", b"trigger_message", "use_priority_charging", b"use_priority_charging"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["set_charging_profile", "clear_charging_profile", "get_composite_schedule", "get_charging_profiles", "get_variables", "set_variables", "get_configuration", "change_configuration", "trigger_message", "reset"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["set_charging_profile", "clear_charging_profile", "get_composite_schedule", "get_charging_profiles", "get_variables", "set_variables", "get_configuration", "change_configuration", "trigger_message", "reset", "use_priority_charging"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -526,6 +530,32 @@ class Reset(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Reset: _TypeAlias = Reset  # noqa: Y015
+
+@_typing.final
+class UsePriorityCharging(_message.Message):
+    """OCPP 2.1 only: ask the station to (de)activate priority charging of a transaction; it confirms with
+    NotifyPriorityCharging, which the allocator acts on.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    ACTIVATE_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    activate: _builtins.bool
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        activate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsePriorityCharging: _TypeAlias = UsePriorityCharging  # noqa: Y015
 
 @_typing.final
 class CommandResult(_message.Message):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!gridcharge/common/v1/common.proto\x12\x14gridcharge.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x0bPhaseValues\x12\n\n\x02l1\x18\x01 \x01(\x01\x12\n\n\x02l2\x18\x02 \x01(\x01\x12\n\n\x02l3\x18\x03 \x01(\x01\"[\n\x04Meta\x12\x10\n\x08producer\x18\x01 \x01(\t\x12/\n\x0bproduced_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x03 \x01(\t\"\x87\x01\n\nDeadLetter\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x05 \x01(\t\x12-\n\tfailed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*V\n\x0bOcppVersion\x12\x1c\n\x18OCPP_VERSION_UNSPECIFIED\x10\x00\x12\x13\n\x0fOCPP_VERSION_16\x10\x01\x12\x14\n\x10OCPP_VERSION_201\x10\x02*G\n\x08RateUnit\x12\x19\n\x15RATE_UNIT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRATE_UNIT_A\x10\x01\x12\x0f\n\x0bRATE_UNIT_W\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!gridcharge/common/v1/common.proto\x12\x14gridcharge.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x0bPhaseValues\x12\n\n\x02l1\x18\x01 \x01(\x01\x12\n\n\x02l2\x18\x02 \x01(\x01\x12\n\n\x02l3\x18\x03 \x01(\x01\"[\n\x04Meta\x12\x10\n\x08producer\x18\x01 \x01(\t\x12/\n\x0bproduced_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x03 \x01(\t\"\x87\x01\n\nDeadLetter\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x05 \x01(\t\x12-\n\tfailed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*k\n\x0bOcppVersion\x12\x1c\n\x18OCPP_VERSION_UNSPECIFIED\x10\x00\x12\x13\n\x0fOCPP_VERSION_16\x10\x01\x12\x14\n\x10OCPP_VERSION_201\x10\x02\x12\x13\n\x0fOCPP_VERSION_21\x10\x03*G\n\x08RateUnit\x12\x19\n\x15RATE_UNIT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRATE_UNIT_A\x10\x01\x12\x0f\n\x0bRATE_UNIT_W\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gridcharge.common.v1.common
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OCPPVERSION']._serialized_start=374
-  _globals['_OCPPVERSION']._serialized_end=460
-  _globals['_RATEUNIT']._serialized_start=462
-  _globals['_RATEUNIT']._serialized_end=533
+  _globals['_OCPPVERSION']._serialized_end=481
+  _globals['_RATEUNIT']._serialized_start=483
+  _globals['_RATEUNIT']._serialized_end=554
   _globals['_PHASEVALUES']._serialized_start=92
   _globals['_PHASEVALUES']._serialized_end=141
   _globals['_META']._serialized_start=143

@@ -29,6 +29,8 @@ class _OcppVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OcppVersi
     """OCPP 1.6J"""
     OCPP_VERSION_201: _OcppVersion.ValueType  # 2
     """OCPP 2.0.1"""
+    OCPP_VERSION_21: _OcppVersion.ValueType  # 3
+    """OCPP 2.1"""
 
 class OcppVersion(_OcppVersion, metaclass=_OcppVersionEnumTypeWrapper): ...
 
@@ -37,6 +39,8 @@ OCPP_VERSION_16: OcppVersion.ValueType  # 1
 """OCPP 1.6J"""
 OCPP_VERSION_201: OcppVersion.ValueType  # 2
 """OCPP 2.0.1"""
+OCPP_VERSION_21: OcppVersion.ValueType  # 3
+"""OCPP 2.1"""
 Global___OcppVersion: _TypeAlias = OcppVersion  # noqa: Y015
 
 class _RateUnit:

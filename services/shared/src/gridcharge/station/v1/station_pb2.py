@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gridcharge.common.v1 import common_pb2 as gridcharge_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#gridcharge/station/v1/station.proto\x12\x15gridcharge.station.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!gridcharge/common/v1/common.proto\"\xf4\x08\n\x0cStationEvent\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x37\n\x0cocpp_version\x18\x03 \x01(\x0e\x32!.gridcharge.common.v1.OcppVersion\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\tconnected\x18\n \x01(\x0b\x32 .gridcharge.station.v1.ConnectedH\x00\x12;\n\x0c\x64isconnected\x18\x0b \x01(\x0b\x32#.gridcharge.station.v1.DisconnectedH\x00\x12+\n\x04\x62oot\x18\x0c \x01(\x0b\x32\x1b.gridcharge.station.v1.BootH\x00\x12\x35\n\theartbeat\x18\r \x01(\x0b\x32 .gridcharge.station.v1.HeartbeatH\x00\x12/\n\x06status\x18\x0e \x01(\x0b\x32\x1d.gridcharge.station.v1.StatusH\x00\x12\x35\n\tauthorize\x18\x0f \x01(\x0b\x32 .gridcharge.station.v1.AuthorizeH\x00\x12H\n\x13transaction_started\x18\x10 \x01(\x0b\x32).gridcharge.station.v1.TransactionStartedH\x00\x12H\n\x13transaction_updated\x18\x11 \x01(\x0b\x32).gridcharge.station.v1.TransactionUpdatedH\x00\x12\x44\n\x11transaction_ended\x18\x12 \x01(\x0b\x32\'.gridcharge.station.v1.TransactionEndedH\x00\x12>\n\x0e\x63harging_needs\x18\x13 \x01(\x0b\x32$.gridcharge.station.v1.ChargingNeedsH\x00\x12>\n\x0e\x63harging_limit\x18\x14 \x01(\x0b\x32$.gridcharge.station.v1.ChargingLimitH\x00\x12Q\n\x18\x63harging_profiles_report\x18\x15 \x01(\x0b\x32-.gridcharge.station.v1.ChargingProfilesReportH\x00\x12I\n\x14\x65v_charging_schedule\x18\x16 \x01(\x0b\x32).gridcharge.station.v1.EvChargingScheduleH\x00\x12<\n\rdata_transfer\x18\x17 \x01(\x0b\x32#.gridcharge.station.v1.DataTransferH\x00\x12;\n\x0cnotification\x18\x18 \x01(\x0b\x32#.gridcharge.station.v1.NotificationH\x00\x42\t\n\x07payload\"g\n\tConnected\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x17\n\x0fownership_epoch\x18\x02 \x01(\x03\x12\x13\n\x0bremote_addr\x18\x03 \x01(\t\x12\x18\n\x10security_profile\x18\x04 \x01(\x05\"2\n\x0c\x44isconnected\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x83\x01\n\x04\x42oot\x12\x0e\n\x06vendor\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10\x66irmware_version\x18\x03 \x01(\t\x12\x15\n\rserial_number\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x1b\n\x13registration_status\x18\x06 \x01(\t\"\x0b\n\tHeartbeat\"S\n\x06Status\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x63onnector_id\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\t\"-\n\tAuthorize\x12\x10\n\x08id_token\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"\x8d\x01\n\x12TransactionStarted\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x14\n\x0c\x63onnector_id\x18\x03 \x01(\x05\x12\x10\n\x08id_token\x18\x04 \x01(\t\x12\x16\n\x0emeter_start_wh\x18\x05 \x01(\x01\x12\x0e\n\x06seq_no\x18\x06 \x01(\x03\"}\n\x12TransactionUpdated\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x16\n\x0e\x63harging_state\x18\x03 \x01(\t\x12\x0e\n\x06seq_no\x18\x04 \x01(\x03\x12\x16\n\x0etrigger_reason\x18\x05 \x01(\t\"r\n\x10TransactionEnded\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x15\n\rmeter_stop_wh\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06seq_no\x18\x05 \x01(\x03\"\xef\x01\n\rChargingNeeds\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x32\n\x0e\x64\x65parture_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x65nergy_amount_wh\x18\x03 \x01(\x01\x12\x18\n\x10\x65v_min_current_a\x18\x04 \x01(\x01\x12\x18\n\x10\x65v_max_current_a\x18\x05 \x01(\x01\x12\x18\n\x10\x65v_max_voltage_v\x18\x06 \x01(\x01\x12!\n\x19requested_energy_transfer\x18\x07 \x01(\t\x12\x0e\n\x06phases\x18\x08 \x01(\x05\"`\n\rChargingLimit\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x18\n\x10is_grid_critical\x18\x02 \x01(\x08\x12\x0f\n\x07\x65vse_id\x18\x03 \x01(\x05\x12\x14\n\x0cprofile_json\x18\x04 \x01(\t\"q\n\x16\x43hargingProfilesReport\x12\x12\n\nrequest_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x15\n\rprofiles_json\x18\x04 \x01(\t\x12\x0b\n\x03tbc\x18\x05 \x01(\x08\"<\n\x12\x45vChargingSchedule\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x15\n\rschedule_json\x18\x02 \x01(\t\"C\n\x0c\x44\x61taTransfer\x12\x11\n\tvendor_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\"4\n\x0cNotification\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x14\n\x0cpayload_json\x18\x02 \x01(\t\"\xd9\x01\n\x0bMeterValues\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x03 \x01(\x05\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\x12.\n\nsampled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06values\x18\x06 \x03(\x0b\x32#.gridcharge.station.v1.SampledValue\"p\n\x0cSampledValue\x12\x11\n\tmeasurand\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x05 \x01(\t\x12\x10\n\x08location\x18\x06 \x01(\t\"\xf4\x02\n\x13StationCapabilities\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x37\n\x0cocpp_version\x18\x03 \x01(\x0e\x32!.gridcharge.common.v1.OcppVersion\x12\x17\n\x0fmax_stack_level\x18\x04 \x01(\x05\x12:\n\x12\x61llowed_rate_units\x18\x05 \x03(\x0e\x32\x1e.gridcharge.common.v1.RateUnit\x12 \n\x18max_periods_per_schedule\x18\x06 \x01(\x05\x12\x1e\n\x16max_profiles_installed\x18\x07 \x01(\x05\x12\x17\n\x0fnumber_of_evses\x18\x08 \x01(\x05\x12\x1f\n\x17supports_smart_charging\x18\t \x01(\x08\x12\x15\n\rread_complete\x18\n \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#gridcharge/station/v1/station.proto\x12\x15gridcharge.station.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!gridcharge/common/v1/common.proto\"\xf8\t\n\x0cStationEvent\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x37\n\x0cocpp_version\x18\x03 \x01(\x0e\x32!.gridcharge.common.v1.OcppVersion\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\tconnected\x18\n \x01(\x0b\x32 .gridcharge.station.v1.ConnectedH\x00\x12;\n\x0c\x64isconnected\x18\x0b \x01(\x0b\x32#.gridcharge.station.v1.DisconnectedH\x00\x12+\n\x04\x62oot\x18\x0c \x01(\x0b\x32\x1b.gridcharge.station.v1.BootH\x00\x12\x35\n\theartbeat\x18\r \x01(\x0b\x32 .gridcharge.station.v1.HeartbeatH\x00\x12/\n\x06status\x18\x0e \x01(\x0b\x32\x1d.gridcharge.station.v1.StatusH\x00\x12\x35\n\tauthorize\x18\x0f \x01(\x0b\x32 .gridcharge.station.v1.AuthorizeH\x00\x12H\n\x13transaction_started\x18\x10 \x01(\x0b\x32).gridcharge.station.v1.TransactionStartedH\x00\x12H\n\x13transaction_updated\x18\x11 \x01(\x0b\x32).gridcharge.station.v1.TransactionUpdatedH\x00\x12\x44\n\x11transaction_ended\x18\x12 \x01(\x0b\x32\'.gridcharge.station.v1.TransactionEndedH\x00\x12>\n\x0e\x63harging_needs\x18\x13 \x01(\x0b\x32$.gridcharge.station.v1.ChargingNeedsH\x00\x12>\n\x0e\x63harging_limit\x18\x14 \x01(\x0b\x32$.gridcharge.station.v1.ChargingLimitH\x00\x12Q\n\x18\x63harging_profiles_report\x18\x15 \x01(\x0b\x32-.gridcharge.station.v1.ChargingProfilesReportH\x00\x12I\n\x14\x65v_charging_schedule\x18\x16 \x01(\x0b\x32).gridcharge.station.v1.EvChargingScheduleH\x00\x12<\n\rdata_transfer\x18\x17 \x01(\x0b\x32#.gridcharge.station.v1.DataTransferH\x00\x12;\n\x0cnotification\x18\x18 \x01(\x0b\x32#.gridcharge.station.v1.NotificationH\x00\x12\x44\n\x11priority_charging\x18( \x01(\x0b\x32\'.gridcharge.station.v1.PriorityChargingH\x00\x12<\n\rprofile_check\x18) \x01(\x0b\x32#.gridcharge.station.v1.ProfileCheckH\x00\x42\t\n\x07payload\"g\n\tConnected\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x17\n\x0fownership_epoch\x18\x02 \x01(\x03\x12\x13\n\x0bremote_addr\x18\x03 \x01(\t\x12\x18\n\x10security_profile\x18\x04 \x01(\x05\"2\n\x0c\x44isconnected\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x83\x01\n\x04\x42oot\x12\x0e\n\x06vendor\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10\x66irmware_version\x18\x03 \x01(\t\x12\x15\n\rserial_number\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x1b\n\x13registration_status\x18\x06 \x01(\t\"\x0b\n\tHeartbeat\"S\n\x06Status\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x63onnector_id\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\t\"-\n\tAuthorize\x12\x10\n\x08id_token\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"\x8d\x01\n\x12TransactionStarted\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x14\n\x0c\x63onnector_id\x18\x03 \x01(\x05\x12\x10\n\x08id_token\x18\x04 \x01(\t\x12\x16\n\x0emeter_start_wh\x18\x05 \x01(\x01\x12\x0e\n\x06seq_no\x18\x06 \x01(\x03\"}\n\x12TransactionUpdated\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x16\n\x0e\x63harging_state\x18\x03 \x01(\t\x12\x0e\n\x06seq_no\x18\x04 \x01(\x03\x12\x16\n\x0etrigger_reason\x18\x05 \x01(\t\"r\n\x10TransactionEnded\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x15\n\rmeter_stop_wh\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06seq_no\x18\x05 \x01(\x03\"\xef\x01\n\rChargingNeeds\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x32\n\x0e\x64\x65parture_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x65nergy_amount_wh\x18\x03 \x01(\x01\x12\x18\n\x10\x65v_min_current_a\x18\x04 \x01(\x01\x12\x18\n\x10\x65v_max_current_a\x18\x05 \x01(\x01\x12\x18\n\x10\x65v_max_voltage_v\x18\x06 \x01(\x01\x12!\n\x19requested_energy_transfer\x18\x07 \x01(\t\x12\x0e\n\x06phases\x18\x08 \x01(\x05\"`\n\rChargingLimit\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x18\n\x10is_grid_critical\x18\x02 \x01(\x08\x12\x0f\n\x07\x65vse_id\x18\x03 \x01(\x05\x12\x14\n\x0cprofile_json\x18\x04 \x01(\t\"q\n\x16\x43hargingProfilesReport\x12\x12\n\nrequest_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x15\n\rprofiles_json\x18\x04 \x01(\t\x12\x0b\n\x03tbc\x18\x05 \x01(\x08\"<\n\x12\x45vChargingSchedule\x12\x0f\n\x07\x65vse_id\x18\x01 \x01(\x05\x12\x15\n\rschedule_json\x18\x02 \x01(\t\"C\n\x0c\x44\x61taTransfer\x12\x11\n\tvendor_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\"=\n\x10PriorityCharging\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x11\n\tactivated\x18\x02 \x01(\x08\"h\n\x0cProfileCheck\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12:\n\nmismatches\x18\x03 \x03(\x0b\x32&.gridcharge.station.v1.ProfileMismatch\"\xa9\x01\n\x0fProfileMismatch\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x02 \x01(\x05\x12\x13\n\x0bstack_level\x18\x03 \x01(\x05\x12\x12\n\nprofile_id\x18\x04 \x01(\x05\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x12\n\nsent_limit\x18\x06 \x01(\x01\x12\x16\n\x0ereported_limit\x18\x07 \x01(\x01\x12\x11\n\trate_unit\x18\x08 \x01(\t\"4\n\x0cNotification\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x14\n\x0cpayload_json\x18\x02 \x01(\t\"\xd9\x01\n\x0bMeterValues\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65vse_id\x18\x03 \x01(\x05\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\x12.\n\nsampled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06values\x18\x06 \x03(\x0b\x32#.gridcharge.station.v1.SampledValue\"p\n\x0cSampledValue\x12\x11\n\tmeasurand\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x05 \x01(\t\x12\x10\n\x08location\x18\x06 \x01(\t\"\xf4\x02\n\x13StationCapabilities\x12(\n\x04meta\x18\x01 \x01(\x0b\x32\x1a.gridcharge.common.v1.Meta\x12\x12\n\nstation_id\x18\x02 \x01(\t\x12\x37\n\x0cocpp_version\x18\x03 \x01(\x0e\x32!.gridcharge.common.v1.OcppVersion\x12\x17\n\x0fmax_stack_level\x18\x04 \x01(\x05\x12:\n\x12\x61llowed_rate_units\x18\x05 \x03(\x0e\x32\x1e.gridcharge.common.v1.RateUnit\x12 \n\x18max_periods_per_schedule\x18\x06 \x01(\x05\x12\x1e\n\x16max_profiles_installed\x18\x07 \x01(\x05\x12\x17\n\x0fnumber_of_evses\x18\x08 \x01(\x05\x12\x1f\n\x17supports_smart_charging\x18\t \x01(\x08\x12\x15\n\rread_complete\x18\n \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,41 +34,47 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gridcharge.station.v1.stati
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STATIONEVENT']._serialized_start=131
-  _globals['_STATIONEVENT']._serialized_end=1271
-  _globals['_CONNECTED']._serialized_start=1273
-  _globals['_CONNECTED']._serialized_end=1376
-  _globals['_DISCONNECTED']._serialized_start=1378
-  _globals['_DISCONNECTED']._serialized_end=1428
-  _globals['_BOOT']._serialized_start=1431
-  _globals['_BOOT']._serialized_end=1562
-  _globals['_HEARTBEAT']._serialized_start=1564
-  _globals['_HEARTBEAT']._serialized_end=1575
-  _globals['_STATUS']._serialized_start=1577
-  _globals['_STATUS']._serialized_end=1660
-  _globals['_AUTHORIZE']._serialized_start=1662
-  _globals['_AUTHORIZE']._serialized_end=1707
-  _globals['_TRANSACTIONSTARTED']._serialized_start=1710
-  _globals['_TRANSACTIONSTARTED']._serialized_end=1851
-  _globals['_TRANSACTIONUPDATED']._serialized_start=1853
-  _globals['_TRANSACTIONUPDATED']._serialized_end=1978
-  _globals['_TRANSACTIONENDED']._serialized_start=1980
-  _globals['_TRANSACTIONENDED']._serialized_end=2094
-  _globals['_CHARGINGNEEDS']._serialized_start=2097
-  _globals['_CHARGINGNEEDS']._serialized_end=2336
-  _globals['_CHARGINGLIMIT']._serialized_start=2338
-  _globals['_CHARGINGLIMIT']._serialized_end=2434
-  _globals['_CHARGINGPROFILESREPORT']._serialized_start=2436
-  _globals['_CHARGINGPROFILESREPORT']._serialized_end=2549
-  _globals['_EVCHARGINGSCHEDULE']._serialized_start=2551
-  _globals['_EVCHARGINGSCHEDULE']._serialized_end=2611
-  _globals['_DATATRANSFER']._serialized_start=2613
-  _globals['_DATATRANSFER']._serialized_end=2680
-  _globals['_NOTIFICATION']._serialized_start=2682
-  _globals['_NOTIFICATION']._serialized_end=2734
-  _globals['_METERVALUES']._serialized_start=2737
-  _globals['_METERVALUES']._serialized_end=2954
-  _globals['_SAMPLEDVALUE']._serialized_start=2956
-  _globals['_SAMPLEDVALUE']._serialized_end=3068
-  _globals['_STATIONCAPABILITIES']._serialized_start=3071
-  _globals['_STATIONCAPABILITIES']._serialized_end=3443
+  _globals['_STATIONEVENT']._serialized_end=1403
+  _globals['_CONNECTED']._serialized_start=1405
+  _globals['_CONNECTED']._serialized_end=1508
+  _globals['_DISCONNECTED']._serialized_start=1510
+  _globals['_DISCONNECTED']._serialized_end=1560
+  _globals['_BOOT']._serialized_start=1563
+  _globals['_BOOT']._serialized_end=1694
+  _globals['_HEARTBEAT']._serialized_start=1696
+  _globals['_HEARTBEAT']._serialized_end=1707
+  _globals['_STATUS']._serialized_start=1709
+  _globals['_STATUS']._serialized_end=1792
+  _globals['_AUTHORIZE']._serialized_start=1794
+  _globals['_AUTHORIZE']._serialized_end=1839
+  _globals['_TRANSACTIONSTARTED']._serialized_start=1842
+  _globals['_TRANSACTIONSTARTED']._serialized_end=1983
+  _globals['_TRANSACTIONUPDATED']._serialized_start=1985
+  _globals['_TRANSACTIONUPDATED']._serialized_end=2110
+  _globals['_TRANSACTIONENDED']._serialized_start=2112
+  _globals['_TRANSACTIONENDED']._serialized_end=2226
+  _globals['_CHARGINGNEEDS']._serialized_start=2229
+  _globals['_CHARGINGNEEDS']._serialized_end=2468
+  _globals['_CHARGINGLIMIT']._serialized_start=2470
+  _globals['_CHARGINGLIMIT']._serialized_end=2566
+  _globals['_CHARGINGPROFILESREPORT']._serialized_start=2568
+  _globals['_CHARGINGPROFILESREPORT']._serialized_end=2681
+  _globals['_EVCHARGINGSCHEDULE']._serialized_start=2683
+  _globals['_EVCHARGINGSCHEDULE']._serialized_end=2743
+  _globals['_DATATRANSFER']._serialized_start=2745
+  _globals['_DATATRANSFER']._serialized_end=2812
+  _globals['_PRIORITYCHARGING']._serialized_start=2814
+  _globals['_PRIORITYCHARGING']._serialized_end=2875
+  _globals['_PROFILECHECK']._serialized_start=2877
+  _globals['_PROFILECHECK']._serialized_end=2981
+  _globals['_PROFILEMISMATCH']._serialized_start=2984
+  _globals['_PROFILEMISMATCH']._serialized_end=3153
+  _globals['_NOTIFICATION']._serialized_start=3155
+  _globals['_NOTIFICATION']._serialized_end=3207
+  _globals['_METERVALUES']._serialized_start=3210
+  _globals['_METERVALUES']._serialized_end=3427
+  _globals['_SAMPLEDVALUE']._serialized_start=3429
+  _globals['_SAMPLEDVALUE']._serialized_end=3541
+  _globals['_STATIONCAPABILITIES']._serialized_start=3544
+  _globals['_STATIONCAPABILITIES']._serialized_end=3916
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,8 @@ class StationEvent(_message.Message):
     EV_CHARGING_SCHEDULE_FIELD_NUMBER: _builtins.int
     DATA_TRANSFER_FIELD_NUMBER: _builtins.int
     NOTIFICATION_FIELD_NUMBER: _builtins.int
+    PRIORITY_CHARGING_FIELD_NUMBER: _builtins.int
+    PROFILE_CHECK_FIELD_NUMBER: _builtins.int
     station_id: _builtins.str
     ocpp_version: _common_pb2.OcppVersion.ValueType
     @_builtins.property
@@ -83,6 +85,10 @@ class StationEvent(_message.Message):
     def data_transfer(self) -> Global___DataTransfer: ...
     @_builtins.property
     def notification(self) -> Global___Notification: ...
+    @_builtins.property
+    def priority_charging(self) -> Global___PriorityCharging: ...
+    @_builtins.property
+    def profile_check(self) -> Global___ProfileCheck: ...
     def __init__(
         self,
         *,
@@ -105,12 +111,14 @@ class StationEvent(_message.Message):
         ev_charging_schedule: Global___EvChargingSchedule | None = ...,
         data_transfer: Global___DataTransfer | None = ...,
         notification: Global___Notification | None = ...,
+        priority_charging: Global___PriorityCharging | None = ...,
+        profile_check: Global___ProfileCheck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "boot", b"boot", "charging_limit", b"charging_limit", "charging_needs", b"charging_needs", "charging_profiles_report", b"charging_profiles_report", "connected", b"connected", "data_transfer", b"data_transfer", "disconnected", b"disconnected", "ev_charging_schedule", b"ev_charging_schedule", "heartbeat", b"heartbeat", "meta", b"meta", "notification", b"notification", "occurred_at", b"occurred_at", "payload", b"payload", "status", b"status", "transaction_ended", b"transaction_ended", "transaction_started", b"transaction_started", "transaction_updated", b"transaction_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "boot", b"boot", "charging_limit", b"charging_limit", "charging_needs", b"charging_needs", "charging_profiles_report", b"charging_profiles_report", "connected", b"connected", "data_transfer", b"data_transfer", "disconnected", b"disconnected", "ev_charging_schedule", b"ev_charging_schedule", "heartbeat", b"heartbeat", "meta", b"meta", "notification", b"notification", "occurred_at", b"occurred_at", "payload", b"payload", "priority_charging", b"priority_charging", "profile_check", b"profile_check", "status", b"status", "transaction_ended", b"transaction_ended", "transaction_started", b"transaction_started", "transaction_updated", b"transaction_updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "boot", b"boot", "charging_limit", b"charging_limit", "charging_needs", b"charging_needs", "charging_profiles_report", b"charging_profiles_report", "connected", b"connected", "data_transfer", b"data_transfer", "disconnected", b"disconnected", "ev_charging_schedule", b"ev_charging_schedule", "heartbeat", b"heartbeat", "meta", b"meta", "notification", b"notification", "occurred_at", b"occurred_at", "ocpp_version", b"ocpp_version", "payload", b"payload", "station_id", b"station_id", "status", b"status", "transaction_ended", b"transaction_ended", "transaction_started", b"transaction_started", "transaction_updated", b"transaction_updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorize", b"authorize", "boot", b"boot", "charging_limit", b"charging_limit", "charging_needs", b"charging_needs", "charging_profiles_report", b"charging_profiles_report", "connected", b"connected", "data_transfer", b"data_transfer", "disconnected", b"disconnected", "ev_charging_schedule", b"ev_charging_schedule", "heartbeat", b"heartbeat", "meta", b"meta", "notification", b"notification", "occurred_at", b"occurred_at", "ocpp_version", b"ocpp_version", "payload", b"payload", "priority_charging", b"priority_charging", "profile_check", b"profile_check", "station_id", b"station_id", "status", b"status", "transaction_ended", b"transaction_ended", "transaction_started", b"transaction_started", "transaction_updated", b"transaction_updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["connected", "disconnected", "boot", "heartbeat", "status", "authorize", "transaction_started", "transaction_updated", "transaction_ended", "charging_needs", "charging_limit", "charging_profiles_report", "ev_charging_schedule", "data_transfer", "notification"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["connected", "disconnected", "boot", "heartbeat", "status", "authorize", "transaction_started", "transaction_updated", "transaction_ended", "charging_needs", "charging_limit", "charging_profiles_report", "ev_charging_schedule", "data_transfer", "notification", "priority_charging", "profile_check"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -517,6 +525,110 @@ class DataTransfer(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DataTransfer: _TypeAlias = DataTransfer  # noqa: Y015
+
+@_typing.final
+class PriorityCharging(_message.Message):
+    """OCPP 2.1 NotifyPriorityCharging: the station started (activated) or stopped priority charging for a
+    transaction (its driver pressed a button, or after our UsePriorityCharging). The allocator serves that
+    session first while it is active.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    ACTIVATED_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    activated: _builtins.bool
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        activated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated", b"activated", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriorityCharging: _TypeAlias = PriorityCharging  # noqa: Y015
+
+@_typing.final
+class ProfileCheck(_message.Message):
+    """The gateway's closed-loop check of a station's installed profiles against what it sent and the station
+    accepted (GetChargingProfiles/ReportChargingProfiles and GetCompositeSchedule). `ok` false: the station
+    does not apply what it accepted; the allocator budgets it at its worst case and sends its profiles again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    MISMATCHES_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    complete: _builtins.bool
+    """every read answered (false: timed out / refused, nothing judged)"""
+    @_builtins.property
+    def mismatches(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileMismatch]: ...
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        complete: _builtins.bool = ...,
+        mismatches: _abc.Iterable[Global___ProfileMismatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "mismatches", b"mismatches", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileCheck: _TypeAlias = ProfileCheck  # noqa: Y015
+
+@_typing.final
+class ProfileMismatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    EVSE_ID_FIELD_NUMBER: _builtins.int
+    STACK_LEVEL_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    SENT_LIMIT_FIELD_NUMBER: _builtins.int
+    REPORTED_LIMIT_FIELD_NUMBER: _builtins.int
+    RATE_UNIT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """missing | higher_limit | foreign | composite_higher"""
+    evse_id: _builtins.int
+    stack_level: _builtins.int
+    profile_id: _builtins.int
+    purpose: _builtins.str
+    """OCPP purpose name"""
+    sent_limit: _builtins.float
+    """in `rate_unit`; what we sent (0 for a foreign profile)"""
+    reported_limit: _builtins.float
+    """what the station reports (0 when missing)"""
+    rate_unit: _builtins.str
+    """A | W"""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        evse_id: _builtins.int = ...,
+        stack_level: _builtins.int = ...,
+        profile_id: _builtins.int = ...,
+        purpose: _builtins.str = ...,
+        sent_limit: _builtins.float = ...,
+        reported_limit: _builtins.float = ...,
+        rate_unit: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evse_id", b"evse_id", "kind", b"kind", "profile_id", b"profile_id", "purpose", b"purpose", "rate_unit", b"rate_unit", "reported_limit", b"reported_limit", "sent_limit", b"sent_limit", "stack_level", b"stack_level"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileMismatch: _TypeAlias = ProfileMismatch  # noqa: Y015
 
 @_typing.final
 class Notification(_message.Message):
