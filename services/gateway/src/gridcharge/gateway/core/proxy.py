@@ -160,8 +160,8 @@ class ProfilePolicy:
                 return ClearPlan(relay=False, refuse=f"profile id {pid} is reserved for the local controller")
             return ClearPlan(relay=True)
         own_purposes = STATION_MAX | {TX_PROFILE}
-        touches_own = (purpose is None or purpose in own_purposes) and (
-            stack is None or any(self._reserved(p, int(stack)) for p in own_purposes))
+        purposes = own_purposes if purpose is None else own_purposes & {purpose}
+        touches_own = bool(purposes) and (stack is None or any(self._reserved(p, int(stack)) for p in purposes))
         if not touches_own:
             return ClearPlan(relay=True)
         ids = tuple(r.profile_id for r in recorded
