@@ -12,7 +12,7 @@
   would replace or override one of these is refused (`ProfilePolicy.refusal`); an upstream Clear that
   could remove one is narrowed to the upstream's own recorded profiles (`ProfilePolicy.plan_clear`).
   Everything else passes unchanged; the station combines its station maximum with Tx/TxDefault profiles
-  by the minimum (OCPP 1.6 §3.13.2, 2.0.1 K01), so the lower limit wins without rewriting anything.
+  by the minimum (OCPP 1.6 §3.13, 2.0.1 K01), so the lower limit wins without rewriting anything.
 - `OfflineQueue`: the bounded queue of transaction messages.
 """
 
@@ -181,7 +181,7 @@ def refused_answer(version: Version, action: str, reason: str) -> dict[str, Any]
 @dataclass
 class ProfileRecord:
     """The upstream's profiles a station holds, by id (1.6: a new one at the same EVSE, purpose and stack
-    level replaces the old one, §5.16.1)."""
+    level replaces the old one, §5.16)."""
 
     profiles: dict[int, ProfileRef] = field(default_factory=dict)
     max_entries: int = 256
