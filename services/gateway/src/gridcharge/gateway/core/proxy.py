@@ -30,7 +30,7 @@ TX_PROFILE = "TxProfile"
 
 
 def is_transaction_message(version: Version, action: str, payload: dict[str, Any]) -> bool:
-    """Transaction-related messages (1.6 §4.7/§4.8, 2.0.1 E): the ones a station itself would queue offline."""
+    """Transaction-related messages (2.0.1 block E): the ones a station itself would queue while offline."""
     if version is Version.V16:
         if action in ("StartTransaction", "StopTransaction"):
             return True
