@@ -57,6 +57,8 @@ def sample(name: str, info: FieldInfo) -> tuple[str, Any]:
         return repr(real), real
     if ann is str:
         return f"{name}-value", f"{name}-value"
+    if typing.get_origin(ann) is frozenset and typing.get_args(ann) == (int,):
+        return "2, 3", frozenset({2, 3})
     if typing.get_origin(ann) is frozenset:
         return "cs-1, cs-2", frozenset({"cs-1", "cs-2"})
     raise AssertionError(f"{name}: no sample for {info.annotation} (extend the test)")

@@ -6,6 +6,7 @@ import json
 import ssl
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from gridcharge.gateway.adapters.credentials import Credentials
@@ -64,6 +65,21 @@ class GatewaySettings(Settings):
     # `gw:id-tokens` hash, then `id_tokens_file`, then an upstream authorizer if one is plugged in)
     authorization: Literal["accept-all", "local-list"] = "accept-all"
     id_tokens_file: Path | None = None            # YAML/JSON {id_token: status | {status, expiry, group}}
+    # proxy mode (docs/grid-interfaces.md, "Upstream CSMS (proxy mode)"): every station is relayed to this
+    # CSMS over its own connection, `<upstream_url>/<station_id>`, same OCPP version; "" = off
+    upstream_url: str = ""
+    upstream_security_profile: Literal[0, 1, 2] = 2   # 0 ws, 1 ws + Basic, 2 wss (CA-verified) + Basic
+    upstream_passwords_file: Path | None = None   # YAML/JSON {station_id: password} for Basic (a mounted Secret)
+    upstream_ca_file: Path | None = None          # CA bundle (PEM) of the upstream's certificate; unset = system CAs
+    upstream_connect_timeout_s: float = Field(10.0, gt=0)
+    upstream_call_timeout_s: float = Field(10.0, gt=0)   # upstream answer to a relayed station message; then local
+    upstream_backoff_max_s: float = Field(60.0, gt=0)    # reconnect back-off 1, 2, 4 ... s up to this
+    upstream_queue_max: int = Field(1000, ge=1)   # transaction messages queued per station while the upstream is down
+    # profile stack levels (of ChargingStationMaxProfile and TxProfile) and profile ids that are gridcharge's:
+    # an upstream profile there is refused (docs/grid-interfaces.md)
+    upstream_reserved_stack_levels: frozenset[int] = frozenset({0, 1})
+    upstream_reserved_profile_id_min: int = Field(1000, ge=0)
+    upstream_reserved_profile_id_max: int = Field(3999, ge=0)
 
     @field_validator("pending_stations", mode="before")
     @classmethod
@@ -75,6 +91,19 @@ class GatewaySettings(Settings):
                 return json.loads(text)
             return [s.strip() for s in text.split(",") if s.strip()]
         return v
+
+    @field_validator("upstream_reserved_stack_levels", mode="before")
+    @classmethod
+    def _int_list(cls, v: object) -> object:
+        """Env gives a string: comma-separated stack levels (or a JSON list)."""
+        if isinstance(v, str):
+            text = v.strip()
+            return json.loads(text) if text.startswith("[") else [s.strip() for s in text.split(",") if s.strip()]
+        return v
+
+    @property
+    def proxy_mode(self) -> bool:
+        return bool(self.upstream_url)
 
     def is_pending_station(self, station_id: str) -> bool:
         return station_id in self.pending_stations or "*" in self.pending_stations
@@ -93,7 +122,8 @@ def check_gateway_files(st: GatewaySettings) -> None:
     silently ignored (a TLS key given to a plain-ws gateway is a deployment mistake, not an option)."""
     files = {"credentials_file": st.credentials_file, "tls_cert": st.tls_cert, "tls_key": st.tls_key,
              "tls_ca": st.tls_ca}
-    for name, path in files.items():
+    for name, path in {**files, "upstream_passwords_file": st.upstream_passwords_file,
+                       "upstream_ca_file": st.upstream_ca_file}.items():
         if path is None:
             continue
         var = ENV_PREFIX + name.upper()
@@ -126,6 +156,7 @@ def check_gateway_files(st: GatewaySettings) -> None:
                 ctx.load_verify_locations(str(st.tls_ca))
             except (ssl.SSLError, OSError) as exc:
                 raise ConfigError(str(st.tls_ca), f"{ENV_PREFIX}TLS_CA", f"not a PEM CA certificate ({exc})") from None
+    check_upstream(st)
     if st.security_profile in (1, 2) and st.credentials_file is None:
         raise ConfigError("environment", f"{ENV_PREFIX}CREDENTIALS_FILE",
                           f"required by {profile} (HTTP Basic passwords of the stations)")
@@ -151,3 +182,55 @@ def load_credentials(path: Path | None) -> Credentials:
                               "not a pbkdf2_sha256$<iterations>$<salt>$<hash> entry (plain passwords are not "
                               "accepted; make one with python -m gridcharge.gateway.adapters.credentials)")
     return creds
+
+
+def check_upstream(st: GatewaySettings) -> None:
+    """Proxy-mode settings that cannot work stop start-up with one line (the URL is never echoed: it may be
+    copied from a CSMS console with credentials in it)."""
+    if not st.upstream_url:
+        return
+    var = f"{ENV_PREFIX}UPSTREAM_URL"
+    url = urlsplit(st.upstream_url)
+    if url.scheme not in ("ws", "wss") or not url.hostname:
+        raise ConfigError("environment", var, "must be ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH")
+    if url.username or url.password:
+        raise ConfigError("environment", var, "must not carry credentials (use GRIDCHARGE_UPSTREAM_PASSWORDS_FILE)")
+    profile = f"{ENV_PREFIX}UPSTREAM_SECURITY_PROFILE={st.upstream_security_profile}"
+    if (url.scheme == "wss") != (st.upstream_security_profile == 2):
+        raise ConfigError("environment", var, f"scheme {url.scheme} does not fit {profile} (2 = wss, 0/1 = ws)")
+    if st.upstream_security_profile in (1, 2) and st.upstream_passwords_file is None:
+        raise ConfigError("environment", f"{ENV_PREFIX}UPSTREAM_PASSWORDS_FILE", f"required by {profile}")
+    if st.upstream_reserved_profile_id_min > st.upstream_reserved_profile_id_max:
+        raise ConfigError("environment", f"{ENV_PREFIX}UPSTREAM_RESERVED_PROFILE_ID_MIN",
+                          "greater than GRIDCHARGE_UPSTREAM_RESERVED_PROFILE_ID_MAX")
+    if not st.upstream_reserved_stack_levels or min(st.upstream_reserved_stack_levels) < 0:
+        raise ConfigError("environment", f"{ENV_PREFIX}UPSTREAM_RESERVED_STACK_LEVELS",
+                          "needs at least one stack level >= 0 (gridcharge's own profiles)")
+    if st.upstream_ca_file is not None:
+        ctx = ssl.create_default_context()
+        try:
+            ctx.load_verify_locations(str(st.upstream_ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(str(st.upstream_ca_file), f"{ENV_PREFIX}UPSTREAM_CA_FILE",
+                              f"not a readable PEM CA bundle ({exc.__class__.__name__})") from None
+
+
+def load_upstream_passwords(path: Path | None) -> dict[str, str]:
+    """{station_id: password} for the upstream's Basic auth, or one-line ConfigError (never the values)."""
+    if path is None:
+        return {}
+    var = f"{ENV_PREFIX}UPSTREAM_PASSWORDS_FILE"
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(str(path), var, f"cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError:
+        raise ConfigError(str(path), var, "invalid YAML/JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), var, "expected a mapping station_id -> password")
+    out: dict[str, str] = {}
+    for sid, pw in data.items():
+        if not isinstance(pw, str | int) or not 1 <= len(str(pw)) <= 64 or ":" in str(sid):
+            raise ConfigError(str(path), f"{var}: {str(sid)[:48]}", "password must be a string of 1-64 characters")
+        out[str(sid)] = str(pw)
+    return out

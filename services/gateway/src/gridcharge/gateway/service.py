@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter
 from gridcharge.gateway.adapters.authorization import AcceptAll, Authorizer, LocalList, Upstream, load_entries
@@ -12,7 +13,14 @@ from gridcharge.gateway.adapters.http import build_profile_check_router, build_r
 from gridcharge.gateway.adapters.profile_check import ProfileChecker
 from gridcharge.gateway.adapters.registry import Registry
 from gridcharge.gateway.adapters.server import OcppServer
-from gridcharge.gateway.config import GatewaySettings, check_gateway_files, gateway_settings, load_credentials
+from gridcharge.gateway.adapters.upstream import Proxy
+from gridcharge.gateway.config import (
+    GatewaySettings,
+    check_gateway_files,
+    gateway_settings,
+    load_credentials,
+    load_upstream_passwords,
+)
 from gridcharge.gateway.core.limits import StationFacts
 from gridcharge.gateway.handlers.base import StationSession
 from gridcharge.shared.contracts import (
@@ -59,7 +67,10 @@ class GatewayService:
         self._check_router = build_profile_check_router(self.dispatcher)
         self.ctx.on_boot_accepted = self.dispatcher.read_capabilities
         self.ctx.on_unregistered_call = self.dispatcher.request_boot
-        self.server = OcppServer(self.ctx, self.registry, self.dispatcher, self.sessions, self.credentials)
+        self.proxy = (Proxy(self.ctx, load_upstream_passwords(self.settings.upstream_passwords_file))
+                      if self.settings.proxy_mode else None)
+        self.server = OcppServer(self.ctx, self.registry, self.dispatcher, self.sessions, self.credentials,
+                                 self.proxy)
         self._routers = [build_router(self.registry, self.dispatcher)]
 
     @property
@@ -86,9 +97,16 @@ class GatewayService:
                               f"{self.settings.ocpp_port}: {os_error_text(exc)}") from None
         self.rt.health.add("gateway", lambda: self.server.server is not None)
         log.info("idToken authorization", extra={"mode": self.settings.authorization})
+        if self.proxy is not None:
+            # the host only, never the path or anything after it
+            log.info("proxy mode: stations relayed to the upstream CSMS",
+                     extra={"upstream_host": urlsplit(self.settings.upstream_url).hostname,
+                            "security_profile": self.settings.upstream_security_profile})
 
     async def stop(self) -> None:
         await self.server.stop()
+        if self.proxy is not None:
+            await self.proxy.stop()
         await self.dispatcher.stop()
         await self.registry.stop()
         await self.checker.stop()

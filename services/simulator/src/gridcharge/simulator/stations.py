@@ -254,6 +254,12 @@ class _Handlers16(Cp16):
         self.client.reboot_requested = True
         return res16.Reset(status="Accepted")
 
+    @on("RemoteStartTransaction")
+    async def on_remote_start_transaction(self, id_tag: str, connector_id: int | None = None, **_: Any) -> Any:
+        # recorded for the driver (a car must be plugged in before a transaction starts)
+        self.client.remote_starts.append({"id_tag": id_tag, "connector_id": connector_id})
+        return res16.RemoteStartTransaction(status="Accepted")
+
 
 class _Handlers201(Cp201):
     """CSMS -> station calls for 2.0.1."""
@@ -333,6 +339,13 @@ class _Handlers201(Cp201):
         self.client.reboot_requested = True
         return res201.Reset(status="Accepted")
 
+    @on("RequestStartTransaction")
+    async def on_request_start_transaction(self, id_token: dict[str, Any], remote_start_id: int,
+                                           evse_id: int | None = None, **_: Any) -> Any:
+        self.client.remote_starts.append({"id_token": id_token, "remote_start_id": remote_start_id,
+                                          "evse_id": evse_id})
+        return res201.RequestStartTransaction(status="Accepted")
+
 
 @dataclass
 class ClientStats:
@@ -365,6 +378,7 @@ class StationClient:
         self._ws: Any = None
         self._url_index = random.randrange(len(urls)) if urls else 0
         self.profile_log: list[tuple[float, bool, str]] = []
+        self.remote_starts: list[dict[str, Any]] = []   # RemoteStart/RequestStartTransaction received
 
     @property
     def v201(self) -> bool:

@@ -26,3 +26,11 @@ AUTH_LOCKOUTS = Counter("gridcharge_gateway_auth_lockouts_total",
 RATE_LIMITED = Counter("gridcharge_gateway_rate_limited_total",
                        "Inbound frames refused by a rate limit, by the bucket that was empty.", ["scope"])
 AUTHORIZATIONS = Counter("gridcharge_gateway_authorizations_total", "idToken authorization decisions.", ["status"])
+UPSTREAM_CONNECTED = Gauge("gridcharge_gateway_upstream_connections",
+                           "Open connections to the upstream CSMS (proxy mode), one per station.")
+UPSTREAM_MESSAGES = Counter("gridcharge_gateway_upstream_messages_total",
+                            "Proxy mode: station messages relayed up (relayed/queued/delivered/local/...) and "
+                            "upstream CALLs relayed down (relayed/refused/adjusted/busy/...).",
+                            ["direction", "outcome"])
+UPSTREAM_QUEUED = Gauge("gridcharge_gateway_upstream_queued_messages",
+                        "Transaction messages waiting for an unreachable upstream CSMS.")

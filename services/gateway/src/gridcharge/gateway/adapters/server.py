@@ -33,6 +33,7 @@ from gridcharge.gateway.adapters.credentials import Credentials
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
 from gridcharge.gateway.adapters.metrics import AUTH_FAILURES, AUTH_LOCKOUTS, CONNECTED, REJECTED
 from gridcharge.gateway.adapters.registry import Registry
+from gridcharge.gateway.adapters.upstream import Proxy
 from gridcharge.gateway.core.boot import Registration
 from gridcharge.gateway.core.errors import Version, safe
 from gridcharge.gateway.core.lockout import AuthBackoff, Policy
@@ -106,8 +107,9 @@ def peer_common_name(connection: ServerConnection) -> str | None:
 
 class OcppServer:
     def __init__(self, ctx: GatewayContext, registry: Registry, dispatcher: Dispatcher,
-                 sessions: dict[str, StationSession], credentials: Credentials) -> None:
+                 sessions: dict[str, StationSession], credentials: Credentials, proxy: Proxy | None = None) -> None:
         self.ctx, self.registry, self.dispatcher, self.sessions = ctx, registry, dispatcher, sessions
+        self.proxy = proxy                   # proxy mode: every station also gets a link to the upstream CSMS
         self.credentials = credentials
         self.per_ip: dict[str, int] = defaultdict(int)
         st = ctx.settings
@@ -232,6 +234,8 @@ class OcppServer:
         self.per_ip[ip] += 1
         self.open_connections += 1
         sess = SESSION_CLASSES[version](sid, ws, self.ctx, ip, self.ctx.settings.security_profile)
+        if self.proxy is not None:
+            sess.upstream = self.proxy.attach(sess)
         old = self.sessions.get(sid)
         self.sessions[sid] = sess
         protocol = version.subprotocol
@@ -264,6 +268,8 @@ class OcppServer:
     async def _cleanup(self, sess: StationSession, ip: str, protocol: str) -> None:
         sess.fail_pending()
         self.dispatcher.drain_offline(sess)
+        if self.proxy is not None:
+            self.proxy.detach(sess)
         CONNECTED.labels(protocol=protocol).dec()
         self.open_connections -= 1
         self.per_ip[ip] -= 1

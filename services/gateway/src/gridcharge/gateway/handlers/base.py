@@ -32,6 +32,7 @@ from gridcharge.gateway.core.errors import Err, Version, cap, safe
 from gridcharge.gateway.core.frames import BadFrame, CallFrame, ErrorFrame, ResultFrame
 from gridcharge.gateway.core.mapping import new_event, notification
 from gridcharge.gateway.core.profiles import Capabilities
+from gridcharge.gateway.core.proxy import station_answer
 from gridcharge.gateway.core.ratelimit import allow_all
 from gridcharge.gateway.core.transactions import TransactionSequencer
 from gridcharge.shared.codec import iso_utc
@@ -39,6 +40,7 @@ from ocpp.charge_point import ChargePoint
 
 if TYPE_CHECKING:
     from gridcharge.gateway.adapters.context import GatewayContext
+    from gridcharge.gateway.adapters.upstream import Relay, UpstreamLink
     from gridcharge.station.v1 import station_pb2
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ class StationSession(ChargePoint):
         self.queue: deque[Any] = deque()          # command jobs, run one at a time (adapters.dispatcher)
         self.worker: asyncio.Task[None] | None = None
         self._sequencer: TransactionSequencer[station_pb2.StationEvent] | None = None
+        self.upstream: UpstreamLink | None = None   # proxy mode: the station's link to the upstream CSMS
+        self.relay: Relay | None = None            # the upstream's fate of the CALL being handled
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -183,8 +187,11 @@ class StationSession(ChargePoint):
             MESSAGES.labels(action=label, direction="in", outcome="error").inc()
             await self._send_error(call.unique_id, violation.kind, violation.description)
             return
+        self.relay = await self._forward(call) if self.upstream is not None else None
         try:
             response = await handler(self, call.payload)
+            if self.relay is not None and self.relay.answer is not None:
+                response = station_answer(action, response, self.relay.answer)
         except Exception:
             log.exception("handler failed", extra={"station": safe(self.id, 48), "action": action})
             MESSAGES.labels(action=label, direction="in", outcome="error").inc()
@@ -206,6 +213,15 @@ class StationSession(ChargePoint):
         after = getattr(self, "after_" + action, None)
         if after is not None:
             after()
+
+    async def _forward(self, call: CallFrame) -> Relay | None:
+        """Proxy mode: relay the CALL upstream; a failure there never fails the station's message."""
+        assert self.upstream is not None
+        try:
+            return await self.upstream.forward(call.action, call.payload)
+        except Exception:
+            log.warning("upstream relay failed; answered locally", extra={"station": safe(self.id, 48)}, exc_info=True)
+            return None
 
     def _background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -291,6 +307,22 @@ class StationSession(ChargePoint):
         d = await self.ctx.authorizer.authorize(AuthRequest(self.id, id_token, token_type, self.version))
         AUTHORIZATIONS.labels(status=d.status.lower() if d.status in STATUSES_16 else "other").inc()
         return d
+
+    def upstream_status(self, info_key: str) -> str | None:
+        """Proxy mode: the authorization status in the upstream's answer (`idTagInfo`/`idTokenInfo`), if any."""
+        answer = self.relay.answer if self.relay is not None else None
+        info = answer.get(info_key) if answer is not None else None
+        return str(info.get("status")) if isinstance(info, dict) and info.get("status") else None
+
+    async def transaction_id_16(self) -> int:
+        """1.6 transactionId for a StartTransaction: the upstream's (proxy mode), the local one given while
+        the upstream was down, or gridcharge's own."""
+        answer = self.relay.answer if self.relay is not None else None
+        if answer is not None and isinstance(answer.get("transactionId"), int):
+            return int(answer["transactionId"])
+        if self.relay is not None and self.relay.local_tx_id is not None:
+            return self.relay.local_tx_id
+        return await self.ctx.next_transaction_id()
 
     def log_security_event(self, p: dict[str, Any]) -> None:
         """A station's SecurityEventNotification goes to the log too (security monitoring reads logs)."""

@@ -43,7 +43,7 @@ class V16Session(StationSession):
         d = await self.authorize(token)
         ev = self.event()
         ev.authorize.id_token = token
-        ev.authorize.status = d.status
+        ev.authorize.status = self.upstream_status("idTagInfo") or d.status
         await self.publish(ev)
         return {"idTagInfo": id_tag_info_16(d)}
 
@@ -51,7 +51,7 @@ class V16Session(StationSession):
     async def on_start_transaction(self, p: dict[str, Any]) -> dict[str, Any]:
         token = mapping.text(p.get("idTag"), 20)
         d = await self.authorize(token)
-        tx_id = await self.ctx.next_transaction_id()
+        tx_id = await self.transaction_id_16()
         ev = self.event(mapping.parse_time(p.get("timestamp")))
         st = ev.transaction_started
         st.transaction_id = str(tx_id)

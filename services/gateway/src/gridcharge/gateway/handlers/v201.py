@@ -43,7 +43,7 @@ class V201Session(StationSession):
         d = await self.authorize(token, mapping.text(p["idToken"].get("type"), 20))
         ev = self.event()
         ev.authorize.id_token = token
-        ev.authorize.status = d.status
+        ev.authorize.status = self.upstream_status("idTokenInfo") or d.status
         await self.publish(ev)
         return {"idTokenInfo": id_token_info_201(d)}
 
