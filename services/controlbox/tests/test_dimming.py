@@ -56,7 +56,7 @@ def test_relay_limit_never_below_minimum_and_loss_is_worst_case() -> None:
 
 
 def lpc_rules(**kw: float) -> DimmingRules:
-    return DimmingRules(minimum_w=4200, relay=False, lpc=True, **kw)  # type: ignore[arg-type]
+    return DimmingRules(minimum_w=4200, relay=False, lpc=True, **kw)
 
 
 def test_lpc_limit_with_duration_and_heartbeats() -> None:
