@@ -411,6 +411,12 @@ class Simulation:
                 "steps_binding": sum(1 for i in idx if r.binding[i].get(sig.kind, 0) > 0),
                 "steps": len(idx),
                 "sessions_bound_max": max((r.binding[i].get(sig.kind, 0) for i in idx), default=0),
+                # over the limit on the node during the window: in its first minute (an unannounced §14a
+                # dimming gives no notice) and later
+                "violations_first_minute": sum(1 for v in r.violations if v.node == sig.node
+                                               and sig.at_s <= v.t < min(sig.end_s, sig.at_s + 60)),
+                "violations_later": sum(1 for v in r.violations if v.node == sig.node
+                                        and sig.at_s + 60 <= v.t < sig.end_s),
             })
         return out
 
