@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run some or all services")
     s.add_argument("--config", required=True, help="topology YAML")
     s.add_argument("--bus", choices=["memory", "kafka"], default=None)
-    s.add_argument("--services", default=None, help=f"comma-separated subset of {','.join(SERVICES + OPTIONAL_SERVICES)} (controlbox: by default "
-                   "when GRIDCHARGE_CONTROLBOX_NODE is set)")
+    s.add_argument("--services", default=None,
+                   help=f"comma-separated subset of {','.join(SERVICES + OPTIONAL_SERVICES)} "
+                        "(controlbox: by default when GRIDCHARGE_CONTROLBOX_NODE is set)")
     s.add_argument("--http-port", type=int, default=None)
     s.add_argument("--ocpp-port", type=int, default=None)
     s.set_defaults(func=cmd_serve)

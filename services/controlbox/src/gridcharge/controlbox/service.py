@@ -158,7 +158,7 @@ class ControlboxService:
                 await self.rt.bus.publish(contracts.EXTERNAL_LIMITS.name, self.node, msg.SerializeToString())
                 LIMITS_PUBLISHED.labels(kind="limit" if d.active else "withdraw").inc()
                 self.published_at = now
-                if changed:
+                if changed and (d.active or self.current is not None):
                     log.info("§14a dimming " + ("in force" if d.active else "ended"),
                              extra={"node": self.node, "limit_w": d.limit_w, "reason": d.reason})
                 self.current = d
