@@ -39,7 +39,7 @@ def test_signal_messages_as_the_interfaces_publish_them() -> None:
     assert (m.valid_from.ToSeconds(), m.valid_to.ToSeconds()) == (openadr.at_s, openadr.end_s)
     assert gs.step(openadr.announce_s + 20) == []
     (key, m), = gs.step(dim.at_s)                                   # the relay closes
-    assert (key, m.source, m.limit_id) == ("site-b", "§14a", "§14a")
+    assert (key, m.source, m.limit_id) == ("site-b/§14a", "§14a", "§14a")
     assert m.limit_w.l1 * 3 == pytest.approx(4200 + 3 * 4200 * 0.7)   # 4 devices behind an EMS: 13.02 kW
     assert gs.step(dim.at_s + 20) == []
     assert len(gs.step(dim.at_s + 40)) == 1                         # refreshed every 30 s like the service

@@ -16,7 +16,7 @@ import math
 from typing import Any, Protocol
 
 from fastapi import APIRouter
-from gridcharge.controlbox.adapters.codec import external_limit
+from gridcharge.controlbox.adapters.codec import external_limit, record_key
 from gridcharge.controlbox.adapters.lpc import LpcFile, LpcWrite, build_router
 from gridcharge.controlbox.adapters.metrics import DIMMING_ACTIVE, DIMMING_LIMIT_W, INPUT_READS, LIMITS_PUBLISHED
 from gridcharge.controlbox.core.dimming import Dimming, DimmingState
@@ -155,7 +155,8 @@ class ControlboxService:
             refresh = d.active and now - self.published_at >= self.settings.controlbox_publish_s
             if force or changed or refresh:
                 msg = external_limit(self.node, d, now, self.settings.controlbox_hold_s, self.producer)
-                await self.rt.bus.publish(contracts.EXTERNAL_LIMITS.name, self.node, msg.SerializeToString())
+                await self.rt.bus.publish(contracts.EXTERNAL_LIMITS.name, record_key(self.node),
+                                          msg.SerializeToString())
                 LIMITS_PUBLISHED.labels(kind="limit" if d.active else "withdraw").inc()
                 self.published_at = now
                 if changed and (d.active or self.current is not None):

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gridcharge.controlbox.adapters.codec import external_limit, per_phase_w
+from gridcharge.controlbox.adapters.codec import external_limit, per_phase_w, record_key
 from gridcharge.controlbox.core.dimming import DimmingRules, DimmingState, statutory_minimum_w
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared.codec import meta, phase_values, to_timestamp
@@ -116,7 +116,8 @@ class GridSignals:
             refresh = now.active and t - d.published_at >= CONTROLBOX_PUBLISH_S
             if now.limit_w != d.current_w or refresh:
                 d.current_w, d.published_at = now.limit_w, t
-                out.append((d.sig.node, external_limit(d.sig.node, now, t, CONTROLBOX_HOLD_S, self.producer)))
+                msg = external_limit(d.sig.node, now, t, CONTROLBOX_HOLD_S, self.producer)
+                out.append((record_key(d.sig.node), msg))
         return out
 
     def limit_at(self, node: str, t: float) -> tuple[P3, str] | None:

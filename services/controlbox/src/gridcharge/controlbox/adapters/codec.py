@@ -1,4 +1,7 @@
-"""Dimming → ExternalLimit on ``gridcharge.grid.external-limits.v1`` (key: node id).
+"""Dimming → ExternalLimit on ``gridcharge.grid.external-limits.v1``, key ``<node id>/§14a``.
+
+The topic is compacted: a key of its own keeps the §14a limit next to a DSO or OpenADR limit on the same node
+(keyed by the node id) instead of replacing it in the log a restarting consumer reads.
 
 ``limit_id`` and ``source`` are both "§14a": the allocator's binding constraint reads ``external:§14a`` and the
 limit is replaced (not added to) by the next message. An active limit's window runs to its known end or
@@ -15,6 +18,11 @@ from gridcharge.shared.codec import meta, phase_values, to_timestamp
 
 LIMIT_ID = "§14a"
 SOURCE = "§14a"
+
+
+def record_key(node_id: str) -> str:
+    """The record key of a node's §14a limit."""
+    return f"{node_id}/{LIMIT_ID}"
 
 
 def per_phase_w(total_w: float) -> tuple[float, float, float]:
