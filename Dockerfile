@@ -6,7 +6,7 @@
 #   docker run --rm -e GRIDCHARGE_SERVICE=gateway -p 9000:9000 -p 8080:8080 gridcharge:dev
 #   docker run --rm -e GRIDCHARGE_SERVICE=cli gridcharge:dev demo      # the `gridcharge` command
 #
-# GRIDCHARGE_SERVICE selects what starts: gateway | telemetry | forecasting | allocation | simulator
+# GRIDCHARGE_SERVICE selects what starts: gateway | telemetry | forecasting | allocation | controlbox | simulator
 # (`python -m gridcharge.<service>`) or cli (the `gridcharge` console script). Arguments after the
 # image name are passed through. Not built in this repository's CI (no container engine there):
 # `deploy/scripts/check-deploy.sh` lints it with hadolint instead.
@@ -36,6 +36,7 @@ COPY services/gateway/pyproject.toml     services/gateway/pyproject.toml
 COPY services/telemetry/pyproject.toml   services/telemetry/pyproject.toml
 COPY services/forecasting/pyproject.toml services/forecasting/pyproject.toml
 COPY services/allocation/pyproject.toml  services/allocation/pyproject.toml
+COPY services/controlbox/pyproject.toml  services/controlbox/pyproject.toml
 COPY services/simulator/pyproject.toml   services/simulator/pyproject.toml
 COPY services/cli/pyproject.toml         services/cli/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/uv \
@@ -80,5 +81,5 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os,sys,urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GRIDCHARGE_HTTP_PORT','8080'), timeout=2); sys.exit(0)"]
 
 # exec keeps python as PID 1 so SIGTERM from the kubelet reaches the service directly.
-ENTRYPOINT ["/bin/sh", "-c", "case \"$GRIDCHARGE_SERVICE\" in cli|gridcharge) exec gridcharge \"$@\" ;; gateway|telemetry|forecasting|allocation|simulator) exec python -m \"gridcharge.$GRIDCHARGE_SERVICE\" \"$@\" ;; *) echo \"gridcharge: unknown GRIDCHARGE_SERVICE='$GRIDCHARGE_SERVICE' (gateway|telemetry|forecasting|allocation|simulator|cli)\" >&2; exit 64 ;; esac", "gridcharge-entrypoint"]
+ENTRYPOINT ["/bin/sh", "-c", "case \"$GRIDCHARGE_SERVICE\" in cli|gridcharge) exec gridcharge \"$@\" ;; gateway|telemetry|forecasting|allocation|controlbox|simulator) exec python -m \"gridcharge.$GRIDCHARGE_SERVICE\" \"$@\" ;; *) echo \"gridcharge: unknown GRIDCHARGE_SERVICE='$GRIDCHARGE_SERVICE' (gateway|telemetry|forecasting|allocation|controlbox|simulator|cli)\" >&2; exit 64 ;; esac", "gridcharge-entrypoint"]
 CMD []

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from gridcharge.controlbox.settings import ControlboxSettings
 from gridcharge.forecasting.settings import ForecastingSettings
 from gridcharge.gateway.config import GatewaySettings, check_gateway_files, gateway_settings, load_credentials
 from gridcharge.shared.auth import ApiAuth
@@ -23,7 +24,7 @@ from pydantic.fields import FieldInfo
 
 from .conftest import OPERATOR_TOKEN
 
-CLASSES: list[type[Settings]] = [Settings, GatewaySettings, TelemetrySettings, ForecastingSettings]
+CLASSES: list[type[Settings]] = [Settings, GatewaySettings, TelemetrySettings, ForecastingSettings, ControlboxSettings]
 
 
 def _unwrap(annotation: Any) -> Any:

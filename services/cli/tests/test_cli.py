@@ -78,3 +78,17 @@ def test_replay_on_one_day_of_acn_data(tmp_path: Path) -> None:
     r = run("replay", "--sessions", str(find_acn_sessions()), "--capacity-kw", "30", "--days", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "cap violations 0" in r.stdout and "energy delivered" in r.stdout
+
+
+def test_serve_runs_the_control_box_when_configured(tmp_path: Path) -> None:
+    """GRIDCHARGE_CONTROLBOX_NODE adds the §14a control box to `serve`; a bad value is one line naming it."""
+    import os
+
+    good = tmp_path / "t.yaml"
+    good.write_text("nodes:\n  - {id: a, limit_a: [10, 10, 10]}\n")
+    env = {**os.environ, "GRIDCHARGE_CONTROLBOX_NODE": "nowhere", "GRIDCHARGE_CONTROLBOX_LPC": "http"}
+    r = subprocess.run([sys.executable, "-m", "gridcharge.cli", "serve", "--config", str(good), "--http-port", "0",
+                        "--ocpp-port", "0"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "GRIDCHARGE_CONTROLBOX_NODE: unknown node 'nowhere'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 3     # one clear line (plus log lines before it, if any)

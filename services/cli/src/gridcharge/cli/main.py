@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from gridcharge.shared.errors import ConfigError
 
 SERVICES = ("gateway", "telemetry", "forecasting", "allocation")
+OPTIONAL_SERVICES = ("controlbox",)   # run by default only when configured (GRIDCHARGE_CONTROLBOX_NODE)
 
 
 def _factory(name: str) -> Callable[..., object]:
@@ -34,9 +36,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         topology=args.config, bus=args.bus, http_port=args.http_port, ocpp_port=args.ocpp_port,
     )
     names = args.services.split(",") if args.services else list(SERVICES)
-    unknown = [n for n in names if n not in SERVICES]
+    if not args.services and os.environ.get("GRIDCHARGE_CONTROLBOX_NODE"):
+        names.append("controlbox")
+    unknown = [n for n in names if n not in SERVICES + OPTIONAL_SERVICES]
     if unknown:
-        raise ConfigError("command line", "--services", f"unknown service(s) {unknown}; known: {SERVICES}")
+        raise ConfigError("command line", "--services",
+                          f"unknown service(s) {unknown}; known: {SERVICES + OPTIONAL_SERVICES}")
     factories = [_factory(n) for n in names]
     asyncio.run(serve(factories, settings, topology))  # type: ignore[arg-type]
     return 0
@@ -59,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run some or all services")
     s.add_argument("--config", required=True, help="topology YAML")
     s.add_argument("--bus", choices=["memory", "kafka"], default=None)
-    s.add_argument("--services", default=None, help=f"comma-separated subset of {','.join(SERVICES)}")
+    s.add_argument("--services", default=None,
+                   help=f"comma-separated subset of {','.join(SERVICES + OPTIONAL_SERVICES)} "
+                        "(controlbox: by default when GRIDCHARGE_CONTROLBOX_NODE is set)")
     s.add_argument("--http-port", type=int, default=None)
     s.add_argument("--ocpp-port", type=int, default=None)
     s.set_defaults(func=cmd_serve)

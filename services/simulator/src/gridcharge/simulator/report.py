@@ -96,6 +96,49 @@ def plot_sessions(sim: Simulation, path: Path) -> None:
     plt.close(fig)
 
 
+_SOURCE_COLORS = {"openadr": "tab:red", "§14a": "tab:purple", "dso": "tab:brown"}
+
+
+def plot_grid_signals(sim: Simulation, path: Path) -> bool:
+    """Per node a grid signal touches: its total limit over time with the source in force (shaded), load and EV
+    load; below, how many sessions the allocator said each source bound. False when the scenario has none."""
+    if sim.signals is None or not sim.rec.t:
+        return False
+    r = sim.rec
+    t = _times(r.t)
+    nodes = sorted({s.node for s in sim.signals.signals})
+    fig, axes = plt.subplots(len(nodes) + 1, 1, figsize=(10, 2.8 * (len(nodes) + 1)), sharex=True)
+    for ax, node in zip(axes, nodes, strict=False):
+        ax.plot(t, [sum(x) / 1000 for x in r.limit_w[node]], color="black", lw=1.4, ls="--", label="limit in force")
+        ax.plot(t, [sum(x) / 1000 for x in r.load_w[node]], color="tab:blue", lw=1.0, label="load")
+        ax.plot(t, [e / 1000 for e in r.ev_w[node]], color="grey", lw=0.8, label="EV load")
+        for src, color in _SOURCE_COLORS.items():
+            on = [s == src for s in r.limit_source[node]]
+            if any(on):
+                ax.fill_between(t, 0, 1, where=on, transform=ax.get_xaxis_transform(), color=color, alpha=0.12,
+                                label=f"limit source: {src}")
+        ax.set_title(f"node {node}: total limit (all phases) by source, load, EV load", fontsize=9)
+        ax.set_ylabel("kW")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax = axes[-1]
+    labels = sorted({k for row in r.binding for k in row}, key=lambda k: (k not in _SOURCE_COLORS, k))
+    others = iter(("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:pink", "tab:gray"))
+    for k in labels:
+        color = _SOURCE_COLORS.get(k) or next(others, "black")
+        ax.plot(t, [row.get(k, 0) for row in r.binding], lw=1.6 if k in _SOURCE_COLORS else 0.9, color=color,
+                label=k)
+    ax.set_title("sessions per binding constraint (the allocator's explanation, SessionPlan.binding)", fontsize=9)
+    ax.set_ylabel("sessions")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=4, loc="upper left")
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=sim.tz))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def write_report(sim: Simulation, summary: dict[str, Any], out: Path) -> Path:
     """Write plots, summary.json, sessions.csv and index.html into `out`; return the HTML path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +147,9 @@ def write_report(sim: Simulation, summary: dict[str, Any], out: Path) -> Path:
         name = f"node-{n}.png"
         plot_node(sim, n, out / name)
         images.append((name, f"Node {n}: load per phase vs limit and headroom forecast"))
+    if plot_grid_signals(sim, out / "grid-signals.png"):
+        images.insert(0, ("grid-signals.png", "Grid signals: the limit in force by source (OpenADR, §14a), load, "
+                                              "and the sessions each source bound"))
     if plot_pv(sim, out / "pv.png"):
         images.append(("pv.png", "PV forecast vs actual"))
     plot_sessions(sim, out / "sessions.png")

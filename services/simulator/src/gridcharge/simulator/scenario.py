@@ -34,6 +34,7 @@ from gridcharge.shared.clock import parse_duration
 from gridcharge.shared.errors import ConfigError
 from gridcharge.shared.topology import Topology, load_topology, parse_topology
 from gridcharge.simulator.ev import Ev
+from gridcharge.simulator.grid_signals import GridSignal, GridSignalSpec
 from gridcharge.simulator.stations import Quirks
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -104,6 +105,7 @@ class ScenarioSpec(_M):
     fleet: tuple[FleetSpec, ...] = ()
     quirks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     events: tuple[EventSpec, ...] = ()
+    grid_signals: tuple[GridSignalSpec, ...] = ()     # OpenADR events, §14a dimmings (grid_signals.py)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Scenario:
     visits: list[Visit] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     quirks: dict[str, Quirks] = field(default_factory=dict)
+    grid_signals: list[GridSignal] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -264,7 +267,43 @@ def build_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
                             announce_s=at - _dur(ev_spec.announce, key + ".announce", source),
                             service=ev_spec.service, node=ev_spec.node, pct=ev_spec.pct, station=ev_spec.station))
     visits.sort(key=lambda v: v.ev.arrival_s)
-    return Scenario(spec, topo, source, start_s, end_s, visits, sorted(events, key=lambda e: e.at_s), quirks)
+    return Scenario(spec, topo, source, start_s, end_s, visits, sorted(events, key=lambda e: e.at_s), quirks,
+                    _grid_signals(spec, topo, day, tz, source, end_s))
+
+
+def _grid_signals(spec: ScenarioSpec, topo: Topology, day: datetime, tz: ZoneInfo, source: str,
+                  end_s: float) -> list[GridSignal]:
+    """The `grid_signals:` entries with their times resolved and limits in W per phase."""
+    out: list[GridSignal] = []
+    for i, g in enumerate(spec.grid_signals):
+        key = f"grid_signals[{i}]"
+        if g.node not in topo.node_by_id:
+            raise ConfigError(source, key + ".node", f"unknown node '{g.node}'")
+        at = _tod(g.at, day, tz, key + ".at", source)
+        if g.until is not None:
+            end = _tod(g.until, day, tz, key + ".until", source)
+        elif g.for_ is not None:
+            end = at + _dur(g.for_, key + ".for", source)
+        else:
+            end = end_s
+        if end <= at:
+            raise ConfigError(source, key, "ends before it starts")
+        announce = at - _dur(g.announce, key + ".announce", source)
+        if g.kind == "openadr":
+            node_lim = topo.limit_w(g.node)
+            if g.limit_kw is not None:
+                lim = (g.limit_kw * 1000 / 3,) * 3
+            elif g.pct is not None:
+                lim = (node_lim[0] * g.pct / 100, node_lim[1] * g.pct / 100, node_lim[2] * g.pct / 100)
+            else:
+                raise ConfigError(source, key, "an openadr signal needs limit_kw or pct")
+            out.append(GridSignal("openadr", g.node, at, end, announce, (lim[0], lim[1], lim[2]),
+                                  event_id=g.event_id or f"{g.node}-{i}"))
+        else:
+            devices = g.devices or sum(1 for _ in topo.stations_under(g.node))
+            out.append(GridSignal("§14a", g.node, at, end, at, None, max(1, devices), g.ems))
+    return out
+
 
 
 def scenario_path(name_or_path: str) -> Path:

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from gridcharge.forecast.v1 import forecast_pb2
 from gridcharge.grid.v1 import grid_pb2
+from gridcharge.plan.v1 import plan_pb2
 from gridcharge.shared import contracts
 from gridcharge.shared.bus.base import Bus, Record
 from gridcharge.shared.clock import Clock, parse_duration
@@ -27,6 +28,7 @@ from gridcharge.shared.codec import meta, phase_tuple, phase_values, to_timestam
 from gridcharge.shared.topology import PHASES
 from gridcharge.simulator.ev import Ev
 from gridcharge.simulator.grid import GridModel, Weather, make_weather, meter_reading, pv_traces
+from gridcharge.simulator.grid_signals import GridSignals, signal_label
 from gridcharge.simulator.offline import OfflineOptimum, offline_optimum
 from gridcharge.simulator.scenario import Event, Scenario, Visit
 from gridcharge.simulator.stations import Quirks, StationClient, StationModel
@@ -34,6 +36,7 @@ from gridcharge.simulator.stations import Quirks, StationClient, StationModel
 log = logging.getLogger(__name__)
 
 EventHook = Callable[[Event, bool], Awaitable[None]]   # (event, started?) -> None
+PLAN_FRESH_S = 150.0    # a session's plan older than this (the allocator re-plans every 60 s) no longer counts
 
 
 @dataclass
@@ -89,9 +92,12 @@ class Recorder:
     pv_self_wh: float = 0.0
     violations: list[Violation] = field(default_factory=list)
     fallback_checks: list[tuple[float, str, float, float]] = field(default_factory=list)
+    limit_source: dict[str, list[str]] = field(default_factory=dict)   # source of the lowest limit in force
+    binding: list[dict[str, int]] = field(default_factory=list)   # sessions per binding source (grid signals)
 
     def __post_init__(self) -> None:
         for n in self.nodes:
+            self.limit_source[n] = []
             self.load_w[n], self.limit_w[n], self.headroom_w[n], self.base_w[n] = [], [], [], []
             self.ev_w[n], self.pv_w[n], self.pv_forecast_w[n], self.pv_weather_fc_w[n] = [], [], [], []
 
@@ -167,6 +173,9 @@ class Simulation:
         self._last_grid_meter = -math.inf
         self.service_down: set[str] = set()
         self._sub: Any = None
+        self.signals = GridSignals(scenario.grid_signals, self.topo, producer) if scenario.grid_signals else None
+        self.plan_binding: dict[str, tuple[str, float]] = {}   # session id -> (binding source label, heard at)
+        self._plans_sub: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self, connect_timeout_s: float = 20.0, watch_headroom: bool = True) -> int:
@@ -174,6 +183,9 @@ class Simulation:
         if self.bus is not None and watch_headroom:
             self._sub = await self.bus.subscribe([contracts.HEADROOM.name], f"{self.producer}-headroom",
                                                  self._on_headroom, from_beginning=False)
+        if self.bus is not None and self.signals is not None:
+            self._plans_sub = await self.bus.subscribe([contracts.SESSION_PLANS.name], f"{self.producer}-plans",
+                                                       self._on_session_plan, from_beginning=False)
         for c in self.clients.values():
             c.start()
         try:
@@ -187,17 +199,33 @@ class Simulation:
         await asyncio.gather(*(c.stop() for c in self.clients.values()), return_exceptions=True)
         if self._sub is not None:
             await self._sub.stop()
+        if self._plans_sub is not None:
+            await self._plans_sub.stop()
 
     async def _on_headroom(self, rec: Record) -> None:
         msg = contracts.decode(forecast_pb2.HeadroomForecast, rec.value)
         if msg.node_id in self.rec.nodes:
             self.headroom[msg.node_id] = msg
 
+    async def _on_session_plan(self, rec: Record) -> None:
+        msg = contracts.decode(plan_pb2.SessionPlan, rec.value)
+        label = signal_label(msg.binding.source) if msg.HasField("binding") else "none"
+        self.plan_binding[msg.session_id] = (label, self.clock.time())
+
     # -- ground truth ------------------------------------------------------------------------------
     def effective_limit_w(self, node: str, t: float) -> tuple[float, float, float]:
+        return self.effective_limit(node, t)[0]
+
+    def effective_limit(self, node: str, t: float) -> tuple[tuple[float, float, float], str]:
+        """The node's limit per phase in force at ``t`` and its source (rating, dso, openadr, §14a)."""
         lim = self.topo.limit_w(node)
         pct = min((p for a, b, n, p in self.external if n == node and a <= t < b), default=100.0)
-        return (lim[0] * pct / 100, lim[1] * pct / 100, lim[2] * pct / 100)
+        out = (lim[0] * pct / 100, lim[1] * pct / 100, lim[2] * pct / 100)
+        source = "dso" if pct < 100.0 else "rating"
+        sig = self.signals.limit_at(node, t) if self.signals is not None else None
+        if sig is not None and sum(sig[0]) < sum(out):
+            out, source = sig
+        return out, source
 
     def _headroom_at(self, node: str, t: float) -> tuple[tuple[float, float, float] | None, float | None]:
         f = self.headroom.get(node)
@@ -253,6 +281,10 @@ class Simulation:
         while self._events and self._events[0][0] <= t:
             _, end, e = self._events.pop(0)
             await self._fire(e, end == 0, t)
+        if self.signals is not None:
+            for key, msg in self.signals.step(t):
+                if self.bus is not None:
+                    await self.bus.publish(contracts.EXTERNAL_LIMITS.name, key, msg.SerializeToString())
         while self._pending and self._pending[0].ev.arrival_s <= t:
             v = self._pending[0]
             if self.models[v.station_id].evses[v.evse_id].ev is not None:
@@ -286,8 +318,15 @@ class Simulation:
         r.t.append(t)
         r.energy_wh += wh
         r.cost += wh / 1000 * price_at(self.topo.tariff, t, self.tz)
+        if self.signals is not None:
+            counts: dict[str, int] = {}
+            for label, heard in self.plan_binding.values():
+                if t - heard <= PLAN_FRESH_S:            # sessions that ended get no more plans
+                    counts[label] = counts.get(label, 0) + 1
+            r.binding.append(counts)
         for n in r.nodes:
-            lim = self.effective_limit_w(n, t)
+            lim, why = self.effective_limit(n, t)
+            r.limit_source[n].append(why)
             load = total[n]
             r.load_w[n].append((load[0], load[1], load[2]))
             r.base_w[n].append((load[0] - ev[n][0], load[1] - ev[n][1], load[2] - ev[n][2]))
@@ -351,6 +390,36 @@ class Simulation:
                 "writes_per_station_hour_max": max(per_station, default=0) / hours,
                 "writes_peak_station_hour": float(peak)}
 
+    def grid_signal_summary(self) -> list[dict[str, Any]]:
+        """Per grid signal: its window and limit, the node's peak load and EV energy in the window (ground truth),
+        and the most sessions the allocator said were bound by that source at once."""
+        out: list[dict[str, Any]] = []
+        if self.signals is None:
+            return out
+        r = self.rec
+        for sig in self.signals.signals:
+            idx = [i for i, t in enumerate(r.t) if sig.at_s <= t < sig.end_s]
+            lim = [sum(r.limit_w[sig.node][i]) for i in idx if r.limit_source[sig.node][i] == sig.kind]
+            dt = [(r.t[i + 1] if i + 1 < len(r.t) else self.clock.time()) - r.t[i] for i in idx]
+            out.append({
+                "kind": sig.kind, "node": sig.node,
+                "from": datetime.fromtimestamp(sig.at_s, UTC).isoformat(),
+                "to": datetime.fromtimestamp(sig.end_s, UTC).isoformat(),
+                "limit_kw": min(lim) / 1000 if lim else None,
+                "peak_kw": max((sum(r.load_w[sig.node][i]) for i in idx), default=0.0) / 1000,
+                "ev_energy_kwh": sum(r.ev_w[sig.node][i] * d for i, d in zip(idx, dt, strict=True)) / 3.6e6,
+                "steps_binding": sum(1 for i in idx if r.binding[i].get(sig.kind, 0) > 0),
+                "steps": len(idx),
+                "sessions_bound_max": max((r.binding[i].get(sig.kind, 0) for i in idx), default=0),
+                # over the limit on the node during the window: in its first minute (an unannounced §14a
+                # dimming gives no notice) and later
+                "violations_first_minute": sum(1 for v in r.violations if v.node == sig.node
+                                               and sig.at_s <= v.t < min(sig.end_s, sig.at_s + 60)),
+                "violations_later": sum(1 for v in r.violations if v.node == sig.node
+                                        and sig.at_s + 60 <= v.t < sig.end_s),
+            })
+        return out
+
     def summary(self) -> dict[str, Any]:
         """Figures for the summary table and the HTML report."""
         ses = self.sessions()
@@ -390,4 +459,5 @@ class Simulation:
             "profiles_accepted": sum(c.stats.profiles_accepted for c in self.clients.values()),
             "profiles_rejected": sum(c.stats.profiles_rejected for c in self.clients.values()),
             "reconnects": sum(c.stats.disconnects for c in self.clients.values()),
+            **({"grid_signals": self.grid_signal_summary()} if self.signals is not None else {}),
         }

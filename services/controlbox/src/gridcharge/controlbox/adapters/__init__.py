@@ -1,0 +1,1 @@
+"""I/O of the control-box service: Modbus relay input, LPC HTTP/file input, bus codec, metrics."""

@@ -1,0 +1,1 @@
+"""Pure core of the control-box service: the dimming state machine and the statutory minimum."""
