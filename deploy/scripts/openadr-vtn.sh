@@ -241,6 +241,11 @@ EOF
     ((SECONDS < deadline)) || { tail -n 25 "$LOG_FILE" >&2; die "openleadr-vtn not healthy within ${START_TIMEOUT}s"; }
     sleep 0.2
   done
+  # the VTN only warns when its migrations fail, and then fails on every request
+  if grep -q "Database migration failed" <(sed -n '/===== .*starting openleadr-vtn/h; //!H; ${x;p}' "$LOG_FILE"); then
+    tail -n 5 "$LOG_FILE" >&2
+    die "openleadr-vtn could not migrate its database (log above)"
+  fi
   seed_users "$pw" "$pg_port" "$vtn_port"
   echo "http://127.0.0.1:$vtn_port" >"$URL_FILE"
   trap - EXIT
