@@ -211,7 +211,7 @@ do_start() {
   as_pg "$PG_BIN/initdb" -D "$pg_data" -U postgres --auth=scram-sha-256 --pwfile="$pwfile" -E UTF8 \
     >"$STATE/initdb.log" 2>&1 || { rm -f "$pwfile"; tail -n 20 "$STATE/initdb.log" >&2; die "initdb failed"; }
   rm -f "$pwfile"
-  as_pg "$PG_BIN/pg_ctl" -D "$pg_data" -w -t 60 -l "$pg_data/postgres.log" \
+  as_pg "$PG_BIN/pg_ctl" -D "$pg_data" -w -t 60 -l "$pg_data/postgres.log" 9>&- \
     -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories=''" start >/dev/null ||
     { tail -n 20 "$pg_data/postgres.log" >&2; die "PostgreSQL did not start"; }
   cat >"$STATE/state" <<EOF
