@@ -27,7 +27,8 @@ MIB = 1024 * 1024
 # Modules whose Settings subclasses define the other GRIDCHARGE_* names; imported (best effort: a one-service
 # image lacks the others) only to tell a misspelt variable from another service's.
 SETTINGS_MODULES = ("gridcharge.gateway.config", "gridcharge.telemetry.settings", "gridcharge.forecasting.settings",
-                    "gridcharge.allocation.settings", "gridcharge.controlbox.settings")
+                    "gridcharge.allocation.settings", "gridcharge.controlbox.settings",
+                    "gridcharge.gridsignals.settings")
 # Variables read by the container entry point and the scripts, not by Settings.
 TOOLING_VARS = frozenset({
     "GRIDCHARGE_SERVICE", "GRIDCHARGE_RUN_DIR", "GRIDCHARGE_CACHE", "GRIDCHARGE_TOOLS_DIR", "GRIDCHARGE_TOOLS_CACHE",
