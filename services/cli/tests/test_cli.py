@@ -92,3 +92,19 @@ def test_serve_runs_the_control_box_when_configured(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr[-2000:]
     assert "GRIDCHARGE_CONTROLBOX_NODE: unknown node 'nowhere'" in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 3     # one clear line (plus log lines before it, if any)
+
+
+def test_serve_runs_the_openadr_ven_when_configured(tmp_path: Path) -> None:
+    """GRIDCHARGE_OPENADR_VTN_URL adds the OpenADR VEN (gridsignals) to `serve`; without its client id start-up
+    stops with one line naming the missing setting (so the VEN was really built)."""
+    import os
+
+    good = tmp_path / "t.yaml"
+    good.write_text("nodes:\n  - {id: a, limit_a: [10, 10, 10]}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDCHARGE_OPENADR_")}
+    env["GRIDCHARGE_OPENADR_VTN_URL"] = "http://127.0.0.1:9/openadr3"
+    r = subprocess.run([sys.executable, "-m", "gridcharge.cli", "serve", "--config", str(good), "--http-port", "0",
+                        "--ocpp-port", "0"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "GRIDCHARGE_OPENADR_CLIENT_ID" in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 3

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from gridcharge.shared.errors import ConfigError
 
 SERVICES = ("gateway", "telemetry", "forecasting", "allocation")
-OPTIONAL_SERVICES = ("controlbox",)   # run by default only when configured (GRIDCHARGE_CONTROLBOX_NODE)
+OPTIONAL_SERVICES = ("controlbox", "gridsignals")   # by default only when configured (GRIDCHARGE_CONTROLBOX_NODE,
+#                                                    GRIDCHARGE_OPENADR_VTN_URL)
 
 
 def _factory(name: str) -> Callable[..., object]:
@@ -38,6 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     names = args.services.split(",") if args.services else list(SERVICES)
     if not args.services and os.environ.get("GRIDCHARGE_CONTROLBOX_NODE"):
         names.append("controlbox")
+    if not args.services and os.environ.get("GRIDCHARGE_OPENADR_VTN_URL"):
+        names.append("gridsignals")
     unknown = [n for n in names if n not in SERVICES + OPTIONAL_SERVICES]
     if unknown:
         raise ConfigError("command line", "--services",
@@ -66,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bus", choices=["memory", "kafka"], default=None)
     s.add_argument("--services", default=None,
                    help=f"comma-separated subset of {','.join(SERVICES + OPTIONAL_SERVICES)} "
-                        "(controlbox: by default when GRIDCHARGE_CONTROLBOX_NODE is set)")
+                        "(controlbox / gridsignals: by default when GRIDCHARGE_CONTROLBOX_NODE / "
+                        "GRIDCHARGE_OPENADR_VTN_URL is set)")
     s.add_argument("--http-port", type=int, default=None)
     s.add_argument("--ocpp-port", type=int, default=None)
     s.set_defaults(func=cmd_serve)
