@@ -58,7 +58,6 @@ from gridcharge.common.v1 import common_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared import contracts
 from gridcharge.shared.clock import SimClock
-from gridcharge.shared.codec import to_timestamp as ts
 from gridcharge.shared.config import Settings
 from gridcharge.shared.runtime import build_runtime
 from gridcharge.simulator.demo import (
@@ -80,6 +79,16 @@ START = "2026-06-03T08:00:00Z"          # simulated start of the synthetic cases
 BENCH_DOC = Path("docs/benchmarks.md")
 SECTION = "## Control quality"
 V = 230.0                                # nominal phase voltage of the synthetic sites
+
+
+def ts(t: float) -> Any:
+    """A protobuf Timestamp of POSIX seconds ``t``, built here: the harness also runs under older trees, which
+    had no shared codec (and a `ts` of their own in the simulator's grid module)."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    out = Timestamp()
+    out.FromNanoseconds(round(t * 1e9))
+    return out
 
 log = logging.getLogger("gridcharge.bench_control")
 
