@@ -34,6 +34,7 @@ docs-topics: install  ## regenerate docs/topics.md from the topic registry
 
 lint: install proto-check  ## ruff, mypy, contracts, topic docs, deployment checks (deploy/scripts: helm, promtool, schemas)
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/mypy services tests deploy/scripts
 	$(PY) -m gridcharge.shared.docs --check docs/topics.md
 	@if [ -f deploy/scripts/check-deploy.sh ]; then bash deploy/scripts/check-deploy.sh; fi

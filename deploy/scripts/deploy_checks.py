@@ -612,8 +612,10 @@ def check_exposure(docs: list[dict[str, Any]]) -> list[str]:
             if spec.get("type") in ("LoadBalancer", "NodePort") or spec.get("externalIPs"):
                 for port in spec.get("ports", []):
                     if port.get("name") != "ocpp" or port.get("targetPort") != "ocpp":
-                        problems.append(f"Service/{name} ({spec.get('type')}) exposes port {port.get('name')!r}: "
-                                        "only OCPP may be on an externally reachable Service")
+                        problems.append(
+                            f"Service/{name} ({spec.get('type')}) exposes port {port.get('name')!r}: "
+                            "only OCPP may be on an externally reachable Service"
+                        )
         elif kind == "Ingress":
             for rule in d.get("spec", {}).get("rules", []):
                 for path in rule.get("http", {}).get("paths", []):
@@ -631,16 +633,23 @@ def check_network_policies(docs: list[dict[str, Any]]) -> list[str]:
         return []
     policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
     problems: list[str] = []
-    deny = [p for p in policies if set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
-            and not p["spec"].get("ingress") and not p["spec"].get("egress")
-            and "app.kubernetes.io/component" not in p["spec"].get("podSelector", {}).get("matchLabels", {})]
+    deny = [
+        p
+        for p in policies
+        if set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        and "app.kubernetes.io/component" not in p["spec"].get("podSelector", {}).get("matchLabels", {})
+    ]
     if not deny:
         problems.append("no default-deny NetworkPolicy for the release's pods (networkPolicy.enabled must stay on)")
     ports = _container_ports(docs)
     for component, named in ports.items():
-        mine = [p for p in policies
-                if p["spec"].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
-                == component]
+        mine = [
+            p
+            for p in policies
+            if p["spec"].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == component
+        ]
         if not mine:
             problems.append(f"{component}: no NetworkPolicy selects its pods")
         open_ok = {named["ocpp"]} if "ocpp" in named else set()
@@ -648,8 +657,10 @@ def check_network_policies(docs: list[dict[str, Any]]) -> list[str]:
             for rule in p["spec"].get("ingress", []):
                 rule_ports = {port.get("port") for port in rule.get("ports", [])}
                 if not rule.get("from") and (not rule_ports or rule_ports - open_ok):
-                    problems.append(f"NetworkPolicy/{p['metadata']['name']}: ports {sorted(rule_ports, key=str)} "
-                                    "open to everyone; only the OCPP port may be")
+                    problems.append(
+                        f"NetworkPolicy/{p['metadata']['name']}: ports {sorted(rule_ports, key=str)} "
+                        "open to everyone; only the OCPP port may be"
+                    )
     return problems
 
 
@@ -666,8 +677,10 @@ def check_env_names(docs: list[dict[str, Any]]) -> list[str]:
         for c in _dig(d, POD_KINDS[d["kind"]]).get("containers", []):
             for e in c.get("env", []):
                 if e["name"].startswith("GRIDCHARGE_") and e["name"] not in known:
-                    problems.append(f"{d['kind']}/{d['metadata']['name']} container {c['name']}: "
-                                    f"{e['name']} is not a gridcharge setting")
+                    problems.append(
+                        f"{d['kind']}/{d['metadata']['name']} container {c['name']}: "
+                        f"{e['name']} is not a gridcharge setting"
+                    )
     return problems
 
 
@@ -680,16 +693,22 @@ def check_env_parses(docs: list[dict[str, Any]]) -> list[str]:
     from gridcharge.shared.errors import ConfigError
     from gridcharge.telemetry.settings import TelemetrySettings
 
-    classes: dict[str, type[Settings]] = {"gateway": GatewaySettings, "telemetry": TelemetrySettings,
-                                          "forecasting": ForecastingSettings, "allocation": Settings}
+    classes: dict[str, type[Settings]] = {
+        "gateway": GatewaySettings,
+        "telemetry": TelemetrySettings,
+        "forecasting": ForecastingSettings,
+        "allocation": Settings,
+    }
     problems: list[str] = []
     for d in docs:
         component = d.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component", "")
         if d.get("kind") != "Deployment" or component not in classes:
             continue
         for c in _dig(d, POD_KINDS["Deployment"]).get("containers", []):
-            env = {e["name"]: str(e["value"]) if "value" in e else "placeholder-from-" + next(iter(e["valueFrom"]))
-                   for e in c.get("env", [])}
+            env = {
+                e["name"]: str(e["value"]) if "value" in e else "placeholder-from-" + next(iter(e["valueFrom"]))
+                for e in c.get("env", [])
+            }
             if env.get("GRIDCHARGE_REDIS_URL", "").startswith("placeholder"):
                 env["GRIDCHARGE_REDIS_URL"] = "redis://redis:6379/0"
             try:
@@ -731,8 +750,13 @@ def check_manifests(paths: list[Path], kube_version: str) -> list[str]:
         for rule in kinds.get("PrometheusRule", []):
             if rule["spec"]["groups"] != load_alert_groups():
                 problems.append(f"{path.name}: PrometheusRule groups differ from deploy/prometheus/alerts.yaml")
-        problems += [f"{path.name}: {p}" for p in check_exposure(docs) + check_network_policies(docs)
-                     + check_env_names(docs) + check_env_parses(docs)]
+        problems += [
+            f"{path.name}: {p}"
+            for p in check_exposure(docs)
+            + check_network_policies(docs)
+            + check_env_names(docs)
+            + check_env_parses(docs)
+        ]
         names = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
         dupes = {n for n in names if names.count(n) > 1}
         problems += [f"{path.name}: duplicate resource {d}" for d in sorted(dupes, key=str)]

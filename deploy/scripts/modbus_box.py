@@ -25,12 +25,15 @@ def _bits(text: str) -> list[bool]:
 
 
 async def run(port: int, unit: int, coils: list[bool], inputs: list[bool]) -> None:
-    device = SimDevice(unit, simdata=(
-        [SimData(0, values=coils, datatype=DataType.BITS)],    # coils (function 01/05/15)
-        [SimData(0, values=inputs, datatype=DataType.BITS)],   # discrete inputs (function 02)
-        [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)],
-        [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)],
-    ))
+    device = SimDevice(
+        unit,
+        simdata=(
+            [SimData(0, values=coils, datatype=DataType.BITS)],  # coils (function 01/05/15)
+            [SimData(0, values=inputs, datatype=DataType.BITS)],  # discrete inputs (function 02)
+            [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)],
+            [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)],
+        ),
+    )
     server = ModbusTcpServer(device, address=("127.0.0.1", port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -151,6 +151,7 @@ async def test_a_new_group_can_start_at_the_latest_record(bus: Bus) -> None:
 
 # ---- publish_many: order per key, one result per record
 
+
 async def test_publish_many_keeps_the_order_per_key_across_topics(bus: Bus) -> None:
     got: dict[str, list[int]] = {}
 
@@ -184,10 +185,11 @@ async def test_kafka_publish_many_names_the_records_it_could_not_send(kafka_boot
 
     try:
         sub = await kb.subscribe(["many.big"], "g-big", handler, from_beginning=True)
-        too_big = b"x" * (2 * 1024 * 1024)   # above the producer's max request size (1 MiB)
+        too_big = b"x" * (2 * 1024 * 1024)  # above the producer's max request size (1 MiB)
         with pytest.raises(PublishError) as err:
-            await kb.publish_many([Outgoing("many.big", "k", b"1"), Outgoing("many.big", "k", too_big),
-                                   Outgoing("many.big", "k", b"3")])
+            await kb.publish_many(
+                [Outgoing("many.big", "k", b"1"), Outgoing("many.big", "k", too_big), Outgoing("many.big", "k", b"3")]
+            )
         assert list(err.value.failed) == [1]
         await wait_until(lambda: len(got) == 2)
         assert got == [b"1", b"3"]

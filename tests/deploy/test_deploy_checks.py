@@ -38,8 +38,13 @@ def _load_script(name: str, path: Path) -> Any:
 def test_the_checking_tool_lives_under_deploy_and_runs_from_anywhere(tmp_path: Path) -> None:
     """check-deploy.sh runs it as a script; it finds the repository from its own path, not the cwd."""
     assert Path(dc.__file__).resolve() == SCRIPTS / "deploy_checks.py"
-    r = subprocess.run([sys.executable, str(SCRIPTS / "deploy_checks.py"), "static"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "deploy_checks.py"), "static"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -239,9 +244,21 @@ def test_default_and_ci_values_satisfy_the_schema(ci_file: Path) -> None:
         {"apiAuth": {"oidc": {"roleMap": "admins=root"}}},
         {"opsPort": 0},
     ],
-    ids=["top-level-typo", "nested-typo", "two-allocators", "bad-log-level", "delete-without-retention",
-         "plain-station-password", "token-not-a-digest", "unknown-role", "plain-token", "http-jwks", "hmac-alg",
-         "bad-role-map", "ops-port-0"],
+    ids=[
+        "top-level-typo",
+        "nested-typo",
+        "two-allocators",
+        "bad-log-level",
+        "delete-without-retention",
+        "plain-station-password",
+        "token-not-a-digest",
+        "unknown-role",
+        "plain-token",
+        "http-jwks",
+        "hmac-alg",
+        "bad-role-map",
+        "ops-port-0",
+    ],
 )
 def test_values_schema_rejects_mistakes(override: dict[str, Any]) -> None:
     values = _merge(_values(dc.CHART / "values.yaml"), override)
@@ -315,37 +332,67 @@ def test_pod_policy_check_flags_insecure_workloads() -> None:
 
 
 def _svc(name: str, kind: str, *ports: str) -> dict[str, Any]:
-    return {"kind": "Service", "metadata": {"name": name},
-            "spec": {"type": kind, "ports": [{"name": p, "port": 1, "targetPort": p} for p in ports]}}
+    return {
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"type": kind, "ports": [{"name": p, "port": 1, "targetPort": p} for p in ports]},
+    }
 
 
 def _deployment(component: str, **ports: int) -> dict[str, Any]:
-    return {"kind": "Deployment", "metadata": {"name": component, "labels": {"app.kubernetes.io/component": component}},
-            "spec": {"template": {"spec": {"containers": [
-                {"name": component, "ports": [{"name": n, "containerPort": p} for n, p in ports.items()],
-                 "env": [{"name": "GRIDCHARGE_DATA_DIR", "value": "/x"}]}]}}}}
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": component, "labels": {"app.kubernetes.io/component": component}},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": component,
+                            "ports": [{"name": n, "containerPort": p} for n, p in ports.items()],
+                            "env": [{"name": "GRIDCHARGE_DATA_DIR", "value": "/x"}],
+                        }
+                    ]
+                }
+            }
+        },
+    }
 
 
 def _policy(component: str | None, *ingress: dict[str, Any]) -> dict[str, Any]:
     labels = {"app.kubernetes.io/component": component} if component else {}
-    return {"kind": "NetworkPolicy", "metadata": {"name": component or "deny"},
-            "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gridcharge", **labels}},
-                     "policyTypes": ["Ingress", "Egress"], **({"ingress": list(ingress)} if ingress else {})}}
+    return {
+        "kind": "NetworkPolicy",
+        "metadata": {"name": component or "deny"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "gridcharge", **labels}},
+            "policyTypes": ["Ingress", "Egress"],
+            **({"ingress": list(ingress)} if ingress else {}),
+        },
+    }
 
 
 def test_exposure_check_allows_only_ocpp_outside_the_cluster() -> None:
     assert dc.check_exposure([_svc("ocpp", "LoadBalancer", "ocpp"), _svc("api", "ClusterIP", "http", "ops")]) == []
     problems = dc.check_exposure([_svc("gw", "LoadBalancer", "ocpp", "http"), _svc("np", "NodePort", "ops")])
     assert len(problems) == 2 and "'http'" in problems[0] and "'ops'" in problems[1]
-    ingress = {"kind": "Ingress", "metadata": {"name": "i"}, "spec": {"rules": [{"http": {"paths": [
-        {"backend": {"service": {"name": "gw", "port": {"name": "http"}}}}]}}]}}
+    ingress = {
+        "kind": "Ingress",
+        "metadata": {"name": "i"},
+        "spec": {"rules": [{"http": {"paths": [{"backend": {"service": {"name": "gw", "port": {"name": "http"}}}}]}}]},
+    }
     assert "only OCPP" in dc.check_exposure([ingress])[0]
 
 
 def test_network_policy_check() -> None:
     gw = _deployment("gateway", ocpp=9000, http=8080, ops=9100)
-    ok = [gw, _policy(None), _policy("gateway", {"ports": [{"port": 9000}]},
-                                     {"ports": [{"port": 9100}], "from": [{"namespaceSelector": {}}]})]
+    ok = [
+        gw,
+        _policy(None),
+        _policy(
+            "gateway", {"ports": [{"port": 9000}]}, {"ports": [{"port": 9100}], "from": [{"namespaceSelector": {}}]}
+        ),
+    ]
     assert dc.check_network_policies(ok) == []
     assert "default-deny" in " ".join(dc.check_network_policies([gw]))
     open_api = [gw, _policy(None), _policy("gateway", {"ports": [{"port": 8080}]})]
@@ -362,8 +409,10 @@ def test_env_name_check_flags_variables_nobody_reads() -> None:
 def test_env_parse_check_runs_the_services_settings() -> None:
     gw = _deployment("gateway", ocpp=9000)
     container = gw["spec"]["template"]["spec"]["containers"][0]
-    container["env"] = [{"name": "GRIDCHARGE_SECURITY_PROFILE", "value": "2"},
-                        {"name": "GRIDCHARGE_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    container["env"] = [
+        {"name": "GRIDCHARGE_SECURITY_PROFILE", "value": "2"},
+        {"name": "GRIDCHARGE_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
     assert dc.check_env_parses([gw]) == []
     container["env"][0]["value"] = "7"
     assert "GRIDCHARGE_SECURITY_PROFILE" in dc.check_env_parses([gw])[0]

@@ -33,9 +33,13 @@ def require_infra() -> None:
     """Fail (not skip) when Kafka or Redis is down, like tests/conftest.py's fixtures."""
     import pytest
 
-    for what, hostport in (("Kafka", os.environ.get("GRIDCHARGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")),
-                           ("Redis", os.environ.get("GRIDCHARGE_REDIS_URL", "redis://127.0.0.1:6379/0")
-                            .split("//", 1)[1].split("/", 1)[0])):
+    for what, hostport in (
+        ("Kafka", os.environ.get("GRIDCHARGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")),
+        (
+            "Redis",
+            os.environ.get("GRIDCHARGE_REDIS_URL", "redis://127.0.0.1:6379/0").split("//", 1)[1].split("/", 1)[0],
+        ),
+    ):
         host, port = hostport.rsplit(":", 1)
         try:
             socket.create_connection((host, int(port)), timeout=2).close()
@@ -54,21 +58,40 @@ def _iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
 
 
-def compressed_office(minutes: float = 4.0, *, cars: float = 0.5, events: list[dict[str, Any]] | None = None,
-                      seed: int = 7) -> Scenario:
+def compressed_office(
+    minutes: float = 4.0, *, cars: float = 0.5, events: list[dict[str, Any]] | None = None, seed: int = 7
+) -> Scenario:
     """The shipped office scenario (topology, base load, weather, quirks) starting now, `minutes` long, with a
     fleet that arrives in the first 20 s and needs what a shared 86 kW car park can deliver by departure."""
     data = yaml.safe_load(scenario_path("office").read_text(encoding="utf-8"))
     now = datetime.now(UTC).replace(microsecond=0)
-    data.update({
-        "start": _iso(now), "duration": f"{int(minutes * 60) + 30}s", "seed": seed, "step": "1s",
-        "meter_interval": "5s", "grid_meter_interval": "2s", "events": events or [],
-        "fleet": [{
-            "stations": "office-*", "arrival": _iso(now + timedelta(seconds=8)), "arrival_std": "4s",
-            "departure": _iso(now + timedelta(seconds=minutes * 60)), "departure_std": "5s", "min_stay": "60s",
-            "battery_kwh": [10, 10], "arrival_soc": [0.5, 0.5], "target_soc": [0.52, 0.54],
-            "max_current_a": [16, 32], "phases": {3: 0.75, 1: 0.25}, "share": cars}],
-    })
+    data.update(
+        {
+            "start": _iso(now),
+            "duration": f"{int(minutes * 60) + 30}s",
+            "seed": seed,
+            "step": "1s",
+            "meter_interval": "5s",
+            "grid_meter_interval": "2s",
+            "events": events or [],
+            "fleet": [
+                {
+                    "stations": "office-*",
+                    "arrival": _iso(now + timedelta(seconds=8)),
+                    "arrival_std": "4s",
+                    "departure": _iso(now + timedelta(seconds=minutes * 60)),
+                    "departure_std": "5s",
+                    "min_stay": "60s",
+                    "battery_kwh": [10, 10],
+                    "arrival_soc": [0.5, 0.5],
+                    "target_soc": [0.52, 0.54],
+                    "max_current_a": [16, 32],
+                    "phases": {3: 0.75, 1: 0.25},
+                    "share": cars,
+                }
+            ],
+        }
+    )
     return build_scenario(data, "office (compressed for e2e)")
 
 
@@ -82,8 +105,9 @@ class Proc:
 
     def start(self) -> None:
         fh = self.log.open("ab")
-        self.popen = subprocess.Popen(self.args, env=self.env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.args, env=self.env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
 
     def kill(self) -> None:
         """SIGKILL: the process dies without any clean-up (what a crash or OOM kill does)."""
@@ -132,23 +156,33 @@ class Cluster:
             data = self.scenario.topology.model_dump(mode="json", exclude_defaults=True)
             topo.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDCHARGE_")}
-        env.update({
-            "GRIDCHARGE_BUS": "kafka", "GRIDCHARGE_TOPIC_PREFIX": self.prefix,
-            "GRIDCHARGE_STORE_PREFIX": f"e2e{self.unique}:", "GRIDCHARGE_TOPOLOGY": str(topo),
-            "GRIDCHARGE_KAFKA_BOOTSTRAP": os.environ.get("GRIDCHARGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-            "GRIDCHARGE_REDIS_URL": os.environ.get("GRIDCHARGE_REDIS_URL", "redis://127.0.0.1:6379/0"),
-            "GRIDCHARGE_HTTP_HOST": "127.0.0.1", "GRIDCHARGE_OCPP_HOST": "127.0.0.1",
-            "GRIDCHARGE_LOG_JSON": "true", "GRIDCHARGE_LOG_LEVEL": "INFO",
-            "GRIDCHARGE_WEATHER_BASE_URL": self.weather_url, "E2E_LEASE_S": str(self.lease_s),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "GRIDCHARGE_BUS": "kafka",
+                "GRIDCHARGE_TOPIC_PREFIX": self.prefix,
+                "GRIDCHARGE_STORE_PREFIX": f"e2e{self.unique}:",
+                "GRIDCHARGE_TOPOLOGY": str(topo),
+                "GRIDCHARGE_KAFKA_BOOTSTRAP": os.environ.get("GRIDCHARGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+                "GRIDCHARGE_REDIS_URL": os.environ.get("GRIDCHARGE_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                "GRIDCHARGE_HTTP_HOST": "127.0.0.1",
+                "GRIDCHARGE_OCPP_HOST": "127.0.0.1",
+                "GRIDCHARGE_LOG_JSON": "true",
+                "GRIDCHARGE_LOG_LEVEL": "INFO",
+                "GRIDCHARGE_WEATHER_BASE_URL": self.weather_url,
+                "E2E_LEASE_S": str(self.lease_s),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(extra)
         return env
 
     def add(self, name: str, module_args: list[str], **env: str) -> Proc:
-        p = Proc(name, [PY, *module_args], self.env(GRIDCHARGE_HTTP_PORT=str(free_port()),
-                                                   GRIDCHARGE_REPLICA_ID=name, **env),
-                 self.workdir / f"{name}.log")
+        p = Proc(
+            name,
+            [PY, *module_args],
+            self.env(GRIDCHARGE_HTTP_PORT=str(free_port()), GRIDCHARGE_REPLICA_ID=name, **env),
+            self.workdir / f"{name}.log",
+        )
         self.procs[name] = p
         p.start()
         return p
@@ -213,10 +247,10 @@ class Snapshot:
     t: float
     connected: dict[str, bool]
     url_index: dict[str, int]
-    max_phase_a: dict[str, float]         # highest per-phase current the station draws
-    limit_sources: dict[str, list[str]]   # per EVSE: Tx / TxDefault / StationMax / none
+    max_phase_a: dict[str, float]  # highest per-phase current the station draws
+    limit_sources: dict[str, list[str]]  # per EVSE: Tx / TxDefault / StationMax / none
     accepted: dict[str, int]
-    leased: set[str] = field(default_factory=set)   # stations under a station-cap lease (station max, stack ≥ 1)
+    leased: set[str] = field(default_factory=set)  # stations under a station-cap lease (station max, stack ≥ 1)
 
 
 @dataclass
@@ -235,8 +269,9 @@ def snapshot(sim: Any) -> Snapshot:
         connected={sid: c.connected.is_set() for sid, c in sim.clients.items()},
         url_index={sid: c._url_index % max(1, len(c.urls)) for sid, c in sim.clients.items()},
         max_phase_a={sid: max(m.grid_currents_a()) for sid, m in sim.models.items()},
-        limit_sources={sid: [e.limit_source for e in m.evses.values() if e.ev is not None]
-                       for sid, m in sim.models.items()},
+        limit_sources={
+            sid: [e.limit_source for e in m.evses.values() if e.ev is not None] for sid, m in sim.models.items()
+        },
         accepted={sid: c.stats.profiles_accepted for sid, c in sim.clients.items()},
         leased={sid for sid, m in sim.models.items() if (m.profiles.station_max_stack(now) or 0) > 0},
     )
@@ -253,8 +288,9 @@ async def run_timeline(cluster: Cluster, actions: list[tuple[float, str, Any]]) 
     weather = make_weather(cluster.scenario.topology, cluster.scenario.spec.weather, time.time(), 2)
     wsrv = await start_weather_server(weather_payload(weather))
     cluster.weather_url = f"http://127.0.0.1:{wsrv.port}"
-    bus = KafkaBus(os.environ.get("GRIDCHARGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"), prefix=cluster.prefix,
-                   client_id="e2e-simulator")
+    bus = KafkaBus(
+        os.environ.get("GRIDCHARGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"), prefix=cluster.prefix, client_id="e2e-simulator"
+    )
     await bus.start()
     timeline: Timeline | None = None
     pending = sorted(actions, key=lambda a: a[0])

@@ -22,10 +22,17 @@ SLOT_S = float(os.environ.get("E2E_SLOT_S", "60"))
 
 
 def create_service(rt: Runtime, topology: Topology) -> AllocationService:
-    return AllocationService(rt, topology, AllocatorConfig(
-        leases=LeasePolicy(epoch_s=LEASE_S, renew_lead_s=LEASE_S / 5, clock_skew_s=min(30.0, LEASE_S / 20)),
-        writes=WritePolicy(min_interval_s=LEASE_S / 10, max_per_hour=3600, raise_hold_s=LEASE_S / 10),
-        slot_s=SLOT_S, horizon_slots=120, plan_interval_s=5.0))
+    return AllocationService(
+        rt,
+        topology,
+        AllocatorConfig(
+            leases=LeasePolicy(epoch_s=LEASE_S, renew_lead_s=LEASE_S / 5, clock_skew_s=min(30.0, LEASE_S / 20)),
+            writes=WritePolicy(min_interval_s=LEASE_S / 10, max_per_hour=3600, raise_hold_s=LEASE_S / 10),
+            slot_s=SLOT_S,
+            horizon_slots=120,
+            plan_interval_s=5.0,
+        ),
+    )
 
 
 create_service.service_name = "allocation"  # type: ignore[attr-defined]

@@ -41,13 +41,31 @@ def _scenario() -> Scenario:
     def at(s: float) -> str:
         return (now + timedelta(seconds=s)).isoformat().replace("+00:00", "Z")
 
-    data.update({
-        "start": at(0), "duration": "120s", "step": "1s", "meter_interval": "5s", "grid_meter_interval": "2s",
-        "events": [],
-        "fleet": [{"stations": "office-*", "arrival": at(5), "arrival_std": "2s", "departure": at(115),
-                   "departure_std": "2s", "min_stay": "60s", "battery_kwh": [20, 20], "arrival_soc": [0.5, 0.5],
-                   "target_soc": [0.6, 0.6], "max_current_a": [16, 32], "share": 0.5}],
-    })
+    data.update(
+        {
+            "start": at(0),
+            "duration": "120s",
+            "step": "1s",
+            "meter_interval": "5s",
+            "grid_meter_interval": "2s",
+            "events": [],
+            "fleet": [
+                {
+                    "stations": "office-*",
+                    "arrival": at(5),
+                    "arrival_std": "2s",
+                    "departure": at(115),
+                    "departure_std": "2s",
+                    "min_stay": "60s",
+                    "battery_kwh": [20, 20],
+                    "arrival_soc": [0.5, 0.5],
+                    "target_soc": [0.6, 0.6],
+                    "max_current_a": [16, 32],
+                    "share": 0.5,
+                }
+            ],
+        }
+    )
     return build_scenario(data, "office (kafka restart, e2e)")
 
 
@@ -81,16 +99,23 @@ def test_kafka_restart_no_command_lost_none_out_of_order() -> None:
 
     async def restart_kafka(tl: Timeline) -> None:
         t = time.monotonic()
-        res = await asyncio.to_thread(subprocess.run, ["bash", "deploy/scripts/kafka.sh", "restart"], cwd=ROOT,
-                                      capture_output=True, text=True, timeout=240)
+        res = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "deploy/scripts/kafka.sh", "restart"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         restart.update(rc=res.returncode, seconds=time.monotonic() - t, err=res.stderr[-500:])
 
     def stop_allocator(tl: Timeline) -> None:
         cluster.procs["allocation"].stop()
 
     try:
-        asyncio.run(run_timeline(cluster, [(30.0, "kafka_restart", restart_kafka),
-                                           (95.0, "allocator_stopped", stop_allocator)]))
+        asyncio.run(
+            run_timeline(cluster, [(30.0, "kafka_restart", restart_kafka), (95.0, "allocator_stopped", stop_allocator)])
+        )
     except Exception:
         for name in cluster.procs:
             print(f"--- {name} ---\n{cluster.tail(name)}")

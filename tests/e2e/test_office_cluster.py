@@ -30,7 +30,7 @@ from harness import Cluster, Timeline, require_infra, run_timeline
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(600)]
 
 LEASE_S = 20.0
-QUIRK_IGNORES_VALID_TO = "office-17"   # keeps expired leases by design: budgeted at worst case, not checked here
+QUIRK_IGNORES_VALID_TO = "office-17"  # keeps expired leases by design: budgeted at worst case, not checked here
 
 
 def _iso(dt: datetime) -> str:
@@ -44,17 +44,33 @@ def office_two_waves() -> Scenario:
     def at(s: float) -> str:
         return _iso(now + timedelta(seconds=s))
 
-    common: dict[str, Any] = {"stations": "office-*", "arrival_std": "2s", "departure_std": "2s", "min_stay": "60s",
-                              "battery_kwh": [10, 10], "arrival_soc": [0.5, 0.5], "max_current_a": [16, 32],
-                              "phases": {3: 0.75, 1: 0.25}, "share": 0.5}
-    data.update({
-        "start": _iso(now), "duration": "280s", "step": "1s", "meter_interval": "5s", "grid_meter_interval": "2s",
-        "events": [],
-        # wave 1 needs 80-120 Wh in two minutes: at most ~60 % of what each car could take alone, because in
-        # compressed time the needs -> plan -> command -> station latency (5-10 s) is a large part of the stay
-        "fleet": [{**common, "arrival": at(5), "departure": at(120), "target_soc": [0.508, 0.512]},
-                  {**common, "arrival": at(125), "departure": at(275), "target_soc": [0.52, 0.53]}],
-    })
+    common: dict[str, Any] = {
+        "stations": "office-*",
+        "arrival_std": "2s",
+        "departure_std": "2s",
+        "min_stay": "60s",
+        "battery_kwh": [10, 10],
+        "arrival_soc": [0.5, 0.5],
+        "max_current_a": [16, 32],
+        "phases": {3: 0.75, 1: 0.25},
+        "share": 0.5,
+    }
+    data.update(
+        {
+            "start": _iso(now),
+            "duration": "280s",
+            "step": "1s",
+            "meter_interval": "5s",
+            "grid_meter_interval": "2s",
+            "events": [],
+            # wave 1 needs 80-120 Wh in two minutes: at most ~60 % of what each car could take alone, because in
+            # compressed time the needs -> plan -> command -> station latency (5-10 s) is a large part of the stay
+            "fleet": [
+                {**common, "arrival": at(5), "departure": at(120), "target_soc": [0.508, 0.512]},
+                {**common, "arrival": at(125), "departure": at(275), "target_soc": [0.52, 0.53]},
+            ],
+        }
+    )
     return build_scenario(data, "office (two waves, e2e)")
 
 
@@ -63,8 +79,7 @@ def office_run(request: pytest.FixtureRequest) -> Timeline:
     require_infra()
     unique = uuid.uuid4().hex[:10]
     workdir = Path(tempfile.mkdtemp(prefix=f"e2e-office-{unique}-"))
-    cluster = Cluster(office_two_waves(), unique, workdir, gateways=2, lease_s=LEASE_S,
-                      make_scenario=office_two_waves)
+    cluster = Cluster(office_two_waves(), unique, workdir, gateways=2, lease_s=LEASE_S, make_scenario=office_two_waves)
     kill_at = 130.0
     state: dict[str, Any] = {}
 
@@ -75,8 +90,7 @@ def office_run(request: pytest.FixtureRequest) -> Timeline:
         cluster.start_allocation()
 
     def kill_gateway(tl: Timeline) -> None:
-        state["on_gw0"] = [sid for sid, c in tl.sim.clients.items()
-                           if c.connected.is_set() and c._url_index % 2 == 0]
+        state["on_gw0"] = [sid for sid, c in tl.sim.clients.items() if c.connected.is_set() and c._url_index % 2 == 0]
         state["accepted_before"] = {sid: c.stats.profiles_accepted for sid, c in tl.sim.clients.items()}
         cluster.procs["gateway-0"].kill()
 
@@ -120,8 +134,11 @@ def test_office_no_violation_and_feasible_sessions_on_time(office_run: Timeline)
 def test_allocator_killed_stations_fall_back_within_lease(office_run: Timeline) -> None:
     tl = office_run
     snap = tl.snaps["fallback_check"]
-    over = {sid: a for sid, a in snap.max_phase_a.items()
-            if sid != QUIRK_IGNORES_VALID_TO and a > tl.sim.topo.station_by_id[sid].fallback_current_a + 0.01}
+    over = {
+        sid: a
+        for sid, a in snap.max_phase_a.items()
+        if sid != QUIRK_IGNORES_VALID_TO and a > tl.sim.topo.station_by_id[sid].fallback_current_a + 0.01
+    }
     assert not over, f"stations above their fallback limit {LEASE_S + 10:.0f} s after the allocator died: {over}"
     down = _violations(tl, tl.marks["allocator_killed"], tl.marks["allocator_restarted"])
     assert not down, f"node limit crossed while the allocator was down: {down[:5]}"

@@ -73,8 +73,9 @@ class Csms16(Cp16):
     @on("StartTransaction")
     async def start_tx(self, id_tag: str, **kw: Any) -> Any:
         self._seen("StartTransaction", id_tag=id_tag, **kw)
-        return res16.StartTransaction(transaction_id=next(TX_IDS), id_tag_info={
-            "status": "Blocked" if id_tag == "BADTAG" else "Accepted"})
+        return res16.StartTransaction(
+            transaction_id=next(TX_IDS), id_tag_info={"status": "Blocked" if id_tag == "BADTAG" else "Accepted"}
+        )
 
     @on("StopTransaction")
     async def stop_tx(self, **kw: Any) -> Any:
@@ -119,8 +120,7 @@ class Csms201(Cp201):
         if token is None:
             return res201.TransactionEvent()
         bad = token.get("id_token") == "BADTAG"
-        return res201.TransactionEvent(id_token_info={"status": "Blocked" if bad else "Accepted"},
-                                       charging_priority=3)
+        return res201.TransactionEvent(id_token_info={"status": "Blocked" if bad else "Accepted"}, charging_priority=3)
 
     @on("NotifyEVChargingNeeds")
     async def needs(self, **kw: Any) -> Any:
@@ -170,8 +170,7 @@ async def do_call(req: dict[str, Any]) -> None:
         res = await cp.call(getattr(module, req["action"])(**req.get("kwargs", {})), suppress=False)
         emit(event="answer", station=req["station"], action=req["action"], payload=dataclasses.asdict(res))
     except Exception as exc:
-        emit(event="call_failed", station=req["station"], action=req["action"],
-             error=f"{type(exc).__name__}: {exc}")
+        emit(event="call_failed", station=req["station"], action=req["action"], error=f"{type(exc).__name__}: {exc}")
 
 
 async def control() -> None:
@@ -188,8 +187,13 @@ async def control() -> None:
 
 
 async def main(port: int) -> None:
-    async with serve(on_connect, "127.0.0.1", port, subprotocols=["ocpp2.0.1", "ocpp1.6"],  # type: ignore[list-item]
-                     process_request=check_auth):
+    async with serve(
+        on_connect,
+        "127.0.0.1",
+        port,
+        subprotocols=["ocpp2.0.1", "ocpp1.6"],  # type: ignore[list-item]
+        process_request=check_auth,
+    ):
         emit(event="listening", port=port)
         await control()
         await asyncio.Future()

@@ -31,11 +31,13 @@ from websockets.asyncio.client import connect
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
-TOPOLOGY = parse_topology({
-    "nominal_voltage_v": 230,
-    "nodes": [{"id": "site", "kind": "site", "limit_a": [40, 40, 40], "safety_margin_pct": 0}],
-    "stations": [{"id": f"CP{i}", "node": "site", "max_current_a": 32, "fallback_current_a": 6} for i in (1, 2)],
-})
+TOPOLOGY = parse_topology(
+    {
+        "nominal_voltage_v": 230,
+        "nodes": [{"id": "site", "kind": "site", "limit_a": [40, 40, 40], "safety_margin_pct": 0}],
+        "stations": [{"id": f"CP{i}", "node": "site", "max_current_a": 32, "fallback_current_a": 6} for i in (1, 2)],
+    }
+)
 
 
 class Station16(Cp16):
@@ -50,14 +52,20 @@ class Station16(Cp16):
 
     @on("GetConfiguration")
     async def on_gc(self, key: list[str] | None = None) -> Any:
-        return res16.GetConfiguration(configuration_key=[
-            {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "5"},
-            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current,Power"},
-            {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": "24"}])
+        return res16.GetConfiguration(
+            configuration_key=[
+                {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "5"},
+                {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current,Power"},
+                {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": "24"},
+            ]
+        )
 
     def of(self, purpose: str, stack: int | None = None) -> list[tuple[int, dict[str, Any]]]:
-        return [(c, p) for c, p in self.profiles if p["charging_profile_purpose"] == purpose
-                and (stack is None or p["stack_level"] == stack)]
+        return [
+            (c, p)
+            for c, p in self.profiles
+            if p["charging_profile_purpose"] == purpose and (stack is None or p["stack_level"] == stack)
+        ]
 
 
 @dataclass
@@ -80,12 +88,14 @@ async def wait_for(pred: Callable[[], bool], timeout: float = 60.0, what: str = 
 
 @pytest.fixture
 async def cluster(kafka_bus: KafkaBus, redis_store: RedisStore) -> AsyncIterator[Cluster]:
-    settings = GatewaySettings(bus="kafka", ocpp_port=0, ocpp_host="127.0.0.1", replica_id="it-alloc",
-                               call_timeout_s=10)
+    settings = GatewaySettings(
+        bus="kafka", ocpp_port=0, ocpp_host="127.0.0.1", replica_id="it-alloc", call_timeout_s=10
+    )
     rt = Runtime(settings=settings, bus=kafka_bus, store=redis_store, clock=RealClock())
     gw = GatewayService(rt, TOPOLOGY, settings)
-    cfg = AllocatorConfig(plan_interval_s=5.0, debounce_s=0.3,
-                          leases=LeasePolicy(epoch_s=120.0, renew_lead_s=20.0, clock_skew_s=2.0))
+    cfg = AllocatorConfig(
+        plan_interval_s=5.0, debounce_s=0.3, leases=LeasePolicy(epoch_s=120.0, renew_lead_s=20.0, clock_skew_s=2.0)
+    )
     alloc = AllocationService(rt, TOPOLOGY, cfg, tick_s=0.2)
     await gw.start()
     await alloc.start()
@@ -116,6 +126,7 @@ async def test_sessions_through_gateway_profiles_to_stations(cluster: Cluster, r
     async with station(cluster, "CP1") as cp1, station(cluster, "CP2") as cp2:
         # 1. fallback at boot: station-wide max profile, stack 0, 6 A, no end
         for cp in (cp1, cp2):
+
             def has_fallback(cp: Station16 = cp) -> bool:
                 return bool(cp.of("ChargePointMaxProfile", 0))
 
@@ -128,14 +139,15 @@ async def test_sessions_through_gateway_profiles_to_stations(cluster: Cluster, r
             assert "valid_to" not in fb
 
         # 2. a session on CP1: a station-cap lease (stack 1, with an end) lifts it; one EVSE, so no TxProfile
-        start = await cp1.call(call16.StartTransaction(connector_id=1, id_tag="T1", meter_start=1000,
-                                                       timestamp="2026-06-01T10:00:00Z"))
+        start = await cp1.call(
+            call16.StartTransaction(connector_id=1, id_tag="T1", meter_start=1000, timestamp="2026-06-01T10:00:00Z")
+        )
         tx1 = start.transaction_id
         await wait_for(lambda: bool(cp1.of("ChargePointMaxProfile", 1)), what="CP1 station lease")
         conn, lease = cp1.of("ChargePointMaxProfile", 1)[-1]
         assert conn == 0 and "valid_to" in lease
         first = lease["charging_schedule"]["charging_schedule_period"][0]["limit"]
-        assert first == 32.0            # its hardware max (40 A site − CP2's 6 A fallback leaves 34 A)
+        assert first == 32.0  # its hardware max (40 A site − CP2's 6 A fallback leaves 34 A)
         assert not cp1.of("TxProfile")
 
         def latest(cp: Station16) -> float:
@@ -143,8 +155,9 @@ async def test_sessions_through_gateway_profiles_to_stations(cluster: Cluster, r
             return float(caps[-1][1]["charging_schedule"]["charging_schedule_period"][0]["limit"]) if caps else 6.0
 
         # 3. a second session: both share the 40 A site, every moment within the limit
-        start2 = await cp2.call(call16.StartTransaction(connector_id=1, id_tag="T2", meter_start=0,
-                                                        timestamp="2026-06-01T10:01:00Z"))
+        start2 = await cp2.call(
+            call16.StartTransaction(connector_id=1, id_tag="T2", meter_start=0, timestamp="2026-06-01T10:01:00Z")
+        )
         await wait_for(lambda: latest(cp1) + latest(cp2) <= 40.0 + 1e-6, what="shared site limit")
         await wait_for(lambda: len(cluster.allocation.alloc.book) == 2, what="two sessions")
         now = cluster.rt.clock.time()
@@ -165,8 +178,7 @@ async def test_sessions_through_gateway_profiles_to_stations(cluster: Cluster, r
 
         # 5. the session ends: CP2's car wants the room, so CP1's lease goes back down (a lease nobody
         #    needs would simply lapse at the end of its epoch: no write)
-        await cp1.call(call16.StopTransaction(meter_stop=5000, timestamp="2026-06-01T11:00:00Z",
-                                              transaction_id=tx1))
+        await cp1.call(call16.StopTransaction(meter_stop=5000, timestamp="2026-06-01T11:00:00Z", transaction_id=tx1))
         await wait_for(lambda: latest(cp1) <= 6.0, what="CP1 lease taken back", timeout=90)
         await wait_for(lambda: latest(cp2) > 6.0, what="CP2 raised into the room", timeout=90)
 
@@ -179,12 +191,14 @@ async def test_leader_failover_on_kafka_and_redis(kafka_bus: KafkaBus, redis_sto
     from gridcharge.shared.contracts import COMMANDS, STATION_EVENTS
     from gridcharge.station.v1 import station_pb2
 
-    cfg = AllocatorConfig(plan_interval_s=2.0, debounce_s=0.2,
-                          leases=LeasePolicy(epoch_s=60.0, renew_lead_s=10.0, clock_skew_s=1.0))
+    cfg = AllocatorConfig(
+        plan_interval_s=2.0, debounce_s=0.2, leases=LeasePolicy(epoch_s=60.0, renew_lead_s=10.0, clock_skew_s=1.0)
+    )
     services = []
     for name in ("alloc-a", "alloc-b"):
-        rt = Runtime(settings=Settings(bus="kafka", replica_id=name), bus=kafka_bus, store=redis_store,
-                     clock=RealClock())
+        rt = Runtime(
+            settings=Settings(bus="kafka", replica_id=name), bus=kafka_bus, store=redis_store, clock=RealClock()
+        )
         svc = AllocationService(rt, TOPOLOGY, cfg, leader_ttl_s=3.0, tick_s=0.2)
         await svc.start()
         services.append(svc)
@@ -207,12 +221,13 @@ async def test_leader_failover_on_kafka_and_redis(kafka_bus: KafkaBus, redis_sto
         await asyncio.sleep(2.0)
         assert {c.meta.producer for c in seen} == {"allocation/alloc-a"}
         n = len(seen)
-        await a.stop()                              # clean stop releases the lease
+        await a.stop()  # clean stop releases the lease
         await wait_for(lambda: b.leader.is_leader, timeout=20, what="standby takes over")
         ev2 = station_pb2.StationEvent(station_id="CP2", connected=station_pb2.Connected(replica_id="gw-x"))
         await kafka_bus.publish(STATION_EVENTS.name, "CP2", ev2.SerializeToString())
-        await wait_for(lambda: any(c.meta.producer == "allocation/alloc-b" for c in seen[n:]),
-                       what="commands from the new leader")
+        await wait_for(
+            lambda: any(c.meta.producer == "allocation/alloc-b" for c in seen[n:]), what="commands from the new leader"
+        )
         gens = [c.generation for c in seen if c.station_id == "CP1" and c.command_key.endswith("/0")]
         assert gens == sorted(gens)
     finally:

@@ -46,7 +46,7 @@ site: {id: home, timezone: Europe/Berlin, latitude: 52.5, longitude: 13.4}
 nodes: [{id: home, kind: site, limit_a: [40, 40, 40], safety_margin_pct: 0}]
 stations: [{id: WB1, node: home, ocpp: "1.6", max_current_a: 32, fallback_current_a: 6}]
 """
-RELAY_LIMIT_W = 6000.0      # what the DSO's relay means here (≥ the 4.2 kW minimum of one device)
+RELAY_LIMIT_W = 6000.0  # what the DSO's relay means here (≥ the 4.2 kW minimum of one device)
 
 
 def free_port() -> int:
@@ -68,8 +68,12 @@ async def wait_for(pred: Callable[[], bool], timeout: float = 30.0, what: str = 
 def modbus_box() -> Iterator[int]:
     """pymodbus's TCP server as the site's control box (a process of its own)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "deploy/scripts/modbus_box.py"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "deploy/scripts/modbus_box.py"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -88,20 +92,34 @@ def controlbox(tmp_path: Path, modbus_box: int, kafka_bootstrap: str, redis_url:
     topo.write_text(TOPOLOGY)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDCHARGE_")}
-    env.update({
-        "GRIDCHARGE_BUS": "kafka", "GRIDCHARGE_KAFKA_BOOTSTRAP": kafka_bootstrap, "GRIDCHARGE_REDIS_URL": redis_url,
-        "GRIDCHARGE_TOPIC_PREFIX": f"t{unique}.", "GRIDCHARGE_STORE_PREFIX": f"t{unique}:",
-        "GRIDCHARGE_TOPOLOGY": str(topo), "GRIDCHARGE_HTTP_HOST": "127.0.0.1", "GRIDCHARGE_HTTP_PORT": str(port),
-        "GRIDCHARGE_REPLICA_ID": "it-controlbox", "GRIDCHARGE_API_TOKENS": f"guard:operator:{TOKEN}",
-        "GRIDCHARGE_CONTROLBOX_NODE": "home", "GRIDCHARGE_CONTROLBOX_DEVICES": "1",
-        "GRIDCHARGE_CONTROLBOX_RELAY": "modbus", "GRIDCHARGE_CONTROLBOX_MODBUS_PORT": str(modbus_box),
-        "GRIDCHARGE_CONTROLBOX_MODBUS_KIND": "coil", "GRIDCHARGE_CONTROLBOX_MODBUS_ADDRESS": "3",
-        "GRIDCHARGE_CONTROLBOX_MODBUS_POLL_S": "0.2", "GRIDCHARGE_CONTROLBOX_RELAY_LIMIT_W": str(RELAY_LIMIT_W),
-        "GRIDCHARGE_CONTROLBOX_LPC": "http", "GRIDCHARGE_CONTROLBOX_LPC_HEARTBEAT_TIMEOUT_S": "4",
-    })
+    env.update(
+        {
+            "GRIDCHARGE_BUS": "kafka",
+            "GRIDCHARGE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "GRIDCHARGE_REDIS_URL": redis_url,
+            "GRIDCHARGE_TOPIC_PREFIX": f"t{unique}.",
+            "GRIDCHARGE_STORE_PREFIX": f"t{unique}:",
+            "GRIDCHARGE_TOPOLOGY": str(topo),
+            "GRIDCHARGE_HTTP_HOST": "127.0.0.1",
+            "GRIDCHARGE_HTTP_PORT": str(port),
+            "GRIDCHARGE_REPLICA_ID": "it-controlbox",
+            "GRIDCHARGE_API_TOKENS": f"guard:operator:{TOKEN}",
+            "GRIDCHARGE_CONTROLBOX_NODE": "home",
+            "GRIDCHARGE_CONTROLBOX_DEVICES": "1",
+            "GRIDCHARGE_CONTROLBOX_RELAY": "modbus",
+            "GRIDCHARGE_CONTROLBOX_MODBUS_PORT": str(modbus_box),
+            "GRIDCHARGE_CONTROLBOX_MODBUS_KIND": "coil",
+            "GRIDCHARGE_CONTROLBOX_MODBUS_ADDRESS": "3",
+            "GRIDCHARGE_CONTROLBOX_MODBUS_POLL_S": "0.2",
+            "GRIDCHARGE_CONTROLBOX_RELAY_LIMIT_W": str(RELAY_LIMIT_W),
+            "GRIDCHARGE_CONTROLBOX_LPC": "http",
+            "GRIDCHARGE_CONTROLBOX_LPC_HEARTBEAT_TIMEOUT_S": "4",
+        }
+    )
     log = (tmp_path / "controlbox.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "gridcharge.controlbox"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gridcharge.controlbox"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -119,10 +137,12 @@ def controlbox(tmp_path: Path, modbus_box: int, kafka_bootstrap: str, redis_url:
 async def allocation(kafka_bus: KafkaBus, redis_store: RedisStore, tmp_path: Path) -> AsyncIterator[AllocationService]:
     (tmp_path / "alloc-topology.yaml").write_text(TOPOLOGY)
     topology = load_topology(tmp_path / "alloc-topology.yaml")
-    rt = Runtime(settings=Settings(bus="kafka", replica_id="it-alloc-14a"), bus=kafka_bus, store=redis_store,
-                 clock=RealClock())
-    cfg = AllocatorConfig(plan_interval_s=1.0, debounce_s=0.2,
-                          leases=LeasePolicy(epoch_s=120.0, renew_lead_s=20.0, clock_skew_s=2.0))
+    rt = Runtime(
+        settings=Settings(bus="kafka", replica_id="it-alloc-14a"), bus=kafka_bus, store=redis_store, clock=RealClock()
+    )
+    cfg = AllocatorConfig(
+        plan_interval_s=1.0, debounce_s=0.2, leases=LeasePolicy(epoch_s=120.0, renew_lead_s=20.0, clock_skew_s=2.0)
+    )
     svc = AllocationService(rt, topology, cfg, tick_s=0.2)
     await svc.start()
     for sub in svc._subs:
@@ -143,8 +163,9 @@ def session_binding(alloc: AllocationService) -> str:
     return ";".join(ex.binding.source for ex in last.explanations.values() if ex.binding is not None)
 
 
-async def test_relay_and_lpc_to_the_allocation_budget(controlbox: str, modbus_box: int, kafka_bus: KafkaBus,
-                                                      allocation: AllocationService) -> None:
+async def test_relay_and_lpc_to_the_allocation_budget(
+    controlbox: str, modbus_box: int, kafka_bus: KafkaBus, allocation: AllocationService
+) -> None:
     limits: list[grid_pb2.ExternalLimit] = []
 
     async def on_limit(rec: Record) -> None:
@@ -153,9 +174,13 @@ async def test_relay_and_lpc_to_the_allocation_budget(controlbox: str, modbus_bo
     async def station_accepts(rec: Record) -> None:
         """WB1 behind a gateway accepts every profile (the gateway's CommandResult, as it would publish it)."""
         cmd = C.decode(command_pb2.StationCommand, rec.value)
-        res = command_pb2.CommandResult(command_id=cmd.command_id, station_id=cmd.station_id,
-                                        generation=cmd.generation, command_key=cmd.command_key,
-                                        outcome=command_pb2.COMMAND_OUTCOME_ACCEPTED)
+        res = command_pb2.CommandResult(
+            command_id=cmd.command_id,
+            station_id=cmd.station_id,
+            generation=cmd.generation,
+            command_key=cmd.command_key,
+            outcome=command_pb2.COMMAND_OUTCOME_ACCEPTED,
+        )
         await kafka_bus.publish(C.COMMAND_RESULTS.name, cmd.station_id, res.SerializeToString())
 
     sub = await kafka_bus.subscribe([C.EXTERNAL_LIMITS.name], "it-14a-observer", on_limit)
@@ -176,7 +201,7 @@ async def test_relay_and_lpc_to_the_allocation_budget(controlbox: str, modbus_bo
                 await asyncio.sleep(0.1)
             raise AssertionError("controlbox not ready within 60 s")
 
-        async def beat() -> None:                  # the DSO's energy guard: heartbeat every second
+        async def beat() -> None:  # the DSO's energy guard: heartbeat every second
             while True:
                 with contextlib.suppress(httpx.HTTPError):
                     await api.post("/api/controlbox/heartbeat")
@@ -186,9 +211,10 @@ async def test_relay_and_lpc_to_the_allocation_budget(controlbox: str, modbus_bo
         heartbeats = asyncio.create_task(beat())
         await wait_for(lambda: bool(limits), what="the start-up withdrawal on Kafka")
         # a car charging at WB1 (the gateway's events, as it would publish them)
-        for payload in ({"connected": station_pb2.Connected(replica_id="gw-0")},
-                        {"transaction_started": station_pb2.TransactionStarted(transaction_id="7", evse_id=1,
-                                                                               connector_id=1)}):
+        for payload in (
+            {"connected": station_pb2.Connected(replica_id="gw-0")},
+            {"transaction_started": station_pb2.TransactionStarted(transaction_id="7", evse_id=1, connector_id=1)},
+        ):
             ev = station_pb2.StationEvent(station_id="WB1", occurred_at=to_timestamp(RealClock().time()), **payload)
             await kafka_bus.publish(C.STATION_EVENTS.name, "WB1", ev.SerializeToString())
         await wait_for(lambda: len(allocation.alloc.book) == 1, what="the session in the allocator")
@@ -223,12 +249,15 @@ async def test_relay_and_lpc_to_the_allocation_budget(controlbox: str, modbus_bo
         await wait_for(lambda: any(x.limit_w.l1 * 3 == pytest.approx(9000) for x in limits), what="LPC limit")
         heartbeats.cancel()
         n = len(limits)
-        await wait_for(lambda: any(x.limit_w.l1 * 3 == pytest.approx(4200) for x in limits[n:]), timeout=15,
-                       what="LPC failsafe limit after the heartbeat stopped")
+        await wait_for(
+            lambda: any(x.limit_w.l1 * 3 == pytest.approx(4200) for x in limits[n:]),
+            timeout=15,
+            what="LPC failsafe limit after the heartbeat stopped",
+        )
         st = (await api.get("/api/controlbox/status")).json()
         assert st["lpc"] == "failsafe" and st["limit_w"] == 4200
         fs = next(x for x in limits[n:] if x.limit_w.l1 * 3 == pytest.approx(4200))
-        assert fs.valid_to.ToSeconds() - fs.valid_from.ToSeconds() >= 7200 - 10     # the failsafe lasts 2 h
+        assert fs.valid_to.ToSeconds() - fs.valid_from.ToSeconds() >= 7200 - 10  # the failsafe lasts 2 h
         await wait_for(lambda: "external:§14a" in node_source(allocation), what="failsafe binds the budget")
         metrics = (await api.get("/metrics")).text
         assert 'gridcharge_controlbox_dimming_active{node="home",reason="lpc_failsafe"} 1.0' in metrics

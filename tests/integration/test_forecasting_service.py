@@ -64,7 +64,9 @@ def weather_server() -> Iterator[tuple[str, list[str]]]:
 
 @pytest.mark.parametrize("mode", ["memory", pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])])
 async def test_service_fetches_weather_with_retry_and_publishes_headroom(
-    weather_server: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch, mode: str,
+    weather_server: tuple[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
     request: pytest.FixtureRequest,
 ) -> None:
     url, requests = weather_server
@@ -72,11 +74,14 @@ async def test_service_fetches_weather_with_retry_and_publishes_headroom(
     extra: dict[str, object] = {}
     if mode == "kafka":  # the same service on real Kafka and Redis
         run = uuid.uuid4().hex[:8]
-        extra = {"bus": "kafka", "kafka_bootstrap": request.getfixturevalue("kafka_bootstrap"),
-                 "redis_url": request.getfixturevalue("redis_url"), "topic_prefix": f"fc{run}.",
-                 "store_prefix": f"fc{run}:"}
-    rt = build_runtime(Settings(http_port=0, http_host="127.0.0.1", weather_base_url=url, replica_id="it",
-                                **extra))
+        extra = {
+            "bus": "kafka",
+            "kafka_bootstrap": request.getfixturevalue("kafka_bootstrap"),
+            "redis_url": request.getfixturevalue("redis_url"),
+            "topic_prefix": f"fc{run}.",
+            "store_prefix": f"fc{run}:",
+        }
+    rt = build_runtime(Settings(http_port=0, http_host="127.0.0.1", weather_base_url=url, replica_id="it", **extra))
     service = create_service(rt, parse_topology(TOPOLOGY))
     received: list[Record] = []
 

@@ -47,16 +47,26 @@ def free_port() -> int:
 class GatewayProcess:
     def __init__(self, replica: str, unique: str, topology: Path, log: Path, kafka: str, redis: str) -> None:
         self.replica, self.ocpp_port, self.http_port = replica, free_port(), free_port()
-        env = {**os.environ, "GRIDCHARGE_BUS": "kafka", "GRIDCHARGE_KAFKA_BOOTSTRAP": kafka,
-               "GRIDCHARGE_REDIS_URL": redis, "GRIDCHARGE_TOPIC_PREFIX": f"t{unique}.",
-               "GRIDCHARGE_STORE_PREFIX": f"t{unique}:", "GRIDCHARGE_TOPOLOGY": str(topology),
-               "GRIDCHARGE_REPLICA_ID": replica, "GRIDCHARGE_OCPP_HOST": "127.0.0.1",
-               "GRIDCHARGE_OCPP_PORT": str(self.ocpp_port), "GRIDCHARGE_HTTP_HOST": "127.0.0.1",
-               "GRIDCHARGE_HTTP_PORT": str(self.http_port), "GRIDCHARGE_CALL_TIMEOUT_S": "5",
-               "GRIDCHARGE_API_TOKENS": f"it:operator:{API_TOKEN}"}
+        env = {
+            **os.environ,
+            "GRIDCHARGE_BUS": "kafka",
+            "GRIDCHARGE_KAFKA_BOOTSTRAP": kafka,
+            "GRIDCHARGE_REDIS_URL": redis,
+            "GRIDCHARGE_TOPIC_PREFIX": f"t{unique}.",
+            "GRIDCHARGE_STORE_PREFIX": f"t{unique}:",
+            "GRIDCHARGE_TOPOLOGY": str(topology),
+            "GRIDCHARGE_REPLICA_ID": replica,
+            "GRIDCHARGE_OCPP_HOST": "127.0.0.1",
+            "GRIDCHARGE_OCPP_PORT": str(self.ocpp_port),
+            "GRIDCHARGE_HTTP_HOST": "127.0.0.1",
+            "GRIDCHARGE_HTTP_PORT": str(self.http_port),
+            "GRIDCHARGE_CALL_TIMEOUT_S": "5",
+            "GRIDCHARGE_API_TOKENS": f"it:operator:{API_TOKEN}",
+        }
         self.log = log.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gridcharge.gateway"], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gridcharge.gateway"], env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def url(self, station: str) -> str:
         return f"ws://127.0.0.1:{self.ocpp_port}/ocpp/{station}"
@@ -85,8 +95,9 @@ class GatewayProcess:
 def replicas(tmp_path: Path, unique: str, kafka_bootstrap: str, redis_url: str) -> Iterator[list[GatewayProcess]]:
     topo = tmp_path / "topology.yaml"
     topo.write_text(TOPOLOGY)
-    procs = [GatewayProcess(r, unique, topo, tmp_path / f"{r}.log", kafka_bootstrap, redis_url)
-             for r in ("gw-a", "gw-b")]
+    procs = [
+        GatewayProcess(r, unique, topo, tmp_path / f"{r}.log", kafka_bootstrap, redis_url) for r in ("gw-a", "gw-b")
+    ]
     yield procs
     for p in procs:
         p.stop()
@@ -107,8 +118,10 @@ class Station:
                 msg = json.loads(raw)
                 if msg[0] == 2:
                     self.calls.append(msg)
-                    payload = {"GetConfiguration": {"configurationKey": []},
-                               "SetChargingProfile": {"status": "Accepted"}}.get(msg[2], {})
+                    payload = {
+                        "GetConfiguration": {"configurationKey": []},
+                        "SetChargingProfile": {"status": "Accepted"},
+                    }.get(msg[2], {})
                     await self.ws.send(json.dumps([3, msg[1], payload]))
                 elif msg[1] in self.answers:
                     self.answers[msg[1]].set_result(msg)
@@ -128,8 +141,9 @@ async def boot(url: str) -> Station:
 
 
 def profile_cmd(command_id: str, gen: int) -> command_pb2.StationCommand:
-    cmd = command_pb2.StationCommand(command_id=command_id, station_id="CP1", generation=gen,
-                                     command_key="profile/0/StationMax")
+    cmd = command_pb2.StationCommand(
+        command_id=command_id, station_id="CP1", generation=gen, command_key="profile/0/StationMax"
+    )
     sp = cmd.set_charging_profile
     p = sp.profile
     p.profile_id, p.stack_level, p.purpose, p.kind = 1, 0, command_pb2.PROFILE_PURPOSE_STATION_MAX, "Absolute"
@@ -175,11 +189,11 @@ async def test_two_replicas_route_commands_to_the_owner(replicas: list[GatewayPr
     await kafka_bus.publish(COMMANDS.name, "CP1", profile_cmd("c2", 2).SerializeToString())
     (r2,) = await results_for("c2")
     assert r2.outcome == Oc.COMMAND_OUTCOME_ACCEPTED and r2.meta.producer == "gateway/gw-b"
-    await asyncio.sleep(2)   # give replica a every chance to (wrongly) send or answer too
+    await asyncio.sleep(2)  # give replica a every chance to (wrongly) send or answer too
     assert len([r for r in results if r.command_id == "c2"]) == 1
-    assert [c[2] for c in st_a.calls].count("SetChargingProfile") == 1   # nothing more on the stale socket
+    assert [c[2] for c in st_a.calls].count("SetChargingProfile") == 1  # nothing more on the stale socket
     assert [c[2] for c in st_b.calls].count("SetChargingProfile") == 1
-    await asyncio.wait_for(st_a.ws.wait_closed(), 10)                   # a closed its stale socket
+    await asyncio.wait_for(st_a.ws.wait_closed(), 10)  # a closed its stale socket
     connected = [e for e in events if e.WhichOneof("payload") == "connected" and e.station_id == "CP1"]
     assert [e.connected.replica_id for e in connected] == ["gw-a", "gw-b"]
     assert connected[1].connected.ownership_epoch > connected[0].connected.ownership_epoch
@@ -193,8 +207,10 @@ async def test_two_replicas_route_commands_to_the_owner(replicas: list[GatewayPr
     async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {API_TOKEN}"}) as http:
         listing = (await http.get(f"http://127.0.0.1:{a.http_port}/api/v1/stations")).json()
         assert [(s["station_id"], s["replica_id"]) for s in listing] == [("CP1", "gw-b")]
-        resp = await http.post(f"http://127.0.0.1:{a.http_port}/api/v1/stations/CP1/commands/get_configuration",
-                               json={"keys": ["HeartbeatInterval"]})
+        resp = await http.post(
+            f"http://127.0.0.1:{a.http_port}/api/v1/stations/CP1/commands/get_configuration",
+            json={"keys": ["HeartbeatInterval"]},
+        )
         assert resp.status_code == 200 and resp.json()["outcome"] == "COMMAND_OUTCOME_ACCEPTED"
 
     # disconnected everywhere: exactly one OFFLINE result

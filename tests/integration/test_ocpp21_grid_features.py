@@ -35,12 +35,16 @@ V = 230.0
 
 
 def topology(versions: dict[str, str], limit_a: float = 24.0) -> Topology:
-    return parse_topology({
-        "nominal_voltage_v": V,
-        "nodes": [{"id": "site", "kind": "site", "limit_a": [limit_a] * 3, "safety_margin_pct": 0}],
-        "stations": [{"id": sid, "node": "site", "max_current_a": 16, "fallback_current_a": 6, "ocpp": ver}
-                     for sid, ver in versions.items()],
-    })
+    return parse_topology(
+        {
+            "nominal_voltage_v": V,
+            "nodes": [{"id": "site", "kind": "site", "limit_a": [limit_a] * 3, "safety_margin_pct": 0}],
+            "stations": [
+                {"id": sid, "node": "site", "max_current_a": 16, "fallback_current_a": 6, "ocpp": ver}
+                for sid, ver in versions.items()
+            ],
+        }
+    )
 
 
 @dataclass
@@ -61,8 +65,9 @@ class Site:
 
     def plug(self, sid: str, need_wh: float = 50_000.0) -> None:
         now = self.clock.time()
-        self.clients[sid].plug_in(1, Ev(f"ev-{sid}", 60_000.0, 0.2, 0.2 + need_wh / 60_000.0, now, now + 7200.0,
-                                        max_current_a=16.0), now)
+        self.clients[sid].plug_in(
+            1, Ev(f"ev-{sid}", 60_000.0, 0.2, 0.2 + need_wh / 60_000.0, now, now + 7200.0, max_current_a=16.0), now
+        )
 
 
 async def wait_for(pred: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -78,13 +83,23 @@ async def site(topo: Topology, quirks: dict[str, Quirks] | None = None) -> Async
     clock = RealClock()
     bus = MemoryBus()
     await bus.start()
-    settings = GatewaySettings(ocpp_port=0, ocpp_host="127.0.0.1", replica_id="gw-21", call_timeout_s=5.0,
-                               profile_check_delay_s=0.5, profile_audit_interval_s=0)
+    settings = GatewaySettings(
+        ocpp_port=0,
+        ocpp_host="127.0.0.1",
+        replica_id="gw-21",
+        call_timeout_s=5.0,
+        profile_check_delay_s=0.5,
+        profile_audit_interval_s=0,
+    )
     rt = Runtime(settings=settings, bus=bus, store=MemoryStore(clock), clock=clock)
     gw = GatewayService(rt, topo, settings)
-    cfg = AllocatorConfig(plan_interval_s=2.0, debounce_s=0.2, failsafe_hold_s=2.0,
-                          leases=LeasePolicy(epoch_s=120.0, renew_lead_s=20.0, clock_skew_s=2.0),
-                          writes=WritePolicy(min_interval_s=1.0, max_per_hour=600, raise_hold_s=1.0))
+    cfg = AllocatorConfig(
+        plan_interval_s=2.0,
+        debounce_s=0.2,
+        failsafe_hold_s=2.0,
+        leases=LeasePolicy(epoch_s=120.0, renew_lead_s=20.0, clock_skew_s=2.0),
+        writes=WritePolicy(min_interval_s=1.0, max_per_hour=600, raise_hold_s=1.0),
+    )
     alloc = AllocationService(rt, topo, cfg, tick_s=0.2)
     await gw.start()
     await alloc.start()
@@ -138,14 +153,14 @@ async def test_the_check_finds_a_station_that_ignores_its_profiles(version: str)
         assert set(checks) == {"GOOD", "DEAF"}, checks
         # the honest station holds its fallback: the check reads it back (2.x: the report; all: the composite)
         assert checks["GOOD"]["ok"] and checks["GOOD"]["complete"], checks["GOOD"]
-        assert s.clients["GOOD"].model.profiles.profiles          # it really holds one
+        assert s.clients["GOOD"].model.profiles.profiles  # it really holds one
         # the deaf one accepted the fallback and holds nothing: the composite allows its hardware 16 A, not 6
         deaf = checks["DEAF"]
         assert not deaf["ok"] and deaf["complete"]
         kinds = {m["kind"] for m in deaf["mismatches"]}
         assert "composite_higher" in kinds
         if version != "1.6":
-            assert "missing" in kinds                             # GetChargingProfiles: NoProfiles
+            assert "missing" in kinds  # GetChargingProfiles: NoProfiles
         comp = next(m for m in deaf["mismatches"] if m["kind"] == "composite_higher")
         assert (comp["sent_limit"], comp["reported_limit"], comp["rate_unit"]) == (6.0, 16.0, "A")
         assert PROFILE_MISMATCHES.labels(kind="composite_higher")._value.get() > before["composite_higher"]
@@ -159,7 +174,7 @@ async def test_the_check_finds_a_station_that_ignores_its_profiles(version: str)
 
 
 async def test_21_ems_limit_binds_until_cleared() -> None:
-    topo = topology({"A": "2.1", "B": "2.1"}, limit_a=40.0)     # room for both cars at 16 A
+    topo = topology({"A": "2.1", "B": "2.1"}, limit_a=40.0)  # room for both cars at 16 A
     async with site(topo) as s:
         alloc = s.allocation.alloc
         s.plug("A")
@@ -168,16 +183,29 @@ async def test_21_ems_limit_binds_until_cleared() -> None:
         # a local EMS limits station A to 8 A on L2 (2.1 per-phase limits)
         cp = s.clients["A"]
         # (raw: the `ocpp` library's typed call spells limit_L2 as limitL2, which the 2.1 schema refuses)
-        r = await cp.raw_call("NotifyChargingLimit", {
-            "chargingLimit": {"chargingLimitSource": "EMS", "isGridCritical": False}, "evseId": 0,
-            "chargingSchedule": [{"id": 1, "chargingRateUnit": "A", "chargingSchedulePeriod": [
-                {"startPeriod": 0, "limit": 10.0, "limit_L2": 8.0, "limit_L3": 10.0}]}]})
+        r = await cp.raw_call(
+            "NotifyChargingLimit",
+            {
+                "chargingLimit": {"chargingLimitSource": "EMS", "isGridCritical": False},
+                "evseId": 0,
+                "chargingSchedule": [
+                    {
+                        "id": 1,
+                        "chargingRateUnit": "A",
+                        "chargingSchedulePeriod": [
+                            {"startPeriod": 0, "limit": 10.0, "limit_L2": 8.0, "limit_L3": 10.0}
+                        ],
+                    }
+                ],
+            },
+        )
         assert r == {}
 
         def explained() -> Any:
             last = alloc.last
-            return next((e for e in (last.explanations.values() if last else []) if e.session_id.startswith("A/")),
-                        None)
+            return next(
+                (e for e in (last.explanations.values() if last else []) if e.session_id.startswith("A/")), None
+            )
 
         def bound_by_ems() -> bool:
             ex = explained()
@@ -204,8 +232,14 @@ async def test_21_priority_charging_goes_first() -> None:
         alloc = s.allocation.alloc
         s.plug("A")
         s.plug("B")
-        await wait_for(lambda: "A/1" in alloc.grant_a and "B/1" in alloc.grant_a and
-                       alloc.grant_a["A/1"] + alloc.grant_a["B/1"] >= 23.9, what="both sessions planned")
+        await wait_for(
+            lambda: (
+                "A/1" in alloc.grant_a
+                and "B/1" in alloc.grant_a
+                and alloc.grant_a["A/1"] + alloc.grant_a["B/1"] >= 23.9
+            ),
+            what="both sessions planned",
+        )
         # 24 A for two 16 A cars: priority charging on whichever gets less puts it at its 16 A
         low = min(("A", "B"), key=lambda sid: alloc.grant_a[f"{sid}/1"])
         high = "A" if low == "B" else "B"
@@ -213,17 +247,23 @@ async def test_21_priority_charging_goes_first() -> None:
         assert await s.clients[low].notify_priority(1, True)
         await wait_for(lambda: alloc.grant_a[f"{low}/1"] == 16.0, what="priority session served first")
         assert alloc.grant_a[f"{high}/1"] <= 8.0 + 1e-9
-        assert alloc.book.find(low, 1).priority == alloc.cfg.priority_charging_level   # type: ignore[union-attr]
+        assert alloc.book.find(low, 1).priority == alloc.cfg.priority_charging_level  # type: ignore[union-attr]
         # the CSMS side: an operator stops it with UsePriorityCharging; the station confirms with
         # NotifyPriorityCharging(activated=false) and the session is back at its own priority
         tx = s.clients[low].model.evses[1].tx
         assert tx is not None
-        r = await s.api(f"/api/v1/stations/{low}/commands/use_priority_charging?timeout_s=10",
-                        {"transaction_id": tx.transaction_id, "activate": False})
+        r = await s.api(
+            f"/api/v1/stations/{low}/commands/use_priority_charging?timeout_s=10",
+            {"transaction_id": tx.transaction_id, "activate": False},
+        )
         assert r.status_code == 200 and r.json()["outcome"] == "COMMAND_OUTCOME_ACCEPTED", r.text
-        await wait_for(lambda: alloc.book.find(low, 1).priority == 1,   # type: ignore[union-attr]
-                       what="priority back after UsePriorityCharging(false)")
+        await wait_for(
+            lambda: alloc.book.find(low, 1).priority == 1,  # type: ignore[union-attr]
+            what="priority back after UsePriorityCharging(false)",
+        )
         # not a 2.1 transaction: the station refuses, nothing changes
-        r = await s.api(f"/api/v1/stations/{high}/commands/use_priority_charging?timeout_s=10",
-                        {"transaction_id": "no-such-tx", "activate": True})
+        r = await s.api(
+            f"/api/v1/stations/{high}/commands/use_priority_charging?timeout_s=10",
+            {"transaction_id": "no-such-tx", "activate": True},
+        )
         assert r.json()["outcome"] == "COMMAND_OUTCOME_REJECTED", r.text

@@ -42,11 +42,13 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(3000)]
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "scripts" / "openadr-vtn.sh"
 RUN_DIR = Path(os.environ.get("GRIDCHARGE_RUN_DIR", Path.home() / ".cache" / "gridcharge" / "run"))
-TOPOLOGY = parse_topology({
-    "nominal_voltage_v": 230,
-    "nodes": [{"id": "site", "kind": "site", "limit_a": [63, 63, 63], "safety_margin_pct": 0}],
-    "stations": [{"id": "CP1", "node": "site", "max_current_a": 32, "fallback_current_a": 6}],
-})
+TOPOLOGY = parse_topology(
+    {
+        "nominal_voltage_v": 230,
+        "nodes": [{"id": "site", "kind": "site", "limit_a": [63, 63, 63], "safety_margin_pct": 0}],
+        "stations": [{"id": "CP1", "node": "site", "max_current_a": 32, "fallback_current_a": 6}],
+    }
+)
 FALLBACK_W = 3_000.0
 FALLBACK_AFTER_S = 8.0
 
@@ -60,8 +62,10 @@ def _script(cmd: str) -> subprocess.CompletedProcess[str]:
 def vtn() -> Iterator[dict[str, str]]:
     started = _script("start")
     if started.returncode != 0:
-        pytest.fail(f"the OpenADR VTN did not start (deploy/scripts/openadr-vtn.sh start):\n"
-                    f"{started.stdout[-2000:]}\n{started.stderr[-3000:]}")
+        pytest.fail(
+            f"the OpenADR VTN did not start (deploy/scripts/openadr-vtn.sh start):\n"
+            f"{started.stdout[-2000:]}\n{started.stderr[-3000:]}"
+        )
     env = dict(line.split("=", 1) for line in (RUN_DIR / "openadr-vtn.env").read_text().split())
     yield env
     _script("stop")
@@ -75,11 +79,15 @@ async def _bl(env: dict[str, str]) -> httpx.AsyncClient:
     """An HTTP client logged in as the DSO's business logic."""
     base = env["OPENADR_VTN_URL"]
     async with httpx.AsyncClient() as c:
-        tok = await c.post(f"{base}/auth/token", data={"grant_type": "client_credentials"},
-                           auth=(env["OPENADR_BL_CLIENT_ID"], env["OPENADR_BL_CLIENT_SECRET"]))
+        tok = await c.post(
+            f"{base}/auth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(env["OPENADR_BL_CLIENT_ID"], env["OPENADR_BL_CLIENT_SECRET"]),
+        )
     tok.raise_for_status()
-    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {tok.json()['access_token']}"},
-                             timeout=10)
+    return httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {tok.json()['access_token']}"}, timeout=10
+    )
 
 
 async def _until(what: str, check: Callable[[], Awaitable[Any] | Any], timeout_s: float) -> Any:
@@ -103,23 +111,30 @@ async def kafka(kafka_bootstrap: str, unique: str) -> AsyncIterator[KafkaBus]:
     await bus.stop()
 
 
-async def test_vtn_event_to_kafka_limit_report_and_fallback(vtn: dict[str, str], kafka: KafkaBus,
-                                                            unique: str) -> None:
+async def test_vtn_event_to_kafka_limit_report_and_fallback(vtn: dict[str, str], kafka: KafkaBus, unique: str) -> None:
     bl = await _bl(vtn)
     program_name = f"gc-dso-{unique}"
     r = await bl.post("/programs", json={"objectType": "PROGRAM", "programName": program_name})
     assert r.status_code == 201, r.text
     program_id = r.json()["id"]
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-    r = await bl.post("/events", json={
-        "objectType": "EVENT", "programID": program_id, "eventName": "feeder congestion",
-        "intervalPeriod": {"start": _iso(start), "duration": "PT1H"},
-        "payloadDescriptors": [{"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT",
-                                "units": "KW"}],
-        "reportDescriptors": [{"payloadType": "USAGE"}],
-        "intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [30]}]},
-                      {"id": 1, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [15]}]}],
-    })
+    r = await bl.post(
+        "/events",
+        json={
+            "objectType": "EVENT",
+            "programID": program_id,
+            "eventName": "feeder congestion",
+            "intervalPeriod": {"start": _iso(start), "duration": "PT1H"},
+            "payloadDescriptors": [
+                {"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"}
+            ],
+            "reportDescriptors": [{"payloadType": "USAGE"}],
+            "intervals": [
+                {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [30]}]},
+                {"id": 1, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [15]}]},
+            ],
+        },
+    )
     assert r.status_code == 201, r.text
     event_id = r.json()["id"]
 
@@ -133,19 +148,33 @@ async def test_vtn_event_to_kafka_limit_report_and_fallback(vtn: dict[str, str],
     clock = RealClock()
     rt = Runtime(settings=Settings(bus="kafka", replica_id="it"), bus=kafka, store=MemoryStore(clock), clock=clock)
     client = VtnClient(vtn["OPENADR_VTN_URL"], vtn["OPENADR_VEN_CLIENT_ID"], vtn["OPENADR_VEN_CLIENT_SECRET"], clock)
-    svc = GridSignalsService(rt, TOPOLOGY, client, VenOptions(
-        node_map=NodeMap({program_name: "site"}), fallback_w={"site": (FALLBACK_W,) * 3},
-        programs=frozenset({program_name}), poll_s=1.0, fallback_after_s=FALLBACK_AFTER_S, report_s=2.0))
+    svc = GridSignalsService(
+        rt,
+        TOPOLOGY,
+        client,
+        VenOptions(
+            node_map=NodeMap({program_name: "site"}),
+            fallback_w={"site": (FALLBACK_W,) * 3},
+            programs=frozenset({program_name}),
+            poll_s=1.0,
+            fallback_after_s=FALLBACK_AFTER_S,
+            report_s=2.0,
+        ),
+    )
     await svc.start()
     try:
         # 1. the event's limit on Kafka with the event's windows: 30 kW total = 10 kW per phase, then 5 kW
-        el = await _until("the OpenADR limit on Kafka", lambda: next(
-            (m for m in limits if m.limit_id == f"openadr-{event_id}" and m.valid_to.seconds), None), 30)
+        el = await _until(
+            "the OpenADR limit on Kafka",
+            lambda: next((m for m in limits if m.limit_id == f"openadr-{event_id}" and m.valid_to.seconds), None),
+            30,
+        )
         assert (el.node_id, el.source) == ("site", "openadr")
         assert timestamp_dt(el.valid_from) == start and timestamp_dt(el.valid_to) == start + timedelta(hours=2)
         assert (el.limit_w.l1, el.limit_w.l2, el.limit_w.l3) == pytest.approx((10_000, 10_000, 10_000))
         assert [(timestamp_dt(s.start), s.limit_w.l1) for s in el.schedule] == [
-            (start + timedelta(hours=1), pytest.approx(5_000))]
+            (start + timedelta(hours=1), pytest.approx(5_000))
+        ]
         assert el.fallback_limit_w.l1 == FALLBACK_W and el.stale_after_s == FALLBACK_AFTER_S
 
         # 2. the allocation core's budget: the limit binds (site rating 63 A x 230 V = 14.5 kW per phase)
@@ -159,13 +188,25 @@ async def test_vtn_event_to_kafka_limit_report_and_fallback(vtn: dict[str, str],
 
         # 3. node load on the bus → a usage report at the VTN
         async def load_and_reports() -> list[dict[str, Any]]:
-            nl = grid_pb2.NodeLoad(meta=meta("test", time.time()), node_id="site", as_of=to_timestamp(time.time()),
-                                   load_w=phase_values((4_000, 4_000, 4_000)))
+            nl = grid_pb2.NodeLoad(
+                meta=meta("test", time.time()),
+                node_id="site",
+                as_of=to_timestamp(time.time()),
+                load_w=phase_values((4_000, 4_000, 4_000)),
+            )
             await kafka.publish(contracts.NODE_LOAD.name, "site", nl.SerializeToString())
             got = await bl.get("/reports", params={"eventID": event_id})
-            return [x for x in got.json() if x["clientName"] == "gridcharge" and x["resources"]
-                    and x["resources"][0]["intervals"][0]["payloads"][0]["values"][0] > 0] \
-                if got.status_code == 200 else []
+            return (
+                [
+                    x
+                    for x in got.json()
+                    if x["clientName"] == "gridcharge"
+                    and x["resources"]
+                    and x["resources"][0]["intervals"][0]["payloads"][0]["values"][0] > 0
+                ]
+                if got.status_code == 200
+                else []
+            )
 
         [report, *_] = await _until("a usage report at the VTN", load_and_reports, 30)
         res = report["resources"][0]
@@ -180,17 +221,23 @@ async def test_vtn_event_to_kafka_limit_report_and_fallback(vtn: dict[str, str],
         n_before = len(limits)
         await asyncio.sleep(2)
         assert svc.link.state == "unreachable" and (svc.link.unreachable_for_s(time.time()) < FALLBACK_AFTER_S)
-        assert not [m for m in limits[n_before:] if m.valid_to == m.valid_from]   # nothing withdrawn
+        assert not [m for m in limits[n_before:] if m.valid_to == m.valid_from]  # nothing withdrawn
         assert (("site", f"openadr-{event_id}")) in svc.published
         # ... then the configured fallback: a limit of its own on Kafka, and the event's limit gone stale
-        fb = await _until("the fallback limit on Kafka", lambda: next(
-            (m for m in limits if m.limit_id == FALLBACK_LIMIT_ID and m.source == "openadr"), None), 30)
+        fb = await _until(
+            "the fallback limit on Kafka",
+            lambda: next((m for m in limits if m.limit_id == FALLBACK_LIMIT_ID and m.source == "openadr"), None),
+            30,
+        )
         assert time.monotonic() - lost_at >= FALLBACK_AFTER_S - 2.0
         assert (fb.node_id, fb.limit_w.l1, fb.HasField("valid_to")) == ("site", FALLBACK_W, False)
         now = time.time()
-        windows = [external_limit_window(m, datetime.now(UTC)) for m in limits
-                   if m.limit_id in (f"openadr-{event_id}", FALLBACK_LIMIT_ID)]
-        latest = {w.limit_id: w for w in windows}       # the newest record of each limit, as a consumer keeps
+        windows = [
+            external_limit_window(m, datetime.now(UTC))
+            for m in limits
+            if m.limit_id in (f"openadr-{event_id}", FALLBACK_LIMIT_ID)
+        ]
+        latest = {w.limit_id: w for w in windows}  # the newest record of each limit, as a consumer keeps
         cap = node_capacity(TOPOLOGY, {}, latest.values(), now, [now])
         assert cap.w["site"][:, 0] == pytest.approx([FALLBACK_W] * 3)
         assert cap.source["site"][0].startswith("external:openadr-")

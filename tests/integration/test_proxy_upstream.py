@@ -48,11 +48,15 @@ pytestmark = pytest.mark.timeout(120)
 
 CSMS = Path(__file__).with_name("proxy_csms.py")
 PASSWORDS = {"PX16": "upstream-secret-16-aaaa", "PX201": "upstream-secret-201-bbbb"}
-TOPOLOGY = parse_topology({
-    "nodes": [{"id": "site", "kind": "site", "limit_a": [200, 200, 200]}],
-    "stations": [{"id": "PX16", "node": "site", "ocpp": "1.6", "max_current_a": 32},
-                 {"id": "PX201", "node": "site", "ocpp": "2.0.1", "max_current_a": 32}],
-})
+TOPOLOGY = parse_topology(
+    {
+        "nodes": [{"id": "site", "kind": "site", "limit_a": [200, 200, 200]}],
+        "stations": [
+            {"id": "PX16", "node": "site", "ocpp": "1.6", "max_current_a": 32},
+            {"id": "PX201", "node": "site", "ocpp": "2.0.1", "max_current_a": 32},
+        ],
+    }
+)
 
 
 def free_port() -> int:
@@ -72,8 +76,15 @@ class Csms:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(CSMS), "--port", str(self.port), "--passwords", str(self.passwords),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            str(CSMS),
+            "--port",
+            str(self.port),
+            "--passwords",
+            str(self.passwords),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
         self._reader = asyncio.create_task(self._read())
         await self.wait(lambda m: m.get("event") == "listening", 20)
 
@@ -91,8 +102,11 @@ class Csms:
                 await self._reader
 
     def received(self, station: str, action: str) -> list[dict[str, Any]]:
-        return [m["payload"] for m in self.lines if m.get("event") == "recv" and m["station"] == station
-                and m["action"] == action]
+        return [
+            m["payload"]
+            for m in self.lines
+            if m.get("event") == "recv" and m["station"] == station and m["action"] == action
+        ]
 
     async def wait(self, pred: Any, timeout: float = 10.0) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -111,11 +125,18 @@ class Csms:
         """Send a CALL from the upstream to the station (through gridcharge); its answer (snake_case)."""
         assert self.proc is not None and self.proc.stdin is not None
         start = len(self.lines)
-        self.proc.stdin.write((json.dumps({"cmd": "call", "station": station, "action": action,
-                                           "kwargs": kwargs}) + "\n").encode())
+        self.proc.stdin.write(
+            (json.dumps({"cmd": "call", "station": station, "action": action, "kwargs": kwargs}) + "\n").encode()
+        )
         await self.proc.stdin.drain()
-        got = await self.wait(lambda m: m.get("event") in ("answer", "call_failed") and m.get("action") == action
-                              and self.lines.index(m) >= start, 15)
+        got = await self.wait(
+            lambda m: (
+                m.get("event") in ("answer", "call_failed")
+                and m.get("action") == action
+                and self.lines.index(m) >= start
+            ),
+            15,
+        )
         assert got["event"] == "answer", got
         return dict(got["payload"])
 
@@ -132,12 +153,19 @@ async def upstream(tmp_path: Path) -> AsyncIterator[Csms]:
 
 @pytest.fixture
 async def gateway(upstream: Csms, tmp_path: Path) -> AsyncIterator[tuple[GatewayService, list[Any]]]:
-    secret = tmp_path / "upstream-passwords.yaml"       # the mounted Secret of the gateway
+    secret = tmp_path / "upstream-passwords.yaml"  # the mounted Secret of the gateway
     secret.write_text("".join(f"{k}: {v}\n" for k, v in PASSWORDS.items()))
-    settings = GatewaySettings(ocpp_port=0, ocpp_host="127.0.0.1", replica_id="gw-proxy",
-                               upstream_url=f"ws://127.0.0.1:{upstream.port}/ocpp", upstream_security_profile=1,
-                               upstream_passwords_file=secret, upstream_backoff_max_s=1.0,
-                               upstream_call_timeout_s=3.0, upstream_connect_timeout_s=3.0)
+    settings = GatewaySettings(
+        ocpp_port=0,
+        ocpp_host="127.0.0.1",
+        replica_id="gw-proxy",
+        upstream_url=f"ws://127.0.0.1:{upstream.port}/ocpp",
+        upstream_security_profile=1,
+        upstream_passwords_file=secret,
+        upstream_backoff_max_s=1.0,
+        upstream_call_timeout_s=3.0,
+        upstream_connect_timeout_s=3.0,
+    )
     clock = RealClock()
     bus = MemoryBus()
     await bus.start()
@@ -169,13 +197,22 @@ def lease(station: str, limit_a: float) -> command_pb2.StationCommand:
     now = datetime.now(UTC) - timedelta(seconds=60)
     ts = Timestamp()
     ts.FromDatetime(now)
-    prof = command_pb2.ChargingProfile(profile_id=1001, stack_level=1, purpose=command_pb2.PROFILE_PURPOSE_STATION_MAX,
-                                       kind="Absolute", valid_from=ts, start_schedule=ts, duration_s=3600,
-                                       rate_unit=common_pb2.RATE_UNIT_A,
-                                       periods=[command_pb2.SchedulePeriod(start_period_s=0, limit=limit_a,
-                                                                           number_phases=3)])
-    return command_pb2.StationCommand(command_id=str(uuid.uuid4()), station_id=station,
-                                      set_charging_profile=command_pb2.SetChargingProfile(evse_id=0, profile=prof))
+    prof = command_pb2.ChargingProfile(
+        profile_id=1001,
+        stack_level=1,
+        purpose=command_pb2.PROFILE_PURPOSE_STATION_MAX,
+        kind="Absolute",
+        valid_from=ts,
+        start_schedule=ts,
+        duration_s=3600,
+        rate_unit=common_pb2.RATE_UNIT_A,
+        periods=[command_pb2.SchedulePeriod(start_period_s=0, limit=limit_a, number_phases=3)],
+    )
+    return command_pb2.StationCommand(
+        command_id=str(uuid.uuid4()),
+        station_id=station,
+        set_charging_profile=command_pb2.SetChargingProfile(evse_id=0, profile=prof),
+    )
 
 
 async def send_own(svc: GatewayService, cmd: command_pb2.StationCommand) -> command_pb2.CommandResult:
@@ -189,12 +226,26 @@ def tx_default(version: str, profile_id: int, limit_a: float) -> dict[str, Any]:
     """The upstream's TxDefaultProfile at stack 0 (snake_case, as the `ocpp` library takes it)."""
     sched = {"charging_rate_unit": "A", "charging_schedule_period": [{"start_period": 0, "limit": limit_a}]}
     if version == "1.6":
-        return {"connector_id": 1, "cs_charging_profiles": {
-            "charging_profile_id": profile_id, "stack_level": 0, "charging_profile_purpose": "TxDefaultProfile",
-            "charging_profile_kind": "Relative", "charging_schedule": sched}}
-    return {"evse_id": 1, "charging_profile": {
-        "id": profile_id, "stack_level": 0, "charging_profile_purpose": "TxDefaultProfile",
-        "charging_profile_kind": "Relative", "charging_schedule": [{"id": 1, **sched}]}}
+        return {
+            "connector_id": 1,
+            "cs_charging_profiles": {
+                "charging_profile_id": profile_id,
+                "stack_level": 0,
+                "charging_profile_purpose": "TxDefaultProfile",
+                "charging_profile_kind": "Relative",
+                "charging_schedule": sched,
+            },
+        }
+    return {
+        "evse_id": 1,
+        "charging_profile": {
+            "id": profile_id,
+            "stack_level": 0,
+            "charging_profile_purpose": "TxDefaultProfile",
+            "charging_profile_kind": "Relative",
+            "charging_schedule": [{"id": 1, **sched}],
+        },
+    }
 
 
 def composite_limit(version: str, answer: dict[str, Any]) -> float:
@@ -209,20 +260,25 @@ async def test_station_through_gridcharge_to_upstream_csms(version: str, upstrea
     v16 = version == "1.6"
     clock = RealClock()
     model = StationModel(next(s for s in TOPOLOGY.stations if s.id == sid))
-    station = StationClient(model, [f"ws://127.0.0.1:{svc.ocpp_port}/ocpp"], clock, meter_interval_s=3600,
-                            reconnect_s=0.2)
+    station = StationClient(
+        model, [f"ws://127.0.0.1:{svc.ocpp_port}/ocpp"], clock, meter_interval_s=3600, reconnect_s=0.2
+    )
     station.start()
     try:
         # ---- boot and heartbeat relayed -----------------------------------------------------------------
         await asyncio.wait_for(station.connected.wait(), 15)
-        await upstream.wait(lambda m: m.get("event") == "recv" and m["station"] == sid
-                            and m["action"] == "BootNotification")
+        await upstream.wait(
+            lambda m: m.get("event") == "recv" and m["station"] == sid and m["action"] == "BootNotification"
+        )
         assert station.cp is not None
         boot = await station.cp.call(
-            call16.BootNotification(charge_point_model="SimStation", charge_point_vendor="gridcharge") if v16 else
-            call201.BootNotification(charging_station={"model": "SimStation", "vendor_name": "gridcharge"},
-                                     reason="PowerUp"))
-        assert boot.status == "Accepted" and boot.interval == 77       # the upstream's interval, not ours
+            call16.BootNotification(charge_point_model="SimStation", charge_point_vendor="gridcharge")
+            if v16
+            else call201.BootNotification(
+                charging_station={"model": "SimStation", "vendor_name": "gridcharge"}, reason="PowerUp"
+            )
+        )
+        assert boot.status == "Accepted" and boot.interval == 77  # the upstream's interval, not ours
         hb = await station.cp.call(call16.Heartbeat() if v16 else call201.Heartbeat())
         assert hb.current_time.startswith("2030-01-01")
         assert upstream.received(sid, "Heartbeat")
@@ -236,21 +292,36 @@ async def test_station_through_gridcharge_to_upstream_csms(version: str, upstrea
         else:
             bad = await station.cp.call(call201.Authorize(id_token={"id_token": "BADTAG", "type": "ISO14443"}))
             assert bad.id_token_info["status"] == "Invalid"
-        await until(lambda: any(e.WhichOneof("payload") == "authorize" and e.authorize.id_token == "BADTAG"
-                                and e.authorize.status == "Invalid" for e in events), what="authorize event")
+        await until(
+            lambda: any(
+                e.WhichOneof("payload") == "authorize"
+                and e.authorize.id_token == "BADTAG"
+                and e.authorize.status == "Invalid"
+                for e in events
+            ),
+            what="authorize event",
+        )
 
         # ---- transaction start through the upstream -----------------------------------------------------
         now = clock.time()
         station.plug_in(1, Ev("ev1", 60_000, 0.2, 0.8, now - 1, now + 3600), now)
         await station.tick(clock.time())
-        await upstream.wait(lambda m: m.get("event") == "recv" and m["station"] == sid
-                            and m["action"] in ("StartTransaction", "TransactionEvent"))
+        await upstream.wait(
+            lambda m: (
+                m.get("event") == "recv"
+                and m["station"] == sid
+                and m["action"] in ("StartTransaction", "TransactionEvent")
+            )
+        )
         tx = model.evses[1].tx
         assert tx is not None and model.evses[1].tx_reported
         if v16:
-            assert int(tx.transaction_id) >= 7001        # the upstream's transaction id
-            assert any(e.WhichOneof("payload") == "transaction_started"
-                       and e.transaction_started.transaction_id == tx.transaction_id for e in events)
+            assert int(tx.transaction_id) >= 7001  # the upstream's transaction id
+            assert any(
+                e.WhichOneof("payload") == "transaction_started"
+                and e.transaction_started.transaction_id == tx.transaction_id
+                for e in events
+            )
         else:
             started = upstream.received(sid, "TransactionEvent")[0]
             assert started["transaction_info"]["transaction_id"] == tx.transaction_id
@@ -260,8 +331,13 @@ async def test_station_through_gridcharge_to_upstream_csms(version: str, upstrea
             ans = await upstream.call(sid, "RemoteStartTransaction", id_tag="REMOTE1", connector_id=1)
             assert station.remote_starts == [{"id_tag": "REMOTE1", "connector_id": 1}]
         else:
-            ans = await upstream.call(sid, "RequestStartTransaction", remote_start_id=42, evse_id=1,
-                                      id_token={"id_token": "REMOTE1", "type": "Central"})
+            ans = await upstream.call(
+                sid,
+                "RequestStartTransaction",
+                remote_start_id=42,
+                evse_id=1,
+                id_token={"id_token": "REMOTE1", "type": "Central"},
+            )
             assert station.remote_starts[0]["remote_start_id"] == 42
         assert ans["status"] == "Accepted"
 
@@ -274,16 +350,20 @@ async def test_station_through_gridcharge_to_upstream_csms(version: str, upstrea
         assert set(held) == {1001, 7}
         assert (held[7].stack_level, held[7].purpose, held[7].periods[0].limit) == (0, "TxDefault", 10.0)
         assert (held[1001].stack_level, held[1001].purpose, held[1001].periods[0].limit) == (1, "StationMax", 16.0)
-        comp = await upstream.call(sid, "GetCompositeSchedule", duration=300, connector_id=1,
-                                   charging_rate_unit="A") if v16 else \
-            await upstream.call(sid, "GetCompositeSchedule", duration=300, evse_id=1, charging_rate_unit="A")
-        assert composite_limit(version, comp) == 10.0      # the upstream's is lower
+        comp = (
+            await upstream.call(sid, "GetCompositeSchedule", duration=300, connector_id=1, charging_rate_unit="A")
+            if v16
+            else await upstream.call(sid, "GetCompositeSchedule", duration=300, evse_id=1, charging_rate_unit="A")
+        )
+        assert composite_limit(version, comp) == 10.0  # the upstream's is lower
         res = await send_own(svc, lease(sid, 6.0))
         assert res.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED, res
-        comp = await upstream.call(sid, "GetCompositeSchedule", duration=300, connector_id=1,
-                                   charging_rate_unit="A") if v16 else \
-            await upstream.call(sid, "GetCompositeSchedule", duration=300, evse_id=1, charging_rate_unit="A")
-        assert composite_limit(version, comp) == 6.0       # now gridcharge's is lower
+        comp = (
+            await upstream.call(sid, "GetCompositeSchedule", duration=300, connector_id=1, charging_rate_unit="A")
+            if v16
+            else await upstream.call(sid, "GetCompositeSchedule", duration=300, evse_id=1, charging_rate_unit="A")
+        )
+        assert composite_limit(version, comp) == 6.0  # now gridcharge's is lower
 
         # an upstream station maximum would override gridcharge's cap: refused, never reaches the station
         writes = len(station.profile_log)
@@ -301,11 +381,18 @@ async def test_station_through_gridcharge_to_upstream_csms(version: str, upstrea
         assert {p.profile_id for p in model.profiles.profiles} == {1001}
 
         # ---- transaction stop through the upstream ----------------------------------------------------
-        station.model.evses[1].ev.departure_s = clock.time() - 1   # type: ignore[union-attr]
+        station.model.evses[1].ev.departure_s = clock.time() - 1  # type: ignore[union-attr]
         await station.tick(clock.time())
-        stop = await upstream.wait(lambda m: m.get("event") == "recv" and m["station"] == sid and (
-            m["action"] == "StopTransaction" or (m["action"] == "TransactionEvent"
-                                                 and m["payload"]["event_type"] == "Ended")))
+        stop = await upstream.wait(
+            lambda m: (
+                m.get("event") == "recv"
+                and m["station"] == sid
+                and (
+                    m["action"] == "StopTransaction"
+                    or (m["action"] == "TransactionEvent" and m["payload"]["event_type"] == "Ended")
+                )
+            )
+        )
         if v16:
             assert str(stop["payload"]["transaction_id"]) == tx.transaction_id
         else:
@@ -315,13 +402,13 @@ async def test_station_through_gridcharge_to_upstream_csms(version: str, upstrea
         await upstream.stop()
         await asyncio.sleep(0.5)
         hb = await station.cp.call(call16.Heartbeat() if v16 else call201.Heartbeat())
-        assert not hb.current_time.startswith("2030")                 # answered by gridcharge
+        assert not hb.current_time.startswith("2030")  # answered by gridcharge
         now = clock.time()
         station.plug_in(1, Ev("ev2", 60_000, 0.2, 0.8, now - 1, now + 3600), now)
         await station.tick(clock.time())
         tx2 = model.evses[1].tx
-        assert tx2 is not None and model.evses[1].tx_reported         # started while the upstream is away
-        station.model.evses[1].ev.departure_s = clock.time() - 1      # type: ignore[union-attr]
+        assert tx2 is not None and model.evses[1].tx_reported  # started while the upstream is away
+        station.model.evses[1].ev.departure_s = clock.time() - 1  # type: ignore[union-attr]
         await station.tick(clock.time())
         assert station.connected.is_set() and model.evses[1].tx is None
         assert svc.proxy is not None and len(svc.proxy.links[sid].queue) >= 2
@@ -333,20 +420,32 @@ async def test_station_through_gridcharge_to_upstream_csms(version: str, upstrea
             stop = await upstream.wait(lambda m: m.get("event") == "recv" and m["action"] == "StopTransaction", 20)
             order = [m["action"] for m in upstream.lines if m.get("event") == "recv"]
             assert order[:3] == ["BootNotification", "StartTransaction", "StopTransaction"], order
-            upstream_id = next(m for m in upstream.lines if m.get("event") == "recv"
-                               and m["action"] == "StartTransaction")
-            assert int(tx2.transaction_id) < 7001                       # the station got a local id ...
+            upstream_id = next(
+                m for m in upstream.lines if m.get("event") == "recv" and m["action"] == "StartTransaction"
+            )
+            assert int(tx2.transaction_id) < 7001  # the station got a local id ...
             # ... and the upstream sees its own id in the StopTransaction
             assert stop["payload"]["transaction_id"] >= 7001 and upstream_id["payload"]["id_tag"] == "SIM"
         else:
-            await upstream.wait(lambda m: m.get("event") == "recv" and m["action"] == "TransactionEvent"
-                                and m["payload"]["event_type"] == "Ended", 20)
+            await upstream.wait(
+                lambda m: (
+                    m.get("event") == "recv"
+                    and m["action"] == "TransactionEvent"
+                    and m["payload"]["event_type"] == "Ended"
+                ),
+                20,
+            )
             got = [(m["action"], m["payload"].get("event_type")) for m in upstream.lines if m.get("event") == "recv"]
             assert got[0] == ("BootNotification", None)
-            assert [g for g in got if g[0] == "TransactionEvent"][:2] == [("TransactionEvent", "Started"),
-                                                                          ("TransactionEvent", "Ended")], got
-            assert all(m["payload"]["transaction_info"]["transaction_id"] == tx2.transaction_id
-                       for m in upstream.lines if m.get("event") == "recv" and m["action"] == "TransactionEvent")
+            assert [g for g in got if g[0] == "TransactionEvent"][:2] == [
+                ("TransactionEvent", "Started"),
+                ("TransactionEvent", "Ended"),
+            ], got
+            assert all(
+                m["payload"]["transaction_info"]["transaction_id"] == tx2.transaction_id
+                for m in upstream.lines
+                if m.get("event") == "recv" and m["action"] == "TransactionEvent"
+            )
         await until(lambda: len(svc.proxy.links[sid].queue) == 0, what="queue delivered")
         # and the link serves live traffic again
         await until(lambda: svc.proxy.links[sid].connected.is_set(), what="relinked")
@@ -356,23 +455,30 @@ async def test_station_through_gridcharge_to_upstream_csms(version: str, upstrea
         await station.stop()
 
 
-async def test_wrong_upstream_password_is_not_relayed_and_not_logged(upstream: Csms, tmp_path: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_wrong_upstream_password_is_not_relayed_and_not_logged(
+    upstream: Csms, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The upstream refuses a wrong Basic password: the station is still served locally and the password
     appears in no log line."""
     secret = tmp_path / "wrong.yaml"
     secret.write_text("PX16: not-the-password-xyz\n")
-    settings = GatewaySettings(ocpp_port=0, ocpp_host="127.0.0.1", replica_id="gw-proxy-bad",
-                               upstream_url=f"ws://127.0.0.1:{upstream.port}/ocpp", upstream_security_profile=1,
-                               upstream_passwords_file=secret, upstream_connect_timeout_s=2.0)
+    settings = GatewaySettings(
+        ocpp_port=0,
+        ocpp_host="127.0.0.1",
+        replica_id="gw-proxy-bad",
+        upstream_url=f"ws://127.0.0.1:{upstream.port}/ocpp",
+        upstream_security_profile=1,
+        upstream_passwords_file=secret,
+        upstream_connect_timeout_s=2.0,
+    )
     clock = RealClock()
     bus = MemoryBus()
     await bus.start()
-    svc = GatewayService(Runtime(settings=settings, bus=bus, store=MemoryStore(clock), clock=clock), TOPOLOGY,
-                         settings)
+    svc = GatewayService(Runtime(settings=settings, bus=bus, store=MemoryStore(clock), clock=clock), TOPOLOGY, settings)
     await svc.start()
-    station = StationClient(StationModel(TOPOLOGY.stations[0]), [f"ws://127.0.0.1:{svc.ocpp_port}/ocpp"],
-                            clock, reconnect_s=0.2)
+    station = StationClient(
+        StationModel(TOPOLOGY.stations[0]), [f"ws://127.0.0.1:{svc.ocpp_port}/ocpp"], clock, reconnect_s=0.2
+    )
     caplog.set_level("DEBUG")
     station.start()
     try:

@@ -41,16 +41,36 @@ async def links_settled(sim: Simulation, rt: Runtime, timeout_s: float = 120.0) 
 
 async def test_node_load_tracks_simulated_truth() -> None:
     # 08:00-09:30 UTC = 10:00-11:30 site time; office-04 drops off the network 10:30-10:45
-    sc = load_scenario("office", start="2026-06-03T08:00:00Z", duration="90m",
-                       events=[{"at": "10:30", "kind": "station_offline", "station": "office-04", "for": "15m"}])
+    sc = load_scenario(
+        "office",
+        start="2026-06-03T08:00:00Z",
+        duration="90m",
+        events=[{"at": "10:30", "kind": "station_offline", "station": "office-04", "for": "15m"}],
+    )
     clock = SimClock(datetime.fromtimestamp(sc.start_s, UTC))
-    settings = Settings.from_env({}, bus="memory", http_host="127.0.0.1", http_port=0, ocpp_host="127.0.0.1",
-                                 ocpp_port=free_port(), log_level="WARNING", log_json=False, replica_id="t")
+    settings = Settings.from_env(
+        {},
+        bus="memory",
+        http_host="127.0.0.1",
+        http_port=0,
+        ocpp_host="127.0.0.1",
+        ocpp_port=free_port(),
+        log_level="WARNING",
+        log_json=False,
+        replica_id="t",
+    )
     rt = build_runtime(settings, clock)
     factories = load_factories(("gateway", "telemetry", "allocation"))
     cluster = EmbeddedCluster(rt, sc.topology, factories, http=False)
-    sim = Simulation(sc, clock, rt.bus, [f"ws://127.0.0.1:{settings.ocpp_port}/ocpp"], on_event=cluster.on_event,
-                     response_timeout_s=10.0, reconnect_s=0.05)
+    sim = Simulation(
+        sc,
+        clock,
+        rt.bus,
+        [f"ws://127.0.0.1:{settings.ocpp_port}/ocpp"],
+        on_event=cluster.on_event,
+        response_timeout_s=10.0,
+        reconnect_s=0.05,
+    )
     latest: dict[str, grid_pb2.NodeLoad] = {}
 
     async def on_load(rec: Record) -> None:
@@ -69,7 +89,7 @@ async def test_node_load_tracks_simulated_truth() -> None:
             await clock.advance(sc.step_s)
             await settle(rt)
             if clock.time() - sc.start_s < 600:
-                continue                     # warm-up: first meter values and grid readings
+                continue  # warm-up: first meter values and grid readings
             for node in errors:
                 nl = latest.get(node)
                 assert nl is not None
@@ -88,20 +108,26 @@ async def test_node_load_tracks_simulated_truth() -> None:
                     worst_a = core.worst_case_a(st, 1, clock.time())
                     assert worst_a >= 6.0
                     best = core.evses[("office-04", 1)].power_w
-                    offline_extra_w.append(min(w - (g - b + worst_a * sc.topology.nominal_voltage_v)
-                                               for w, g, b in zip(worst, got, best, strict=True)))
+                    offline_extra_w.append(
+                        min(
+                            w - (g - b + worst_a * sc.topology.nominal_voltage_v)
+                            for w, g, b in zip(worst, got, best, strict=True)
+                        )
+                    )
     finally:
         await sim.stop()
         await cluster.stop()
     ev_w = max(sum(sim.rec.ev_w["carpark"]) / len(sim.rec.ev_w["carpark"]), 1.0)
     report: dict[str, Any] = {n: (sum(e) / len(e), max(e)) for n, e in errors.items()}
-    print(f"\ntelemetry vs truth (mean, max abs error per phase as share of the node limit): "
-          f"grid {report['grid'][0]:.2%} / {report['grid'][1]:.2%}, "
-          f"carpark {report['carpark'][0]:.2%} / {report['carpark'][1]:.2%}; mean EV load {ev_w / 1000:.1f} kW; "
-          f"stale source-snapshots {stale_seen} (office-04 offline)")
+    print(
+        f"\ntelemetry vs truth (mean, max abs error per phase as share of the node limit): "
+        f"grid {report['grid'][0]:.2%} / {report['grid'][1]:.2%}, "
+        f"carpark {report['carpark'][0]:.2%} / {report['carpark'][1]:.2%}; mean EV load {ev_w / 1000:.1f} kW; "
+        f"stale source-snapshots {stale_seen} (office-04 offline)"
+    )
     # the metered node follows its 30-s meter; the unmetered car park lags the 60-s station meter values
     assert report["grid"][0] < 0.05
     assert report["carpark"][0] < 0.10
     # the offline station is counted at its worst case (its accepted limit or 32 A hardware max), not at 0
-    assert len(offline_extra_w) >= 30        # ~15 min of 20-s steps
-    assert min(offline_extra_w) >= -1e-6     # worst case >= others' load + office-04 at its worst case
+    assert len(offline_extra_w) >= 30  # ~15 min of 20-s steps
+    assert min(offline_extra_w) >= -1e-6  # worst case >= others' load + office-04 at its worst case

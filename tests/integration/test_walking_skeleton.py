@@ -39,13 +39,15 @@ SITE_LIMIT_A = 40.0
 CP2_MAX_A = 16.0
 # CP2 never connects: unknown means worst case, so it is budgeted at its hardware maximum and CP1 may
 # get at most SITE_LIMIT_A - CP2_MAX_A.
-TOPOLOGY = parse_topology({
-    "nodes": [{"id": "site", "kind": "site", "limit_a": [SITE_LIMIT_A] * 3}],
-    "stations": [
-        {"id": "CP1", "node": "site", "max_current_a": 32, "fallback_current_a": 6},
-        {"id": "CP2", "node": "site", "max_current_a": CP2_MAX_A, "fallback_current_a": 6},
-    ],
-})
+TOPOLOGY = parse_topology(
+    {
+        "nodes": [{"id": "site", "kind": "site", "limit_a": [SITE_LIMIT_A] * 3}],
+        "stations": [
+            {"id": "CP1", "node": "site", "max_current_a": 32, "fallback_current_a": 6},
+            {"id": "CP2", "node": "site", "max_current_a": CP2_MAX_A, "fallback_current_a": 6},
+        ],
+    }
+)
 
 
 class Station(Cp16):
@@ -62,12 +64,14 @@ class Station(Cp16):
 
     @on("GetConfiguration")
     async def on_get_configuration(self, key: list[str] | None = None) -> Any:
-        return res16.GetConfiguration(configuration_key=[
-            {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "8"},
-            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current,Power"},
-            {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": "24"},
-            {"key": "MaxChargingProfilesInstalled", "readonly": True, "value": "10"},
-        ])
+        return res16.GetConfiguration(
+            configuration_key=[
+                {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "8"},
+                {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current,Power"},
+                {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": "24"},
+                {"key": "MaxChargingProfilesInstalled", "readonly": True, "value": "10"},
+            ]
+        )
 
     @on("ClearChargingProfile")
     async def on_clear(self, **_: Any) -> Any:
@@ -106,8 +110,9 @@ async def observe(rt: Runtime) -> Observed:
         elif r.topic == COMMAND_RESULTS.name:
             seen.results.append(decode(command_pb2.CommandResult, r.value))
 
-    sub = await rt.bus.subscribe([STATION_EVENTS.name, COMMANDS.name, COMMAND_RESULTS.name],
-                                 f"observer-{uuid.uuid4().hex[:6]}", on_record)
+    sub = await rt.bus.subscribe(
+        [STATION_EVENTS.name, COMMANDS.name, COMMAND_RESULTS.name], f"observer-{uuid.uuid4().hex[:6]}", on_record
+    )
     await sub.wait_assigned()
     return seen
 
@@ -118,9 +123,14 @@ async def cluster(mode: str, request: pytest.FixtureRequest) -> AsyncIterator[tu
     if mode == "kafka":
         run = uuid.uuid4().hex[:8]
         common = {
-            "bus": "kafka", "kafka_bootstrap": request.getfixturevalue("kafka_bootstrap"),
-            "redis_url": request.getfixturevalue("redis_url"), "topic_prefix": f"skel{run}.",
-            "store_prefix": f"skel{run}:", "ocpp_port": 0, "http_port": 0, "ocpp_host": "127.0.0.1",
+            "bus": "kafka",
+            "kafka_bootstrap": request.getfixturevalue("kafka_bootstrap"),
+            "redis_url": request.getfixturevalue("redis_url"),
+            "topic_prefix": f"skel{run}.",
+            "store_prefix": f"skel{run}:",
+            "ocpp_port": 0,
+            "http_port": 0,
+            "ocpp_host": "127.0.0.1",
         }
         rt_gw = build_runtime(Settings.from_env({}, replica_id="gw-0", **common))
         rt_alloc = build_runtime(Settings.from_env({}, replica_id="alloc-0", **common))
@@ -159,14 +169,20 @@ async def test_station_session_gets_a_charging_profile_back(mode: str, request: 
             boot = await cp.call(call16.BootNotification(charge_point_model="M", charge_point_vendor="V"))
             assert boot.status == "Accepted"
             await cp.call(call16.StatusNotification(connector_id=1, error_code="NoError", status="Preparing"))
-            start = await cp.call(call16.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
-                                                          timestamp="2026-06-01T10:00:00Z"))
+            start = await cp.call(
+                call16.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0, timestamp="2026-06-01T10:00:00Z")
+            )
             assert start.id_tag_info["status"] == "Accepted"
             tx_id = start.transaction_id
 
             # the station event went over the bus ...
-            await wait_for(lambda: any(e.WhichOneof("payload") == "transaction_started" and e.station_id == "CP1"
-                                       for e in seen.events), what="TransactionStarted on the bus")
+            await wait_for(
+                lambda: any(
+                    e.WhichOneof("payload") == "transaction_started" and e.station_id == "CP1" for e in seen.events
+                ),
+                what="TransactionStarted on the bus",
+            )
+
             # ... the allocator answered with a station-cap lease (its only EVSE's grant) within the site limit ...
             def lease(p: dict[str, Any]) -> bool:
                 return p.get("charging_profile_purpose") == "ChargePointMaxProfile" and p.get("stack_level") == 1
@@ -180,10 +196,17 @@ async def test_station_session_gets_a_charging_profile_back(mode: str, request: 
             allowed_a = SITE_LIMIT_A - CP2_MAX_A
             allowed = allowed_a if unit == "A" else allowed_a * 230 * 3
             assert 6 <= max(limits) <= allowed, (unit, limits)
-            assert any(c.WhichOneof("payload") == "set_charging_profile" and c.station_id == "CP1"
-                       for c in seen.commands)
+            assert any(
+                c.WhichOneof("payload") == "set_charging_profile" and c.station_id == "CP1" for c in seen.commands
+            )
             # ... and the station's acceptance came back as a command result on the bus.
-            await wait_for(lambda: any(r.station_id == "CP1" and r.action == "SetChargingProfile"
-                                       and r.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED
-                                       for r in seen.results), what="accepted CommandResult on the bus")
+            await wait_for(
+                lambda: any(
+                    r.station_id == "CP1"
+                    and r.action == "SetChargingProfile"
+                    and r.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED
+                    for r in seen.results
+                ),
+                what="accepted CommandResult on the bus",
+            )
             runner.cancel()

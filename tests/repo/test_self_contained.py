@@ -6,8 +6,19 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SKIP_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis",
-             "reports", "build", "dist", "node_modules"}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "reports",
+    "build",
+    "dist",
+    "node_modules",
+}
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".toml", ".yaml", ".yml", ".json", ".txt", ".cfg", ".ini", ".proto", ".tpl"}
 TEXT_NAMES = {"Makefile", "Dockerfile"}
 # `shared/` beside the checkout (../shared, /work/shared) is a dev-machine convenience, not part of the product.

@@ -65,26 +65,35 @@ async def slowloris(host: str, port: int, sources: list[str], conns: int, hold_s
     for r in results:
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
     closed_after = [r["after_s"] for r in results if "after_s" in r and r["outcome"].endswith("408")]
-    return {"attack": "slowloris", "conns": conns, "outcomes": counts,
-            "max_408_after_s": max(closed_after, default=None), "seconds": round(time.monotonic() - t0, 2)}
+    return {
+        "attack": "slowloris",
+        "conns": conns,
+        "outcomes": counts,
+        "max_408_after_s": max(closed_after, default=None),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
 
 
-async def body_flood(host: str, port: int, token: str, mib: int, parallel: int, rounds: int,
-                     chunked: bool, path: str, seconds: float) -> dict[str, Any]:
+async def body_flood(
+    host: str, port: int, token: str, mib: int, parallel: int, rounds: int, chunked: bool, path: str, seconds: float
+) -> dict[str, Any]:
     """POST `mib` MiB of JSON on `parallel` connections, `rounds` times or for `seconds` (whichever is longer);
     record the statuses and the bytes written (into the socket: the kernel takes some before the answer)."""
     t0 = time.monotonic()
     statuses: dict[str, int] = {}
     sent_total = 0
-    piece = b"[" + b"1," * (512 * 1024 - 1) + b"1]"      # 1 MiB of JSON array per piece
+    piece = b"[" + b"1," * (512 * 1024 - 1) + b"1]"  # 1 MiB of JSON array per piece
 
     async def one() -> None:
         nonlocal sent_total
         reader, writer = await asyncio.open_connection(host, port)
         size = mib * len(piece)
-        head = (f"POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n"
-                "content-type: application/json\r\n" +
-                ("transfer-encoding: chunked\r\n" if chunked else f"content-length: {size}\r\n") + "\r\n")
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n"
+            "content-type: application/json\r\n"
+            + ("transfer-encoding: chunked\r\n" if chunked else f"content-length: {size}\r\n")
+            + "\r\n"
+        )
         answer = asyncio.ensure_future(reader.read(256))
         sent = 0
         try:
@@ -111,8 +120,15 @@ async def body_flood(host: str, port: int, token: str, mib: int, parallel: int, 
     while done < rounds or (time.monotonic() - t0 < seconds and done < 10_000):
         await asyncio.gather(*(one() for _ in range(parallel)))
         done += 1
-    return {"attack": "body-flood", "mib": mib, "chunked": chunked, "requests": parallel * done,
-            "statuses": statuses, "mib_sent": round(sent_total / 2**20, 1), "seconds": round(time.monotonic() - t0, 2)}
+    return {
+        "attack": "body-flood",
+        "mib": mib,
+        "chunked": chunked,
+        "requests": parallel * done,
+        "statuses": statuses,
+        "mib_sent": round(sent_total / 2**20, 1),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.mib * args.parallel * args.rounds > 4096 or args.seconds > 60 or args.parallel > 64:
             p.error("at most 4 GiB of rounds, 64 connections and 60 s")
-        result = asyncio.run(body_flood("127.0.0.1", args.port, args.token, args.mib, args.parallel, args.rounds,
-                                        args.chunked, args.path, args.seconds))
+        result = asyncio.run(
+            body_flood(
+                "127.0.0.1",
+                args.port,
+                args.token,
+                args.mib,
+                args.parallel,
+                args.rounds,
+                args.chunked,
+                args.path,
+                args.seconds,
+            )
+        )
     print(json.dumps(result))
     return 0
 

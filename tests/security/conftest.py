@@ -76,27 +76,46 @@ def write_pki(d: Path) -> dict[str, Path]:
     d.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("sec CA")).issuer_name(_name("sec CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("sec CA"))
+        .issuer_name(_name("sec CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(_name("sec CA"))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    out = {"ca": d / "ca.crt", "cert": d / "tls.crt", "key": d / "tls.key", "credentials": d / "stations.yaml",
-           "tokens": d / "tokens.yaml"}
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1"))
+        .issuer_name(_name("sec CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    out = {
+        "ca": d / "ca.crt",
+        "cert": d / "tls.crt",
+        "key": d / "tls.key",
+        "credentials": d / "stations.yaml",
+        "tokens": d / "tokens.yaml",
+    }
     out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     out["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()))
+    out["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     out["credentials"].write_text(f'CP1: "{hash_password(STATION_PASSWORD, iterations=2000)}"\n')
-    out["tokens"].write_text(f"ops: {{role: operator, sha256: {token_digest(OPERATOR_TOKEN)}}}\n"
-                             f"grafana: {{role: read-only, sha256: {token_digest(READER_TOKEN)}}}\n")
+    out["tokens"].write_text(
+        f"ops: {{role: operator, sha256: {token_digest(OPERATOR_TOKEN)}}}\n"
+        f"grafana: {{role: read-only, sha256: {token_digest(READER_TOKEN)}}}\n"
+    )
     return out
 
 
@@ -121,7 +140,7 @@ class Served:
     http_port: int
     ocpp_port: int
     log: Path
-    ops_port: int | None = None   # /healthz, /readyz, /metrics when GRIDCHARGE_OPS_PORT is set
+    ops_port: int | None = None  # /healthz, /readyz, /metrics when GRIDCHARGE_OPS_PORT is set
 
     @property
     def base(self) -> str:
@@ -146,12 +165,27 @@ def run_once(args: list[str], env: dict[str, str], timeout: float = 60) -> subpr
 def serving(topology: Path, log: Path, *, services: str | None = None, **env: str) -> Iterator[Served]:
     """`gridcharge serve --bus memory` on free loopback ports until the block ends (SIGTERM, then kill)."""
     http_port, ocpp_port = free_port(), free_port()
-    args = [GRIDCHARGE, "serve", "--config", str(topology), "--bus", "memory", "--http-port", str(http_port),
-            "--ocpp-port", str(ocpp_port)]
+    args = [
+        GRIDCHARGE,
+        "serve",
+        "--config",
+        str(topology),
+        "--bus",
+        "memory",
+        "--http-port",
+        str(http_port),
+        "--ocpp-port",
+        str(ocpp_port),
+    ]
     if services:
         args += ["--services", services]
-    full_env = clean_env(GRIDCHARGE_HTTP_HOST="127.0.0.1", GRIDCHARGE_OCPP_HOST="127.0.0.1",
-                         GRIDCHARGE_WEATHER_FILE=str(WEATHER), GRIDCHARGE_LOG_JSON="true", **env)
+    full_env = clean_env(
+        GRIDCHARGE_HTTP_HOST="127.0.0.1",
+        GRIDCHARGE_OCPP_HOST="127.0.0.1",
+        GRIDCHARGE_WEATHER_FILE=str(WEATHER),
+        GRIDCHARGE_LOG_JSON="true",
+        **env,
+    )
     with log.open("wb") as out:
         proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT)
         ops = int(env["GRIDCHARGE_OPS_PORT"]) if "GRIDCHARGE_OPS_PORT" in env else None

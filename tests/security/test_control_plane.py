@@ -43,9 +43,12 @@ class Station(Cp16):
 
     @on("GetConfiguration")
     async def on_get_configuration(self, key: list[str] | None = None) -> Any:
-        return res16.GetConfiguration(configuration_key=[
-            {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "5"},
-            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current,Power"}])
+        return res16.GetConfiguration(
+            configuration_key=[
+                {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "5"},
+                {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current,Power"},
+            ]
+        )
 
     @on("SetChargingProfile")
     async def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
@@ -64,9 +67,16 @@ class Heartbeats:
         return xs[min(len(xs) - 1, int(0.99 * len(xs)))] if xs else float("nan")
 
     def summary(self) -> dict[str, dict[str, float]]:
-        return {ph: {"n": len(xs), "p50_ms": round(statistics.median(xs) * 1000, 1),
-                     "p99_ms": round(self.p99(ph) * 1000, 1), "max_ms": round(max(xs) * 1000, 1)}
-                for ph, xs in self.rtts.items() if xs}
+        return {
+            ph: {
+                "n": len(xs),
+                "p50_ms": round(statistics.median(xs) * 1000, 1),
+                "p99_ms": round(self.p99(ph) * 1000, 1),
+                "max_ms": round(max(xs) * 1000, 1),
+            }
+            for ph, xs in self.rtts.items()
+            if xs
+        }
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +84,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, Path]) -> I
     d = tmp_path_factory.mktemp("control-plane")
     topology = d / "topology.yaml"
     topology.write_text(TOPOLOGY)
-    with serving(topology, d / "serve.log", GRIDCHARGE_API_TOKENS_FILE=str(pki["tokens"]),
-                 GRIDCHARGE_HTTP_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
-                 GRIDCHARGE_OPS_PORT=str(free_port())) as served:
+    with serving(
+        topology,
+        d / "serve.log",
+        GRIDCHARGE_API_TOKENS_FILE=str(pki["tokens"]),
+        GRIDCHARGE_HTTP_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        GRIDCHARGE_OPS_PORT=str(free_port()),
+    ) as served:
         yield served
 
 
@@ -108,8 +122,9 @@ async def station(served: Served, beats: Heartbeats) -> AsyncIterator[Station]:
 
 
 async def attack(*args: str) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(HERE / "attacker.py"), *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "attacker.py"), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 180)
     assert proc.returncode == 0, err.decode()[-2000:]
     result: dict[str, Any] = json.loads(out)
@@ -149,10 +164,13 @@ def _h(token: str | None) -> dict[str, str]:
 async def test_operator_api_needs_a_token_and_the_operator_role(cluster: Served) -> None:
     limit = {"node_id": "feeder", "limit_w": [0, 0, 0], "limit_id": "dso-0"}
     async with httpx.AsyncClient(base_url=cluster.base, timeout=30) as c:
-        for method, path, body in [("POST", "/allocation/limits", limit), ("DELETE", "/allocation/limits/x/y", None),
-                                   ("PUT", "/allocation/sessions/s/preferences", {"priority": 1}),
-                                   ("POST", "/api/v1/meter-readings", {"node_id": "trafo", "power_w": [1, 2, 3]}),
-                                   ("POST", "/api/v1/stations/CP1/commands/reset", {"type": "Hard"})]:
+        for method, path, body in [
+            ("POST", "/allocation/limits", limit),
+            ("DELETE", "/allocation/limits/x/y", None),
+            ("PUT", "/allocation/sessions/s/preferences", {"priority": 1}),
+            ("POST", "/api/v1/meter-readings", {"node_id": "trafo", "power_w": [1, 2, 3]}),
+            ("POST", "/api/v1/stations/CP1/commands/reset", {"type": "Hard"}),
+        ]:
             r = await c.request(method, path, json=body)
             assert r.status_code == 401, (method, path, r.status_code)
             r = await c.request(method, path, json=body, headers=_h(READER_TOKEN))
@@ -161,7 +179,7 @@ async def test_operator_api_needs_a_token_and_the_operator_role(cluster: Served)
         assert (await c.get("/allocation/limits", headers=_h(READER_TOKEN))).status_code == 200
         r = await c.post("/allocation/limits", json=limit, headers=_h(OPERATOR_TOKEN))
         assert r.status_code == 202
-        assert (await c.get("/healthz")).status_code == 404            # probes live on the ops port
+        assert (await c.get("/healthz")).status_code == 404  # probes live on the ops port
     ops = ops_port(cluster)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ops}") as c:
         for path in ("/healthz", "/readyz", "/metrics"):
@@ -171,22 +189,34 @@ async def test_operator_api_needs_a_token_and_the_operator_role(cluster: Served)
     await asyncio.sleep(0.5)
     audit = [json.loads(ln) for ln in cluster.output().splitlines() if '"gridcharge.audit"' in ln]
     change = next(a for a in audit if a.get("path") == "/allocation/limits" and a.get("status") == 202)
-    assert change["actor"] == "ops" and change["role"] == "operator" and change["target"] == \
-        "node/feeder/external-limit/dso-0"
+    assert (
+        change["actor"] == "ops"
+        and change["role"] == "operator"
+        and change["target"] == "node/feeder/external-limit/dso-0"
+    )
     assert json.loads(change["after"])["limit_w"] == {"L1": 0.0, "L2": 0.0, "L3": 0.0}
 
 
 async def test_operators_cannot_pin_the_allocators_profiles(cluster: Served) -> None:
-    pin = ("/api/v1/stations/CP1/commands/set_charging_profile"
-           "?command_key=profile/0/ChargingStationMaxProfile/1&generation=9000000000000000000")
-    profile = {"evseId": 0, "profile": {"profileId": 1001, "stackLevel": 1, "purpose": "PROFILE_PURPOSE_STATION_MAX",
-                                        "kind": "Absolute", "rateUnit": "RATE_UNIT_A",
-                                        "periods": [{"startPeriodS": 0, "limit": 32}]}}
+    pin = (
+        "/api/v1/stations/CP1/commands/set_charging_profile"
+        "?command_key=profile/0/ChargingStationMaxProfile/1&generation=9000000000000000000"
+    )
+    profile = {
+        "evseId": 0,
+        "profile": {
+            "profileId": 1001,
+            "stackLevel": 1,
+            "purpose": "PROFILE_PURPOSE_STATION_MAX",
+            "kind": "Absolute",
+            "rateUnit": "RATE_UNIT_A",
+            "periods": [{"startPeriodS": 0, "limit": 32}],
+        },
+    }
     async with httpx.AsyncClient(base_url=cluster.base, headers=_h(OPERATOR_TOKEN), timeout=30) as c:
         assert (await c.post(pin, json=profile)).status_code == 422
         assert (await c.post(pin.split("?")[0], json=profile)).status_code == 403
-        r = await c.post("/api/v1/stations/CP1/commands/get_configuration?generation=99999999999999999999999",
-                         json={})
+        r = await c.post("/api/v1/stations/CP1/commands/get_configuration?generation=99999999999999999999999", json={})
         assert r.status_code == 422
 
 
@@ -197,11 +227,16 @@ async def test_out_of_range_values_are_422_not_500(cluster: Served) -> None:
         for window in ({"valid_from": "0001-01-01T00:00:00Z"}, {"valid_to": "9999-12-31T23:59:59Z"}):
             r = await c.post("/allocation/limits", json={"node_id": "trafo", "limit_w": [1, 1, 1], **window})
             assert r.status_code == 422, r.text
-        r = await c.post("/allocation/limits", content=b'{"node_id": "trafo", "limit_w": [1e400, 1, 1]}',
-                         headers={"content-type": "application/json"})
+        r = await c.post(
+            "/allocation/limits",
+            content=b'{"node_id": "trafo", "limit_w": [1e400, 1, 1]}',
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 422
-        r = await c.post("/api/v1/meter-readings", json={"node_id": "trafo", "power_w": [1, 2, 3],
-                                                         "measured_at": "0001-01-01T00:00:00+14:00"})
+        r = await c.post(
+            "/api/v1/meter-readings",
+            json={"node_id": "trafo", "power_w": [1, 2, 3], "measured_at": "0001-01-01T00:00:00+14:00"},
+        )
         assert r.status_code == 422
 
 
@@ -213,7 +248,7 @@ async def test_heartbeats_stay_fast_during_http_attacks(cluster: Served) -> None
     ops = ops_port(cluster)
     figures: dict[str, Any] = {}
     async with station(cluster, beats):
-        await asyncio.sleep(3)                                           # baseline
+        await asyncio.sleep(3)  # baseline
 
         # 1) body flood: 59 MiB JSON POSTs for 4 s each way (declared length; chunked, so the limit must hold
         #    while streaming; without a token), 4 connections at a time
@@ -222,8 +257,19 @@ async def test_heartbeats_stay_fast_during_http_attacks(cluster: Served) -> None
         watcher = asyncio.create_task(watch_rss(cluster, rss, stop))
         rss0 = cluster.rss_kib()
         beats.phase = "body flood"
-        flood_args = ["body-flood", "--port", str(cluster.http_port), "--mib", "59", "--parallel", "4",
-                      "--rounds", "1", "--seconds", "4"]
+        flood_args = [
+            "body-flood",
+            "--port",
+            str(cluster.http_port),
+            "--mib",
+            "59",
+            "--parallel",
+            "4",
+            "--rounds",
+            "1",
+            "--seconds",
+            "4",
+        ]
         flood = await attack(*flood_args, "--token", OPERATOR_TOKEN)
         chunked = await attack(*flood_args, "--token", OPERATOR_TOKEN, "--chunked")
         anonymous = await attack(*flood_args, "--chunked")
@@ -239,10 +285,21 @@ async def test_heartbeats_stay_fast_during_http_attacks(cluster: Served) -> None
 
         # 2) slowloris from one address: the per-address cap refuses most, the header deadline ends the rest
         beats.phase = "slowloris (one address)"
-        one = asyncio.create_task(attack("slowloris", "--port", str(cluster.http_port), "--sources", "127.0.0.2",
-                                         "--conns", "300", "--hold", str(HEADER_TIMEOUT_S + 6)))
+        one = asyncio.create_task(
+            attack(
+                "slowloris",
+                "--port",
+                str(cluster.http_port),
+                "--sources",
+                "127.0.0.2",
+                "--conns",
+                "300",
+                "--hold",
+                str(HEADER_TIMEOUT_S + 6),
+            )
+        )
         await asyncio.sleep(1.5)
-        api_during = await probe(f"{cluster.base}/openapi.json")          # another client of the API port
+        api_during = await probe(f"{cluster.base}/openapi.json")  # another client of the API port
         ops_during = await probe(f"http://127.0.0.1:{ops}/healthz")
         slow1 = await one
         figures["slowloris one address"] = {**slow1, "api_probe": api_during, "ops_probe": ops_during}
@@ -253,8 +310,19 @@ async def test_heartbeats_stay_fast_during_http_attacks(cluster: Served) -> None
         # 3) slowloris from 30 addresses: the total cap holds the API port; probes on the ops port stay up
         beats.phase = "slowloris (30 addresses)"
         sources = ",".join(f"127.0.0.{10 + i}" for i in range(30))
-        many = asyncio.create_task(attack("slowloris", "--port", str(cluster.http_port), "--sources", sources,
-                                          "--conns", "300", "--hold", str(HEADER_TIMEOUT_S + 6)))
+        many = asyncio.create_task(
+            attack(
+                "slowloris",
+                "--port",
+                str(cluster.http_port),
+                "--sources",
+                sources,
+                "--conns",
+                "300",
+                "--hold",
+                str(HEADER_TIMEOUT_S + 6),
+            )
+        )
         await asyncio.sleep(1.5)
         ops_during = await probe(f"http://127.0.0.1:{ops}/healthz")
         slow2 = await many

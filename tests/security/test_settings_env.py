@@ -65,8 +65,9 @@ def sample(name: str, info: FieldInfo) -> tuple[str, Any]:
     raise AssertionError(f"{name}: no sample for {info.annotation} (extend the test)")
 
 
-CASES = [(cls, name) for cls in CLASSES for name in cls.model_fields if cls is Settings or name not in
-         Settings.model_fields]
+CASES = [
+    (cls, name) for cls in CLASSES for name in cls.model_fields if cls is Settings or name not in Settings.model_fields
+]
 
 
 @pytest.mark.parametrize(("cls", "name"), CASES, ids=[f"{c.__name__}.{n}" for c, n in CASES])
@@ -107,52 +108,85 @@ def test_gateway_keeps_env_keys_when_derived_from_host_settings() -> None:
 
 def test_gateway_with_files_mounted_like_the_chart(pki: dict[str, Path]) -> None:
     """Profile 2 with the credentials Secret and the TLS Secret mounted as files: every start-up check passes."""
-    env = {"GRIDCHARGE_SECURITY_PROFILE": "2", "GRIDCHARGE_CREDENTIALS_FILE": str(pki["credentials"]),
-           "GRIDCHARGE_TLS_CERT": str(pki["cert"]), "GRIDCHARGE_TLS_KEY": str(pki["key"])}
+    env = {
+        "GRIDCHARGE_SECURITY_PROFILE": "2",
+        "GRIDCHARGE_CREDENTIALS_FILE": str(pki["credentials"]),
+        "GRIDCHARGE_TLS_CERT": str(pki["cert"]),
+        "GRIDCHARGE_TLS_KEY": str(pki["key"]),
+    }
     st = GatewaySettings.from_env(env)
     check_gateway_files(st)
     assert "CP1" in load_credentials(st.credentials_file)
 
 
 def test_profile_3_with_ca_file(pki: dict[str, Path]) -> None:
-    st = GatewaySettings.from_env({"GRIDCHARGE_SECURITY_PROFILE": "3", "GRIDCHARGE_TLS_CERT": str(pki["cert"]),
-                                   "GRIDCHARGE_TLS_KEY": str(pki["key"]), "GRIDCHARGE_TLS_CA": str(pki["ca"])})
+    st = GatewaySettings.from_env(
+        {
+            "GRIDCHARGE_SECURITY_PROFILE": "3",
+            "GRIDCHARGE_TLS_CERT": str(pki["cert"]),
+            "GRIDCHARGE_TLS_KEY": str(pki["key"]),
+            "GRIDCHARGE_TLS_CA": str(pki["ca"]),
+        }
+    )
     check_gateway_files(st)
 
 
 def test_api_tokens_from_mounted_file_and_env(pki: dict[str, Path]) -> None:
-    st = Settings.from_env({"GRIDCHARGE_API_TOKENS_FILE": str(pki["tokens"]),
-                            "GRIDCHARGE_API_TOKENS": f"ci:read-only:{OPERATOR_TOKEN}x"})
+    st = Settings.from_env(
+        {"GRIDCHARGE_API_TOKENS_FILE": str(pki["tokens"]), "GRIDCHARGE_API_TOKENS": f"ci:read-only:{OPERATOR_TOKEN}x"}
+    )
     auth = ApiAuth.from_settings(st)
     assert auth.configured and auth.tokens.lookup(OPERATOR_TOKEN) is not None
     assert auth.tokens.lookup(OPERATOR_TOKEN + "x") is not None
 
 
-@pytest.mark.parametrize(("env", "key", "problem"), [
-    ({"GRIDCHARGE_TLS_CERT": "/nonexistent/tls.crt", "GRIDCHARGE_SECURITY_PROFILE": "2"},
-     "GRIDCHARGE_TLS_CERT", "cannot read"),
-    ({"GRIDCHARGE_TLS_CERT": "@cert", "GRIDCHARGE_TLS_KEY": "@key"}, "GRIDCHARGE_TLS_CERT", "plain ws"),
-    ({"GRIDCHARGE_SECURITY_PROFILE": "2", "GRIDCHARGE_CREDENTIALS_FILE": "@credentials"},
-     "GRIDCHARGE_TLS_CERT", "required"),
-    ({"GRIDCHARGE_SECURITY_PROFILE": "1"}, "GRIDCHARGE_CREDENTIALS_FILE", "required"),
-    ({"GRIDCHARGE_SECURITY_PROFILE": "2", "GRIDCHARGE_TLS_CERT": "@key", "GRIDCHARGE_TLS_KEY": "@cert",
-      "GRIDCHARGE_CREDENTIALS_FILE": "@credentials"}, "GRIDCHARGE_TLS_CERT", "not a matching PEM"),
-    ({"GRIDCHARGE_SECURITY_PROFILE": "3", "GRIDCHARGE_TLS_CERT": "@cert", "GRIDCHARGE_TLS_KEY": "@key"},
-     "GRIDCHARGE_TLS_CA", "required"),
-])
-def test_gateway_file_problems_are_one_line(pki: dict[str, Path], env: dict[str, str], key: str,
-                                            problem: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "key", "problem"),
+    [
+        (
+            {"GRIDCHARGE_TLS_CERT": "/nonexistent/tls.crt", "GRIDCHARGE_SECURITY_PROFILE": "2"},
+            "GRIDCHARGE_TLS_CERT",
+            "cannot read",
+        ),
+        ({"GRIDCHARGE_TLS_CERT": "@cert", "GRIDCHARGE_TLS_KEY": "@key"}, "GRIDCHARGE_TLS_CERT", "plain ws"),
+        (
+            {"GRIDCHARGE_SECURITY_PROFILE": "2", "GRIDCHARGE_CREDENTIALS_FILE": "@credentials"},
+            "GRIDCHARGE_TLS_CERT",
+            "required",
+        ),
+        ({"GRIDCHARGE_SECURITY_PROFILE": "1"}, "GRIDCHARGE_CREDENTIALS_FILE", "required"),
+        (
+            {
+                "GRIDCHARGE_SECURITY_PROFILE": "2",
+                "GRIDCHARGE_TLS_CERT": "@key",
+                "GRIDCHARGE_TLS_KEY": "@cert",
+                "GRIDCHARGE_CREDENTIALS_FILE": "@credentials",
+            },
+            "GRIDCHARGE_TLS_CERT",
+            "not a matching PEM",
+        ),
+        (
+            {"GRIDCHARGE_SECURITY_PROFILE": "3", "GRIDCHARGE_TLS_CERT": "@cert", "GRIDCHARGE_TLS_KEY": "@key"},
+            "GRIDCHARGE_TLS_CA",
+            "required",
+        ),
+    ],
+)
+def test_gateway_file_problems_are_one_line(pki: dict[str, Path], env: dict[str, str], key: str, problem: str) -> None:
     env = {k: str(pki[v[1:]]) if v.startswith("@") else v for k, v in env.items()}
     with pytest.raises(ConfigError) as err:
         check_gateway_files(GatewaySettings.from_env(env))
     assert key in err.value.key and problem in err.value.problem and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    ("CP1: plain-password\n", "pbkdf2_sha256"),
-    ("- CP1\n- CP2\n", "mapping"),
-    ("CP1: [unclosed\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("CP1: plain-password\n", "pbkdf2_sha256"),
+        ("- CP1\n- CP2\n", "mapping"),
+        ("CP1: [unclosed\n", "invalid YAML"),
+    ],
+)
 def test_bad_credentials_file_is_one_line(tmp_path: Path, content: str, problem: str) -> None:
     p = tmp_path / "stations.yaml"
     p.write_text(content)
@@ -176,13 +210,16 @@ def test_every_settings_field_is_a_known_variable() -> None:
             assert ENV_PREFIX + name.upper() in known
 
 
-@pytest.mark.parametrize(("var", "suggestion"), [
-    ("GRIDCHARGE_SECURTY_PROFILE", "GRIDCHARGE_SECURITY_PROFILE"),
-    ("GRIDCHARGE_API_TOKEN_FILE", "GRIDCHARGE_API_TOKENS_FILE"),
-    ("GRIDCHARGE_HTTP_PROT", "GRIDCHARGE_HTTP_PORT"),
-    ("GRIDCHARGE_security_profile", "GRIDCHARGE_SECURITY_PROFILE"),
-    ("GRIDCHARGE_TELEMETRY_SNAPSHOTS_S", "GRIDCHARGE_TELEMETRY_SNAPSHOT_S"),
-])
+@pytest.mark.parametrize(
+    ("var", "suggestion"),
+    [
+        ("GRIDCHARGE_SECURTY_PROFILE", "GRIDCHARGE_SECURITY_PROFILE"),
+        ("GRIDCHARGE_API_TOKEN_FILE", "GRIDCHARGE_API_TOKENS_FILE"),
+        ("GRIDCHARGE_HTTP_PROT", "GRIDCHARGE_HTTP_PORT"),
+        ("GRIDCHARGE_security_profile", "GRIDCHARGE_SECURITY_PROFILE"),
+        ("GRIDCHARGE_TELEMETRY_SNAPSHOTS_S", "GRIDCHARGE_TELEMETRY_SNAPSHOT_S"),
+    ],
+)
 def test_misspelt_variable_is_refused_with_a_suggestion(var: str, suggestion: str) -> None:
     with pytest.raises(ConfigError) as err:
         check_environment({var: "2", "PATH": "/bin"})
@@ -190,8 +227,14 @@ def test_misspelt_variable_is_refused_with_a_suggestion(var: str, suggestion: st
 
 
 def test_unrelated_unknown_variable_is_only_a_warning() -> None:
-    warnings = check_environment({"GRIDCHARGE_FANCY_NEW_FEATURE": "1", "GRIDCHARGE_SERVICE": "gateway",
-                                  "GRIDCHARGE_WEATHER_FILE": "/x", "GRIDCHARGE_TELEMETRY_RUNTIME": "bus"})
+    warnings = check_environment(
+        {
+            "GRIDCHARGE_FANCY_NEW_FEATURE": "1",
+            "GRIDCHARGE_SERVICE": "gateway",
+            "GRIDCHARGE_WEATHER_FILE": "/x",
+            "GRIDCHARGE_TELEMETRY_RUNTIME": "bus",
+        }
+    )
     assert warnings == ["GRIDCHARGE_FANCY_NEW_FEATURE: unknown variable, ignored"]
 
 

@@ -23,8 +23,18 @@ pv_systems:
   - {{id: roof, node: {node}, kwp: {kwp}}}
 tariff: {{windows: [{{start: "{start}", end: "07:00", price_per_kwh: {price}}}]}}
 """
-OK = dict(tz="Europe/Berlin", voltage="230", node="n1", limit="50000", margin="5", station="CP1", max_a="32",
-          kwp="10", start="00:00", price="0.1")
+OK = dict(
+    tz="Europe/Berlin",
+    voltage="230",
+    node="n1",
+    limit="50000",
+    margin="5",
+    station="CP1",
+    max_a="32",
+    kwp="10",
+    start="00:00",
+    price="0.1",
+)
 
 
 def _load(tmp_path: Path, **over: str) -> None:
@@ -38,28 +48,32 @@ def test_the_base_document_loads(tmp_path: Path) -> None:
     _load(tmp_path)
 
 
-@pytest.mark.parametrize(("over", "key", "problem"), [
-    ({"limit": ".nan"}, "nodes[0].limit_w[0]", "finite"),
-    ({"limit": ".inf"}, "nodes[0].limit_w[0]", "finite"),
-    ({"limit": "1e400"}, "nodes[0].limit_w[0]", "finite"),
-    ({"limit": "-.inf"}, "nodes[0].limit_w[0]", "finite"),
-    ({"limit": "NaN"}, "nodes[0].limit_w[0]", "finite"),
-    ({"voltage": ".nan"}, "nominal_voltage_v", "finite"),
-    ({"margin": ".nan"}, "nodes[0].safety_margin_pct", "finite"),
-    ({"max_a": ".inf"}, "stations[0].max_current_a", "finite"),
-    ({"kwp": "1e400"}, "pv_systems[0].kwp", "finite"),
-    ({"price": ".nan"}, "tariff.windows[0].price_per_kwh", "finite"),
-    ({"station": "'CP 1/x'"}, "stations[0].id", "can never connect"),
-    ({"station": "'CP#1'"}, "stations[0].id", "can never connect"),
-    ({"node": "'feeder 1'"}, "nodes[0].id", "API paths"),
-    ({"node": "'a/b'"}, "nodes[0].id", "API paths"),
-    ({"tz": "Mars/Olympus_Mons"}, "site.timezone", "unknown time zone"),
-    ({"tz": "CEST"}, "site.timezone", "unknown time zone"),
-    ({"tz": "../../etc/passwd"}, "site.timezone", "unknown time zone"),
-    ({"start": "25:00"}, "tariff.windows[0].start", "HH:MM"),
-])
-def test_poisonous_value_is_one_line_naming_file_and_key(tmp_path: Path, over: dict[str, str], key: str,
-                                                         problem: str) -> None:
+@pytest.mark.parametrize(
+    ("over", "key", "problem"),
+    [
+        ({"limit": ".nan"}, "nodes[0].limit_w[0]", "finite"),
+        ({"limit": ".inf"}, "nodes[0].limit_w[0]", "finite"),
+        ({"limit": "1e400"}, "nodes[0].limit_w[0]", "finite"),
+        ({"limit": "-.inf"}, "nodes[0].limit_w[0]", "finite"),
+        ({"limit": "NaN"}, "nodes[0].limit_w[0]", "finite"),
+        ({"voltage": ".nan"}, "nominal_voltage_v", "finite"),
+        ({"margin": ".nan"}, "nodes[0].safety_margin_pct", "finite"),
+        ({"max_a": ".inf"}, "stations[0].max_current_a", "finite"),
+        ({"kwp": "1e400"}, "pv_systems[0].kwp", "finite"),
+        ({"price": ".nan"}, "tariff.windows[0].price_per_kwh", "finite"),
+        ({"station": "'CP 1/x'"}, "stations[0].id", "can never connect"),
+        ({"station": "'CP#1'"}, "stations[0].id", "can never connect"),
+        ({"node": "'feeder 1'"}, "nodes[0].id", "API paths"),
+        ({"node": "'a/b'"}, "nodes[0].id", "API paths"),
+        ({"tz": "Mars/Olympus_Mons"}, "site.timezone", "unknown time zone"),
+        ({"tz": "CEST"}, "site.timezone", "unknown time zone"),
+        ({"tz": "../../etc/passwd"}, "site.timezone", "unknown time zone"),
+        ({"start": "25:00"}, "tariff.windows[0].start", "HH:MM"),
+    ],
+)
+def test_poisonous_value_is_one_line_naming_file_and_key(
+    tmp_path: Path, over: dict[str, str], key: str, problem: str
+) -> None:
     with pytest.raises(ConfigError) as err:
         _load(tmp_path, **over)
     msg = str(err.value)
@@ -69,8 +83,10 @@ def test_poisonous_value_is_one_line_naming_file_and_key(tmp_path: Path, over: d
 
 def test_duplicate_yaml_key_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "topology.yaml"
-    p.write_text("nodes:\n  - id: n1\n    kind: site\n    limit_w: [100, 100, 100]\n"
-                 "    limit_w: [1000000000, 1000000000, 1000000000]\n")
+    p.write_text(
+        "nodes:\n  - id: n1\n    kind: site\n    limit_w: [100, 100, 100]\n"
+        "    limit_w: [1000000000, 1000000000, 1000000000]\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_topology(p)
     assert err.value.key == "line 5, column 5" and "duplicate key 'limit_w' (first at line 4)" in err.value.problem

@@ -27,16 +27,29 @@ TOKEN = "allocation-validation-operator-token-0"
 @pytest.fixture
 async def api(env: Env) -> AsyncIterator[httpx.AsyncClient]:  # noqa: F811
     app = create_app("t", env.rt.health, env.svc.routers, auth=ApiAuth.with_tokens(ops=("operator", TOKEN)))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
-                                 headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as c:
         yield c
 
 
-@pytest.mark.parametrize("departure", [
-    "0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59Z",
-    "1900-01-01T00:00:00Z", "2200-01-01T00:00:00Z", "2026-06-01T18:00:00"])
-async def test_out_of_range_departure_is_422_and_plans_keep_coming(env: Env, api: httpx.AsyncClient,  # noqa: F811
-                                                                   departure: str) -> None:
+@pytest.mark.parametrize(
+    "departure",
+    [
+        "0001-01-01T00:00:00+14:00",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59-14:00",
+        "9999-12-31T23:59:59Z",
+        "1900-01-01T00:00:00Z",
+        "2200-01-01T00:00:00Z",
+        "2026-06-01T18:00:00",
+    ],
+)
+async def test_out_of_range_departure_is_422_and_plans_keep_coming(
+    env: Env,  # noqa: F811
+    api: httpx.AsyncClient,
+    departure: str,
+) -> None:
     plans: list[plan_pb2.SessionPlan] = []
 
     async def on_plan(rec: Record) -> None:
@@ -55,10 +68,15 @@ async def test_out_of_range_departure_is_422_and_plans_keep_coming(env: Env, api
     assert (await api.put("/allocation/sessions/cs1/1/7/preferences", json={"departure": ok})).status_code == 200
 
 
-@pytest.mark.parametrize("window", [
-    {"valid_from": "0001-01-01T00:00:00Z"}, {"valid_to": "9999-12-31T23:59:59Z"},
-    {"valid_from": "0001-01-01T00:00:00+14:00", "valid_to": "9999-12-31T23:59:59-14:00"},
-    {"valid_to": "2100-01-01T00:00:01Z"}])
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"valid_from": "0001-01-01T00:00:00Z"},
+        {"valid_to": "9999-12-31T23:59:59Z"},
+        {"valid_from": "0001-01-01T00:00:00+14:00", "valid_to": "9999-12-31T23:59:59-14:00"},
+        {"valid_to": "2100-01-01T00:00:01Z"},
+    ],
+)
 async def test_out_of_range_limit_window_is_422(api: httpx.AsyncClient, window: dict[str, Any]) -> None:
     r = await api.post("/allocation/limits", json={"node_id": "site", "limit_w": [0, 0, 0], **window})
     assert r.status_code == 422, r.text

@@ -17,22 +17,26 @@ T0 = datetime(2026, 6, 3, 8, 1, tzinfo=UTC).timestamp()
 
 
 def topo(n: int, limit_a: float, fallback_a: float = 6.0) -> object:
-    return parse_topology({
-        "nominal_voltage_v": V,
-        "nodes": [{"id": "tx", "limit_a": [limit_a] * 3, "metered": True, "safety_margin_pct": 5}],
-        "stations": [{"id": f"s{i:02d}", "node": "tx", "max_current_a": 32, "fallback_current_a": fallback_a}
-                     for i in range(n)],
-    })
+    return parse_topology(
+        {
+            "nominal_voltage_v": V,
+            "nodes": [{"id": "tx", "limit_a": [limit_a] * 3, "metered": True, "safety_margin_pct": 5}],
+            "stations": [
+                {"id": f"s{i:02d}", "node": "tx", "max_current_a": 32, "fallback_current_a": fallback_a}
+                for i in range(n)
+            ],
+        }
+    )
 
 
 class Site:
     """An allocator with n one-EVSE stations, a car at each, meters that report what the car draws."""
 
     def __init__(self, n: int, limit_a: float, draw: dict[str, float] | None = None) -> None:
-        self.alloc = Allocator(topo(n, limit_a), AllocatorConfig())    # type: ignore[arg-type]
+        self.alloc = Allocator(topo(n, limit_a), AllocatorConfig())  # type: ignore[arg-type]
         self.writes: Counter[str] = Counter()
         self.t = T0
-        self.draw = draw or {}                # station -> what its car can take (A); missing = all it gets
+        self.draw = draw or {}  # station -> what its car can take (A); missing = all it gets
         for sid in self.alloc.ledgers:
             self.deliver(self.alloc.station_online(sid, self.t), count=False)
             self.alloc.book.start(sid, 1, f"tx-{sid}", self.at())
@@ -56,8 +60,17 @@ class Site:
             drawn = min(granted, self.draw.get(s.station_id, granted))
             drawn = drawn if drawn >= 6.0 else 0.0
             total += drawn
-            self.alloc.book.meter(s.station_id, 1, s.transaction_id, self.at(), None, drawn, None, granted,
-                                  datetime.fromtimestamp(self.alloc.grant_since.get(key, T0), UTC))
+            self.alloc.book.meter(
+                s.station_id,
+                1,
+                s.transaction_id,
+                self.at(),
+                None,
+                drawn,
+                None,
+                granted,
+                datetime.fromtimestamp(self.alloc.grant_since.get(key, T0), UTC),
+            )
         load = ((total + base_a) * V,) * 3
         self.alloc.node_load("tx", load, ((base_a * V),) * 3, self.t)
         self.deliver(self.alloc.limit("tx", self.at()))
@@ -73,7 +86,7 @@ def test_a_fleet_of_full_cars_is_not_written_after_start_up() -> None:
     for _ in range(60):
         site.minute()
     per_station_minute = (sum(site.writes.values()) - settled) / 40 / 60
-    assert per_station_minute <= 0.2 / 4, site.writes            # ≤ 3 an hour: at most the lease renewals
+    assert per_station_minute <= 0.2 / 4, site.writes  # ≤ 3 an hour: at most the lease renewals
 
 
 def test_cars_that_draw_their_grant_are_written_about_once_per_epoch() -> None:
@@ -82,22 +95,22 @@ def test_cars_that_draw_their_grant_are_written_about_once_per_epoch() -> None:
         site.minute(base_a=10.0)
     settled = Counter(site.writes)
     for k in range(60):
-        site.minute(base_a=10.0 + (k % 3))        # base-load noise of a few A
+        site.minute(base_a=10.0 + (k % 3))  # base-load noise of a few A
     after = site.writes - settled
-    assert max(after.values(), default=0) <= 6, after          # the budget: renewals (3 an hour) and a few changes
+    assert max(after.values(), default=0) <= 6, after  # the budget: renewals (3 an hour) and a few changes
     assert sum(site.alloc.grant_a.values()) <= 0.95 * 100.0 - 10.0 + 1e-6
 
 
 def test_a_car_limited_by_its_own_charger_frees_its_grant_once() -> None:
-    site = Site(2, 40.0, draw={"s00": 10.0})        # s00's car takes 10 A whatever it is given
+    site = Site(2, 40.0, draw={"s00": 10.0})  # s00's car takes 10 A whatever it is given
     for _ in range(30):
         site.minute()
     lowerings = site.writes["s00"]
-    assert site.alloc.grant_a["s00/1"] <= 12.0 + 1e-9                 # its draw + 2 A
+    assert site.alloc.grant_a["s00/1"] <= 12.0 + 1e-9  # its draw + 2 A
     assert site.alloc.grant_a["s01/1"] >= 32.0 - 1e-9 or site.alloc.grant_a["s01/1"] >= 38.0 - 12.0 - 6.0
     for _ in range(30):
         site.minute()
-    assert site.writes["s00"] - lowerings <= 2, site.writes          # not once per cycle
+    assert site.writes["s00"] - lowerings <= 2, site.writes  # not once per cycle
 
 
 def test_a_re_plan_does_not_shuffle_capacity_between_equal_cars() -> None:

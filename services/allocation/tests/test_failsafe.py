@@ -40,7 +40,7 @@ def test_pending_raise_counts_until_answered() -> None:
     led.result("c1", C.COMMAND_OUTCOME_ACCEPTED, 101)
     assert led.worst_case_a(101) == 20 and led.lease_state(LEASE_KEY, 101, 300) is LeaseState.ACTIVE
     assert led.lease_state(LEASE_KEY, 450, 300) is LeaseState.RENEWING
-    assert led.worst_case_a(700) == 6            # the lease ended: back at the fallback by itself
+    assert led.worst_case_a(700) == 6  # the lease ended: back at the fallback by itself
 
 
 def test_rejected_lowering_keeps_the_old_lease_and_failsafe() -> None:
@@ -82,8 +82,13 @@ def test_offline_moves_in_flight_to_unknown() -> None:
 
 
 def test_not_sent_outcomes_do_not_count() -> None:
-    for outcome in (C.COMMAND_OUTCOME_OFFLINE, C.COMMAND_OUTCOME_INVALID, C.COMMAND_OUTCOME_EXPIRED,
-                    C.COMMAND_OUTCOME_SUPERSEDED, C.COMMAND_OUTCOME_NOT_OWNER):
+    for outcome in (
+        C.COMMAND_OUTCOME_OFFLINE,
+        C.COMMAND_OUTCOME_INVALID,
+        C.COMMAND_OUTCOME_EXPIRED,
+        C.COMMAND_OUTCOME_SUPERSEDED,
+        C.COMMAND_OUTCOME_NOT_OWNER,
+    ):
         led = ledger()
         led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 25, 700, 100))
         led.result("c1", outcome, 101)
@@ -96,10 +101,10 @@ def test_a_lease_below_the_floor_overrides_it_only_while_surely_valid() -> None:
     led = ledger()
     led.skew_s = 30.0
     led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 0.0, 1000, 100))
-    assert led.worst_case_a(100) == 6                 # in flight: it may not be applied yet
+    assert led.worst_case_a(100) == 6  # in flight: it may not be applied yet
     led.result("c1", C.COMMAND_OUTCOME_ACCEPTED, 101)
     assert led.worst_case_a(101) == 0 and led.worst_case_a(969) == 0
-    assert led.worst_case_a(971) == 6                 # a station clock 30 s fast may have dropped it
+    assert led.worst_case_a(971) == 6  # a station clock 30 s fast may have dropped it
     assert led.lease_edges(0, 2000) == [970.0, 1030.0]
 
 
@@ -109,7 +114,7 @@ def test_a_raised_lease_counts_until_its_end_plus_the_skew_and_is_forgotten_afte
     led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 20.0, 1000, 100))
     led.result("c1", C.COMMAND_OUTCOME_ACCEPTED, 101)
     led.expire(1010, 60)
-    assert led.worst_case_a(1010) == 20 and LEASE_KEY in led.accepted    # a slow station clock keeps it in force
+    assert led.worst_case_a(1010) == 20 and LEASE_KEY in led.accepted  # a slow station clock keeps it in force
     led.expire(1031, 60)
     assert led.worst_case_a(1031) == 6 and LEASE_KEY not in led.accepted
 
@@ -118,10 +123,10 @@ def test_every_possible_state_counts_while_a_change_is_in_flight() -> None:
     led = ledger()
     led.sent(Sent("c1", LEASE_KEY, SMAX, 0, 0.0, 1000, 100))
     led.result("c1", C.COMMAND_OUTCOME_ACCEPTED, 101)
-    led.sent(Sent("c2", LEASE_KEY, SMAX, 0, 16.0, 900, 200))       # a raise on its way
+    led.sent(Sent("c2", LEASE_KEY, SMAX, 0, 16.0, 900, 200))  # a raise on its way
     assert led.worst_case_a(200) == 16 and led.held_a(200) == 16
     led.result("c2", C.COMMAND_OUTCOME_REJECTED, 201)
-    assert led.worst_case_a(201) == 0 and led.held_a(201) == 0    # still the accepted 0 A lease
+    assert led.worst_case_a(201) == 0 and led.held_a(201) == 0  # still the accepted 0 A lease
 
 
 def test_tx_profiles_do_not_lift_the_station_worst_case() -> None:
@@ -130,13 +135,20 @@ def test_tx_profiles_do_not_lift_the_station_worst_case() -> None:
     assert led.worst_case_a(100) == 6
 
 
-TOPO = parse_topology({
-    "nominal_voltage_v": 230,
-    "nodes": [{"id": "site", "limit_a": [40, 40, 40], "metered": True, "safety_margin_pct": 10},
-              {"id": "p", "parent": "site", "limit_a": [30, 30, 30]}],
-    "stations": [{"id": "a", "node": "p"}, {"id": "b", "node": "p", "phase_map": ["L2"]},
-                 {"id": "c", "node": "site"}],
-})
+TOPO = parse_topology(
+    {
+        "nominal_voltage_v": 230,
+        "nodes": [
+            {"id": "site", "limit_a": [40, 40, 40], "metered": True, "safety_margin_pct": 10},
+            {"id": "p", "parent": "site", "limit_a": [30, 30, 30]},
+        ],
+        "stations": [
+            {"id": "a", "node": "p"},
+            {"id": "b", "node": "p", "phase_map": ["L2"]},
+            {"id": "c", "node": "site"},
+        ],
+    }
+)
 
 
 def test_capacity_sources_and_stale_load() -> None:
@@ -144,25 +156,25 @@ def test_capacity_sources_and_stale_load() -> None:
     cap = node_capacity(TOPO, {}, [], now, [now])
     # metered site without live load or forecast: only the fallbacks under it (6 + 6 + 6 on L2)
     assert cap.w["site"][1, 0] == (18 * 230) and cap.source["site"][1] == "failsafe:stale_load"
-    assert cap.w["p"][0, 0] == 30 * 230 * 0.95          # default margin 5 %
+    assert cap.w["p"][0, 0] == 30 * 230 * 0.95  # default margin 5 %
     inputs = {"site": NodeInputs(base_load_w=(2300, 0, 0), load_w=(2300, 0, 0), load_at=now - 10)}
     cap = node_capacity(TOPO, inputs, [], now, [now])
     assert cap.w["site"][0, 0] == 40 * 230 * 0.9 - 2300 and cap.source["site"][0] == "base_load"
     ext = ExternalLimitWindow("site", "dso1", "dso", now - 1, now + 60, (4600,) * 3, (2300,) * 3, now - 1, 30)
     cap = node_capacity(TOPO, inputs, [ext], now, [now, now + 120])
     assert cap.source["site"][1] == "external:dso1" and cap.w["site"][1, 0] == 4600 * 0.9
-    assert cap.w["site"][1, 1] == 40 * 230 * 0.9          # outside the window
+    assert cap.w["site"][1, 1] == 40 * 230 * 0.9  # outside the window
     stale = node_capacity(TOPO, inputs, [ext], now + 45, [now + 45])
-    assert stale.w["site"][1, 0] == 2300 * 0.9            # source went quiet: its fallback value
+    assert stale.w["site"][1, 0] == 2300 * 0.9  # source went quiet: its fallback value
 
 
 def test_fit_caps_raises_only_within_room_lowerings_always() -> None:
     cap = {"site": np.full(3, 40 * 230.0), "p": np.full(3, 30 * 230.0)}
     wc = {"a": 6.0, "b": 6.0, "c": 6.0}
     ok = fit_caps(TOPO, cap, wc, {"a": 32.0, "b": 32.0, "c": 3.0}, ["a", "b", "c"])
-    assert ok["c"] == 3.0                       # a lowering
-    assert ok["a"] == 24.0                      # p has 30 A: b keeps 6 on L2
-    assert ok["b"] == 6.0                       # no room left on p/L2
+    assert ok["c"] == 3.0  # a lowering
+    assert ok["a"] == 24.0  # p has 30 A: b keeps 6 on L2
+    assert ok["b"] == 6.0  # no room left on p/L2
     assert not violations(TOPO, cap, {**wc, **ok})
 
 
@@ -175,6 +187,12 @@ def test_over_capacity_never_cuts_below_the_floor() -> None:
     assert ok == {"a": 6.0, "b": 6.0}
     # above the floor it does cut, least important (last in order) first
     wc2 = {"a": 16.0, "b": 6.0, "c": 6.0}
-    ok = fit_caps(TOPO, {"site": np.full(3, 40 * 230.0), "p": np.full(3, 20 * 230.0)}, wc2,
-                  {"a": 16.0, "b": 6.0}, ["b", "a"], floor_a=floors)
+    ok = fit_caps(
+        TOPO,
+        {"site": np.full(3, 40 * 230.0), "p": np.full(3, 20 * 230.0)},
+        wc2,
+        {"a": 16.0, "b": 6.0},
+        ["b", "a"],
+        floor_a=floors,
+    )
     assert ok["a"] == 14.0 and ok["b"] == 6.0

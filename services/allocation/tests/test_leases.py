@@ -10,8 +10,8 @@ P = LeasePolicy(epoch_s=1200, renew_lead_s=240, clock_skew_s=30)
 
 def test_leases_end_on_common_boundaries_lowered_ones_later() -> None:
     assert P.lease_end(899, lowered=False) == 1200
-    assert P.lease_end(899, lowered=True) == 1200 + 90        # 3 × skew: after every raised one, by any clock
-    assert P.lease_end(901, lowered=False) == 2400             # inside the renewal window: the next epoch
+    assert P.lease_end(899, lowered=True) == 1200 + 90  # 3 × skew: after every raised one, by any clock
+    assert P.lease_end(901, lowered=False) == 2400  # inside the renewal window: the next epoch
     assert P.is_lowered_end(1290) and not P.is_lowered_end(1200)
 
 
@@ -29,7 +29,7 @@ def test_inconsistent_timing_is_refused() -> None:
 def test_write_budget_raises_wait_lowerings_do_not() -> None:
     w = WriteLog(WritePolicy(min_interval_s=60, max_per_hour=6, raise_hold_s=120))
     assert w.why_not_raise("s", 0) == ""
-    w.record("s", 0, "safety")                                # a fallback: nothing waits for it
+    w.record("s", 0, "safety")  # a fallback: nothing waits for it
     assert w.why_not_raise("s", 1) == ""
     w.record("s", 0, "lowering")
     assert w.why_not_raise("s", 90) == "hold" and w.why_not_change("s", 90) == ""
@@ -39,5 +39,5 @@ def test_write_budget_raises_wait_lowerings_do_not() -> None:
     for t in (200, 300, 400, 500, 600):
         w.record("s", t)
     assert w.last_hour("s", 700) == 8 and w.why_not_change("s", 700) == "budget"
-    assert w.why_not_change("s", 3601 + 130) == ""            # the oldest ones left the hour
+    assert w.why_not_change("s", 3601 + 130) == ""  # the oldest ones left the hour
     assert w.per_hour(700, ["s", "t"]) == [8, 0]

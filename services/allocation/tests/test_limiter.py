@@ -42,10 +42,10 @@ def test_lowering_counts_what_is_actually_drawn() -> None:
 
 def test_one_priority_is_capped_at_a_common_level_not_a_few_cars_stopped() -> None:
     conns = [Connector(f"c{i}", (0, 1, 2), 10) for i in range(10)]
-    out = lower([120 * V] * 3, [100 * V] * 3, 0.0, V, conns)      # 20 A too much on 100 A of cars
+    out = lower([120 * V] * 3, [100 * V] * 3, 0.0, V, conns)  # 20 A too much on 100 A of cars
     assert out == {f"c{i}": 8.0 for i in range(10)}
     uneven = [Connector("big", (0,), 20), Connector("small", (0,), 8)]
-    assert lower([28 * V, 0, 0], [22 * V, 1e9, 1e9], 0.0, V, uneven) == {"big": 14.0}   # the level is 14 A
+    assert lower([28 * V, 0, 0], [22 * V, 1e9, 1e9], 0.0, V, uneven) == {"big": 14.0}  # the level is 14 A
 
 
 def test_cuts_to_the_target_margin_once_triggered() -> None:

@@ -11,11 +11,13 @@ from gridcharge.shared.topology import parse_topology
 
 V = 230.0
 T0 = datetime(2026, 6, 3, 12, 0, tzinfo=UTC).timestamp()
-TOPO = parse_topology({
-    "nominal_voltage_v": V,
-    "nodes": [{"id": "tx", "limit_a": [100, 100, 100], "metered": True, "safety_margin_pct": 5}],
-    "stations": [{"id": f"s{i}", "node": "tx", "max_current_a": 16, "fallback_current_a": 6} for i in range(8)],
-})
+TOPO = parse_topology(
+    {
+        "nominal_voltage_v": V,
+        "nodes": [{"id": "tx", "limit_a": [100, 100, 100], "metered": True, "safety_margin_pct": 5}],
+        "stations": [{"id": f"s{i}", "node": "tx", "max_current_a": 16, "fallback_current_a": 6} for i in range(8)],
+    }
+)
 
 
 def accept(alloc: Allocator, cmds: list[ProfileCommand], t: float) -> None:
@@ -39,7 +41,7 @@ def test_overload_one_cut_per_station_and_the_replan_keeps_it() -> None:
     alloc.node_load("tx", (0.0,) * 3, (0.0,) * 3, T0)
     for k in range(4):
         accept(alloc, alloc.plan(at(T0 + k)).commands, T0 + k)
-    assert 90 <= sum(alloc.grant_a.values()) <= 95 + 1e-6     # 95 A (5 % margin) shared by 8 cars
+    assert 90 <= sum(alloc.grant_a.values()) <= 95 + 1e-6  # 95 A (5 % margin) shared by 8 cars
     # a reading: 30 A of base load appeared (~95 A of cars + 30 A on a 100 A transformer)
     cars = sum(alloc.grant_a.values())
     t1 = T0 + 10
@@ -48,9 +50,9 @@ def test_overload_one_cut_per_station_and_the_replan_keeps_it() -> None:
     accept(alloc, cut, t1)
     lowered = tx_cmds(cut)
     level = set(lowered.values())
-    assert len(level) == 1 and len(lowered) >= 4                     # every car above it capped at one level
+    assert len(level) == 1 and len(lowered) >= 4  # every car above it capped at one level
     assert all(a <= max(level) for a in alloc.grant_a.values())
-    assert sum(lowered.values()) <= 95 - 30 + 1e-6                   # down to the planner's 5 % margin
+    assert sum(lowered.values()) <= 95 - 30 + 1e-6  # down to the planner's 5 % margin
     # the re-plan a second later sees the same base load: nothing more to lower
     again = alloc.plan(at(t1 + 1))
     assert not {sid: a for sid, a in tx_cmds(again.commands).items() if a < lowered[sid] - 1e-9}

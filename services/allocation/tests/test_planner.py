@@ -33,8 +33,9 @@ def one_phase_evse(i: int, phase: int = 0, path: tuple[str, ...] = ("site",)) ->
     return Evse(f"e{i}", path, (phase,), 32.0, 6.0)
 
 
-def sess(i: int, need_wh: float, dep: int | None, *, arr: int = 0, imax: float = 32.0, phases: int = 1,
-         prio: float = 1.0) -> Session:
+def sess(
+    i: int, need_wh: float, dep: int | None, *, arr: int = 0, imax: float = 32.0, phases: int = 1, prio: float = 1.0
+) -> Session:
     return Session(f"s{i}", f"e{i}", need_wh, arr, dep, 6.0, imax, phases, V, prio)
 
 
@@ -45,8 +46,7 @@ def solve(T: int, nodes: list[NodeCapacity], evses: list[Evse], sessions: list[S
 def test_two_cars_share_one_node() -> None:
     T = 4
     node = NodeCapacity.from_amps("site", [32, 32, 32], T, V)
-    plan = solve(T, [node], [one_phase_evse(0), one_phase_evse(1)],
-                 [sess(0, 50_000, 4), sess(1, 50_000, 4)])
+    plan = solve(T, [node], [one_phase_evse(0), one_phase_evse(1)], [sess(0, 50_000, 4), sess(1, 50_000, 4)])
     load = plan.node_load_w["site"]
     assert (load[0] <= 32 * V + 1e-6).all()
     assert load[0] == pytest.approx(np.full(T, 32 * V))  # the node is the bottleneck: fully used
@@ -84,8 +84,9 @@ def test_deadline_ordering_both_complete() -> None:
     T = 4
     node = NodeCapacity.from_amps("site", [32, 32, 32], T, V)
     full_slot_wh = 32 * V * 0.25
-    plan = solve(T, [node], [one_phase_evse(0), one_phase_evse(1)],
-                 [sess(0, 2 * full_slot_wh, 2), sess(1, 2 * full_slot_wh, 4)])
+    plan = solve(
+        T, [node], [one_phase_evse(0), one_phase_evse(1)], [sess(0, 2 * full_slot_wh, 2), sess(1, 2 * full_slot_wh, 4)]
+    )
     assert plan.verdicts["s0"].will_complete and plan.verdicts["s1"].will_complete
     assert plan.current_a[0, :2] == pytest.approx([32, 32])
 
@@ -149,8 +150,9 @@ def test_nested_nodes_and_default_departure() -> None:
 def test_priority_weight_wins_scarce_capacity() -> None:
     T = 2
     node = NodeCapacity.from_amps("site", 16.0, T, V)
-    plan = solve(T, [node], [one_phase_evse(0), one_phase_evse(1)],
-                 [sess(0, 50_000, 2, prio=1.0), sess(1, 50_000, 2, prio=3.0)])
+    plan = solve(
+        T, [node], [one_phase_evse(0), one_phase_evse(1)], [sess(0, 50_000, 2, prio=1.0), sess(1, 50_000, 2, prio=3.0)]
+    )
     assert plan.current_a[1] == pytest.approx([16, 16])
 
 
@@ -178,8 +180,15 @@ def test_two_stage_off_still_valid() -> None:
     T = 4
     node = NodeCapacity.from_amps("site", 20.0, T, V)
     cfg = PlannerConfig(two_stage=False, solver="choose")
-    plan = LpPlanner().plan(PlanningProblem(grid(T), [node], [one_phase_evse(0), one_phase_evse(1)],
-                                            [sess(0, 50_000, 4), sess(1, 50_000, 4)], config=cfg))
+    plan = LpPlanner().plan(
+        PlanningProblem(
+            grid(T),
+            [node],
+            [one_phase_evse(0), one_phase_evse(1)],
+            [sess(0, 50_000, 4), sess(1, 50_000, 4)],
+            config=cfg,
+        )
+    )
     assert (plan.node_load_w["site"][0] <= 20 * V + 1e-6).all()
 
 

@@ -41,16 +41,28 @@ def problems(draw: st.DrawFn) -> PlanningProblem:
         while cur is not None:
             path.append(cur)
             cur = parents[cur]
-        evses.append(Evse(f"e{j}", tuple(path), draw(st.sampled_from(PHASE_MAPS)),
-                          draw(st.sampled_from([16.0, 32.0, 63.0])), 6.0))
+        evses.append(
+            Evse(
+                f"e{j}", tuple(path), draw(st.sampled_from(PHASE_MAPS)), draw(st.sampled_from([16.0, 32.0, 63.0])), 6.0
+            )
+        )
         arr = draw(st.integers(-2, T))
         dep = draw(st.one_of(st.none(), st.integers(arr, T + 3)))
-        sessions.append(Session(
-            f"s{j}", f"e{j}", draw(st.floats(0.0, 80_000.0)), arr, dep,
-            draw(st.sampled_from([6.0, 8.0])), draw(st.floats(6.0, 40.0)), draw(st.integers(1, 3)),
-            draw(st.sampled_from([230.0, 240.0])), draw(st.sampled_from([1.0, 2.0])),
-            draw(st.floats(0.0, 20_000.0)),
-        ))
+        sessions.append(
+            Session(
+                f"s{j}",
+                f"e{j}",
+                draw(st.floats(0.0, 80_000.0)),
+                arr,
+                dep,
+                draw(st.sampled_from([6.0, 8.0])),
+                draw(st.floats(6.0, 40.0)),
+                draw(st.integers(1, 3)),
+                draw(st.sampled_from([230.0, 240.0])),
+                draw(st.sampled_from([1.0, 2.0])),
+                draw(st.floats(0.0, 20_000.0)),
+            )
+        )
     price = np.array(draw(st.lists(st.floats(0.0, 0.5), min_size=T, max_size=T)))
     pv = {"n0": np.array(draw(st.lists(st.floats(0.0, 10_000.0), min_size=T, max_size=T)))}
     cfg = PlannerConfig(
@@ -79,8 +91,11 @@ def test_rounded_plan_respects_every_limit(problem: PlanningProblem) -> None:
         assert (x[i] <= min(s.max_current_a, ev.max_current_a) + 1e-9).all()
         on = x[i] > 0
         assert (x[i][on] >= max(s.min_current_a, ev.min_current_a) - 1e-9).all()
-        dep = s.departure_slot if s.departure_slot is not None else s.arrival_slot + 2 * int(
-            problem.config.default_dwell_s // 1800)  # 15-min slots
+        dep = (
+            s.departure_slot
+            if s.departure_slot is not None
+            else s.arrival_slot + 2 * int(problem.config.default_dwell_s // 1800)
+        )  # 15-min slots
         window = np.zeros(T, dtype=bool)
         window[max(s.arrival_slot, 0) : max(min(dep, T), 0)] = True
         assert not on[~window].any(), "charging outside arrival…departure"

@@ -40,7 +40,7 @@ def test_watts_are_total_over_phases_amps_per_phase() -> None:
 def test_min_rate_and_granularity() -> None:
     assert P.quantise_a(5.99) == 0.0
     assert P.quantise_a(6.0) == 6.0
-    assert P.quantise_a(16.27) == pytest.approx(16.2)   # never rounds up
+    assert P.quantise_a(16.27) == pytest.approx(16.2)  # never rounds up
     assert P.quantise_a(-3) == 0.0 and P.quantise_a(float("nan")) == 0.0
 
 

@@ -22,11 +22,25 @@ def tree(transformers: int, per: int) -> Topology:
     stations = []
     rot = (["L1", "L2", "L3"], ["L2", "L3", "L1"], ["L3", "L1", "L2"])
     for t in range(transformers):
-        nodes.append({"id": f"tx{t}", "kind": "transformer", "parent": "feeder", "limit_a": [per * 12.0] * 3,
-                      "safety_margin_pct": 0})
+        nodes.append(
+            {
+                "id": f"tx{t}",
+                "kind": "transformer",
+                "parent": "feeder",
+                "limit_a": [per * 12.0] * 3,
+                "safety_margin_pct": 0,
+            }
+        )
         for i in range(per):
-            stations.append({"id": f"cs{t}-{i}", "node": f"tx{t}", "max_current_a": 32, "fallback_current_a": 6,
-                             "phase_map": rot[i % 3]})
+            stations.append(
+                {
+                    "id": f"cs{t}-{i}",
+                    "node": f"tx{t}",
+                    "max_current_a": 32,
+                    "fallback_current_a": 6,
+                    "phase_map": rot[i % 3],
+                }
+            )
     return parse_topology({"nodes": nodes, "stations": stations})
 
 
@@ -40,14 +54,17 @@ def test_cycle_at_1000_sessions() -> None:
     for k, s in enumerate(topo.stations):
         sess = alloc.book.start(s.id, 1, f"tx{k}", NOW)
         assert sess is not None
-        alloc.book.set_preferences(sess.session_id, departure=NOW + timedelta(hours=2 + k % 10),
-                                   energy_wh=5000 + 500 * (k % 40))
+        alloc.book.set_preferences(
+            sess.session_id, departure=NOW + timedelta(hours=2 + k % 10), energy_wh=5000 + 500 * (k % 40)
+        )
     t0 = time.perf_counter()
     res = alloc.plan(NOW + timedelta(seconds=1))
     wall = time.perf_counter() - t0
     assert res.plan is not None and len(res.plan.session_ids) == 1000
-    print(f"\n1000 sessions, 10 transformers x 100 stations, 96 slots: cycle {wall:.2f} s "
-          f"(planner {res.plan.solve_time_s:.2f} s), {len(res.commands)} commands")
+    print(
+        f"\n1000 sessions, 10 transformers x 100 stations, 96 slots: cycle {wall:.2f} s "
+        f"(planner {res.plan.solve_time_s:.2f} s), {len(res.commands)} commands"
+    )
     # the budget holds: worst case under every transformer within its capacity
     cap = alloc.capacity_now(NOW.timestamp() + 1)
     from gridcharge.allocation.core.budget import violations

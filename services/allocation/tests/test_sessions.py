@@ -11,14 +11,21 @@ NOW = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 
 
 def book() -> SessionBook:
-    t = parse_topology({
-        "nodes": [{"id": "site", "limit_a": [100, 100, 100]}],
-        "stations": [
-            {"id": "cs1", "node": "site", "max_current_a": 32, "evses": [{"id": 1}, {"id": 2, "max_current_a": 16}]},
-            {"id": "cs2", "node": "site", "phase_map": ["L2"], "max_current_a": 32},
-        ],
-        "session_defaults": {"departure_after_h": 6, "energy_wh": 15000, "priority": 2},
-    })
+    t = parse_topology(
+        {
+            "nodes": [{"id": "site", "limit_a": [100, 100, 100]}],
+            "stations": [
+                {
+                    "id": "cs1",
+                    "node": "site",
+                    "max_current_a": 32,
+                    "evses": [{"id": 1}, {"id": 2, "max_current_a": 16}],
+                },
+                {"id": "cs2", "node": "site", "phase_map": ["L2"], "max_current_a": 32},
+            ],
+            "session_defaults": {"departure_after_h": 6, "energy_wh": 15000, "priority": 2},
+        }
+    )
     return SessionBook(dict(t.station_by_id), t.session_defaults)
 
 
@@ -45,7 +52,7 @@ def test_needs_before_and_after_start_and_clamped() -> None:
     assert b.needs("cs1", 1, NOW + timedelta(hours=2), 30000, 8, 63, 3)
     s = b.start("cs1", 1, "t1", NOW)
     assert s is not None and s.energy_needed_wh == 30000 and s.departure == NOW + timedelta(hours=2)
-    assert s.max_current_a == 32 and s.min_current_a == 8      # EV max clamped to hardware
+    assert s.max_current_a == 32 and s.min_current_a == 8  # EV max clamped to hardware
     b.needs("cs1", 1, None, float("nan"), -1, float("inf"), 9)  # garbage changes nothing
     assert s.energy_needed_wh == 30000 and s.max_current_a == 32 and s.phases == 3
 
@@ -66,11 +73,11 @@ def test_meter_values_energy_current_and_order() -> None:
     b.meter("cs1", 1, "t1", NOW + timedelta(minutes=1), 1500, 16.0, None, granted_a=20)
     assert s.delivered_wh == 500 and s.measured_current_a == 16 and s.below_samples == 1
     b.meter("cs1", 1, "t1", NOW + timedelta(minutes=2), 1800, 10.0, None, granted_a=20)
-    assert s.draw_cap_a == 12.0 and s.draw_limit_a(NOW + timedelta(minutes=2)) == 12.0   # drawn + 2 A
+    assert s.draw_cap_a == 12.0 and s.draw_limit_a(NOW + timedelta(minutes=2)) == 12.0  # drawn + 2 A
     b.meter("cs1", 1, "t1", NOW + timedelta(seconds=30), 9999, 30.0, None, granted_a=20)  # out of order
     assert s.delivered_wh == 800 and s.measured_current_a == 10
     assert s.remaining_wh == 15000 - 800
-    assert s.draw_limit_a(NOW + timedelta(hours=1)) is None   # stale samples say nothing
+    assert s.draw_limit_a(NOW + timedelta(hours=1)) is None  # stale samples say nothing
 
 
 def at(minutes: float) -> datetime:
@@ -87,7 +94,7 @@ def test_a_car_drawing_less_is_capped_once_not_every_cycle() -> None:
     b.meter("cs1", 1, "t1", at(2), None, 16.0, None, granted_a=32)
     assert s.draw_cap_a == 18.0
     caps = set()
-    for k in range(3, 30):     # granted its cap now, it keeps drawing 16 A (an on-board charger limit)
+    for k in range(3, 30):  # granted its cap now, it keeps drawing 16 A (an on-board charger limit)
         b.meter("cs1", 1, "t1", at(k), None, 16.0, None, granted_a=18.0)
         caps.add(s.draw_cap_a)
     assert caps == {18.0}
@@ -100,7 +107,7 @@ def test_a_tapering_car_is_capped_again_only_when_it_frees_twice_the_margin() ->
     for k in (1, 2):
         b.meter("cs1", 1, "t1", at(k), None, 20.0, None, granted_a=32)
     assert s.draw_cap_a == 22.0
-    for k, drawn in ((3, 19.0), (4, 18.5), (5, 18.1)):   # less than 4 A below the cap: kept
+    for k, drawn in ((3, 19.0), (4, 18.5), (5, 18.1)):  # less than 4 A below the cap: kept
         b.meter("cs1", 1, "t1", at(k), None, drawn, None, granted_a=22.0)
     assert s.draw_cap_a == 22.0
     for k in (6, 7):
@@ -115,7 +122,7 @@ def test_a_capped_car_that_takes_its_whole_cap_is_released_and_a_full_one_wakes_
     for k in (1, 2):
         b.meter("cs1", 1, "t1", at(k), None, 10.0, None, granted_a=32)
     assert s.draw_cap_a == 12.0
-    b.meter("cs1", 1, "t1", at(3), None, 11.8, None, granted_a=8.0)   # offered less than its cap: says nothing
+    b.meter("cs1", 1, "t1", at(3), None, 11.8, None, granted_a=8.0)  # offered less than its cap: says nothing
     b.meter("cs1", 1, "t1", at(4), None, 8.0, None, granted_a=8.0)
     assert s.draw_cap_a == 12.0
     for k in (5, 6):
@@ -123,9 +130,9 @@ def test_a_capped_car_that_takes_its_whole_cap_is_released_and_a_full_one_wakes_
     assert s.draw_cap_a is None
     for k in (7, 8):
         b.meter("cs1", 1, "t1", at(k), None, 0.0, None, granted_a=16.0)
-    assert s.draw_cap_a == 0.0                       # full: it draws nothing
+    assert s.draw_cap_a == 0.0  # full: it draws nothing
     for k in (9, 10):
-        b.meter("cs1", 1, "t1", at(k), None, 6.0, None, granted_a=6.0)   # at its fallback it draws again
+        b.meter("cs1", 1, "t1", at(k), None, 6.0, None, granted_a=6.0)  # at its fallback it draws again
     assert s.draw_cap_a is None
 
 
@@ -133,9 +140,18 @@ def test_samples_taken_before_a_grant_change_took_effect_are_not_judged() -> Non
     b = book()
     s = b.start("cs1", 1, "t1", NOW)
     assert s is not None
-    for k in (1, 2):   # just raised to 32 A: these samples may still show the old 10 A
-        b.meter("cs1", 1, "t1", at(k) - timedelta(seconds=50), None, 10.0, None, granted_a=32,
-                granted_since=at(k) - timedelta(seconds=55))
+    for k in (1, 2):  # just raised to 32 A: these samples may still show the old 10 A
+        b.meter(
+            "cs1",
+            1,
+            "t1",
+            at(k) - timedelta(seconds=50),
+            None,
+            10.0,
+            None,
+            granted_a=32,
+            granted_since=at(k) - timedelta(seconds=55),
+        )
     assert s.draw_cap_a is None and s.below_samples == 0
 
 

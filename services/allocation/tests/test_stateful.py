@@ -32,22 +32,35 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 T0 = datetime(2026, 6, 1, 6, 0, tzinfo=UTC).timestamp()
 V = 230.0
 
-TOPO: Topology = parse_topology({
-    "nominal_voltage_v": V,
-    "nodes": [
-        {"id": "site", "kind": "site", "limit_a": [63, 63, 63], "metered": True},
-        {"id": "panelA", "kind": "panel", "parent": "site", "limit_a": [40, 40, 40]},
-        {"id": "panelB", "kind": "panel", "parent": "site", "limit_a": [32, 25, 32]},
-    ],
-    "stations": [
-        {"id": "a1", "node": "panelA", "max_current_a": 32, "fallback_current_a": 6},
-        {"id": "a2", "node": "panelA", "max_current_a": 32, "fallback_current_a": 6,
-         "evses": [{"id": 1}, {"id": 2, "phase_map": ["L2"]}]},
-        {"id": "a3", "node": "panelA", "max_current_a": 16, "fallback_current_a": 8},
-        {"id": "b1", "node": "panelB", "phase_map": ["L2"], "max_current_a": 32, "fallback_current_a": 10},
-        {"id": "b2", "node": "panelB", "phase_map": ["L3", "L1", "L2"], "max_current_a": 32, "fallback_current_a": 6},
-    ],
-})
+TOPO: Topology = parse_topology(
+    {
+        "nominal_voltage_v": V,
+        "nodes": [
+            {"id": "site", "kind": "site", "limit_a": [63, 63, 63], "metered": True},
+            {"id": "panelA", "kind": "panel", "parent": "site", "limit_a": [40, 40, 40]},
+            {"id": "panelB", "kind": "panel", "parent": "site", "limit_a": [32, 25, 32]},
+        ],
+        "stations": [
+            {"id": "a1", "node": "panelA", "max_current_a": 32, "fallback_current_a": 6},
+            {
+                "id": "a2",
+                "node": "panelA",
+                "max_current_a": 32,
+                "fallback_current_a": 6,
+                "evses": [{"id": 1}, {"id": 2, "phase_map": ["L2"]}],
+            },
+            {"id": "a3", "node": "panelA", "max_current_a": 16, "fallback_current_a": 8},
+            {"id": "b1", "node": "panelB", "phase_map": ["L2"], "max_current_a": 32, "fallback_current_a": 10},
+            {
+                "id": "b2",
+                "node": "panelB",
+                "phase_map": ["L3", "L1", "L2"],
+                "max_current_a": 32,
+                "fallback_current_a": 6,
+            },
+        ],
+    }
+)
 STATIONS = [s.id for s in TOPO.stations]
 EVSES = [(s.id, e.id) for s in TOPO.stations for e in s.evses]
 NODES = [n.id for n in TOPO.nodes]
@@ -63,9 +76,18 @@ class GreedyPlanner:
         cur = np.zeros((S, T))
         for i, s in enumerate(problem.sessions):
             cur[i, :] = min(s.max_current_a, evse[s.evse_id].max_current_a)
-        return Plan(problem.slots, [s.session_id for s in problem.sessions], cur, cur * V, [(0,)] * S, {},
-                    {s.session_id: SessionVerdict(s.session_id, 0, 0, 0, True, None) for s in problem.sessions},
-                    "greedy", 0.0, 0.0)
+        return Plan(
+            problem.slots,
+            [s.session_id for s in problem.sessions],
+            cur,
+            cur * V,
+            [(0,)] * S,
+            {},
+            {s.session_id: SessionVerdict(s.session_id, 0, 0, 0, True, None) for s in problem.sessions},
+            "greedy",
+            0.0,
+            0.0,
+        )
 
 
 class AllocationMachine(RuleBasedStateMachine):
@@ -76,8 +98,12 @@ class AllocationMachine(RuleBasedStateMachine):
         self.t = T0
         # the production lease timing: a lease may span two 15-min slots (a limit announced for the second
         # one must bind it), and examples cross epoch boundaries and renewals
-        self.cfg = AllocatorConfig(horizon_slots=4, command_timeout_s=60, failsafe_hold_s=120,
-                                   leases=LeasePolicy(epoch_s=1200, renew_lead_s=240, clock_skew_s=30))
+        self.cfg = AllocatorConfig(
+            horizon_slots=4,
+            command_timeout_s=60,
+            failsafe_hold_s=120,
+            leases=LeasePolicy(epoch_s=1200, renew_lead_s=240, clock_skew_s=30),
+        )
         self.alloc = Allocator(TOPO, self.cfg, self.planner_factory())
         self.mode = dict.fromkeys(STATIONS, "accept")
         self.online = dict.fromkeys(STATIONS, False)
@@ -92,8 +118,11 @@ class AllocationMachine(RuleBasedStateMachine):
                 m = self.mode[c.station_id]
                 if m == "silent":
                     continue
-                out = {"accept": command_pb2.COMMAND_OUTCOME_ACCEPTED, "reject": command_pb2.COMMAND_OUTCOME_REJECTED,
-                       "callerror": command_pb2.COMMAND_OUTCOME_CALL_ERROR}[m]
+                out = {
+                    "accept": command_pb2.COMMAND_OUTCOME_ACCEPTED,
+                    "reject": command_pb2.COMMAND_OUTCOME_REJECTED,
+                    "callerror": command_pb2.COMMAND_OUTCOME_CALL_ERROR,
+                }[m]
             self.alloc.command_result(c.station_id, c.command_id, out, self.t)
 
     def settle(self) -> None:
@@ -153,8 +182,16 @@ class AllocationMachine(RuleBasedStateMachine):
         key = data.draw(st.sampled_from(sorted(self.alloc.book.sessions)))
         s = self.alloc.book.sessions[key]
         if not stops:
-            self.alloc.book.meter(s.station_id, s.evse_id, s.transaction_id, datetime.fromtimestamp(self.t, UTC),
-                                  s.delivered_wh + current * V * 0.1, current, None, self.alloc.grant_a.get(key))
+            self.alloc.book.meter(
+                s.station_id,
+                s.evse_id,
+                s.transaction_id,
+                datetime.fromtimestamp(self.t, UTC),
+                s.delivered_wh + current * V * 0.1,
+                current,
+                None,
+                self.alloc.grant_a.get(key),
+            )
         self.settle()
 
     @rule(node=st.sampled_from(NODES), frac=st.floats(0, 1.2), ev=st.floats(0, 1.2))
@@ -162,7 +199,7 @@ class AllocationMachine(RuleBasedStateMachine):
         lim = TOPO.limit_w(node)
         base = tuple(frac * 0.5 * x for x in lim)
         load = tuple(b + ev * x for b, x in zip(base, lim, strict=True))
-        self.alloc.node_load(node, load, base, self.t)   # type: ignore[arg-type]
+        self.alloc.node_load(node, load, base, self.t)  # type: ignore[arg-type]
         self.deliver(self.alloc.limit(node, datetime.fromtimestamp(self.t, UTC)))
         self.settle()
 
@@ -173,16 +210,24 @@ class AllocationMachine(RuleBasedStateMachine):
         self.alloc.headroom(node, self.t, 900.0, hw, ["rating"] * slots, self.t)
         self.settle()
 
-    @rule(node=st.sampled_from(NODES), frac=st.floats(0, 1), minutes=st.integers(1, 120),
-          stale_after=st.sampled_from([0, 60, 600]), ahead=st.sampled_from([0, 0, 300, 900, 1200]))
+    @rule(
+        node=st.sampled_from(NODES),
+        frac=st.floats(0, 1),
+        minutes=st.integers(1, 120),
+        stale_after=st.sampled_from([0, 60, 600]),
+        ahead=st.sampled_from([0, 0, 300, 900, 1200]),
+    )
     def external_limit_drop(self, node: str, frac: float, minutes: int, stale_after: int, ahead: int) -> None:
         """A DSO limit now, or announced ``ahead`` seconds before it starts (inside a lease's lifetime)."""
         lim = TOPO.limit_w(node)
         val = (frac * lim[0], frac * lim[1], frac * lim[2])
         fb = (0.5 * lim[0], 0.5 * lim[1], 0.5 * lim[2])
         start = self.t + ahead
-        self.alloc.external_limit(ExternalLimitWindow(node, f"dso{ahead}", "dso", start, start + minutes * 60, val,
-                                                      fb, self.t, float(stale_after)))
+        self.alloc.external_limit(
+            ExternalLimitWindow(
+                node, f"dso{ahead}", "dso", start, start + minutes * 60, val, fb, self.t, float(stale_after)
+            )
+        )
         self.settle()
 
     @rule(seconds=st.sampled_from([1, 5, 30, 61, 130, 330, 700, 1000]))
@@ -225,16 +270,23 @@ class AllocationMachine(RuleBasedStateMachine):
                 for s in TOPO.stations_under(nid):
                     led = self.alloc.ledgers[s.id]
                     # (in flight = sent when it fitted, not answered yet: it may be applied any moment)
-                    bad = not led.online or led.uncertain or led.pending or (
-                        led.failed_at is not None
-                        and now - led.failed_at < self.cfg.leases.max_lease_s + self.cfg.command_timeout_s)
+                    bad = (
+                        not led.online
+                        or led.uncertain
+                        or led.pending
+                        or (
+                            led.failed_at is not None
+                            and now - led.failed_at < self.cfg.leases.max_lease_s + self.cfg.command_timeout_s
+                        )
+                    )
                     troubled[s.id] = max(0.0, wc[s.id] - led.floor_a(t)) if bad else 0.0
                 excuse = node_draw_w(TOPO, troubled)[nid]
                 for p in range(3):
                     allowed = max(float(cap[nid][p]), float(floors[nid][p])) + float(excuse[p]) + 1e-6
                     assert draw[nid][p] <= allowed, (
                         f"at now+{t - now:.0f} s {nid}/{PHASES[p]}: worst case {draw[nid][p]:.0f} W > {allowed:.0f} W "
-                        f"(capacity {cap[nid][p]:.0f} W) wc={wc}")
+                        f"(capacity {cap[nid][p]:.0f} W) wc={wc}"
+                    )
 
     @invariant()
     def leases_are_bounded_in_time(self) -> None:
@@ -254,16 +306,18 @@ class AllocationMachine(RuleBasedStateMachine):
 
 
 AllocationMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestAllocationSafety = AllocationMachine.TestCase
 
 
 class LpAllocationMachine(AllocationMachine):
     """The same with the real HiGHS planner (fewer examples: each step solves LPs)."""
 
-    planner_factory = LpPlanner   # type: ignore[assignment]
+    planner_factory = LpPlanner  # type: ignore[assignment]
 
 
 LpAllocationMachine.TestCase.settings = settings(
-    max_examples=15, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    max_examples=15, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestAllocationSafetyLp = LpAllocationMachine.TestCase

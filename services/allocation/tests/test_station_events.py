@@ -10,11 +10,13 @@ from gridcharge.command.v1 import command_pb2 as C
 from gridcharge.shared.topology import parse_topology
 from gridcharge.station.v1 import station_pb2
 
-TOPO = parse_topology({
-    "nominal_voltage_v": 230.0,
-    "nodes": [{"id": "site", "limit_a": [63, 63, 63]}],
-    "stations": [{"id": "s1", "node": "site", "max_current_a": 32, "fallback_current_a": 6}],
-})
+TOPO = parse_topology(
+    {
+        "nominal_voltage_v": 230.0,
+        "nodes": [{"id": "site", "limit_a": [63, 63, 63]}],
+        "stations": [{"id": "s1", "node": "site", "max_current_a": 32, "fallback_current_a": 6}],
+    }
+)
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
 

@@ -17,8 +17,9 @@ from gridcharge.cli.main import build_parser, main
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gridcharge.cli", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "gridcharge.cli", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def test_subcommands_named_in_the_architecture_exist() -> None:
@@ -69,8 +70,12 @@ def test_reference_sessions_ship_inside_the_package(tmp_path: Path, monkeypatch:
         rows = list(csv.DictReader(f))
     assert len(rows) == 954 and rows[0]["max_power_kw"] == "6.6"
     readme = (path.parent / "README.md").read_text(encoding="utf-8")
-    for source_or_terms in ("https://ev.caltech.edu/dataset", "acnportal-experiments", "Terms of use",
-                            "doi:10.1145/3307772.3328313"):
+    for source_or_terms in (
+        "https://ev.caltech.edu/dataset",
+        "acnportal-experiments",
+        "Terms of use",
+        "doi:10.1145/3307772.3328313",
+    ):
         assert source_or_terms in readme
 
 
@@ -87,11 +92,27 @@ def test_serve_runs_the_control_box_when_configured(tmp_path: Path) -> None:
     good = tmp_path / "t.yaml"
     good.write_text("nodes:\n  - {id: a, limit_a: [10, 10, 10]}\n")
     env = {**os.environ, "GRIDCHARGE_CONTROLBOX_NODE": "nowhere", "GRIDCHARGE_CONTROLBOX_LPC": "http"}
-    r = subprocess.run([sys.executable, "-m", "gridcharge.cli", "serve", "--config", str(good), "--http-port", "0",
-                        "--ocpp-port", "0"], capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gridcharge.cli",
+            "serve",
+            "--config",
+            str(good),
+            "--http-port",
+            "0",
+            "--ocpp-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "GRIDCHARGE_CONTROLBOX_NODE: unknown node 'nowhere'" in r.stderr
-    assert len(r.stderr.strip().splitlines()) <= 3     # one clear line (plus log lines before it, if any)
+    assert len(r.stderr.strip().splitlines()) <= 3  # one clear line (plus log lines before it, if any)
 
 
 def test_serve_runs_the_openadr_ven_when_configured(tmp_path: Path) -> None:
@@ -103,8 +124,24 @@ def test_serve_runs_the_openadr_ven_when_configured(tmp_path: Path) -> None:
     good.write_text("nodes:\n  - {id: a, limit_a: [10, 10, 10]}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDCHARGE_OPENADR_")}
     env["GRIDCHARGE_OPENADR_VTN_URL"] = "http://127.0.0.1:9/openadr3"
-    r = subprocess.run([sys.executable, "-m", "gridcharge.cli", "serve", "--config", str(good), "--http-port", "0",
-                        "--ocpp-port", "0"], capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gridcharge.cli",
+            "serve",
+            "--config",
+            str(good),
+            "--http-port",
+            "0",
+            "--ocpp-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "GRIDCHARGE_OPENADR_CLIENT_ID" in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 3

@@ -22,8 +22,10 @@ START = datetime(2026, 6, 3, 8, 0, tzinfo=UTC)
 TOPOLOGY = {
     "site": {"id": "home", "timezone": "Europe/Berlin", "latitude": 52.5, "longitude": 13.4},
     "nodes": [{"id": "connection", "kind": "site", "limit_a": [63, 63, 63]}],
-    "stations": [{"id": "wb1", "node": "connection", "ocpp": "1.6", "max_current_a": 32, "fallback_current_a": 6},
-                 {"id": "wb2", "node": "connection", "ocpp": "1.6", "max_current_a": 32, "fallback_current_a": 6}],
+    "stations": [
+        {"id": "wb1", "node": "connection", "ocpp": "1.6", "max_current_a": 32, "fallback_current_a": 6},
+        {"id": "wb2", "node": "connection", "ocpp": "1.6", "max_current_a": 32, "fallback_current_a": 6},
+    ],
 }
 
 
@@ -77,8 +79,9 @@ async def make_env() -> AsyncIterator[EnvFactory]:
         clock = SimClock(START)
         base = Settings.from_env({}, bus="memory", replica_id="t")
         rt = build_runtime(base, clock)
-        settings = ControlboxSettings.from_env({}, **base.model_dump(), **{
-            "controlbox_node": "connection", "controlbox_relay": "modbus", **keys})
+        settings = ControlboxSettings.from_env(
+            {}, **base.model_dump(), **{"controlbox_node": "connection", "controlbox_relay": "modbus", **keys}
+        )
         relay = ScriptedRelay()
         svc = ControlboxService(rt, topology(), settings, relay if settings.controlbox_relay != "off" else None)
         env = Env(rt, clock, svc, relay)

@@ -52,16 +52,27 @@ async def test_writes_need_the_operator_role(api: httpx.AsyncClient, env: Env) -
     assert r.status_code == 200 and r.json()["limit_w"] == 5000 and r.json()["reason"] == "lpc"
 
 
-@pytest.mark.parametrize("raw", [
-    b"{", b"null", b"[]", b"\"on\"", b"{\"active\": true}", b"{\"active\": \"yes please\"}",
-    b"{\"active\": true, \"limit_w\": -1}", b"{\"active\": true, \"limit_w\": 1e12}",
-    b"{\"active\": true, \"limit_w\": NaN}", b"{\"active\": true, \"limit_w\": Infinity}",
-    b"{\"active\": true, \"limit_w\": 5000, \"duration_s\": -5}",
-    b"{\"active\": true, \"limit_w\": 5000, \"duration_s\": 1e300}",
-    b"{\"active\": true, \"limit_w\": 5000, \"failsafe_limit_w\": \"4200\", \"x\": 1}",
-    b"{\"active\": true, \"limit_w\": {\"nested\": [1, 2, 3]}}",
-    "{\"active\": true, \"limit_w\": \"\u00a7\u00a7\"}".encode(), b"\xff\xfe\x00garbage",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{",
+        b"null",
+        b"[]",
+        b'"on"',
+        b'{"active": true}',
+        b'{"active": "yes please"}',
+        b'{"active": true, "limit_w": -1}',
+        b'{"active": true, "limit_w": 1e12}',
+        b'{"active": true, "limit_w": NaN}',
+        b'{"active": true, "limit_w": Infinity}',
+        b'{"active": true, "limit_w": 5000, "duration_s": -5}',
+        b'{"active": true, "limit_w": 5000, "duration_s": 1e300}',
+        b'{"active": true, "limit_w": 5000, "failsafe_limit_w": "4200", "x": 1}',
+        b'{"active": true, "limit_w": {"nested": [1, 2, 3]}}',
+        '{"active": true, "limit_w": "\u00a7\u00a7"}'.encode(),
+        b"\xff\xfe\x00garbage",
+    ],
+)
 async def test_bad_bodies_are_422_and_change_nothing(api: httpx.AsyncClient, env: Env, raw: bytes) -> None:
     r = await api.post("/api/controlbox/lpc", content=raw, headers={**bearer(GUARD), **JSON})
     assert r.status_code == 422, (raw, r.status_code, r.text)
@@ -69,15 +80,18 @@ async def test_bad_bodies_are_422_and_change_nothing(api: httpx.AsyncClient, env
 
 
 async def test_large_body_is_413(api: httpx.AsyncClient, env: Env) -> None:
-    big = b"{\"active\": true, \"limit_w\": 5000, \"pad\": \"" + b"x" * 10_000 + b"\"}"
+    big = b'{"active": true, "limit_w": 5000, "pad": "' + b"x" * 10_000 + b'"}'
     r = await api.post("/api/controlbox/lpc", content=big, headers={**bearer(GUARD), **JSON})
     assert r.status_code == 413
     assert not env.svc.status()["dimmed"]
 
 
 async def test_below_minimum_is_raised_to_it_and_failsafe_values_are_clamped(api: httpx.AsyncClient) -> None:
-    r = await api.post("/api/controlbox/lpc", headers=bearer(GUARD),
-                       json={"active": True, "limit_w": 0, "failsafe_limit_w": 100, "failsafe_duration_s": 60})
+    r = await api.post(
+        "/api/controlbox/lpc",
+        headers=bearer(GUARD),
+        json={"active": True, "limit_w": 0, "failsafe_limit_w": 100, "failsafe_duration_s": 60},
+    )
     assert r.status_code == 200
     st = r.json()
     assert st["limit_w"] == 4200 and st["failsafe_duration_s"] == 7200
@@ -96,11 +110,11 @@ def test_lpc_file_bounds_and_changes(tmp_path: object) -> None:
 
     p = Path(str(tmp_path)) / "lpc.json"
     f = LpcFile(p)
-    assert f.poll() is None                                     # no file yet
+    assert f.poll() is None  # no file yet
     p.write_text('{"active": true, "limit_w": 6000, "duration_s": 900}')
     w = f.poll()
     assert w is not None and w.limit_w == 6000
-    assert f.poll() is None                                     # unchanged
+    assert f.poll() is None  # unchanged
     p.write_text('{"active": true, "limit_w": -3}')
     with pytest.raises(ValueError, match="limit_w"):
         f.poll()

@@ -25,9 +25,23 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def box() -> Iterator[int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "deploy/scripts/modbus_box.py"), "--port", str(port),
-                             "--unit", "3", "--inputs", "0,1,0,0", "--coils", "1,0,0,0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "deploy/scripts/modbus_box.py"),
+            "--port",
+            str(port),
+            "--unit",
+            "3",
+            "--inputs",
+            "0,1,0,0",
+            "--coils",
+            "1,0,0,0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("ready"):
@@ -39,13 +53,18 @@ def box() -> Iterator[int]:
 
 
 async def test_reads_discrete_inputs_and_coils(box: int) -> None:
-    cases = [("discrete_input", 1, True, True), ("discrete_input", 0, True, False),
-             ("discrete_input", 1, False, False), ("coil", 0, True, True), ("coil", 1, True, False)]
+    cases = [
+        ("discrete_input", 1, True, True),
+        ("discrete_input", 0, True, False),
+        ("discrete_input", 1, False, False),
+        ("coil", 0, True, True),
+        ("coil", 1, True, False),
+    ]
     for kind, address, active_closed, expected in cases:
         relay = ModbusRelay("127.0.0.1", box, 3, address, kind, active_closed, timeout_s=2)
         try:
             assert await relay.read() is expected, (kind, address, active_closed)
-            assert await relay.read() is expected                       # the connection is reused
+            assert await relay.read() is expected  # the connection is reused
         finally:
             await relay.close()
 

@@ -19,17 +19,17 @@ def total_w(msg: object) -> float:
 async def test_relay_closed_publishes_the_minimum_and_open_withdraws(make_env: EnvFactory) -> None:
     env = await make_env(controlbox_devices=2)
     first = env.limits[-1]
-    assert first.valid_to.ToSeconds() == first.valid_from.ToSeconds()     # start-up: nothing dimmed, withdrawn
+    assert first.valid_to.ToSeconds() == first.valid_from.ToSeconds()  # start-up: nothing dimmed, withdrawn
     env.relay.closed = True
     await env.run(2)
     m = env.limits[-1]
     assert (m.node_id, m.source, m.limit_id) == ("connection", SOURCE, LIMIT_ID)
-    assert total_w(m) == pytest.approx(4200 + 4200 * 0.8)                  # two devices behind the EMS
-    assert m.valid_to.ToSeconds() - m.valid_from.ToSeconds() == 300         # open-ended: the hold window
+    assert total_w(m) == pytest.approx(4200 + 4200 * 0.8)  # two devices behind the EMS
+    assert m.valid_to.ToSeconds() - m.valid_from.ToSeconds() == 300  # open-ended: the hold window
     assert m.fallback_limit_w == m.limit_w
     n = len(env.limits)
     await env.run(31)
-    assert len(env.limits) > n and total_w(env.limits[-1]) > 0             # refreshed while dimming
+    assert len(env.limits) > n and total_w(env.limits[-1]) > 0  # refreshed while dimming
     env.relay.closed = False
     await env.run(2)
     m = env.limits[-1]
@@ -60,7 +60,7 @@ async def test_lpc_heartbeat_loss_publishes_failsafe_with_its_end(make_env: EnvF
     for _ in range(3):
         await env.run(60)
         await env.svc.lpc_heartbeat("http")
-    await env.run(121)                                                     # no heartbeat for > 120 s
+    await env.run(121)  # no heartbeat for > 120 s
     st = env.svc.status()
     assert st["lpc"] == "failsafe" and st["limit_w"] == 4200
     m = env.limits[-1]
@@ -71,16 +71,22 @@ async def test_lpc_heartbeat_loss_publishes_failsafe_with_its_end(make_env: EnvF
 def test_settings_fail_with_one_line_naming_the_key() -> None:
     base = Settings.from_env({}, bus="memory")
     with pytest.raises(ConfigError, match="GRIDCHARGE_CONTROLBOX_NODE"):
-        ControlboxSettings.from_env({}, **base.model_dump(), controlbox_node="nowhere",
-                                    controlbox_relay="modbus").rules(topology())
+        ControlboxSettings.from_env(
+            {}, **base.model_dump(), controlbox_node="nowhere", controlbox_relay="modbus"
+        ).rules(topology())
     with pytest.raises(ConfigError, match="GRIDCHARGE_CONTROLBOX_RELAY"):
         ControlboxSettings.from_env({}, **base.model_dump(), controlbox_node="connection").rules(topology())
     with pytest.raises(ConfigError, match="GRIDCHARGE_CONTROLBOX_LPC_FAILSAFE_DURATION_S"):
         ControlboxSettings.from_env({"GRIDCHARGE_CONTROLBOX_LPC_FAILSAFE_DURATION_S": "3600"})
     with pytest.raises(ConfigError, match="GRIDCHARGE_CONTROLBOX_MODBUS_KIND"):
         ControlboxSettings.from_env({"GRIDCHARGE_CONTROLBOX_MODBUS_KIND": "register"})
-    s = ControlboxSettings.from_env({"GRIDCHARGE_CONTROLBOX_NODE": "connection",
-                                     "GRIDCHARGE_CONTROLBOX_RELAY": "modbus",
-                                     "GRIDCHARGE_CONTROLBOX_DEVICES": "3", "GRIDCHARGE_CONTROLBOX_EMS": "false",
-                                     "GRIDCHARGE_CONTROLBOX_MODBUS_PORT": "5020"})
+    s = ControlboxSettings.from_env(
+        {
+            "GRIDCHARGE_CONTROLBOX_NODE": "connection",
+            "GRIDCHARGE_CONTROLBOX_RELAY": "modbus",
+            "GRIDCHARGE_CONTROLBOX_DEVICES": "3",
+            "GRIDCHARGE_CONTROLBOX_EMS": "false",
+            "GRIDCHARGE_CONTROLBOX_MODBUS_PORT": "5020",
+        }
+    )
     assert s.rules(topology()).minimum_w == 3 * 4200 and s.controlbox_modbus_port == 5020

@@ -23,8 +23,11 @@ T = len(SLOTS)
 
 def _inputs(**kw: object) -> NodeHeadroomInputs:
     base = dict(
-        node_id="tr1", nameplate_w=(50_000.0, 50_000.0, 50_000.0),
-        base_load_upper_w=np.full((3, T), 10_000.0), pv_w=np.zeros((3, T)), ambient_c=np.full(T, 20.0),
+        node_id="tr1",
+        nameplate_w=(50_000.0, 50_000.0, 50_000.0),
+        base_load_upper_w=np.full((3, T), 10_000.0),
+        pv_w=np.zeros((3, T)),
+        ambient_c=np.full(T, 20.0),
         safety_margin_pct=0.0,
     )
     base.update(kw)
@@ -57,8 +60,11 @@ def test_dynamic_rating_on_a_hot_day_is_the_binding_source() -> None:
 
 def test_external_limit_applies_in_its_window_only() -> None:
     spec = ExternalLimitSpec(
-        limit_id="dso-1", limit_w=(20_000.0, 20_000.0, 20_000.0), updated_at=NOW,
-        valid_from=NOW + pd.Timedelta(hours=1), valid_to=NOW + pd.Timedelta(hours=2),
+        limit_id="dso-1",
+        limit_w=(20_000.0, 20_000.0, 20_000.0),
+        updated_at=NOW,
+        valid_from=NOW + pd.Timedelta(hours=1),
+        valid_to=NOW + pd.Timedelta(hours=2),
     )
     h = compute_headroom(_inputs(external_limits=[spec]), SLOTS, NOW)
     inside = (SLOTS >= NOW + pd.Timedelta(hours=1)) & (SLOTS < NOW + pd.Timedelta(hours=2))
@@ -76,8 +82,11 @@ def test_external_limit_above_node_limit_does_not_raise_it() -> None:
 
 def test_stale_external_source_uses_declared_fallback() -> None:
     spec = ExternalLimitSpec(
-        limit_id="dso-1", limit_w=(30_000.0,) * 3, updated_at=NOW - pd.Timedelta(hours=2),
-        fallback_limit_w=(15_000.0,) * 3, stale_after_s=3600,
+        limit_id="dso-1",
+        limit_w=(30_000.0,) * 3,
+        updated_at=NOW - pd.Timedelta(hours=2),
+        fallback_limit_w=(15_000.0,) * 3,
+        stale_after_s=3600,
     )
     h = compute_headroom(_inputs(external_limits=[spec], base_load_upper_w=np.full((3, T), 1_000.0)), SLOTS, NOW)
     assert np.allclose(h.limit_w, 15_000.0)
@@ -87,8 +96,11 @@ def test_stale_external_source_uses_declared_fallback() -> None:
 
 def test_fresh_external_source_falls_back_from_when_it_would_go_stale() -> None:
     spec = ExternalLimitSpec(
-        limit_id="dso-1", limit_w=(30_000.0,) * 3, updated_at=NOW,
-        fallback_limit_w=(15_000.0,) * 3, stale_after_s=2 * 3600,
+        limit_id="dso-1",
+        limit_w=(30_000.0,) * 3,
+        updated_at=NOW,
+        fallback_limit_w=(15_000.0,) * 3,
+        stale_after_s=2 * 3600,
         schedule=((NOW + pd.Timedelta(hours=1), (25_000.0, 25_000.0, 25_000.0)),),
     )
     h = compute_headroom(_inputs(external_limits=[spec]), SLOTS, NOW)
@@ -116,23 +128,45 @@ def test_pv_per_node_phase_sums_systems_at_or_below_node() -> None:
 
 
 def test_thermal_nameplate_below_node_limit_is_rating_not_ambient() -> None:
-    cool = compute_headroom(_inputs(thermal_nameplate_w=(40_000.0,) * 3, rating=RatingParams(enabled=True),
-                                    ambient_c=np.full(T, 15.0)), SLOTS, NOW)
+    cool = compute_headroom(
+        _inputs(thermal_nameplate_w=(40_000.0,) * 3, rating=RatingParams(enabled=True), ambient_c=np.full(T, 15.0)),
+        SLOTS,
+        NOW,
+    )
     assert np.allclose(cool.rating_w, 40_000.0) and set(cool.source.ravel()) == {"rating"}
-    hot = compute_headroom(_inputs(thermal_nameplate_w=(40_000.0,) * 3, rating=RatingParams(enabled=True),
-                                   ambient_c=np.full(T, 35.0), base_load_upper_w=np.zeros((3, T))), SLOTS, NOW)
+    hot = compute_headroom(
+        _inputs(
+            thermal_nameplate_w=(40_000.0,) * 3,
+            rating=RatingParams(enabled=True),
+            ambient_c=np.full(T, 35.0),
+            base_load_upper_w=np.zeros((3, T)),
+        ),
+        SLOTS,
+        NOW,
+    )
     assert np.all(hot.rating_w < 40_000.0) and set(hot.source.ravel()) == {"ambient"}
 
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.floats(0, 100_000), st.floats(0, 100_000), st.floats(0, 50_000), st.floats(-20, 45),
-    st.floats(0, 1), st.floats(0, 20),
+    st.floats(0, 100_000),
+    st.floats(0, 100_000),
+    st.floats(0, 50_000),
+    st.floats(-20, 45),
+    st.floats(0, 1),
+    st.floats(0, 20),
 )
-def test_headroom_identity_and_bounds(limit: float, base: float, pv: float, ambient: float, credit: float,
-                                      margin: float) -> None:
-    inputs = _inputs(nameplate_w=(limit,) * 3, base_load_upper_w=np.full((3, T), base), pv_w=np.full((3, T), pv),
-                     ambient_c=np.full(T, ambient), rating=RatingParams(enabled=True), safety_margin_pct=margin)
+def test_headroom_identity_and_bounds(
+    limit: float, base: float, pv: float, ambient: float, credit: float, margin: float
+) -> None:
+    inputs = _inputs(
+        nameplate_w=(limit,) * 3,
+        base_load_upper_w=np.full((3, T), base),
+        pv_w=np.full((3, T), pv),
+        ambient_c=np.full(T, ambient),
+        rating=RatingParams(enabled=True),
+        safety_margin_pct=margin,
+    )
     h = compute_headroom(inputs, SLOTS, NOW, HeadroomOptions(pv_credit_factor=credit))
     assert np.all(h.limit_w <= limit + 1e-6)
     assert np.allclose(h.headroom_w, h.limit_w - h.base_load_w + h.pv_credit_w - h.margin_w)

@@ -32,14 +32,18 @@ def _fleet(n: int = 1, **kw: float) -> PVFleet:
     rng = np.random.default_rng(7)
     rows = []
     for i in range(n):
-        rows.append({
-            "id": f"pv{i}", "latitude": kw.get("latitude", LAT + rng.uniform(-1, 1) * (i > 0)),
-            "longitude": kw.get("longitude", LON + rng.uniform(-1, 1) * (i > 0)),
-            "tilt_deg": kw.get("tilt_deg", 30.0 if i == 0 else rng.uniform(0, 60)),
-            "azimuth_deg": kw.get("azimuth_deg", 180.0 if i == 0 else rng.uniform(60, 300)),
-            "kwp": kw.get("kwp", 10.0 if i == 0 else rng.uniform(2, 500)),
-            "inverter_kw": kw.get("inverter_kw"), "losses_pct": 14.0,
-        })
+        rows.append(
+            {
+                "id": f"pv{i}",
+                "latitude": kw.get("latitude", LAT + rng.uniform(-1, 1) * (i > 0)),
+                "longitude": kw.get("longitude", LON + rng.uniform(-1, 1) * (i > 0)),
+                "tilt_deg": kw.get("tilt_deg", 30.0 if i == 0 else rng.uniform(0, 60)),
+                "azimuth_deg": kw.get("azimuth_deg", 180.0 if i == 0 else rng.uniform(60, 300)),
+                "kwp": kw.get("kwp", 10.0 if i == 0 else rng.uniform(2, 500)),
+                "inverter_kw": kw.get("inverter_kw"),
+                "losses_pct": 14.0,
+            }
+        )
     return PVFleet.from_records(rows)
 
 
@@ -67,8 +71,9 @@ def test_vectorised_equals_per_system_loop() -> None:
     fleet = _fleet(12)
     rng = np.random.default_rng(3)
     ghi = frame["ghi_w_m2"].to_numpy()[None, :] * rng.uniform(0.4, 1.1, (12, 1))
-    grid = WeatherGrid(ghi_w_m2=ghi, temp_air_c=frame["temp_air_c"].to_numpy(),
-                       wind_speed_m_s=frame["wind_speed_m_s"].to_numpy())
+    grid = WeatherGrid(
+        ghi_w_m2=ghi, temp_air_c=frame["temp_air_c"].to_numpy(), wind_speed_m_s=frame["wind_speed_m_s"].to_numpy()
+    )
     vec = forecast_pv(fleet, times, grid)
     loop = forecast_pv_loop(fleet, times, grid)
     err = np.abs(vec.ac_w - loop.ac_w) / (fleet.kwp[:, None] * 1000)
@@ -80,16 +85,35 @@ def _modelchain_ac(times: pd.DatetimeIndex, frame: pd.DataFrame, kwp: float, til
     """Independent reference: pvlib ModelChain with PVWatts, GHI/DNI/DHI given."""
     loc = pvlib.location.Location(LAT, LON, "UTC", 0.0)
     system = pvlib.pvsystem.PVSystem(
-        surface_tilt=tilt, surface_azimuth=azimuth,
+        surface_tilt=tilt,
+        surface_azimuth=azimuth,
         module_parameters={"pdc0": kwp * 1000, "gamma_pdc": -0.004},
         inverter_parameters={"pdc0": kwp * 1000 / ETA_INV_NOM},
         temperature_model_parameters=dict(SAPM_CLOSE_MOUNT),
-        losses_parameters={"soiling": 14.0, "shading": 0, "snow": 0, "mismatch": 0, "wiring": 0, "connections": 0,
-                           "lid": 0, "nameplate_rating": 0, "age": 0, "availability": 0},
+        losses_parameters={
+            "soiling": 14.0,
+            "shading": 0,
+            "snow": 0,
+            "mismatch": 0,
+            "wiring": 0,
+            "connections": 0,
+            "lid": 0,
+            "nameplate_rating": 0,
+            "age": 0,
+            "availability": 0,
+        },
     )
     mc = pvlib.modelchain.ModelChain.with_pvwatts(system, loc, losses_model="pvwatts", transposition_model="haydavies")
-    weather = pd.DataFrame({"ghi": frame["ghi_w_m2"], "dni": frame["dni_w_m2"], "dhi": frame["dhi_w_m2"],
-                            "temp_air": frame["temp_air_c"], "wind_speed": frame["wind_speed_m_s"]}, index=times)
+    weather = pd.DataFrame(
+        {
+            "ghi": frame["ghi_w_m2"],
+            "dni": frame["dni_w_m2"],
+            "dhi": frame["dhi_w_m2"],
+            "temp_air": frame["temp_air_c"],
+            "wind_speed": frame["wind_speed_m_s"],
+        },
+        index=times,
+    )
     mc.run_model(weather)
     return np.asarray(mc.results.ac.fillna(0).clip(lower=0).to_numpy(), dtype=float)
 
@@ -112,8 +136,11 @@ def test_matches_pvlib_modelchain_within_tolerance() -> None:
 def test_implausible_forecast_is_flagged_and_clipped_to_clear_sky() -> None:
     times = slot_midpoints(slot_starts(pd.Timestamp("2026-06-01T00:00Z"), 24))
     fleet = _fleet(1)
-    grid = WeatherGrid(ghi_w_m2=np.full(len(times), 1300.0), temp_air_c=np.full(len(times), 20.0),
-                       wind_speed_m_s=np.full(len(times), 1.0))
+    grid = WeatherGrid(
+        ghi_w_m2=np.full(len(times), 1300.0),
+        temp_air_c=np.full(len(times), 20.0),
+        wind_speed_m_s=np.full(len(times), 1.0),
+    )
     fc = forecast_pv(fleet, times, grid)
     assert fc.n_implausible > 0
     bound = fc.clearsky_ac_w * 1.25 + 0.01 * 10_000

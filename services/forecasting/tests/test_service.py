@@ -28,8 +28,13 @@ START = datetime(2026, 6, 1, 5, 0, tzinfo=UTC)
 TOPOLOGY = {
     "site": {"id": "depot", "timezone": "Europe/Berlin", "latitude": 48.0, "longitude": 7.85},
     "nodes": [
-        {"id": "tr1", "kind": "transformer", "limit_w": [60000, 60000, 60000], "metered": True,
-         "rating": {"dynamic": True}},
+        {
+            "id": "tr1",
+            "kind": "transformer",
+            "limit_w": [60000, 60000, 60000],
+            "metered": True,
+            "rating": {"dynamic": True},
+        },
         {"id": "panel", "parent": "tr1", "limit_a": [100, 100, 100]},
     ],
     "pv_systems": [{"id": "roof", "node": "panel", "kwp": 40, "tilt_deg": 20, "azimuth_deg": 180}],
@@ -66,7 +71,9 @@ def _history_records(node: str, days: int) -> list[bytes]:
     out = []
     for t in pd.date_range(end - pd.Timedelta(days=days), end, freq="15min", inclusive="left"):
         msg = grid_pb2.NodeLoadInterval(
-            node_id=node, interval_start=_ts(t), interval_s=900,
+            node_id=node,
+            interval_start=_ts(t),
+            interval_s=900,
             mean_base_load_w=common_pb2.PhaseValues(l1=8000, l2=9000, l3=7000),
         )
         out.append(msg.SerializeToString())
@@ -113,19 +120,24 @@ async def test_external_limit_triggers_and_binds() -> None:
     svc, _clock = await _service(FakeWeather())
     now = pd.Timestamp(START)
     limit = grid_pb2.ExternalLimit(
-        meta=common_pb2.Meta(producer="dso", produced_at=_ts(now)), node_id="tr1", limit_id="dso-7",
-        source="dso", valid_from=_ts(now), valid_to=_ts(now + pd.Timedelta(hours=6)),
+        meta=common_pb2.Meta(producer="dso", produced_at=_ts(now)),
+        node_id="tr1",
+        limit_id="dso-7",
+        source="dso",
+        valid_from=_ts(now),
+        valid_to=_ts(now + pd.Timedelta(hours=6)),
         limit_w=common_pb2.PhaseValues(l1=20000, l2=20000, l3=20000),
-        fallback_limit_w=common_pb2.PhaseValues(l1=10000, l2=10000, l3=10000), stale_after_s=3600,
+        fallback_limit_w=common_pb2.PhaseValues(l1=10000, l2=10000, l3=10000),
+        stale_after_s=3600,
     )
     await svc.on_external_limit(Record(contracts.EXTERNAL_LIMITS.name, "tr1", limit.SerializeToString()))
     assert svc._trigger.is_set()
     await svc.refresh_weather()
     result = await svc.run_once()
     h = result.headroom["tr1"]
-    assert np.allclose(h.limit_w[:, :4], 20000)       # first hour: the DSO limit
-    assert np.allclose(h.limit_w[:, 4:24], 10000)     # no update within 1 h → declared fallback
-    assert np.all(h.limit_w[:, 24:] > 20000)          # after the window: own rating
+    assert np.allclose(h.limit_w[:, :4], 20000)  # first hour: the DSO limit
+    assert np.allclose(h.limit_w[:, 4:24], 10000)  # no update within 1 h → declared fallback
+    assert np.all(h.limit_w[:, 24:] > 20000)  # after the window: own rating
     assert h.slot_source()[0] in {"external:dso-7", "base_load"}
     assert h.degraded
     await svc.rt.bus.stop()
@@ -137,8 +149,13 @@ async def test_station_scoped_limit_is_not_node_headroom() -> None:
     svc, _clock = await _service(FakeWeather())
     now = pd.Timestamp(START)
     limit = grid_pb2.ExternalLimit(
-        node_id="tr1", limit_id="CS1/0/SO", source="ocpp-so", station_id="CS1", valid_from=_ts(now),
-        limit_w=common_pb2.PhaseValues(l1=2300, l2=2300, l3=2300))
+        node_id="tr1",
+        limit_id="CS1/0/SO",
+        source="ocpp-so",
+        station_id="CS1",
+        valid_from=_ts(now),
+        limit_w=common_pb2.PhaseValues(l1=2300, l2=2300, l3=2300),
+    )
     await svc.on_external_limit(Record(contracts.EXTERNAL_LIMITS.name, "tr1/CS1/0/SO", limit.SerializeToString()))
     assert not svc._limits.get("tr1")
     await svc.rt.bus.stop()
@@ -189,8 +206,17 @@ async def test_loop_recomputes_every_15_minutes_on_the_injected_clock() -> None:
 
 async def test_pv_systems_in_another_weather_cell_get_their_own_weather() -> None:
     topo = json.loads(json.dumps(TOPOLOGY))
-    topo["pv_systems"].append({"id": "far", "node": "panel", "kwp": 40, "tilt_deg": 20, "azimuth_deg": 180,
-                               "latitude": 49.0, "longitude": 8.4})
+    topo["pv_systems"].append(
+        {
+            "id": "far",
+            "node": "panel",
+            "kwp": 40,
+            "tilt_deg": 20,
+            "azimuth_deg": 180,
+            "latitude": 49.0,
+            "longitude": 8.4,
+        }
+    )
     weather = FakeWeather()
     clock = SimClock(START)
     rt = build_runtime(Settings(replica_id="t2"), clock=clock)

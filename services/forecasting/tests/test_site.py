@@ -19,8 +19,13 @@ NOW = pd.Timestamp("2026-06-01T06:00Z")
 TOPOLOGY = {
     "site": {"name": "depot", "timezone": "Europe/Berlin", "latitude": 48.0, "longitude": 7.85},
     "nodes": [
-        {"id": "tr1", "kind": "transformer", "limit_a": [400, 400, 400], "metered": True,
-         "rating": {"dynamic": True, "nameplate_kva": 250, "max_loading_factor": 1.0}},
+        {
+            "id": "tr1",
+            "kind": "transformer",
+            "limit_a": [400, 400, 400],
+            "metered": True,
+            "rating": {"dynamic": True, "nameplate_kva": 250, "max_loading_factor": 1.0},
+        },
         {"id": "panel-a", "kind": "panel", "parent": "tr1", "limit_a": [100, 100, 100]},
     ],
     "stations": [{"id": "cs1", "node": "panel-a"}],
@@ -46,8 +51,11 @@ def test_headroom_for_every_node_with_pv_below_and_sources() -> None:
     model = grid_model_from_topology(topo)
     assert model.pv_membership.tolist() == [[1.0, 1.0], [1.0, 0.0]]
     slots = slot_starts(NOW, 48)
-    limit = {"tr1": [ExternalLimitSpec("dso", (60_000.0,) * 3, NOW, NOW + pd.Timedelta(hours=30),
-                                       NOW + pd.Timedelta(hours=32))]}
+    limit = {
+        "tr1": [
+            ExternalLimitSpec("dso", (60_000.0,) * 3, NOW, NOW + pd.Timedelta(hours=30), NOW + pd.Timedelta(hours=32))
+        ]
+    }
     fc = forecast_site(model, slots, NOW, _weather(slots), {"tr1": _history()}, limit)
     assert set(fc.headroom) == {"tr1", "panel-a"}
     tr1, panel = fc.headroom["tr1"], fc.headroom["panel-a"]
@@ -83,8 +91,8 @@ def test_slots_without_weather_get_the_worst_case_only_there() -> None:
     full = _weather(slots)
     gap = full.copy()
     lost = (slots >= pd.Timestamp("2026-06-02T10:00Z")) & (slots < pd.Timestamp("2026-06-02T12:00Z"))
-    gap.iloc[lost] = np.nan                       # 8 slots around noon of day 2 ...
-    gap.iloc[-1, gap.columns.get_loc("temp_air_c")] = np.nan   # ... and the last slot has no temperature
+    gap.iloc[lost] = np.nan  # 8 slots around noon of day 2 ...
+    gap.iloc[-1, gap.columns.get_loc("temp_air_c")] = np.nan  # ... and the last slot has no temperature
     missing = lost.copy()
     missing[-1] = True
     history = {"tr1": _history()}
@@ -104,6 +112,6 @@ def test_slots_without_weather_get_the_worst_case_only_there() -> None:
         assert np.all(h.pv_credit_w[:, missing] == 0) and np.isnan(h.ambient_c[missing]).all()
         assert h.degraded and any("no weather for 9 of 192 slots" in r for r in h.degraded_reasons)
     noon_day1 = slots.get_loc(pd.Timestamp("2026-06-01T11:00Z"))
-    assert fc.headroom["panel-a"].pv_credit_w[:, noon_day1].sum() > 0      # one gap does not drop all PV
+    assert fc.headroom["panel-a"].pv_credit_w[:, noon_day1].sum() > 0  # one gap does not drop all PV
     assert fc.pv is not None and not fc.pv.implausible[:, missing].any()
     assert np.all(fc.headroom["tr1"].rating_w[:, lost] < fc_full.headroom["tr1"].rating_w[:, lost])

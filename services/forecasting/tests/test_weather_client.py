@@ -28,8 +28,15 @@ async def test_fetch_parses_recorded_response(weather_server: WeatherServer, rec
     assert {"ghi_w_m2", "temp_air_c", "wind_speed_m_s", "dni_w_m2", "dhi_w_m2"} <= set(series.frame.columns)
     path = weather_server.script.requests[0]
     assert path.startswith("/v1/forecast?")
-    for part in ("latitude=48.0000", "longitude=7.8500", "timezone=UTC", "forecast_days=3", "wind_speed_unit=ms",
-                 "shortwave_radiation", "minutely_15="):
+    for part in (
+        "latitude=48.0000",
+        "longitude=7.8500",
+        "timezone=UTC",
+        "forecast_days=3",
+        "wind_speed_unit=ms",
+        "shortwave_radiation",
+        "minutely_15=",
+    ):
         assert part in path
 
 

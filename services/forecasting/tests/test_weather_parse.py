@@ -22,7 +22,9 @@ from gridcharge.forecasting.core.weather import (
 DATA = Path(__file__).parent / "data"
 
 HOURLY: dict[str, Any] = {
-    "latitude": 52.52, "longitude": 13.41, "utc_offset_seconds": 0,
+    "latitude": 52.52,
+    "longitude": 13.41,
+    "utc_offset_seconds": 0,
     "hourly_units": {"wind_speed_10m": "km/h"},
     "hourly": {
         "time": ["2026-06-01T10:00", "2026-06-01T11:00", "2026-06-01T12:00"],
@@ -98,8 +100,11 @@ def test_slot_grid() -> None:
 
 def _quarter_hourly(start: str, hours: int, ghi: float = 500.0, temp: float = 20.0) -> dict[str, Any]:
     times = pd.date_range(start, periods=hours * 4, freq="15min")
-    return {"time": [t.strftime("%Y-%m-%dT%H:%M") for t in times],
-            "shortwave_radiation": [ghi] * len(times), "temperature_2m": [temp] * len(times)}
+    return {
+        "time": [t.strftime("%Y-%m-%dT%H:%M") for t in times],
+        "shortwave_radiation": [ghi] * len(times),
+        "temperature_2m": [temp] * len(times),
+    }
 
 
 def test_short_gap_is_interpolated_long_gap_is_missing_beyond_an_hour() -> None:
@@ -132,14 +137,18 @@ def test_hourly_values_fill_where_the_15_min_block_has_none() -> None:
     for key in ("shortwave_radiation", "temperature_2m"):
         quarter[key] = [v if i <= end else None for i, v in enumerate(quarter[key])]
     hours = pd.date_range("2026-06-01T01:00", periods=48, freq="1h")
-    hourly = {"time": [t.strftime("%Y-%m-%dT%H:%M") for t in hours], "shortwave_radiation": [700.0] * 48,
-              "temperature_2m": [25.0] * 48}
-    w = parse_open_meteo({"latitude": 48.0, "longitude": 7.85, "utc_offset_seconds": 0,
-                          "hourly": hourly, "minutely_15": quarter})
+    hourly = {
+        "time": [t.strftime("%Y-%m-%dT%H:%M") for t in hours],
+        "shortwave_radiation": [700.0] * 48,
+        "temperature_2m": [25.0] * 48,
+    }
+    w = parse_open_meteo(
+        {"latitude": 48.0, "longitude": 7.85, "utc_offset_seconds": 0, "hourly": hourly, "minutely_15": quarter}
+    )
     assert w.resolution == "minutely_15"
     ghi = w.frame["ghi_w_m2"].dropna()
-    assert (ghi[: "2026-06-01T23:40Z"] == 300.0).all()         # the 15-min values where they exist
-    assert (ghi["2026-06-02T00:10Z":] == 700.0).all()          # the hourly ones after they end
+    assert (ghi[:"2026-06-01T23:40Z"] == 300.0).all()  # the 15-min values where they exist
+    assert (ghi["2026-06-02T00:10Z":] == 700.0).all()  # the hourly ones after they end
     assert ghi["2026-06-02T00:10Z":].index[0] == pd.Timestamp("2026-06-02T00:30Z")
     mids = slot_midpoints(slot_starts(pd.Timestamp("2026-06-01T12:00Z"), 30))
     assert slots_with_weather(resample_to(w, mids), len(mids)).all()

@@ -28,10 +28,12 @@ STATIONS = [f"CP{i}" for i in range(1, 9)] + ["CS1", "CS2"]
 
 def make_topology(stations: list[str] | None = None) -> Topology:
     ids = stations or STATIONS
-    return parse_topology({
-        "nodes": [{"id": "site", "kind": "site", "limit_a": [2000, 2000, 2000]}],
-        "stations": [{"id": s, "node": "site", "ocpp": "2.0.1" if s.startswith("CS") else "1.6"} for s in ids],
-    })
+    return parse_topology(
+        {
+            "nodes": [{"id": "site", "kind": "site", "limit_a": [2000, 2000, 2000]}],
+            "stations": [{"id": s, "node": "site", "ocpp": "2.0.1" if s.startswith("CS") else "1.6"} for s in ids],
+        }
+    )
 
 
 @dataclass
@@ -57,8 +59,9 @@ class Gateway:
             await asyncio.sleep(0.01)
 
 
-async def start_gateway(*, bus: MemoryBus | None = None, store: Any = None, upstream: Any = None,
-                        **overrides: Any) -> Gateway:
+async def start_gateway(
+    *, bus: MemoryBus | None = None, store: Any = None, upstream: Any = None, **overrides: Any
+) -> Gateway:
     """A gateway on an ephemeral port; pass `bus`/`store` to share them between replicas (or to swap in
     a failing adapter)."""
     settings = GatewaySettings(**{"ocpp_port": 0, "ocpp_host": "127.0.0.1", "replica_id": "gw-test", **overrides})
@@ -97,8 +100,7 @@ class RawClient:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.ids = itertools.count(1)
-        self.answers: dict[str, Any] = {"GetConfiguration": {"configurationKey": []},
-                                        "GetVariables": None}
+        self.answers: dict[str, Any] = {"GetConfiguration": {"configurationKey": []}, "GetVariables": None}
         self.received_calls: list[list[Any]] = []
         self._responses: dict[str, asyncio.Future[list[Any]]] = {}
         self._task = asyncio.create_task(self._reader())
@@ -115,11 +117,23 @@ class RawClient:
                     if ans == "ignore":
                         continue
                     if ans is None and msg[2] == "GetVariables":
-                        ans = {"getVariableResult": [
-                            {"attributeStatus": "Accepted", "component": d["component"], "variable": d["variable"],
-                             "attributeValue": {"Enabled": "true", "ProfileStackLevel": "8", "RateUnit": "A,W",
-                                                "PeriodsPerSchedule": "24", "Entries": "16"}[d["variable"]["name"]]}
-                            for d in msg[3]["getVariableData"]]}
+                        ans = {
+                            "getVariableResult": [
+                                {
+                                    "attributeStatus": "Accepted",
+                                    "component": d["component"],
+                                    "variable": d["variable"],
+                                    "attributeValue": {
+                                        "Enabled": "true",
+                                        "ProfileStackLevel": "8",
+                                        "RateUnit": "A,W",
+                                        "PeriodsPerSchedule": "24",
+                                        "Entries": "16",
+                                    }[d["variable"]["name"]],
+                                }
+                                for d in msg[3]["getVariableData"]
+                            ]
+                        }
                     await self.ws.send(json.dumps([3, msg[1], ans]))
                 else:
                     fut = self._responses.pop(msg[1], None)
@@ -165,8 +179,9 @@ BOOT_16 = {"chargePointVendor": "Acme", "chargePointModel": "X1"}
 BOOT_201 = {"reason": "PowerUp", "chargingStation": {"model": "X2", "vendorName": "Acme"}}
 
 
-async def booted(gw: Gateway, station_id: str, subprotocol: str = "ocpp1.6",
-                 answers: dict[str, Any] | None = None) -> RawClient:
+async def booted(
+    gw: Gateway, station_id: str, subprotocol: str = "ocpp1.6", answers: dict[str, Any] | None = None
+) -> RawClient:
     c = await open_client(gw, station_id, subprotocol)
     c.answers.update(answers or {})
     res = await c.call("BootNotification", BOOT_16 if subprotocol == "ocpp1.6" else BOOT_201)

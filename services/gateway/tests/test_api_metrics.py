@@ -16,19 +16,24 @@ async def test_operator_api_lists_stations_and_sends_commands(gateway: Gateway) 
     auth = ApiAuth.with_tokens(ops=("operator", "gateway-test-operator-token-000000"))
     app = create_app("gateway", Health(), gateway.service.routers, auth=auth)
     c = await booted(gateway, "CP1", answers={"ChangeConfiguration": {"status": "Accepted"}})
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw",
-                                 headers={"Authorization": "Bearer gateway-test-operator-token-000000"}) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://gw",
+        headers={"Authorization": "Bearer gateway-test-operator-token-000000"},
+    ) as http:
         listing = (await http.get("/api/v1/stations")).json()
         assert listing[0]["station_id"] == "CP1" and listing[0]["protocol"] == "ocpp1.6"
         assert listing[0]["replica_id"] == "gw-test"
-        resp = await http.post("/api/v1/stations/CP1/commands/ChangeConfiguration",
-                               json={"key": "HeartbeatInterval", "value": "60"})
+        resp = await http.post(
+            "/api/v1/stations/CP1/commands/ChangeConfiguration", json={"key": "HeartbeatInterval", "value": "60"}
+        )
         body = resp.json()
         assert resp.status_code == 200 and body["outcome"] == "COMMAND_OUTCOME_ACCEPTED", body
         assert body["status"] == "Accepted" and body["action"] == "ChangeConfiguration"
-        resp = await http.post("/api/v1/stations/CP1/commands/get_variables",
-                               json={"variables": [{"component": "X", "variable": "Y"}]})
-        assert resp.json()["outcome"] == "COMMAND_OUTCOME_INVALID"      # 2.0.1 only
+        resp = await http.post(
+            "/api/v1/stations/CP1/commands/get_variables", json={"variables": [{"component": "X", "variable": "Y"}]}
+        )
+        assert resp.json()["outcome"] == "COMMAND_OUTCOME_INVALID"  # 2.0.1 only
         resp = await http.post("/api/v1/stations/CP1/commands/explode", json={})
         assert resp.status_code == 404
         resp = await http.post("/api/v1/stations/CP1/commands/reset", json={"type": 5})

@@ -22,9 +22,17 @@ from .conftest import Gateway, booted
 
 TOKEN = "gateway-policy-operator-token-000000"
 PIN = "?command_key=profile/0/ChargingStationMaxProfile/1&generation=9000000000000000000"
-PROFILE = {"evseId": 0, "profile": {"profileId": 1001, "stackLevel": 1, "purpose": "PROFILE_PURPOSE_STATION_MAX",
-                                    "kind": "Absolute", "rateUnit": "RATE_UNIT_A",
-                                    "periods": [{"startPeriodS": 0, "limit": 32}]}}
+PROFILE = {
+    "evseId": 0,
+    "profile": {
+        "profileId": 1001,
+        "stackLevel": 1,
+        "purpose": "PROFILE_PURPOSE_STATION_MAX",
+        "kind": "Absolute",
+        "rateUnit": "RATE_UNIT_A",
+        "periods": [{"startPeriodS": 0, "limit": 32}],
+    },
+}
 
 
 @pytest.fixture
@@ -36,22 +44,29 @@ async def api(gateway: Gateway) -> AsyncIterator[tuple[httpx.AsyncClient, list[R
 
     await gateway.bus.subscribe([COMMANDS.name], "policy-test", on_command)
     app = create_app("gateway", Health(), gateway.service.routers, auth=ApiAuth.with_tokens(ops=("operator", TOKEN)))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw",
-                                 headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as http:
         yield http, sent
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/api/v1/stations/CP1/commands/set_charging_profile" + PIN, PROFILE),
-    ("/api/v1/stations/CP1/commands/SetChargingProfile", PROFILE),
-    ("/api/v1/stations/CP1/commands/clear_charging_profile", {"profileId": 1001}),
-    ("/api/v1/stations/CP1/commands/ClearChargingProfile", {}),
-    ("/api/v1/stations/CP1/commands/change_configuration", {"key": "ChargeProfileMaxStackLevel", "value": "0"}),
-    ("/api/v1/stations/CS1/commands/set_variables",
-     {"variables": [{"component": "SmartChargingCtrlr", "variable": "Enabled", "value": "false"}]}),
-])
-async def test_allocator_owned_commands_are_refused(gateway: Gateway, api: tuple[httpx.AsyncClient, list[Record]],
-                                                    path: str, body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/stations/CP1/commands/set_charging_profile" + PIN, PROFILE),
+        ("/api/v1/stations/CP1/commands/SetChargingProfile", PROFILE),
+        ("/api/v1/stations/CP1/commands/clear_charging_profile", {"profileId": 1001}),
+        ("/api/v1/stations/CP1/commands/ClearChargingProfile", {}),
+        ("/api/v1/stations/CP1/commands/change_configuration", {"key": "ChargeProfileMaxStackLevel", "value": "0"}),
+        (
+            "/api/v1/stations/CS1/commands/set_variables",
+            {"variables": [{"component": "SmartChargingCtrlr", "variable": "Enabled", "value": "false"}]},
+        ),
+    ],
+)
+async def test_allocator_owned_commands_are_refused(
+    gateway: Gateway, api: tuple[httpx.AsyncClient, list[Record]], path: str, body: dict[str, Any]
+) -> None:
     http, sent = api
     c = await booted(gateway, "CP1")
     resp = await http.post(path, json=body)
@@ -59,14 +74,21 @@ async def test_allocator_owned_commands_are_refused(gateway: Gateway, api: tuple
     assert "allocator" in resp.text
     await gateway.bus.flush()
     assert sent == []
-    assert not any(call[2] in ("SetChargingProfile", "ClearChargingProfile", "ChangeConfiguration")
-                   for call in c.received_calls)
+    assert not any(
+        call[2] in ("SetChargingProfile", "ClearChargingProfile", "ChangeConfiguration") for call in c.received_calls
+    )
     await c.close()
 
 
-@pytest.mark.parametrize("query", [
-    "?generation=9000000000000000000", "?command_key=profile/1/TxProfile/1", "?generation=99999999999999999999999",
-    "?generation=1&command_key=x"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?generation=9000000000000000000",
+        "?command_key=profile/1/TxProfile/1",
+        "?generation=99999999999999999999999",
+        "?generation=1&command_key=x",
+    ],
+)
 async def test_generation_and_command_key_are_refused(api: tuple[httpx.AsyncClient, list[Record]], query: str) -> None:
     http, sent = api
     resp = await http.post("/api/v1/stations/CP1/commands/get_configuration" + query, json={"keys": []})
@@ -77,8 +99,9 @@ async def test_generation_and_command_key_are_refused(api: tuple[httpx.AsyncClie
 async def test_other_commands_still_pass(gateway: Gateway, api: tuple[httpx.AsyncClient, list[Record]]) -> None:
     http, sent = api
     c = await booted(gateway, "CP1", answers={"ChangeConfiguration": {"status": "Accepted"}})
-    resp = await http.post("/api/v1/stations/CP1/commands/change_configuration",
-                           json={"key": "HeartbeatInterval", "value": "60"})
+    resp = await http.post(
+        "/api/v1/stations/CP1/commands/change_configuration", json={"key": "HeartbeatInterval", "value": "60"}
+    )
     assert resp.status_code == 200 and resp.json()["outcome"] == "COMMAND_OUTCOME_ACCEPTED"
     (cmd,) = [r for r in sent]
     assert cmd.key == "CP1"

@@ -23,12 +23,12 @@ from .conftest import Gateway, booted, open_client, start_gateway
 async def test_unknown_and_unsupported_actions(gateway: Gateway) -> None:
     c16 = await booted(gateway, "CP1")
     res = await c16.call("FooBar", {})
-    assert res[2] == "NotImplemented"                 # not known to the spec
-    res = await c16.call("SetChargingProfile", {})     # known to 1.6, not accepted from a station
+    assert res[2] == "NotImplemented"  # not known to the spec
+    res = await c16.call("SetChargingProfile", {})  # known to 1.6, not accepted from a station
     assert res[2] == "NotSupported"
-    res = await c16.call("RemoteStartTransaction", {"idTag": "T"})   # a CSMS-to-station message
+    res = await c16.call("RemoteStartTransaction", {"idTag": "T"})  # a CSMS-to-station message
     assert res[2] == "NotSupported"
-    res = await c16.call("DiagnosticsStatusNotification", {"status": "Idle"})   # a station message: answered
+    res = await c16.call("DiagnosticsStatusNotification", {"status": "Idle"})  # a station message: answered
     assert res == [3, res[1], {}]
     c201 = await booted(gateway, "CS1", "ocpp2.0.1")
     res = await c201.send_raw('[7,"u1","Heartbeat",{}]', "u1")
@@ -43,7 +43,7 @@ async def test_unknown_and_unsupported_actions(gateway: Gateway) -> None:
     assert res[2] == "OccurrenceConstraintViolation" and len(res[3]) <= 255
     res = await c16.call("StatusNotification", {"connectorId": "x" * 300, "errorCode": "NoError", "status": "x"})
     assert res[2] == "TypeConstraintViolation" and "xxx" not in res[3]
-    assert (await c16.call("Heartbeat", {}))[0] == 3   # the connection still works
+    assert (await c16.call("Heartbeat", {}))[0] == 3  # the connection still works
     await c16.close()
     await c201.close()
 
@@ -53,7 +53,7 @@ async def test_oversize_frame_closes_with_1009(gateway: Gateway) -> None:
     await c.ws.send(json.dumps([2, "big", "DataTransfer", {"vendorId": "v", "data": "x" * 70_000}]))
     await asyncio.wait_for(c.ws.wait_closed(), 5)
     assert c.ws.close_code == 1009
-    other = await booted(gateway, "CP3")              # others unaffected
+    other = await booted(gateway, "CP3")  # others unaffected
     assert (await other.call("Heartbeat", {}))[0] == 3
     await other.close()
 
@@ -65,12 +65,12 @@ async def test_rate_limit_and_connection_caps() -> None:
         answers = [await c.call("Heartbeat", {}) for _ in range(8)]
         errors = [a for a in answers if a[0] == 4]
         assert errors and errors[0][2] == "GenericError" and "rate limit" in errors[0][3]
-        for i in range(40):                          # a sustained flood is cut off with 1008
+        for i in range(40):  # a sustained flood is cut off with 1008
             await c.ws.send(json.dumps([2, f"f{i}", "Heartbeat", {}]))
         await asyncio.wait_for(c.ws.wait_closed(), 5)
         assert c.ws.close_code == 1008
-        await asyncio.sleep(1.2)                     # the station's bucket outlives the connection (1/s)
-        c = await booted(gw, "CP1")                  # and may come back once it has refilled
+        await asyncio.sleep(1.2)  # the station's bucket outlives the connection (1/s)
+        c = await booted(gw, "CP1")  # and may come back once it has refilled
         c2 = await open_client(gw, "CP2")
         with pytest.raises(InvalidStatus) as exc:
             await open_client(gw, "CP3")
@@ -115,7 +115,10 @@ async def test_pending_boot_policy_for_unknown_station() -> None:
 # ---- fuzz ----------------------------------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=15,
@@ -201,7 +204,7 @@ class FuzzRig:
             msg = json.loads(await asyncio.wait_for(c.ws.recv(), 5))
             if msg[1] == marker:
                 assert msg[0] == 3 or (msg[0] == 4 and msg[2] == "SecurityError"), msg
-                if msg[0] == 4:       # a fuzzed BootNotification was rejected: boot again
+                if msg[0] == 4:  # a fuzzed BootNotification was rejected: boot again
                     boot = samples.V16 if version == "1.6" else samples.V201
                     await c.ws.send(json.dumps([2, marker + "b", "BootNotification", boot["BootNotification"]]))
                     assert json.loads(await asyncio.wait_for(c.ws.recv(), 5))[0] == 3
@@ -214,6 +217,7 @@ class FuzzRig:
                 await c.ws.close()
             await self.gw.service.stop()
             await self.gw.bus.stop()
+
         self.run(_close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
@@ -253,19 +257,27 @@ def test_fuzz_frames(rig: FuzzRig, version: str, caplog: pytest.LogCaptureFixtur
         other = await booted(rig.gw, "CP6")
         assert (await other.call("Heartbeat", {}))[0] == 3
         await other.close()
+
     rig.run(others())
 
 
 # ---- timestamps at the edges of what a UTC timestamp can hold --------------------------------------------
+
 
 @st.composite
 def edge_timestamps(draw: Any) -> str:
     year = draw(st.sampled_from([1, 2, 1970, 2026, 9998, 9999]) | st.integers(1, 9999))
     month, day = draw(st.integers(1, 12)), draw(st.integers(1, 28))
     hh, mm, ss = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
-    off = draw(st.sampled_from(["Z", "+14:00", "-14:00", "+00:00"]) |
-               st.builds(lambda sign, h, m: f"{sign}{h:02d}:{m:02d}", st.sampled_from("+-"), st.integers(0, 14),
-                         st.sampled_from([0, 30, 45])))
+    off = draw(
+        st.sampled_from(["Z", "+14:00", "-14:00", "+00:00"])
+        | st.builds(
+            lambda sign, h, m: f"{sign}{h:02d}:{m:02d}",
+            st.sampled_from("+-"),
+            st.integers(0, 14),
+            st.sampled_from([0, 30, 45]),
+        )
+    )
     frac = draw(st.sampled_from(["", ".5", ".999999"]))
     return f"{year:04d}-{month:02d}-{day:02d}T{hh:02d}:{mm:02d}:{ss:02d}{frac}{off}"
 
@@ -281,8 +293,11 @@ def _with_timestamp(version: str, action: str, ts: str) -> dict[str, Any]:
 
     def put(node: Any, path: tuple[str, ...]) -> None:
         head, rest = path[0], path[1:]
-        items = (node if isinstance(node, list) else []) if head == "*" else (
-            [node] if isinstance(node, dict) and head in node else [])
+        items = (
+            (node if isinstance(node, list) else [])
+            if head == "*"
+            else ([node] if isinstance(node, dict) and head in node else [])
+        )
         for item in items:
             if head == "*":
                 put(item, rest) if rest else None

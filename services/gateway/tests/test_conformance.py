@@ -26,17 +26,49 @@ Oc = command_pb2.CommandOutcome
 V16, V201 = Version.V16, Version.V201
 
 # every message OCPP lets a station send (1.6 core + security whitepaper; 2.0.1 part 2)
-SPEC_STATION_16 = {"Authorize", "BootNotification", "DataTransfer", "DiagnosticsStatusNotification",
-                   "FirmwareStatusNotification", "Heartbeat", "MeterValues", "StartTransaction",
-                   "StatusNotification", "StopTransaction", "LogStatusNotification", "SecurityEventNotification",
-                   "SignCertificate", "SignedFirmwareStatusNotification"}
-SPEC_STATION_201 = {"Authorize", "BootNotification", "ClearedChargingLimit", "DataTransfer",
-                    "FirmwareStatusNotification", "Get15118EVCertificate", "GetCertificateStatus", "Heartbeat",
-                    "LogStatusNotification", "MeterValues", "NotifyChargingLimit", "NotifyCustomerInformation",
-                    "NotifyDisplayMessages", "NotifyEVChargingNeeds", "NotifyEVChargingSchedule", "NotifyEvent",
-                    "NotifyMonitoringReport", "NotifyReport", "PublishFirmwareStatusNotification",
-                    "ReportChargingProfiles", "ReservationStatusUpdate", "SecurityEventNotification",
-                    "SignCertificate", "StatusNotification", "TransactionEvent"}
+SPEC_STATION_16 = {
+    "Authorize",
+    "BootNotification",
+    "DataTransfer",
+    "DiagnosticsStatusNotification",
+    "FirmwareStatusNotification",
+    "Heartbeat",
+    "MeterValues",
+    "StartTransaction",
+    "StatusNotification",
+    "StopTransaction",
+    "LogStatusNotification",
+    "SecurityEventNotification",
+    "SignCertificate",
+    "SignedFirmwareStatusNotification",
+}
+SPEC_STATION_201 = {
+    "Authorize",
+    "BootNotification",
+    "ClearedChargingLimit",
+    "DataTransfer",
+    "FirmwareStatusNotification",
+    "Get15118EVCertificate",
+    "GetCertificateStatus",
+    "Heartbeat",
+    "LogStatusNotification",
+    "MeterValues",
+    "NotifyChargingLimit",
+    "NotifyCustomerInformation",
+    "NotifyDisplayMessages",
+    "NotifyEVChargingNeeds",
+    "NotifyEVChargingSchedule",
+    "NotifyEvent",
+    "NotifyMonitoringReport",
+    "NotifyReport",
+    "PublishFirmwareStatusNotification",
+    "ReportChargingProfiles",
+    "ReservationStatusUpdate",
+    "SecurityEventNotification",
+    "SignCertificate",
+    "StatusNotification",
+    "TransactionEvent",
+}
 
 
 async def stop(gw: Gateway) -> None:
@@ -56,6 +88,7 @@ async def collect_limits(gw: Gateway) -> list[tuple[str, grid_pb2.ExternalLimit]
 
 # ---- 1. every station message gets a spec-valid answer -----------------------------------------------
 
+
 def test_samples_cover_every_station_message() -> None:
     assert samples.STATION_ACTIONS_16 == SPEC_STATION_16
     assert samples.STATION_ACTIONS_201 == SPEC_STATION_201
@@ -74,30 +107,43 @@ async def test_every_station_message_answered_per_schema(gateway: Gateway, stati
         assert schemas.validate(version, action, "conf", res[2]) is None, (action, res[2])
         answers[action] = res[2]
     if version is V201:
-        assert answers["NotifyEvent"] == {}                      # N07/N08: an empty NotifyEventResponse
+        assert answers["NotifyEvent"] == {}  # N07/N08: an empty NotifyEventResponse
         assert answers["Get15118EVCertificate"]["status"] == "Failed"
         assert answers["GetCertificateStatus"]["status"] == "Failed"
-    assert answers["SignCertificate"]["status"] == "Rejected"    # no CA is configured
+    assert answers["SignCertificate"]["status"] == "Rejected"  # no CA is configured
     assert answers["DataTransfer"]["status"] == "UnknownVendorId"
     await gateway.wait_for(lambda: "notification" in gateway.kinds(station))
-    notified = {e.notification.action for e in gateway.events if e.station_id == station
-                and e.WhichOneof("payload") == "notification"}
+    notified = {
+        e.notification.action
+        for e in gateway.events
+        if e.station_id == station and e.WhichOneof("payload") == "notification"
+    }
     assert "SecurityEventNotification" in notified and "FirmwareStatusNotification" in notified
     if version is V201:
         assert {"NotifyEvent", "NotifyReport"} <= notified
         report = next(e for e in gateway.events if e.WhichOneof("payload") == "charging_profiles_report")
-        assert json.loads(report.charging_profiles_report.profiles_json)[0]["chargingProfilePurpose"] == \
-            "TxDefaultProfile"
+        assert (
+            json.loads(report.charging_profiles_report.profiles_json)[0]["chargingProfilePurpose"] == "TxDefaultProfile"
+        )
     await c.close()
 
 
 async def test_charging_limit_reaches_the_bus_as_a_station_scoped_external_limit(gateway: Gateway) -> None:
     limits = await collect_limits(gateway)
     c = await booted(gateway, "CS1", "ocpp2.0.1")
-    notify = {"chargingLimit": {"chargingLimitSource": "SO", "isGridCritical": True}, "evseId": 1,
-              "chargingSchedule": [{"id": 1, "chargingRateUnit": "A", "startSchedule": "2026-06-01T10:00:00Z",
-                                    "duration": 3600, "chargingSchedulePeriod": [
-                                        {"startPeriod": 0, "limit": 16.0}, {"startPeriod": 1800, "limit": 10.0}]}]}
+    notify = {
+        "chargingLimit": {"chargingLimitSource": "SO", "isGridCritical": True},
+        "evseId": 1,
+        "chargingSchedule": [
+            {
+                "id": 1,
+                "chargingRateUnit": "A",
+                "startSchedule": "2026-06-01T10:00:00Z",
+                "duration": 3600,
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16.0}, {"startPeriod": 1800, "limit": 10.0}],
+            }
+        ],
+    }
     assert (await c.call("NotifyChargingLimit", notify))[2] == {}
     await gateway.wait_for(lambda: len(limits) == 1)
     key, lim = limits[0]
@@ -108,9 +154,12 @@ async def test_charging_limit_reaches_the_bus_as_a_station_scoped_external_limit
     assert lim.valid_to.ToJsonString() == "2026-06-01T11:00:00Z"
     assert [(s.start.ToJsonString(), s.limit_w.l2) for s in lim.schedule] == [("2026-06-01T10:30:00Z", 2300.0)]
     # a power limit is split over the station's phases (3 here)
-    power = {"chargingLimit": {"chargingLimitSource": "EMS"},
-             "chargingSchedule": [{"id": 2, "chargingRateUnit": "W",
-                                   "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 11040.0}]}]}
+    power = {
+        "chargingLimit": {"chargingLimitSource": "EMS"},
+        "chargingSchedule": [
+            {"id": 2, "chargingRateUnit": "W", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 11040.0}]}
+        ],
+    }
     await c.call("NotifyChargingLimit", power)
     await gateway.wait_for(lambda: len(limits) == 2)
     lim2 = limits[1][1]
@@ -125,10 +174,11 @@ async def test_charging_limit_reaches_the_bus_as_a_station_scoped_external_limit
 
 # ---- 2. the boot is per station, kept in the registry ---------------------------------------------------
 
+
 async def test_reconnect_without_reboot_keeps_the_accepted_boot(gateway: Gateway) -> None:
     c = await booted(gateway, "CP1")
     await c.close()
-    c = await open_client(gateway, "CP1")           # no BootNotification: the station did not reboot
+    c = await open_client(gateway, "CP1")  # no BootNotification: the station did not reboot
     res = await c.call("Heartbeat", {})
     assert res[0] == 3, res
     res = await c.call("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"})
@@ -142,7 +192,7 @@ async def test_boot_state_is_shared_by_replicas() -> None:
     try:
         c = await booted(a, "CS2", "ocpp2.0.1")
         await c.close()
-        c = await open_client(b, "CS2", "ocpp2.0.1")   # reconnects to the other replica
+        c = await open_client(b, "CS2", "ocpp2.0.1")  # reconnects to the other replica
         assert (await c.call("Heartbeat", {}))[0] == 3
         await c.close()
     finally:
@@ -171,20 +221,25 @@ async def test_expired_boot_state_asks_the_station_to_boot() -> None:
 
 # ---- 3. before acceptance: SecurityError first, whatever the action -------------------------------------
 
+
 @pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
 async def test_security_error_before_acceptance_for_any_action(protocol: str) -> None:
     gw = await start_gateway(unknown_stations="pending", read_capabilities=False)
     try:
         c = await open_client(gw, "NEWCOMER", protocol)
-        for action, payload in (("FooBar", {}), ("SetChargingProfile", {}), ("NotifyEvent", {}),
-                                ("Heartbeat", {"unexpected": 1})):
+        for action, payload in (
+            ("FooBar", {}),
+            ("SetChargingProfile", {}),
+            ("NotifyEvent", {}),
+            ("Heartbeat", {"unexpected": 1}),
+        ):
             res = await c.call(action, payload)
-            assert res[2] == "SecurityError", (action, res)       # not booted at all
+            assert res[2] == "SecurityError", (action, res)  # not booted at all
         boot = BOOT_16 if protocol == "ocpp1.6" else BOOT_201
         assert (await c.call("BootNotification", boot))[2]["status"] == "Pending"
         for action in ("FooBar", "SetChargingProfile", "NotifyEvent", "StatusNotification"):
             res = await c.call(action, {})
-            assert res[2] == "SecurityError", (action, res)       # B02.FR.09
+            assert res[2] == "SecurityError", (action, res)  # B02.FR.09
         await c.close()
     finally:
         await stop(gw)
@@ -195,7 +250,7 @@ async def test_security_error_before_acceptance_for_any_action(protocol: str) ->
         assert (await c.call("BootNotification", boot))[2]["status"] == "Rejected"
         for action in ("FooBar", "RemoteStartTransaction", "Heartbeat"):
             res = await c.call(action, {})
-            assert res[2] == "SecurityError", (action, res)       # B03.FR.07
+            assert res[2] == "SecurityError", (action, res)  # B03.FR.07
         await c.close()
     finally:
         await stop(gw)
@@ -203,15 +258,17 @@ async def test_security_error_before_acceptance_for_any_action(protocol: str) ->
 
 # ---- 4. Pending boots ----------------------------------------------------------------------------------
 
+
 async def test_listed_station_is_held_pending_then_accepted() -> None:
-    gw = await start_gateway(pending_stations="CP3,CS1", pending_hold_s=0.6, pending_interval_s=30,
-                             read_capabilities=False)
+    gw = await start_gateway(
+        pending_stations="CP3,CS1", pending_hold_s=0.6, pending_interval_s=30, read_capabilities=False
+    )
     results = await collect_results(gw)
     try:
         c = await open_client(gw, "CP3")
         c.answers["TriggerMessage"] = {"status": "Accepted"}
         res = await c.call("BootNotification", BOOT_16)
-        assert res[2]["status"] == "Pending" and res[2]["interval"] == 1     # the retry ends the hold
+        assert res[2]["status"] == "Pending" and res[2]["interval"] == 1  # the retry ends the hold
         assert (await c.call("Heartbeat", {}))[2] == "SecurityError"
         # while Pending the CSMS may read configuration and trigger messages (1.6 §4.2)
         get = command_pb2.StationCommand(command_id="g1", station_id="CP3")
@@ -236,9 +293,16 @@ async def test_listed_station_is_held_pending_then_accepted() -> None:
 
         # 2.0.1 while Pending: GetVariables (B02.FR.01) and the rest of our commands are sent
         c2 = await open_client(gw, "CS1", "ocpp2.0.1")
-        c2.answers["GetVariables"] = {"getVariableResult": [{
-            "attributeStatus": "Accepted", "attributeValue": "300", "component": {"name": "OCPPCommCtrlr"},
-            "variable": {"name": "HeartbeatInterval"}}]}
+        c2.answers["GetVariables"] = {
+            "getVariableResult": [
+                {
+                    "attributeStatus": "Accepted",
+                    "attributeValue": "300",
+                    "component": {"name": "OCPPCommCtrlr"},
+                    "variable": {"name": "HeartbeatInterval"},
+                }
+            ]
+        }
         assert (await c2.call("BootNotification", BOOT_201))[2]["status"] == "Pending"
         c2.answers["Reset"] = {"status": "Accepted"}
         gv = command_pb2.StationCommand(command_id="v1", station_id="CS1")
@@ -313,6 +377,7 @@ async def test_boot_is_pending_while_the_cluster_is_not_ready() -> None:
 
 # ---- 5. authorization ------------------------------------------------------------------------------------
 
+
 class FakeUpstream:
     """An upstream system (the `Upstream` protocol) that knows one token."""
 
@@ -328,23 +393,26 @@ class FakeUpstream:
 
 async def test_transaction_event_answers_carry_id_token_info_in_accept_all_mode(gateway: Gateway) -> None:
     c = await booted(gateway, "CS2", "ocpp2.0.1")
-    res = await c.call("TransactionEvent", samples.V201["TransactionEvent"] | {
-        "idToken": {"idToken": "ANY", "type": "ISO14443"}})
-    assert res[2] == {"idTokenInfo": {"status": "Accepted"}}                       # E01.FR.12
-    res = await c.call("TransactionEvent", samples.V201["TransactionEvent"] | {"seqNo": 1,
-                                                                                "eventType": "Updated"})
-    assert res[2] == {}                                                             # no idToken, no idTokenInfo
+    res = await c.call(
+        "TransactionEvent", samples.V201["TransactionEvent"] | {"idToken": {"idToken": "ANY", "type": "ISO14443"}}
+    )
+    assert res[2] == {"idTokenInfo": {"status": "Accepted"}}  # E01.FR.12
+    res = await c.call("TransactionEvent", samples.V201["TransactionEvent"] | {"seqNo": 1, "eventType": "Updated"})
+    assert res[2] == {}  # no idToken, no idTokenInfo
     await c.close()
 
 
 async def test_local_list_authorization(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.yaml"
-    tokens.write_text("OK-1: Accepted\nBLOCKED-1: Blocked\n"
-                      "OLD-1: {status: Accepted, expiry: '2020-01-01T00:00:00Z'}\n"
-                      "FLEET-1: {status: Accepted, expiry: '2099-01-01T00:00:00Z', group: FLEET}\n")
+    tokens.write_text(
+        "OK-1: Accepted\nBLOCKED-1: Blocked\n"
+        "OLD-1: {status: Accepted, expiry: '2020-01-01T00:00:00Z'}\n"
+        "FLEET-1: {status: Accepted, expiry: '2099-01-01T00:00:00Z', group: FLEET}\n"
+    )
     upstream = FakeUpstream()
-    gw = await start_gateway(authorization="local-list", id_tokens_file=tokens, read_capabilities=False,
-                             upstream=upstream)
+    gw = await start_gateway(
+        authorization="local-list", id_tokens_file=tokens, read_capabilities=False, upstream=upstream
+    )
     try:
         # the store's list wins over the file and is shared by every replica
         await gw.store.hset("gw:id-tokens", "OK-1", json.dumps({"status": "Blocked"}).encode())
@@ -361,31 +429,42 @@ async def test_local_list_authorization(tmp_path: Path) -> None:
         assert (await status16("STORE-1"))["status"] == "Accepted"
         assert (await status16("BLOCKED-1"))["status"] == "Blocked"
         assert (await status16("OLD-1"))["status"] == "Expired"
-        assert await status16("FLEET-1") == {"status": "Accepted", "expiryDate": "2099-01-01T00:00:00Z",
-                                             "parentIdTag": "FLEET"}
+        assert await status16("FLEET-1") == {
+            "status": "Accepted",
+            "expiryDate": "2099-01-01T00:00:00Z",
+            "parentIdTag": "FLEET",
+        }
         assert (await status16("NOBODY"))["status"] == "Invalid"
-        assert (await status16("UPSTREAM-1"))["status"] == "Accepted"            # pass-through
+        assert (await status16("UPSTREAM-1"))["status"] == "Accepted"  # pass-through
         assert [r.id_token for r in upstream.asked] == ["NOBODY", "UPSTREAM-1"]
-        res = await c.call("StartTransaction", {"connectorId": 1, "idTag": "BLOCKED-1", "meterStart": 0,
-                                                "timestamp": samples.TS})
+        res = await c.call(
+            "StartTransaction", {"connectorId": 1, "idTag": "BLOCKED-1", "meterStart": 0, "timestamp": samples.TS}
+        )
         assert res[2]["idTagInfo"] == {"status": "Blocked"} and isinstance(res[2]["transactionId"], int)
-        res = await c.call("StopTransaction", {"transactionId": res[2]["transactionId"], "meterStop": 10,
-                                               "timestamp": samples.TS, "idTag": "NOBODY"})
+        res = await c.call(
+            "StopTransaction",
+            {"transactionId": res[2]["transactionId"], "meterStop": 10, "timestamp": samples.TS, "idTag": "NOBODY"},
+        )
         assert res[2] == {"idTagInfo": {"status": "Invalid"}}
         await gw.wait_for(lambda: "authorize" in gw.kinds("CP5"))
-        assert [e.authorize.status for e in gw.events if e.WhichOneof("payload") == "authorize"][:2] == \
-            ["Blocked", "Accepted"]
+        assert [e.authorize.status for e in gw.events if e.WhichOneof("payload") == "authorize"][:2] == [
+            "Blocked",
+            "Accepted",
+        ]
         await c.close()
 
         c2 = await booted(gw, "CS1", "ocpp2.0.1")
         res = await c2.call("Authorize", {"idToken": {"idToken": "FLEET-1", "type": "ISO14443"}})
-        assert res[2]["idTokenInfo"] == {"status": "Accepted", "cacheExpiryDateTime": "2099-01-01T00:00:00Z",
-                                         "groupIdToken": {"idToken": "FLEET", "type": "Central"}}
+        assert res[2]["idTokenInfo"] == {
+            "status": "Accepted",
+            "cacheExpiryDateTime": "2099-01-01T00:00:00Z",
+            "groupIdToken": {"idToken": "FLEET", "type": "Central"},
+        }
         assert schemas.validate(V201, "Authorize", "conf", res[2]) is None
         tx = samples.V201["TransactionEvent"] | {"idToken": {"idToken": "BLOCKED-1", "type": "ISO14443"}}
         res = await c2.call("TransactionEvent", tx)
-        assert res[2] == {"idTokenInfo": {"status": "Blocked"}}                    # E01.FR.11/12
-        res = await c2.call("TransactionEvent", tx)                                 # a retransmission: same answer
+        assert res[2] == {"idTokenInfo": {"status": "Blocked"}}  # E01.FR.11/12
+        res = await c2.call("TransactionEvent", tx)  # a retransmission: same answer
         assert res[2] == {"idTokenInfo": {"status": "Blocked"}}
         res = await c2.call("Authorize", {"idToken": {"idToken": "", "type": "NoAuthorization"}})
         assert res[2]["idTokenInfo"]["status"] == "Accepted"

@@ -19,19 +19,22 @@ from gridcharge.gateway.core.transactions import TransactionSequencer
 V16, V201 = Version.V16, Version.V201
 
 
-@pytest.mark.parametrize(("raw", "uid", "kind"), [
-    ("not json", "-1", Err.RPC_FRAMEWORK),
-    (b"\xff\xfe", "-1", Err.RPC_FRAMEWORK),
-    ("{}", "-1", Err.RPC_FRAMEWORK),
-    ("[]", "-1", Err.RPC_FRAMEWORK),
-    ('[2, 5, "Heartbeat", {}]', "-1", Err.RPC_FRAMEWORK),
-    ('[2, "a", "Heartbeat"]', "a", Err.RPC_FRAMEWORK),
-    ('[2, "a", "Heartbeat", []]', "a", Err.FORMAT),
-    ('[7, "a", "Heartbeat", {}]', "a", Err.MESSAGE_TYPE),
-    ('["2", "a", "Heartbeat", {}]', "a", Err.RPC_FRAMEWORK),
-    ('[2, "a", "Heartbeat", {"x": NaN}]', "-1", Err.RPC_FRAMEWORK),
-    ("[" * 100_000, "-1", Err.RPC_FRAMEWORK),
-])
+@pytest.mark.parametrize(
+    ("raw", "uid", "kind"),
+    [
+        ("not json", "-1", Err.RPC_FRAMEWORK),
+        (b"\xff\xfe", "-1", Err.RPC_FRAMEWORK),
+        ("{}", "-1", Err.RPC_FRAMEWORK),
+        ("[]", "-1", Err.RPC_FRAMEWORK),
+        ('[2, 5, "Heartbeat", {}]', "-1", Err.RPC_FRAMEWORK),
+        ('[2, "a", "Heartbeat"]', "a", Err.RPC_FRAMEWORK),
+        ('[2, "a", "Heartbeat", []]', "a", Err.FORMAT),
+        ('[7, "a", "Heartbeat", {}]', "a", Err.MESSAGE_TYPE),
+        ('["2", "a", "Heartbeat", {}]', "a", Err.RPC_FRAMEWORK),
+        ('[2, "a", "Heartbeat", {"x": NaN}]', "-1", Err.RPC_FRAMEWORK),
+        ("[" * 100_000, "-1", Err.RPC_FRAMEWORK),
+    ],
+)
 def test_bad_frames(raw: str | bytes, uid: str, kind: Err) -> None:
     f = parse_frame(raw)
     assert isinstance(f, BadFrame) and f.unique_id == uid and f.kind is kind and f.respond
@@ -71,16 +74,26 @@ def test_schema_violation_codes() -> None:
 def test_integers_beyond_32_bits_are_a_type_violation() -> None:
     """OCPP integers are 32-bit; the JSON schemas set no bound (found by the fuzz test: a 2.0.1 seqNo of
     ~4.8e48 reached the protobuf mapping and became an InternalError)."""
-    tx = {"eventType": "Started", "timestamp": "2026-06-01T08:00:00Z", "triggerReason": "CablePluggedIn",
-          "seqNo": 0, "transactionInfo": {"transactionId": "t1"}, "evse": {"id": 1, "connectorId": 1}}
+    tx = {
+        "eventType": "Started",
+        "timestamp": "2026-06-01T08:00:00Z",
+        "triggerReason": "CablePluggedIn",
+        "seqNo": 0,
+        "transactionInfo": {"transactionId": "t1"},
+        "evse": {"id": 1, "connectorId": 1},
+    }
     assert schemas.validate(V201, "TransactionEvent", "req", tx) is None
     huge = 4786968280569109711252255621997371689109295202304
     for bad in ({**tx, "seqNo": 2**31}, {**tx, "evse": {"id": -(2**31) - 1}}, {**tx, "seqNo": huge}):
         v = schemas.validate(V201, "TransactionEvent", "req", bad)
         assert v is not None and v.kind is Err.TYPE, bad
     assert schemas.validate(V201, "TransactionEvent", "req", {**tx, "seqNo": 2**31 - 1}) is None
-    v = schemas.validate(V16, "StartTransaction", "req", {"connectorId": 1, "idTag": "a", "meterStart": 2**40,
-                                                         "timestamp": "2026-06-01T08:00:00Z"})
+    v = schemas.validate(
+        V16,
+        "StartTransaction",
+        "req",
+        {"connectorId": 1, "idTag": "a", "meterStart": 2**40, "timestamp": "2026-06-01T08:00:00Z"},
+    )
     assert v is not None and v.kind is Err.TYPE and "meterStart" in v.description
 
 
@@ -99,30 +112,35 @@ def _profile(**kw: object) -> command_pb2.SetChargingProfile:
 def test_round_limit_down_with_decimal() -> None:
     assert round_limit(16.09) == 16.0 and round_limit(7.3) == 7.3 and round_limit(0.29999) == 0.2
     assert round_limit(32.0) == 32.0
-    assert round_limit(16.1 * 230 * 3) == 11109.0        # binary representation, not a lower limit
+    assert round_limit(16.1 * 230 * 3) == 11109.0  # binary representation, not a lower limit
 
 
 def test_profile_mapping_16_and_201_validate_against_schema() -> None:
     out = set_charging_profile_payload(_profile(), Capabilities(), V16)
-    assert out["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][1] == {"startPeriod": 900,
-                                                                                           "limit": 6.2}
+    assert out["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][1] == {
+        "startPeriod": 900,
+        "limit": 6.2,
+    }
     assert schemas.validate(V16, "SetChargingProfile", "req", out) is None
     out = set_charging_profile_payload(_profile(), Capabilities(), V201)
     assert out["chargingProfile"]["chargingSchedule"][0]["chargingRateUnit"] == "A"
     assert schemas.validate(V201, "SetChargingProfile", "req", out) is None
 
 
-@pytest.mark.parametrize(("mutate", "caps", "why"), [
-    (lambda p: p.periods[0].__setattr__("start_period_s", 5), Capabilities(), "start at 0"),
-    (lambda p: p.periods[1].__setattr__("start_period_s", 0), Capabilities(), "ascend"),
-    (lambda p: None, Capabilities(allowed_rate_units=frozenset({"W"})), "rate unit"),
-    (lambda p: None, Capabilities(max_periods=1), "periods above"),
-    (lambda p: None, Capabilities(max_stack_level=0), "stack level"),
-    (lambda p: p.__setattr__("purpose", command_pb2.PROFILE_PURPOSE_TX), Capabilities(), "transaction id"),
-    (lambda p: p.__setattr__("transaction_id", "5"), Capabilities(), "only allowed on a TxProfile"),
-    (lambda p: p.periods[0].__setattr__("limit", float("nan")), Capabilities(), "finite"),
-    (lambda p: p.__setattr__("rate_unit", 0), Capabilities(), "rate unit not set"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "caps", "why"),
+    [
+        (lambda p: p.periods[0].__setattr__("start_period_s", 5), Capabilities(), "start at 0"),
+        (lambda p: p.periods[1].__setattr__("start_period_s", 0), Capabilities(), "ascend"),
+        (lambda p: None, Capabilities(allowed_rate_units=frozenset({"W"})), "rate unit"),
+        (lambda p: None, Capabilities(max_periods=1), "periods above"),
+        (lambda p: None, Capabilities(max_stack_level=0), "stack level"),
+        (lambda p: p.__setattr__("purpose", command_pb2.PROFILE_PURPOSE_TX), Capabilities(), "transaction id"),
+        (lambda p: p.__setattr__("transaction_id", "5"), Capabilities(), "only allowed on a TxProfile"),
+        (lambda p: p.periods[0].__setattr__("limit", float("nan")), Capabilities(), "finite"),
+        (lambda p: p.__setattr__("rate_unit", 0), Capabilities(), "rate unit not set"),
+    ],
+)
 def test_profile_rules(mutate: object, caps: Capabilities, why: str) -> None:
     sp = _profile()
     mutate(sp.profile)  # type: ignore[operator]
@@ -157,9 +175,9 @@ def test_command_mapping_per_version() -> None:
 def test_sequencer_dedupes_and_orders() -> None:
     s: TransactionSequencer[int] = TransactionSequencer(max_buffer=3)
     assert s.accept("t", 0, 0) == [0]
-    assert s.accept("t", 0, 0) == []                 # duplicate
-    assert s.accept("t", 2, 2) == []                 # gap: buffered
-    assert s.accept("t", 1, 1) == [1, 2]             # gap filled: released in order
+    assert s.accept("t", 0, 0) == []  # duplicate
+    assert s.accept("t", 2, 2) == []  # gap: buffered
+    assert s.accept("t", 1, 1) == [1, 2]  # gap filled: released in order
     assert s.accept("t", 5, 5) == []
     assert s.accept("t", 6, 6, ended=True) == [5, 6]  # Ended flushes
     assert s.seen("t", 6) and s.accept("t", 6, 6) == []
@@ -168,12 +186,23 @@ def test_sequencer_dedupes_and_orders() -> None:
 def test_meter_scaling() -> None:
     v = sampled_value({"value": 7.5, "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "kW"}}, V201)
     assert v is not None and v.value == 7500 and v.unit == "W"
-    v = sampled_value({"value": 12, "measurand": "Energy.Active.Import.Register",
-                       "unitOfMeasure": {"unit": "Wh", "multiplier": 3}}, V201)
+    v = sampled_value(
+        {"value": 12, "measurand": "Energy.Active.Import.Register", "unitOfMeasure": {"unit": "Wh", "multiplier": 3}},
+        V201,
+    )
     assert v is not None and v.value == 12000
     assert sampled_value({"value": "abc"}, V16) is None
     v = sampled_value({"value": "3"}, V16)
     assert v is not None and v.measurand == "Energy.Active.Import.Register" and v.unit == "Wh"
-    mvs = list(meter_values("s", V16, "p", datetime(2026, 1, 1, tzinfo=UTC), 1, "", [
-        {"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": "1", "phase": "L2", "unit": "kWh"}]}]))
+    mvs = list(
+        meter_values(
+            "s",
+            V16,
+            "p",
+            datetime(2026, 1, 1, tzinfo=UTC),
+            1,
+            "",
+            [{"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": "1", "phase": "L2", "unit": "kWh"}]}],
+        )
+    )
     assert mvs[0].values[0].value == 1000 and mvs[0].values[0].phase == "L2"

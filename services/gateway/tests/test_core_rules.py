@@ -41,6 +41,7 @@ R = Registration
 
 # ---- registration ------------------------------------------------------------------------------------
 
+
 def test_before_acceptance_only_boot_and_triggered_messages_pass() -> None:
     for status in (R.NONE, R.PENDING, R.REJECTED):
         assert station_call_allowed(status, "BootNotification", set())
@@ -48,16 +49,16 @@ def test_before_acceptance_only_boot_and_triggered_messages_pass() -> None:
             assert not station_call_allowed(status, action, set()), (status, action)
     assert station_call_allowed(R.PENDING, "StatusNotification", {"StatusNotification"})
     assert not station_call_allowed(R.REJECTED, "StatusNotification", {"StatusNotification"})
-    assert station_call_allowed(R.ACCEPTED, "FooBar", set())   # then the action check answers it
+    assert station_call_allowed(R.ACCEPTED, "FooBar", set())  # then the action check answers it
 
 
 def test_commands_per_registration() -> None:
     assert command_allowed(R.ACCEPTED, V201, "SetChargingProfile")
     assert not command_allowed(R.REJECTED, V16, "GetConfiguration") and not command_allowed(R.NONE, V16, "Reset")
-    assert command_allowed(R.PENDING, V16, "SetChargingProfile")          # 1.6: all but remote start/stop
+    assert command_allowed(R.PENDING, V16, "SetChargingProfile")  # 1.6: all but remote start/stop
     assert not command_allowed(R.PENDING, V16, "RemoteStartTransaction")
     assert command_allowed(R.PENDING, V201, "GetVariables") and command_allowed(R.PENDING, V201, "TriggerMessage")
-    assert command_allowed(R.PENDING, V201, "SetChargingProfile")         # the fallback before acceptance
+    assert command_allowed(R.PENDING, V201, "SetChargingProfile")  # the fallback before acceptance
     assert not command_allowed(R.PENDING, V201, "RequestStartTransaction")  # B02.FR.05
 
 
@@ -79,22 +80,28 @@ def test_boot_decisions() -> None:
     d = decide_boot(known=True, unknown_policy="reject", provisioning=True, pending_since=None, **kw)
     assert (d.status, d.reason, d.interval_s) == (R.PENDING, PendingReason.PROVISIONING, 30)
     d = decide_boot(known=True, unknown_policy="reject", provisioning=True, pending_since=50.0, **kw)
-    assert (d.status, d.interval_s) == (R.PENDING, 10)                     # the retry lands when the hold ends
+    assert (d.status, d.interval_s) == (R.PENDING, 10)  # the retry lands when the hold ends
     d = decide_boot(known=True, unknown_policy="reject", provisioning=True, pending_since=40.0, **kw)
     assert d.status is R.ACCEPTED
 
 
 # ---- authorization -----------------------------------------------------------------------------------------
 
+
 def test_token_entries_and_decisions() -> None:
     assert TokenEntry.parse("Blocked") == TokenEntry("Blocked")
     e = TokenEntry.parse({"status": "Accepted", "expiry": "2026-06-01T12:00:00+02:00", "group": "G"})
     assert e.expiry == datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
-    assert decide(e, NOW).status == "Expired"                               # expiry reached
+    assert decide(e, NOW).status == "Expired"  # expiry reached
     assert decide(e, datetime(2026, 6, 1, 9, 0, tzinfo=UTC)) == Decision("Accepted", e.expiry, "G")
     assert decide(None, NOW).status == "Invalid"
-    for bad in ({"status": "Maybe"}, {"status": "Accepted", "expiry": "2026-06-01T00:00:00"}, {"x": 1}, 5,
-                {"group": "g" * 37}):
+    for bad in (
+        {"status": "Maybe"},
+        {"status": "Accepted", "expiry": "2026-06-01T00:00:00"},
+        {"x": 1},
+        5,
+        {"group": "g" * 37},
+    ):
         with pytest.raises(ValueError):
             TokenEntry.parse(bad)
 
@@ -116,20 +123,36 @@ FACTS = StationFacts("CS1", "panel-1", 1, 230.0)
 
 
 def test_station_limit_from_several_schedules_is_their_minimum() -> None:
-    p = {"chargingLimit": {"chargingLimitSource": "EMS"}, "chargingSchedule": [
-        {"id": 1, "chargingRateUnit": "W", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 7000},
-                                                                       {"startPeriod": 600, "limit": 2000}]},
-        {"id": 2, "chargingRateUnit": "A", "startSchedule": "2026-06-01T10:05:00Z", "duration": 600,
-         "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 20}]}]}
+    p = {
+        "chargingLimit": {"chargingLimitSource": "EMS"},
+        "chargingSchedule": [
+            {
+                "id": 1,
+                "chargingRateUnit": "W",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 7000}, {"startPeriod": 600, "limit": 2000}],
+            },
+            {
+                "id": 2,
+                "chargingRateUnit": "A",
+                "startSchedule": "2026-06-01T10:05:00Z",
+                "duration": 600,
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 20}],
+            },
+        ],
+    }
     lim = station_limit(FACTS, p, NOW, "gw")
     assert lim is not None and lim.station_id == "CS1" and lim.evse_id == 0 and lim.node_id == "panel-1"
-    assert lim.limit_w.l1 == 7000.0                                         # one phase: all of it
+    assert lim.limit_w.l1 == 7000.0  # one phase: all of it
     steps = [(s.start.ToJsonString(), s.limit_w.l1) for s in lim.schedule]
     assert steps == [("2026-06-01T10:05:00Z", 4600.0), ("2026-06-01T10:10:00Z", 2000.0)]
     assert not lim.HasField("valid_to")
     assert station_limit(FACTS, {"chargingLimit": {"chargingLimitSource": "EMS"}}, NOW, "gw") is None
-    huge = {"chargingLimit": {"chargingLimitSource": "SO"}, "chargingSchedule": [
-        {"id": 1, "chargingRateUnit": "W", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": float("inf")}]}]}
+    huge = {
+        "chargingLimit": {"chargingLimitSource": "SO"},
+        "chargingSchedule": [
+            {"id": 1, "chargingRateUnit": "W", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": float("inf")}]}
+        ],
+    }
     lim = station_limit(FACTS, huge, NOW, "gw")
     assert lim is not None and lim.limit_w.l1 == 1e9
 
@@ -143,11 +166,12 @@ def test_limit_ids_fit_the_allocator_and_cleared_limits_cover_every_evse() -> No
 
 # ---- rate buckets and auth back-off -----------------------------------------------------------------------
 
+
 def test_bucket_table_keeps_buckets_until_they_refill() -> None:
     t: BucketTable[str] = BucketTable(rate=1.0, burst=2, sweep_above=2)
     assert t.get("a", 0.0).allow(0.0) and t.get("a", 0.0).allow(0.0) and not t.get("a", 0.0).allow(0.0)
     t.get("b", 0.0)
-    t.get("c", 0.5)                         # sweep: "a" is not full yet, "b" is (never used)
+    t.get("c", 0.5)  # sweep: "a" is not full yet, "b" is (never used)
     assert not t.get("a", 0.5).allow(0.5) and len(t) == 2
     t.sweep(10.0)
     assert len(t) == 0
@@ -174,16 +198,38 @@ def test_auth_backoff_doubles_then_locks() -> None:
 
 # ---- timestamps ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("ts", "bad"), [("0001-01-01T00:00:00+14:00", True), ("9999-12-31T23:59:59-14:00", True),
-                                         ("0001-01-01T14:00:00+14:00", False), ("9999-12-31T23:59:59Z", False),
-                                         ("garbage", False), ("2026-06-01T10:00:00", False)])
+
+@pytest.mark.parametrize(
+    ("ts", "bad"),
+    [
+        ("0001-01-01T00:00:00+14:00", True),
+        ("9999-12-31T23:59:59-14:00", True),
+        ("0001-01-01T14:00:00+14:00", False),
+        ("9999-12-31T23:59:59Z", False),
+        ("garbage", False),
+        ("2026-06-01T10:00:00", False),
+    ],
+)
 def test_out_of_range_date_times_are_property_violations(ts: str, bad: bool) -> None:
-    v = schemas.validate(V16, "StatusNotification", "req", {"connectorId": 1, "errorCode": "NoError",
-                                                             "status": "Available", "timestamp": ts})
+    v = schemas.validate(
+        V16,
+        "StatusNotification",
+        "req",
+        {"connectorId": 1, "errorCode": "NoError", "status": "Available", "timestamp": ts},
+    )
     assert (v is not None and v.kind is Err.PROPERTY and "/timestamp" in v.description) == bad
-    v = schemas.validate(V201, "MeterValues", "req", {"evseId": 1, "meterValue": [
-        {"timestamp": "2026-06-01T10:00:00Z", "sampledValue": [{"value": 1}]},
-        {"timestamp": ts, "sampledValue": [{"value": 1}]}]})
+    v = schemas.validate(
+        V201,
+        "MeterValues",
+        "req",
+        {
+            "evseId": 1,
+            "meterValue": [
+                {"timestamp": "2026-06-01T10:00:00Z", "sampledValue": [{"value": 1}]},
+                {"timestamp": ts, "sampledValue": [{"value": 1}]},
+            ],
+        },
+    )
     assert (v is not None and "/meterValue/1/timestamp" in v.description) == bad
 
 
@@ -196,7 +242,7 @@ def test_any_valid_timestamp_maps_without_error(year: int, hours: int, minutes: 
     if schemas.validate(V16, "StatusNotification", "req", p) is None:
         dt = parse_time(ts)
         assert dt is not None
-        to_timestamp(dt)        # the protobuf mapping accepts what validation let through
+        to_timestamp(dt)  # the protobuf mapping accepts what validation let through
     else:
         assert parse_time(ts) is None
     json.dumps(p)

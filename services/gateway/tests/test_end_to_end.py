@@ -15,10 +15,12 @@ from .conftest import BOOT_16, Gateway, booted, open_client
 Oc = command_pb2.CommandOutcome
 
 
-def tx_profile_cmd(station: str, tx: str, limit: float, gen: int = 1,
-                   command_id: str = "c1") -> command_pb2.StationCommand:
-    cmd = command_pb2.StationCommand(command_id=command_id, station_id=station, generation=gen,
-                                     command_key="profile/1/TxProfile")
+def tx_profile_cmd(
+    station: str, tx: str, limit: float, gen: int = 1, command_id: str = "c1"
+) -> command_pb2.StationCommand:
+    cmd = command_pb2.StationCommand(
+        command_id=command_id, station_id=station, generation=gen, command_key="profile/1/TxProfile"
+    )
     sp = cmd.set_charging_profile
     sp.evse_id = 1
     p = sp.profile
@@ -46,16 +48,29 @@ async def test_boot_gating_and_transaction_flow_16(gateway: Gateway) -> None:
     assert res[0] == 4 and res[2] == "SecurityError"
     res = await c.call("BootNotification", BOOT_16)
     assert res[2]["status"] == "Accepted" and res[2]["interval"] == 300
-    res = await c.call("StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 100,
-                                            "timestamp": "2026-06-01T10:00:00Z"})
+    res = await c.call(
+        "StartTransaction", {"connectorId": 1, "idTag": "TAG1", "meterStart": 100, "timestamp": "2026-06-01T10:00:00Z"}
+    )
     tx = res[2]["transactionId"]
     assert isinstance(tx, int) and res[2]["idTagInfo"]["status"] == "Accepted"
-    res = await c.call("MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [{
-        "timestamp": "2026-06-01T10:01:00Z", "sampledValue": [
-            {"value": "7.2", "measurand": "Power.Active.Import", "unit": "kW"},
-            {"value": "10.5", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
-            {"value": "31.5", "measurand": "Temperature", "unit": "Celsius"},
-            {"value": "55", "measurand": "SoC", "unit": "Percent", "location": "EV"}]}]})
+    res = await c.call(
+        "MeterValues",
+        {
+            "connectorId": 1,
+            "transactionId": tx,
+            "meterValue": [
+                {
+                    "timestamp": "2026-06-01T10:01:00Z",
+                    "sampledValue": [
+                        {"value": "7.2", "measurand": "Power.Active.Import", "unit": "kW"},
+                        {"value": "10.5", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+                        {"value": "31.5", "measurand": "Temperature", "unit": "Celsius"},
+                        {"value": "55", "measurand": "SoC", "unit": "Percent", "location": "EV"},
+                    ],
+                }
+            ],
+        },
+    )
     assert res[0] == 3
     await gateway.wait_for(lambda: len(gateway.meters) == 1)
     vals = {v.measurand: v for v in gateway.meters[0].values}
@@ -77,13 +92,22 @@ async def test_command_delivered_and_result_published(gateway: Gateway) -> None:
         caps.append(decode(station_pb2.StationCapabilities, rec.value))
 
     await gateway.bus.subscribe([STATION_CAPABILITIES.name], "test-caps", on_caps)
-    c = await booted(gateway, "CP2", answers={"GetConfiguration": {"configurationKey": [
-        {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "3"},
-        {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current"},
-        {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": "5"},
-        {"key": "MaxChargingProfilesInstalled", "readonly": True, "value": "4"},
-        {"key": "NumberOfConnectors", "readonly": True, "value": "2"}]},
-        "SetChargingProfile": {"status": "Accepted"}})
+    c = await booted(
+        gateway,
+        "CP2",
+        answers={
+            "GetConfiguration": {
+                "configurationKey": [
+                    {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "3"},
+                    {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current"},
+                    {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": "5"},
+                    {"key": "MaxChargingProfilesInstalled", "readonly": True, "value": "4"},
+                    {"key": "NumberOfConnectors", "readonly": True, "value": "2"},
+                ]
+            },
+            "SetChargingProfile": {"status": "Accepted"},
+        },
+    )
     await gateway.wait_for(lambda: len(caps) == 1)
     assert caps[0].max_stack_level == 3 and list(caps[0].allowed_rate_units) == [common_pb2.RATE_UNIT_A]
     assert caps[0].read_complete
@@ -138,9 +162,14 @@ async def test_transaction_events_deduped_and_ordered_201(gateway: Gateway) -> N
     c = await booted(gateway, "CS1", "ocpp2.0.1")
 
     def tx(kind: str, seq: int, state: str = "Charging") -> dict[str, object]:
-        return {"eventType": kind, "timestamp": "2026-06-01T10:00:00Z", "triggerReason": "ChargingStateChanged",
-                "seqNo": seq, "transactionInfo": {"transactionId": "T-9", "chargingState": state},
-                "evse": {"id": 1, "connectorId": 1}}
+        return {
+            "eventType": kind,
+            "timestamp": "2026-06-01T10:00:00Z",
+            "triggerReason": "ChargingStateChanged",
+            "seqNo": seq,
+            "transactionInfo": {"transactionId": "T-9", "chargingState": state},
+            "evse": {"id": 1, "connectorId": 1},
+        }
 
     for step, seq in (("Started", 0), ("Updated", 2), ("Updated", 1), ("Updated", 1), ("Started", 0), ("Ended", 3)):
         res = await c.call("TransactionEvent", tx(step, seq))

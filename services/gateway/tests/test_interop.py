@@ -29,8 +29,9 @@ def node_client() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node/npm not installed: the ocpp-rpc interop client cannot run")
     if not (INTEROP / "node_modules" / "ocpp-rpc").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=INTEROP, check=True, timeout=300,
-                       capture_output=True)
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=INTEROP, check=True, timeout=300, capture_output=True
+        )
     return INTEROP / "client.js"
 
 
@@ -70,21 +71,30 @@ def commands(station: str, v16: bool) -> list[command_pb2.StationCommand]:
         gp = new("get_charging_profiles").get_charging_profiles
         gp.request_id, gp.evse_id = 9, 1
         new("get_variables").get_variables.variables.add(component="OCPPCommCtrlr", variable="HeartbeatInterval")
-        new("set_variables").set_variables.variables.add(component="OCPPCommCtrlr", variable="HeartbeatInterval",
-                                                         value="120")
+        new("set_variables").set_variables.variables.add(
+            component="OCPPCommCtrlr", variable="HeartbeatInterval", value="120"
+        )
     return out
 
 
 @pytest.mark.parametrize(("station", "protocol"), [("CP8", "ocpp1.6"), ("CS2", "ocpp2.0.1")])
-async def test_ocpp_rpc_strict_client(gateway: Gateway, node_client: Path, tmp_path: Path, station: str,
-                                      protocol: str) -> None:
+async def test_ocpp_rpc_strict_client(
+    gateway: Gateway, node_client: Path, tmp_path: Path, station: str, protocol: str
+) -> None:
     results = await collect_results(gateway)
     v16 = protocol == "ocpp1.6"
     sample_file = tmp_path / "samples.json"
     sample_file.write_text(json.dumps(samples.V16 if v16 else samples.V201))
     proc = await asyncio.create_subprocess_exec(
-        "node", str(node_client), f"ws://127.0.0.1:{gateway.service.ocpp_port}/ocpp", station, protocol,
-        str(sample_file), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        "node",
+        str(node_client),
+        f"ws://127.0.0.1:{gateway.service.ocpp_port}/ocpp",
+        station,
+        protocol,
+        str(sample_file),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stdin is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -93,8 +103,11 @@ async def test_ocpp_rpc_strict_client(gateway: Gateway, node_client: Path, tmp_p
         for cmd in cmds:
             await gateway.bus.publish(COMMANDS.name, station, cmd.SerializeToString())
         await gateway.wait_for(lambda: len(results) == len(cmds), timeout=20)
-        bad = [(r.action, r.outcome, r.error_code, r.error_description) for r in results
-               if r.outcome != Oc.COMMAND_OUTCOME_ACCEPTED]
+        bad = [
+            (r.action, r.outcome, r.error_code, r.error_description)
+            for r in results
+            if r.outcome != Oc.COMMAND_OUTCOME_ACCEPTED
+        ]
         assert not bad
         proc.stdin.write(b"done\n")
         await proc.stdin.drain()
@@ -104,8 +117,14 @@ async def test_ocpp_rpc_strict_client(gateway: Gateway, node_client: Path, tmp_p
             proc.kill()
         await proc.wait()
     assert summary["errors"] == []
-    expected = {"GetConfiguration" if v16 else "GetVariables", "SetChargingProfile", "ClearChargingProfile",
-                "GetCompositeSchedule", "TriggerMessage", "Reset"}
+    expected = {
+        "GetConfiguration" if v16 else "GetVariables",
+        "SetChargingProfile",
+        "ClearChargingProfile",
+        "GetCompositeSchedule",
+        "TriggerMessage",
+        "Reset",
+    }
     assert expected <= set(summary["received"])
     kinds = set(gateway.kinds(station))
     assert {"boot", "heartbeat", "status", "authorize", "data_transfer", "transaction_started"} <= kinds

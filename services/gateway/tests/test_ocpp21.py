@@ -43,7 +43,7 @@ async def test_21_core_messages_priority_and_profiles(gateway: Gateway) -> None:
     await gateway.wait_for(lambda: "priority_charging" in gateway.kinds("CS1"))
     ev = next(e for e in gateway.events if e.WhichOneof("payload") == "priority_charging")
     assert ev.priority_charging.transaction_id == "tx-1" and ev.priority_charging.activated
-    assert ev.ocpp_version == 3   # OCPP_VERSION_21
+    assert ev.ocpp_version == 3  # OCPP_VERSION_21
     # hostile: a 2.1 message missing a required field, a 2.1-only action not handled here
     res = await c.call("NotifyPriorityCharging", {"transactionId": "tx-1"})
     assert res[0] == 4 and res[2] == "OccurrenceConstraintViolation"
@@ -56,11 +56,20 @@ async def test_21_core_messages_priority_and_profiles(gateway: Gateway) -> None:
         limits.append(decode(grid_pb2.ExternalLimit, rec.value))
 
     await gateway.bus.subscribe([EXTERNAL_LIMITS.name], "t-limits", on_limit)
-    res = await c.call("NotifyChargingLimit", {"chargingLimit": {"chargingLimitSource": "EMS"}, "evseId": 1,
-                                               "chargingSchedule": [{"id": 1, "chargingRateUnit": "A",
-                                                                     "chargingSchedulePeriod": [
-                                                                         {"startPeriod": 0, "limit": 10.0,
-                                                                          "limit_L2": 6.0, "limit_L3": 10.0}]}]})
+    res = await c.call(
+        "NotifyChargingLimit",
+        {
+            "chargingLimit": {"chargingLimitSource": "EMS"},
+            "evseId": 1,
+            "chargingSchedule": [
+                {
+                    "id": 1,
+                    "chargingRateUnit": "A",
+                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.0, "limit_L2": 6.0, "limit_L3": 10.0}],
+                }
+            ],
+        },
+    )
     assert res[0] == 3
     await gateway.wait_for(lambda: bool(limits))
     assert limits[0].station_id == "CS1" and limits[0].limit_w.l2 == 6.0 * 230.0
@@ -75,10 +84,20 @@ async def test_21_core_messages_priority_and_profiles(gateway: Gateway) -> None:
 
 
 def report_answers(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"SetChargingProfile": {"status": "Accepted"}, "GetChargingProfiles": {"status": "Accepted"},
-            "GetCompositeSchedule": {"status": "Accepted", "schedule": {
-                "evseId": 0, "duration": 300, "scheduleStart": "2026-06-01T10:00:00Z", "chargingRateUnit": "A",
-                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6.0}]}}}
+    return {
+        "SetChargingProfile": {"status": "Accepted"},
+        "GetChargingProfiles": {"status": "Accepted"},
+        "GetCompositeSchedule": {
+            "status": "Accepted",
+            "schedule": {
+                "evseId": 0,
+                "duration": 300,
+                "scheduleStart": "2026-06-01T10:00:00Z",
+                "chargingRateUnit": "A",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6.0}],
+            },
+        },
+    }
 
 
 async def test_check_survives_a_station_that_never_reports() -> None:
@@ -92,7 +111,7 @@ async def test_check_survives_a_station_that_never_reports() -> None:
         # Accepted, then no ReportChargingProfiles: incomplete, judged nothing, the socket and queue go on
         res = await gw.service.checker.check_now(sess)
         assert not res.complete and not res.mismatches and "GetChargingProfiles" in res.reason
-        assert not sess.profile_reports                    # nothing left waiting
+        assert not sess.profile_reports  # nothing left waiting
         await gw.bus.publish(COMMANDS.name, "CS1", station_max_cmd("CS1", 8.0, "fb2").SerializeToString())
         await gw.wait_for(lambda: len(results) == 2)
         assert results[1].outcome == Oc.COMMAND_OUTCOME_ACCEPTED
@@ -116,10 +135,13 @@ async def test_check_bounds_a_flood_of_reports_and_ignores_strangers() -> None:
             rid = msg[3]["requestId"]
 
             async def send_all() -> None:
-                for i in range(200):       # tbc forever: the gateway stops collecting at its bound
-                    await c.ws.send(f'[2,"r{i}","ReportChargingProfiles",'
-                                    f'{{"requestId":{rid},"chargingLimitSource":"CSO","evseId":1,"tbc":true,'
-                                    f'"chargingProfile":{report["chargingProfile"]!r}}}]'.replace("'", '"'))
+                for i in range(200):  # tbc forever: the gateway stops collecting at its bound
+                    await c.ws.send(
+                        f'[2,"r{i}","ReportChargingProfiles",'
+                        f'{{"requestId":{rid},"chargingLimitSource":"CSO","evseId":1,"tbc":true,'
+                        f'"chargingProfile":{report["chargingProfile"]!r}}}]'.replace("'", '"')
+                    )
+
             asyncio.get_running_loop().create_task(send_all())
             return {"status": "Accepted"}
 
@@ -129,7 +151,7 @@ async def test_check_bounds_a_flood_of_reports_and_ignores_strangers() -> None:
         await gw.wait_for(lambda: bool(results))
         c.answers["GetChargingProfiles"] = flood
         res2 = await gw.service.checker.check_now(sess)
-        assert res2.complete                               # collected up to the bound, then judged
+        assert res2.complete  # collected up to the bound, then judged
         # the flood lists a TxDefault profile (a slot gridcharge does not use: not foreign), never our fallback
         assert [(m.kind, m.profile_id) for m in res2.mismatches] == [("missing", 1000)]
         await c.close()

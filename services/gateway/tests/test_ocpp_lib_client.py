@@ -34,9 +34,12 @@ class Station16(Cp16):
 
     @on("GetConfiguration")
     async def on_gc(self, key: list[str] | None = None) -> Any:
-        return res16.GetConfiguration(configuration_key=[
-            {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "5"},
-            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current,Power"}])
+        return res16.GetConfiguration(
+            configuration_key=[
+                {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "5"},
+                {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current,Power"},
+            ]
+        )
 
 
 class Station201(Cp201):
@@ -49,12 +52,16 @@ class Station201(Cp201):
 
 
 def scp(station: str, tx: str, evse: int = 1) -> command_pb2.StationCommand:
-    cmd = command_pb2.StationCommand(command_id=f"lib-{station}", station_id=station, generation=1,
-                                     command_key="tx")
+    cmd = command_pb2.StationCommand(command_id=f"lib-{station}", station_id=station, generation=1, command_key="tx")
     cmd.set_charging_profile.evse_id = evse
     p = cmd.set_charging_profile.profile
-    p.profile_id, p.stack_level, p.purpose, p.kind, p.transaction_id = 2, 1, command_pb2.PROFILE_PURPOSE_TX, \
-        "Relative", tx
+    p.profile_id, p.stack_level, p.purpose, p.kind, p.transaction_id = (
+        2,
+        1,
+        command_pb2.PROFILE_PURPOSE_TX,
+        "Relative",
+        tx,
+    )
     p.rate_unit = common_pb2.RATE_UNIT_W
     p.periods.add(start_period_s=0, limit=7400.06)
     p.periods.add(start_period_s=600, limit=3700)
@@ -69,8 +76,9 @@ async def test_ocpp_library_station_16(gateway: Gateway) -> None:
         task = asyncio.create_task(cp.start())
         boot = await cp.call(call16.BootNotification(charge_point_model="M", charge_point_vendor="V"))
         assert boot.status == "Accepted"
-        start = await cp.call(call16.StartTransaction(connector_id=1, id_tag="T", meter_start=0,
-                                                      timestamp="2026-06-01T10:00:00Z"))
+        start = await cp.call(
+            call16.StartTransaction(connector_id=1, id_tag="T", meter_start=0, timestamp="2026-06-01T10:00:00Z")
+        )
         await gateway.bus.publish(COMMANDS.name, "CP7", scp("CP7", str(start.transaction_id)).SerializeToString())
         await gateway.wait_for(lambda: len(results) == 1)
         assert results[0].outcome == Oc.COMMAND_OUTCOME_ACCEPTED, results[0]
@@ -84,16 +92,35 @@ async def test_ocpp_library_station_201(gateway: Gateway) -> None:
         cp = Station201("CS1", ws)
         cp.profiles = []
         task = asyncio.create_task(cp.start())
-        boot = await cp.call(call201.BootNotification(charging_station={"model": "M", "vendor_name": "V"},
-                                                      reason="PowerUp"))
+        boot = await cp.call(
+            call201.BootNotification(charging_station={"model": "M", "vendor_name": "V"}, reason="PowerUp")
+        )
         assert boot.status == "Accepted"
-        await cp.call(call201.TransactionEvent(
-            event_type="Started", timestamp="2026-06-01T10:00:00Z", trigger_reason="CablePluggedIn", seq_no=0,
-            transaction_info={"transaction_id": "abc"}, evse={"id": 1, "connector_id": 1}))
-        needs = await cp.call(call201.NotifyEVChargingNeeds(evse_id=1, charging_needs={
-            "requested_energy_transfer": "AC_three_phase", "departure_time": "2026-06-01T17:00:00Z",
-            "ac_charging_parameters": {"energy_amount": 20000, "ev_min_current": 6, "ev_max_current": 16,
-                                       "ev_max_voltage": 400}}))
+        await cp.call(
+            call201.TransactionEvent(
+                event_type="Started",
+                timestamp="2026-06-01T10:00:00Z",
+                trigger_reason="CablePluggedIn",
+                seq_no=0,
+                transaction_info={"transaction_id": "abc"},
+                evse={"id": 1, "connector_id": 1},
+            )
+        )
+        needs = await cp.call(
+            call201.NotifyEVChargingNeeds(
+                evse_id=1,
+                charging_needs={
+                    "requested_energy_transfer": "AC_three_phase",
+                    "departure_time": "2026-06-01T17:00:00Z",
+                    "ac_charging_parameters": {
+                        "energy_amount": 20000,
+                        "ev_min_current": 6,
+                        "ev_max_current": 16,
+                        "ev_max_voltage": 400,
+                    },
+                },
+            )
+        )
         assert needs.status == "Accepted"
         await gateway.bus.publish(COMMANDS.name, "CS1", scp("CS1", "abc").SerializeToString())
         await gateway.wait_for(lambda: len(results) == 1)

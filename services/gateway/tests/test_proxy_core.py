@@ -25,30 +25,47 @@ POLICY = ProfilePolicy(frozenset({0, 1}), range(1000, 4000))
 
 
 def set16(pid: int, purpose: str, stack: int, connector: int = 1) -> dict[str, Any]:
-    return {"connectorId": connector, "csChargingProfiles": {
-        "chargingProfileId": pid, "stackLevel": stack, "chargingProfilePurpose": purpose,
-        "chargingProfileKind": "Relative",
-        "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}]}}}
+    return {
+        "connectorId": connector,
+        "csChargingProfiles": {
+            "chargingProfileId": pid,
+            "stackLevel": stack,
+            "chargingProfilePurpose": purpose,
+            "chargingProfileKind": "Relative",
+            "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}]},
+        },
+    }
 
 
 def set201(pid: int, purpose: str, stack: int, evse: int = 1) -> dict[str, Any]:
-    return {"evseId": evse, "chargingProfile": {
-        "id": pid, "stackLevel": stack, "chargingProfilePurpose": purpose, "chargingProfileKind": "Relative",
-        "chargingSchedule": [{"id": 1, "chargingRateUnit": "A",
-                              "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}]}]}}
+    return {
+        "evseId": evse,
+        "chargingProfile": {
+            "id": pid,
+            "stackLevel": stack,
+            "chargingProfilePurpose": purpose,
+            "chargingProfileKind": "Relative",
+            "chargingSchedule": [
+                {"id": 1, "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}]}
+            ],
+        },
+    }
 
 
-@pytest.mark.parametrize(("version", "action", "payload", "tx"), [
-    (V16, "StartTransaction", {}, True),
-    (V16, "StopTransaction", {}, True),
-    (V16, "MeterValues", {"transactionId": 5}, True),
-    (V16, "MeterValues", {"connectorId": 1}, False),       # no transaction: not queued
-    (V16, "StatusNotification", {}, False),
-    (V16, "Authorize", {}, False),
-    (V201, "TransactionEvent", {}, True),
-    (V201, "MeterValues", {}, False),
-    (V201, "BootNotification", {}, False),
-])
+@pytest.mark.parametrize(
+    ("version", "action", "payload", "tx"),
+    [
+        (V16, "StartTransaction", {}, True),
+        (V16, "StopTransaction", {}, True),
+        (V16, "MeterValues", {"transactionId": 5}, True),
+        (V16, "MeterValues", {"connectorId": 1}, False),  # no transaction: not queued
+        (V16, "StatusNotification", {}, False),
+        (V16, "Authorize", {}, False),
+        (V201, "TransactionEvent", {}, True),
+        (V201, "MeterValues", {}, False),
+        (V201, "BootNotification", {}, False),
+    ],
+)
 def test_transaction_messages(version: Version, action: str, payload: dict[str, Any], tx: bool) -> None:
     assert is_transaction_message(version, action, payload) is tx
 
@@ -68,7 +85,7 @@ def test_tx_ids_both_ways() -> None:
     m.add(12, 7001)
     assert m.for_upstream("StopTransaction", {"transactionId": 12, "meterStop": 5})["transactionId"] == 7001
     assert m.for_upstream("MeterValues", {"transactionId": 12})["transactionId"] == 7001
-    assert m.for_upstream("StopTransaction", {"transactionId": 13}) == {"transactionId": 13}   # online id
+    assert m.for_upstream("StopTransaction", {"transactionId": 13}) == {"transactionId": 13}  # online id
     assert m.for_station("RemoteStopTransaction", {"transactionId": 7001}) == {"transactionId": 12}
     prof = m.for_station("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": {"transactionId": 7001}})
     assert prof["csChargingProfiles"]["transactionId"] == 12
@@ -78,20 +95,23 @@ def test_tx_ids_both_ways() -> None:
     assert len(bounded.to_upstream_ids) == 2
 
 
-@pytest.mark.parametrize(("version", "payload", "refused"), [
-    (V16, set16(1, "TxDefaultProfile", 0), False),          # the usual CSMS default: passes unchanged
-    (V16, set16(1, "TxDefaultProfile", 1), False),          # gridcharge writes no TxDefault
-    (V16, set16(2, "TxProfile", 2), False),
-    (V16, set16(2, "TxProfile", 1), True),                  # gridcharge's per-EVSE split
-    (V16, set16(3, "ChargePointMaxProfile", 0, 0), True),   # gridcharge's fallback
-    (V16, set16(3, "ChargePointMaxProfile", 1, 0), True),   # gridcharge's lease
-    (V16, set16(3, "ChargePointMaxProfile", 5, 0), True),   # would override gridcharge's cap
-    (V16, set16(1001, "TxDefaultProfile", 3), True),        # would replace gridcharge's lease by id
-    (V201, set201(1, "TxDefaultProfile", 0), False),
-    (V201, set201(2, "TxProfile", 1), True),
-    (V201, set201(3, "ChargingStationMaxProfile", 2, 0), True),
-    (V201, set201(3011, "TxProfile", 4), True),
-])
+@pytest.mark.parametrize(
+    ("version", "payload", "refused"),
+    [
+        (V16, set16(1, "TxDefaultProfile", 0), False),  # the usual CSMS default: passes unchanged
+        (V16, set16(1, "TxDefaultProfile", 1), False),  # gridcharge writes no TxDefault
+        (V16, set16(2, "TxProfile", 2), False),
+        (V16, set16(2, "TxProfile", 1), True),  # gridcharge's per-EVSE split
+        (V16, set16(3, "ChargePointMaxProfile", 0, 0), True),  # gridcharge's fallback
+        (V16, set16(3, "ChargePointMaxProfile", 1, 0), True),  # gridcharge's lease
+        (V16, set16(3, "ChargePointMaxProfile", 5, 0), True),  # would override gridcharge's cap
+        (V16, set16(1001, "TxDefaultProfile", 3), True),  # would replace gridcharge's lease by id
+        (V201, set201(1, "TxDefaultProfile", 0), False),
+        (V201, set201(2, "TxProfile", 1), True),
+        (V201, set201(3, "ChargingStationMaxProfile", 2, 0), True),
+        (V201, set201(3011, "TxProfile", 4), True),
+    ],
+)
 def test_profile_refusal(version: Version, payload: dict[str, Any], refused: bool) -> None:
     assert (POLICY.refusal(version, payload) is not None) is refused
 
@@ -102,25 +122,36 @@ def test_station_max_below_gridcharges_levels_passes_when_configured_so() -> Non
     assert policy.refusal(V16, set16(3, "ChargePointMaxProfile", 4, 0)) is not None
 
 
-RECORDED = [ProfileRef(1, 1, "TxDefaultProfile", 0), ProfileRef(2, 1, "TxProfile", 2),
-            ProfileRef(3, 2, "TxDefaultProfile", 0)]
+RECORDED = [
+    ProfileRef(1, 1, "TxDefaultProfile", 0),
+    ProfileRef(2, 1, "TxProfile", 2),
+    ProfileRef(3, 2, "TxDefaultProfile", 0),
+]
 
 
-@pytest.mark.parametrize(("version", "payload", "relay", "ids", "refuse"), [
-    (V16, {"id": 1}, True, (), False),                                          # the upstream's own id
-    (V16, {"id": 1001}, False, (), True),                                       # gridcharge's lease
-    (V16, {}, False, (1, 2, 3), False),                                         # clear-all → the upstream's
-    (V16, {"connectorId": 1}, False, (1, 2), False),
-    (V16, {"chargingProfilePurpose": "TxDefaultProfile"}, True, (), False),     # cannot touch gridcharge's
-    (V16, {"chargingProfilePurpose": "TxProfile"}, False, (2,), False),
-    (V16, {"chargingProfilePurpose": "TxProfile", "stackLevel": 2}, True, (), False),
-    (V16, {"chargingProfilePurpose": "ChargePointMaxProfile"}, False, (), False),   # nothing of the upstream's
-    (V201, {"chargingProfileId": 3}, True, (), False),
-    (V201, {"chargingProfileId": 1000}, False, (), True),
-    (V201, {"chargingProfileCriteria": {"evseId": 2}}, False, (3,), False),
-    (V201, {"chargingProfileCriteria": {"chargingProfilePurpose": "TxDefaultProfile", "stackLevel": 0}}, True, (),
-     False),
-])
+@pytest.mark.parametrize(
+    ("version", "payload", "relay", "ids", "refuse"),
+    [
+        (V16, {"id": 1}, True, (), False),  # the upstream's own id
+        (V16, {"id": 1001}, False, (), True),  # gridcharge's lease
+        (V16, {}, False, (1, 2, 3), False),  # clear-all → the upstream's
+        (V16, {"connectorId": 1}, False, (1, 2), False),
+        (V16, {"chargingProfilePurpose": "TxDefaultProfile"}, True, (), False),  # cannot touch gridcharge's
+        (V16, {"chargingProfilePurpose": "TxProfile"}, False, (2,), False),
+        (V16, {"chargingProfilePurpose": "TxProfile", "stackLevel": 2}, True, (), False),
+        (V16, {"chargingProfilePurpose": "ChargePointMaxProfile"}, False, (), False),  # nothing of the upstream's
+        (V201, {"chargingProfileId": 3}, True, (), False),
+        (V201, {"chargingProfileId": 1000}, False, (), True),
+        (V201, {"chargingProfileCriteria": {"evseId": 2}}, False, (3,), False),
+        (
+            V201,
+            {"chargingProfileCriteria": {"chargingProfilePurpose": "TxDefaultProfile", "stackLevel": 0}},
+            True,
+            (),
+            False,
+        ),
+    ],
+)
 def test_clear_plan(version: Version, payload: dict[str, Any], relay: bool, ids: tuple[int, ...], refuse: bool) -> None:
     plan = POLICY.plan_clear(version, payload, RECORDED)
     assert (plan.relay, plan.ids, bool(plan.refuse)) == (relay, ids, refuse)
@@ -137,7 +168,7 @@ def test_refused_answers_fit_each_version() -> None:
 def test_profile_record_replaces_same_slot_and_is_bounded() -> None:
     rec = ProfileRecord(max_entries=3)
     rec.installed(ref_of(V16, set16(1, "TxDefaultProfile", 0)))
-    rec.installed(ref_of(V16, set16(2, "TxDefaultProfile", 0)))     # same connector/purpose/stack: replaces 1
+    rec.installed(ref_of(V16, set16(2, "TxDefaultProfile", 0)))  # same connector/purpose/stack: replaces 1
     assert set(rec.profiles) == {2}
     for pid in range(10, 20):
         rec.installed(ref_of(V16, set16(pid, "TxDefaultProfile", pid)))
@@ -151,11 +182,11 @@ def test_offline_queue_keeps_starts_and_stops_and_drops_meter_data_first() -> No
     assert q.push(Queued("StartTransaction", {}))
     assert q.push(Queued("MeterValues", {"transactionId": 1}))
     assert q.push(Queued("MeterValues", {"transactionId": 1, "n": 2}))
-    assert q.push(Queued("StopTransaction", {}))                     # the oldest meter value goes
+    assert q.push(Queued("StopTransaction", {}))  # the oldest meter value goes
     assert [i.action for i in q.items] == ["StartTransaction", "MeterValues", "StopTransaction"]
     assert q.items[1].payload.get("n") == 2 and q.dropped == 1
-    assert q.push(Queued("StartTransaction", {}))                    # the other meter value goes
-    assert not q.push(Queued("StopTransaction", {}))                 # nothing droppable: the new one is
+    assert q.push(Queued("StartTransaction", {}))  # the other meter value goes
+    assert not q.push(Queued("StopTransaction", {}))  # nothing droppable: the new one is
     assert len(q) == 3 and q.dropped == 3
     q201 = OfflineQueue(max_items=2)
     q201.push(Queued("TransactionEvent", {"eventType": "Started"}))

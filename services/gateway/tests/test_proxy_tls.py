@@ -26,8 +26,11 @@ async def _upstream(certs: dict[str, Path], seen: list[Any]) -> Any:
         async for raw in ws:
             msg = json.loads(raw)
             if msg[0] == 2 and msg[2] == "BootNotification":
-                await ws.send(json.dumps([3, msg[1], {"status": "Accepted", "interval": 77,
-                                                      "currentTime": "2030-01-01T00:00:00.000Z"}]))
+                await ws.send(
+                    json.dumps(
+                        [3, msg[1], {"status": "Accepted", "interval": 77, "currentTime": "2030-01-01T00:00:00.000Z"}]
+                    )
+                )
 
     return await serve(handler, "127.0.0.1", 0, ssl=ctx, subprotocols=["ocpp1.6"])  # type: ignore[list-item]
 
@@ -38,9 +41,13 @@ async def _boot_interval(certs: dict[str, Path], tmp_path: Path, ca: bool) -> tu
     port = int(next(iter(server.sockets)).getsockname()[1])
     pw = tmp_path / "upstream-passwords.yaml"
     pw.write_text("CP1: upstream-pw-123456\n")
-    gw = await start_gateway(upstream_url=f"wss://127.0.0.1:{port}/csms", upstream_passwords_file=pw,
-                             upstream_ca_file=certs["ca"] if ca else None, upstream_connect_timeout_s=2.0,
-                             read_capabilities=False)
+    gw = await start_gateway(
+        upstream_url=f"wss://127.0.0.1:{port}/csms",
+        upstream_passwords_file=pw,
+        upstream_ca_file=certs["ca"] if ca else None,
+        upstream_connect_timeout_s=2.0,
+        read_capabilities=False,
+    )
     try:
         c = await open_client(gw, "CP1")
         res = await c.call("BootNotification", BOOT_16, timeout=10)
@@ -60,5 +67,5 @@ async def test_verified_upstream_gets_basic_auth_and_relays(pki: dict[str, Path]
 
 async def test_untrusted_upstream_certificate_is_refused(pki: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
     interval, seen = await _boot_interval(pki, tmp_path, ca=False)
-    assert seen == []                       # the handshake failed before any HTTP: no password sent
-    assert interval == 300                  # the station is served locally
+    assert seen == []  # the handshake failed before any HTTP: no password sent
+    assert interval == 300  # the station is served locally

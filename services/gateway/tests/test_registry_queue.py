@@ -23,7 +23,7 @@ async def test_registry_ownership_moves_and_old_owner_cannot_release() -> None:
     assert await a.is_owner("CP1", ea) and (await a.owner("CP1")).replica_id == "gw-a"  # type: ignore[union-attr]
     eb = await b.claim("CP1", "ocpp1.6")
     assert eb > ea and not await a.is_owner("CP1", ea) and await b.is_owner("CP1", eb)
-    await a.release("CP1", ea)                       # stale release changes nothing
+    await a.release("CP1", ea)  # stale release changes nothing
     assert await b.is_owner("CP1", eb)
     assert await a.reassert("CP1", ea, "ocpp1.6") is None
     assert [(s, o.replica_id) for s, o in await a.connected()] == [("CP1", "gw-b")]
@@ -31,11 +31,11 @@ async def test_registry_ownership_moves_and_old_owner_cannot_release() -> None:
     assert await a.owner("CP1") is None and await a.connected() == []
     # a release that raced with a reconnect: the live connection re-claims on its next command
     ec = await b.claim("CP1", "ocpp1.6")
-    raced = await store.incr("gw:epoch:CP1")       # what a stale replica's release writes
+    raced = await store.incr("gw:epoch:CP1")  # what a stale replica's release writes
     await store.set_if_newer("gw:owner:CP1", raced, b"")
     ec2 = await b.reassert("CP1", ec, "ocpp1.6")
     assert ec2 is not None and ec2 > raced and await b.is_owner("CP1", ec2)
-    await a.stop()                                   # a dead replica's stations count as offline
+    await a.stop()  # a dead replica's stations count as offline
     await b.claim("CP2", "ocpp1.6")
     await b.stop()
     assert await Registry(store, "gw-c", clock).owner("CP2") is None
@@ -51,7 +51,7 @@ async def test_expired_and_coalesced_commands(gateway: Gateway) -> None:
 
     c = await booted(gateway, "CP5", answers={"SetChargingProfile": slow_answer})
     gateway.service.settings.__dict__["call_timeout_s"] = 0.5
-    first = tx_profile_cmd("CP5", "1", 10, gen=1, command_id="k1")     # in flight, never answered
+    first = tx_profile_cmd("CP5", "1", 10, gen=1, command_id="k1")  # in flight, never answered
     queued_old = tx_profile_cmd("CP5", "1", 11, gen=2, command_id="k2")
     queued_new = tx_profile_cmd("CP5", "1", 12, gen=3, command_id="k3")
     expired = command_pb2.StationCommand(command_id="k4", station_id="CP5")
@@ -63,9 +63,9 @@ async def test_expired_and_coalesced_commands(gateway: Gateway) -> None:
         await gateway.bus.publish(COMMANDS.name, "CP5", cmd.SerializeToString())
     await gateway.wait_for(lambda: len(results) == 4)
     by_id = {r.command_id: r for r in results}
-    assert by_id["k2"].outcome == Oc.COMMAND_OUTCOME_SUPERSEDED      # a newer generation was queued behind it
+    assert by_id["k2"].outcome == Oc.COMMAND_OUTCOME_SUPERSEDED  # a newer generation was queued behind it
     assert by_id["k1"].outcome == Oc.COMMAND_OUTCOME_TIMEOUT
     assert by_id["k3"].outcome == Oc.COMMAND_OUTCOME_ACCEPTED
     assert by_id["k4"].outcome == Oc.COMMAND_OUTCOME_EXPIRED
-    assert len(seen) == 2                                              # k2 and k4 never sent
+    assert len(seen) == 2  # k2 and k4 never sent
     await c.close()

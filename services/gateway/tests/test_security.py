@@ -31,25 +31,39 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert(subject: str, issuer_key: ec.EllipticCurvePrivateKey, issuer: str, key: ec.EllipticCurvePrivateKey,
-          ca: bool = False, server: bool = False) -> x509.Certificate:
+def _cert(
+    subject: str,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: str,
+    key: ec.EllipticCurvePrivateKey,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if server:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                            critical=False)
+        b = b.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     return b.sign(issuer_key, hashes.SHA256())
 
 
 def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
     cp, kp = path.with_suffix(".crt"), path.with_suffix(".key")
     cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
+    kp.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cp, kp
 
 
@@ -62,8 +76,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["ca"], _ = _write(d / "ca", ca, ca_key)
     for name, server in (("server", True), ("CP1", False), ("CP2", False)):
         key = ec.generate_private_key(ec.SECP256R1())
-        out[name], out[name + "_key"] = _write(d / name, _cert("127.0.0.1" if server else name, ca_key,
-                                                               "gridcharge test CA", key, server=server), key)
+        out[name], out[name + "_key"] = _write(
+            d / name, _cert("127.0.0.1" if server else name, ca_key, "gridcharge test CA", key, server=server), key
+        )
     creds = d / "credentials.yaml"
     creds.write_text(f'CP1: "{hash_password(PASSWORD, iterations=2000)}"\n')
     out["credentials"] = creds
@@ -104,12 +119,18 @@ def test_password_hashing() -> None:
     assert verify_password("pw", h) and not verify_password("px", h) and not verify_password("pw", "garbage")
 
 
-async def test_profile_1_basic_auth(pki: dict[str, Path], gw_factory: list[Gateway],
-                                    caplog: pytest.LogCaptureFixture) -> None:
+async def test_profile_1_basic_auth(
+    pki: dict[str, Path], gw_factory: list[Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     # back-off after failures kept short here (tested on its own in test_failed_auth_backoff_and_lockout)
-    gw = await start_gateway(security_profile=1, credentials_file=pki["credentials"], read_capabilities=False,
-                             auth_backoff_base_s=0.01, auth_backoff_max_s=0.05)
+    gw = await start_gateway(
+        security_profile=1,
+        credentials_file=pki["credentials"],
+        read_capabilities=False,
+        auth_backoff_base_s=0.01,
+        auth_backoff_max_s=0.05,
+    )
     gw_factory.append(gw)
     url = gw.url + "CP1"
     for headers in ({}, _basic("CP1", "wrong-password-123"), _basic("CP2", PASSWORD), {"Authorization": "Basic !!"}):
@@ -119,14 +140,19 @@ async def test_profile_1_basic_auth(pki: dict[str, Path], gw_factory: list[Gatew
         await asyncio.sleep(0.06)
     c = await _boot(url, additional_headers=_basic("CP1", PASSWORD))
     await c.close()
-    c = await _boot(url, additional_headers=_basic("CP1", PASSWORD))   # cached verification path
+    c = await _boot(url, additional_headers=_basic("CP1", PASSWORD))  # cached verification path
     await c.close()
     assert PASSWORD not in caplog.text and "wrong-password-123" not in caplog.text
 
 
 async def test_profile_2_tls_and_basic(pki: dict[str, Path], gw_factory: list[Gateway]) -> None:
-    gw = await start_gateway(security_profile=2, credentials_file=pki["credentials"], tls_cert=pki["server"],
-                             tls_key=pki["server_key"], read_capabilities=False)
+    gw = await start_gateway(
+        security_profile=2,
+        credentials_file=pki["credentials"],
+        tls_cert=pki["server"],
+        tls_key=pki["server_key"],
+        read_capabilities=False,
+    )
     gw_factory.append(gw)
     url = gw.url.replace("ws://", "wss://") + "CP1"
     c = await _boot(url, ssl=_client_ssl(pki), additional_headers=_basic("CP1", PASSWORD))
@@ -139,22 +165,31 @@ async def test_profile_2_tls_and_basic(pki: dict[str, Path], gw_factory: list[Ga
         warnings.simplefilter("ignore", DeprecationWarning)
         old.maximum_version = ssl.TLSVersion.TLSv1_1
     with pytest.raises((ssl.SSLError, OSError)):
-        await connect(url, subprotocols=["ocpp1.6"], ssl=old,  # type: ignore[list-item]
-                      additional_headers=_basic("CP1", PASSWORD))
-    with pytest.raises((InvalidMessage, OSError, TimeoutError)):   # plain ws to a TLS port fails
+        await connect(
+            url,
+            subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+            ssl=old,
+            additional_headers=_basic("CP1", PASSWORD),
+        )
+    with pytest.raises((InvalidMessage, OSError, TimeoutError)):  # plain ws to a TLS port fails
         await connect(gw.url + "CP1", subprotocols=["ocpp1.6"], open_timeout=3)  # type: ignore[list-item]
 
 
 async def test_profile_3_mtls_cn_bound_to_station(pki: dict[str, Path], gw_factory: list[Gateway]) -> None:
-    gw = await start_gateway(security_profile=3, tls_cert=pki["server"], tls_key=pki["server_key"],
-                             tls_ca=pki["ca"], read_capabilities=False)
+    gw = await start_gateway(
+        security_profile=3, tls_cert=pki["server"], tls_key=pki["server_key"], tls_ca=pki["ca"], read_capabilities=False
+    )
     gw_factory.append(gw)
     base = gw.url.replace("ws://", "wss://")
     c = await _boot(base + "CP1", ssl=_client_ssl(pki, "CP1"))
     await c.close()
-    with pytest.raises(InvalidStatus) as exc:      # CP2's certificate used for CP1
+    with pytest.raises(InvalidStatus) as exc:  # CP2's certificate used for CP1
         await connect(base + "CP1", subprotocols=["ocpp1.6"], ssl=_client_ssl(pki, "CP2"))  # type: ignore[list-item]
     assert exc.value.response.status_code == 403
-    with pytest.raises((ssl.SSLError, OSError, InvalidMessage, InvalidStatus)):   # no client certificate at all
-        await connect(base + "CP1", subprotocols=["ocpp1.6"], ssl=_client_ssl(pki),  # type: ignore[list-item]
-                      open_timeout=5)
+    with pytest.raises((ssl.SSLError, OSError, InvalidMessage, InvalidStatus)):  # no client certificate at all
+        await connect(
+            base + "CP1",
+            subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+            ssl=_client_ssl(pki),
+            open_timeout=5,
+        )

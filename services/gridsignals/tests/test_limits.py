@@ -67,5 +67,10 @@ def test_reconcile_heartbeat_change_and_withdraw() -> None:
 
 def test_fallback_limits_are_open_ended_and_never_stale() -> None:
     [f] = fallback_limits({"site": W5}, since=50)
-    assert (f.limit_id, f.valid_from, f.valid_to, f.limit_w, f.stale_after_s) == (FALLBACK_LIMIT_ID, 50, math.inf,
-                                                                                  W5, 0.0)
+    assert (f.limit_id, f.valid_from, f.valid_to, f.limit_w, f.stale_after_s) == (
+        FALLBACK_LIMIT_ID,
+        50,
+        math.inf,
+        W5,
+        0.0,
+    )

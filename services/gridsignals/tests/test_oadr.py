@@ -15,12 +15,17 @@ T0 = parse_time_s("2026-12-05T14:00:00Z")
 
 def event(**over: Any) -> dict[str, Any]:
     ev: dict[str, Any] = {
-        "id": "ev-1", "programID": "prog-1", "eventName": "evening peak",
+        "id": "ev-1",
+        "programID": "prog-1",
+        "eventName": "evening peak",
         "intervalPeriod": {"start": "2026-12-05T14:00:00Z", "duration": "PT1H"},
-        "payloadDescriptors": [{"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT",
-                                "units": "KW"}],
-        "intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [30]}]},
-                      {"id": 1, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [15]}]}],
+        "payloadDescriptors": [
+            {"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"}
+        ],
+        "intervals": [
+            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [30]}]},
+            {"id": 1, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [15]}]},
+        ],
     }
     ev.update(over)
     return ev
@@ -51,44 +56,63 @@ def test_sequential_intervals_total_kw_split_over_phases() -> None:
 
 
 def test_per_phase_values_units_and_own_periods() -> None:
-    ev = parse_event(event(
-        payloadDescriptors=[{"payloadType": "IMPORT_CAPACITY_LIMIT", "units": "W"}],
-        intervals=[{"id": 0, "intervalPeriod": {"start": "2026-12-05T16:00:00Z", "duration": "PT30M"},
-                    "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [1000, 2000, 3000]}]}]))
+    ev = parse_event(
+        event(
+            payloadDescriptors=[{"payloadType": "IMPORT_CAPACITY_LIMIT", "units": "W"}],
+            intervals=[
+                {
+                    "id": 0,
+                    "intervalPeriod": {"start": "2026-12-05T16:00:00Z", "duration": "PT30M"},
+                    "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [1000, 2000, 3000]}],
+                }
+            ],
+        )
+    )
     assert ev.limits[0].start == T0 + 7200 and ev.limits[0].end == T0 + 9000
     assert ev.limits[0].limit_w == (1000.0, 2000.0, 3000.0)
 
 
 def test_open_ended_and_targets_of_both_versions() -> None:
-    ev = parse_event(event(intervalPeriod={"start": "2026-12-05T14:00:00Z"},
-                           intervals=[event()["intervals"][0]], targets=["feeder-7"]))
+    ev = parse_event(
+        event(
+            intervalPeriod={"start": "2026-12-05T14:00:00Z"}, intervals=[event()["intervals"][0]], targets=["feeder-7"]
+        )
+    )
     assert ev.limits[0].end == math.inf and ev.targets == ("feeder-7",)
     ev30 = parse_event(event(targets=[{"type": "RESOURCE_NAME", "values": ["tr-1", "tr-2"]}]))
     assert ev30.targets == ("tr-1", "tr-2")
 
 
 def test_price_and_report_requests_are_noted() -> None:
-    ev = parse_event(event(
-        intervals=[{"id": 0, "payloads": [{"type": "PRICE", "values": [0.31]}]}],
-        reportDescriptors=[{"payloadType": "USAGE"}, {"payloadType": "DEMAND"}, {"payloadType": "USAGE"}]))
+    ev = parse_event(
+        event(
+            intervals=[{"id": 0, "payloads": [{"type": "PRICE", "values": [0.31]}]}],
+            reportDescriptors=[{"payloadType": "USAGE"}, {"payloadType": "DEMAND"}, {"payloadType": "USAGE"}],
+        )
+    )
     assert ev.has_price and ev.limits == () and ev.report_types == ("USAGE", "DEMAND")
 
 
-@pytest.mark.parametrize("bad", [
-    {"id": ""}, {"id": "x" * 129}, {"programID": None},
-    {"intervals": "many"},
-    {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-1]}]}]},
-    {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": ["10"]}]}]},
-    {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [float("nan")]}]}]},
-    {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [True]}]}]},
-    {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [1, 2]}]}]},
-    {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [1e12]}]}]},
-    {"payloadDescriptors": [{"payloadType": "IMPORT_CAPACITY_LIMIT", "units": "HP"}]},
-    {"intervals": [{"id": i, "payloads": []} for i in range(5000)]},
-    {"intervalPeriod": None, "intervals": [{"id": 0, "payloads": []}]},
-    {"intervalPeriod": {"start": "yesterday"}},
-    {"targets": "all"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"id": ""},
+        {"id": "x" * 129},
+        {"programID": None},
+        {"intervals": "many"},
+        {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-1]}]}]},
+        {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": ["10"]}]}]},
+        {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [float("nan")]}]}]},
+        {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [True]}]}]},
+        {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [1, 2]}]}]},
+        {"intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [1e12]}]}]},
+        {"payloadDescriptors": [{"payloadType": "IMPORT_CAPACITY_LIMIT", "units": "HP"}]},
+        {"intervals": [{"id": i, "payloads": []} for i in range(5000)]},
+        {"intervalPeriod": None, "intervals": [{"id": 0, "payloads": []}]},
+        {"intervalPeriod": {"start": "yesterday"}},
+        {"targets": "all"},
+    ],
+)
 def test_malformed_events_are_refused_with_a_reason(bad: dict[str, Any]) -> None:
     with pytest.raises(EventError):
         parse_event(event(**bad))
@@ -97,13 +121,29 @@ def test_malformed_events_are_refused_with_a_reason(bad: dict[str, Any]) -> None
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["id", "programID", "intervalPeriod", "intervals", "targets",
-                                        "payloadDescriptors", "reportDescriptors", "eventName"]),
-                       json_values, max_size=8))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "id",
+                "programID",
+                "intervalPeriod",
+                "intervals",
+                "targets",
+                "payloadDescriptors",
+                "reportDescriptors",
+                "eventName",
+            ]
+        ),
+        json_values,
+        max_size=8,
+    )
+)
 def test_hostile_json_never_crashes(raw: dict[str, Any]) -> None:
     try:
         ev = parse_event({**event(), **raw})

@@ -61,8 +61,9 @@ def router(state: dict[str, Any]) -> APIRouter:
 
 def client(app: FastAPI, token: str | None = None) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.1.2.3", 5555)),
-                             base_url="http://t", headers=headers)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("10.1.2.3", 5555)), base_url="http://t", headers=headers
+    )
 
 
 # ------------------------------------------------------------------------------------------ default
@@ -92,14 +93,19 @@ async def test_open_access_is_explicit() -> None:
 
 async def test_token_roles(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(f"ops: {{role: operator, sha256: {token_digest(OPERATOR)}}}\n"
-                      f"grafana: {{role: read-only, sha256: {token_digest(READER)}}}\n")
-    assert OPERATOR not in tokens.read_text()          # only hashes are stored
+    tokens.write_text(
+        f"ops: {{role: operator, sha256: {token_digest(OPERATOR)}}}\n"
+        f"grafana: {{role: read-only, sha256: {token_digest(READER)}}}\n"
+    )
+    assert OPERATOR not in tokens.read_text()  # only hashes are stored
     state: dict[str, Any] = {"limit": 1}
-    app = create_app("t", Health(), [router(state)],
-                     auth=ApiAuth.from_settings(Settings(api_tokens_file=tokens)))
-    async with client(app) as anon, client(app, READER) as reader, client(app, OPERATOR) as op, \
-            client(app, "wrong-token-wrong-token-wrong") as bad:
+    app = create_app("t", Health(), [router(state)], auth=ApiAuth.from_settings(Settings(api_tokens_file=tokens)))
+    async with (
+        client(app) as anon,
+        client(app, READER) as reader,
+        client(app, OPERATOR) as op,
+        client(app, "wrong-token-wrong-token-wrong") as bad,
+    ):
         r = await anon.get("/api/v1/thing")
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
         assert (await bad.get("/api/v1/thing")).status_code == 401
@@ -113,8 +119,7 @@ async def test_token_roles(tmp_path: Path) -> None:
         assert r.status_code == 401
 
 
-async def test_token_file_is_reloaded_when_the_secret_changes(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_token_file_is_reloaded_when_the_secret_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth_mod, "RELOAD_CHECK_S", 0.0)
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(f"ops: {{role: operator, sha256: {token_digest(OPERATOR)}}}\n")
@@ -124,17 +129,20 @@ async def test_token_file_is_reloaded_when_the_secret_changes(tmp_path: Path,
     os.utime(tokens, (time.time() + 5, time.time() + 5))
     assert isinstance(await auth.authenticate("PUT", f"Bearer {OPERATOR}"), auth_mod.Denied)
     assert not isinstance(await auth.authenticate("PUT", f"Bearer {READER}"), auth_mod.Denied)
-    tokens.write_text("garbage: [")                    # a broken update keeps the last good tokens
+    tokens.write_text("garbage: [")  # a broken update keeps the last good tokens
     os.utime(tokens, (time.time() + 10, time.time() + 10))
     assert not isinstance(await auth.authenticate("PUT", f"Bearer {READER}"), auth_mod.Denied)
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    ("ops: {role: admin, sha256: " + "a" * 64 + "}\n", "role must be one of"),
-    ("ops: {role: operator, sha256: abc}\n", "SHA-256"),
-    ("ops: {role: operator, token: plain}\n", "expected {role"),
-    ("[1, 2]\n", "mapping"),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("ops: {role: admin, sha256: " + "a" * 64 + "}\n", "role must be one of"),
+        ("ops: {role: operator, sha256: abc}\n", "SHA-256"),
+        ("ops: {role: operator, token: plain}\n", "expected {role"),
+        ("[1, 2]\n", "mapping"),
+    ],
+)
 def test_bad_token_file_is_one_line(tmp_path: Path, content: str, problem: str) -> None:
     p = tmp_path / "tokens.yaml"
     p.write_text(content)
@@ -143,8 +151,14 @@ def test_bad_token_file_is_one_line(tmp_path: Path, content: str, problem: str) 
     assert problem in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize(("value", "problem"), [
-    ("ops:operator:short", "shorter than"), ("ops:root:" + "x" * 40, "role must be one of"), ("nocolons", "name:role")])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("ops:operator:short", "shorter than"),
+        ("ops:root:" + "x" * 40, "role must be one of"),
+        ("nocolons", "name:role"),
+    ],
+)
 def test_bad_token_env(value: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         ApiAuth.from_settings(Settings.from_env({"GRIDCHARGE_API_TOKENS": value}))
@@ -168,25 +182,40 @@ KEYS = _keys()
 
 def token(alg: str = "RS256", kid: str = "rsa-1", **claims: Any) -> str:
     now = int(time.time())
-    body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-42", "exp": now + 300, "iat": now,
-            "preferred_username": "alice", "realm_access": {"roles": ["gridcharge-operator"]}, **claims}
+    body = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "user-42",
+        "exp": now + 300,
+        "iat": now,
+        "preferred_username": "alice",
+        "realm_access": {"roles": ["gridcharge-operator"]},
+        **claims,
+    }
     key = KEYS["rsa"] if alg.startswith("RS") else KEYS["ec"]
     return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers={"kid": kid})
 
 
 def oidc_settings(jwks: Path | None = None, url: str = "") -> Settings:
-    return Settings(oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_jwks_file=jwks, oidc_jwks_url=url,
-                    oidc_roles_claim="realm_access.roles",
-                    oidc_role_map="gridcharge-operator=operator,gridcharge-viewer=read-only")
+    return Settings(
+        oidc_issuer=ISSUER,
+        oidc_audience=AUDIENCE,
+        oidc_jwks_file=jwks,
+        oidc_jwks_url=url,
+        oidc_roles_claim="realm_access.roles",
+        oidc_role_map="gridcharge-operator=operator,gridcharge-viewer=read-only",
+    )
 
 
 def _hs256(claims: dict[str, Any], key: bytes, kid: str) -> str:
     """A token HMAC-signed with `key` by hand (PyJWT itself refuses a PEM key as an HMAC secret)."""
+
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
-    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode()) + "." + \
-        b64(json.dumps(claims).encode())
+    signing_input = (
+        b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode()) + "." + b64(json.dumps(claims).encode())
+    )
     return signing_input + "." + b64(hmac.new(key, signing_input.encode(), hashlib.sha256).digest())
 
 
@@ -204,22 +233,39 @@ async def test_oidc_tokens(jwks_file: Path) -> None:
         return await auth.authenticate(method, f"Bearer {tok}")
 
     p = await check(token())
-    assert isinstance(p, auth_mod.Principal) and (p.subject, p.name, p.role, p.method) == \
-        ("user-42", "alice", "operator", "oidc")
+    assert isinstance(p, auth_mod.Principal) and (p.subject, p.name, p.role, p.method) == (
+        "user-42",
+        "alice",
+        "operator",
+        "oidc",
+    )
     assert isinstance(await check(token("ES256", "ec-1")), auth_mod.Principal)
     viewer = token(realm_access={"roles": ["gridcharge-viewer"]})
     assert isinstance(await check(viewer, "GET"), auth_mod.Principal)
     assert (await check(viewer)).status == 403
     assert (await check(token(realm_access={"roles": ["other"]}), "GET")).status == 403
-    for bad in (token(iss="https://evil.example"), token(aud="another-client"), token(exp=int(time.time()) - 3600),
-                token(kid="unknown"), token(sub=None)):
+    for bad in (
+        token(iss="https://evil.example"),
+        token(aud="another-client"),
+        token(exp=int(time.time()) - 3600),
+        token(kid="unknown"),
+        token(sub=None),
+    ):
         d = await check(bad)
         assert isinstance(d, auth_mod.Denied) and d.status == 401, d
     # alg confusion: an HS256 token keyed with the (public) RSA key must not pass, nor an unsigned one
-    pem = KEYS["rsa"].public_key().public_bytes(serialization.Encoding.PEM,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60,
-              "realm_access": {"roles": ["gridcharge-operator"]}}
+    pem = (
+        KEYS["rsa"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "x",
+        "exp": int(time.time()) + 60,
+        "realm_access": {"roles": ["gridcharge-operator"]},
+    }
     forged = _hs256(claims, pem, kid="rsa-1")
     assert (await check(forged)).status == 401
     unsigned = jwt.encode(claims, "", algorithm="none", headers={"kid": "rsa-1"})
@@ -244,7 +290,7 @@ async def test_oidc_jwks_from_url_is_cached(monkeypatch: pytest.MonkeyPatch) -> 
         for _ in range(5):
             assert isinstance(await auth.authenticate("PUT", f"Bearer {token()}"), auth_mod.Principal)
         assert len(fetches) == 1
-        await auth.authenticate("PUT", f"Bearer {token(kid='rotated')}")   # unknown kid: no refetch storm
+        await auth.authenticate("PUT", f"Bearer {token(kid='rotated')}")  # unknown kid: no refetch storm
         assert len(fetches) == 1
         monkeypatch.setattr(auth_mod, "MIN_REFETCH_S", 0.0)
         await auth.authenticate("PUT", f"Bearer {token(kid='rotated')}")
@@ -253,17 +299,31 @@ async def test_oidc_jwks_from_url_is_cached(monkeypatch: pytest.MonkeyPatch) -> 
         await server.stop()
 
 
-@pytest.mark.parametrize(("settings", "key"), [
-    ({"oidc_issuer": ISSUER, "oidc_jwks_url": "https://idp/jwks"}, "GRIDCHARGE_OIDC_AUDIENCE"),
-    ({"oidc_issuer": ISSUER, "oidc_audience": "a"}, "GRIDCHARGE_OIDC_JWKS_URL"),
-    ({"oidc_issuer": ISSUER, "oidc_audience": "a", "oidc_jwks_url": "http://idp.example/jwks"},
-     "GRIDCHARGE_OIDC_JWKS_URL"),
-    ({"oidc_issuer": ISSUER, "oidc_audience": "a", "oidc_jwks_url": "https://idp/jwks", "oidc_algorithms": "HS256"},
-     "GRIDCHARGE_OIDC_ALGORITHMS"),
-    ({"oidc_audience": "a"}, "GRIDCHARGE_OIDC_ISSUER"),
-    ({"oidc_issuer": ISSUER, "oidc_audience": "a", "oidc_jwks_url": "https://idp/jwks", "oidc_role_map": "x"},
-     "GRIDCHARGE_OIDC_ROLE_MAP"),
-])
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"oidc_issuer": ISSUER, "oidc_jwks_url": "https://idp/jwks"}, "GRIDCHARGE_OIDC_AUDIENCE"),
+        ({"oidc_issuer": ISSUER, "oidc_audience": "a"}, "GRIDCHARGE_OIDC_JWKS_URL"),
+        (
+            {"oidc_issuer": ISSUER, "oidc_audience": "a", "oidc_jwks_url": "http://idp.example/jwks"},
+            "GRIDCHARGE_OIDC_JWKS_URL",
+        ),
+        (
+            {
+                "oidc_issuer": ISSUER,
+                "oidc_audience": "a",
+                "oidc_jwks_url": "https://idp/jwks",
+                "oidc_algorithms": "HS256",
+            },
+            "GRIDCHARGE_OIDC_ALGORITHMS",
+        ),
+        ({"oidc_audience": "a"}, "GRIDCHARGE_OIDC_ISSUER"),
+        (
+            {"oidc_issuer": ISSUER, "oidc_audience": "a", "oidc_jwks_url": "https://idp/jwks", "oidc_role_map": "x"},
+            "GRIDCHARGE_OIDC_ROLE_MAP",
+        ),
+    ],
+)
 def test_oidc_misconfiguration_is_refused(settings: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as err:
         ApiAuth.from_settings(Settings(**settings))
@@ -283,22 +343,36 @@ async def test_every_change_is_audited_on_the_bus_and_logged(caplog: pytest.LogC
 
     await bus.subscribe([AUDIT_EVENTS.name], "audit-test", on_audit)
     state: dict[str, Any] = {"limit": 1}
-    app = create_app("t", Health(), [router(state)], audit=AuditSink(bus, "allocation", "allocation/a"),
-                     auth=ApiAuth.with_tokens(ops=("operator", OPERATOR), grafana=("read-only", READER)))
+    app = create_app(
+        "t",
+        Health(),
+        [router(state)],
+        audit=AuditSink(bus, "allocation", "allocation/a"),
+        auth=ApiAuth.with_tokens(ops=("operator", OPERATOR), grafana=("read-only", READER)),
+    )
     caplog.set_level("INFO", "gridcharge.audit")
     async with client(app, OPERATOR) as op, client(app, READER) as reader:
-        await op.get("/api/v1/thing")                                   # reads are not audited
+        await op.get("/api/v1/thing")  # reads are not audited
         await op.put("/api/v1/thing?why=test", json={"limit": 5})
         await op.put("/api/v1/thing", content=b"not json", headers={"content-type": "application/json"})
-        await reader.put("/api/v1/thing", json={"limit": 9})           # refused before it ran: no change
+        await reader.put("/api/v1/thing", json={"limit": 9})  # refused before it ran: no change
     await bus.flush()
     await bus.stop()
     assert [e.status_code for e in events] == [200, 422]
     e = events[0]
-    assert (e.actor.subject, e.actor.role, e.actor.method, e.actor.client_address) == \
-        ("ops", "operator", "token", "10.1.2.3")
-    assert (e.service, e.method, e.path, e.query, e.target) == ("allocation", "PUT", "/api/v1/thing", "why=test",
-                                                                  "thing")
+    assert (e.actor.subject, e.actor.role, e.actor.method, e.actor.client_address) == (
+        "ops",
+        "operator",
+        "token",
+        "10.1.2.3",
+    )
+    assert (e.service, e.method, e.path, e.query, e.target) == (
+        "allocation",
+        "PUT",
+        "/api/v1/thing",
+        "why=test",
+        "thing",
+    )
     assert json.loads(e.request_json) == {"limit": 5}
     assert json.loads(e.before_json) == {"limit": 1} and json.loads(e.after_json) == {"limit": 5}
     assert e.meta.producer == "allocation/a" and e.meta.produced_at.seconds > 0

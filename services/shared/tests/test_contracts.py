@@ -25,12 +25,14 @@ def test_roundtrip() -> None:
 
 
 def test_generated_code_is_current() -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--check"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
 def test_topics_doc_is_current() -> None:
-    r = subprocess.run([sys.executable, "-m", "gridcharge.shared.docs", "--check", str(ROOT / "docs" / "topics.md")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "gridcharge.shared.docs", "--check", str(ROOT / "docs" / "topics.md")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr

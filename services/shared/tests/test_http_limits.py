@@ -16,8 +16,14 @@ from gridcharge.shared.auth import ApiAuth
 from gridcharge.shared.http import EdgeLimits, Health, HttpServer, create_app
 
 TOKEN = "limits-test-operator-token-000000000"
-LIMITS = EdgeLimits(max_body_bytes=64 * 1024, header_timeout_s=0.5, body_timeout_s=1.0, keepalive_timeout_s=1.0,
-                    max_connections=20, max_connections_per_ip=10)
+LIMITS = EdgeLimits(
+    max_body_bytes=64 * 1024,
+    header_timeout_s=0.5,
+    body_timeout_s=1.0,
+    keepalive_timeout_s=1.0,
+    max_connections=20,
+    max_connections_per_ip=10,
+)
 received: list[int] = []
 
 
@@ -51,17 +57,19 @@ async def _response(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes
 
 def _post_head(length: int | None) -> bytes:
     size = f"content-length: {length}\r\n" if length is not None else "transfer-encoding: chunked\r\n"
-    return (f"POST /api/v1/readings HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {TOKEN}\r\n"
-            f"content-type: application/json\r\n{size}\r\n").encode()
+    return (
+        f"POST /api/v1/readings HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {TOKEN}\r\n"
+        f"content-type: application/json\r\n{size}\r\n"
+    ).encode()
 
 
 async def test_declared_oversize_body_is_refused_before_it_is_sent(server: HttpServer) -> None:
     reader, writer = await _open(server.port)
-    writer.write(_post_head(59 * 1024 * 1024))           # 59 MiB announced, nothing sent
+    writer.write(_post_head(59 * 1024 * 1024))  # 59 MiB announced, nothing sent
     await writer.drain()
     resp = await _response(reader)
     assert resp.startswith(b"HTTP/1.1 413") and b"connection: close" in resp.lower()
-    assert await reader.read() == b""                    # and the connection is closed
+    assert await reader.read() == b""  # and the connection is closed
     writer.close()
 
 
@@ -70,18 +78,18 @@ async def test_chunked_oversize_body_is_cut_off_while_streaming(server: HttpServ
     reader, writer = await _open(server.port)
     writer.write(_post_head(None))
     chunk = b"[" + b"1," * 8191 + b"1]"
-    answer = asyncio.create_task(reader.read(65536))    # read while sending: the answer comes mid-upload
+    answer = asyncio.create_task(reader.read(65536))  # read while sending: the answer comes mid-upload
     sent = 0
     with contextlib.suppress(ConnectionResetError, BrokenPipeError):
         while sent < 59 * 1024 * 1024 and not answer.done():
             writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             await writer.drain()
             sent += len(chunk)
-            await asyncio.sleep(0)                       # let the answer in
+            await asyncio.sleep(0)  # let the answer in
     status = (await asyncio.wait_for(answer, 5))[:12]
     assert status == b"HTTP/1.1 413"
     print(f"chunked upload: 413 after {sent} bytes sent (limit {LIMITS.max_body_bytes})")
-    assert sent < 8 * 1024 * 1024, f"{sent} bytes went in before the 413"   # kernel buffers, not the server
+    assert sent < 8 * 1024 * 1024, f"{sent} bytes went in before the 413"  # kernel buffers, not the server
     writer.close()
 
 
@@ -98,7 +106,7 @@ async def test_half_sent_headers_are_closed_after_the_header_timeout(server: Htt
     t0 = time.monotonic()
     conns = [await _open(server.port) for _ in range(5)]
     for _, w in conns:
-        w.write(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-slow: ")   # never finished
+        w.write(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-slow: ")  # never finished
         await w.drain()
     for r, w in conns:
         resp = await _response(r, timeout=5)
@@ -121,7 +129,7 @@ async def test_trickled_body_is_cut_after_the_body_timeout(server: HttpServer) -
     await writer.drain()
     t0 = time.monotonic()
     with pytest.raises((ConnectionResetError, BrokenPipeError, AssertionError, TimeoutError)):
-        for _ in range(40):                                # one byte every 100 ms: would take 100 s
+        for _ in range(40):  # one byte every 100 ms: would take 100 s
             await asyncio.sleep(0.1)
             writer.write(b"1")
             await writer.drain()
@@ -133,13 +141,13 @@ async def test_trickled_body_is_cut_after_the_body_timeout(server: HttpServer) -
 async def test_connection_cap_per_client_and_total(server: HttpServer) -> None:
     held = [await _open(server.port) for _ in range(LIMITS.max_connections_per_ip)]
     await asyncio.sleep(0.05)
-    reader, writer = await _open(server.port)              # one too many from this address
+    reader, writer = await _open(server.port)  # one too many from this address
     assert (await _response(reader)).startswith(b"HTTP/1.1 503")
     writer.close()
     for _, w in held:
         w.close()
     await asyncio.sleep(0.1)
-    reader, writer = await _open(server.port)              # freed again
+    reader, writer = await _open(server.port)  # freed again
     writer.write(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
     assert (await _response(reader)).startswith(b"HTTP/1.1 200")
     writer.close()
@@ -151,7 +159,7 @@ async def test_keep_alive_requests_still_work(server: HttpServer) -> None:
         writer.write(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
         await writer.drain()
         assert (await _response(reader)).startswith(b"HTTP/1.1 200")
-        await asyncio.sleep(0.6)                           # longer than the header timeout, between requests
+        await asyncio.sleep(0.6)  # longer than the header timeout, between requests
     writer.close()
 
 

@@ -13,8 +13,8 @@ async def test_one_leader_standby_takes_over_after_ttl_or_release() -> None:
     assert await a.renew() and not await b.renew()
     assert await b.holder() == "a"
     await clock.advance(10)
-    assert await a.renew() and not await b.renew()       # renewal keeps it
-    await clock.advance(16)                               # a died: its lease lapses
+    assert await a.renew() and not await b.renew()  # renewal keeps it
+    await clock.advance(16)  # a died: its lease lapses
     assert await b.renew() and not await a.renew()
     await b.release()
-    assert await a.renew()                                # clean release: taken over at once
+    assert await a.renew()  # clean release: taken over at once

@@ -32,7 +32,7 @@ def test_good_topology_loads_with_paths_and_limits(tmp_path: Path) -> None:
     t = load_topology(write(tmp_path, GOOD))
     assert t.station_path("CP2") == ["panel", "trafo"]
     assert t.limit_w("panel") == pytest.approx((63 * 230,) * 3)
-    assert t.fallback_draw_a("trafo") == (6.0, 16.0, 6.0)   # CP2 is single-phase on L2
+    assert t.fallback_draw_a("trafo") == (6.0, 16.0, 6.0)  # CP2 is single-phase on L2
     assert t.station_by_id["CP2"].evse_phases(1) == ("L2",)
     assert [s.id for s in t.stations_under("trafo")] == ["CP1", "CP2"]
 
@@ -43,8 +43,11 @@ def test_good_topology_loads_with_paths_and_limits(tmp_path: Path) -> None:
         (("parent: trafo, limit_a: [63", "parent: trafx, limit_a: [63"), "nodes[1].parent", "unknown node 'trafx'"),
         (("{id: CP1, node: panel", "{id: CP1, node: nowhere"), "stations[0].node", "unknown node 'nowhere'"),
         (("limit_a: [63, 63, 63]", "limit_a: [63, -1, 63]"), "nodes[1]", "must not be negative"),
-        (("{id: trafo, kind: transformer,", "{id: trafo, kind: transformer, parent: panel,"),
-         "nodes[0].parent", "cycle"),
+        (
+            ("{id: trafo, kind: transformer,", "{id: trafo, kind: transformer, parent: panel,"),
+            "nodes[0].parent",
+            "cycle",
+        ),
         (("limit_a: [63, 63, 63]", "limit_a: [63, 12, 63]"), "nodes[1].limit", "add up to 16.0 A on L2"),
         (("fallback_current_a: 10", "fallback_current_a: 40"), "stations[1]", "exceeds max_current_a"),
         (("{id: pv, node: trafo", "{id: pv, node: roof"), "pv_systems[0].node", "unknown node 'roof'"),
@@ -55,8 +58,7 @@ def test_good_topology_loads_with_paths_and_limits(tmp_path: Path) -> None:
         (("limit_a: [100, 100, 100], metered", "metered"), "nodes[0]", "needs limit_a or limit_w"),
     ],
 )
-def test_each_mistake_names_file_key_and_problem(tmp_path: Path, edit: tuple[str, str], key: str,
-                                                  problem: str) -> None:
+def test_each_mistake_names_file_key_and_problem(tmp_path: Path, edit: tuple[str, str], key: str, problem: str) -> None:
     assert edit[0] in GOOD
     path = write(tmp_path, GOOD.replace(edit[0], edit[1], 1))
     with pytest.raises(ConfigError) as err:

@@ -31,7 +31,7 @@ async def test_overload_detects_the_step_it_injected() -> None:
     assert f["peak_overshoot_kw"] > 0 and f["seconds_over_limit"] > 0 and f["violation_steps"] >= 1
     assert f["recovery_s"] is None or f["recovery_s"] > 0
     # the writes counted are the stations' own log
-    a, b = res.run.sim.sc.start_s + 600.0, res.run.sim.sc.start_s + 1800.0     # 20 min around T (20 min in)
+    a, b = res.run.sim.sc.start_s + 600.0, res.run.sim.sc.start_s + 1800.0  # 20 min around T (20 min in)
     n = sum(1 for c in res.run.sim.clients.values() for t, _ok, _w in c.profile_log if a <= t < b)
     assert f["writes_per_station_hour"] == pytest.approx(n / 6 * 3600 / 1200)
     assert len(res.run.writes) == sum(len(c.profile_log) for c in res.run.sim.clients.values())
@@ -40,8 +40,8 @@ async def test_overload_detects_the_step_it_injected() -> None:
 async def test_limit_raise_lets_the_cars_take_the_room() -> None:
     res = await bc.case_limit_raise(quick=True)
     f = res.figures
-    assert f["level_before_pct"] <= 60.0 + 1e-6       # under the DSO limit of 60 % (ground truth)
-    assert f["final_level_pct"] > f["level_before_pct"]   # the cars took some of the room (how fast: the bench)
+    assert f["level_before_pct"] <= 60.0 + 1e-6  # under the DSO limit of 60 % (ground truth)
+    assert f["final_level_pct"] > f["level_before_pct"]  # the cars took some of the room (how fast: the bench)
     assert f["overshoot_pct"] >= 0 and f["seconds_over_limit"] >= 0
     assert f["rise_s"] is None or f["rise_s"] >= 0
 
@@ -50,8 +50,8 @@ async def test_fleet_idle_counts_writes_and_nothing_is_drawn() -> None:
     res = await bc.case_fleet_idle(quick=True)
     f = res.figures
     assert f["stations_connected"] == 8
-    assert f["energy_kwh"] == 0 and f["ev_load_kw_mean"] == 0       # full cars draw nothing
-    assert f["writes_per_station_startup"] > 0                         # at least the fallbacks went out
+    assert f["energy_kwh"] == 0 and f["ev_load_kw_mean"] == 0  # full cars draw nothing
+    assert f["writes_per_station_startup"] > 0  # at least the fallbacks went out
     sim = res.run.sim
     t_m = sim.sc.start_s + 300.0
     n = sum(1 for c in sim.clients.values() for t, _ok, _w in c.profile_log if t >= t_m)
@@ -74,8 +74,14 @@ async def test_quick_demo_reports_share_of_optimum() -> None:
 def test_child_process_contract() -> None:
     """The parent runs the file as a script (`-P`: its directory does not shadow packages) and reads one JSON
     document whose figures cover every row the parent shows."""
-    r = subprocess.run([sys.executable, "-P", str(bc.HARNESS), "--json", "--case", "fleet-idle", "--quick"],
-                       capture_output=True, text=True, timeout=600, env=bc.child_env(), check=False)
+    r = subprocess.run(
+        [sys.executable, "-P", str(bc.HARNESS), "--json", "--case", "fleet-idle", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=bc.child_env(),
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     doc = bc.parse_child_output(r.stdout)
     json.dumps(doc, allow_nan=False)
@@ -94,8 +100,12 @@ def test_parse_child_output_rejects_foreign_output() -> None:
 
 
 def test_run_child_checks_which_code_it_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    doc = {"contract": bc.CONTRACT, "case": "overload", "figures": {"x": 1.0},
-           "modules": {"allocation": "/elsewhere/services/allocation/src/gridcharge/allocation/__init__.py"}}
+    doc = {
+        "contract": bc.CONTRACT,
+        "case": "overload",
+        "figures": {"x": 1.0},
+        "modules": {"allocation": "/elsewhere/services/allocation/src/gridcharge/allocation/__init__.py"},
+    }
 
     def fake_run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         assert cmd[1:3] == ["-P", str(bc.HARNESS)] and "--json" in cmd
@@ -112,8 +122,12 @@ def test_run_child_checks_which_code_it_ran(tmp_path: Path, monkeypatch: pytest.
 
 
 def _doc(**figures: float | None) -> dict[str, Any]:
-    return {"contract": bc.CONTRACT, "case": "c", "figures": figures,
-            "detail": {"why": [{"station": "s01", "writes": 9, "kinds": {"lower Tx/evse1": 5, "raise Tx/evse1": 4}}]}}
+    return {
+        "contract": bc.CONTRACT,
+        "case": "c",
+        "figures": figures,
+        "detail": {"why": [{"station": "s01", "writes": 9, "kinds": {"lower Tx/evse1": 5, "raise Tx/evse1": 4}}]},
+    }
 
 
 def test_compare_report_and_record(tmp_path: Path) -> None:
@@ -122,12 +136,22 @@ def test_compare_report_and_record(tmp_path: Path) -> None:
     def runner(version: bc.Version, case: str, quick: bool, logdir: Path, tag: str) -> bc.Outcome:
         calls.append((case, version.label))
         w = 0.4 if version.label == "before" else 0.05
-        return bc.Outcome(case, version.label, _doc(writes_per_station_min=w + 0.01 * int(tag),
-                                                     writes_per_station_min_max=w, peak_load_pct=99.0,
-                                                     seconds_over_limit=0.0), real_s=1.0)
+        return bc.Outcome(
+            case,
+            version.label,
+            _doc(
+                writes_per_station_min=w + 0.01 * int(tag),
+                writes_per_station_min_max=w,
+                peak_load_pct=99.0,
+                seconds_over_limit=0.0,
+            ),
+            real_s=1.0,
+        )
 
-    versions = {"before": bc.Version("before", "py", tmp_path, "28abc91"),
-                "after": bc.Version("after", "py", tmp_path, "1d5f577")}
+    versions = {
+        "before": bc.Version("before", "py", tmp_path, "28abc91"),
+        "after": bc.Version("after", "py", tmp_path, "1d5f577"),
+    }
     res = bc.compare(["fleet-idle"], versions, repeat=3, runner=runner, log=lambda _m: None)
     assert calls == [("fleet-idle", "before"), ("fleet-idle", "after")] * 3
     text = bc.report(["fleet-idle"], res, versions, 3, False, "gridcharge bench control --baseline X")
@@ -136,7 +160,7 @@ def test_compare_report_and_record(tmp_path: Path) -> None:
     # medians (range of the runs), ratio of the medians, targets
     assert row.split("|")[2:6] == [" 0.410 (0.400–0.420) ", " 0.060 (0.050–0.070) ", " 0.15 ", " ≤ 0.2 (✗, ✓) "]
     row = next(x for x in text.splitlines() if x.startswith("| writes/station/min after start-up (busiest)"))
-    assert row.split("|")[2:4] == [" 0.400 ", " 0.050 "]                                # equal runs: no range
+    assert row.split("|")[2:4] == [" 0.400 ", " 0.050 "]  # equal runs: no range
     assert "s01 got 9 writes" in text
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Control quality\n\nmethod\n\n## Gateway\n\ngw\n", encoding="utf-8")
@@ -147,7 +171,7 @@ def test_compare_report_and_record(tmp_path: Path) -> None:
 
 def test_median_and_never() -> None:
     m = bc.median_figures([_doc(a=1.0, b=None, c=None), _doc(a=3.0, b=2.0, c=None), _doc(a=2.0, b=2.0, c=5.0)])
-    assert m == {"a": 2.0, "b": 2.0, "c": None}                 # never = +inf
+    assert m == {"a": 2.0, "b": 2.0, "c": None}  # never = +inf
     assert bc._fmt(bc.Figure("x"), None) == "never"
 
 

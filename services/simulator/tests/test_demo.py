@@ -21,12 +21,16 @@ def test_shipped_scenarios_load(name: str) -> None:
     sc = load_scenario(name)
     assert sc.visits and sc.end_s > sc.start_s
     assert all(v.station_id in sc.topology.station_by_id for v in sc.visits)
-    assert load_scenario(name).visits[0].ev.arrival_s == sc.visits[0].ev.arrival_s   # deterministic
+    assert load_scenario(name).visits[0].ev.arrival_s == sc.visits[0].ev.arrival_s  # deterministic
 
 
 def test_bad_scenario_names_the_key() -> None:
-    data = {"name": "x", "start": "2026-06-01T00:00:00Z", "topology": {"nodes": [{"id": "n", "limit_a": [1, 1, 1]}]},
-            "events": [{"at": "10:00", "kind": "limit", "node": "nope", "pct": 50}]}
+    data = {
+        "name": "x",
+        "start": "2026-06-01T00:00:00Z",
+        "topology": {"nodes": [{"id": "n", "limit_a": [1, 1, 1]}]},
+        "events": [{"at": "10:00", "kind": "limit", "node": "nope", "pct": 50}],
+    }
     with pytest.raises(ConfigError, match=r"events\[0\]\.node"):
         build_scenario(data, "s.yaml")
     with pytest.raises(ConfigError, match="fleet"):
@@ -42,7 +46,7 @@ async def test_demo_short_office_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("GRIDCHARGE_TELEMETRY_SNAPSHOT_S", raising=False)
     sc = load_scenario("office", start="2026-06-03T06:00:00Z", duration="40m")
     summary = await run_demo(sc, tmp_path, http_port=0, progress=False)
-    assert "GRIDCHARGE_TELEMETRY_SNAPSHOT_S" not in os.environ    # the demo's setting does not leak out
+    assert "GRIDCHARGE_TELEMETRY_SNAPSHOT_S" not in os.environ  # the demo's setting does not leak out
     assert summary["services"] == sorted(SERVICES) == ["allocation", "forecasting", "gateway", "telemetry"]
     assert summary["stations_connected_at_start"] == 20
     assert summary["violations"] == 0
@@ -63,7 +67,7 @@ async def test_demo_fails_when_allocation_does_not_load(tmp_path: Path, monkeypa
     sc = load_scenario("office", start="2026-06-03T06:00:00Z", duration="10m")
     with pytest.raises(ImportError, match=r"gridcharge\.allocation\.main"):
         await run_demo(sc, tmp_path, http_port=0, progress=False)
-    assert os.listdir(tmp_path) == []                               # no report of a run without allocation
+    assert os.listdir(tmp_path) == []  # no report of a run without allocation
     assert "GRIDCHARGE_TELEMETRY_SNAPSHOT_S" not in os.environ
 
 
@@ -74,12 +78,19 @@ async def test_residential_dso_window_is_never_crossed(tmp_path: Path) -> None:
     summary = await run_demo(sc, None, http_port=0, progress=False)
     assert {"gateway", "allocation"} <= set(summary["services"])
     assert summary["violations"] == 0, summary["nodes"]["feeder"]
-    assert summary["energy_total_kwh"] > 5        # cars did charge in the window
+    assert summary["energy_total_kwh"] > 5  # cars did charge in the window
 
 
 def test_cli_main_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = argparse.Namespace(scenario="residential", out=str(tmp_path / "r"), speed=None, http_port=0,
-                              no_progress=True, duration="10m", start=None)
+    args = argparse.Namespace(
+        scenario="residential",
+        out=str(tmp_path / "r"),
+        speed=None,
+        http_port=0,
+        no_progress=True,
+        duration="10m",
+        start=None,
+    )
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "energy requested" in out and "feeder" in out

@@ -34,31 +34,36 @@ def test_signal_messages_as_the_interfaces_publish_them() -> None:
     gs = GridSignals(sc.grid_signals, sc.topology)
     openadr, dim = sc.grid_signals
     assert gs.step(openadr.announce_s - 20) == []
-    (key, m), = gs.step(openadr.announce_s)                        # announced once, two hours ahead
+    ((key, m),) = gs.step(openadr.announce_s)  # announced once, two hours ahead
     assert (key, m.source, m.limit_id, m.node_id) == ("feeder", "openadr", "openadr:feeder-peak-1", "feeder")
     assert (m.valid_from.ToSeconds(), m.valid_to.ToSeconds()) == (openadr.at_s, openadr.end_s)
     assert gs.step(openadr.announce_s + 20) == []
-    (key, m), = gs.step(dim.at_s)                                   # the relay closes
+    ((key, m),) = gs.step(dim.at_s)  # the relay closes
     assert (key, m.source, m.limit_id) == ("site-b/§14a", "§14a", "§14a")
-    assert m.limit_w.l1 * 3 == pytest.approx(4200 + 3 * 4200 * 0.7)   # 4 devices behind an EMS: 13.02 kW
+    assert m.limit_w.l1 * 3 == pytest.approx(4200 + 3 * 4200 * 0.7)  # 4 devices behind an EMS: 13.02 kW
     assert gs.step(dim.at_s + 20) == []
-    assert len(gs.step(dim.at_s + 40)) == 1                         # refreshed every 30 s like the service
-    (key, m), = gs.step(dim.end_s)                                  # the relay opens: withdrawn
+    assert len(gs.step(dim.at_s + 40)) == 1  # refreshed every 30 s like the service
+    ((key, m),) = gs.step(dim.end_s)  # the relay opens: withdrawn
     assert m.valid_to == m.valid_from
     assert gs.limit_at("site-b", dim.at_s + 1) == ((4340.0, 4340.0, 4340.0), "§14a")
     assert gs.limit_at("feeder", openadr.at_s) == ((12000.0, 12000.0, 12000.0), "openadr")
     assert gs.limit_at("feeder", openadr.end_s) is None
-    assert [signal_label(s) for s in ("external:§14a", "budget:external:openadr:x", "external:sim-grid-1",
-                                      "headroom:forecast", "")] == ["§14a", "openadr", "dso", "headroom", "none"]
+    assert [
+        signal_label(s)
+        for s in ("external:§14a", "budget:external:openadr:x", "external:sim-grid-1", "headroom:forecast", "")
+    ] == ["§14a", "openadr", "dso", "headroom", "none"]
 
 
-@pytest.mark.parametrize(("signal", "key"), [
-    ({"kind": "openadr", "node": "nowhere", "at": "11:00", "limit_kw": 5}, r"grid_signals\[0\]\.node"),
-    ({"kind": "openadr", "node": "feeder", "at": "11:00"}, "limit_kw or pct"),
-    ({"kind": "§14a", "node": "site-b", "at": "11:00", "until": "10:00"}, "ends before it starts"),
-    ({"kind": "ripple", "node": "site-b", "at": "11:00"}, r"grid_signals\.0\.kind"),
-    ({"kind": "§14a", "node": "site-b", "at": "11:00", "devices": 0}, r"grid_signals\.0\.devices"),
-])
+@pytest.mark.parametrize(
+    ("signal", "key"),
+    [
+        ({"kind": "openadr", "node": "nowhere", "at": "11:00", "limit_kw": 5}, r"grid_signals\[0\]\.node"),
+        ({"kind": "openadr", "node": "feeder", "at": "11:00"}, "limit_kw or pct"),
+        ({"kind": "§14a", "node": "site-b", "at": "11:00", "until": "10:00"}, "ends before it starts"),
+        ({"kind": "ripple", "node": "site-b", "at": "11:00"}, r"grid_signals\.0\.kind"),
+        ({"kind": "§14a", "node": "site-b", "at": "11:00", "devices": 0}, r"grid_signals\.0\.devices"),
+    ],
+)
 def test_bad_signals_name_the_key(signal: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         build_scenario({**scenario_data(), "grid_signals": [signal]}, "s.yaml")
@@ -73,9 +78,17 @@ async def test_grid_signals_demo_binds_both_limits(tmp_path: Path, monkeypatch: 
     for f in data["fleet"]:
         f.update(arrival="10:30", arrival_std="10m", departure="16:00", departure_std="10m")
     data["grid_signals"] = [
-        {"kind": "openadr", "node": "feeder", "at": "11:00", "until": "11:45", "limit_kw": 36, "announce": "30m",
-         "event_id": "e1"},
-        {"kind": "§14a", "node": "site-b", "at": "12:00", "until": "12:40", "devices": 4}]
+        {
+            "kind": "openadr",
+            "node": "feeder",
+            "at": "11:00",
+            "until": "11:45",
+            "limit_kw": 36,
+            "announce": "30m",
+            "event_id": "e1",
+        },
+        {"kind": "§14a", "node": "site-b", "at": "12:00", "until": "12:40", "devices": 4},
+    ]
     sc = build_scenario(data, "grid-signals (test)")
     summary = await run_demo(sc, tmp_path, http_port=0, progress=False)
     openadr, dim = summary["grid_signals"]
@@ -87,8 +100,7 @@ async def test_grid_signals_demo_binds_both_limits(tmp_path: Path, monkeypatch: 
     # step in which the contact closed (the stations are cut within it)
     assert openadr["peak_kw"] <= 36.0 + 1e-6
     assert openadr["violations_first_minute"] == openadr["violations_later"] == dim["violations_later"] == 0
-    assert summary["violations"] == dim["violations_first_minute"] <= 3 * 3     # at most the first minute
+    assert summary["violations"] == dim["violations_first_minute"] <= 3 * 3  # at most the first minute
     assert dim["ev_energy_kwh"] > 0 and openadr["ev_energy_kwh"] > 0
     assert (tmp_path / "grid-signals.png").stat().st_size > 0
     assert "§14a" in format_summary(summary) and "openadr" in (tmp_path / "index.html").read_text(encoding="utf-8")
-

@@ -19,12 +19,35 @@ T0 = 1_780_000_000.0
 V = 230.0
 
 
-def prof(pid: int, purpose: str, limit: float, *, evse: int = 0, stack: int = 0, unit: str = "A",
-         duration: float | None = None, valid_to: float | None = None, kind: str = "Absolute",
-         start: float | None = T0, periods: tuple[Period, ...] | None = None, tx: str | None = None) -> Profile:
-    return Profile(profile_id=pid, stack_level=stack, purpose=purpose, kind=kind, rate_unit=unit,  # type: ignore[arg-type]
-                   periods=periods or (Period(0, limit),), evse_id=evse, duration_s=duration, valid_to=valid_to,
-                   start_schedule=start, transaction_id=tx, installed_at=T0)
+def prof(
+    pid: int,
+    purpose: str,
+    limit: float,
+    *,
+    evse: int = 0,
+    stack: int = 0,
+    unit: str = "A",
+    duration: float | None = None,
+    valid_to: float | None = None,
+    kind: str = "Absolute",
+    start: float | None = T0,
+    periods: tuple[Period, ...] | None = None,
+    tx: str | None = None,
+) -> Profile:
+    return Profile(
+        profile_id=pid,
+        stack_level=stack,
+        purpose=purpose,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        rate_unit=unit,  # type: ignore[arg-type]
+        periods=periods or (Period(0, limit),),
+        evse_id=evse,
+        duration_s=duration,
+        valid_to=valid_to,
+        start_schedule=start,
+        transaction_id=tx,
+        installed_at=T0,
+    )
 
 
 def test_no_profile_means_no_limit() -> None:
@@ -56,7 +79,7 @@ def test_valid_to_expiry_and_quirk_ignoring_it() -> None:
 def test_highest_active_stack_level_wins() -> None:
     s = ProfileStore()
     s.install(prof(1, "TxDefault", 10.0, stack=0), None)
-    s.install(prof(2, "TxDefault", 16.0, stack=1, start=T0 + 100), None)   # not yet started
+    s.install(prof(2, "TxDefault", 16.0, stack=1, start=T0 + 100), None)  # not yet started
     assert s.evse_limit_a(1, T0 + 50, None, 3, V)[0] == 10.0
     assert s.evse_limit_a(1, T0 + 150, None, 3, V)[0] == 16.0
 
@@ -72,9 +95,9 @@ def test_evse_txdefault_overrides_station_wide() -> None:
 def test_replacement_rules() -> None:
     s = ProfileStore()
     s.install(prof(1, "TxDefault", 10.0, stack=1), None)
-    s.install(prof(9, "TxDefault", 12.0, stack=1), None)      # same purpose+stack+evse replaces
+    s.install(prof(9, "TxDefault", 12.0, stack=1), None)  # same purpose+stack+evse replaces
     assert [p.profile_id for p in s.profiles] == [9]
-    s.install(prof(9, "StationMax", 40.0, stack=0), None)     # same id replaces
+    s.install(prof(9, "StationMax", 40.0, stack=0), None)  # same id replaces
     assert [p.purpose for p in s.profiles] == ["StationMax"]
 
 
@@ -102,33 +125,73 @@ def test_periods_relative_and_watts() -> None:
 
 def test_station_max_and_recurring() -> None:
     s = ProfileStore()
-    p = Profile(profile_id=1, stack_level=0, purpose="StationMax", kind="Recurring", rate_unit="A",
-                periods=(Period(0, 32.0), Period(3600, 16.0)), recurrency="Daily", start_schedule=T0)
+    p = Profile(
+        profile_id=1,
+        stack_level=0,
+        purpose="StationMax",
+        kind="Recurring",
+        rate_unit="A",
+        periods=(Period(0, 32.0), Period(3600, 16.0)),
+        recurrency="Daily",
+        start_schedule=T0,
+    )
     s.install(p, None)
     assert s.station_limit_a(T0 + 86_400 + 10, 3, V) == 32.0
     assert s.station_limit_a(T0 + 86_400 + 4000, 3, V) == 16.0
 
 
 def test_parse_both_versions_and_reject_garbage() -> None:
-    p16 = parse_ocpp_profile({
-        "charging_profile_id": 3, "stack_level": 1, "charging_profile_purpose": "TxDefaultProfile",
-        "charging_profile_kind": "Absolute", "valid_to": "2026-06-01T12:00:00Z",
-        "charging_schedule": {"charging_rate_unit": "A", "start_schedule": "2026-06-01T00:00:00Z",
-                              "charging_schedule_period": [{"start_period": 0, "limit": 10}]},
-    }, 0, T0)
+    p16 = parse_ocpp_profile(
+        {
+            "charging_profile_id": 3,
+            "stack_level": 1,
+            "charging_profile_purpose": "TxDefaultProfile",
+            "charging_profile_kind": "Absolute",
+            "valid_to": "2026-06-01T12:00:00Z",
+            "charging_schedule": {
+                "charging_rate_unit": "A",
+                "start_schedule": "2026-06-01T00:00:00Z",
+                "charging_schedule_period": [{"start_period": 0, "limit": 10}],
+            },
+        },
+        0,
+        T0,
+    )
     assert p16.purpose == "TxDefault" and p16.valid_to is not None
-    p201 = parse_ocpp_profile({
-        "id": 4, "stack_level": 0, "charging_profile_purpose": "ChargingStationMaxProfile",
-        "charging_profile_kind": "Absolute",
-        "charging_schedule": [{"id": 1, "charging_rate_unit": "W", "duration": 60,
-                               "charging_schedule_period": [{"start_period": 0, "limit": 22000.0}]}],
-    }, 0, T0)
+    p201 = parse_ocpp_profile(
+        {
+            "id": 4,
+            "stack_level": 0,
+            "charging_profile_purpose": "ChargingStationMaxProfile",
+            "charging_profile_kind": "Absolute",
+            "charging_schedule": [
+                {
+                    "id": 1,
+                    "charging_rate_unit": "W",
+                    "duration": 60,
+                    "charging_schedule_period": [{"start_period": 0, "limit": 22000.0}],
+                }
+            ],
+        },
+        0,
+        T0,
+    )
     assert p201.purpose == "StationMax" and p201.rate_unit == "W" and p201.duration_s == 60
-    for bad in ({}, {"id": "x"}, {"id": 1, "charging_profile_purpose": "Nope"},
-                {"id": 1, "stack_level": 0, "charging_profile_purpose": "TxProfile",
-                 "charging_profile_kind": "Absolute",
-                 "charging_schedule": {"charging_rate_unit": "A", "charging_schedule_period": [
-                     {"start_period": 5, "limit": 1}]}}):
+    for bad in (
+        {},
+        {"id": "x"},
+        {"id": 1, "charging_profile_purpose": "Nope"},
+        {
+            "id": 1,
+            "stack_level": 0,
+            "charging_profile_purpose": "TxProfile",
+            "charging_profile_kind": "Absolute",
+            "charging_schedule": {
+                "charging_rate_unit": "A",
+                "charging_schedule_period": [{"start_period": 5, "limit": 1}],
+            },
+        },
+    ):
         with pytest.raises(ProfileError):
             parse_ocpp_profile(bad, 1, T0)
 
@@ -142,13 +205,22 @@ def test_composite_schedule_change_points() -> None:
 
 
 def test_ev_taper_min_current_and_energy() -> None:
-    ev = Ev("e", battery_wh=10_000, arrival_soc=0.5, target_soc=1.0, arrival_s=0, departure_s=3600,
-            max_current_a=16, phases=3)
+    ev = Ev(
+        "e",
+        battery_wh=10_000,
+        arrival_soc=0.5,
+        target_soc=1.0,
+        arrival_s=0,
+        departure_s=3600,
+        max_current_a=16,
+        phases=3,
+    )
     assert ev.draw_a(None) == (16, 3)
-    assert ev.draw_a(5.0)[0] == 0.0             # below the IEC 61851 minimum: no charging
+    assert ev.draw_a(5.0)[0] == 0.0  # below the IEC 61851 minimum: no charging
     assert ev.draw_a(10.0, 1) == (10.0, 1)
     wh = ev.charge(16, 3, 3600, V)
     assert math.isclose(wh, 5000.0) and ev.full and ev.remaining_wh == 0
-    ev2 = Ev("f", battery_wh=10_000, arrival_soc=0.9, target_soc=1.0, arrival_s=0, departure_s=1,
-             max_current_a=32, phases=3)
+    ev2 = Ev(
+        "f", battery_wh=10_000, arrival_soc=0.9, target_soc=1.0, arrival_s=0, departure_s=1, max_current_a=32, phases=3
+    )
     assert 6.0 <= ev2.acceptable_current_a() < 32

@@ -14,7 +14,7 @@ from gridcharge.simulator.sim import Simulation, price_at
 async def test_no_profile_means_no_limit_and_violations_are_recorded() -> None:
     sc = load_scenario("office", start="2026-06-03T07:00:00Z", duration="20m")
     clock = SimClock(datetime.fromtimestamp(sc.start_s, UTC))
-    sim = Simulation(sc, clock, None, [])          # no gateway: no profiles ever arrive
+    sim = Simulation(sc, clock, None, [])  # no gateway: no profiles ever arrive
     while clock.time() < sc.end_s:
         await sim.step(20)
         await clock.advance(20)

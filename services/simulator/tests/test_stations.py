@@ -99,43 +99,108 @@ async def test_station_boots_obeys_profiles_and_reports(version: str) -> None:
         await client.tick(now)
         # the station-wide fallback, then a Tx lease; W is rejected (A-only quirk)
         if version == "2.0.1":
-            fallback = c201.SetChargingProfile(evse_id=0, charging_profile={
-                "id": 1, "stack_level": 0, "charging_profile_purpose": "TxDefaultProfile",
-                "charging_profile_kind": "Absolute", "charging_schedule": [{
-                    "id": 1, "charging_rate_unit": "A", "start_schedule": "2026-01-01T00:00:00Z",
-                    "charging_schedule_period": [{"start_period": 0, "limit": 6.0}]}]})
+            fallback = c201.SetChargingProfile(
+                evse_id=0,
+                charging_profile={
+                    "id": 1,
+                    "stack_level": 0,
+                    "charging_profile_purpose": "TxDefaultProfile",
+                    "charging_profile_kind": "Absolute",
+                    "charging_schedule": [
+                        {
+                            "id": 1,
+                            "charging_rate_unit": "A",
+                            "start_schedule": "2026-01-01T00:00:00Z",
+                            "charging_schedule_period": [{"start_period": 0, "limit": 6.0}],
+                        }
+                    ],
+                },
+            )
             tx_id = model.evses[1].tx.transaction_id  # type: ignore[union-attr]
-            lease = c201.SetChargingProfile(evse_id=1, charging_profile={
-                "id": 2, "stack_level": 1, "charging_profile_purpose": "TxProfile", "transaction_id": tx_id,
-                "charging_profile_kind": "Relative", "charging_schedule": [{
-                    "id": 1, "charging_rate_unit": "A", "duration": 120,
-                    "charging_schedule_period": [{"start_period": 0, "limit": 12.0}]}]})
-            watts = c201.SetChargingProfile(evse_id=1, charging_profile={
-                "id": 3, "stack_level": 2, "charging_profile_purpose": "TxProfile", "transaction_id": tx_id,
-                "charging_profile_kind": "Relative", "charging_schedule": [{
-                    "id": 1, "charging_rate_unit": "W",
-                    "charging_schedule_period": [{"start_period": 0, "limit": 4000.0}]}]})
+            lease = c201.SetChargingProfile(
+                evse_id=1,
+                charging_profile={
+                    "id": 2,
+                    "stack_level": 1,
+                    "charging_profile_purpose": "TxProfile",
+                    "transaction_id": tx_id,
+                    "charging_profile_kind": "Relative",
+                    "charging_schedule": [
+                        {
+                            "id": 1,
+                            "charging_rate_unit": "A",
+                            "duration": 120,
+                            "charging_schedule_period": [{"start_period": 0, "limit": 12.0}],
+                        }
+                    ],
+                },
+            )
+            watts = c201.SetChargingProfile(
+                evse_id=1,
+                charging_profile={
+                    "id": 3,
+                    "stack_level": 2,
+                    "charging_profile_purpose": "TxProfile",
+                    "transaction_id": tx_id,
+                    "charging_profile_kind": "Relative",
+                    "charging_schedule": [
+                        {
+                            "id": 1,
+                            "charging_rate_unit": "W",
+                            "charging_schedule_period": [{"start_period": 0, "limit": 4000.0}],
+                        }
+                    ],
+                },
+            )
         else:
-            fallback = c16.SetChargingProfile(connector_id=0, cs_charging_profiles={
-                "charging_profile_id": 1, "stack_level": 0, "charging_profile_purpose": "TxDefaultProfile",
-                "charging_profile_kind": "Absolute", "charging_schedule": {
-                    "charging_rate_unit": "A", "start_schedule": "2026-01-01T00:00:00Z",
-                    "charging_schedule_period": [{"start_period": 0, "limit": 6.0}]}})
-            lease = c16.SetChargingProfile(connector_id=1, cs_charging_profiles={
-                "charging_profile_id": 2, "stack_level": 1, "charging_profile_purpose": "TxProfile",
-                "transaction_id": 77, "charging_profile_kind": "Relative", "charging_schedule": {
-                    "charging_rate_unit": "A", "duration": 120,
-                    "charging_schedule_period": [{"start_period": 0, "limit": 12.0}]}})
-            watts = c16.SetChargingProfile(connector_id=1, cs_charging_profiles={
-                "charging_profile_id": 3, "stack_level": 2, "charging_profile_purpose": "TxProfile",
-                "charging_profile_kind": "Relative", "charging_schedule": {
-                    "charging_rate_unit": "W", "charging_schedule_period": [{"start_period": 0, "limit": 4000.0}]}})
+            fallback = c16.SetChargingProfile(
+                connector_id=0,
+                cs_charging_profiles={
+                    "charging_profile_id": 1,
+                    "stack_level": 0,
+                    "charging_profile_purpose": "TxDefaultProfile",
+                    "charging_profile_kind": "Absolute",
+                    "charging_schedule": {
+                        "charging_rate_unit": "A",
+                        "start_schedule": "2026-01-01T00:00:00Z",
+                        "charging_schedule_period": [{"start_period": 0, "limit": 6.0}],
+                    },
+                },
+            )
+            lease = c16.SetChargingProfile(
+                connector_id=1,
+                cs_charging_profiles={
+                    "charging_profile_id": 2,
+                    "stack_level": 1,
+                    "charging_profile_purpose": "TxProfile",
+                    "transaction_id": 77,
+                    "charging_profile_kind": "Relative",
+                    "charging_schedule": {
+                        "charging_rate_unit": "A",
+                        "duration": 120,
+                        "charging_schedule_period": [{"start_period": 0, "limit": 12.0}],
+                    },
+                },
+            )
+            watts = c16.SetChargingProfile(
+                connector_id=1,
+                cs_charging_profiles={
+                    "charging_profile_id": 3,
+                    "stack_level": 2,
+                    "charging_profile_purpose": "TxProfile",
+                    "charging_profile_kind": "Relative",
+                    "charging_schedule": {
+                        "charging_rate_unit": "W",
+                        "charging_schedule_period": [{"start_period": 0, "limit": 4000.0}],
+                    },
+                },
+            )
         assert (await cs.call(fallback)).status == "Accepted"
         assert (await cs.call(lease)).status == "Accepted"
         assert (await cs.call(watts)).status == "Rejected"
         model.step(clock.time(), 10)
         assert model.evses[1].current_a == 12.0 and model.grid_currents_a() == (12.0, 12.0, 12.0)
-        await clock.advance(130)                          # the lease expires: fallback to 6 A by itself
+        await clock.advance(130)  # the lease expires: fallback to 6 A by itself
         model.step(clock.time(), 10)
         assert model.evses[1].current_a == 6.0
         await client.tick(clock.time())

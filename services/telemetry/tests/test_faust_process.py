@@ -72,10 +72,12 @@ async def test_fast_path_runs_when_the_changelog_mirror_fails() -> None:
 
     runtime = FaustRuntime(rt, svc.engine, settings, after)
     table = _Table(fail=2)
-    runtime.grid_table = table   # type: ignore[assignment]
+    runtime.grid_table = table  # type: ignore[assignment]
     topic = "p." + C.GRID_METER_READINGS.name
-    events = [_Event(b"trafo", grid("trafo", T0 - 2 + i, 1000.0 * (i + 1), 0.0, 0.0).SerializeToString(),
-                     _Msg(topic)) for i in range(3)]
+    events = [
+        _Event(b"trafo", grid("trafo", T0 - 2 + i, 1000.0 * (i + 1), 0.0, 0.0).SerializeToString(), _Msg(topic))
+        for i in range(3)
+    ]
     await runtime._process(_Stream(events), table)
     # every reading reached the fast path, failures or not
     assert [(t, k, o) for t, k, o in seen] == [(C.GRID_METER_READINGS.name, "trafo", Outcome.OK)] * 3

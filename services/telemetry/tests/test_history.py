@@ -18,7 +18,7 @@ def view(t: float, load: float, base: float, ambient: float = math.nan) -> NodeL
 def test_interval_closes_when_next_slot_starts() -> None:
     acc = IntervalAccumulator(900)
     out = []
-    for i in range(0, 180):                       # 15 min at 5 s, then the first sample of the next slot
+    for i in range(0, 180):  # 15 min at 5 s, then the first sample of the next slot
         out += acc.add([view(T0 + 5 * i, 1000 + i, 100, ambient=10.0 if i % 2 else math.nan)])
     assert out == []
     closed = acc.add([view(T0 + 900, 0, 0)])

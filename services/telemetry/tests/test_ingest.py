@@ -12,11 +12,14 @@ from gridcharge.telemetry import cli
 from gridcharge.telemetry.core.ingest import IngestError, check_nodes, parse_csv_readings, parse_json_readings
 
 CSV = (
-    "node_id,meter_id,measured_at,power_l1_w,power_l2_w,power_l3_w,current_l1_a,current_l2_a,current_l3_a,"
-    "ambient_temperature_c\n"
-) + """trafo,scada,2026-06-01T12:00:00Z,1000,2000,3000,5,9,13,21.5
+    (
+        "node_id,meter_id,measured_at,power_l1_w,power_l2_w,power_l3_w,current_l1_a,current_l2_a,current_l3_a,"
+        "ambient_temperature_c\n"
+    )
+    + """trafo,scada,2026-06-01T12:00:00Z,1000,2000,3000,5,9,13,21.5
 panel,,,10,20,30,,,,
 """
+)
 
 
 def test_csv_rows_become_readings() -> None:
@@ -38,15 +41,18 @@ def test_csv_errors_name_the_line() -> None:
     assert "line 2" in locs and "line 3" in locs
 
 
-@pytest.mark.parametrize("doc, needle", [
-    ({"node_id": "t", "power_w": [1, 2]}, "power_w"),
-    ({"node_id": "t", "power_w": [1, 2, "nan"]}, "finite"),
-    ({"node_id": "t", "power_w": [1, 2, 3], "current_a": [1, -2, 3]}, "negative"),
-    ({"node_id": "t; drop", "power_w": [1, 2, 3]}, "node_id"),
-    ({"node_id": "t", "power_w": [1, 2, 3], "extra": 1}, "extra"),
-    ({"readings": []}, "readings"),
-    ([], "between 1 and"),
-])
+@pytest.mark.parametrize(
+    "doc, needle",
+    [
+        ({"node_id": "t", "power_w": [1, 2]}, "power_w"),
+        ({"node_id": "t", "power_w": [1, 2, "nan"]}, "finite"),
+        ({"node_id": "t", "power_w": [1, 2, 3], "current_a": [1, -2, 3]}, "negative"),
+        ({"node_id": "t; drop", "power_w": [1, 2, 3]}, "node_id"),
+        ({"node_id": "t", "power_w": [1, 2, 3], "extra": 1}, "extra"),
+        ({"readings": []}, "readings"),
+        ([], "between 1 and"),
+    ],
+)
 def test_json_validation_errors(doc: object, needle: str) -> None:
     with pytest.raises(IngestError) as ei:
         parse_json_readings(doc)

@@ -29,31 +29,83 @@ def messages(draw: st.DrawFn) -> tuple[str, object, float]:
     evse = draw(st.sampled_from([0, 1, 2, 3]))
     kind = draw(st.sampled_from(["mv", "status", "hb", "tx", "end", "disc", "grid", "cmd", "res"]))
     if kind == "mv":
-        vals = draw(st.lists(st.builds(sv, st.sampled_from(["Power.Active.Import", "Current.Import", "Voltage",
-                                                            "Energy.Active.Import.Register", "Temperature", ""]),
-                                       anyfloat, st.sampled_from(["", "L1", "L2", "L3", "N", "L1-N", "L2-L3"]),
-                                       st.sampled_from(["W", "kW", "A", "V", "Wh", ""])), max_size=6))
+        vals = draw(
+            st.lists(
+                st.builds(
+                    sv,
+                    st.sampled_from(
+                        [
+                            "Power.Active.Import",
+                            "Current.Import",
+                            "Voltage",
+                            "Energy.Active.Import.Register",
+                            "Temperature",
+                            "",
+                        ]
+                    ),
+                    anyfloat,
+                    st.sampled_from(["", "L1", "L2", "L3", "N", "L1-N", "L2-L3"]),
+                    st.sampled_from(["W", "kW", "A", "V", "Wh", ""]),
+                ),
+                max_size=6,
+            )
+        )
         return "mv", mv(sid, evse, t, *vals), t
     if kind == "status":
         return "ev", status(sid, evse, t, draw(st.sampled_from(["Available", "Charging", "Faulted", "x"]))), t
     if kind == "hb":
         return "ev", heartbeat(sid, t), t
     if kind == "tx":
-        return "ev", event(sid, t, transaction_started=station_pb2.TransactionStarted(
-            transaction_id="t", evse_id=evse, meter_start_wh=draw(anyfloat))), t
+        return (
+            "ev",
+            event(
+                sid,
+                t,
+                transaction_started=station_pb2.TransactionStarted(
+                    transaction_id="t", evse_id=evse, meter_start_wh=draw(anyfloat)
+                ),
+            ),
+            t,
+        )
     if kind == "end":
-        return "ev", event(sid, t, transaction_ended=station_pb2.TransactionEnded(
-            transaction_id="t", evse_id=evse, meter_stop_wh=draw(anyfloat))), t
+        return (
+            "ev",
+            event(
+                sid,
+                t,
+                transaction_ended=station_pb2.TransactionEnded(
+                    transaction_id="t", evse_id=evse, meter_stop_wh=draw(anyfloat)
+                ),
+            ),
+            t,
+        )
     if kind == "disc":
         return "ev", event(sid, t, disconnected=station_pb2.Disconnected()), t
     if kind == "grid":
-        return "grid", grid(draw(st.sampled_from(["trafo", "panel", "x"])), t, draw(anyfloat), draw(finite),
-                            draw(finite)), t
+        return (
+            "grid",
+            grid(draw(st.sampled_from(["trafo", "panel", "x"])), t, draw(anyfloat), draw(finite), draw(finite)),
+            t,
+        )
     if kind == "cmd":
-        return "cmd", set_profile(sid, evse, draw(anyfloat), draw(st.sampled_from(["a", "b"])),
-                                  purpose=draw(st.sampled_from(list(command_pb2.ProfilePurpose.values())))), t
-    return "res", result(sid, draw(st.sampled_from(["a", "b"])),
-                         draw(st.sampled_from(list(command_pb2.CommandOutcome.values())))), t
+        return (
+            "cmd",
+            set_profile(
+                sid,
+                evse,
+                draw(anyfloat),
+                draw(st.sampled_from(["a", "b"])),
+                purpose=draw(st.sampled_from(list(command_pb2.ProfilePurpose.values()))),
+            ),
+            t,
+        )
+    return (
+        "res",
+        result(
+            sid, draw(st.sampled_from(["a", "b"])), draw(st.sampled_from(list(command_pb2.CommandOutcome.values())))
+        ),
+        t,
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -86,13 +138,12 @@ def test_any_sequence_keeps_invariants(msgs: list[tuple[str, object, float]], la
     trafo = core.node_loads(now)["trafo"]
     s2_worst_w = core.worst_case_a(core.topo.station_by_id["S2"], 1, now) * 230.0
     s2_best_w = core.evses[("S2", 1)].power_w[2]
-    assert s2_worst_w >= 6 * 230.0 - 1e-6                 # never zero: at least the fallback current
+    assert s2_worst_w >= 6 * 230.0 - 1e-6  # never zero: at least the fallback current
     assert trafo.worst_case_w[2] >= trafo.load_w[2] + s2_worst_w - s2_best_w - 1e-6
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.floats(min_value=0, max_value=7000), min_size=3, max_size=3),
-       st.permutations(["L1", "L2", "L3"]))
+@given(st.lists(st.floats(min_value=0, max_value=7000), min_size=3, max_size=3), st.permutations(["L1", "L2", "L3"]))
 def test_phase_mapping_conserves_power(powers: list[float], phase_map: list[str]) -> None:
     sample = MeterSample(power_ph=[powers[0], powers[1], powers[2]])
     g = to_grid(sample, tuple(phase_map), 230.0, 32.0, TelemetryConfig())  # type: ignore[arg-type]

@@ -61,7 +61,12 @@ def bench_main(args: argparse.Namespace) -> int:
     print(timing)
     if getattr(args, "record", False):
         cmd = "gridcharge bench allocator" + (" --quick" if quick else "")
-        record("Allocation", "allocator-bench", cmd, f"{quality}\n\nRe-plan time (24 h of 15-min slots, "
-               f"10 transformers × 100 EVSEs, three phases):\n\n{timing}\n")
+        record(
+            "Allocation",
+            "allocator-bench",
+            cmd,
+            f"{quality}\n\nRe-plan time (24 h of 15-min slots, "
+            f"10 transformers × 100 EVSEs, three phases):\n\n{timing}\n",
+        )
         print("recorded in docs/benchmarks.md")
     return 0

@@ -18,7 +18,7 @@ def create_service(rt: Runtime, topology: Topology) -> Service:
 create_service.service_name = "allocation"  # type: ignore[attr-defined]
 
 
-DEFAULT_HTTP_PORT = 8083   # when run alone (docs/DEVELOPING.md); the embedded process serves all on 8080
+DEFAULT_HTTP_PORT = 8083  # when run alone (docs/DEVELOPING.md); the embedded process serves all on 8080
 
 
 def main() -> int:

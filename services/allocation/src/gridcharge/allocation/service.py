@@ -41,19 +41,27 @@ from gridcharge.station.v1 import station_pb2
 log = logging.getLogger(__name__)
 
 PLAN_TTL_S = 900.0
-FALLBACK_KEY = "allocation:fallback-installed"   # hash station -> "1": profiles persist across reboots (OCPP)
-SESSIONS_KEY = "allocation:sessions"             # hash station/evse -> session JSON (survives a restart)
-LEASE_KEY = "allocation:lease:"                  # + station: worst-case station-cap lease {cap_a, until}
-CAPS_KEY = "allocation:capabilities"             # hash station -> {units, max_periods} (survives a restart)
-GATEWAY_CONNECTED_KEY = "gw:connected"           # the gateway registry: station -> replica|protocol|epoch|since
-BASE_LOAD_REPLAN_W = 230.0                        # a base-load change this big re-plans (≈ 1 A on a phase)
+FALLBACK_KEY = "allocation:fallback-installed"  # hash station -> "1": profiles persist across reboots (OCPP)
+SESSIONS_KEY = "allocation:sessions"  # hash station/evse -> session JSON (survives a restart)
+LEASE_KEY = "allocation:lease:"  # + station: worst-case station-cap lease {cap_a, until}
+CAPS_KEY = "allocation:capabilities"  # hash station -> {units, max_periods} (survives a restart)
+GATEWAY_CONNECTED_KEY = "gw:connected"  # the gateway registry: station -> replica|protocol|epoch|since
+BASE_LOAD_REPLAN_W = 230.0  # a base-load change this big re-plans (≈ 1 A on a phase)
 
 P3 = tuple[float, float, float]
-SLOW_LIMITER_S = 0.25                             # a limiter reaction slower than this is logged (with why)
-STORE_BATCH = 64                                  # concurrent store writes per batch (the pool has 100)
+SLOW_LIMITER_S = 0.25  # a limiter reaction slower than this is logged (with why)
+STORE_BATCH = 64  # concurrent store writes per batch (the pool has 100)
 
-INPUT_TOPICS = (C.STATION_EVENTS, C.METER_VALUES, C.STATION_CAPABILITIES, C.COMMANDS, C.COMMAND_RESULTS,
-                C.NODE_LOAD, C.HEADROOM, C.EXTERNAL_LIMITS)
+INPUT_TOPICS = (
+    C.STATION_EVENTS,
+    C.METER_VALUES,
+    C.STATION_CAPABILITIES,
+    C.COMMANDS,
+    C.COMMAND_RESULTS,
+    C.NODE_LOAD,
+    C.HEADROOM,
+    C.EXTERNAL_LIMITS,
+)
 
 
 class _ProblemCaptured(BaseException):
@@ -109,8 +117,15 @@ class AllocationService:
 
     name = "allocation"
 
-    def __init__(self, rt: Runtime, topology: Topology, config: AllocatorConfig | None = None,
-                 planner: Planner | None = None, leader_ttl_s: float = 15.0, tick_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        topology: Topology,
+        config: AllocatorConfig | None = None,
+        planner: Planner | None = None,
+        leader_ttl_s: float = 15.0,
+        tick_s: float = 1.0,
+    ) -> None:
         self.rt, self.topology = rt, topology
         if planner is None:
             from gridcharge.allocation.core.planner import LpPlanner
@@ -130,10 +145,10 @@ class AllocationService:
         self._task: asyncio.Task[None] | None = None
         self._dirty_since: float | None = None
         self._last_plan_at: float | None = None
-        self._lock = asyncio.Lock()          # allocator decisions + their commands (plan apply, limiter)
-        self._replan_lock = asyncio.Lock()   # one re-plan at a time
-        self._wake = asyncio.Event()         # set when the plan turns dirty (real time: ends the idle wait)
-        self._replan_done_at = -math.inf     # clock time the last re-plan ended
+        self._lock = asyncio.Lock()  # allocator decisions + their commands (plan apply, limiter)
+        self._replan_lock = asyncio.Lock()  # one re-plan at a time
+        self._wake = asyncio.Event()  # set when the plan turns dirty (real time: ends the idle wait)
+        self._replan_done_at = -math.inf  # clock time the last re-plan ended
         self._planned_base_w: dict[str, tuple[float, float, float]] = {}
         # node -> ((load W, limit W) of its last NodeLoad, whether the limiter acted on it)
         self._limited_on: dict[str, tuple[tuple[P3, P3], bool]] = {}
@@ -159,16 +174,16 @@ class AllocationService:
         await self._load_fallbacks()
         await self._restore()
         group = f"allocation.{self.rt.settings.replica_id}"
-        self._subs.append(await self.rt.bus.subscribe([t.name for t in INPUT_TOPICS if t is not C.NODE_LOAD], group,
-                                                      self._dispatch))
+        self._subs.append(
+            await self.rt.bus.subscribe([t.name for t in INPUT_TOPICS if t is not C.NODE_LOAD], group, self._dispatch)
+        )
         # the limiter's input has its own consumer: a NodeLoad never waits behind a backlog of station traffic
         self._subs.append(await self.rt.bus.subscribe([C.NODE_LOAD.name], f"{group}.node-load", self._dispatch))
         await self.leader.renew()
         self.rt.health.add("allocation", lambda: self.started)
         self._task = asyncio.create_task(self._loop(), name="allocation-loop")
         self.started = True
-        log.info("allocation started", extra={"stations": len(self.topology.stations),
-                                               "leader": self.leader.is_leader})
+        log.info("allocation started", extra={"stations": len(self.topology.stations), "leader": self.leader.is_leader})
 
     async def stop(self) -> None:
         self.started = False
@@ -221,8 +236,9 @@ class AllocationService:
         """Sessions to the store (leader only, once per cycle)."""
         try:
             blobs = {key: sess.dump() for key, sess in self.alloc.book.sessions.items()}
-            await _batched([self.rt.store.hset(SESSIONS_KEY, key, blob) for key, blob in blobs.items()],
-                           self._store_batch)
+            await _batched(
+                [self.rt.store.hset(SESSIONS_KEY, key, blob) for key, blob in blobs.items()], self._store_batch
+            )
             gone = set(await self.rt.store.hgetall(SESSIONS_KEY)) - set(self.alloc.book.sessions)
             await _batched([self.rt.store.hdel(SESSIONS_KEY, key) for key in gone], self._store_batch)
         except Exception:
@@ -235,8 +251,9 @@ class AllocationService:
             return
         cap_a, until = rec
         with contextlib.suppress(Exception):
-            await self.rt.store.set(LEASE_KEY + station_id, json.dumps({"cap_a": cap_a, "until": until}).encode(),
-                                    max(1.0, until - now))
+            await self.rt.store.set(
+                LEASE_KEY + station_id, json.dumps({"cap_a": cap_a, "until": until}).encode(), max(1.0, until - now)
+            )
 
     def mark_dirty(self) -> None:
         if self._dirty_since is None:
@@ -317,17 +334,25 @@ class AllocationService:
                 try:
                     await self.planner.solve(problem)
                     phases.append((f"solve{attempt}", time.perf_counter() - t_solve))
-                except Exception:   # solved again on the loop next, where a failure is handled as before
+                except Exception:  # solved again on the loop next, where a failure is handled as before
                     log.exception("planner failed in its worker thread")
                     capture = False
             assert res is not None
             if sum(d for name, d in phases if not name.startswith("solve")) > SLOW_LIMITER_S:
-                log.info("planning lock held long", extra={"phases": {k: round(v, 3) for k, v in phases},
-                                                           "commands": len(res.commands)})
+                log.info(
+                    "planning lock held long",
+                    extra={"phases": {k: round(v, 3) for k, v in phases}, "commands": len(res.commands)},
+                )
             if res.plan is not None:
                 M.PLAN_SOLVE_SECONDS.observe(res.plan.solve_time_s)
-            log.debug("planned", extra={"sessions": len(self.alloc.book), "commands": len(res.commands),
-                                        "seconds": round(time.perf_counter() - t0, 4)})
+            log.debug(
+                "planned",
+                extra={
+                    "sessions": len(self.alloc.book),
+                    "commands": len(res.commands),
+                    "seconds": round(time.perf_counter() - t0, 4),
+                },
+            )
             self._update_metrics(res)
             await self._publish_plans(res)
             await self._persist()
@@ -354,7 +379,7 @@ class AllocationService:
                     gen = await self.rt.store.incr(f"allocation:gen:{cmd.station_id}:{cmd.command_key}")
                     msg = codec.station_command(cmd, gen, self.producer, self.rt.clock.now())
                     if cmd.purpose == "station_lease":
-                        await self._persist_lease(cmd.station_id)   # before it can be applied
+                        await self._persist_lease(cmd.station_id)  # before it can be applied
                     msgs[i] = msg.SerializeToString()
                 except Exception as exc:
                     self._send_failed(cmd, exc)
@@ -398,8 +423,15 @@ class AllocationService:
             for np_ in codec.node_plans(self.alloc, res, self.producer):
                 out.append(Outgoing(C.NODE_PLANS.name, np_.node_id, np_.SerializeToString()))
             await self.rt.bus.publish_many(out)
-            await _batched([self.rt.store.set(f"allocation:plan:{'session' if i < n_sessions else 'node'}:{o.key}",
-                                              o.value, PLAN_TTL_S) for i, o in enumerate(out)], self._store_batch)
+            await _batched(
+                [
+                    self.rt.store.set(
+                        f"allocation:plan:{'session' if i < n_sessions else 'node'}:{o.key}", o.value, PLAN_TTL_S
+                    )
+                    for i, o in enumerate(out)
+                ],
+                self._store_batch,
+            )
         except Exception:
             log.exception("could not publish plans")
 
@@ -444,8 +476,9 @@ class AllocationService:
         per_hour = sorted(self.alloc.writes_per_hour(now))
         if per_hour:
             M.STATION_WRITES_LAST_HOUR.labels(stat="max").set(per_hour[-1])
-            M.STATION_WRITES_LAST_HOUR.labels(stat="p95").set(per_hour[min(len(per_hour) - 1,
-                                                                            round(0.95 * (len(per_hour) - 1)))])
+            M.STATION_WRITES_LAST_HOUR.labels(stat="p95").set(
+                per_hour[min(len(per_hour) - 1, round(0.95 * (len(per_hour) - 1)))]
+            )
             M.STATION_WRITES_LAST_HOUR.labels(stat="mean").set(sum(per_hour) / len(per_hour))
         cap_now = {n: c[:, 0] for n, c in res.capacity.w.items()}
         for nid, _p, _excess in violations(self.topology, cap_now, self.alloc.worst_case_a(now)):
@@ -479,7 +512,7 @@ class AllocationService:
         if delta_wh > 0:
             M.ENERGY_DELIVERED.inc(delta_wh * 3600.0)
         if cap_changed:
-            self.mark_dirty()   # give what it no longer takes to the others (or what it takes again back to it)
+            self.mark_dirty()  # give what it no longer takes to the others (or what it takes again back to it)
 
     async def _on_capabilities(self, rec: Record) -> None:
         caps = C.decode(station_pb2.StationCapabilities, rec.value)
@@ -487,8 +520,11 @@ class AllocationService:
         if self.alloc.capabilities(caps.station_id, units, caps.max_periods_per_schedule):
             self.mark_dirty()
             with contextlib.suppress(Exception):
-                await self.rt.store.hset(CAPS_KEY, caps.station_id, json.dumps(
-                    {"units": list(units), "max_periods": caps.max_periods_per_schedule}).encode())
+                await self.rt.store.hset(
+                    CAPS_KEY,
+                    caps.station_id,
+                    json.dumps({"units": list(units), "max_periods": caps.max_periods_per_schedule}).encode(),
+                )
 
     async def _on_command(self, rec: Record) -> None:
         cmd = C.decode(command_pb2.StationCommand, rec.value)
@@ -510,15 +546,28 @@ class AllocationService:
             with contextlib.suppress(Exception):
                 await self.rt.store.hset(FALLBACK_KEY, res.station_id, b"1")
         if sent is not None:
-            name = command_pb2.CommandOutcome.Name(res.outcome) if res.outcome in command_pb2.CommandOutcome.values() \
+            name = (
+                command_pb2.CommandOutcome.Name(res.outcome)
+                if res.outcome in command_pb2.CommandOutcome.values()
                 else "UNKNOWN"
-            purpose = "tx_profile" if sent.purpose != command_pb2.PROFILE_PURPOSE_STATION_MAX else (
-                "fallback" if math.isinf(sent.valid_until) else "station_lease")
+            )
+            purpose = (
+                "tx_profile"
+                if sent.purpose != command_pb2.PROFILE_PURPOSE_STATION_MAX
+                else ("fallback" if math.isinf(sent.valid_until) else "station_lease")
+            )
             M.COMMANDS.labels(purpose=purpose, outcome=name.removeprefix("COMMAND_OUTCOME_").lower()).inc()
             if res.outcome != command_pb2.COMMAND_OUTCOME_ACCEPTED:
-                log.info("profile command not accepted", extra={
-                    "station": res.station_id[:48], "outcome": name, "key": res.command_key[:64],
-                    "error_code": res.error_code[:64], "error": res.error_description[:200]})
+                log.info(
+                    "profile command not accepted",
+                    extra={
+                        "station": res.station_id[:48],
+                        "outcome": name,
+                        "key": res.command_key[:64],
+                        "error_code": res.error_code[:64],
+                        "error": res.error_description[:200],
+                    },
+                )
 
     async def _on_node_load(self, rec: Record) -> None:
         nl = C.decode(grid_pb2.NodeLoad, rec.value)
@@ -551,9 +600,16 @@ class AllocationService:
             await self._send(cmds)
         t_sent = time.perf_counter()
         if cmds and t_sent - t_in > SLOW_LIMITER_S:
-            log.info("slow limiter reaction", extra={
-                "node": nl.node_id[:48], "commands": len(cmds), "lock_wait_s": round(t_locked - t_in, 3),
-                "decide_s": round(t_decided - t_locked, 3), "send_s": round(t_sent - t_decided, 3)})
+            log.info(
+                "slow limiter reaction",
+                extra={
+                    "node": nl.node_id[:48],
+                    "commands": len(cmds),
+                    "lock_wait_s": round(t_locked - t_in, 3),
+                    "decide_s": round(t_decided - t_locked, 3),
+                    "send_s": round(t_sent - t_decided, 3),
+                },
+            )
 
     async def _on_headroom(self, rec: Record) -> None:
         hf = C.decode(forecast_pb2.HeadroomForecast, rec.value)
@@ -571,8 +627,6 @@ class AllocationService:
             self.mark_dirty()
 
 
-
-
 async def _batched(calls: list[Coroutine[Any, Any, None]], size: int) -> None:
     """Await store calls `size` at a time (concurrently within a batch; 1 = one after the other, no extra
     yields); raises the first error."""
@@ -581,7 +635,7 @@ async def _batched(calls: list[Coroutine[Any, Any, None]], size: int) -> None:
             if size <= 1:
                 await calls[i]
             else:
-                await asyncio.gather(*calls[i:i + size])
+                await asyncio.gather(*calls[i : i + size])
     finally:
-        for c in calls:   # not started after an error: close them, no "never awaited" warning
+        for c in calls:  # not started after an error: close them, no "never awaited" warning
             c.close()

@@ -15,17 +15,17 @@ from gridcharge.shared.errors import ConfigError
 class AllocationSettings(Settings):
     """GRIDCHARGE_ALLOCATION_EPOCH_S etc. Times in s, currents in A."""
 
-    allocation_epoch_s: float = 1200.0              # station-cap leases end on multiples of this
-    allocation_renew_lead_s: float = 240.0          # renewals go out this long before an epoch ends
-    allocation_clock_skew_s: float = 30.0           # station clocks are trusted to ± this
-    allocation_write_min_interval_s: float = 60.0   # between two writes to a station (lowerings apart)
-    allocation_writes_per_hour: int = 6             # beyond this, only lowerings and renewals
-    allocation_raise_hold_s: float = 60.0           # no raise this soon after a lowering
-    allocation_raise_min_step_a: float = 1.0        # smaller raises wait for the renewal
-    allocation_plan_interval_s: float = 60.0        # a regular re-plan at least this often
-    allocation_slot_s: float = 900.0                # planning slot
-    allocation_horizon_slots: int = 96              # planning horizon in slots
-    allocation_priority_charging_level: int = 10    # session priority while OCPP 2.1 priority charging is on
+    allocation_epoch_s: float = 1200.0  # station-cap leases end on multiples of this
+    allocation_renew_lead_s: float = 240.0  # renewals go out this long before an epoch ends
+    allocation_clock_skew_s: float = 30.0  # station clocks are trusted to ± this
+    allocation_write_min_interval_s: float = 60.0  # between two writes to a station (lowerings apart)
+    allocation_writes_per_hour: int = 6  # beyond this, only lowerings and renewals
+    allocation_raise_hold_s: float = 60.0  # no raise this soon after a lowering
+    allocation_raise_min_step_a: float = 1.0  # smaller raises wait for the renewal
+    allocation_plan_interval_s: float = 60.0  # a regular re-plan at least this often
+    allocation_slot_s: float = 900.0  # planning slot
+    allocation_horizon_slots: int = 96  # planning horizon in slots
+    allocation_priority_charging_level: int = 10  # session priority while OCPP 2.1 priority charging is on
 
     @classmethod
     def derive(cls, base: Settings, env: Mapping[str, str] | None = None) -> AllocationSettings:
@@ -38,23 +38,44 @@ class AllocationSettings(Settings):
         try:
             leases = LeasePolicy(self.allocation_epoch_s, self.allocation_renew_lead_s, self.allocation_clock_skew_s)
         except ValueError:
-            raise ConfigError("environment", "GRIDCHARGE_ALLOCATION_EPOCH_S",
-                              "needs GRIDCHARGE_ALLOCATION_RENEW_LEAD_S × 1.25 + 3 × GRIDCHARGE_ALLOCATION_CLOCK_SKEW_S"
-                              f" < epoch (got epoch {self.allocation_epoch_s} s, lead {self.allocation_renew_lead_s} s,"
-                              f" skew {self.allocation_clock_skew_s} s)") from None
-        if self.allocation_writes_per_hour < 1 or min(self.allocation_write_min_interval_s,
-                                                       self.allocation_raise_hold_s,
-                                                       self.allocation_raise_min_step_a) < 0:
-            raise ConfigError("environment", "GRIDCHARGE_ALLOCATION_WRITES_PER_HOUR",
-                              "the write budget needs ≥ 1 write per hour and non-negative times and steps")
+            raise ConfigError(
+                "environment",
+                "GRIDCHARGE_ALLOCATION_EPOCH_S",
+                "needs GRIDCHARGE_ALLOCATION_RENEW_LEAD_S × 1.25 + 3 × GRIDCHARGE_ALLOCATION_CLOCK_SKEW_S"
+                f" < epoch (got epoch {self.allocation_epoch_s} s, lead {self.allocation_renew_lead_s} s,"
+                f" skew {self.allocation_clock_skew_s} s)",
+            ) from None
+        if (
+            self.allocation_writes_per_hour < 1
+            or min(self.allocation_write_min_interval_s, self.allocation_raise_hold_s, self.allocation_raise_min_step_a)
+            < 0
+        ):
+            raise ConfigError(
+                "environment",
+                "GRIDCHARGE_ALLOCATION_WRITES_PER_HOUR",
+                "the write budget needs ≥ 1 write per hour and non-negative times and steps",
+            )
         if self.allocation_slot_s <= 0 or self.allocation_horizon_slots < 1 or self.allocation_plan_interval_s <= 0:
-            raise ConfigError("environment", "GRIDCHARGE_ALLOCATION_SLOT_S",
-                              "slot, horizon and plan interval must be positive")
-        writes = WritePolicy(self.allocation_write_min_interval_s, self.allocation_writes_per_hour,
-                             self.allocation_raise_hold_s, self.allocation_raise_min_step_a)
+            raise ConfigError(
+                "environment", "GRIDCHARGE_ALLOCATION_SLOT_S", "slot, horizon and plan interval must be positive"
+            )
+        writes = WritePolicy(
+            self.allocation_write_min_interval_s,
+            self.allocation_writes_per_hour,
+            self.allocation_raise_hold_s,
+            self.allocation_raise_min_step_a,
+        )
         if not 0 <= self.allocation_priority_charging_level <= 100:
-            raise ConfigError("environment", "GRIDCHARGE_ALLOCATION_PRIORITY_CHARGING_LEVEL",
-                              f"must be 0..100 like a session priority (got {self.allocation_priority_charging_level})")
-        return AllocatorConfig(slot_s=self.allocation_slot_s, horizon_slots=self.allocation_horizon_slots,
-                               plan_interval_s=self.allocation_plan_interval_s, leases=leases, writes=writes,
-                               priority_charging_level=self.allocation_priority_charging_level)
+            raise ConfigError(
+                "environment",
+                "GRIDCHARGE_ALLOCATION_PRIORITY_CHARGING_LEVEL",
+                f"must be 0..100 like a session priority (got {self.allocation_priority_charging_level})",
+            )
+        return AllocatorConfig(
+            slot_s=self.allocation_slot_s,
+            horizon_slots=self.allocation_horizon_slots,
+            plan_interval_s=self.allocation_plan_interval_s,
+            leases=leases,
+            writes=writes,
+            priority_charging_level=self.allocation_priority_charging_level,
+        )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from gridcharge.shared.errors import ConfigError
 
 SERVICES = ("gateway", "telemetry", "forecasting", "allocation")
-OPTIONAL_SERVICES = ("controlbox", "gridsignals")   # by default only when configured (GRIDCHARGE_CONTROLBOX_NODE,
+OPTIONAL_SERVICES = ("controlbox", "gridsignals")  # by default only when configured (GRIDCHARGE_CONTROLBOX_NODE,
 #                                                    GRIDCHARGE_OPENADR_VTN_URL)
 
 
@@ -34,7 +34,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in check_environment():
         print(f"gridcharge: warning: {warning}", file=sys.stderr)
     settings, topology = load_settings_and_topology(
-        topology=args.config, bus=args.bus, http_port=args.http_port, ocpp_port=args.ocpp_port,
+        topology=args.config,
+        bus=args.bus,
+        http_port=args.http_port,
+        ocpp_port=args.ocpp_port,
     )
     names = args.services.split(",") if args.services else list(SERVICES)
     if not args.services and os.environ.get("GRIDCHARGE_CONTROLBOX_NODE"):
@@ -43,8 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         names.append("gridsignals")
     unknown = [n for n in names if n not in SERVICES + OPTIONAL_SERVICES]
     if unknown:
-        raise ConfigError("command line", "--services",
-                          f"unknown service(s) {unknown}; known: {SERVICES + OPTIONAL_SERVICES}")
+        raise ConfigError(
+            "command line", "--services", f"unknown service(s) {unknown}; known: {SERVICES + OPTIONAL_SERVICES}"
+        )
     factories = [_factory(n) for n in names]
     asyncio.run(serve(factories, settings, topology))  # type: ignore[arg-type]
     return 0
@@ -67,10 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run some or all services")
     s.add_argument("--config", required=True, help="topology YAML")
     s.add_argument("--bus", choices=["memory", "kafka"], default=None)
-    s.add_argument("--services", default=None,
-                   help=f"comma-separated subset of {','.join(SERVICES + OPTIONAL_SERVICES)} "
-                        "(controlbox / gridsignals: by default when GRIDCHARGE_CONTROLBOX_NODE / "
-                        "GRIDCHARGE_OPENADR_VTN_URL is set)")
+    s.add_argument(
+        "--services",
+        default=None,
+        help=f"comma-separated subset of {','.join(SERVICES + OPTIONAL_SERVICES)} "
+        "(controlbox / gridsignals: by default when GRIDCHARGE_CONTROLBOX_NODE / "
+        "GRIDCHARGE_OPENADR_VTN_URL is set)",
+    )
     s.add_argument("--http-port", type=int, default=None)
     s.add_argument("--ocpp-port", type=int, default=None)
     s.set_defaults(func=cmd_serve)
@@ -84,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_delegate("gridcharge.simulator.demo", "cli_main"))
 
     r = sub.add_parser("replay", help="allocation on a recorded session log in simulated time")
-    r.add_argument("--sessions", required=True,
-                   help="session CSV (ACN-Data format; a sample ships in gridcharge/allocation/data/)")
+    r.add_argument(
+        "--sessions", required=True, help="session CSV (ACN-Data format; a sample ships in gridcharge/allocation/data/)"
+    )
     r.add_argument("--capacity-kw", type=float, required=True)
     r.add_argument("--period-min", type=int, default=5)
     r.add_argument("--days", type=float, default=None, help="replay only the first N days")
@@ -96,16 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["gateway", "allocator", "forecast", "e2e", "control"])
     b.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     b.add_argument("--record", action="store_true", help="append the figures to docs/benchmarks.md")
-    b.add_argument("--meters-follow", action="store_true",
-                   help="e2e: grid meters follow the stations' draw; a trial steps the base load up")
-    b.add_argument("--sessions", default=None,
-                   help="allocator: session CSV (default: the shipped ACN-Data sample)")
-    b.add_argument("--baseline", default=None, metavar="DIR",
-                   help="control: the code to compare with, a checkout with its own .venv")
-    b.add_argument("--baseline-ref", default=None, metavar="REF",
-                   help="control: the code to compare with, a git ref (temporary worktree + make install)")
-    b.add_argument("--cases", default=None,
-                   help="control: comma-separated cases or groups (all, step, fleet, demos; default all)")
+    b.add_argument(
+        "--meters-follow",
+        action="store_true",
+        help="e2e: grid meters follow the stations' draw; a trial steps the base load up",
+    )
+    b.add_argument("--sessions", default=None, help="allocator: session CSV (default: the shipped ACN-Data sample)")
+    b.add_argument(
+        "--baseline",
+        default=None,
+        metavar="DIR",
+        help="control: the code to compare with, a checkout with its own .venv",
+    )
+    b.add_argument(
+        "--baseline-ref",
+        default=None,
+        metavar="REF",
+        help="control: the code to compare with, a git ref (temporary worktree + make install)",
+    )
+    b.add_argument(
+        "--cases", default=None, help="control: comma-separated cases or groups (all, step, fleet, demos; default all)"
+    )
     b.add_argument("--repeat", type=int, default=1, help="control: runs per case and side (medians are shown)")
     b.add_argument("--jobs", type=int, default=1, help="control: children at once (default 1: sequential)")
     b.set_defaults(func=cmd_bench)

@@ -19,10 +19,15 @@ def create_service(rt: Runtime, topology: Topology) -> ControlboxService:
         raise ConfigError("environment", NODE_VAR, "required: the grid node the §14a control box dims")
     relay = None
     if settings.controlbox_relay == "modbus":
-        relay = ModbusRelay(settings.controlbox_modbus_host, settings.controlbox_modbus_port,
-                            settings.controlbox_modbus_unit, settings.controlbox_modbus_address,
-                            settings.controlbox_modbus_kind, settings.controlbox_modbus_active_closed,
-                            settings.controlbox_modbus_timeout_s)
+        relay = ModbusRelay(
+            settings.controlbox_modbus_host,
+            settings.controlbox_modbus_port,
+            settings.controlbox_modbus_unit,
+            settings.controlbox_modbus_address,
+            settings.controlbox_modbus_kind,
+            settings.controlbox_modbus_active_closed,
+            settings.controlbox_modbus_timeout_s,
+        )
     lpc_file = None
     if settings.controlbox_lpc == "file" and settings.controlbox_lpc_file is not None:
         lpc_file = LpcFile(settings.controlbox_lpc_file)
@@ -32,7 +37,7 @@ def create_service(rt: Runtime, topology: Topology) -> ControlboxService:
 create_service.service_name = "controlbox"  # type: ignore[attr-defined]
 
 
-DEFAULT_HTTP_PORT = 8084   # when run alone; the embedded process serves all on 8080
+DEFAULT_HTTP_PORT = 8084  # when run alone; the embedded process serves all on 8080
 
 
 def main() -> int:

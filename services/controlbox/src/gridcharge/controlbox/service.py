@@ -47,8 +47,14 @@ class ControlboxService:
 
     name = "controlbox"
 
-    def __init__(self, rt: Runtime, topology: Topology, settings: ControlboxSettings,
-                 relay: RelayReader | None = None, lpc_file: LpcFile | None = None) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        topology: Topology,
+        settings: ControlboxSettings,
+        relay: RelayReader | None = None,
+        lpc_file: LpcFile | None = None,
+    ) -> None:
         self.rt, self.topology, self.settings = rt, topology, settings
         self.node = settings.controlbox_node
         self.rules = settings.rules(topology)
@@ -78,9 +84,15 @@ class ControlboxService:
             self._tasks.append(asyncio.create_task(self._file_loop(), name="controlbox-lpc-file"))
         self.rt.health.add("controlbox", lambda: self.started)
         self.started = True
-        log.info("controlbox started", extra={"node": self.node, "minimum_w": self.rules.minimum_w,
-                                              "relay": self.relay.describe() if self.relay else "off",
-                                              "lpc": self.settings.controlbox_lpc})
+        log.info(
+            "controlbox started",
+            extra={
+                "node": self.node,
+                "minimum_w": self.rules.minimum_w,
+                "relay": self.relay.describe() if self.relay else "off",
+                "lpc": self.settings.controlbox_lpc,
+            },
+        )
 
     async def stop(self) -> None:
         self.started = False
@@ -111,7 +123,7 @@ class ControlboxService:
         assert self.relay is not None
         try:
             active = await self.relay.read()
-        except Exception as exc:   # any failure of the box or the link: the state machine judges the loss
+        except Exception as exc:  # any failure of the box or the link: the state machine judges the loss
             INPUT_READS.labels(input="relay", outcome="error").inc()
             log.warning("control box relay unreadable", extra={"error": str(exc)[:300]})
             return
@@ -143,7 +155,7 @@ class ControlboxService:
             await self.rt.clock.sleep(TICK_S)
             try:
                 await self.update()
-            except Exception:   # the bus may be down for a moment: next tick tries again
+            except Exception:  # the bus may be down for a moment: next tick tries again
                 log.warning("controlbox update failed", exc_info=True)
 
     async def update(self, force: bool = False) -> Dimming:
@@ -155,13 +167,16 @@ class ControlboxService:
             refresh = d.active and now - self.published_at >= self.settings.controlbox_publish_s
             if force or changed or refresh:
                 msg = external_limit(self.node, d, now, self.settings.controlbox_hold_s, self.producer)
-                await self.rt.bus.publish(contracts.EXTERNAL_LIMITS.name, record_key(self.node),
-                                          msg.SerializeToString())
+                await self.rt.bus.publish(
+                    contracts.EXTERNAL_LIMITS.name, record_key(self.node), msg.SerializeToString()
+                )
                 LIMITS_PUBLISHED.labels(kind="limit" if d.active else "withdraw").inc()
                 self.published_at = now
                 if changed and (d.active or self.current is not None):
-                    log.info("§14a dimming " + ("in force" if d.active else "ended"),
-                             extra={"node": self.node, "limit_w": d.limit_w, "reason": d.reason})
+                    log.info(
+                        "§14a dimming " + ("in force" if d.active else "ended"),
+                        extra={"node": self.node, "limit_w": d.limit_w, "reason": d.reason},
+                    )
                 self.current = d
             DIMMING_LIMIT_W.labels(node=self.node).set(d.limit_w if d.limit_w is not None else math.nan)
             for r in REASONS:

@@ -61,16 +61,27 @@ class BacktestReport:
         return "\n".join(lines)
 
 
-def _score(name: str, forecast: np.ndarray, actual: np.ndarray, persistence: np.ndarray, rated_w: float,
-           extra: dict[str, float] | None = None) -> Score:
+def _score(
+    name: str,
+    forecast: np.ndarray,
+    actual: np.ndarray,
+    persistence: np.ndarray,
+    rated_w: float,
+    extra: dict[str, float] | None = None,
+) -> Score:
     err = forecast - actual
     rmse = float(np.sqrt(np.mean(err**2)))
     rmse_p = float(np.sqrt(np.mean((persistence - actual) ** 2)))
     return Score(
-        name=name, slots=len(actual), rated_w=rated_w,
-        rmse_pct=100 * rmse / rated_w, mae_pct=100 * float(np.mean(np.abs(err))) / rated_w,
-        bias_pct=100 * float(np.mean(err)) / rated_w, persistence_rmse_pct=100 * rmse_p / rated_w,
-        skill=1.0 - rmse / rmse_p if rmse_p > 0 else float("nan"), extra=extra or {},
+        name=name,
+        slots=len(actual),
+        rated_w=rated_w,
+        rmse_pct=100 * rmse / rated_w,
+        mae_pct=100 * float(np.mean(np.abs(err))) / rated_w,
+        bias_pct=100 * float(np.mean(err)) / rated_w,
+        persistence_rmse_pct=100 * rmse_p / rated_w,
+        skill=1.0 - rmse / rmse_p if rmse_p > 0 else float("nan"),
+        extra=extra or {},
     )
 
 
@@ -165,11 +176,13 @@ def run_backtest(
         if not isinstance(system, dict):
             raise ValueError("PV backtest needs pv_system (id, kwp, tilt_deg, azimuth_deg[, losses_pct])")
         if weather_actual_path is not None:
-            scores.append(score_pv(Path(weather_actual_path), Path(pv_actual_path), system,
-                                   "PV, recorded actual weather"))
+            scores.append(
+                score_pv(Path(weather_actual_path), Path(pv_actual_path), system, "PV, recorded actual weather")
+            )
         if weather_forecast_path is not None:
-            scores.append(score_pv(Path(weather_forecast_path), Path(pv_actual_path), system,
-                                   "PV, recorded weather forecast"))
+            scores.append(
+                score_pv(Path(weather_forecast_path), Path(pv_actual_path), system, "PV, recorded weather forecast")
+            )
     if load_history_path is not None:
         scores.append(score_base_load(Path(load_history_path), tz))
     notes.append("Persistence = the actual value 24 h earlier; skill = 1 − RMSE / RMSE_persistence.")

@@ -51,8 +51,12 @@ def synthetic_weather(times: pd.DatetimeIndex, n_systems: int, seed: int = 1) ->
 
 
 def run_forecast_bench(
-    n_systems: int = 10_000, horizon_h: int = 48, step_min: int = 15, loop_sample: int = 100,
-    start: str = "2026-06-21T00:00Z", seed: int = 0,
+    n_systems: int = 10_000,
+    horizon_h: int = 48,
+    step_min: int = 15,
+    loop_sample: int = 100,
+    start: str = "2026-06-21T00:00Z",
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Time the vectorised forecast of ``n_systems`` × (``horizon_h`` h / ``step_min`` min) and the
     per-system loop on ``loop_sample`` systems (extrapolated). Returns figures (seconds, ratios)."""
@@ -100,14 +104,20 @@ def format_bench(r: dict[str, Any]) -> str:
     """Printable table of :func:`run_forecast_bench` figures."""
     rows = [
         ("PV systems × steps", f"{r['n_systems']:,} × {r['n_steps']} ({r['horizon_h']} h at {r['step_min']} min)"),
-        ("vectorised (all systems)",
-         f"{r['vectorised_s']:.2f} s wall, {r['vectorised_cpu_s']:.2f} s CPU"
-         f"  ({r['system_steps_per_s'] / 1e6:.2f} M system-steps/s wall)"),
-        ("per-system loop (sample)",
-         f"{r['loop_sample_s']:.2f} s wall, {r['loop_sample_cpu_s']:.2f} s CPU for {r['loop_sample']} systems"),
-        ("per-system loop (extrapolated)",
-         f"{r['loop_extrapolated_s']:.1f} s wall, {r['loop_extrapolated_cpu_s']:.1f} s CPU"
-         f" for {r['n_systems']:,} systems"),
+        (
+            "vectorised (all systems)",
+            f"{r['vectorised_s']:.2f} s wall, {r['vectorised_cpu_s']:.2f} s CPU"
+            f"  ({r['system_steps_per_s'] / 1e6:.2f} M system-steps/s wall)",
+        ),
+        (
+            "per-system loop (sample)",
+            f"{r['loop_sample_s']:.2f} s wall, {r['loop_sample_cpu_s']:.2f} s CPU for {r['loop_sample']} systems",
+        ),
+        (
+            "per-system loop (extrapolated)",
+            f"{r['loop_extrapolated_s']:.1f} s wall, {r['loop_extrapolated_cpu_s']:.1f} s CPU"
+            f" for {r['n_systems']:,} systems",
+        ),
         ("speed-up", f"{r['speedup_cpu']:.0f}× on CPU time ({r['speedup']:.0f}× on wall time)"),
         ("max |vectorised − loop|", f"{r['max_diff_pct_of_kwp']:.4f} % of kWp"),
         ("fleet peak AC", f"{r['fleet_peak_ac_mw']:.1f} MW; clear-sky flags: {r['implausible_flags']}"),

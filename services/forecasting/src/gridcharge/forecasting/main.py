@@ -30,7 +30,7 @@ def create_service(rt: Runtime, topology: Topology) -> ForecastingService:
 create_service.service_name = "forecasting"  # type: ignore[attr-defined]
 
 
-DEFAULT_HTTP_PORT = 8082   # when run alone (docs/DEVELOPING.md); the embedded process serves all on 8080
+DEFAULT_HTTP_PORT = 8082  # when run alone (docs/DEVELOPING.md); the embedded process serves all on 8080
 
 
 def main() -> int:

@@ -84,8 +84,9 @@ class ForecastingService:
 
     name = "forecasting"
 
-    def __init__(self, rt: Runtime, topology: Topology, weather: WeatherSource | None,
-                 options: ServiceOptions | None = None) -> None:
+    def __init__(
+        self, rt: Runtime, topology: Topology, weather: WeatherSource | None, options: ServiceOptions | None = None
+    ) -> None:
         self.rt = rt
         self.topology = topology
         self.model: GridModel = grid_model_from_topology(topology)
@@ -101,8 +102,7 @@ class ForecastingService:
         cell = self.options.weather_cell_deg
         cells = [(round(site.latitude / cell) * cell, round(site.longitude / cell) * cell)]
         self._system_cell = np.zeros(len(self.model.fleet), dtype=np.intp)
-        for i, (lat, lon) in enumerate(zip(self.model.fleet.latitude_deg, self.model.fleet.longitude_deg,
-                                           strict=True)):
+        for i, (lat, lon) in enumerate(zip(self.model.fleet.latitude_deg, self.model.fleet.longitude_deg, strict=True)):
             key = (round(float(lat) / cell) * cell, round(float(lon) / cell) * cell)
             if key not in cells:
                 cells.append(key)
@@ -127,14 +127,17 @@ class ForecastingService:
     async def start(self) -> None:
         bus, group = self.rt.bus, f"forecasting-{self.rt.settings.replica_id}-{uuid.uuid4().hex[:8]}"
         self._subs.append(await bus.subscribe([contracts.NODE_LOAD_HISTORY.name], group + "-h", self.on_history))
-        self._subs.append(await bus.subscribe([contracts.NODE_LOAD.name], group + "-l", self.on_node_load,
-                                              from_beginning=False))
+        self._subs.append(
+            await bus.subscribe([contracts.NODE_LOAD.name], group + "-l", self.on_node_load, from_beginning=False)
+        )
         self._subs.append(await bus.subscribe([contracts.EXTERNAL_LIMITS.name], group + "-x", self.on_external_limit))
         clock = self.rt.clock
         FORECAST_AGE_S.labels(kind="headroom").set_function(
-            lambda: clock.time() - self.last_run_at if self.last_run_at is not None else float("nan"))
+            lambda: clock.time() - self.last_run_at if self.last_run_at is not None else float("nan")
+        )
         FORECAST_AGE_S.labels(kind="weather").set_function(
-            lambda: clock.time() - self._weather_at if self._weather_at is not None else float("nan"))
+            lambda: clock.time() - self._weather_at if self._weather_at is not None else float("nan")
+        )
         FORECAST_AGE_S.labels(kind="base_load").set_function(self._base_load_age_s)
         self.rt.health.add("forecast", lambda: self.last_run_at is not None)
         self._task = asyncio.create_task(self._loop(), name="forecasting-loop")
@@ -173,7 +176,7 @@ class ForecastingService:
     async def on_external_limit(self, record: Record) -> None:
         msg = contracts.decode(grid_pb2.ExternalLimit, record.value)
         if msg.node_id not in self.model_node_ids or msg.station_id:
-            return   # a station-scoped limit (from the station) is not node headroom; the allocator applies it
+            return  # a station-scoped limit (from the station) is not node headroom; the allocator applies it
         spec = external_limit_from_proto(msg, self._now())
         self._limits.setdefault(msg.node_id, {})[spec.limit_id] = spec
         self._trigger.set()
@@ -246,8 +249,11 @@ class ForecastingService:
         if weather_frame is not None and covered.any() and len(self._cells) > 1:
             frames = [weather_frame]
             for c in range(1, len(self._cells)):
-                cell_frame = (resample_to(self._cell_weather[c], slot_midpoints(slots)).reindex(
-                    columns=weather_frame.columns) if c in self._cell_weather else weather_frame)
+                cell_frame = (
+                    resample_to(self._cell_weather[c], slot_midpoints(slots)).reindex(columns=weather_frame.columns)
+                    if c in self._cell_weather
+                    else weather_frame
+                )
                 # a slot the cell's weather lacks takes the site's weather for it (as a missing cell does)
                 has = slots_with_weather(cell_frame, len(slots))
                 cell_frame = cell_frame.where(np.broadcast_to(has[:, None], cell_frame.shape), weather_frame)
@@ -259,15 +265,25 @@ class ForecastingService:
         limits = {node: list(specs.values()) for node, specs in self._limits.items()}
         try:
             result = await asyncio.to_thread(
-                forecast_site, self.model, slots, now, weather_frame, self.histories(), limits,
-                self.options.forecast, pv_weather,
+                forecast_site,
+                self.model,
+                slots,
+                now,
+                weather_frame,
+                self.histories(),
+                limits,
+                self.options.forecast,
+                pv_weather,
             )
         except Exception:
             FORECAST_RUNS.labels(kind="headroom", outcome="error").inc()
             log.exception("headroom forecast failed")
             raise
-        weather_as_of = (pd.Timestamp(self._weather_at, unit="s", tz="UTC")
-                         if self._weather_at is not None and covered.any() else None)
+        weather_as_of = (
+            pd.Timestamp(self._weather_at, unit="s", tz="UTC")
+            if self._weather_at is not None and covered.any()
+            else None
+        )
         degraded = False
         for i, node in enumerate(self.model.nodes):
             h = result.headroom[node.node_id]
@@ -280,9 +296,10 @@ class ForecastingService:
             PV_FORECAST_W.labels(node=node.node_id).set(float(result.node_pv_w[i, :, 0].sum()))
         FORECAST_RUNS.labels(kind="headroom", outcome="fallback" if degraded else "ok").inc()
         metered = {n.node_id for n in self.model.nodes if n.metered}
-        bl_fallback = any(not result.base_load[node_id] or any(f.method in ("empty", "constant")
-                                                               for f in result.base_load[node_id])
-                          for node_id in metered)
+        bl_fallback = any(
+            not result.base_load[node_id] or any(f.method in ("empty", "constant") for f in result.base_load[node_id])
+            for node_id in metered
+        )
         FORECAST_RUNS.labels(kind="base_load", outcome="fallback" if bl_fallback else "ok").inc()
         self.last, self.last_run_at = result, self.rt.clock.time()
         return result
@@ -299,10 +316,17 @@ class ForecastingService:
             log.info("weather covers every forecast slot again", extra={"slots": len(slots)})
         elif have_weather:
             first = pd.Timestamp(slots[int(np.argmax(~covered))])
-            log.warning("weather missing for some forecast slots: PV 0 and hot ambient there",
-                        extra={"missing_slots": missing, "slots": len(slots), "first_missing": first.isoformat(),
-                               "weather_ends": self._weather.frame.index.max().isoformat()
-                               if self._weather is not None and len(self._weather.frame) else None})
+            log.warning(
+                "weather missing for some forecast slots: PV 0 and hot ambient there",
+                extra={
+                    "missing_slots": missing,
+                    "slots": len(slots),
+                    "first_missing": first.isoformat(),
+                    "weather_ends": self._weather.frame.index.max().isoformat()
+                    if self._weather is not None and len(self._weather.frame)
+                    else None,
+                },
+            )
 
     async def _loop(self) -> None:
         while True:
@@ -315,8 +339,11 @@ class ForecastingService:
                 log.exception("forecasting run failed; retrying at the next tick")
             now_s = self.rt.clock.time()
             delay = self.options.recompute_s - (now_s % self.options.recompute_s) + 1.0
-            refresh_in = (self.options.weather_refresh_s - (now_s - self._weather_attempt_at)
-                          if self._weather_attempt_at is not None else delay)
+            refresh_in = (
+                self.options.weather_refresh_s - (now_s - self._weather_attempt_at)
+                if self._weather_attempt_at is not None
+                else delay
+            )
             sleeper = asyncio.create_task(self.rt.clock.sleep(max(0.0, min(delay, refresh_in))))
             trigger = asyncio.create_task(self._trigger.wait())
             try:

@@ -87,8 +87,12 @@ def open_meteo_payload(weather_15: pd.DataFrame, latitude: float, longitude: flo
         "timezone_abbreviation": "UTC",
         "elevation": 300.0,
         "hourly_units": {
-            "time": "iso8601", "temperature_2m": "°C", "shortwave_radiation": "W/m²",
-            "direct_normal_irradiance": "W/m²", "diffuse_radiation": "W/m²", "cloud_cover": "%",
+            "time": "iso8601",
+            "temperature_2m": "°C",
+            "shortwave_radiation": "W/m²",
+            "direct_normal_irradiance": "W/m²",
+            "diffuse_radiation": "W/m²",
+            "cloud_cover": "%",
             "wind_speed_10m": "m/s",
         },
         "hourly": {
@@ -101,8 +105,11 @@ def open_meteo_payload(weather_15: pd.DataFrame, latitude: float, longitude: flo
             "wind_speed_10m": r(hourly["wind_speed_m_s"]),
         },
         "minutely_15_units": {
-            "time": "iso8601", "shortwave_radiation": "W/m²", "direct_normal_irradiance": "W/m²",
-            "diffuse_radiation": "W/m²", "temperature_2m": "°C",
+            "time": "iso8601",
+            "shortwave_radiation": "W/m²",
+            "direct_normal_irradiance": "W/m²",
+            "diffuse_radiation": "W/m²",
+            "temperature_2m": "°C",
         },
         "minutely_15": {
             "time": fmt(pd.DatetimeIndex(q.index)),
@@ -115,14 +122,22 @@ def open_meteo_payload(weather_15: pd.DataFrame, latitude: float, longitude: flo
 
 
 def pv_actual_w(
-    weather_15: pd.DataFrame, latitude: float, longitude: float, kwp: float, tilt_deg: float,
-    azimuth_deg: float, losses_pct: float = 14.0, altitude_m: float = 300.0, seed: int = 3,
+    weather_15: pd.DataFrame,
+    latitude: float,
+    longitude: float,
+    kwp: float,
+    tilt_deg: float,
+    azimuth_deg: float,
+    losses_pct: float = 14.0,
+    altitude_m: float = 300.0,
+    seed: int = 3,
 ) -> pd.Series:
     """'Measured' AC power W of one system: pvlib ModelChain (PVWatts) on the 15-min weather, plus 2 %
     multiplicative meter/soiling noise."""
     loc = pvlib.location.Location(latitude, longitude, "UTC", altitude_m)
     system = pvlib.pvsystem.PVSystem(
-        surface_tilt=tilt_deg, surface_azimuth=azimuth_deg,
+        surface_tilt=tilt_deg,
+        surface_azimuth=azimuth_deg,
         module_parameters={"pdc0": kwp * 1000.0, "gamma_pdc": -0.004},
         inverter_parameters={"pdc0": kwp * 1000.0 / ETA_INV_NOM},
         temperature_model_parameters=dict(SAPM_CLOSE_MOUNT),
@@ -131,8 +146,13 @@ def pv_actual_w(
     # Perez transposition (ModelChain default): deliberately not the Hay-Davies model the forecast uses.
     mc = pvlib.modelchain.ModelChain.with_pvwatts(system, loc, losses_model="pvwatts")
     frame = weather_15.rename(
-        columns={"ghi_w_m2": "ghi", "dni_w_m2": "dni", "dhi_w_m2": "dhi", "temp_air_c": "temp_air",
-                 "wind_speed_m_s": "wind_speed"}
+        columns={
+            "ghi_w_m2": "ghi",
+            "dni_w_m2": "dni",
+            "dhi_w_m2": "dhi",
+            "temp_air_c": "temp_air",
+            "wind_speed_m_s": "wind_speed",
+        }
     )[["ghi", "dni", "dhi", "temp_air", "wind_speed"]]
     mc.run_model(frame)
     ac = mc.results.ac.fillna(0.0).clip(lower=0.0)
@@ -143,8 +163,8 @@ def pv_actual_w(
 def _losses(losses_pct: float) -> dict[str, float]:
     """pvwatts_losses parameters whose total is exactly ``losses_pct``."""
     zero = dict.fromkeys(
-        ("shading", "snow", "mismatch", "wiring", "connections", "lid", "nameplate_rating", "age",
-         "availability"), 0.0,
+        ("shading", "snow", "mismatch", "wiring", "connections", "lid", "nameplate_rating", "age", "availability"),
+        0.0,
     )
     return {"soiling": losses_pct, **zero}
 

@@ -32,11 +32,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-METER = {"connectorId": 1, "transactionId": 1, "meterValue": [{"timestamp": "2026-06-01T10:00:00Z", "sampledValue": [
-    {"value": "7.2", "measurand": "Power.Active.Import", "unit": "kW"},
-    {"value": "10.1", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
-    {"value": "230.1", "measurand": "Voltage", "phase": "L1-N", "unit": "V"},
-    {"value": "1234", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]}
+METER = {
+    "connectorId": 1,
+    "transactionId": 1,
+    "meterValue": [
+        {
+            "timestamp": "2026-06-01T10:00:00Z",
+            "sampledValue": [
+                {"value": "7.2", "measurand": "Power.Active.Import", "unit": "kW"},
+                {"value": "10.1", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+                {"value": "230.1", "measurand": "Voltage", "phase": "L1-N", "unit": "V"},
+                {"value": "1234", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+            ],
+        }
+    ],
+}
 BOOT = {"chargePointVendor": "Bench", "chargePointModel": "Sim"}
 
 
@@ -75,6 +85,7 @@ def pct(values: list[float], q: float) -> float:
 
 # ---- servers ---------------------------------------------------------------------------------------
 
+
 async def serve_echo(port: int, max_size: int) -> None:
     from websockets.asyncio.server import ServerConnection, serve
 
@@ -83,12 +94,23 @@ async def serve_echo(port: int, max_size: int) -> None:
             async for msg in ws:
                 await ws.send(msg)
 
-    async with serve(echo, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None,  # type: ignore[list-item]
-                     max_size=max_size, max_queue=4, ping_interval=60, ping_timeout=60, server_header=None):
+    async with serve(
+        echo,
+        "127.0.0.1",
+        port,
+        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        compression=None,
+        max_size=max_size,
+        max_queue=4,
+        ping_interval=60,
+        ping_timeout=60,
+        server_header=None,
+    ):
         await asyncio.Future()
 
 
 # ---- load generator --------------------------------------------------------------------------------
+
 
 @dataclass
 class LoadResult:
@@ -116,7 +138,7 @@ class Conn:
     async def read(self) -> None:
         with contextlib.suppress(Exception):
             async for raw in self.ws:
-                uid = raw[raw.index('"') + 1: raw.index('"', raw.index('"') + 1)]
+                uid = raw[raw.index('"') + 1 : raw.index('"', raw.index('"') + 1)]
                 fut = self.pending.pop(uid, None)
                 if fut is not None and not fut.done():
                     fut.set_result(raw)
@@ -141,8 +163,14 @@ async def loadgen(url: str, n: int, concurrency: int, seconds: float, rate: floa
     async def open_one(i: int) -> None:
         async with gate:
             try:
-                ws = await connect(f"{url}BENCH{i:06d}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                                   compression=None, max_queue=4, ping_interval=None, open_timeout=120)
+                ws = await connect(
+                    f"{url}BENCH{i:06d}",
+                    subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                    compression=None,
+                    max_queue=4,
+                    ping_interval=None,
+                    open_timeout=120,
+                )
                 c = Conn(ws)
                 await asyncio.wait_for(await c.send("BootNotification", BOOT), 60)
                 conns.append(c)
@@ -156,7 +184,7 @@ async def loadgen(url: str, n: int, concurrency: int, seconds: float, rate: floa
     res.boot_s = time.perf_counter() - t0
     res.connections = len(conns)
     print(f"CONNECTED {len(conns)}", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)   # orchestrator measured RSS
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # orchestrator measured RSS
 
     # closed loop
     stop_at = time.perf_counter() + seconds
@@ -203,7 +231,7 @@ async def loadgen(url: str, n: int, concurrency: int, seconds: float, rate: floa
             c = conns[idx % len(conns)]
             idx += 1
             tried += 1
-            if c.pending:          # one CALL in flight per station (OCPP rule): skip a busy one
+            if c.pending:  # one CALL in flight per station (OCPP rule): skip a busy one
                 continue
             t_send = time.perf_counter()
             f = await c.send("MeterValues", METER)
@@ -211,7 +239,7 @@ async def loadgen(url: str, n: int, concurrency: int, seconds: float, rate: floa
             futs.append(f)
             sent += 1
             owed -= 1
-        owed = min(owed, per_tick)   # all stations busy: the server is saturated, do not build a backlog
+        owed = min(owed, per_tick)  # all stations busy: the server is saturated, do not build a backlog
         next_t += tick
         await asyncio.sleep(max(0.0, next_t - time.perf_counter()))
     elapsed = time.perf_counter() - start
@@ -241,6 +269,7 @@ def loadgen_main(argv: list[str]) -> int:
 
 
 # ---- orchestration ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -275,15 +304,28 @@ def run_target(target: str, n: int, concurrency: int, seconds: float, workdir: P
         topo = workdir / "topology.yaml"
         topo.write_text("nodes:\n  - {id: site, kind: site, limit_a: [400, 400, 400]}\n")
         tag = f"bench{int(time.time())}"
-        env.update({"GRIDCHARGE_TOPOLOGY": str(topo), "GRIDCHARGE_OCPP_HOST": "127.0.0.1",
-                    "GRIDCHARGE_OCPP_PORT": str(port), "GRIDCHARGE_HTTP_HOST": "127.0.0.1", "GRIDCHARGE_HTTP_PORT": "0",
-                    "GRIDCHARGE_UNKNOWN_STATIONS": "accept", "GRIDCHARGE_READ_CAPABILITIES": "false",
-                    "GRIDCHARGE_RATE_LIMIT_PER_S": "1000", "GRIDCHARGE_RATE_BURST": "1000",
-                    "GRIDCHARGE_IP_RATE_LIMIT_PER_S": "1000000", "GRIDCHARGE_IP_RATE_BURST": "1000000",
-                    "GRIDCHARGE_MAX_CONNECTIONS_PER_IP": "50000", "GRIDCHARGE_MAX_CONNECTIONS": "50000",
-                    "GRIDCHARGE_LOG_LEVEL": "WARNING", "GRIDCHARGE_REPLICA_ID": "bench",
-                    "GRIDCHARGE_BUS": "kafka" if target == "gateway+kafka" else "memory",
-                    "GRIDCHARGE_TOPIC_PREFIX": tag + ".", "GRIDCHARGE_STORE_PREFIX": tag + ":"})
+        env.update(
+            {
+                "GRIDCHARGE_TOPOLOGY": str(topo),
+                "GRIDCHARGE_OCPP_HOST": "127.0.0.1",
+                "GRIDCHARGE_OCPP_PORT": str(port),
+                "GRIDCHARGE_HTTP_HOST": "127.0.0.1",
+                "GRIDCHARGE_HTTP_PORT": "0",
+                "GRIDCHARGE_UNKNOWN_STATIONS": "accept",
+                "GRIDCHARGE_READ_CAPABILITIES": "false",
+                "GRIDCHARGE_RATE_LIMIT_PER_S": "1000",
+                "GRIDCHARGE_RATE_BURST": "1000",
+                "GRIDCHARGE_IP_RATE_LIMIT_PER_S": "1000000",
+                "GRIDCHARGE_IP_RATE_BURST": "1000000",
+                "GRIDCHARGE_MAX_CONNECTIONS_PER_IP": "50000",
+                "GRIDCHARGE_MAX_CONNECTIONS": "50000",
+                "GRIDCHARGE_LOG_LEVEL": "WARNING",
+                "GRIDCHARGE_REPLICA_ID": "bench",
+                "GRIDCHARGE_BUS": "kafka" if target == "gateway+kafka" else "memory",
+                "GRIDCHARGE_TOPIC_PREFIX": tag + ".",
+                "GRIDCHARGE_STORE_PREFIX": tag + ":",
+            }
+        )
         cmd = [sys.executable, "-m", "gridcharge.gateway.bench", "serve-gateway"]
         url = f"ws://127.0.0.1:{port}/ocpp/"
     log = (workdir / f"{target}.log").open("wb")
@@ -292,9 +334,24 @@ def run_target(target: str, n: int, concurrency: int, seconds: float, workdir: P
         _wait_port(port, server)
         time.sleep(1.0)
         before = rss_kib(server.pid)
-        gen = subprocess.Popen([sys.executable, "-m", "gridcharge.gateway.bench", "loadgen", url, "--connections",
-                                str(n), "--concurrency", str(concurrency), "--seconds", str(seconds)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        gen = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gridcharge.gateway.bench",
+                "loadgen",
+                url,
+                "--connections",
+                str(n),
+                "--concurrency",
+                str(concurrency),
+                "--seconds",
+                str(seconds),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert gen.stdout is not None and gen.stdin is not None
         line = gen.stdout.readline()
         if not line.startswith("CONNECTED"):
@@ -351,14 +408,18 @@ def render(runs: list[Run], n: int, concurrency: int, seconds: float, cmdline: s
         if echo is not None and r is not echo:
             added = f"{ld.p50_ms - echo.load.p50_ms:.2f} / {ld.p99_ms - echo.load.p99_ms:.2f}"
             ratio = f"{ld.closed_loop_calls_per_s / max(1e-9, echo.load.closed_loop_calls_per_s):.2f}"
-        lines.append(f"| {r.target} | {ld.connections}/{ld.connections + ld.failed_connections} | "
-                     f"{r.rss_per_conn_kib:.1f} | {ld.closed_loop_calls_per_s:,.0f} | {ld.closed_loop_errors} | "
-                     f"{ld.open_loop_rate:,.0f} | {ld.p50_ms:.2f} | {ld.p99_ms:.2f} | {added} | {ratio} |")
+        lines.append(
+            f"| {r.target} | {ld.connections}/{ld.connections + ld.failed_connections} | "
+            f"{r.rss_per_conn_kib:.1f} | {ld.closed_loop_calls_per_s:,.0f} | {ld.closed_loop_errors} | "
+            f"{ld.open_loop_rate:,.0f} | {ld.p50_ms:.2f} | {ld.p99_ms:.2f} | {added} | {ratio} |"
+        )
     notes = [n_ for r in runs for n_ in r.load.notes]
     body = "\n".join(lines)
-    meta = (f"`{cmdline}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs "
-            f"(load average {os.getloadavg()[0]:.1f} at the end: the machine is shared), {n:,} stations, "
-            f"{seconds:.0f} s per phase.")
+    meta = (
+        f"`{cmdline}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs "
+        f"(load average {os.getloadavg()[0]:.1f} at the end: the machine is shared), {n:,} stations, "
+        f"{seconds:.0f} s per phase."
+    )
     return meta + "\n\n" + body + ("\n\nNotes: " + "; ".join(notes) if notes else "") + "\n"
 
 
@@ -373,7 +434,7 @@ def record(text: str, path: Path = Path("docs/benchmarks.md")) -> None:
     if start_marker in doc and end_marker in doc:
         pre, rest = doc.split(start_marker, 1)
         doc = pre + block + rest.split(end_marker, 1)[1]
-    elif SECTION_HEAD in doc:        # at the end of the section, before the next "## " heading
+    elif SECTION_HEAD in doc:  # at the end of the section, before the next "## " heading
         head = doc.index(SECTION_HEAD)
         nxt = doc.find("\n## ", head + len(SECTION_HEAD))
         end = len(doc) if nxt < 0 else nxt + 1

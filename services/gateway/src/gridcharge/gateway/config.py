@@ -18,20 +18,20 @@ from pydantic import Field, field_validator
 class GatewaySettings(Settings):
     """Env: GRIDCHARGE_SECURITY_PROFILE, GRIDCHARGE_CREDENTIALS_FILE, GRIDCHARGE_TLS_CERT, ... (upper-cased)."""
 
-    security_profile: Literal[0, 1, 2, 3] = 0     # 0 = plain ws, no auth (development / trusted network only)
-    credentials_file: Path | None = None          # YAML/JSON {station_id: "pbkdf2_sha256$iter$salt$hash"}
-    tls_cert: Path | None = None                  # server certificate chain (PEM), profiles 2 and 3
-    tls_key: Path | None = None                   # server private key (PEM)
-    tls_ca: Path | None = None                    # CA that signs station client certificates (profile 3)
-    unknown_stations: Literal["reject", "pending", "rejected", "accept"] = "reject"   # reject = HTTP 404
+    security_profile: Literal[0, 1, 2, 3] = 0  # 0 = plain ws, no auth (development / trusted network only)
+    credentials_file: Path | None = None  # YAML/JSON {station_id: "pbkdf2_sha256$iter$salt$hash"}
+    tls_cert: Path | None = None  # server certificate chain (PEM), profiles 2 and 3
+    tls_key: Path | None = None  # server private key (PEM)
+    tls_ca: Path | None = None  # CA that signs station client certificates (profile 3)
+    unknown_stations: Literal["reject", "pending", "rejected", "accept"] = "reject"  # reject = HTTP 404
     heartbeat_interval_s: int = Field(300, ge=1)
-    call_timeout_s: float = Field(30.0, gt=0)     # a station must answer our CALL within this time
+    call_timeout_s: float = Field(30.0, gt=0)  # a station must answer our CALL within this time
     capabilities_timeout_s: float = Field(10.0, gt=0)
-    read_capabilities: bool = True                # GetConfiguration / GetVariables after an Accepted boot
-    max_message_bytes: int = Field(65_536, ge=1024)   # bigger frames close the socket with 1009
-    rate_limit_per_s: float = Field(20.0, gt=0)   # sustained inbound messages per station id (across reconnects)
+    read_capabilities: bool = True  # GetConfiguration / GetVariables after an Accepted boot
+    max_message_bytes: int = Field(65_536, ge=1024)  # bigger frames close the socket with 1009
+    rate_limit_per_s: float = Field(20.0, gt=0)  # sustained inbound messages per station id (across reconnects)
     rate_burst: int = Field(100, ge=1)
-    ip_rate_limit_per_s: float = Field(500.0, gt=0)   # sustained inbound messages per source IP (all its stations)
+    ip_rate_limit_per_s: float = Field(500.0, gt=0)  # sustained inbound messages per source IP (all its stations)
     ip_rate_burst: int = Field(5000, ge=1)
     # failed Basic auth (profiles 1, 2): wait base * 2^(n-1) s (at most max) before the next attempt, and
     # after `auth_lockout_after` failures (per station id; per source IP: `auth_ip_lockout_after`) refuse
@@ -43,38 +43,38 @@ class GatewaySettings(Settings):
     auth_lockout_s: float = Field(300.0, gt=0)
     max_connections_per_ip: int = Field(1024, ge=1)
     max_connections: int = Field(20_000, ge=1)
-    api_timeout_s: float = Field(35.0, gt=0)      # operator API waits this long for a command result
-    ws_ping_interval_s: float = Field(60.0, ge=0)   # WebSocket ping to detect dead links; 0 = off
-    validate_responses: bool = True               # schema-check our own CALLRESULTs before sending
+    api_timeout_s: float = Field(35.0, gt=0)  # operator API waits this long for a command result
+    ws_ping_interval_s: float = Field(60.0, ge=0)  # WebSocket ping to detect dead links; 0 = off
+    validate_responses: bool = True  # schema-check our own CALLRESULTs before sending
     # closed-loop profile check (docs/grid-interfaces.md): read back what a station applies after every
     # accepted profile write (coalesced, after the delay) and in a slow audit, at most N checks per station
     # and hour; reads only (GetChargingProfiles, GetCompositeSchedule), nothing is written to the station
     profile_check: bool = True
     profile_check_delay_s: float = Field(30.0, ge=0)
-    profile_audit_interval_s: float = Field(3600.0, ge=0)   # 0 = no periodic audit (checks after writes only)
+    profile_audit_interval_s: float = Field(3600.0, ge=0)  # 0 = no periodic audit (checks after writes only)
     profile_checks_per_hour: int = Field(4, ge=1, le=60)
-    profile_check_skew_s: float = Field(30.0, ge=0)   # a profile ending within this may already be gone
+    profile_check_skew_s: float = Field(30.0, ge=0)  # a profile ending within this may already be gone
     # registration (BootNotification): a station's boot status is kept in the store this long after it
     # was last connected, so a reconnect without a reboot needs no new boot
     boot_state_ttl_s: float = Field(7 * 86400.0, gt=0)
-    pending_stations: frozenset[str] = frozenset()   # answered Pending for `pending_hold_s` (provisioning); "*" = all
+    pending_stations: frozenset[str] = frozenset()  # answered Pending for `pending_hold_s` (provisioning); "*" = all
     pending_hold_s: float = Field(60.0, ge=0)
-    pending_interval_s: int = Field(30, ge=1)     # BootNotification interval given with Pending
-    cluster_timeout_s: float = Field(5.0, gt=0)   # store/bus not answering a boot within this -> Pending
+    pending_interval_s: int = Field(30, ge=1)  # BootNotification interval given with Pending
+    cluster_timeout_s: float = Field(5.0, gt=0)  # store/bus not answering a boot within this -> Pending
     # authorization of idTokens: accept-all (every token Accepted) or local-list (the store's
     # `gw:id-tokens` hash, then `id_tokens_file`, then an upstream authorizer if one is plugged in)
     authorization: Literal["accept-all", "local-list"] = "accept-all"
-    id_tokens_file: Path | None = None            # YAML/JSON {id_token: status | {status, expiry, group}}
+    id_tokens_file: Path | None = None  # YAML/JSON {id_token: status | {status, expiry, group}}
     # proxy mode (docs/grid-interfaces.md, "Upstream CSMS (proxy mode)"): every station is relayed to this
     # CSMS over its own connection, `<upstream_url>/<station_id>`, same OCPP version; "" = off
     upstream_url: str = ""
-    upstream_security_profile: Literal[0, 1, 2] = 2   # 0 ws, 1 ws + Basic, 2 wss (CA-verified) + Basic
-    upstream_passwords_file: Path | None = None   # YAML/JSON {station_id: password} for Basic (a mounted Secret)
-    upstream_ca_file: Path | None = None          # CA bundle (PEM) of the upstream's certificate; unset = system CAs
+    upstream_security_profile: Literal[0, 1, 2] = 2  # 0 ws, 1 ws + Basic, 2 wss (CA-verified) + Basic
+    upstream_passwords_file: Path | None = None  # YAML/JSON {station_id: password} for Basic (a mounted Secret)
+    upstream_ca_file: Path | None = None  # CA bundle (PEM) of the upstream's certificate; unset = system CAs
     upstream_connect_timeout_s: float = Field(10.0, gt=0)
-    upstream_call_timeout_s: float = Field(10.0, gt=0)   # upstream answer to a relayed station message; then local
-    upstream_backoff_max_s: float = Field(60.0, gt=0)    # reconnect back-off 1, 2, 4 ... s up to this
-    upstream_queue_max: int = Field(1000, ge=1)   # transaction messages queued per station while the upstream is down
+    upstream_call_timeout_s: float = Field(10.0, gt=0)  # upstream answer to a relayed station message; then local
+    upstream_backoff_max_s: float = Field(60.0, gt=0)  # reconnect back-off 1, 2, 4 ... s up to this
+    upstream_queue_max: int = Field(1000, ge=1)  # transaction messages queued per station while the upstream is down
     # profile stack levels (of ChargingStationMaxProfile and TxProfile) and profile ids that are gridcharge's:
     # an upstream profile there is refused (docs/grid-interfaces.md)
     upstream_reserved_stack_levels: frozenset[int] = frozenset({0, 1})
@@ -120,10 +120,17 @@ def gateway_settings(settings: Settings) -> GatewaySettings:
 def check_gateway_files(st: GatewaySettings) -> None:
     """Fail start-up with one line when a configured file is missing or unusable, or a TLS setting would be
     silently ignored (a TLS key given to a plain-ws gateway is a deployment mistake, not an option)."""
-    files = {"credentials_file": st.credentials_file, "tls_cert": st.tls_cert, "tls_key": st.tls_key,
-             "tls_ca": st.tls_ca}
-    for name, path in {**files, "upstream_passwords_file": st.upstream_passwords_file,
-                       "upstream_ca_file": st.upstream_ca_file}.items():
+    files = {
+        "credentials_file": st.credentials_file,
+        "tls_cert": st.tls_cert,
+        "tls_key": st.tls_key,
+        "tls_ca": st.tls_ca,
+    }
+    for name, path in {
+        **files,
+        "upstream_passwords_file": st.upstream_passwords_file,
+        "upstream_ca_file": st.upstream_ca_file,
+    }.items():
         if path is None:
             continue
         var = ENV_PREFIX + name.upper()
@@ -136,8 +143,11 @@ def check_gateway_files(st: GatewaySettings) -> None:
     if st.security_profile < 2:
         for name in ("tls_cert", "tls_key", "tls_ca"):
             if files[name] is not None:
-                raise ConfigError("environment", ENV_PREFIX + name.upper(),
-                                  f"set, but {profile} serves plain ws and would ignore it (use profile 2 or 3)")
+                raise ConfigError(
+                    "environment",
+                    ENV_PREFIX + name.upper(),
+                    f"set, but {profile} serves plain ws and would ignore it (use profile 2 or 3)",
+                )
     else:
         for name in ("tls_cert", "tls_key"):
             if files[name] is None:
@@ -148,9 +158,12 @@ def check_gateway_files(st: GatewaySettings) -> None:
         try:
             ctx.load_cert_chain(str(st.tls_cert), str(st.tls_key))
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"{st.tls_cert} + {st.tls_key}", f"{ENV_PREFIX}TLS_CERT/{ENV_PREFIX}TLS_KEY",
-                              f"not a matching PEM certificate chain and private key ({exc.__class__.__name__}: "
-                              f"{getattr(exc, 'reason', None) or exc})") from None
+            raise ConfigError(
+                f"{st.tls_cert} + {st.tls_key}",
+                f"{ENV_PREFIX}TLS_CERT/{ENV_PREFIX}TLS_KEY",
+                f"not a matching PEM certificate chain and private key ({exc.__class__.__name__}: "
+                f"{getattr(exc, 'reason', None) or exc})",
+            ) from None
         if st.tls_ca is not None:
             try:
                 ctx.load_verify_locations(str(st.tls_ca))
@@ -158,8 +171,11 @@ def check_gateway_files(st: GatewaySettings) -> None:
                 raise ConfigError(str(st.tls_ca), f"{ENV_PREFIX}TLS_CA", f"not a PEM CA certificate ({exc})") from None
     check_upstream(st)
     if st.security_profile in (1, 2) and st.credentials_file is None:
-        raise ConfigError("environment", f"{ENV_PREFIX}CREDENTIALS_FILE",
-                          f"required by {profile} (HTTP Basic passwords of the stations)")
+        raise ConfigError(
+            "environment",
+            f"{ENV_PREFIX}CREDENTIALS_FILE",
+            f"required by {profile} (HTTP Basic passwords of the stations)",
+        )
 
 
 def load_credentials(path: Path | None) -> Credentials:
@@ -178,9 +194,12 @@ def load_credentials(path: Path | None) -> Credentials:
     for station, encoded in creds.hashes.items():
         parts = encoded.split("$")
         if len(parts) != 4 or parts[0] != "pbkdf2_sha256" or not parts[1].isdigit():
-            raise ConfigError(str(path), f"{var}: {station[:48]}",
-                              "not a pbkdf2_sha256$<iterations>$<salt>$<hash> entry (plain passwords are not "
-                              "accepted; make one with python -m gridcharge.gateway.adapters.credentials)")
+            raise ConfigError(
+                str(path),
+                f"{var}: {station[:48]}",
+                "not a pbkdf2_sha256$<iterations>$<salt>$<hash> entry (plain passwords are not "
+                "accepted; make one with python -m gridcharge.gateway.adapters.credentials)",
+            )
     return creds
 
 
@@ -201,18 +220,27 @@ def check_upstream(st: GatewaySettings) -> None:
     if st.upstream_security_profile in (1, 2) and st.upstream_passwords_file is None:
         raise ConfigError("environment", f"{ENV_PREFIX}UPSTREAM_PASSWORDS_FILE", f"required by {profile}")
     if st.upstream_reserved_profile_id_min > st.upstream_reserved_profile_id_max:
-        raise ConfigError("environment", f"{ENV_PREFIX}UPSTREAM_RESERVED_PROFILE_ID_MIN",
-                          "greater than GRIDCHARGE_UPSTREAM_RESERVED_PROFILE_ID_MAX")
+        raise ConfigError(
+            "environment",
+            f"{ENV_PREFIX}UPSTREAM_RESERVED_PROFILE_ID_MIN",
+            "greater than GRIDCHARGE_UPSTREAM_RESERVED_PROFILE_ID_MAX",
+        )
     if not st.upstream_reserved_stack_levels or min(st.upstream_reserved_stack_levels) < 0:
-        raise ConfigError("environment", f"{ENV_PREFIX}UPSTREAM_RESERVED_STACK_LEVELS",
-                          "needs at least one stack level >= 0 (gridcharge's own profiles)")
+        raise ConfigError(
+            "environment",
+            f"{ENV_PREFIX}UPSTREAM_RESERVED_STACK_LEVELS",
+            "needs at least one stack level >= 0 (gridcharge's own profiles)",
+        )
     if st.upstream_ca_file is not None:
         ctx = ssl.create_default_context()
         try:
             ctx.load_verify_locations(str(st.upstream_ca_file))
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(str(st.upstream_ca_file), f"{ENV_PREFIX}UPSTREAM_CA_FILE",
-                              f"not a readable PEM CA bundle ({exc.__class__.__name__})") from None
+            raise ConfigError(
+                str(st.upstream_ca_file),
+                f"{ENV_PREFIX}UPSTREAM_CA_FILE",
+                f"not a readable PEM CA bundle ({exc.__class__.__name__})",
+            ) from None
 
 
 def load_upstream_passwords(path: Path | None) -> dict[str, str]:

@@ -44,8 +44,9 @@ class GatewayService:
 
     name = "gateway"
 
-    def __init__(self, rt: Runtime, topology: Topology, settings: GatewaySettings | None = None,
-                 upstream: Upstream | None = None) -> None:
+    def __init__(
+        self, rt: Runtime, topology: Topology, settings: GatewaySettings | None = None, upstream: Upstream | None = None
+    ) -> None:
         self.rt = rt
         self.settings = settings or gateway_settings(rt.settings)
         check_gateway_files(self.settings)
@@ -53,10 +54,20 @@ class GatewayService:
         known = frozenset(s.id for s in topology.stations) | frozenset(self.credentials.hashes)
         self.registry = Registry(rt.store, self.settings.replica_id, rt.clock)
         self.authorizer = build_authorizer(self.settings, rt, upstream)
-        facts = {s.id: StationFacts(s.id, s.node, len(s.phase_map), topology.nominal_voltage_v)
-                 for s in topology.stations}
-        self.ctx = GatewayContext(self.settings, rt.bus, rt.store, rt.clock, known, self.registry, self.authorizer,
-                                  facts, {s.id: [e.id for e in s.evses] for s in topology.stations})
+        facts = {
+            s.id: StationFacts(s.id, s.node, len(s.phase_map), topology.nominal_voltage_v) for s in topology.stations
+        }
+        self.ctx = GatewayContext(
+            self.settings,
+            rt.bus,
+            rt.store,
+            rt.clock,
+            known,
+            self.registry,
+            self.authorizer,
+            facts,
+            {s.id: [e.id for e in s.evses] for s in topology.stations},
+        )
         self.sessions: dict[str, StationSession] = {}
         self.dispatcher = Dispatcher(self.ctx, self.registry, self.sessions)
         # the closed-loop profile check (docs/grid-interfaces.md): told of accepted writes, reports and events
@@ -67,10 +78,12 @@ class GatewayService:
         self._check_router = build_profile_check_router(self.dispatcher)
         self.ctx.on_boot_accepted = self.dispatcher.read_capabilities
         self.ctx.on_unregistered_call = self.dispatcher.request_boot
-        self.proxy = (Proxy(self.ctx, load_upstream_passwords(self.settings.upstream_passwords_file))
-                      if self.settings.proxy_mode else None)
-        self.server = OcppServer(self.ctx, self.registry, self.dispatcher, self.sessions, self.credentials,
-                                 self.proxy)
+        self.proxy = (
+            Proxy(self.ctx, load_upstream_passwords(self.settings.upstream_passwords_file))
+            if self.settings.proxy_mode
+            else None
+        )
+        self.server = OcppServer(self.ctx, self.registry, self.dispatcher, self.sessions, self.credentials, self.proxy)
         self._routers = [build_router(self.registry, self.dispatcher)]
 
     @property
@@ -93,15 +106,22 @@ class GatewayService:
         try:
             await self.server.start()
         except OSError as exc:
-            raise ConfigError("start-up", "GRIDCHARGE_OCPP_PORT", f"cannot listen on {self.settings.ocpp_host}:"
-                              f"{self.settings.ocpp_port}: {os_error_text(exc)}") from None
+            raise ConfigError(
+                "start-up",
+                "GRIDCHARGE_OCPP_PORT",
+                f"cannot listen on {self.settings.ocpp_host}:{self.settings.ocpp_port}: {os_error_text(exc)}",
+            ) from None
         self.rt.health.add("gateway", lambda: self.server.server is not None)
         log.info("idToken authorization", extra={"mode": self.settings.authorization})
         if self.proxy is not None:
             # the host only, never the path or anything after it
-            log.info("proxy mode: stations relayed to the upstream CSMS",
-                     extra={"upstream_host": urlsplit(self.settings.upstream_url).hostname,
-                            "security_profile": self.settings.upstream_security_profile})
+            log.info(
+                "proxy mode: stations relayed to the upstream CSMS",
+                extra={
+                    "upstream_host": urlsplit(self.settings.upstream_url).hostname,
+                    "security_profile": self.settings.upstream_security_profile,
+                },
+            )
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -115,8 +135,10 @@ class GatewayService:
 def build_authorizer(settings: GatewaySettings, rt: Runtime, upstream: Upstream | None = None) -> Authorizer:
     """The idToken authorization source for `settings.authorization` (see adapters.authorization)."""
     if settings.authorization == "accept-all":
-        log.debug("authorization: accept-all (every idToken is Accepted; GRIDCHARGE_AUTHORIZATION=local-list "
-                  "checks tokens against a list)")
+        log.debug(
+            "authorization: accept-all (every idToken is Accepted; GRIDCHARGE_AUTHORIZATION=local-list "
+            "checks tokens against a list)"
+        )
         return AcceptAll()
     entries = load_entries(settings.id_tokens_file)
     log.debug("authorization: local-list", extra={"file_entries": len(entries), "upstream": upstream is not None})

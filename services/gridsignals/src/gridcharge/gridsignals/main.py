@@ -12,7 +12,7 @@ from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.service import run_service
 from gridcharge.shared.topology import Topology
 
-DEFAULT_HTTP_PORT = 8084   # when run alone; the embedded process serves all on 8080
+DEFAULT_HTTP_PORT = 8084  # when run alone; the embedded process serves all on 8080
 
 
 def options_from_settings(settings: GridSignalsSettings, topology: Topology) -> VenOptions:
@@ -25,16 +25,25 @@ def options_from_settings(settings: GridSignalsSettings, topology: Topology) -> 
         if unknown:
             raise ConfigError("environment", ENV_PREFIX + key, f"unknown topology node(s) {unknown[:5]}")
     if not node_map:
-        raise ConfigError("environment", ENV_PREFIX + "OPENADR_NODE_MAP",
-                          "empty: say which node each event target or program limits (e.g. '*=transformer-1')")
+        raise ConfigError(
+            "environment",
+            ENV_PREFIX + "OPENADR_NODE_MAP",
+            "empty: say which node each event target or program limits (e.g. '*=transformer-1')",
+        )
     if settings.openadr_poll_s >= settings.openadr_fallback_after_s:
-        raise ConfigError("environment", ENV_PREFIX + "OPENADR_FALLBACK_AFTER_S",
-                          f"must be longer than GRIDCHARGE_OPENADR_POLL_S ({settings.openadr_poll_s:g} s)")
+        raise ConfigError(
+            "environment",
+            ENV_PREFIX + "OPENADR_FALLBACK_AFTER_S",
+            f"must be longer than GRIDCHARGE_OPENADR_POLL_S ({settings.openadr_poll_s:g} s)",
+        )
     return VenOptions(
-        node_map=NodeMap(node_map), fallback_w=fallback,
+        node_map=NodeMap(node_map),
+        fallback_w=fallback,
         programs=frozenset(p.strip() for p in settings.openadr_programs.split(",") if p.strip()),
-        ven_name=settings.openadr_ven_name, poll_s=settings.openadr_poll_s,
-        fallback_after_s=settings.openadr_fallback_after_s, report_s=settings.openadr_report_s,
+        ven_name=settings.openadr_ven_name,
+        poll_s=settings.openadr_poll_s,
+        fallback_after_s=settings.openadr_fallback_after_s,
+        report_s=settings.openadr_report_s,
     )
 
 
@@ -48,12 +57,19 @@ def create_service(rt: Runtime, topology: Topology) -> GridSignalsService:
     try:
         secret = settings.client_secret()
     except OSError as exc:
-        raise ConfigError("environment", ENV_PREFIX + "OPENADR_CLIENT_SECRET_FILE",
-                          f"cannot read: {exc.strerror}") from None
+        raise ConfigError(
+            "environment", ENV_PREFIX + "OPENADR_CLIENT_SECRET_FILE", f"cannot read: {exc.strerror}"
+        ) from None
     options = options_from_settings(settings, topology)
-    vtn = VtnClient(settings.openadr_vtn_url, settings.openadr_client_id, secret, rt.clock,
-                    token_url=settings.openadr_token_url, timeout_s=settings.openadr_timeout_s,
-                    max_response_bytes=settings.openadr_max_response_bytes)
+    vtn = VtnClient(
+        settings.openadr_vtn_url,
+        settings.openadr_client_id,
+        secret,
+        rt.clock,
+        token_url=settings.openadr_token_url,
+        timeout_s=settings.openadr_timeout_s,
+        max_response_bytes=settings.openadr_max_response_bytes,
+    )
     return GridSignalsService(rt, topology, vtn, options)
 
 

@@ -91,16 +91,22 @@ class GridSignalsService:
 
     async def start(self) -> None:
         group = f"gridsignals-{self.rt.settings.replica_id}-{uuid.uuid4().hex[:8]}"
-        self._subs.append(await self.rt.bus.subscribe([contracts.NODE_LOAD.name], group, self.on_node_load,
-                                                      from_beginning=False))
+        self._subs.append(
+            await self.rt.bus.subscribe([contracts.NODE_LOAD.name], group, self.on_node_load, from_beginning=False)
+        )
         M.VTN_UP.set(0)
         M.FALLBACK_ACTIVE.set(0)
         M.VTN_UNREACHABLE_S.set_function(lambda: self.link.unreachable_for_s(self.rt.clock.time()))
         self.rt.health.add("openadr-ven", lambda: self._task is not None and not self._task.done())
         self._task = asyncio.create_task(self._loop(), name="gridsignals-ven")
-        log.info("OpenADR VEN started", extra={"poll_s": self.options.poll_s,
-                                                "fallback_after_s": self.options.fallback_after_s,
-                                                "programs": sorted(self.options.programs) or "all"})
+        log.info(
+            "OpenADR VEN started",
+            extra={
+                "poll_s": self.options.poll_s,
+                "fallback_after_s": self.options.fallback_after_s,
+                "programs": sorted(self.options.programs) or "all",
+            },
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -137,8 +143,10 @@ class GridSignalsService:
                 except EventError as exc:
                     if first:
                         M.EVENTS.labels(outcome="invalid").inc()
-                        log.warning("OpenADR event ignored", extra={"event_id": seen[0], "program": pname,
-                                                                    "error": str(exc)[:200]})
+                        log.warning(
+                            "OpenADR event ignored",
+                            extra={"event_id": seen[0], "program": pname, "error": str(exc)[:200]},
+                        )
                         self._seen.add(seen)
                     continue
                 out[ev.event_id] = KnownEvent(ev, pname)
@@ -152,15 +160,19 @@ class GridSignalsService:
     def _count(self, ev: ParsedEvent, program_name: str) -> None:
         if ev.has_price:
             M.EVENTS.labels(outcome="price").inc()
-            log.info("OpenADR price event not applied: gridcharge has no tariff input on the bus yet",
-                     extra={"event_id": ev.event_id, "program": program_name})
+            log.info(
+                "OpenADR price event not applied: gridcharge has no tariff input on the bus yet",
+                extra={"event_id": ev.event_id, "program": program_name},
+            )
         if not ev.limits:
             if not ev.has_price:
                 M.EVENTS.labels(outcome="no_limit").inc()
         elif not self.options.node_map.nodes_for(ev.targets, program_name):
             M.EVENTS.labels(outcome="unmapped").inc()
-            log.warning("OpenADR capacity limit for no configured node (GRIDCHARGE_OPENADR_NODE_MAP)",
-                        extra={"event_id": ev.event_id, "program": program_name, "targets": list(ev.targets)})
+            log.warning(
+                "OpenADR capacity limit for no configured node (GRIDCHARGE_OPENADR_NODE_MAP)",
+                extra={"event_id": ev.event_id, "program": program_name, "targets": list(ev.targets)},
+            )
         else:
             M.EVENTS.labels(outcome="limit").inc()
 
@@ -183,8 +195,11 @@ class GridSignalsService:
 
     def desired_limits(self, now: float) -> list[LimitSpec]:
         o = self.options
-        out = [spec for k in self.events.values()
-               for spec in event_limits(k.event, k.program_name, o.node_map, o.fallback_w, o.fallback_after_s, now)]
+        out = [
+            spec
+            for k in self.events.values()
+            for spec in event_limits(k.event, k.program_name, o.node_map, o.fallback_w, o.fallback_after_s, now)
+        ]
         if self.link.in_fallback:
             out.extend(fallback_limits(o.fallback_w, self.link.last_success_at or self.link.started_at))
         return out
@@ -197,9 +212,16 @@ class GridSignalsService:
             await self.rt.bus.publish(contracts.EXTERNAL_LIMITS.name, record_key(spec), msg.SerializeToString())
             if self.published.get(spec.key) != spec:
                 M.LIMIT_UPDATES.labels(action="set").inc()
-                log.info("OpenADR limit set", extra={"node": spec.node_id, "limit_id": spec.limit_id,
-                                                     "limit_w": list(spec.limit_w), "valid_from": _iso(spec.valid_from),
-                                                     "valid_to": _iso(spec.valid_to)})
+                log.info(
+                    "OpenADR limit set",
+                    extra={
+                        "node": spec.node_id,
+                        "limit_id": spec.limit_id,
+                        "limit_w": list(spec.limit_w),
+                        "valid_from": _iso(spec.valid_from),
+                        "valid_to": _iso(spec.valid_to),
+                    },
+                )
             self.published[spec.key] = spec
         for spec in changes.withdraw:
             msg = external_limit(spec, self.producer, now)
@@ -215,12 +237,18 @@ class GridSignalsService:
         if t.after == "up":
             log.info("OpenADR VTN reachable", extra={"was": t.before})
         elif t.after == "unreachable":
-            log.warning("OpenADR VTN unreachable: keeping the last known limits until their windows end; "
-                        "fallback limits after %.0f s", self.options.fallback_after_s, extra={"error": t.error})
+            log.warning(
+                "OpenADR VTN unreachable: keeping the last known limits until their windows end; "
+                "fallback limits after %.0f s",
+                self.options.fallback_after_s,
+                extra={"error": t.error},
+            )
         elif t.after == "fallback":
-            log.error("OpenADR VTN unreachable for %.0f s: fallback limits apply (GRIDCHARGE_OPENADR_FALLBACK_W)",
-                      self.link.unreachable_for_s(t.at), extra={"error": t.error,
-                                                                  "nodes": sorted(self.options.fallback_w)})
+            log.error(
+                "OpenADR VTN unreachable for %.0f s: fallback limits apply (GRIDCHARGE_OPENADR_FALLBACK_W)",
+                self.link.unreachable_for_s(t.at),
+                extra={"error": t.error, "nodes": sorted(self.options.fallback_w)},
+            )
 
     # -- usage reports ---------------------------------------------------------------------------------
     async def report_once(self) -> int:
@@ -234,16 +262,24 @@ class GridSignalsService:
             if not k.event.report_types:
                 continue
             nodes = o.node_map.nodes_for(k.event.targets, k.program_name)
-            report = usage_report(k.event.event_id, k.event.program_id, o.ven_name, k.event.report_types,
-                                  {n: means[n] for n in nodes if n in means}, start, now)
+            report = usage_report(
+                k.event.event_id,
+                k.event.program_id,
+                o.ven_name,
+                k.event.report_types,
+                {n: means[n] for n in nodes if n in means},
+                start,
+                now,
+            )
             if report is None:
                 continue
             try:
                 await self.vtn.post_report(report)
             except VtnError as exc:
                 M.REQUESTS.labels(kind="report", outcome="error").inc()
-                log.warning("OpenADR usage report not delivered", extra={"event_id": k.event.event_id,
-                                                                         "error": str(exc)[:200]})
+                log.warning(
+                    "OpenADR usage report not delivered", extra={"event_id": k.event.event_id, "error": str(exc)[:200]}
+                )
             else:
                 M.REQUESTS.labels(kind="report", outcome="ok").inc()
                 sent += 1
@@ -253,8 +289,11 @@ class GridSignalsService:
         while True:
             try:
                 await self.poll_once()
-                if (self.options.report_s > 0 and self.link.state == "up"
-                        and self.rt.clock.time() - self.last_report_at >= self.options.report_s):
+                if (
+                    self.options.report_s > 0
+                    and self.link.state == "up"
+                    and self.rt.clock.time() - self.last_report_at >= self.options.report_s
+                ):
                     await self.report_once()
             except asyncio.CancelledError:
                 raise

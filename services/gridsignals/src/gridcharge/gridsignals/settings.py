@@ -50,19 +50,19 @@ def parse_fallback_w(text: str) -> dict[str, P3]:
 class GridSignalsSettings(Settings):
     """OpenADR VEN keys (env ``GRIDCHARGE_OPENADR_VTN_URL`` etc.); the service runs only with a VTN URL."""
 
-    openadr_vtn_url: str = ""                        # base URL of the VTN's OpenADR 3 REST API; empty = VEN off
-    openadr_token_url: str = ""                      # OAuth2 token endpoint; empty = ask the VTN (GET /auth/server)
-    openadr_client_id: str = ""                      # OAuth2 client-credentials of this VEN
+    openadr_vtn_url: str = ""  # base URL of the VTN's OpenADR 3 REST API; empty = VEN off
+    openadr_token_url: str = ""  # OAuth2 token endpoint; empty = ask the VTN (GET /auth/server)
+    openadr_client_id: str = ""  # OAuth2 client-credentials of this VEN
     openadr_client_secret: SecretStr = SecretStr("")
-    openadr_client_secret_file: Path | None = None   # or the secret in a (mounted) file; wins over the variable
+    openadr_client_secret_file: Path | None = None  # or the secret in a (mounted) file; wins over the variable
     openadr_ven_name: str = Field("gridcharge", min_length=1, max_length=128)  # clientName of reports
-    openadr_programs: str = ""                       # program names to follow, comma-separated; empty = all visible
-    openadr_node_map: str = ""                       # "target=node,program=node,*=node" (docs/grid-interfaces.md)
-    openadr_fallback_w: str = ""                     # "node=W" or "node=W1/W2/W3" per phase when the VTN is gone
-    openadr_poll_s: float = Field(60.0, ge=1, le=3600)           # how often events are fetched
+    openadr_programs: str = ""  # program names to follow, comma-separated; empty = all visible
+    openadr_node_map: str = ""  # "target=node,program=node,*=node" (docs/grid-interfaces.md)
+    openadr_fallback_w: str = ""  # "node=W" or "node=W1/W2/W3" per phase when the VTN is gone
+    openadr_poll_s: float = Field(60.0, ge=1, le=3600)  # how often events are fetched
     openadr_fallback_after_s: float = Field(900.0, ge=10, le=7 * 86400)  # unreachable this long → fallback
-    openadr_report_s: float = Field(900.0, ge=0, le=86400)       # usage report period; 0 = no reports
-    openadr_timeout_s: float = Field(10.0, gt=0, le=120)         # per HTTP request to the VTN
+    openadr_report_s: float = Field(900.0, ge=0, le=86400)  # usage report period; 0 = no reports
+    openadr_timeout_s: float = Field(10.0, gt=0, le=120)  # per HTTP request to the VTN
     openadr_max_response_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
     @field_validator("openadr_vtn_url", "openadr_token_url")

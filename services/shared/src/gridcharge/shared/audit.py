@@ -57,13 +57,33 @@ class AuditSink:
         self.bus, self.service, self.producer = bus, service, producer
         self.clock = clock or RealClock()
 
-    def event(self, principal: Principal, client: str, method: str, path: str, query: str, body: bytes,
-              status: int, note: dict[str, Any] | None) -> audit_pb2.AuditEvent:
+    def event(
+        self,
+        principal: Principal,
+        client: str,
+        method: str,
+        path: str,
+        query: str,
+        body: bytes,
+        status: int,
+        note: dict[str, Any] | None,
+    ) -> audit_pb2.AuditEvent:
         ev = audit_pb2.AuditEvent(
-            event_id=uuid.uuid4().hex, service=self.service, method=method, path=path[:512], query=_cut(query),
-            request_json=_cut(body.decode("utf-8", errors="replace")), status_code=status,
-            actor=audit_pb2.Actor(subject=principal.subject, name=principal.name, role=principal.role,
-                                  method=principal.method, client_address=client[:64]))
+            event_id=uuid.uuid4().hex,
+            service=self.service,
+            method=method,
+            path=path[:512],
+            query=_cut(query),
+            request_json=_cut(body.decode("utf-8", errors="replace")),
+            status_code=status,
+            actor=audit_pb2.Actor(
+                subject=principal.subject,
+                name=principal.name,
+                role=principal.role,
+                method=principal.method,
+                client_address=client[:64],
+            ),
+        )
         ev.meta.CopyFrom(meta(self.producer, self.clock.now(), trace_id=ev.event_id))
         if note:
             ev.target = str(note.get("target", ""))[:256]
@@ -72,15 +92,30 @@ class AuditSink:
         return ev
 
     async def record(self, ev: audit_pb2.AuditEvent) -> None:
-        log.info("operator API change", extra={
-            "audit_event": ev.event_id, "actor": ev.actor.subject, "actor_name": ev.actor.name, "role": ev.actor.role,
-            "auth": ev.actor.method, "client": ev.actor.client_address, "method": ev.method, "path": ev.path,
-            "query": ev.query, "status": ev.status_code, "target": ev.target, "before": ev.before_json,
-            "after": ev.after_json, "api_service": ev.service})
+        log.info(
+            "operator API change",
+            extra={
+                "audit_event": ev.event_id,
+                "actor": ev.actor.subject,
+                "actor_name": ev.actor.name,
+                "role": ev.actor.role,
+                "auth": ev.actor.method,
+                "client": ev.actor.client_address,
+                "method": ev.method,
+                "path": ev.path,
+                "query": ev.query,
+                "status": ev.status_code,
+                "target": ev.target,
+                "before": ev.before_json,
+                "after": ev.after_json,
+                "api_service": ev.service,
+            },
+        )
         if self.bus is None:
             return
         try:
             await self.bus.publish(AUDIT_EVENTS.name, self.service, ev.SerializeToString())
         except Exception:
-            log.exception("audit event not published on the bus (it is in this log)",
-                          extra={"audit_event": ev.event_id})
+            log.exception(
+                "audit event not published on the bus (it is in this log)", extra={"audit_event": ev.event_id}
+            )

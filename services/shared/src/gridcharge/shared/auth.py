@@ -55,10 +55,10 @@ RELOAD_CHECK_S = 5.0
 class Principal:
     """The caller as the audit log names it."""
 
-    subject: str              # token name, or the JWT `sub`
+    subject: str  # token name, or the JWT `sub`
     role: Role
     method: Literal["token", "oidc", "open-access", "anonymous"]
-    name: str = ""            # JWT preferred_username / email, when given
+    name: str = ""  # JWT preferred_username / email, when given
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,12 @@ def parse_token_file(text: str, where: str) -> list[_TokenEntry]:
     for name, entry in data.items():
         key = f"{name}"
         if not isinstance(entry, dict) or set(entry) != {"role", "sha256"}:
-            raise ConfigError(where, key, "expected {role: operator|read-only, sha256: <hex digest of the token>} "
-                                          "(make one with `gridcharge api-token NAME --role ROLE`)")
+            raise ConfigError(
+                where,
+                key,
+                "expected {role: operator|read-only, sha256: <hex digest of the token>} "
+                "(make one with `gridcharge api-token NAME --role ROLE`)",
+            )
         digest = str(entry["sha256"]).lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(where, f"{key}.sha256", "not a SHA-256 hex digest (64 hex characters)")
@@ -133,10 +137,19 @@ def parse_token_env(value: str) -> list[_TokenEntry]:
             raise ConfigError("environment", var, f"entry {i + 1}: expected name:role:token")
         name, role, token = parts
         if len(token) < MIN_TOKEN_CHARS:
-            raise ConfigError("environment", var, f"entry {i + 1} ({name}): token shorter than {MIN_TOKEN_CHARS} "
-                                                  "characters (make one with `gridcharge api-token`)")
-        out.append(_TokenEntry(name, _role(role, "environment", f"{var} entry {i + 1} ({name})"),
-                               hashlib.sha256(token.encode()).digest()))
+            raise ConfigError(
+                "environment",
+                var,
+                f"entry {i + 1} ({name}): token shorter than {MIN_TOKEN_CHARS} "
+                "characters (make one with `gridcharge api-token`)",
+            )
+        out.append(
+            _TokenEntry(
+                name,
+                _role(role, "environment", f"{var} entry {i + 1} ({name})"),
+                hashlib.sha256(token.encode()).digest(),
+            )
+        )
     return out
 
 
@@ -163,8 +176,9 @@ class TokenStore:
             entries = parse_token_file(text, str(self.path))
         except OSError as exc:
             if initial:
-                raise ConfigError(str(self.path), f"{ENV_PREFIX}API_TOKENS_FILE",
-                                  f"cannot read: {exc.strerror or exc}") from None
+                raise ConfigError(
+                    str(self.path), f"{ENV_PREFIX}API_TOKENS_FILE", f"cannot read: {exc.strerror or exc}"
+                ) from None
             log.error("API token file unreadable; keeping the tokens loaded before", extra={"path": str(self.path)})
             return
         except ConfigError as exc:
@@ -239,7 +253,7 @@ class JwksCache:
     @staticmethod
     def parse(data: Any, where: str) -> dict[str, jwt.PyJWK]:
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-            raise ValueError(f"{where}: not a JWKS document ({{\"keys\": [...]}})")
+            raise ValueError(f'{where}: not a JWKS document ({{"keys": [...]}})')
         out: dict[str, jwt.PyJWK] = {}
         for i, k in enumerate(data["keys"]):
             if not isinstance(k, dict) or k.get("use", "sig") != "sig":
@@ -277,8 +291,9 @@ class JwksCache:
                 resp.raise_for_status()
                 keys = self.parse(resp.json(), self.url)
         except (httpx.HTTPError, ValueError) as exc:
-            log.error("JWKS fetch failed; keeping the keys fetched before",
-                      extra={"url": self.url, "error": str(exc)[:200]})
+            log.error(
+                "JWKS fetch failed; keeping the keys fetched before", extra={"url": self.url, "error": str(exc)[:200]}
+            )
             return
         self.keys = keys
         log.info("JWKS fetched", extra={"url": self.url, "keys": len(keys)})
@@ -301,22 +316,37 @@ class JwksCache:
 class OidcVerifier:
     def __init__(self, st: Settings) -> None:
         if not st.oidc_audience:
-            raise ConfigError("environment", f"{ENV_PREFIX}OIDC_AUDIENCE", "required with GRIDCHARGE_OIDC_ISSUER "
-                                                                           "(tokens for other clients must not pass)")
+            raise ConfigError(
+                "environment",
+                f"{ENV_PREFIX}OIDC_AUDIENCE",
+                "required with GRIDCHARGE_OIDC_ISSUER (tokens for other clients must not pass)",
+            )
         if bool(st.oidc_jwks_url) == (st.oidc_jwks_file is not None):
-            raise ConfigError("environment", f"{ENV_PREFIX}OIDC_JWKS_URL",
-                              "give GRIDCHARGE_OIDC_JWKS_URL or GRIDCHARGE_OIDC_JWKS_FILE (one of them)")
+            raise ConfigError(
+                "environment",
+                f"{ENV_PREFIX}OIDC_JWKS_URL",
+                "give GRIDCHARGE_OIDC_JWKS_URL or GRIDCHARGE_OIDC_JWKS_FILE (one of them)",
+            )
         if st.oidc_jwks_url:
             u = urlsplit(st.oidc_jwks_url)
-            if not u.hostname or u.scheme not in ("https", "http") or (u.scheme == "http"
-                                                                       and not _is_loopback(u.hostname)):
-                raise ConfigError("environment", f"{ENV_PREFIX}OIDC_JWKS_URL",
-                                  "must be an https URL (plain http only on loopback, for tests)")
+            if (
+                not u.hostname
+                or u.scheme not in ("https", "http")
+                or (u.scheme == "http" and not _is_loopback(u.hostname))
+            ):
+                raise ConfigError(
+                    "environment",
+                    f"{ENV_PREFIX}OIDC_JWKS_URL",
+                    "must be an https URL (plain http only on loopback, for tests)",
+                )
         algs = [a.strip() for a in st.oidc_algorithms.split(",") if a.strip()]
         bad = [a for a in algs if a not in ASYMMETRIC]
         if bad or not algs:
-            raise ConfigError("environment", f"{ENV_PREFIX}OIDC_ALGORITHMS",
-                              f"only asymmetric algorithms ({', '.join(sorted(ASYMMETRIC))}); got {bad or algs}")
+            raise ConfigError(
+                "environment",
+                f"{ENV_PREFIX}OIDC_ALGORITHMS",
+                f"only asymmetric algorithms ({', '.join(sorted(ASYMMETRIC))}); got {bad or algs}",
+            )
         self.issuer, self.audience, self.algorithms = st.oidc_issuer, st.oidc_audience, algs
         self.leeway_s = st.oidc_leeway_s
         self.roles_claim = st.oidc_roles_claim
@@ -351,16 +381,24 @@ class OidcVerifier:
         if key is None:
             return Denied(401, "unauthenticated", "token signed by an unknown key")
         try:
-            claims = jwt.decode(token, key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
-                                leeway=self.leeway_s, options={"require": ["exp", "iss", "aud", "sub"]})
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
         except jwt.PyJWTError as exc:
             return Denied(401, "unauthenticated", f"token rejected: {str(exc)[:120]}")
         role = self.role_of(claims)
         sub = str(claims["sub"])[:128]
         name = str(claims.get("preferred_username") or claims.get("email") or "")[:128]
         if role is None:
-            return Denied(403, "forbidden", f"token of {sub!r} carries no gridcharge role in claim "
-                                            f"{self.roles_claim!r}")
+            return Denied(
+                403, "forbidden", f"token of {sub!r} carries no gridcharge role in claim {self.roles_claim!r}"
+            )
         return Principal(subject=sub, role=role, method="oidc", name=name)
 
 
@@ -370,8 +408,9 @@ class OidcVerifier:
 class ApiAuth:
     """Decides per request: who is calling, and may they use this method?"""
 
-    def __init__(self, tokens: TokenStore | None = None, oidc: OidcVerifier | None = None,
-                 open_access: bool = False) -> None:
+    def __init__(
+        self, tokens: TokenStore | None = None, oidc: OidcVerifier | None = None, open_access: bool = False
+    ) -> None:
         self.tokens = tokens or TokenStore([], None)
         self.oidc = oidc
         self.open_access = open_access
@@ -381,8 +420,9 @@ class ApiAuth:
         tokens = TokenStore(parse_token_env(st.api_tokens.get_secret_value()), st.api_tokens_file)
         oidc = OidcVerifier(st) if st.oidc_issuer else None
         if not st.oidc_issuer and (st.oidc_jwks_url or st.oidc_jwks_file or st.oidc_audience):
-            raise ConfigError("environment", f"{ENV_PREFIX}OIDC_ISSUER",
-                              "required when any other GRIDCHARGE_OIDC_* setting is given")
+            raise ConfigError(
+                "environment", f"{ENV_PREFIX}OIDC_ISSUER", "required when any other GRIDCHARGE_OIDC_* setting is given"
+            )
         return cls(tokens, oidc, st.api_open_access)
 
     @classmethod
@@ -413,9 +453,13 @@ class ApiAuth:
             if not self.configured:
                 if need == "read-only":
                     return Principal("anonymous", "read-only", "anonymous")
-                return Denied(403, "forbidden", "changes through the operator API are refused: no API credentials "
-                                                "are configured (GRIDCHARGE_API_TOKENS_FILE, GRIDCHARGE_API_TOKENS or "
-                                                "GRIDCHARGE_OIDC_*; see docs/security.md)")
+                return Denied(
+                    403,
+                    "forbidden",
+                    "changes through the operator API are refused: no API credentials "
+                    "are configured (GRIDCHARGE_API_TOKENS_FILE, GRIDCHARGE_API_TOKENS or "
+                    "GRIDCHARGE_OIDC_*; see docs/security.md)",
+                )
             return Denied(401, "unauthenticated", "bearer token required")
         scheme, _, credential = authorization.partition(" ")
         credential = credential.strip()
@@ -426,13 +470,17 @@ class ApiAuth:
             principal = await self.oidc.verify(credential)
         else:
             entry = self.tokens.lookup(credential)
-            principal = (Principal(entry.name, entry.role, "token") if entry is not None
-                         else Denied(401, "unauthenticated", "invalid bearer token"))
+            principal = (
+                Principal(entry.name, entry.role, "token")
+                if entry is not None
+                else Denied(401, "unauthenticated", "invalid bearer token")
+            )
         if isinstance(principal, Denied):
             return principal
         if RANK[principal.role] < RANK[need]:
-            return Denied(403, "forbidden", f"{principal.subject} has role {principal.role}; "
-                                            f"{method.upper()} needs {need}")
+            return Denied(
+                403, "forbidden", f"{principal.subject} has role {principal.role}; {method.upper()} needs {need}"
+            )
         return principal
 
 
@@ -440,8 +488,10 @@ def token_cli(argv: list[str] | None = None) -> int:
     """`gridcharge api-token NAME --role ROLE`: print a new token once (stderr) and its file entry (stdout)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="gridcharge api-token", description="make an operator API bearer token "
-                                                                         "and its GRIDCHARGE_API_TOKENS_FILE entry")
+    p = argparse.ArgumentParser(
+        prog="gridcharge api-token",
+        description="make an operator API bearer token and its GRIDCHARGE_API_TOKENS_FILE entry",
+    )
     p.add_argument("name", help="who holds the token (shows in the audit log)")
     p.add_argument("--role", choices=ROLES, default="read-only")
     args = p.parse_args(argv)

@@ -30,6 +30,7 @@ class PhaseSequence(Protocol):
 
     def __getitem__(self, index: int, /) -> SupportsFloat: ...
 
+
 # ---------------------------------------------------------------------------------------------- time
 
 
@@ -37,7 +38,7 @@ def to_timestamp(when: datetime | float) -> Timestamp:
     """An aware datetime (a pandas Timestamp keeps its nanoseconds) or POSIX seconds as a Timestamp."""
     out = Timestamp()
     if isinstance(when, datetime):
-        ns = getattr(when, "value", None)      # pandas.Timestamp: nanoseconds since the epoch, exact
+        ns = getattr(when, "value", None)  # pandas.Timestamp: nanoseconds since the epoch, exact
         if isinstance(ns, int):
             out.FromNanoseconds(ns)
         else:
@@ -102,17 +103,21 @@ def phase_tuple(p: common_pb2.PhaseValues) -> P3:
 
 # ---------------------------------------------------------------------------------------------- meter values
 
-ENERGY = "Energy.Active.Import.Register"     # also what a sampled value without a measurand is (OCPP)
+ENERGY = "Energy.Active.Import.Register"  # also what a sampled value without a measurand is (OCPP)
 POWER = "Power.Active.Import"
 CURRENT = "Current.Import"
 VOLTAGE = "Voltage"
 TEMPERATURE = "Temperature"
-OUTLET = ("", "Outlet")                      # where the EVSE's electrical values count (OCPP default: Outlet)
+OUTLET = ("", "Outlet")  # where the EVSE's electrical values count (OCPP default: Outlet)
 # multiples of a base unit (value × factor in the base unit); the gateway scales with this table, and a
 # sample that still carries one is scaled here
 UNIT_SCALE: dict[str, tuple[str, float]] = {
-    "kW": ("W", 1e3), "kWh": ("Wh", 1e3), "kvar": ("var", 1e3), "kvarh": ("varh", 1e3),
-    "kVA": ("VA", 1e3), "kVAh": ("VAh", 1e3),
+    "kW": ("W", 1e3),
+    "kWh": ("Wh", 1e3),
+    "kvar": ("var", 1e3),
+    "kvarh": ("varh", 1e3),
+    "kVA": ("VA", 1e3),
+    "kVAh": ("VAh", 1e3),
 }
 
 
@@ -134,15 +139,19 @@ class MeterSample:
     current_ph: list[float | None] = field(default_factory=lambda: [None, None, None])
     voltage_ph: list[float | None] = field(default_factory=lambda: [None, None, None])
     power_total: float | None = None
-    current_any: float | None = None     # Current.Import without phase: the current on each used phase
+    current_any: float | None = None  # Current.Import without phase: the current on each used phase
     energy_wh: float | None = None
     temperature_c: float | None = None
-    invalid: str = ""                    # non-empty: a value was NaN/inf (the finite ones are still here)
+    invalid: str = ""  # non-empty: a value was NaN/inf (the finite ones are still here)
 
     @property
     def has_power_info(self) -> bool:
-        return (any(v is not None for v in self.power_ph) or any(v is not None for v in self.current_ph)
-                or self.power_total is not None or self.current_any is not None)
+        return (
+            any(v is not None for v in self.power_ph)
+            or any(v is not None for v in self.current_ph)
+            or self.power_total is not None
+            or self.current_any is not None
+        )
 
     @property
     def max_current_a(self) -> float | None:

@@ -26,14 +26,27 @@ MIB = 1024 * 1024
 
 # Modules whose Settings subclasses define the other GRIDCHARGE_* names; imported (best effort: a one-service
 # image lacks the others) only to tell a misspelt variable from another service's.
-SETTINGS_MODULES = ("gridcharge.gateway.config", "gridcharge.telemetry.settings", "gridcharge.forecasting.settings",
-                    "gridcharge.allocation.settings", "gridcharge.controlbox.settings",
-                    "gridcharge.gridsignals.settings")
+SETTINGS_MODULES = (
+    "gridcharge.gateway.config",
+    "gridcharge.telemetry.settings",
+    "gridcharge.forecasting.settings",
+    "gridcharge.allocation.settings",
+    "gridcharge.controlbox.settings",
+    "gridcharge.gridsignals.settings",
+)
 # Variables read by the container entry point and the scripts, not by Settings.
-TOOLING_VARS = frozenset({
-    "GRIDCHARGE_SERVICE", "GRIDCHARGE_RUN_DIR", "GRIDCHARGE_CACHE", "GRIDCHARGE_TOOLS_DIR", "GRIDCHARGE_TOOLS_CACHE",
-    "GRIDCHARGE_SKIP_HADOLINT", "GRIDCHARGE_SKIP_SHELLCHECK",
-})
+TOOLING_VARS = frozenset(
+    {
+        "GRIDCHARGE_SERVICE",
+        "GRIDCHARGE_RUN_DIR",
+        "GRIDCHARGE_CACHE",
+        "GRIDCHARGE_TOOLS_DIR",
+        "GRIDCHARGE_TOOLS_CACHE",
+        "GRIDCHARGE_SKIP_HADOLINT",
+        "GRIDCHARGE_SKIP_SHELLCHECK",
+    }
+)
+
 
 class Settings(BaseModel):
     """Settings shared by every service; services subclass it for their own keys."""
@@ -44,8 +57,8 @@ class Settings(BaseModel):
     bus: Literal["memory", "kafka"] = "memory"
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    topic_prefix: str = ""          # isolates test runs / tenants on one broker
-    store_prefix: str = ""          # same for Redis keys
+    topic_prefix: str = ""  # isolates test runs / tenants on one broker
+    store_prefix: str = ""  # same for Redis keys
     topology: Path | None = None
     http_host: str = "0.0.0.0"
     http_port: int = Field(8080, ge=0, le=65535)
@@ -57,25 +70,25 @@ class Settings(BaseModel):
     weather_base_url: str = "https://api.open-meteo.com"
 
     # -- HTTP edge (docs/security.md) ----------------------------------------------------------------
-    ops_port: int | None = Field(None, ge=0, le=65535)       # /metrics /healthz /readyz alone on this port
-    http_max_body_bytes: int = Field(MIB, ge=1024, le=64 * MIB)   # larger request bodies: 413, while streaming
+    ops_port: int | None = Field(None, ge=0, le=65535)  # /metrics /healthz /readyz alone on this port
+    http_max_body_bytes: int = Field(MIB, ge=1024, le=64 * MIB)  # larger request bodies: 413, while streaming
     http_header_timeout_s: float = Field(10.0, gt=0, le=600)  # request line + headers must arrive within this
-    http_body_timeout_s: float = Field(30.0, gt=0, le=3600)   # the whole body within this after the headers
+    http_body_timeout_s: float = Field(30.0, gt=0, le=3600)  # the whole body within this after the headers
     http_keepalive_timeout_s: float = Field(5.0, gt=0, le=600)
     http_max_connections: int = Field(256, ge=1, le=100_000)  # open HTTP connections (per port)
     http_max_connections_per_ip: int = Field(64, ge=1, le=100_000)
-    api_tokens_file: Path | None = None     # YAML {name: {role, sha256}} (a mounted Secret); reloaded on change
+    api_tokens_file: Path | None = None  # YAML {name: {role, sha256}} (a mounted Secret); reloaded on change
     api_tokens: SecretStr = SecretStr("")  # "name:role:token,..." (e.g. from a Secret via secretKeyRef)
-    api_open_access: bool = False           # development only: callers without credentials act as operator
-    oidc_issuer: str = ""                   # OIDC/JWT: `iss` that tokens must carry; empty = OIDC off
-    oidc_audience: str = ""                 # `aud` that tokens must carry (required with an issuer)
-    oidc_jwks_url: str = ""                 # the identity provider's JWKS (https, cached)
-    oidc_jwks_file: Path | None = None      # or a JWKS file (e.g. mounted), reloaded on change
-    oidc_roles_claim: str = "roles"         # claim holding roles/groups; dotted path, e.g. realm_access.roles
-    oidc_role_map: str = ""                 # "idp-group=operator,idp-viewers=read-only"; default: the role names
-    oidc_algorithms: str = "RS256,ES256"    # accepted signature algorithms (asymmetric only)
+    api_open_access: bool = False  # development only: callers without credentials act as operator
+    oidc_issuer: str = ""  # OIDC/JWT: `iss` that tokens must carry; empty = OIDC off
+    oidc_audience: str = ""  # `aud` that tokens must carry (required with an issuer)
+    oidc_jwks_url: str = ""  # the identity provider's JWKS (https, cached)
+    oidc_jwks_file: Path | None = None  # or a JWKS file (e.g. mounted), reloaded on change
+    oidc_roles_claim: str = "roles"  # claim holding roles/groups; dotted path, e.g. realm_access.roles
+    oidc_role_map: str = ""  # "idp-group=operator,idp-viewers=read-only"; default: the role names
+    oidc_algorithms: str = "RS256,ES256"  # accepted signature algorithms (asymmetric only)
     oidc_jwks_cache_s: float = Field(300.0, ge=0, le=86400)
-    oidc_leeway_s: float = Field(30.0, ge=0, le=300)          # clock skew allowed on exp/nbf/iat
+    oidc_leeway_s: float = Field(30.0, ge=0, le=300)  # clock skew allowed on exp/nbf/iat
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -141,11 +154,16 @@ def check_environment(env: Mapping[str, str] | None = None) -> list[str]:
         if not var.upper().startswith(ENV_PREFIX) or var in known:
             continue
         if var.upper() in known:
-            raise ConfigError("environment", var, f"unknown variable; did you mean {var.upper()}? "
-                                                  "(names are upper case)")
+            raise ConfigError(
+                "environment", var, f"unknown variable; did you mean {var.upper()}? (names are upper case)"
+            )
         close = difflib.get_close_matches(var.upper().removeprefix(ENV_PREFIX), list(by_suffix), n=1, cutoff=0.8)
         if close:
-            raise ConfigError("environment", var, f"unknown variable; did you mean {by_suffix[close[0]]}? "
-                                                  "(refused: a misspelt setting would silently keep its default)")
+            raise ConfigError(
+                "environment",
+                var,
+                f"unknown variable; did you mean {by_suffix[close[0]]}? "
+                "(refused: a misspelt setting would silently keep its default)",
+            )
         warnings.append(f"{var}: unknown variable, ignored")
     return warnings

@@ -27,9 +27,9 @@ M = TypeVar("M", bound=Message)
 class Topic:
     name: str
     message: type[Message]
-    key: str                 # what the record key is
-    compacted: bool          # latest value per key wins
-    retention_ms: int        # -1 = forever (compacted topics)
+    key: str  # what the record key is
+    compacted: bool  # latest value per key wins
+    retention_ms: int  # -1 = forever (compacted topics)
     partitions: int
     producers: str
     consumers: str
@@ -40,41 +40,165 @@ class Topic:
         return msg
 
 
-STATION_EVENTS = Topic("gridcharge.station.events.v1", station_pb2.StationEvent, "station_id", False,
-                       7 * DAY_MS, 12, "gateway", "allocation, telemetry")
-METER_VALUES = Topic("gridcharge.station.meter-values.v1", station_pb2.MeterValues, "station_id", False,
-                     2 * DAY_MS, 12, "gateway", "telemetry, allocation")
-STATION_CAPABILITIES = Topic("gridcharge.station.capabilities.v1", station_pb2.StationCapabilities,
-                             "station_id", True, -1, 12, "gateway", "allocation")
-COMMANDS = Topic("gridcharge.station.commands.v1", command_pb2.StationCommand, "station_id", False,
-                 1 * DAY_MS, 12, "allocation, operator API", "gateway")
-COMMAND_RESULTS = Topic("gridcharge.station.command-results.v1", command_pb2.CommandResult, "station_id",
-                        False, 1 * DAY_MS, 12, "gateway", "allocation, operator API")
-GRID_METER_READINGS = Topic("gridcharge.grid.meter-readings.v1", grid_pb2.GridMeterReading, "node_id",
-                            False, 2 * DAY_MS, 6, "SCADA/AMI, telemetry HTTP ingest, simulator", "telemetry")
-NODE_LOAD = Topic("gridcharge.grid.node-load.v1", grid_pb2.NodeLoad, "node_id", True, -1, 6,
-                  "telemetry", "allocation (limiter), forecasting")
-NODE_LOAD_HISTORY = Topic("gridcharge.grid.node-load-history.v1", grid_pb2.NodeLoadInterval, "node_id",
-                          False, 35 * DAY_MS, 6, "telemetry", "forecasting")
-EXTERNAL_LIMITS = Topic("gridcharge.grid.external-limits.v1", grid_pb2.ExternalLimit,
-                        "node_id (station-scoped limits: node_id/limit_id)", True, -1, 6,
-                        "DSO adapters, operator API, gateway (OCPP NotifyChargingLimit)", "forecasting, allocation")
-WEATHER = Topic("gridcharge.forecast.weather.v1", forecast_pb2.WeatherForecast, "site_id", True, -1, 6,
-                "forecasting", "forecasting, simulator")
-HEADROOM = Topic("gridcharge.forecast.headroom.v1", forecast_pb2.HeadroomForecast, "node_id", True, -1, 6,
-                 "forecasting", "allocation")
-SESSION_PLANS = Topic("gridcharge.plan.sessions.v1", plan_pb2.SessionPlan, "session_id", True, -1, 12,
-                      "allocation", "dashboards, operator API")
-NODE_PLANS = Topic("gridcharge.plan.nodes.v1", plan_pb2.NodePlan, "node_id", True, -1, 6,
-                   "allocation", "dashboards, operator API")
-DEAD_LETTERS = Topic("gridcharge.deadletter.v1", common_pb2.DeadLetter, "source topic", False, 14 * DAY_MS,
-                     3, "every consumer", "operators")
-AUDIT_EVENTS = Topic("gridcharge.audit.events.v1", audit_pb2.AuditEvent, "service", False, 365 * DAY_MS, 3,
-                     "every operator HTTP API (the shared HTTP edge)", "operators, SIEM")
+STATION_EVENTS = Topic(
+    "gridcharge.station.events.v1",
+    station_pb2.StationEvent,
+    "station_id",
+    False,
+    7 * DAY_MS,
+    12,
+    "gateway",
+    "allocation, telemetry",
+)
+METER_VALUES = Topic(
+    "gridcharge.station.meter-values.v1",
+    station_pb2.MeterValues,
+    "station_id",
+    False,
+    2 * DAY_MS,
+    12,
+    "gateway",
+    "telemetry, allocation",
+)
+STATION_CAPABILITIES = Topic(
+    "gridcharge.station.capabilities.v1",
+    station_pb2.StationCapabilities,
+    "station_id",
+    True,
+    -1,
+    12,
+    "gateway",
+    "allocation",
+)
+COMMANDS = Topic(
+    "gridcharge.station.commands.v1",
+    command_pb2.StationCommand,
+    "station_id",
+    False,
+    1 * DAY_MS,
+    12,
+    "allocation, operator API",
+    "gateway",
+)
+COMMAND_RESULTS = Topic(
+    "gridcharge.station.command-results.v1",
+    command_pb2.CommandResult,
+    "station_id",
+    False,
+    1 * DAY_MS,
+    12,
+    "gateway",
+    "allocation, operator API",
+)
+GRID_METER_READINGS = Topic(
+    "gridcharge.grid.meter-readings.v1",
+    grid_pb2.GridMeterReading,
+    "node_id",
+    False,
+    2 * DAY_MS,
+    6,
+    "SCADA/AMI, telemetry HTTP ingest, simulator",
+    "telemetry",
+)
+NODE_LOAD = Topic(
+    "gridcharge.grid.node-load.v1",
+    grid_pb2.NodeLoad,
+    "node_id",
+    True,
+    -1,
+    6,
+    "telemetry",
+    "allocation (limiter), forecasting",
+)
+NODE_LOAD_HISTORY = Topic(
+    "gridcharge.grid.node-load-history.v1",
+    grid_pb2.NodeLoadInterval,
+    "node_id",
+    False,
+    35 * DAY_MS,
+    6,
+    "telemetry",
+    "forecasting",
+)
+EXTERNAL_LIMITS = Topic(
+    "gridcharge.grid.external-limits.v1",
+    grid_pb2.ExternalLimit,
+    "node_id (station-scoped limits: node_id/limit_id)",
+    True,
+    -1,
+    6,
+    "DSO adapters, operator API, gateway (OCPP NotifyChargingLimit)",
+    "forecasting, allocation",
+)
+WEATHER = Topic(
+    "gridcharge.forecast.weather.v1",
+    forecast_pb2.WeatherForecast,
+    "site_id",
+    True,
+    -1,
+    6,
+    "forecasting",
+    "forecasting, simulator",
+)
+HEADROOM = Topic(
+    "gridcharge.forecast.headroom.v1",
+    forecast_pb2.HeadroomForecast,
+    "node_id",
+    True,
+    -1,
+    6,
+    "forecasting",
+    "allocation",
+)
+SESSION_PLANS = Topic(
+    "gridcharge.plan.sessions.v1",
+    plan_pb2.SessionPlan,
+    "session_id",
+    True,
+    -1,
+    12,
+    "allocation",
+    "dashboards, operator API",
+)
+NODE_PLANS = Topic(
+    "gridcharge.plan.nodes.v1", plan_pb2.NodePlan, "node_id", True, -1, 6, "allocation", "dashboards, operator API"
+)
+DEAD_LETTERS = Topic(
+    "gridcharge.deadletter.v1",
+    common_pb2.DeadLetter,
+    "source topic",
+    False,
+    14 * DAY_MS,
+    3,
+    "every consumer",
+    "operators",
+)
+AUDIT_EVENTS = Topic(
+    "gridcharge.audit.events.v1",
+    audit_pb2.AuditEvent,
+    "service",
+    False,
+    365 * DAY_MS,
+    3,
+    "every operator HTTP API (the shared HTTP edge)",
+    "operators, SIEM",
+)
 
 ALL_TOPICS: tuple[Topic, ...] = (
-    STATION_EVENTS, METER_VALUES, STATION_CAPABILITIES, COMMANDS, COMMAND_RESULTS, GRID_METER_READINGS,
-    NODE_LOAD, NODE_LOAD_HISTORY, EXTERNAL_LIMITS, WEATHER, HEADROOM, SESSION_PLANS, NODE_PLANS, DEAD_LETTERS,
+    STATION_EVENTS,
+    METER_VALUES,
+    STATION_CAPABILITIES,
+    COMMANDS,
+    COMMAND_RESULTS,
+    GRID_METER_READINGS,
+    NODE_LOAD,
+    NODE_LOAD_HISTORY,
+    EXTERNAL_LIMITS,
+    WEATHER,
+    HEADROOM,
+    SESSION_PLANS,
+    NODE_PLANS,
+    DEAD_LETTERS,
     AUDIT_EVENTS,
 )
 TOPICS_BY_NAME = {t.name: t for t in ALL_TOPICS}

@@ -50,12 +50,13 @@ OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 PUBLIC_PATHS = OPS_PATHS | {"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
 AUDIT_BODY_BYTES = 4096
 
-HTTP_CONNECTIONS = Gauge("gridcharge_http_connections", "Open HTTP connections per listener (api, ops).",
-                         ["listener"])
+HTTP_CONNECTIONS = Gauge("gridcharge_http_connections", "Open HTTP connections per listener (api, ops).", ["listener"])
 HTTP_REJECTIONS = Counter(
     "gridcharge_http_rejections_total",
     "HTTP connections and requests refused by the edge (connection_limit, header_timeout, body_timeout, "
-    "body_too_large, unauthenticated, forbidden).", ["reason"])
+    "body_too_large, unauthenticated, forbidden).",
+    ["reason"],
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,14 @@ class EdgeLimits:
 
     @classmethod
     def from_settings(cls, st: Settings) -> EdgeLimits:
-        return cls(st.http_max_body_bytes, st.http_header_timeout_s, st.http_body_timeout_s,
-                   st.http_keepalive_timeout_s, st.http_max_connections, st.http_max_connections_per_ip)
+        return cls(
+            st.http_max_body_bytes,
+            st.http_header_timeout_s,
+            st.http_body_timeout_s,
+            st.http_keepalive_timeout_s,
+            st.http_max_connections,
+            st.http_max_connections_per_ip,
+        )
 
 
 class Health:
@@ -122,8 +129,12 @@ def _declare_bearer_auth(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer",
-                           "description": "API token (GRIDCHARGE_API_TOKENS_FILE) or OIDC access token"}}
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "API token (GRIDCHARGE_API_TOKENS_FILE) or OIDC access token",
+                }
+            }
             schema["security"] = [{"bearer": []}]
             app.openapi_schema = schema
         return app.openapi_schema
@@ -148,8 +159,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
 
 
-def create_app(title: str, health: Health, routers: list[APIRouter] | None = None, *, auth: ApiAuth | None = None,
-               audit: AuditSink | None = None, limits: EdgeLimits | None = None, ops: bool = True) -> FastAPI:
+def create_app(
+    title: str,
+    health: Health,
+    routers: list[APIRouter] | None = None,
+    *,
+    auth: ApiAuth | None = None,
+    audit: AuditSink | None = None,
+    limits: EdgeLimits | None = None,
+    ops: bool = True,
+) -> FastAPI:
     """The service's HTTP app. Without `auth`, no credential is configured: reads open, changes refused."""
     app = FastAPI(title=title, version="0.1.0")
     if ops:
@@ -158,8 +177,9 @@ def create_app(title: str, health: Health, routers: list[APIRouter] | None = Non
         app.include_router(r)
     _declare_bearer_auth(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(EdgeMiddleware, auth=auth or ApiAuth(), audit=audit,
-                       max_body_bytes=(limits or EdgeLimits()).max_body_bytes)
+    app.add_middleware(
+        EdgeMiddleware, auth=auth or ApiAuth(), audit=audit, max_body_bytes=(limits or EdgeLimits()).max_body_bytes
+    )
     return app
 
 
@@ -167,8 +187,9 @@ def create_ops_app(health: Health, limits: EdgeLimits | None = None) -> FastAPI:
     """Only /metrics, /healthz and /readyz (the GRIDCHARGE_OPS_PORT listener)."""
     app = FastAPI(title="gridcharge ops", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
     _add_ops_routes(app, health)
-    app.add_middleware(EdgeMiddleware, auth=ApiAuth(), audit=None,
-                       max_body_bytes=(limits or EdgeLimits()).max_body_bytes)
+    app.add_middleware(
+        EdgeMiddleware, auth=ApiAuth(), audit=None, max_body_bytes=(limits or EdgeLimits()).max_body_bytes
+    )
     return app
 
 
@@ -222,9 +243,16 @@ class EdgeMiddleware:
             if isinstance(result, Denied):
                 HTTP_REJECTIONS.labels(reason=result.reason).inc()
                 if self._log_budget.take():
-                    log.warning("operator API request refused", extra={
-                        "status": result.status, "reason": result.detail, "method": method, "path": path[:256],
-                        "client": str(client[0])})
+                    log.warning(
+                        "operator API request refused",
+                        extra={
+                            "status": result.status,
+                            "reason": result.detail,
+                            "method": method,
+                            "path": path[:256],
+                            "client": str(client[0]),
+                        },
+                    )
                 extra = [(b"www-authenticate", b'Bearer realm="gridcharge"')] if result.status == 401 else []
                 await _plain(send, result.status, result.detail, close=has_body, headers=extra)
                 return
@@ -254,13 +282,13 @@ class EdgeMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                if too_large:   # the rest of the body is unread: do not keep reading it for a next request
+                if too_large:  # the rest of the body is unread: do not keep reading it for a next request
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except HTTPException as exc:    # raised by limited_receive outside FastAPI's own handling
+        except HTTPException as exc:  # raised by limited_receive outside FastAPI's own handling
             if status:
                 raise
             await _plain(send, exc.status_code, str(exc.detail), close=True)
@@ -269,13 +297,15 @@ class EdgeMiddleware:
             if audited and principal is not None and self.audit is not None:
                 query = scope.get("query_string", b"").decode("latin-1")
                 note = scope.get("state", {}).get(NOTE_KEY)
-                ev = self.audit.event(principal, str(client[0]), method, path, query, bytes(captured),
-                                      status or 500, note)
+                ev = self.audit.event(
+                    principal, str(client[0]), method, path, query, bytes(captured), status or 500, note
+                )
                 await self.audit.record(ev)
 
 
-async def _plain(send: Send, status: int, detail: str, close: bool = False,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _plain(
+    send: Send, status: int, detail: str, close: bool = False, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps({"detail": detail}).encode()
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
     if close:
@@ -286,10 +316,14 @@ async def _plain(send: Send, status: int, detail: str, close: bool = False,
 
 # ------------------------------------------------------------------------------------------ connections
 
-_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\n"
-        b"connection: close\r\n\r\nrequest timeout\n")
-_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\n"
-        b"connection: close\r\n\r\ntoo many connections\n")
+_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\n"
+    b"connection: close\r\n\r\nrequest timeout\n"
+)
+_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\n"
+    b"connection: close\r\n\r\ntoo many connections\n"
+)
 
 
 LINGER_S = 2.0
@@ -379,7 +413,7 @@ def guarded_protocol(guard: ConnectionGuard, limits: EdgeLimits) -> type[asyncio
         def data_received(self, data: bytes) -> None:
             if not self._admitted:
                 return
-            if self._lingering:     # the rest of a refused upload: dropped unparsed, never buffered
+            if self._lingering:  # the rest of a refused upload: dropped unparsed, never buffered
                 self._linger_bytes += len(data)
                 if self._linger_bytes > LINGER_BYTES:
                     self._raw.close()
@@ -388,9 +422,9 @@ def guarded_protocol(guard: ConnectionGuard, limits: EdgeLimits) -> type[asyncio
             self._follow_request()
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()   # arms uvicorn's keep-alive timer for the idle time that follows
+            super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle time that follows
             self._disarm()
-            if self.conn.their_state is h11.SEND_BODY:   # answered early: the rest of the body is still bounded
+            if self.conn.their_state is h11.SEND_BODY:  # answered early: the rest of the body is still bounded
                 self._arm("body_timeout", limits.body_timeout_s)
 
         def _close_or_linger(self) -> None:
@@ -416,12 +450,12 @@ def guarded_protocol(guard: ConnectionGuard, limits: EdgeLimits) -> type[asyncio
                 return
             state = self.conn.their_state
             if state is h11.IDLE:
-                if self._timer_kind != "header_timeout":    # first bytes of a request: deadline for its headers
+                if self._timer_kind != "header_timeout":  # first bytes of a request: deadline for its headers
                     self._arm("header_timeout", limits.header_timeout_s)
             elif state is h11.SEND_BODY:
                 if self._timer_kind != "body_timeout":
                     self._arm("body_timeout", limits.body_timeout_s)
-            else:   # request complete: the app is working on it, no client deadline
+            else:  # request complete: the app is working on it, no client deadline
                 self._disarm()
 
         def _arm(self, kind: str, seconds: float) -> None:
@@ -453,8 +487,9 @@ def os_error_text(exc: OSError) -> str:
 
 def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A listening socket, bound here so a busy or bad port is an error we can word (uvicorn would sys.exit)."""
-    family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                      flags=socket.AI_PASSIVE)[0]
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -470,15 +505,32 @@ def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
 class HttpServer:
     """uvicorn inside the service's event loop; port 0 picks a free port (see `.port`)."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, limits: EdgeLimits | None = None,
-                 listener: str = "api", port_var: str = "GRIDCHARGE_HTTP_PORT") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        limits: EdgeLimits | None = None,
+        listener: str = "api",
+        port_var: str = "GRIDCHARGE_HTTP_PORT",
+    ) -> None:
         limits = limits or EdgeLimits()
         self.host, self.requested_port, self.port_var = host, port, port_var
         self.guard = ConnectionGuard(listener, limits.max_connections, limits.max_connections_per_ip)
-        self.server = uvicorn.Server(uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", ws="none",
-            http=guarded_protocol(self.guard, limits), timeout_keep_alive=max(1, math.ceil(limits.keepalive_timeout_s)),
-            timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                ws="none",
+                http=guarded_protocol(self.guard, limits),
+                timeout_keep_alive=max(1, math.ceil(limits.keepalive_timeout_s)),
+                timeout_graceful_shutdown=5,
+            )
+        )
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
 
@@ -489,8 +541,9 @@ class HttpServer:
         try:
             self._sock = bind_socket(self.host, self.requested_port)
         except OSError as exc:
-            raise ConfigError("start-up", self.port_var, f"cannot listen on {self.host}:{self.requested_port}: "
-                                                         f"{os_error_text(exc)}") from None
+            raise ConfigError(
+                "start-up", self.port_var, f"cannot listen on {self.host}:{self.requested_port}: {os_error_text(exc)}"
+            ) from None
 
     async def start(self) -> None:
         self.bind()
@@ -513,5 +566,5 @@ class HttpServer:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 10)
-        elif self._sock is not None:    # bound, never served (start-up failed later)
+        elif self._sock is not None:  # bound, never served (start-up failed later)
             self._sock.close()

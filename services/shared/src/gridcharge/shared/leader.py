@@ -25,7 +25,7 @@ class LeaderLease:
     def __init__(self, store: Store, clock: Clock, replica_id: str, ttl_s: float = 15.0, *, key: str) -> None:
         self.store, self.clock, self.me, self.ttl_s, self.key = store, clock, replica_id.encode(), ttl_s, key
         self.is_leader = False
-        self.last_check: float | None = None   # POSIX s of the last renew() attempt
+        self.last_check: float | None = None  # POSIX s of the last renew() attempt
 
     @property
     def renew_every_s(self) -> float:

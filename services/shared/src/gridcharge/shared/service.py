@@ -52,8 +52,9 @@ class Host:
 
     `auth` overrides the API credentials from the settings (embedded hosts, tests)."""
 
-    def __init__(self, rt: Runtime, services: Sequence[Service], http: bool = True,
-                 auth: ApiAuth | None = None) -> None:
+    def __init__(
+        self, rt: Runtime, services: Sequence[Service], http: bool = True, auth: ApiAuth | None = None
+    ) -> None:
         self.rt, self.services, self.http_enabled = rt, list(services), http
         self.auth = auth
         self.http: HttpServer | None = None
@@ -73,13 +74,26 @@ class Host:
             names = "+".join(s.name for s in self.services)
             limits = EdgeLimits.from_settings(st)
             audit = AuditSink(self.rt.bus, names, f"{names}/{st.replica_id}", self.rt.clock)
-            app = create_app("gridcharge " + names, self.rt.health, routers, auth=auth, audit=audit, limits=limits,
-                             ops=st.ops_port is None)
+            app = create_app(
+                "gridcharge " + names,
+                self.rt.health,
+                routers,
+                auth=auth,
+                audit=audit,
+                limits=limits,
+                ops=st.ops_port is None,
+            )
             self.http = HttpServer(app, st.http_host, st.http_port, limits)
             self.http.bind()
             if st.ops_port is not None:
-                self.ops = HttpServer(create_ops_app(self.rt.health, limits), st.http_host, st.ops_port, limits,
-                                      listener="ops", port_var="GRIDCHARGE_OPS_PORT")
+                self.ops = HttpServer(
+                    create_ops_app(self.rt.health, limits),
+                    st.http_host,
+                    st.ops_port,
+                    limits,
+                    listener="ops",
+                    port_var="GRIDCHARGE_OPS_PORT",
+                )
                 self.ops.bind()
         await self.rt.bus.start()
         self._bus_started = True
@@ -92,8 +106,10 @@ class Host:
             await self.http.start()
             log.info("http listening", extra={"port": self.http.port, "api_auth": auth.describe()})
             if auth.open_access:
-                log.warning("operator API open to anyone who reaches the port (GRIDCHARGE_API_OPEN_ACCESS=true): "
-                            "development only")
+                log.warning(
+                    "operator API open to anyone who reaches the port (GRIDCHARGE_API_OPEN_ACCESS=true): "
+                    "development only"
+                )
         if self.ops is not None:
             await self.ops.start()
             log.info("ops endpoints listening", extra={"port": self.ops.port})
@@ -131,8 +147,7 @@ def raise_open_files_limit() -> int:
 
 async def serve(factories: Sequence[ServiceFactory], settings: Settings, topology: Topology) -> None:
     """Run services until SIGTERM. Start-up problems surface as ConfigError (one line, see `run_service`)."""
-    setup_logging("+".join(getattr(f, "service_name", "svc") for f in factories), settings.log_level,
-                  settings.log_json)
+    setup_logging("+".join(getattr(f, "service_name", "svc") for f in factories), settings.log_level, settings.log_json)
     nofile = raise_open_files_limit()
     needed = settings.http_max_connections * (2 if settings.ops_port is not None else 1) + 64
     if nofile < needed:
@@ -150,9 +165,13 @@ async def serve(factories: Sequence[ServiceFactory], settings: Settings, topolog
             await rt.store.close()
 
 
-def run_service(name: str, factories: Sequence[ServiceFactory], default_http_port: int | None = None,
-                prepare: Callable[[Settings], Settings] | None = None,
-                before_run: Callable[[], None] | None = None) -> int:
+def run_service(
+    name: str,
+    factories: Sequence[ServiceFactory],
+    default_http_port: int | None = None,
+    prepare: Callable[[Settings], Settings] | None = None,
+    before_run: Callable[[], None] | None = None,
+) -> int:
     """`python -m gridcharge.<name>`: a bad setting, file or port is one line on stderr and exit status 2."""
     try:
         for warning in check_environment():

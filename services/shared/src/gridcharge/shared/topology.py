@@ -72,9 +72,9 @@ class Node(_Model):
     id: str = Field(min_length=1)
     kind: NodeKind = "panel"
     parent: str | None = None
-    limit_a: tuple[float, float, float] | None = None   # per-phase current limit, A
-    limit_w: tuple[float, float, float] | None = None   # per-phase power limit, W
-    metered: bool = False                               # a grid meter reports this node's load
+    limit_a: tuple[float, float, float] | None = None  # per-phase current limit, A
+    limit_w: tuple[float, float, float] | None = None  # per-phase power limit, W
+    metered: bool = False  # a grid meter reports this node's load
     rating: Rating | None = None
     safety_margin_pct: float = Field(5.0, ge=0, lt=100)
 
@@ -82,8 +82,10 @@ class Node(_Model):
     @classmethod
     def _node_id(cls, v: str | None) -> str | None:
         if v is not None and not NODE_ID.fullmatch(v):
-            raise ValueError(f"node id {v[:80]!r} must be 1-64 characters without spaces, '/', '?', '#', '%' or "
-                             "control characters (it appears in API paths and Kafka keys)")
+            raise ValueError(
+                f"node id {v[:80]!r} must be 1-64 characters without spaces, '/', '?', '#', '%' or "
+                "control characters (it appears in API paths and Kafka keys)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -100,7 +102,7 @@ class Node(_Model):
 
 class Evse(_Model):
     id: int = Field(ge=1)
-    phase_map: tuple[Phase, ...] | None = None   # grid phase of the EVSE's L1[, L2, L3]; default: station's
+    phase_map: tuple[Phase, ...] | None = None  # grid phase of the EVSE's L1[, L2, L3]; default: station's
     max_current_a: float | None = Field(None, gt=0)
     min_current_a: float = Field(6.0, ge=0)
 
@@ -111,17 +113,19 @@ class Station(_Model):
     id: str = Field(min_length=1, max_length=48)
     node: str
     ocpp: Literal["1.6", "2.0.1", "2.1"] = "1.6"
-    phase_map: tuple[Phase, ...] = ("L1", "L2", "L3")   # grid phase of the station's L1, L2, L3
+    phase_map: tuple[Phase, ...] = ("L1", "L2", "L3")  # grid phase of the station's L1, L2, L3
     max_current_a: float = Field(32.0, gt=0)
-    fallback_current_a: float = Field(6.0, ge=0)       # station-wide fallback per phase, A
+    fallback_current_a: float = Field(6.0, ge=0)  # station-wide fallback per phase, A
     evses: tuple[Evse, ...] = Field(default_factory=lambda: (Evse(id=1),))
 
     @field_validator("id")
     @classmethod
     def _station_id(cls, v: str) -> str:
         if not STATION_ID.fullmatch(v):
-            raise ValueError(f"station id {v[:80]!r} can never connect: the gateway accepts 1-48 of "
-                             "A-Z a-z 0-9 * - _ = : + | @ . in ws://HOST/ocpp/{station_id}")
+            raise ValueError(
+                f"station id {v[:80]!r} can never connect: the gateway accepts 1-48 of "
+                "A-Z a-z 0-9 * - _ = : + | @ . in ws://HOST/ocpp/{station_id}"
+            )
         return v
 
     @field_validator("phase_map")
@@ -171,7 +175,7 @@ class PvSystem(_Model):
 
 
 class TariffWindow(_Model):
-    start: str   # "HH:MM" local time
+    start: str  # "HH:MM" local time
     end: str
     price_per_kwh: float
 
@@ -281,7 +285,7 @@ class Topology(_Model):
         for i, n in enumerate(self.nodes):
             if n.parent is not None and n.parent not in ids:
                 raise _Located(f"nodes[{i}].parent", f"unknown node '{n.parent}'")
-        for i, n in enumerate(self.nodes):   # cycles: walking up must end at a root
+        for i, n in enumerate(self.nodes):  # cycles: walking up must end at a root
             seen, cur = {n.id}, n.parent
             while cur is not None:
                 if cur in seen:
@@ -298,7 +302,7 @@ class Topology(_Model):
         for i, p in enumerate(self.pv_systems):
             if p.node not in ids:
                 raise _Located(f"pv_systems[{i}].node", f"unknown node '{p.node}'")
-        for i, n in enumerate(self.nodes):   # safety principle 1: Σ fallbacks ≤ node limit
+        for i, n in enumerate(self.nodes):  # safety principle 1: Σ fallbacks ≤ node limit
             draw = self.fallback_draw_a(n.id)
             lim = self.limit_a(n.id)
             for k, ph in enumerate(PHASES):
@@ -363,8 +367,9 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, Hashable) and key in seen:
                 first = seen[key].start_mark
-                raise _DuplicateKey(None, None, f"duplicate key {str(key)[:64]!r} (first at line {first.line + 1})",
-                                    key_node.start_mark)
+                raise _DuplicateKey(
+                    None, None, f"duplicate key {str(key)[:64]!r} (first at line {first.line + 1})", key_node.start_mark
+                )
             if isinstance(key, Hashable):
                 seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
@@ -378,7 +383,7 @@ def load_topology(path: str | Path) -> Topology:
     except OSError as exc:
         raise ConfigError(str(p), "(file)", f"cannot read: {exc.strerror}") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)   # a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"

@@ -75,10 +75,10 @@ from gridcharge.simulator.sim import Simulation
 
 CONTRACT = "gridcharge-bench-control/1"
 SNAPSHOT_ENV = "GRIDCHARGE_TELEMETRY_SNAPSHOT_S"
-START = "2026-06-03T08:00:00Z"          # simulated start of the synthetic cases (a Wednesday, daytime)
+START = "2026-06-03T08:00:00Z"  # simulated start of the synthetic cases (a Wednesday, daytime)
 BENCH_DOC = Path("docs/benchmarks.md")
 SECTION = "## Control quality"
-V = 230.0                                # nominal phase voltage of the synthetic sites
+V = 230.0  # nominal phase voltage of the synthetic sites
 
 
 def ts(t: float) -> Any:
@@ -89,6 +89,7 @@ def ts(t: float) -> Any:
     out = Timestamp()
     out.FromNanoseconds(round(t * 1e9))
     return out
+
 
 log = logging.getLogger("gridcharge.bench_control")
 
@@ -164,7 +165,7 @@ def _describe(station: str, data: dict[str, Any], evse_id: int, now: float, ok: 
         periods = sched["charging_schedule_period"]
         start = _parse_time(sched.get("start_schedule")) or now
         cur = periods[0]
-        for p in periods:                    # the period in force now
+        for p in periods:  # the period in force now
             if start + float(p["start_period"]) <= now:
                 cur = p
         limit = float(cur["limit"])
@@ -172,8 +173,16 @@ def _describe(station: str, data: dict[str, Any], evse_id: int, now: float, ok: 
             limit /= V * float(cur.get("number_phases") or 3)
     except (KeyError, IndexError, TypeError, ValueError):
         pass
-    return Write(now, station, evse_id, str(data.get("charging_profile_purpose", "?")).replace("Profile", ""),
-                 int(data.get("stack_level", -1) or 0), limit, _parse_time(data.get("valid_to")), ok)
+    return Write(
+        now,
+        station,
+        evse_id,
+        str(data.get("charging_profile_purpose", "?")).replace("Profile", ""),
+        int(data.get("stack_level", -1) or 0),
+        limit,
+        _parse_time(data.get("valid_to")),
+        ok,
+    )
 
 
 def _tap_writes(sim: Simulation) -> list[Write]:
@@ -182,8 +191,9 @@ def _tap_writes(sim: Simulation) -> list[Write]:
     for sid, model in sim.models.items():
         orig = model.install_profile
 
-        def install(data: dict[str, Any], evse_id: int, now: float, _orig: Any = orig,
-                    _sid: str = sid) -> tuple[bool, str]:
+        def install(
+            data: dict[str, Any], evse_id: int, now: float, _orig: Any = orig, _sid: str = sid
+        ) -> tuple[bool, str]:
             ok, why = _orig(data, evse_id, now)
             out.append(_describe(_sid, data, evse_id, now, ok))
             return ok, why
@@ -193,14 +203,29 @@ def _tap_writes(sim: Simulation) -> list[Write]:
 
 
 def _settings(ocpp_port: int, weather_url: str) -> Settings:
-    return Settings.from_env({}, bus="memory", http_host="127.0.0.1", http_port=0, ocpp_host="127.0.0.1",
-                             ocpp_port=ocpp_port, weather_base_url=weather_url, log_level="WARNING",
-                             log_json=False, replica_id="bench")
+    return Settings.from_env(
+        {},
+        bus="memory",
+        http_host="127.0.0.1",
+        http_port=0,
+        ocpp_host="127.0.0.1",
+        ocpp_port=ocpp_port,
+        weather_base_url=weather_url,
+        log_level="WARNING",
+        log_json=False,
+        replica_id="bench",
+    )
 
 
-async def drive(sc: Scenario, *, fine: Sequence[tuple[float, float]] = (), fine_step_s: float = 1.0,
-                hooks: Sequence[tuple[float, Hook]] = (), prepare: Callable[[Simulation], None] | None = None,
-                snapshot_s: float | None = None) -> Run:
+async def drive(
+    sc: Scenario,
+    *,
+    fine: Sequence[tuple[float, float]] = (),
+    fine_step_s: float = 1.0,
+    hooks: Sequence[tuple[float, Hook]] = (),
+    prepare: Callable[[Simulation], None] | None = None,
+    snapshot_s: float | None = None,
+) -> Run:
     """Run a scenario on the embedded cluster to its end, the way `run_demo` does (same services, settings,
     settle between steps) but without the real-time cut and the report. Steps are the scenario's `step`,
     `fine_step_s` inside the `fine` windows [from, to); `hooks` run once, before the first step at or after
@@ -216,8 +241,16 @@ async def drive(sc: Scenario, *, fine: Sequence[tuple[float, float]] = (), fine_
     os.environ[SNAPSHOT_ENV] = str(snapshot_s if snapshot_s is not None else max(5.0, sc.step_s))
     rt = build_runtime(settings, clock)
     cluster = EmbeddedCluster(rt, sc.topology, factories, http=False)
-    sim = Simulation(sc, clock, rt.bus, [f"ws://127.0.0.1:{settings.ocpp_port}/ocpp"], on_event=cluster.on_event,
-                     weather=weather, response_timeout_s=10.0, reconnect_s=0.05)
+    sim = Simulation(
+        sc,
+        clock,
+        rt.bus,
+        [f"ws://127.0.0.1:{settings.ocpp_port}/ocpp"],
+        on_event=cluster.on_event,
+        weather=weather,
+        response_timeout_s=10.0,
+        reconnect_s=0.05,
+    )
     writes = _tap_writes(sim)
     if prepare is not None:
         prepare(sim)
@@ -329,8 +362,10 @@ def _why(run: Run, a: float, b: float, top: int = 3) -> list[dict[str, Any]]:
         d[f"{kind} {tag}"] = d.get(f"{kind} {tag}", 0) + 1
         seq.setdefault(w.station, []).append((round(w.t - a), tag, None if w.limit_a is None else round(w.limit_a, 1)))
     busiest = sorted(kinds, key=lambda sid: (-sum(kinds[sid].values()), sid))[:top]
-    return [{"station": sid, "writes": sum(kinds[sid].values()), "kinds": kinds[sid], "sequence": seq[sid][:40]}
-            for sid in busiest]
+    return [
+        {"station": sid, "writes": sum(kinds[sid].values()), "kinds": kinds[sid], "sequence": seq[sid][:40]}
+        for sid in busiest
+    ]
 
 
 def _per_station(counts: dict[str, int], scale: float) -> tuple[float, float, str]:
@@ -345,29 +380,63 @@ def _per_station(counts: dict[str, int], scale: float) -> tuple[float, float, st
 
 
 def _site(stations: list[dict[str, Any]], node: dict[str, Any], energy_wh: float) -> dict[str, Any]:
-    return {"site": {"id": "bench", "name": "control bench", "timezone": "UTC", "latitude": 48.78,
-                     "longitude": 9.18, "altitude_m": 250},
-            "nodes": [node], "stations": stations,
-            "session_defaults": {"departure_after_h": 12, "energy_wh": energy_wh}}
+    return {
+        "site": {
+            "id": "bench",
+            "name": "control bench",
+            "timezone": "UTC",
+            "latitude": 48.78,
+            "longitude": 9.18,
+            "altitude_m": 250,
+        },
+        "nodes": [node],
+        "stations": stations,
+        "session_defaults": {"departure_after_h": 12, "energy_wh": energy_wh},
+    }
 
 
-def _doc(name: str, topology: dict[str, Any], duration_s: float, base_kw: float, *, noise: float, step: str,
-         meter_interval: str = "60s", grid_meter_interval: str = "1s") -> dict[str, Any]:
-    return {"name": name, "start": START, "duration": f"{int(duration_s)}s", "seed": 5, "step": step,
-            "meter_interval": meter_interval, "grid_meter_interval": grid_meter_interval, "topology": topology,
-            "base_load": [{"node": "tx", "peak_kw": base_kw, "profile": "flat", "phase_split": [1, 1, 1],
-                           "noise": noise}]}
+def _doc(
+    name: str,
+    topology: dict[str, Any],
+    duration_s: float,
+    base_kw: float,
+    *,
+    noise: float,
+    step: str,
+    meter_interval: str = "60s",
+    grid_meter_interval: str = "1s",
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "start": START,
+        "duration": f"{int(duration_s)}s",
+        "seed": 5,
+        "step": step,
+        "meter_interval": meter_interval,
+        "grid_meter_interval": grid_meter_interval,
+        "topology": topology,
+        "base_load": [{"node": "tx", "peak_kw": base_kw, "profile": "flat", "phase_split": [1, 1, 1], "noise": noise}],
+    }
 
 
-def _cars(sc: Scenario, *, battery_wh: float, soc: float, target: float, max_a: float,
-          announce: bool | None = None) -> None:
+def _cars(
+    sc: Scenario, *, battery_wh: float, soc: float, target: float, max_a: float, announce: bool | None = None
+) -> None:
     """One car per station, plugged in at the start, leaving 12 h later; `announce` None = 2.0.1 stations
     announce their needs, 1.6 cannot."""
     for st in sc.topology.stations:
         ann = st.ocpp == "2.0.1" if announce is None else announce
-        ev = Ev(ev_id=f"{st.id}/1/0", battery_wh=battery_wh, arrival_soc=soc, target_soc=target,
-                arrival_s=sc.start_s, departure_s=sc.start_s + 12 * 3600, max_current_a=max_a, phases=3,
-                announces_needs=ann)
+        ev = Ev(
+            ev_id=f"{st.id}/1/0",
+            battery_wh=battery_wh,
+            arrival_soc=soc,
+            target_soc=target,
+            arrival_s=sc.start_s,
+            departure_s=sc.start_s + 12 * 3600,
+            max_current_a=max_a,
+            phases=3,
+            announces_needs=ann,
+        )
         sc.visits.append(Visit(st.id, 1, ev))
 
 
@@ -391,12 +460,22 @@ class StepSite:
         return 20.0 * self.n
 
     def scenario(self, name: str) -> Scenario:
-        stations = [{"id": f"s{i:02d}", "node": "tx", "ocpp": "2.0.1" if i % 2 else "1.6", "max_current_a": 32,
-                     "fallback_current_a": 6} for i in range(1, self.n + 1)]
+        stations = [
+            {
+                "id": f"s{i:02d}",
+                "node": "tx",
+                "ocpp": "2.0.1" if i % 2 else "1.6",
+                "max_current_a": 32,
+                "fallback_current_a": 6,
+            }
+            for i in range(1, self.n + 1)
+        ]
         node = {"id": "tx", "kind": "transformer", "limit_a": [self.limit_a] * 3, "metered": True}
         base_kw = 3 * self.limit_a * V * self.base_pct / 100 / 1000
-        sc = build_scenario(_doc(name, _site(stations, node, 150_000.0), self.event_s + self.after_s, base_kw,
-                                 noise=0.0, step="5s"), f"<bench {name}>")
+        sc = build_scenario(
+            _doc(name, _site(stations, node, 150_000.0), self.event_s + self.after_s, base_kw, noise=0.0, step="5s"),
+            f"<bench {name}>",
+        )
         _cars(sc, battery_wh=150_000.0, soc=0.1, target=0.95, max_a=32.0)
         return sc
 
@@ -462,10 +541,17 @@ async def case_overload(quick: bool = False) -> CaseResult:
         "writes_per_station_10min_after_max": max_10,
         "violation_steps": len(run.sim.rec.violations),
     }
-    detail = {"limit_kw": 3 * site.limit_a * V / 1000, "step_kw": 3 * step_w / 1000, "step_pct": site.step_pct,
-              "stations": site.n,
-              "settling_band_pct": 100 * band, "margin_pct": _margin(sc), "busiest_station": busiest,
-              "why": _why(run, w_a, w_b), "real_s": run.real_s}
+    detail = {
+        "limit_kw": 3 * site.limit_a * V / 1000,
+        "step_kw": 3 * step_w / 1000,
+        "step_pct": site.step_pct,
+        "stations": site.n,
+        "settling_band_pct": 100 * band,
+        "margin_pct": _margin(sc),
+        "busiest_station": busiest,
+        "why": _why(run, w_a, w_b),
+        "real_s": run.real_s,
+    }
     return CaseResult(figures, detail, run)
 
 
@@ -483,21 +569,27 @@ async def case_limit_raise(quick: bool = False) -> CaseResult:
         f = pct / 100
         msg = grid_pb2.ExternalLimit(
             meta=common_pb2.Meta(producer="bench", produced_at=ts(sim.clock.time())),
-            node_id="tx", limit_id=lim_id, source="dso", valid_from=ts(valid_from), valid_to=ts(valid_to),
+            node_id="tx",
+            limit_id=lim_id,
+            source="dso",
+            valid_from=ts(valid_from),
+            valid_to=ts(valid_to),
             limit_w=common_pb2.PhaseValues(l1=full[0] * f, l2=full[1] * f, l3=full[2] * f),
-            fallback_limit_w=common_pb2.PhaseValues(l1=full[0] * f, l2=full[1] * f, l3=full[2] * f))
+            fallback_limit_w=common_pb2.PhaseValues(l1=full[0] * f, l2=full[1] * f, l3=full[2] * f),
+        )
         assert sim.bus is not None
         await sim.bus.publish(contracts.EXTERNAL_LIMITS.name, "tx", msg.SerializeToString())
 
     async def impose(sim: Simulation) -> None:
-        sim.external.append((sc.start_s, t_ev, "tx", pct))        # ground truth: 60 % until T
-        await publish(sim, sc.start_s, sc.end_s + 86_400)          # the allocator is not told when it ends
+        sim.external.append((sc.start_s, t_ev, "tx", pct))  # ground truth: 60 % until T
+        await publish(sim, sc.start_s, sc.end_s + 86_400)  # the allocator is not told when it ends
 
     async def withdraw(sim: Simulation) -> None:
-        await publish(sim, t_ev, t_ev)                             # empty window = withdrawn
+        await publish(sim, t_ev, t_ev)  # empty window = withdrawn
 
-    run = await drive(sc, fine=[(t_ev - 10.0, t_ev + site.fine_s)], hooks=[(sc.start_s, impose), (t_ev, withdraw)],
-                      snapshot_s=5.0)
+    run = await drive(
+        sc, fine=[(t_ev - 10.0, t_ev + site.fine_s)], hooks=[(sc.start_s, impose), (t_ev, withdraw)], snapshot_s=5.0
+    )
     s = Series.of(run.sim, "tx")
     after = s.idx(t_ev)
     before = s.idx(t_ev - 600.0, t_ev)
@@ -533,9 +625,17 @@ async def case_limit_raise(quick: bool = False) -> CaseResult:
         "writes_per_station_10min_after_max": max_10,
         "violation_steps": len(run.sim.rec.violations),
     }
-    detail = {"limit_kw": 3 * site.limit_a * V / 1000, "dso_pct": pct, "usable_pct": 100 * usable,
-              "rise_target_pct": 100 * target, "settling_band_pct": 100 * band, "stations": site.n,
-              "busiest_station": busiest, "why": _why(run, w_a, w_b), "real_s": run.real_s}
+    detail = {
+        "limit_kw": 3 * site.limit_a * V / 1000,
+        "dso_pct": pct,
+        "usable_pct": 100 * usable,
+        "rise_target_pct": 100 * target,
+        "settling_band_pct": 100 * band,
+        "stations": site.n,
+        "busiest_station": busiest,
+        "why": _why(run, w_a, w_b),
+        "real_s": run.real_s,
+    }
     return CaseResult(figures, detail, run)
 
 
@@ -551,13 +651,30 @@ class FleetSite:
     measure_s: float = 3600.0
 
     def scenario(self, name: str, energy_wh: float) -> Scenario:
-        stations = [{"id": f"f{i:02d}", "node": "tx", "ocpp": "2.0.1" if i % 2 else "1.6", "max_current_a": 16,
-                     "fallback_current_a": self.fallback_a} for i in range(1, self.n + 1)]
+        stations = [
+            {
+                "id": f"f{i:02d}",
+                "node": "tx",
+                "ocpp": "2.0.1" if i % 2 else "1.6",
+                "max_current_a": 16,
+                "fallback_current_a": self.fallback_a,
+            }
+            for i in range(1, self.n + 1)
+        ]
         per_phase_w = self.limit_kw * 1000 / 3
         node = {"id": "tx", "kind": "transformer", "limit_w": [per_phase_w] * 3, "metered": True}
-        return build_scenario(_doc(name, _site(stations, node, energy_wh), self.startup_s + self.measure_s,
-                                   0.1 * self.limit_kw, noise=0.05, step="5s", grid_meter_interval="5s"),
-                              f"<bench {name}>")
+        return build_scenario(
+            _doc(
+                name,
+                _site(stations, node, energy_wh),
+                self.startup_s + self.measure_s,
+                0.1 * self.limit_kw,
+                noise=0.05,
+                step="5s",
+                grid_meter_interval="5s",
+            ),
+            f"<bench {name}>",
+        )
 
 
 def _fleet_quick() -> FleetSite:
@@ -571,7 +688,7 @@ async def _fleet(drawing: bool, quick: bool) -> CaseResult:
     if drawing:
         _cars(sc, battery_wh=100_000.0, soc=0.1, target=0.9, max_a=16.0, announce=False)
     else:
-        _cars(sc, battery_wh=60_000.0, soc=0.8, target=0.8, max_a=16.0, announce=False)   # full: draws 0 W
+        _cars(sc, battery_wh=60_000.0, soc=0.8, target=0.8, max_a=16.0, announce=False)  # full: draws 0 W
     run = await drive(sc, snapshot_s=5.0)
     s = Series.of(run.sim, "tx")
     t_m = sc.start_s + site.startup_s
@@ -596,9 +713,16 @@ async def _fleet(drawing: bool, quick: bool) -> CaseResult:
         "ev_load_of_usable_pct": 100 * ev_mean / usable_ev if usable_ev > 0 else math.nan,
         "energy_kwh": run.sim.rec.energy_wh / 1000,
     }
-    detail = {"limit_kw": site.limit_kw, "stations": site.n, "fallback_a": site.fallback_a,
-              "startup_min": site.startup_s / 60, "measure_min": minutes, "busiest_station": busiest,
-              "why": _why(run, t_m, sc.end_s), "real_s": run.real_s}
+    detail = {
+        "limit_kw": site.limit_kw,
+        "stations": site.n,
+        "fallback_a": site.fallback_a,
+        "startup_min": site.startup_s / 60,
+        "measure_min": minutes,
+        "busiest_station": busiest,
+        "why": _why(run, t_m, sc.end_s),
+        "real_s": run.real_s,
+    }
     return CaseResult(figures, detail, run)
 
 
@@ -613,8 +737,11 @@ async def case_fleet_charging(quick: bool = False) -> CaseResult:
 
 
 # the quick demo: a busy half hour of each scenario
-_DEMO_QUICK = {"office": ("2026-06-03T06:30:00Z", "30m"), "depot": ("2026-06-03T17:45:00Z", "30m"),
-               "residential": ("2026-06-03T15:00:00Z", "30m")}
+_DEMO_QUICK = {
+    "office": ("2026-06-03T06:30:00Z", "30m"),
+    "depot": ("2026-06-03T17:45:00Z", "30m"),
+    "residential": ("2026-06-03T15:00:00Z", "30m"),
+}
 
 
 async def _demo(name: str, quick: bool) -> CaseResult:
@@ -638,12 +765,20 @@ async def _demo(name: str, quick: bool) -> CaseResult:
         for hour, n in sorted(buckets.items()):
             if n > peak_hour:
                 peak_hour, peak_at = n, (hour * 3600.0, sid)
-    hour_why = [w for w in _why(run, peak_at[0], peak_at[0] + 3600.0, top=len(run.sim.clients))
-                if w["station"] == peak_at[1]]
+    hour_why = [
+        w for w in _why(run, peak_at[0], peak_at[0] + 3600.0, top=len(run.sim.clients)) if w["station"] == peak_at[1]
+    ]
     now = run.sim.clock.time()
-    late = [{"ev": r.ev_id, "need_kwh": round(r.need_wh / 1000, 1), "delivered_kwh": round(r.delivered_wh / 1000, 1),
-             "optimum_kwh": None if r.optimum_wh is None else round(r.optimum_wh / 1000, 1)}
-            for r in run.sim.sessions() if r.feasible and r.departure_s <= now and not r.on_time]
+    late = [
+        {
+            "ev": r.ev_id,
+            "need_kwh": round(r.need_wh / 1000, 1),
+            "delivered_kwh": round(r.delivered_wh / 1000, 1),
+            "optimum_kwh": None if r.optimum_wh is None else round(r.optimum_wh / 1000, 1),
+        }
+        for r in run.sim.sessions()
+        if r.feasible and r.departure_s <= now and not r.on_time
+    ]
     figures = {
         "stations_connected": run.connected,
         "of_optimum_pct": 100 * summary["energy_delivered_kwh"] / opt if opt else None,
@@ -660,10 +795,20 @@ async def _demo(name: str, quick: bool) -> CaseResult:
         "profiles_rejected": summary["profiles_rejected"],
         "real_s": real_s,
     }
-    detail = {"scenario": name, "start": summary["start"], "end": summary["end"], "busiest_station": busiest,
-              "why": _why(run, sc.start_s, math.inf, top=2), "sessions": summary["sessions"], "late": late,
-              "peak_hour": {"station": peak_at[1], "hour_utc": datetime.fromtimestamp(peak_at[0], UTC).strftime(
-                  "%H:%M"), "kinds": hour_why[0]["kinds"] if hour_why else {}}}
+    detail = {
+        "scenario": name,
+        "start": summary["start"],
+        "end": summary["end"],
+        "busiest_station": busiest,
+        "why": _why(run, sc.start_s, math.inf, top=2),
+        "sessions": summary["sessions"],
+        "late": late,
+        "peak_hour": {
+            "station": peak_at[1],
+            "hour_utc": datetime.fromtimestamp(peak_at[0], UTC).strftime("%H:%M"),
+            "kinds": hour_why[0]["kinds"] if hour_why else {},
+        },
+    }
     return CaseResult(figures, detail, run)
 
 
@@ -684,12 +829,20 @@ async def case_demo_residential(quick: bool = False) -> CaseResult:
 
 CaseFn = Callable[..., Awaitable[CaseResult]]
 CASES: dict[str, CaseFn] = {
-    "overload": case_overload, "limit-raise": case_limit_raise,
-    "fleet-idle": case_fleet_idle, "fleet-charging": case_fleet_charging,
-    "demo-office": case_demo_office, "demo-depot": case_demo_depot, "demo-residential": case_demo_residential,
+    "overload": case_overload,
+    "limit-raise": case_limit_raise,
+    "fleet-idle": case_fleet_idle,
+    "fleet-charging": case_fleet_charging,
+    "demo-office": case_demo_office,
+    "demo-depot": case_demo_depot,
+    "demo-residential": case_demo_residential,
 }
-GROUPS = {"all": list(CASES), "step": ["overload", "limit-raise"], "fleet": ["fleet-idle", "fleet-charging"],
-          "demos": ["demo-office", "demo-depot", "demo-residential"]}
+GROUPS = {
+    "all": list(CASES),
+    "step": ["overload", "limit-raise"],
+    "fleet": ["fleet-idle", "fleet-charging"],
+    "demos": ["demo-office", "demo-depot", "demo-residential"],
+}
 
 
 def _clean(x: Any) -> Any:
@@ -708,8 +861,10 @@ def _modules() -> dict[str, str]:
     import gridcharge.allocation
     import gridcharge.simulator
 
-    return {"allocation": str(Path(gridcharge.allocation.__file__ or "").resolve()),
-            "simulator": str(Path(gridcharge.simulator.__file__ or "").resolve())}
+    return {
+        "allocation": str(Path(gridcharge.allocation.__file__ or "").resolve()),
+        "simulator": str(Path(gridcharge.simulator.__file__ or "").resolve()),
+    }
 
 
 def write_trace(run: Run, node: str, path: Path) -> None:
@@ -724,9 +879,13 @@ def write_trace(run: Run, node: str, path: Path) -> None:
             counts[i] = counts.get(i, 0) + 1
     lines = ["t_s,load_l1_w,load_l2_w,load_l3_w,limit_l1_w,limit_l2_w,limit_l3_w,ev_w,base_w,writes"]
     for i, t in enumerate(s.t):
-        lines.append(",".join(f"{x:.1f}" for x in (t - t0, *s.load[i], *s.limit[i], run.sim.rec.ev_w[node][i],
-                                                     sum(run.sim.rec.base_w[node][i])))
-                     + f",{counts.get(i, 0)}")
+        lines.append(
+            ",".join(
+                f"{x:.1f}"
+                for x in (t - t0, *s.load[i], *s.limit[i], run.sim.rec.ev_w[node][i], sum(run.sim.rec.base_w[node][i]))
+            )
+            + f",{counts.get(i, 0)}"
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -737,9 +896,18 @@ async def run_case(name: str, quick: bool = False, trace: Path | None = None) ->
     res = await CASES[name](quick)
     if trace is not None:
         write_trace(res.run, res.run.sim.rec.nodes[0], trace)
-    return _clean({"contract": CONTRACT, "case": name, "quick": quick, "figures": res.figures,
-                   "detail": res.detail, "real_s": time.monotonic() - t0, "python": platform.python_version(),
-                   "modules": _modules()})
+    return _clean(
+        {
+            "contract": CONTRACT,
+            "case": name,
+            "quick": quick,
+            "figures": res.figures,
+            "detail": res.detail,
+            "real_s": time.monotonic() - t0,
+            "python": platform.python_version(),
+            "modules": _modules(),
+        }
+    )
 
 
 def child_main(argv: Sequence[str] | None = None) -> int:
@@ -784,13 +952,12 @@ FIGURES: dict[str, dict[str, Figure]] = {
         "settling_s": Figure("settling time (±2 % of limit around the final level), s", "{:.0f}"),
         "final_level_pct": Figure("final level, % of limit"),
         "lowest_after_recovery_pct": Figure("lowest load after the recovery, % of limit"),
-        "writes_per_station_hour": Figure("writes/station in the hour around the step (mean)", "{:.2f}",
-                                          ("<=", 6.0)),
-        "writes_per_station_hour_max": Figure("writes/station in the hour around the step (busiest)", "{:.2f}",
-                                              ("<=", 6.0)),
+        "writes_per_station_hour": Figure("writes/station in the hour around the step (mean)", "{:.2f}", ("<=", 6.0)),
+        "writes_per_station_hour_max": Figure(
+            "writes/station in the hour around the step (busiest)", "{:.2f}", ("<=", 6.0)
+        ),
         "writes_per_station_10min_after": Figure("writes/station in the 10 min after the step (mean)", "{:.2f}"),
-        "writes_per_station_10min_after_max": Figure("writes/station in the 10 min after the step (busiest)",
-                                                     "{:.0f}"),
+        "writes_per_station_10min_after_max": Figure("writes/station in the 10 min after the step (busiest)", "{:.0f}"),
         "violation_steps": Figure("steps above the limit (whole run)", "{:.0f}"),
     },
     "limit-raise": {
@@ -804,13 +971,14 @@ FIGURES: dict[str, dict[str, Figure]] = {
         "seconds_over_limit": Figure("time above the limit after the raise, s", "{:.0f}", ("<=", 0.0)),
         "settling_s": Figure("settling time (±2 % of limit around the final level), s", "{:.0f}"),
         "final_level_pct": Figure("final level, % of limit"),
-        "writes_per_station_hour": Figure("writes/station in the hour around the raise (mean)", "{:.2f}",
-                                          ("<=", 6.0)),
-        "writes_per_station_hour_max": Figure("writes/station in the hour around the raise (busiest)", "{:.2f}",
-                                              ("<=", 6.0)),
+        "writes_per_station_hour": Figure("writes/station in the hour around the raise (mean)", "{:.2f}", ("<=", 6.0)),
+        "writes_per_station_hour_max": Figure(
+            "writes/station in the hour around the raise (busiest)", "{:.2f}", ("<=", 6.0)
+        ),
         "writes_per_station_10min_after": Figure("writes/station in the 10 min after the raise (mean)", "{:.2f}"),
-        "writes_per_station_10min_after_max": Figure("writes/station in the 10 min after the raise (busiest)",
-                                                     "{:.0f}"),
+        "writes_per_station_10min_after_max": Figure(
+            "writes/station in the 10 min after the raise (busiest)", "{:.0f}"
+        ),
         "violation_steps": Figure("steps above the limit (whole run)", "{:.0f}", ("<=", 0.0)),
     },
     "fleet-idle": {},
@@ -849,12 +1017,10 @@ FIGURES["fleet-charging"] = dict(_FLEET)
 
 TITLES = {
     "overload": "overload step: base load +30 % of the limit at T (20 stations, 400 A transformer, meters follow "
-                "the draw)",
+    "the draw)",
     "limit-raise": "limit raise: a DSO limit of 60 % withdrawn at T (same site)",
-    "fleet-idle": "fleet not drawing: 40 stations under 150 kW, cars plugged in and full (1 h after a 10-min "
-                  "start-up)",
-    "fleet-charging": "fleet drawing: 40 stations under 150 kW, cars draw their grant (1 h after a 10-min "
-                      "start-up)",
+    "fleet-idle": "fleet not drawing: 40 stations under 150 kW, cars plugged in and full (1 h after a 10-min start-up)",
+    "fleet-charging": "fleet drawing: 40 stations under 150 kW, cars draw their grant (1 h after a 10-min start-up)",
     "demo-office": "office demo (05:00–24:00 local) to its end",
     "demo-depot": "depot demo (16:00–07:00 local) to its end",
     "demo-residential": "residential demo (05:00–24:00 local) to its end",
@@ -869,7 +1035,7 @@ def figures_of(case: str) -> dict[str, Figure]:
 class Version:
     """One side of the comparison: an interpreter and the tree it imports gridcharge from."""
 
-    label: str                # before | after
+    label: str  # before | after
     python: str
     root: Path
     ident: str = ""
@@ -933,24 +1099,31 @@ def parse_child_output(stdout: str) -> dict[str, Any]:
     raise ValueError("no JSON document on the child's stdout")
 
 
-def run_child(version: Version, case: str, quick: bool, logdir: Path, tag: str,
-              timeout_s: float = 3 * 3600) -> Outcome:
+def run_child(version: Version, case: str, quick: bool, logdir: Path, tag: str, timeout_s: float = 3 * 3600) -> Outcome:
     """Run the harness for one case under `version`'s interpreter; check it imported that version's code."""
     cmd = [version.python, "-P", str(HARNESS), "--json", "--case", case] + (["--quick"] if quick else [])
     logfile = logdir / f"{case}-{version.label}-{tag}.log"
     t0 = time.monotonic()
     try:
         with logfile.open("w", encoding="utf-8") as err:
-            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=child_env(),
-                               cwd=str(version.root), timeout=timeout_s, check=False)
+            r = subprocess.run(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=child_env(),
+                cwd=str(version.root),
+                timeout=timeout_s,
+                check=False,
+            )
     except subprocess.TimeoutExpired:
-        return Outcome(case, version.label, None, f"timed out after {timeout_s:.0f} s", time.monotonic() - t0,
-                       str(logfile))
+        return Outcome(
+            case, version.label, None, f"timed out after {timeout_s:.0f} s", time.monotonic() - t0, str(logfile)
+        )
     real = time.monotonic() - t0
     if r.returncode != 0:
         tail = logfile.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-        return Outcome(case, version.label, None, f"exit {r.returncode}: {' | '.join(tail)[:300]}", real,
-                       str(logfile))
+        return Outcome(case, version.label, None, f"exit {r.returncode}: {' | '.join(tail)[:300]}", real, str(logfile))
     logfile.with_suffix(".json").write_text(r.stdout, encoding="utf-8")
     try:
         doc = parse_child_output(r.stdout)
@@ -958,8 +1131,14 @@ def run_child(version: Version, case: str, quick: bool, logdir: Path, tag: str,
         return Outcome(case, version.label, None, str(exc), real, str(logfile))
     alloc = Path(str(doc.get("modules", {}).get("allocation", "")))
     if version.root.resolve() not in alloc.resolve().parents:
-        return Outcome(case, version.label, None, f"{version.python} imported gridcharge.allocation from {alloc}, "
-                       f"not from {version.root}", real, str(logfile))
+        return Outcome(
+            case,
+            version.label,
+            None,
+            f"{version.python} imported gridcharge.allocation from {alloc}, not from {version.root}",
+            real,
+            str(logfile),
+        )
     return Outcome(case, version.label, doc, "", real, str(logfile))
 
 
@@ -971,8 +1150,9 @@ def median_figures(docs: list[dict[str, Any]]) -> dict[str, float | None]:
         keys += [k for k in d["figures"] if k not in keys]
     out: dict[str, float | None] = {}
     for k in keys:
-        med = float(statistics.median(math.inf if d["figures"].get(k) is None else float(d["figures"][k])
-                                      for d in docs))
+        med = float(
+            statistics.median(math.inf if d["figures"].get(k) is None else float(d["figures"][k]) for d in docs)
+        )
         out[k] = med if math.isfinite(med) else None
     return out
 
@@ -989,7 +1169,7 @@ def _cell(fig: Figure, key: str, med: float | None, docs: list[dict[str, Any]]) 
     vals = [d["figures"].get(key) for d in docs]
     if len(vals) > 1:
         finite = [float(v) for v in vals if v is not None]
-        lo = min(finite) if finite else None                       # "never" sorts above every number
+        lo = min(finite) if finite else None  # "never" sorts above every number
         hi = None if len(finite) < len(vals) else max(finite)
         if lo != hi:
             text += f" ({_fmt(fig, lo)}–{_fmt(fig, hi)})"
@@ -1021,8 +1201,10 @@ def table(case: str, before: list[dict[str, Any]], after: list[dict[str, Any]]) 
             ratio = f"{va / vb:.2f}"
         tgt = ""
         if fig.target is not None:
-            tgt = f"{fig.target[0].replace('<=', '≤').replace('>=', '≥')} {fig.target[1]:g} " \
-                  f"({_meets(fig, vb) if before else '-'}, {_meets(fig, va) if after else '-'})"
+            tgt = (
+                f"{fig.target[0].replace('<=', '≤').replace('>=', '≥')} {fig.target[1]:g} "
+                f"({_meets(fig, vb) if before else '-'}, {_meets(fig, va) if after else '-'})"
+            )
         sb = _cell(fig, key, vb, before) if before else "failed"
         sa = _cell(fig, key, va, after) if after else "failed"
         rows.append(f"| {fig.label} | {sb} | {sa} | {ratio} | {tgt} |")
@@ -1039,29 +1221,41 @@ def why_lines(docs: list[dict[str, Any]], label: str) -> list[str]:
     for d in docs[:1]:
         detail = d.get("detail", {})
         for w in detail.get("why", [])[:2]:
-            out.append(f"- {label}: {w['station']} got {w['writes']} writes in the counted window "
-                       f"({kinds(w['kinds'])})")
+            out.append(
+                f"- {label}: {w['station']} got {w['writes']} writes in the counted window ({kinds(w['kinds'])})"
+            )
         peak = detail.get("peak_hour")
         if peak and peak.get("station"):
-            out.append(f"- {label}: most in one clock hour: {peak['station']} {peak['hour_utc']} UTC "
-                       f"({kinds(peak['kinds'])})")
+            out.append(
+                f"- {label}: most in one clock hour: {peak['station']} {peak['hour_utc']} UTC ({kinds(peak['kinds'])})"
+            )
         for s in detail.get("late", []):
-            out.append(f"- {label}: feasible session late: {s['ev']} got {s['delivered_kwh']} of {s['need_kwh']} kWh "
-                       f"(offline optimum {s['optimum_kwh']})")
+            out.append(
+                f"- {label}: feasible session late: {s['ev']} got {s['delivered_kwh']} of {s['need_kwh']} kWh "
+                f"(offline optimum {s['optimum_kwh']})"
+            )
     return out
 
 
-def report(cases: list[str], results: dict[tuple[str, str], list[Outcome]], versions: dict[str, Version],
-           repeat: int, quick: bool, cmd: str) -> str:
+def report(
+    cases: list[str],
+    results: dict[tuple[str, str], list[Outcome]],
+    versions: dict[str, Version],
+    repeat: int,
+    quick: bool,
+    cmd: str,
+) -> str:
     """The whole side-by-side report (markdown)."""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    head = (f"\n### bench control — {when}\n\n`{cmd}` on {platform.machine()} ({os.cpu_count()} cores, shared; "
-            f"load average {load:.1f} at the end); before = `{versions['before'].ident}` "
-            f"({versions['before'].root}), after = `{versions['after'].ident}` ({versions['after'].root}); "
-            + (f"median of {repeat} runs per side; " if repeat > 1 else "one run per side; ")
-            + ("quick variants (smaller and shorter than the titles say); " if quick else "")
-            + "all figures in simulated time on ground truth except real time.\n")
+    head = (
+        f"\n### bench control — {when}\n\n`{cmd}` on {platform.machine()} ({os.cpu_count()} cores, shared; "
+        f"load average {load:.1f} at the end); before = `{versions['before'].ident}` "
+        f"({versions['before'].root}), after = `{versions['after'].ident}` ({versions['after'].root}); "
+        + (f"median of {repeat} runs per side; " if repeat > 1 else "one run per side; ")
+        + ("quick variants (smaller and shorter than the titles say); " if quick else "")
+        + "all figures in simulated time on ground truth except real time.\n"
+    )
     parts = [head]
     for case in cases:
         before = [o.doc for o in results.get((case, "before"), []) if o.doc is not None]
@@ -1097,8 +1291,10 @@ def select_cases(spec: str | None) -> list[str]:
         part = part.strip()
         names = GROUPS.get(part, [part] if part in CASES else None)
         if names is None:
-            raise SystemExit(f"gridcharge bench control: unknown case {part!r}; cases: {', '.join(CASES)}; "
-                             f"groups: {', '.join(GROUPS)}")
+            raise SystemExit(
+                f"gridcharge bench control: unknown case {part!r}; cases: {', '.join(CASES)}; "
+                f"groups: {', '.join(GROUPS)}"
+            )
         out += [n for n in names if n not in out]
     return out
 
@@ -1114,8 +1310,9 @@ def baseline_tree(directory: str | None, ref: str | None, log: Callable[[str], N
     here = tree_root(HARNESS)
     tmp = Path(tempfile.mkdtemp(prefix="gridcharge-baseline-")) / "tree"
     log(f"bench control: git worktree {tmp} at {ref}; make install there")
-    subprocess.run(["git", "-C", str(here), "worktree", "add", "--detach", str(tmp), ref], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["git", "-C", str(here), "worktree", "add", "--detach", str(tmp), ref], check=True, stdout=subprocess.DEVNULL
+    )
     try:
         subprocess.run(["make", "-C", str(tmp), "install"], check=True, stdout=subprocess.DEVNULL)
         yield tmp
@@ -1124,9 +1321,16 @@ def baseline_tree(directory: str | None, ref: str | None, log: Callable[[str], N
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-def compare(cases: list[str], versions: dict[str, Version], *, quick: bool = False, repeat: int = 1,
-            jobs: int = 1, runner: Callable[..., Outcome] = run_child,
-            log: Callable[[str], None] = print) -> dict[tuple[str, str], list[Outcome]]:
+def compare(
+    cases: list[str],
+    versions: dict[str, Version],
+    *,
+    quick: bool = False,
+    repeat: int = 1,
+    jobs: int = 1,
+    runner: Callable[..., Outcome] = run_child,
+    log: Callable[[str], None] = print,
+) -> dict[tuple[str, str], list[Outcome]]:
     """Run every case `repeat` times under both versions (before first, then after, case by case; `jobs` > 1
     runs that many children at once). Returns the outcomes per (case, before|after)."""
     logdir = Path(tempfile.mkdtemp(prefix="gridcharge-bench-control-"))
@@ -1156,8 +1360,11 @@ def bench_main(args: argparse.Namespace) -> int:
     [--quick] [--record]`."""
     directory, ref = getattr(args, "baseline", None), getattr(args, "baseline_ref", None)
     if (directory is None) == (ref is None):
-        print("gridcharge bench control: give the code to compare with: --baseline DIR (a checkout with its own "
-              ".venv) or --baseline-ref REF (a git ref; a temporary worktree is installed)", file=sys.stderr)
+        print(
+            "gridcharge bench control: give the code to compare with: --baseline DIR (a checkout with its own "
+            ".venv) or --baseline-ref REF (a git ref; a temporary worktree is installed)",
+            file=sys.stderr,
+        )
         return 2
     cases = select_cases(getattr(args, "cases", None))
     quick = bool(getattr(args, "quick", False))
@@ -1173,14 +1380,18 @@ def bench_main(args: argparse.Namespace) -> int:
             print(f"gridcharge bench control: {py} not found (run `make install` in {base_root})", file=sys.stderr)
             return 2
         here = tree_root(HARNESS)
-        versions = {"before": Version("before", str(py), base_root, identify(base_root)),
-                    "after": Version("after", sys.executable, here, identify(here))}
+        versions = {
+            "before": Version("before", str(py), base_root, identify(base_root)),
+            "after": Version("after", sys.executable, here, identify(here)),
+        }
         results = compare(cases, versions, quick=quick, repeat=repeat, jobs=jobs, log=say)
     cmd = "gridcharge bench control " + " ".join(
         ([f"--baseline {directory}"] if directory else [f"--baseline-ref {ref}"])
         + ([f"--cases {args.cases}"] if getattr(args, "cases", None) else [])
-        + ([f"--repeat {repeat}"] if repeat > 1 else []) + ([f"--jobs {jobs}"] if jobs > 1 else [])
-        + (["--quick"] if quick else []))
+        + ([f"--repeat {repeat}"] if repeat > 1 else [])
+        + ([f"--jobs {jobs}"] if jobs > 1 else [])
+        + (["--quick"] if quick else [])
+    )
     text = report(cases, results, versions, repeat, quick, cmd)
     print(text)
     if getattr(args, "record", False):

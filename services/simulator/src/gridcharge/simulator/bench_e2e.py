@@ -53,12 +53,12 @@ from gridcharge.simulator.stations import StationClient, StationModel
 from prometheus_client.parser import text_string_to_metric_families
 
 BENCH_DOC = Path("docs/benchmarks.md")
-DEPARTURE_H = 2.0          # cars leave this long after plugging in (longer than a run)
-OVERLOAD = 1.2              # a trial's load, × the transformer limit
-METER_PERIOD_S = 1.0        # --meters-follow: grid meter (and physics) period
-BASE_FRACTION = 0.05        # --meters-follow: base load between trials, × the limit
-RECOVER_S = 120.0           # before a trial, wait at most this long for the cars to draw again (raise hold)
-SECOND_ROUND_S = 10.0       # commands to a station this long after its first lowering count as a second round
+DEPARTURE_H = 2.0  # cars leave this long after plugging in (longer than a run)
+OVERLOAD = 1.2  # a trial's load, × the transformer limit
+METER_PERIOD_S = 1.0  # --meters-follow: grid meter (and physics) period
+BASE_FRACTION = 0.05  # --meters-follow: base load between trials, × the limit
+RECOVER_S = 120.0  # before a trial, wait at most this long for the cars to draw again (raise hold)
+SECOND_ROUND_S = 10.0  # commands to a station this long after its first lowering count as a second round
 
 
 def bench_topology(transformers: int, per_tx: int) -> dict[str, Any]:
@@ -68,15 +68,27 @@ def bench_topology(transformers: int, per_tx: int) -> dict[str, Any]:
     for k in range(transformers):
         # limit: every station at 10 A, so the allocator's grants are above the fallback (6 A) and can be lowered
         lim = per_tx * 10.0
-        nodes.append({"id": f"tx{k:02d}", "kind": "transformer", "parent": "feeder", "limit_a": [lim, lim, lim],
-                      "metered": True})
+        nodes.append(
+            {"id": f"tx{k:02d}", "kind": "transformer", "parent": "feeder", "limit_a": [lim, lim, lim], "metered": True}
+        )
         for i in range(per_tx):
-            stations.append({"id": f"b{k:02d}-{i:03d}", "node": f"tx{k:02d}", "ocpp": "2.0.1" if i % 2 else "1.6",
-                             "max_current_a": 16, "fallback_current_a": 6})
+            stations.append(
+                {
+                    "id": f"b{k:02d}-{i:03d}",
+                    "node": f"tx{k:02d}",
+                    "ocpp": "2.0.1" if i % 2 else "1.6",
+                    "max_current_a": 16,
+                    "fallback_current_a": 6,
+                }
+            )
     # every car wants its maximum until the end of the run: the transformers' capacity binds (1.6 cars report
     # no needs: the defaults say so; 2.0.1 cars announce 70 kWh by a departure 2 h away)
-    return {"site": {"id": "bench"}, "nodes": nodes, "stations": stations,
-            "session_defaults": {"departure_after_h": DEPARTURE_H, "energy_wh": 70_000.0}}
+    return {
+        "site": {"id": "bench"},
+        "nodes": nodes,
+        "stations": stations,
+        "session_defaults": {"departure_after_h": DEPARTURE_H, "energy_wh": 70_000.0},
+    }
 
 
 def _free_port() -> int:
@@ -125,7 +137,7 @@ class _Trace:
 
     def __init__(self, voltage_v: float) -> None:
         self.v = voltage_v
-        self.seen: list[tuple[str, str, float]] = []   # (topic, key, producer timestamp s)
+        self.seen: list[tuple[str, str, float]] = []  # (topic, key, producer timestamp s)
         # station -> [(timestamp, stack level, limit A per phase)] of its SetChargingProfile commands
         self.profiles: dict[str, list[tuple[float, int, float]]] = {}
 
@@ -138,8 +150,11 @@ class _Trace:
                 if cmd.WhichOneof("payload") == "set_charging_profile" and cmd.set_charging_profile.profile.periods:
                     prof = cmd.set_charging_profile.profile
                     per = prof.periods[0]
-                    lim = per.limit / (self.v * (per.number_phases or 3)) \
-                        if prof.rate_unit == common_pb2.RATE_UNIT_W else per.limit
+                    lim = (
+                        per.limit / (self.v * (per.number_phases or 3))
+                        if prof.rate_unit == common_pb2.RATE_UNIT_W
+                        else per.limit
+                    )
                     self.profiles.setdefault(rec.key, []).append((t, prof.stack_level, lim))
 
     def commands(self, stations: set[str], t0: float, t1: float) -> dict[str, list[float]]:
@@ -187,8 +202,11 @@ class _Trace:
         (start×count: leases lowered v, raised ^, same =; fallbacks fv f^ f=) and their last result."""
         nl = [t for topic, k, t in self.seen if topic == contracts.NODE_LOAD.name and k == node and t0 <= t <= t1]
         cmd = sorted((t, sid) for sid, ts in self.commands(stations, t0, t1).items() for t in ts)
-        res = [t for topic, k, t in self.seen
-               if topic == contracts.COMMAND_RESULTS.name and k in stations and t0 <= t <= t1]
+        res = [
+            t
+            for topic, k, t in self.seen
+            if topic == contracts.COMMAND_RESULTS.name and k in stations and t0 <= t <= t1
+        ]
         bursts: list[list[tuple[float, str]]] = []
         for t, sid in cmd:
             if bursts and t - bursts[-1][-1][0] < 0.1:
@@ -198,9 +216,20 @@ class _Trace:
 
         def what(b: list[tuple[float, str]]) -> str:
             hows = [self.change(sid, t) for t, sid in b]
-            parts = [f"{sym}{hows.count(h)}" for h, sym in (
-                ("lower", "v"), ("raise", "^"), ("same", "="), ("?", "?"), ("fallback lower", "fv"),
-                ("fallback raise", "f^"), ("fallback same", "f="), ("fallback ?", "f?")) if hows.count(h)]
+            parts = [
+                f"{sym}{hows.count(h)}"
+                for h, sym in (
+                    ("lower", "v"),
+                    ("raise", "^"),
+                    ("same", "="),
+                    ("?", "?"),
+                    ("fallback lower", "fv"),
+                    ("fallback raise", "f^"),
+                    ("fallback same", "f="),
+                    ("fallback ?", "f?"),
+                )
+                if hows.count(h)
+            ]
             return f"{b[0][0] - t0:.2f}×{len(b)}({' '.join(parts)})"
 
         first_nl = f"{min(nl) - t0:.3f}" if nl else "-"
@@ -245,8 +274,15 @@ def _limits_summary(cs: list[StationClient], t: float, voltage_v: float) -> str:
     count: dict[str, int] = {}
     for c in cs:
         lim = applied_a(c, t, voltage_v)
-        src = "T" if c.model.evses[1].limit_source == "Tx" else "L" if under_lease(c, t) else \
-            "F" if lim is not None else "-"
+        src = (
+            "T"
+            if c.model.evses[1].limit_source == "Tx"
+            else "L"
+            if under_lease(c, t)
+            else "F"
+            if lim is not None
+            else "-"
+        )
         key = f"{src}{lim:.1f}" if lim is not None else src
         count[key] = count.get(key, 0) + 1
     return " ".join(f"{k}×{v}" for k, v in sorted(count.items()))
@@ -257,8 +293,14 @@ def under_lease(c: StationClient, t: float) -> bool:
     fallback's stack level 0 with an end (the station-cap lease of a one-EVSE station)."""
     if c.model.evses[1].limit_source == "Tx":
         return True
-    return any(p.purpose == "StationMax" and p.stack_level >= 1 and p.valid_to is not None and t < p.valid_to
-               and (p.valid_from is None or p.valid_from <= t) for p in c.model.profiles.profiles)
+    return any(
+        p.purpose == "StationMax"
+        and p.stack_level >= 1
+        and p.valid_to is not None
+        and t < p.valid_to
+        and (p.valid_from is None or p.valid_from <= t)
+        for p in c.model.profiles.profiles
+    )
 
 
 class _Meters:
@@ -271,7 +313,7 @@ class _Meters:
         for sid, c in clients.items():
             self.under.setdefault(topo.station_by_id[sid].node, []).append(c)
         self.base: dict[str, list[float]] = {n: [BASE_FRACTION * x for x in topo.limit_w(n)] for n in self.under}
-        self.steps: dict[str, float] = {}           # node -> overload factor, applied at the next reading
+        self.steps: dict[str, float] = {}  # node -> overload factor, applied at the next reading
         self.stepped: dict[str, asyncio.Future[float]] = {}
         self.readings: dict[str, list[tuple[float, list[float]]]] = {n: [] for n in self.under}
 
@@ -303,8 +345,13 @@ class _Meters:
                 stepped.append(node)
             load = [d + b for d, b in zip(draw, self.base[node], strict=True)]
             self.readings[node].append((t, load))
-            out.append(Outgoing(contracts.GRID_METER_READINGS.name, node,
-                                meter_reading(node, t, load, self.v, float("nan"), "bench")))
+            out.append(
+                Outgoing(
+                    contracts.GRID_METER_READINGS.name,
+                    node,
+                    meter_reading(node, t, load, self.v, float("nan"), "bench"),
+                )
+            )
         return out, stepped
 
     def trajectory(self, node: str, t0: float, t1: float) -> str:
@@ -335,8 +382,13 @@ class _Procs:
 
     def start(self, name: str, module: str, **extra: str) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", module], env={**self.env, **extra},
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env={**self.env, **extra},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         for p in self.procs.values():
@@ -349,8 +401,16 @@ class _Procs:
                 p.kill()
 
 
-async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str, redis_url: str, warmup: int = 1,
-                    log: Any = print, meters_follow: bool = False) -> dict[str, Any]:
+async def run_bench(
+    transformers: int,
+    per_tx: int,
+    trials: int,
+    bootstrap: str,
+    redis_url: str,
+    warmup: int = 1,
+    log: Any = print,
+    meters_follow: bool = False,
+) -> dict[str, Any]:
     unique = uuid.uuid4().hex[:8]
     prefix = f"bench{unique}."
     workdir = Path(tempfile.mkdtemp(prefix="gridcharge-bench-e2e-"))
@@ -360,12 +420,22 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
     (workdir / "topology.yaml").write_text(yaml.safe_dump(topo_doc), encoding="utf-8")
     ocpp_port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDCHARGE_")}
-    env.update({"GRIDCHARGE_BUS": "kafka", "GRIDCHARGE_TOPIC_PREFIX": prefix, "GRIDCHARGE_STORE_PREFIX":
-                f"bench{unique}:", "GRIDCHARGE_TOPOLOGY": str(workdir / "topology.yaml"),
-                "GRIDCHARGE_KAFKA_BOOTSTRAP": bootstrap, "GRIDCHARGE_REDIS_URL": redis_url,
-                "GRIDCHARGE_LOG_LEVEL": "WARNING", "GRIDCHARGE_HTTP_HOST": "127.0.0.1",
-                "GRIDCHARGE_OCPP_HOST": "127.0.0.1", "GRIDCHARGE_OCPP_PORT": str(ocpp_port),
-                "GRIDCHARGE_WEATHER_BASE_URL": "http://127.0.0.1:9", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "GRIDCHARGE_BUS": "kafka",
+            "GRIDCHARGE_TOPIC_PREFIX": prefix,
+            "GRIDCHARGE_STORE_PREFIX": f"bench{unique}:",
+            "GRIDCHARGE_TOPOLOGY": str(workdir / "topology.yaml"),
+            "GRIDCHARGE_KAFKA_BOOTSTRAP": bootstrap,
+            "GRIDCHARGE_REDIS_URL": redis_url,
+            "GRIDCHARGE_LOG_LEVEL": "WARNING",
+            "GRIDCHARGE_HTTP_HOST": "127.0.0.1",
+            "GRIDCHARGE_OCPP_HOST": "127.0.0.1",
+            "GRIDCHARGE_OCPP_PORT": str(ocpp_port),
+            "GRIDCHARGE_WEATHER_BASE_URL": "http://127.0.0.1:9",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     procs = _Procs(workdir, env)
     mode = "meters follow the draw" if meters_follow else "one injected overload reading"
     log(f"bench e2e ({mode}): {len(topo.stations)} connectors under {transformers} transformers; logs in {workdir}")
@@ -385,9 +455,15 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
         batch = 50
         for i in range(0, len(topo.stations), batch):
             group = []
-            for st in topo.stations[i:i + batch]:
-                c = StationClient(StationModel(st, volt), [f"ws://127.0.0.1:{ocpp_port}/ocpp"],
-                                  clock, meter_interval_s=30.0, response_timeout_s=30.0, reconnect_s=1.0)
+            for st in topo.stations[i : i + batch]:
+                c = StationClient(
+                    StationModel(st, volt),
+                    [f"ws://127.0.0.1:{ocpp_port}/ocpp"],
+                    clock,
+                    meter_interval_s=30.0,
+                    response_timeout_s=30.0,
+                    reconnect_s=1.0,
+                )
                 clients[st.id] = c
                 group.append(c)
                 c.start()
@@ -402,10 +478,11 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
         ids = list(clients)
         for i in range(0, len(ids), batch):
             now = clock.time()
-            for sid in ids[i:i + batch]:
-                clients[sid].plug_in(1, Ev(sid, 100_000, 0.2, 0.9, now, now + DEPARTURE_H * 3600, max_current_a=16),
-                                     now)
-            await asyncio.gather(*(clients[sid].tick(now) for sid in ids[i:i + batch]))
+            for sid in ids[i : i + batch]:
+                clients[sid].plug_in(
+                    1, Ev(sid, 100_000, 0.2, 0.9, now, now + DEPARTURE_H * 3600, max_current_a=16), now
+                )
+            await asyncio.gather(*(clients[sid].tick(now) for sid in ids[i : i + batch]))
         log("bench e2e: all stations connected and charging; waiting for leases")
         meters = _Meters(topo, clients) if meters_follow else None
         ticking: dict[str, asyncio.Task[None]] = {}
@@ -441,8 +518,9 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
             room_a[nid] = min(0.95 * lim - b for lim, b in zip(topo.limit_w(nid), base_w, strict=True)) / volt
 
         def drawn_a(node: str) -> float:
-            return sum(c.model.grid_currents_a()[0] for sid, c in clients.items()
-                       if topo.station_by_id[sid].node == node)
+            return sum(
+                c.model.grid_currents_a()[0] for sid, c in clients.items() if topo.station_by_id[sid].node == node
+            )
 
         while True:
             leased = sum(1 for c in clients.values() if under_lease(c, clock.time()))
@@ -450,8 +528,10 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
                 break
             await asyncio.sleep(1.0)
         amps = [c.model.grid_currents_a()[0] for c in clients.values()]
-        log(f"bench e2e: {leased} of {len(clients)} stations under a lease, drawing {min(amps):.1f}–{max(amps):.1f} A "
-            f"(mean {statistics.fmean(amps):.1f} A); starting {trials} trials")
+        log(
+            f"bench e2e: {leased} of {len(clients)} stations under a lease, drawing {min(amps):.1f}–{max(amps):.1f} A "
+            f"(mean {statistics.fmean(amps):.1f} A); starting {trials} trials"
+        )
         per_trial: list[float] = []
         per_station: list[float] = []
         affected: list[int] = []
@@ -483,9 +563,11 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
                 t0 = await asyncio.wait_for(meters.step(node, OVERLOAD), 10 * METER_PERIOD_S)
             else:
                 t0 = time.time()
-                await bus.publish(contracts.GRID_METER_READINGS.name, node,
-                                  meter_reading(node, t0, [lim * OVERLOAD for lim in limit], volt, float("nan"),
-                                                "bench"))
+                await bus.publish(
+                    contracts.GRID_METER_READINGS.name,
+                    node,
+                    meter_reading(node, t0, [lim * OVERLOAD for lim in limit], volt, float("nan"), "bench"),
+                )
             # the limiter may lower only as many stations as the overload needs: the lowering is complete when
             # every station under k was lowered, or 3 s after the last lowering seen (at most 15 s); with the
             # meters following, the trial also waits for the load to be back under the limit and for
@@ -500,15 +582,23 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
                 lowered = len(done) == len(under) or (done and mono - last_new > 3.0) or mono - start > 15
                 if lowered and meters is None:
                     break
-                if lowered and meters is not None and (mono - start > 30 or (
-                        meters.back_under(node, t0) is not None
-                        and time.time() >= t0 + max(done.values(), default=0.0) + SECOND_ROUND_S)):
+                if (
+                    lowered
+                    and meters is not None
+                    and (
+                        mono - start > 30
+                        or (
+                            meters.back_under(node, t0) is not None
+                            and time.time() >= t0 + max(done.values(), default=0.0) + SECOND_ROUND_S
+                        )
+                    )
+                ):
                     break
                 for sid in under:
                     if sid in done:
                         continue
                     c = clients[sid]
-                    new = [t for t, ok, _ in c.profile_log[marks[sid]:] if ok and t >= t0]
+                    new = [t for t, ok, _ in c.profile_log[marks[sid] :] if ok and t >= t0]
                     lim_now = applied_a(c, clock.time(), volt)
                     b = before[sid]
                     if new and lim_now is not None and (b is None or lim_now < b - 1e-6):
@@ -521,9 +611,11 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
                 await asyncio.sleep(max(0.0, t0 + min(done.values(), default=0.0) + SECOND_ROUND_S - time.time()))
                 t_end = time.time()
                 writes1 = await _writes(metrics_url)
-                await bus.publish(contracts.GRID_METER_READINGS.name, node,
-                                  meter_reading(node, time.time(), [lim * 0.3 for lim in limit], volt,
-                                                float("nan"), "bench"))
+                await bus.publish(
+                    contracts.GRID_METER_READINGS.name,
+                    node,
+                    meter_reading(node, time.time(), [lim * 0.3 for lim in limit], volt, float("nan"), "bench"),
+                )
                 await asyncio.sleep(6.0)
             else:
                 t_end = time.time()
@@ -531,23 +623,35 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
                 back = meters.back_under(node, t0)
                 path = meters.trajectory(node, t0, t_end)
                 end_a = [clients[sid].model.grid_currents_a()[0] for sid in under]
-                path += (f"; cars at the end {sum(end_a) / len(under):.1f} A per station, "
-                         f"{sum(1 for a in end_a if a > 0)} of {len(under)} drawing; "
-                         f"limits {_limits_summary([clients[sid] for sid in under], time.time(), volt)}")
+                path += (
+                    f"; cars at the end {sum(end_a) / len(under):.1f} A per station, "
+                    f"{sum(1 for a in end_a if a > 0)} of {len(under)} drawing; "
+                    f"limits {_limits_summary([clients[sid] for sid in under], time.time(), volt)}"
+                )
                 meters.reset(node)
                 await asyncio.sleep(6.0)
             rnd = trace.second_round(set(under), t0, t_end)
             writes = _diff(writes1, writes0)
             slowest = max(done.values()) if done else float("nan")
             label = f"warm-up {n + 1}/{warmup}" if warming else f"trial {trial + 1}/{trials}"
-            line = (f"  {label} {node}: drawing {draw_before / len(under):.1f} A per station (waited {waited:.0f} s), "
-                    f"{len(done)}/{len(under)} "
-                    f"lowered, slowest {slowest:.3f} s; {trace.stages(t0, t_end, node, set(under))}"
-                    + (f"; load back under the limit {back:.2f} s" if back is not None else
-                       ("; load NOT back under the limit" if meters is not None else ""))
-                    + (f" (metered {path})" if meters is not None else "")
-                    + (f"; second round: {rnd[0]} commands ({rnd[1]} lease lower, {rnd[2]} lease raise) to {rnd[3]} "
-                       "stations" if rnd[0] else "") + f"; allocator writes (purpose/reason): {writes}")
+            line = (
+                f"  {label} {node}: drawing {draw_before / len(under):.1f} A per station (waited {waited:.0f} s), "
+                f"{len(done)}/{len(under)} "
+                f"lowered, slowest {slowest:.3f} s; {trace.stages(t0, t_end, node, set(under))}"
+                + (
+                    f"; load back under the limit {back:.2f} s"
+                    if back is not None
+                    else ("; load NOT back under the limit" if meters is not None else "")
+                )
+                + (f" (metered {path})" if meters is not None else "")
+                + (
+                    f"; second round: {rnd[0]} commands ({rnd[1]} lease lower, {rnd[2]} lease raise) to {rnd[3]} "
+                    "stations"
+                    if rnd[0]
+                    else ""
+                )
+                + f"; allocator writes (purpose/reason): {writes}"
+            )
             log(line)
             if warming:
                 warm.append(slowest)
@@ -573,18 +677,29 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
         await bus.stop()
         procs.stop()
     return {
-        "mode": "meters-follow" if meters_follow else "injected", "workdir": str(workdir),
-        "connectors": len(topo.stations), "transformers": transformers, "trials": trials, "incomplete_trials": misses,
-        "warmup_s": warm, "slow_trials": slow,
-        "affected_mean": statistics.fmean(affected) if affected else 0.0, "per_transformer": per_tx,
-        "trial_p50_s": _percentile(per_trial, 50), "trial_p99_s": _percentile(per_trial, 99),
-        "station_p50_s": _percentile(per_station, 50), "station_p99_s": _percentile(per_station, 99),
-        "under_p50_s": _percentile(under_s, 50), "under_p99_s": _percentile(under_s, 99),
+        "mode": "meters-follow" if meters_follow else "injected",
+        "workdir": str(workdir),
+        "connectors": len(topo.stations),
+        "transformers": transformers,
+        "trials": trials,
+        "incomplete_trials": misses,
+        "warmup_s": warm,
+        "slow_trials": slow,
+        "affected_mean": statistics.fmean(affected) if affected else 0.0,
+        "per_transformer": per_tx,
+        "trial_p50_s": _percentile(per_trial, 50),
+        "trial_p99_s": _percentile(per_trial, 99),
+        "station_p50_s": _percentile(per_station, 50),
+        "station_p99_s": _percentile(per_station, 99),
+        "under_p50_s": _percentile(under_s, 50),
+        "under_p99_s": _percentile(under_s, 99),
         "not_back_under": trials - len(under_s) if meters_follow else 0,
         "second_round_trials": sum(1 for r in rounds if r[0]),
-        "second_round_commands": sum(r[0] for r in rounds), "second_round_lower": sum(r[1] for r in rounds),
+        "second_round_commands": sum(r[0] for r in rounds),
+        "second_round_lower": sum(r[1] for r in rounds),
         "second_round_raise": sum(r[2] for r in rounds),
-        "floor_p50_s": _percentile(floor, 50), "floor_p99_s": _percentile(floor, 99),
+        "floor_p50_s": _percentile(floor, 50),
+        "floor_p99_s": _percentile(floor, 99),
         "floor_mean_s": statistics.fmean(floor) if floor else float("nan"),
     }
 
@@ -592,9 +707,12 @@ async def run_bench(transformers: int, per_tx: int, trials: int, bootstrap: str,
 def format_result(r: dict[str, Any], cmd: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     follow = r.get("mode") == "meters-follow"
-    what = ("the base load of one transformer steps up until its meter (the stations' draw + base, every "
-            f"{METER_PERIOD_S:.0f} s) shows 20 % over the limit" if follow else
-            "one injected reading shows one transformer 20 % over its limit")
+    what = (
+        "the base load of one transformer steps up until its meter (the stations' draw + base, every "
+        f"{METER_PERIOD_S:.0f} s) shows 20 % over the limit"
+        if follow
+        else "one injected reading shows one transformer 20 % over its limit"
+    )
     start = "step (first reading showing it)" if follow else "overload reading"
     text = (
         f"\n### bench e2e{' --meters-follow' if follow else ''} — {when}\n\n"
@@ -610,14 +728,18 @@ def format_result(r: dict[str, Any], cmd: str) -> str:
         f"| same, per station | {r['station_p50_s'] * 1000:.0f} ms | {r['station_p99_s'] * 1000:.0f} ms |\n"
     )
     if follow:
-        text += (f"| step → metered load back under the limit (ground truth, readings every {METER_PERIOD_S:.0f} s; "
-                 f"{r['not_back_under']} trials never) | {r['under_p50_s'] * 1000:.0f} ms | "
-                 f"{r['under_p99_s'] * 1000:.0f} ms |\n")
-    text += (f"| floor: bare Kafka produce→consume round trip | {r['floor_p50_s'] * 1000:.1f} ms | "
-             f"{r['floor_p99_s'] * 1000:.1f} ms |\n\n"
-             f"Second round (commands to a station within {SECOND_ROUND_S:.0f} s after its first lowering): "
-             f"{r['second_round_trials']} of {r['trials']} trials, {r['second_round_commands']} commands "
-             f"({r['second_round_lower']} lower, {r['second_round_raise']} raise).\n")
+        text += (
+            f"| step → metered load back under the limit (ground truth, readings every {METER_PERIOD_S:.0f} s; "
+            f"{r['not_back_under']} trials never) | {r['under_p50_s'] * 1000:.0f} ms | "
+            f"{r['under_p99_s'] * 1000:.0f} ms |\n"
+        )
+    text += (
+        f"| floor: bare Kafka produce→consume round trip | {r['floor_p50_s'] * 1000:.1f} ms | "
+        f"{r['floor_p99_s'] * 1000:.1f} ms |\n\n"
+        f"Second round (commands to a station within {SECOND_ROUND_S:.0f} s after its first lowering): "
+        f"{r['second_round_trials']} of {r['trials']} trials, {r['second_round_commands']} commands "
+        f"({r['second_round_lower']} lower, {r['second_round_raise']} raise).\n"
+    )
     return text
 
 
@@ -632,8 +754,9 @@ def bench_main(args: argparse.Namespace) -> int:
         # visited again would not start from the same state
         transformers = trials + 1
         per_tx = round((100 if quick else 1000) / transformers)
-    result = asyncio.run(run_bench(transformers, per_tx, trials, settings.kafka_bootstrap, settings.redis_url,
-                                   meters_follow=follow))
+    result = asyncio.run(
+        run_bench(transformers, per_tx, trials, settings.kafka_bootstrap, settings.redis_url, meters_follow=follow)
+    )
     cmd = "gridcharge bench e2e" + (" --quick" if quick else "") + (" --meters-follow" if follow else "")
     text = format_result(result, cmd)
     print(text)

@@ -37,7 +37,7 @@ from gridcharge.simulator.summary import format_summary
 
 SERVICES = ("gateway", "telemetry", "forecasting", "allocation")
 SNAPSHOT_ENV = "GRIDCHARGE_TELEMETRY_SNAPSHOT_S"
-MAX_REAL_S = 170.0      # the demo must finish in under 3 minutes; a longer scenario is cut here
+MAX_REAL_S = 170.0  # the demo must finish in under 3 minutes; a longer scenario is cut here
 
 
 def free_port() -> int:
@@ -114,8 +114,9 @@ class Progress:
 class EmbeddedCluster:
     """All built services in one Host over the in-process bus and store, with service outages on demand."""
 
-    def __init__(self, rt: Runtime, topo: Topology, factories: dict[str, Callable[..., Service]],
-                 http: bool = True) -> None:
+    def __init__(
+        self, rt: Runtime, topo: Topology, factories: dict[str, Callable[..., Service]], http: bool = True
+    ) -> None:
         self.rt, self.topo, self.factories = rt, topo, factories
         self.services: dict[str, Service] = {n: f(rt, topo) for n, f in factories.items()}
         self.host = Host(rt, list(self.services.values()), http=http)
@@ -151,35 +152,60 @@ async def settle(rt: Runtime, rounds: int = 2, pause_s: float = 0.001) -> None:
     await rt.bus.flush()
 
 
-async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None = None, http_port: int = 8080,
-                   progress: bool = True, services: tuple[str, ...] = SERVICES,
-                   max_real_s: float = MAX_REAL_S) -> dict[str, Any]:
+async def run_demo(
+    scenario: Scenario,
+    out: Path | None,
+    *,
+    speed: float | None = None,
+    http_port: int = 8080,
+    progress: bool = True,
+    services: tuple[str, ...] = SERVICES,
+    max_real_s: float = MAX_REAL_S,
+) -> dict[str, Any]:
     """Run a scenario on the embedded cluster; write the report to `out`; return the summary."""
     factories = load_factories(services)
     clock = SimClock(datetime.fromtimestamp(scenario.start_s, UTC))
-    days = max(1, int((scenario.end_s - scenario.start_s) // 86_400) + 3)   # the 48-h horizon past the end
+    days = max(1, int((scenario.end_s - scenario.start_s) // 86_400) + 3)  # the 48-h horizon past the end
     weather = make_weather(scenario.topology, scenario.spec.weather, scenario.start_s, days)
     weather_srv = await start_weather_server(weather_payload(weather))
     settings = Settings.from_env(
-        {}, bus="memory", http_host="127.0.0.1", http_port=port_or_any(http_port), ocpp_host="127.0.0.1",
+        {},
+        bus="memory",
+        http_host="127.0.0.1",
+        http_port=port_or_any(http_port),
+        ocpp_host="127.0.0.1",
         ocpp_port=free_port(),
-        weather_base_url=f"http://127.0.0.1:{weather_srv.port}", log_level="WARNING", log_json=False,
-        replica_id="demo", api_open_access=True)   # development: loopback only, so anyone here may try the API
+        weather_base_url=f"http://127.0.0.1:{weather_srv.port}",
+        log_level="WARNING",
+        log_json=False,
+        replica_id="demo",
+        api_open_access=True,
+    )  # development: loopback only, so anyone here may try the API
     # nothing changes between the driver's steps, so a node-load snapshot per step is enough (default 5 s);
     # set for this run only (restored at the end: a caller running more after the demo keeps its own)
     snapshot_env = os.environ.get(SNAPSHOT_ENV)
     os.environ.setdefault(SNAPSHOT_ENV, str(max(5.0, scenario.step_s)))
     rt = build_runtime(settings, clock)
     cluster = EmbeddedCluster(rt, scenario.topology, factories)
-    sim = Simulation(scenario, clock, rt.bus, [f"ws://127.0.0.1:{settings.ocpp_port}/ocpp"],
-                     on_event=cluster.on_event, weather=weather, response_timeout_s=10.0, reconnect_s=0.05)
+    sim = Simulation(
+        scenario,
+        clock,
+        rt.bus,
+        [f"ws://127.0.0.1:{settings.ocpp_port}/ocpp"],
+        on_event=cluster.on_event,
+        weather=weather,
+        response_timeout_s=10.0,
+        reconnect_s=0.05,
+    )
     real0 = time.monotonic()
     bar = Progress(progress, scenario.end_s - scenario.start_s)
     await cluster.start()
     if cluster.host.http is not None and progress:
-        sys.stderr.write(f"gridcharge demo: scenario '{scenario.name}', Prometheus metrics at "
-                         f"http://127.0.0.1:{cluster.host.http.port}/metrics (operator API open on loopback: "
-                         "development mode)\n")
+        sys.stderr.write(
+            f"gridcharge demo: scenario '{scenario.name}', Prometheus metrics at "
+            f"http://127.0.0.1:{cluster.host.http.port}/metrics (operator API open on loopback: "
+            "development mode)\n"
+        )
     try:
         connected = await sim.start(connect_timeout_s=10.0 if "gateway" in factories else 0.01)
         step = scenario.step_s
@@ -197,12 +223,21 @@ async def run_demo(scenario: Scenario, out: Path | None, *, speed: float | None 
             if elapsed > max_real_s:
                 cut = True
                 break
-            bar.update(clock.time() - scenario.start_s, clock.time(),
-                       f"{sum(1 for c in sim.clients.values() if c.connected.is_set())}/{len(sim.clients)} online")
+            bar.update(
+                clock.time() - scenario.start_s,
+                clock.time(),
+                f"{sum(1 for c in sim.clients.values() if c.connected.is_set())}/{len(sim.clients)} online",
+            )
         bar.close()
         summary = sim.summary()
-        summary.update({"real_seconds": time.monotonic() - real0, "stations_connected_at_start": connected,
-                        "services": sorted(factories), "cut_short": cut})
+        summary.update(
+            {
+                "real_seconds": time.monotonic() - real0,
+                "stations_connected_at_start": connected,
+                "services": sorted(factories),
+                "cut_short": cut,
+            }
+        )
         if out is not None:
             write_report(sim, summary, out)
         return summary
@@ -220,8 +255,9 @@ def cli_main(args: argparse.Namespace) -> int:
     overrides = {"duration": getattr(args, "duration", None), "start": getattr(args, "start", None)}
     scenario = load_scenario(args.scenario, **overrides)
     out = Path(args.out) if args.out else None
-    summary = asyncio.run(run_demo(scenario, out, speed=args.speed, http_port=args.http_port,
-                                   progress=not args.no_progress))
+    summary = asyncio.run(
+        run_demo(scenario, out, speed=args.speed, http_port=args.http_port, progress=not args.no_progress)
+    )
     print(format_summary(summary))
     if out is not None:
         print(f"\nreport: {out / 'index.html'}")

@@ -14,15 +14,15 @@ class Ev:
 
     ev_id: str
     battery_wh: float
-    arrival_soc: float              # 0..1 at arrival
-    target_soc: float               # what the driver wants by departure
+    arrival_soc: float  # 0..1 at arrival
+    target_soc: float  # what the driver wants by departure
     arrival_s: float
     departure_s: float
-    max_current_a: float = 16.0     # on-board charger, per phase
-    min_current_a: float = 6.0      # below this the EV cannot charge (IEC 61851)
+    max_current_a: float = 16.0  # on-board charger, per phase
+    min_current_a: float = 6.0  # below this the EV cannot charge (IEC 61851)
     phases: int = 3
-    taper_soc: float = 0.8          # above this SoC the accepted current falls linearly
-    announces_needs: bool = True    # 2.0.1: sends NotifyEVChargingNeeds
+    taper_soc: float = 0.8  # above this SoC the accepted current falls linearly
+    announces_needs: bool = True  # 2.0.1: sends NotifyEVChargingNeeds
     delivered_wh: float = 0.0
 
     @property

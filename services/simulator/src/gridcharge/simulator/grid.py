@@ -25,12 +25,84 @@ from gridcharge.simulator.scenario import BaseLoadSpec, WeatherSpec
 
 _SHAPES = {
     # fraction of peak by local hour 0..23
-    "office": [0.25, 0.24, 0.24, 0.24, 0.25, 0.28, 0.40, 0.65, 0.90, 0.97, 1.0, 1.0, 0.95, 0.97, 0.98, 0.95,
-               0.85, 0.70, 0.50, 0.38, 0.32, 0.29, 0.27, 0.26],
-    "residential": [0.35, 0.30, 0.28, 0.27, 0.28, 0.33, 0.50, 0.62, 0.55, 0.45, 0.42, 0.45, 0.50, 0.45, 0.42,
-                    0.45, 0.55, 0.75, 0.95, 1.0, 0.92, 0.78, 0.60, 0.45],
-    "depot": [0.55, 0.5, 0.5, 0.55, 0.75, 0.9, 0.85, 0.7, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.62, 0.7, 0.8,
-              0.85, 0.8, 0.7, 0.65, 0.6, 0.58],
+    "office": [
+        0.25,
+        0.24,
+        0.24,
+        0.24,
+        0.25,
+        0.28,
+        0.40,
+        0.65,
+        0.90,
+        0.97,
+        1.0,
+        1.0,
+        0.95,
+        0.97,
+        0.98,
+        0.95,
+        0.85,
+        0.70,
+        0.50,
+        0.38,
+        0.32,
+        0.29,
+        0.27,
+        0.26,
+    ],
+    "residential": [
+        0.35,
+        0.30,
+        0.28,
+        0.27,
+        0.28,
+        0.33,
+        0.50,
+        0.62,
+        0.55,
+        0.45,
+        0.42,
+        0.45,
+        0.50,
+        0.45,
+        0.42,
+        0.45,
+        0.55,
+        0.75,
+        0.95,
+        1.0,
+        0.92,
+        0.78,
+        0.60,
+        0.45,
+    ],
+    "depot": [
+        0.55,
+        0.5,
+        0.5,
+        0.55,
+        0.75,
+        0.9,
+        0.85,
+        0.7,
+        0.6,
+        0.6,
+        0.6,
+        0.6,
+        0.6,
+        0.6,
+        0.6,
+        0.62,
+        0.7,
+        0.8,
+        0.85,
+        0.8,
+        0.7,
+        0.65,
+        0.6,
+        0.58,
+    ],
     "flat": [1.0] * 24,
 }
 
@@ -80,11 +152,12 @@ def make_weather(topo: Topology, spec: WeatherSpec, start_s: float, days: int) -
 
     day0 = datetime.fromtimestamp(start_s, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     lat, lon = topo.site.latitude, topo.site.longitude
-    fc = site_weather_15min(lat, lon, day0.strftime("%Y-%m-%d"), days, seed=spec.seed,
-                            altitude_m=topo.site.altitude_m or 300.0)
+    fc = site_weather_15min(
+        lat, lon, day0.strftime("%Y-%m-%d"), days, seed=spec.seed, altitude_m=topo.site.altitude_m or 300.0
+    )
     rng = np.random.default_rng(spec.seed + 100)
     err = np.zeros(len(fc))
-    for i in range(1, len(err)):                       # AR(1): forecast errors persist for hours
+    for i in range(1, len(err)):  # AR(1): forecast errors persist for hours
         err[i] = 0.9 * err[i - 1] + rng.normal(0.0, spec.forecast_error * math.sqrt(1 - 0.81))
     act = fc.copy()
     factor = np.clip(1.0 + err, 0.05, 1.6)
@@ -149,8 +222,11 @@ class GridModel:
             total = b.peak_kw * 1000 * base_load_shape(b.profile, hour) * max(0.0, 1 + n)
             s = sum(b.phase_split)
             prev = out.get(b.node, (0.0, 0.0, 0.0))
-            out[b.node] = (prev[0] + total * b.phase_split[0] / s, prev[1] + total * b.phase_split[1] / s,
-                           prev[2] + total * b.phase_split[2] / s)
+            out[b.node] = (
+                prev[0] + total * b.phase_split[0] / s,
+                prev[1] + total * b.phase_split[1] / s,
+                prev[2] + total * b.phase_split[2] / s,
+            )
         return out
 
     def pv_w(self, t: float, actual: bool = True) -> dict[str, tuple[float, float, float]]:
@@ -163,8 +239,9 @@ class GridModel:
             out[node] = (vals[0], vals[1], vals[2])
         return out
 
-    def node_loads(self, t: float, station_a: dict[str, tuple[float, float, float]]
-                   ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
+    def node_loads(
+        self, t: float, station_a: dict[str, tuple[float, float, float]]
+    ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
         """(total load, EV load, PV) per node and phase, W, with subtrees summed."""
         v = self.topo.nominal_voltage_v
         own_base = self.base_w(t)
@@ -189,12 +266,19 @@ class GridModel:
         return total, ev, pv
 
 
-def meter_reading(node_id: str, t: float, load_w: list[float], voltage_v: float, ambient_c: float,
-                  producer: str = "simulator") -> bytes:
+def meter_reading(
+    node_id: str, t: float, load_w: list[float], voltage_v: float, ambient_c: float, producer: str = "simulator"
+) -> bytes:
     """A GridMeterReading (power and current per phase) as the bytes published on GRID_METER_READINGS."""
     return grid_pb2.GridMeterReading(
-        meta=meta(producer, t), node_id=node_id, meter_id=f"sim-meter-{node_id}", measured_at=to_timestamp(t),
-        power_w=phase_values(load_w), current_a=phase_values([w / voltage_v for w in load_w]),
+        meta=meta(producer, t),
+        node_id=node_id,
+        meter_id=f"sim-meter-{node_id}",
+        measured_at=to_timestamp(t),
+        power_w=phase_values(load_w),
+        current_a=phase_values([w / voltage_v for w in load_w]),
         voltage_v=phase_values((voltage_v,) * 3),
-        ambient_temperature_c=ambient_c, has_current=True, has_voltage=True,
+        ambient_temperature_c=ambient_c,
+        has_current=True,
+        has_voltage=True,
     ).SerializeToString()

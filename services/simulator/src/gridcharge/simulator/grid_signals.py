@@ -33,8 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 P3 = tuple[float, float, float]
 SIGNAL_KINDS = ("openadr", "§14a")
-CONTROLBOX_PUBLISH_S = 30.0     # as the control-box service (GRIDCHARGE_CONTROLBOX_PUBLISH_S default)
-CONTROLBOX_HOLD_S = 300.0       # as GRIDCHARGE_CONTROLBOX_HOLD_S
+CONTROLBOX_PUBLISH_S = 30.0  # as the control-box service (GRIDCHARGE_CONTROLBOX_PUBLISH_S default)
+CONTROLBOX_HOLD_S = 300.0  # as GRIDCHARGE_CONTROLBOX_HOLD_S
 
 
 class GridSignalSpec(BaseModel):
@@ -48,10 +48,10 @@ class GridSignalSpec(BaseModel):
     until: str | None = None
     for_: str | None = Field(None, alias="for")
     announce: str = "0s"
-    limit_kw: float | None = Field(None, gt=0, le=100_000)   # openadr: total over the phases
-    pct: float | None = Field(None, gt=0, le=200)             # openadr: or a share of the node's limit
+    limit_kw: float | None = Field(None, gt=0, le=100_000)  # openadr: total over the phases
+    pct: float | None = Field(None, gt=0, le=200)  # openadr: or a share of the node's limit
     event_id: str = Field("", max_length=64)
-    devices: int | None = Field(None, ge=1, le=10_000)         # §14a: controllable devices behind the EMS
+    devices: int | None = Field(None, ge=1, le=10_000)  # §14a: controllable devices behind the EMS
     ems: bool = True
 
 
@@ -75,8 +75,15 @@ def openadr_limit(sig: GridSignal, now: float, producer: str) -> grid_pb2.Extern
     assert sig.limit_w is not None
     lim = phase_values(sig.limit_w)
     return grid_pb2.ExternalLimit(
-        meta=meta(producer, now), node_id=sig.node, limit_id=f"openadr:{sig.event_id}"[:64], source="openadr",
-        valid_from=to_timestamp(sig.at_s), valid_to=to_timestamp(sig.end_s), limit_w=lim, fallback_limit_w=lim)
+        meta=meta(producer, now),
+        node_id=sig.node,
+        limit_id=f"openadr:{sig.event_id}"[:64],
+        source="openadr",
+        valid_from=to_timestamp(sig.at_s),
+        valid_to=to_timestamp(sig.end_s),
+        limit_w=lim,
+        fallback_limit_w=lim,
+    )
 
 
 @dataclass
@@ -111,7 +118,7 @@ class GridSignals:
                 self._announced.add(i)
                 out.append((s.node, openadr_limit(s, t, self.producer)))
         for d in self._dimmings:
-            d.state.relay_read(d.sig.at_s <= t < d.sig.end_s, t)      # the box's contact, scripted
+            d.state.relay_read(d.sig.at_s <= t < d.sig.end_s, t)  # the box's contact, scripted
             now = d.state.evaluate(t)
             refresh = now.active and t - d.published_at >= CONTROLBOX_PUBLISH_S
             if now.limit_w != d.current_w or refresh:

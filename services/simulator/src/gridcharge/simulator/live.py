@@ -30,13 +30,22 @@ from gridcharge.simulator.sim import EventHook, Simulation
 log = logging.getLogger(__name__)
 
 
-async def run_live(scenario: Scenario, gateway_urls: list[str], bus: Bus | None, *, step_s: float = 1.0,
-                   stop: asyncio.Event | None = None, on_event: EventHook | None = None,
-                   on_step: Any = None, response_timeout_s: float = 10.0) -> Simulation:
+async def run_live(
+    scenario: Scenario,
+    gateway_urls: list[str],
+    bus: Bus | None,
+    *,
+    step_s: float = 1.0,
+    stop: asyncio.Event | None = None,
+    on_event: EventHook | None = None,
+    on_step: Any = None,
+    response_timeout_s: float = 10.0,
+) -> Simulation:
     """Step the scenario in real time until its end (or `stop`); return the finished Simulation."""
     clock = RealClock()
-    sim = Simulation(scenario, clock, bus, gateway_urls, on_event=on_event, response_timeout_s=response_timeout_s,
-                     reconnect_s=0.5)
+    sim = Simulation(
+        scenario, clock, bus, gateway_urls, on_event=on_event, response_timeout_s=response_timeout_s, reconnect_s=0.5
+    )
     await sim.start(connect_timeout_s=30.0)
     # commissioning: no car plugs in before the station has its fallback profile (a station without any
     # profile charges unlimited, which is the point of the fallback); bounded, so a cluster without an
@@ -46,7 +55,8 @@ async def run_live(scenario: Scenario, gateway_urls: list[str], bus: Bus | None,
     def waiting() -> bool:
         return time.monotonic() < deadline and any(
             c.connected.is_set() and c.stats.profiles_accepted == 0 and not c.model.quirks.rejects_profiles
-            for c in sim.clients.values())
+            for c in sim.clients.values()
+        )
 
     while waiting():  # noqa: ASYNC110 - polls client state, there is no event to wait on
         await asyncio.sleep(0.2)
@@ -68,17 +78,34 @@ async def run_live(scenario: Scenario, gateway_urls: list[str], bus: Bus | None,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gridcharge.simulator", description=__doc__.split("\n")[0])
     p.add_argument("--scenario", default="office")
-    p.add_argument("--gateway", action="append", default=None,
-                   help="gateway OCPP base URL (repeat for replicas); default ws://127.0.0.1:9000/ocpp")
-    p.add_argument("--bus", choices=["memory", "kafka", "none"], default=None,
-                   help="where grid-meter readings go (default: GRIDCHARGE_BUS)")
+    p.add_argument(
+        "--gateway",
+        action="append",
+        default=None,
+        help="gateway OCPP base URL (repeat for replicas); default ws://127.0.0.1:9000/ocpp",
+    )
+    p.add_argument(
+        "--bus",
+        choices=["memory", "kafka", "none"],
+        default=None,
+        help="where grid-meter readings go (default: GRIDCHARGE_BUS)",
+    )
     p.add_argument("--duration", default=None, help="override the scenario duration, e.g. 30m")
     p.add_argument("--step", type=float, default=1.0, help="real seconds per simulation step")
     p.add_argument("--out", default=None, help="write the report here at the end")
-    p.add_argument("--serve-weather", type=int, default=None, metavar="PORT",
-                   help="also serve the scenario's forecast weather (Open-Meteo API) on 127.0.0.1:PORT")
-    p.add_argument("--write-topology", default=None, metavar="PATH",
-                   help="write the scenario's topology YAML (for GRIDCHARGE_TOPOLOGY) and exit")
+    p.add_argument(
+        "--serve-weather",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve the scenario's forecast weather (Open-Meteo API) on 127.0.0.1:PORT",
+    )
+    p.add_argument(
+        "--write-topology",
+        default=None,
+        metavar="PATH",
+        help="write the scenario's topology YAML (for GRIDCHARGE_TOPOLOGY) and exit",
+    )
     args = p.parse_args(argv)
     if args.write_topology:
         import yaml
@@ -95,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_main(scenario, urls, args.bus or settings.bus, settings, args))
 
 
-async def _main(scenario: Scenario, urls: list[str], bus_kind: str, settings: Settings,
-                args: argparse.Namespace) -> int:
+async def _main(
+    scenario: Scenario, urls: list[str], bus_kind: str, settings: Settings, args: argparse.Namespace
+) -> int:
     bus: Bus | None = None
     if bus_kind == "kafka":
         from gridcharge.shared.bus.kafka import KafkaBus
@@ -108,8 +136,12 @@ async def _main(scenario: Scenario, urls: list[str], bus_kind: str, settings: Se
         from gridcharge.simulator.demo import start_weather_server
         from gridcharge.simulator.grid import make_weather, weather_payload
 
-        w = make_weather(scenario.topology, scenario.spec.weather, scenario.start_s,
-                         int((scenario.end_s - scenario.start_s) // 86_400) + 2)
+        w = make_weather(
+            scenario.topology,
+            scenario.spec.weather,
+            scenario.start_s,
+            int((scenario.end_s - scenario.start_s) // 86_400) + 2,
+        )
         weather_srv = await start_weather_server(weather_payload(w), args.serve_weather)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -62,7 +62,7 @@ def offline_optimum(sim: Simulation, slot_s: float = SLOT_S) -> OfflineOptimum |
     counts = np.bincount(slot_of, minlength=T).astype(float)
     nodes = []
     for n in topo.nodes:
-        room = np.maximum(np.asarray(rec.limit_w[n.id]) - np.asarray(rec.base_w[n.id]), 0.0)   # [steps, 3]
+        room = np.maximum(np.asarray(rec.limit_w[n.id]) - np.asarray(rec.base_w[n.id]), 0.0)  # [steps, 3]
         cap = np.full((3, T), np.inf)
         for p in range(3):
             sums = np.bincount(slot_of, weights=room[:, p], minlength=T)
@@ -85,14 +85,24 @@ def offline_optimum(sim: Simulation, slot_s: float = SLOT_S) -> OfflineOptimum |
         leave = min(T, math.ceil((min(ev.departure_s, end) - t0) / slot_s))
         if leave <= arrive:
             continue
-        sessions.append(Session(ev.ev_id, key, ev.energy_need_wh, arrive, leave, 0.0, hw,
-                                min(ev.phases, len(grid)), sim.v))
+        sessions.append(
+            Session(ev.ev_id, key, ev.energy_need_wh, arrive, leave, 0.0, hw, min(ev.phases, len(grid)), sim.v)
+        )
     if not sessions:
         return OfflineOptimum(0.0, {}, 0.0)
-    cfg = PlannerConfig(two_stage=False, early_weight=0.0, current_step_a=0.0, apply_min_current=False,
-                        time_limit_s=120.0, fairness_weight=0.0, pv_weight=0.0, price_weight=0.0)
-    problem = PlanningProblem(SlotGrid(datetime.fromtimestamp(t0, UTC), T, slot_s), nodes, list(evses.values()),
-                              sessions, config=cfg)
+    cfg = PlannerConfig(
+        two_stage=False,
+        early_weight=0.0,
+        current_step_a=0.0,
+        apply_min_current=False,
+        time_limit_s=120.0,
+        fairness_weight=0.0,
+        pv_weight=0.0,
+        price_weight=0.0,
+    )
+    problem = PlanningProblem(
+        SlotGrid(datetime.fromtimestamp(t0, UTC), T, slot_s), nodes, list(evses.values()), sessions, config=cfg
+    )
     plan = LpPlanner().plan(problem)
     per = {sid: float(v.planned_wh) for sid, v in plan.verdicts.items()}
     return OfflineOptimum(sum(per.values()), per, plan.solve_time_s)

@@ -34,10 +34,16 @@ _PURPOSES: dict[str, Purpose] = {
     "TxDefaultProfile": "TxDefault",
     "TxProfile": "Tx",
 }
-OCPP16_PURPOSE: dict[Purpose, str] = {"StationMax": "ChargePointMaxProfile", "TxDefault": "TxDefaultProfile",
-                                      "Tx": "TxProfile"}
-OCPP201_PURPOSE: dict[Purpose, str] = {"StationMax": "ChargingStationMaxProfile",
-                                       "TxDefault": "TxDefaultProfile", "Tx": "TxProfile"}
+OCPP16_PURPOSE: dict[Purpose, str] = {
+    "StationMax": "ChargePointMaxProfile",
+    "TxDefault": "TxDefaultProfile",
+    "Tx": "TxProfile",
+}
+OCPP201_PURPOSE: dict[Purpose, str] = {
+    "StationMax": "ChargingStationMaxProfile",
+    "TxDefault": "TxDefaultProfile",
+    "Tx": "TxProfile",
+}
 _RECURRENCE_S = {"Daily": 86_400, "Weekly": 7 * 86_400}
 
 
@@ -48,7 +54,7 @@ class ProfileError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Period:
     start_s: int
-    limit: float                   # in the profile's rate unit (A per phase, or W total)
+    limit: float  # in the profile's rate unit (A per phase, or W total)
     number_phases: int | None = None
 
 
@@ -65,7 +71,7 @@ class Profile:
     evse_id: int = 0
     transaction_id: str | None = None
     recurrency: str | None = None
-    valid_from: float | None = None     # POSIX s
+    valid_from: float | None = None  # POSIX s
     valid_to: float | None = None
     start_schedule: float | None = None
     duration_s: float | None = None
@@ -98,7 +104,7 @@ def parse_ocpp_profile(data: dict[str, Any], evse_id: int, now_s: float) -> Prof
             raise ProfileError(f"unknown kind {kind_raw[:20]!r}")
         kind: Kind = kind_raw  # type: ignore[assignment]
         sched = data["charging_schedule"]
-        if isinstance(sched, list):          # 2.0.1: one or more schedules; we use the first
+        if isinstance(sched, list):  # 2.0.1: one or more schedules; we use the first
             if not sched:
                 raise ProfileError("empty chargingSchedule")
             sched = sched[0]
@@ -106,8 +112,11 @@ def parse_ocpp_profile(data: dict[str, Any], evse_id: int, now_s: float) -> Prof
         if unit not in ("A", "W"):
             raise ProfileError(f"unknown rate unit {unit[:10]!r}")
         periods = tuple(
-            Period(int(p["start_period"]), float(p["limit"]),
-                   int(p["number_phases"]) if p.get("number_phases") is not None else None)
+            Period(
+                int(p["start_period"]),
+                float(p["limit"]),
+                int(p["number_phases"]) if p.get("number_phases") is not None else None,
+            )
             for p in sched["charging_schedule_period"]
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -164,7 +173,7 @@ class ProfileStore:
     """The profiles installed in one station, and the rules for installing and evaluating them."""
 
     max_stack_level: int = 8
-    ignore_valid_to: bool = False               # quirk: a station that never lets leases expire
+    ignore_valid_to: bool = False  # quirk: a station that never lets leases expire
     profiles: list[Profile] = field(default_factory=list)
 
     # -- installing ------------------------------------------------------------------------------
@@ -183,21 +192,32 @@ class ProfileStore:
                 raise ProfileError("TxProfile for another transaction")
             profile = replace(profile, transaction_id=tx.transaction_id)
         self.profiles = [
-            p for p in self.profiles
+            p
+            for p in self.profiles
             if p.profile_id != profile.profile_id
-            and not (p.purpose == profile.purpose and p.stack_level == profile.stack_level
-                     and p.evse_id == profile.evse_id)
+            and not (
+                p.purpose == profile.purpose and p.stack_level == profile.stack_level and p.evse_id == profile.evse_id
+            )
         ]
         self.profiles.append(profile)
 
-    def clear(self, profile_id: int | None = None, evse_id: int | None = None, purpose: Purpose | None = None,
-              stack_level: int | None = None) -> bool:
+    def clear(
+        self,
+        profile_id: int | None = None,
+        evse_id: int | None = None,
+        purpose: Purpose | None = None,
+        stack_level: int | None = None,
+    ) -> bool:
         """ClearChargingProfile: remove matching profiles; True if any was removed."""
+
         def match(p: Profile) -> bool:
             if profile_id is not None:
                 return p.profile_id == profile_id
-            return ((evse_id is None or p.evse_id == evse_id) and (purpose is None or p.purpose == purpose)
-                    and (stack_level is None or p.stack_level == stack_level))
+            return (
+                (evse_id is None or p.evse_id == evse_id)
+                and (purpose is None or p.purpose == purpose)
+                and (stack_level is None or p.stack_level == stack_level)
+            )
 
         before = len(self.profiles)
         self.profiles = [p for p in self.profiles if not match(p)]
@@ -226,13 +246,15 @@ class ProfileStore:
             rec = _RECURRENCE_S[p.recurrency or "Daily"]
             start = base + math.floor((t - base) / rec) * rec
         else:
-            start = p.start_schedule if p.start_schedule is not None else (
-                p.valid_from if p.valid_from is not None else p.installed_at)
+            start = (
+                p.start_schedule
+                if p.start_schedule is not None
+                else (p.valid_from if p.valid_from is not None else p.installed_at)
+            )
         elapsed = t - start
         if elapsed < 0:
             return None
-        if p.duration_s is not None and elapsed >= p.duration_s and not (
-                self.ignore_valid_to and p.purpose == "Tx"):
+        if p.duration_s is not None and elapsed >= p.duration_s and not (self.ignore_valid_to and p.purpose == "Tx"):
             return None
         current: Period | None = None
         for per in p.periods:
@@ -250,21 +272,29 @@ class ProfileStore:
                 best = (p, per)
         return best
 
-    def evse_limit_a(self, evse_id: int, t: float, tx: Transaction | None, phases: int,
-                     voltage_v: float) -> tuple[float | None, int | None, str]:
+    def evse_limit_a(
+        self, evse_id: int, t: float, tx: Transaction | None, phases: int, voltage_v: float
+    ) -> tuple[float | None, int | None, str]:
         """Per-phase current limit A for one EVSE from Tx/TxDefault profiles (None = no limit), the
         phase count the period allows (None = not restricted), and which purpose set it."""
         tx_here = tx if tx is not None and tx.evse_id == evse_id else None
         won: tuple[Profile, Period] | None = None
         if tx_here is not None:
-            won = self._winner([p for p in self.profiles if p.purpose == "Tx" and p.evse_id == evse_id
-                                and p.transaction_id == tx_here.transaction_id], t, tx_here)
+            won = self._winner(
+                [
+                    p
+                    for p in self.profiles
+                    if p.purpose == "Tx" and p.evse_id == evse_id and p.transaction_id == tx_here.transaction_id
+                ],
+                t,
+                tx_here,
+            )
         if won is None:
-            won = self._winner([p for p in self.profiles if p.purpose == "TxDefault" and p.evse_id == evse_id],
-                               t, tx_here)
+            won = self._winner(
+                [p for p in self.profiles if p.purpose == "TxDefault" and p.evse_id == evse_id], t, tx_here
+            )
         if won is None:
-            won = self._winner([p for p in self.profiles if p.purpose == "TxDefault" and p.evse_id == 0],
-                               t, tx_here)
+            won = self._winner([p for p in self.profiles if p.purpose == "TxDefault" and p.evse_id == 0], t, tx_here)
         if won is None:
             return None, None, "none"
         prof, per = won
@@ -285,8 +315,16 @@ class ProfileStore:
         won = self._winner([p for p in self.profiles if p.purpose == "StationMax"], t, None)
         return won[0].stack_level if won is not None else None
 
-    def composite_schedule(self, evse_id: int, start_s: float, duration_s: int, tx: Transaction | None,
-                           phases: int, voltage_v: float, step_s: int = 60) -> list[tuple[int, float]]:
+    def composite_schedule(
+        self,
+        evse_id: int,
+        start_s: float,
+        duration_s: int,
+        tx: Transaction | None,
+        phases: int,
+        voltage_v: float,
+        step_s: int = 60,
+    ) -> list[tuple[int, float]]:
         """GetCompositeSchedule: (offset s, limit A) change points over the window, sampled every `step_s`.
 
         No limit at all is reported as the station's `phases`-independent infinity-free cap 0 → omitted;

@@ -33,8 +33,14 @@ def plot_node(sim: Simulation, node: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 4.2))
     for k, ph in enumerate(("L1", "L2", "L3")):
         ax.plot(t, [row[k] / 1000 for row in r.load_w[node]], color=_COLORS[k], lw=1.0, label=f"load {ph}")
-        ax.plot(t, [row[k] / 1000 for row in r.limit_w[node]], color=_COLORS[k], lw=1.4, ls="--",
-                label=f"limit {ph}" if k == 0 else None)
+        ax.plot(
+            t,
+            [row[k] / 1000 for row in r.limit_w[node]],
+            color=_COLORS[k],
+            lw=1.4,
+            ls="--",
+            label=f"limit {ph}" if k == 0 else None,
+        )
     head = r.headroom_w[node]
     if any(h is not None for h in head):
         avail = [(sum(h) / 3 / 1000 if h is not None else float("nan")) for h in head]
@@ -60,9 +66,14 @@ def plot_pv(sim: Simulation, path: Path) -> bool:
     for n in nodes:
         ax.plot(t, [v / 1000 for v in r.pv_w[n]], lw=1.2, label=f"{n} actual")
         ax.plot(t, [v / 1000 for v in r.pv_weather_fc_w[n]], lw=1.0, ls=":", label=f"{n} PV of the forecast weather")
-        if any(v == v for v in r.pv_forecast_w[n]):    # NaN when no headroom forecast was seen
-            ax.plot(t, [v / 1000 for v in r.pv_forecast_w[n]], lw=1.2, ls="--",
-                    label=f"{n} forecaster's PV (headroom forecast)")
+        if any(v == v for v in r.pv_forecast_w[n]):  # NaN when no headroom forecast was seen
+            ax.plot(
+                t,
+                [v / 1000 for v in r.pv_forecast_w[n]],
+                lw=1.2,
+                ls="--",
+                label=f"{n} forecaster's PV (headroom forecast)",
+            )
     ax.set_title("PV: forecast vs actual")
     ax.set_ylabel("kW")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=sim.tz))
@@ -79,15 +90,29 @@ def plot_sessions(sim: Simulation, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, max(3.0, 0.22 * len(ses) + 1)))
     labels = [s.ev_id for s in ses]
     ax.barh(labels, [s.need_wh / 1000 for s in ses], color="lightgrey", label="need")
-    ax.barh(labels, [s.delivered_wh / 1000 for s in ses],
-            color=["tab:green" if s.on_time else ("tab:red" if s.site_feasible else "tab:orange") for s in ses],
-            height=0.5, label="delivered")
+    ax.barh(
+        labels,
+        [s.delivered_wh / 1000 for s in ses],
+        color=["tab:green" if s.on_time else ("tab:red" if s.site_feasible else "tab:orange") for s in ses],
+        height=0.5,
+        label="delivered",
+    )
     if any(s.optimum_wh is not None for s in ses):
-        ax.scatter([(s.optimum_wh or 0.0) / 1000 for s in ses], labels, marker="|", color="black", s=60,
-                   label="offline optimum", zorder=3)
+        ax.scatter(
+            [(s.optimum_wh or 0.0) / 1000 for s in ses],
+            labels,
+            marker="|",
+            color="black",
+            s=60,
+            label="offline optimum",
+            zorder=3,
+        )
     ax.set_xlabel("kWh")
-    ax.set_title("per session: energy by departure vs need (red: short though the offline optimum completes it, "
-                 "orange: infeasible at the site)", fontsize=9)
+    ax.set_title(
+        "per session: energy by departure vs need (red: short though the offline optimum completes it, "
+        "orange: infeasible at the site)",
+        fontsize=9,
+    )
     ax.tick_params(axis="y", labelsize=6)
     ax.invert_yaxis()
     ax.legend(fontsize=8)
@@ -115,8 +140,16 @@ def plot_grid_signals(sim: Simulation, path: Path) -> bool:
         for src, color in _SOURCE_COLORS.items():
             on = [s == src for s in r.limit_source[node]]
             if any(on):
-                ax.fill_between(t, 0, 1, where=on, transform=ax.get_xaxis_transform(), color=color, alpha=0.12,
-                                label=f"limit source: {src}")
+                ax.fill_between(
+                    t,
+                    0,
+                    1,
+                    where=on,
+                    transform=ax.get_xaxis_transform(),
+                    color=color,
+                    alpha=0.12,
+                    label=f"limit source: {src}",
+                )
         ax.set_title(f"node {node}: total limit (all phases) by source, load, EV load", fontsize=9)
         ax.set_ylabel("kW")
         ax.grid(alpha=0.3)
@@ -126,8 +159,7 @@ def plot_grid_signals(sim: Simulation, path: Path) -> bool:
     others = iter(("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:pink", "tab:gray"))
     for k in labels:
         color = _SOURCE_COLORS.get(k) or next(others, "black")
-        ax.plot(t, [row.get(k, 0) for row in r.binding], lw=1.6 if k in _SOURCE_COLORS else 0.9, color=color,
-                label=k)
+        ax.plot(t, [row.get(k, 0) for row in r.binding], lw=1.6 if k in _SOURCE_COLORS else 0.9, color=color, label=k)
     ax.set_title("sessions per binding constraint (the allocator's explanation, SessionPlan.binding)", fontsize=9)
     ax.set_ylabel("sessions")
     ax.grid(alpha=0.3)
@@ -148,29 +180,40 @@ def write_report(sim: Simulation, summary: dict[str, Any], out: Path) -> Path:
         plot_node(sim, n, out / name)
         images.append((name, f"Node {n}: load per phase vs limit and headroom forecast"))
     if plot_grid_signals(sim, out / "grid-signals.png"):
-        images.insert(0, ("grid-signals.png", "Grid signals: the limit in force by source (OpenADR, §14a), load, "
-                                              "and the sessions each source bound"))
+        images.insert(
+            0,
+            (
+                "grid-signals.png",
+                "Grid signals: the limit in force by source (OpenADR, §14a), load, and the sessions each source bound",
+            ),
+        )
     if plot_pv(sim, out / "pv.png"):
         images.append(("pv.png", "PV forecast vs actual"))
     plot_sessions(sim, out / "sessions.png")
     images.append(("sessions.png", "Energy delivered vs need per session"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     with (out / "sessions.csv").open("w", encoding="utf-8") as f:
-        f.write("ev_id,station_id,evse_id,arrival,departure,need_wh,delivered_wh,feasible,optimum_wh,"
-                "site_feasible,on_time\n")
+        f.write(
+            "ev_id,station_id,evse_id,arrival,departure,need_wh,delivered_wh,feasible,optimum_wh,"
+            "site_feasible,on_time\n"
+        )
         for s in sim.sessions():
             opt = "" if s.optimum_wh is None else f"{s.optimum_wh:.0f}"
-            f.write(f"{s.ev_id},{s.station_id},{s.evse_id},{datetime.fromtimestamp(s.arrival_s, UTC).isoformat()},"
-                    f"{datetime.fromtimestamp(s.departure_s, UTC).isoformat()},{s.need_wh:.0f},"
-                    f"{s.delivered_wh:.0f},{s.feasible},{opt},{s.site_feasible},{s.on_time}\n")
-    figs = "\n".join(f'<figure><img src="{html.escape(n)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}'
-                     f"</figcaption></figure>" for n, c in images)
+            f.write(
+                f"{s.ev_id},{s.station_id},{s.evse_id},{datetime.fromtimestamp(s.arrival_s, UTC).isoformat()},"
+                f"{datetime.fromtimestamp(s.departure_s, UTC).isoformat()},{s.need_wh:.0f},"
+                f"{s.delivered_wh:.0f},{s.feasible},{opt},{s.site_feasible},{s.on_time}\n"
+            )
+    figs = "\n".join(
+        f'<figure><img src="{html.escape(n)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
+        for n, c in images
+    )
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>gridcharge demo: {html.escape(summary['scenario'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>gridcharge demo: {html.escape(summary["scenario"])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 pre{{background:#f6f6f6;padding:1em;font-size:13px}} img{{max-width:100%}} figure{{margin:1.5em 0}}
 figcaption{{color:#555;font-size:13px}}</style></head><body>
-<h1>gridcharge demo — {html.escape(summary['scenario'])}</h1>
+<h1>gridcharge demo — {html.escape(summary["scenario"])}</h1>
 <p>{html.escape(sim.sc.spec.description)}</p>
 <pre>{html.escape(format_summary(summary))}</pre>
 {figs}

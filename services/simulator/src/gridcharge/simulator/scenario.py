@@ -48,7 +48,7 @@ class _M(BaseModel):
 class WeatherSpec(_M):
     seed: int = 11
     mean_clear_sky_index: float = Field(0.7, gt=0, le=1.1)
-    forecast_error: float = Field(0.15, ge=0, le=1.0)   # std of the relative error of actual vs forecast GHI
+    forecast_error: float = Field(0.15, ge=0, le=1.0)  # std of the relative error of actual vs forecast GHI
 
 
 class BaseLoadSpec(_M):
@@ -72,7 +72,7 @@ class FleetSpec(_M):
     max_current_a: tuple[float, float] = (16.0, 32.0)
     phases: dict[int, float] = Field(default_factory=lambda: {3: 1.0})
     visits: int = Field(1, ge=1, le=4)
-    share: float = Field(1.0, ge=0, le=1)             # fraction of EVSEs that get a car
+    share: float = Field(1.0, ge=0, le=1)  # fraction of EVSEs that get a car
 
 
 class EventSpec(_M):
@@ -95,8 +95,8 @@ class ScenarioSpec(_M):
     start: datetime
     duration: str = "24h"
     seed: int = 1
-    step: str = "20s"                    # simulation step (sim time)
-    meter_interval: str = "60s"          # station MeterValues interval (sim time)
+    step: str = "20s"  # simulation step (sim time)
+    meter_interval: str = "60s"  # station MeterValues interval (sim time)
     grid_meter_interval: str = "30s"
     topology: dict[str, Any] | None = None
     topology_file: str | None = None
@@ -105,7 +105,7 @@ class ScenarioSpec(_M):
     fleet: tuple[FleetSpec, ...] = ()
     quirks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     events: tuple[EventSpec, ...] = ()
-    grid_signals: tuple[GridSignalSpec, ...] = ()     # OpenADR events, §14a dimmings (grid_signals.py)
+    grid_signals: tuple[GridSignalSpec, ...] = ()  # OpenADR events, §14a dimmings (grid_signals.py)
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,11 @@ def build_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
     tz = ZoneInfo(topo.site.timezone)
     start_s = spec.start.timestamp()
     end_s = start_s + _dur(spec.duration, "duration", source)
-    for key, val in (("step", spec.step), ("meter_interval", spec.meter_interval),
-                     ("grid_meter_interval", spec.grid_meter_interval)):
+    for key, val in (
+        ("step", spec.step),
+        ("meter_interval", spec.meter_interval),
+        ("grid_meter_interval", spec.grid_meter_interval),
+    ):
         _dur(val, key, source)
     for i, b in enumerate(spec.base_load):
         if b.node not in topo.node_by_id:
@@ -221,7 +224,7 @@ def build_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
         arr0 = _tod(f.arrival, day, tz, f"fleet[{i}].arrival", source)
         dep0 = _tod(f.departure, day, tz, f"fleet[{i}].departure", source)
         if dep0 <= arr0:
-            dep0 += 86_400                   # overnight (depot): departure the next morning
+            dep0 += 86_400  # overnight (depot): departure the next morning
         a_std = _dur(f.arrival_std, f"fleet[{i}].arrival_std", source)
         d_std = _dur(f.departure_std, f"fleet[{i}].departure_std", source)
         min_stay = _dur(f.min_stay, f"fleet[{i}].min_stay", source)
@@ -230,7 +233,7 @@ def build_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
             for e in st.evses:
                 if rng.random() > f.share:
                     continue
-                span = (dep0 - arr0) / f.visits          # several visits split the window evenly
+                span = (dep0 - arr0) / f.visits  # several visits split the window evenly
                 for k in range(f.visits):
                     arr = arr0 + k * span + rng.gauss(0, a_std)
                     dep = arr0 + (k + 1) * span + rng.gauss(0, d_std)
@@ -243,10 +246,17 @@ def build_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
                     battery = rng.uniform(*f.battery_kwh) * 1000
                     soc0 = rng.uniform(*f.arrival_soc)
                     target = max(soc0 + 0.01, rng.uniform(*f.target_soc))
-                    ev = Ev(ev_id=f"{st.id}/{e.id}/{k}", battery_wh=battery, arrival_soc=soc0,
-                            target_soc=min(1.0, target), arrival_s=arr, departure_s=dep,
-                            max_current_a=float(round(rng.uniform(*f.max_current_a))),
-                            phases=rng.choices(phase_opts, phase_w)[0], announces_needs=st.ocpp in ("2.0.1", "2.1"))
+                    ev = Ev(
+                        ev_id=f"{st.id}/{e.id}/{k}",
+                        battery_wh=battery,
+                        arrival_soc=soc0,
+                        target_soc=min(1.0, target),
+                        arrival_s=arr,
+                        departure_s=dep,
+                        max_current_a=float(round(rng.uniform(*f.max_current_a))),
+                        phases=rng.choices(phase_opts, phase_w)[0],
+                        announces_needs=st.ocpp in ("2.0.1", "2.1"),
+                    )
                     visits.append(Visit(st.id, e.id, ev))
     events: list[Event] = []
     for i, ev_spec in enumerate(spec.events):
@@ -263,16 +273,35 @@ def build_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
             raise ConfigError(source, key + ".station", f"unknown station '{ev_spec.station}'")
         if ev_spec.kind == "limit" and (ev_spec.node is None or ev_spec.pct is None):
             raise ConfigError(source, key, "a limit event needs node and pct")
-        events.append(Event(at_s=at, kind=ev_spec.kind, end_s=end,
-                            announce_s=at - _dur(ev_spec.announce, key + ".announce", source),
-                            service=ev_spec.service, node=ev_spec.node, pct=ev_spec.pct, station=ev_spec.station))
+        events.append(
+            Event(
+                at_s=at,
+                kind=ev_spec.kind,
+                end_s=end,
+                announce_s=at - _dur(ev_spec.announce, key + ".announce", source),
+                service=ev_spec.service,
+                node=ev_spec.node,
+                pct=ev_spec.pct,
+                station=ev_spec.station,
+            )
+        )
     visits.sort(key=lambda v: v.ev.arrival_s)
-    return Scenario(spec, topo, source, start_s, end_s, visits, sorted(events, key=lambda e: e.at_s), quirks,
-                    _grid_signals(spec, topo, day, tz, source, end_s))
+    return Scenario(
+        spec,
+        topo,
+        source,
+        start_s,
+        end_s,
+        visits,
+        sorted(events, key=lambda e: e.at_s),
+        quirks,
+        _grid_signals(spec, topo, day, tz, source, end_s),
+    )
 
 
-def _grid_signals(spec: ScenarioSpec, topo: Topology, day: datetime, tz: ZoneInfo, source: str,
-                  end_s: float) -> list[GridSignal]:
+def _grid_signals(
+    spec: ScenarioSpec, topo: Topology, day: datetime, tz: ZoneInfo, source: str, end_s: float
+) -> list[GridSignal]:
     """The `grid_signals:` entries with their times resolved and limits in W per phase."""
     out: list[GridSignal] = []
     for i, g in enumerate(spec.grid_signals):
@@ -297,13 +326,21 @@ def _grid_signals(spec: ScenarioSpec, topo: Topology, day: datetime, tz: ZoneInf
                 lim = (node_lim[0] * g.pct / 100, node_lim[1] * g.pct / 100, node_lim[2] * g.pct / 100)
             else:
                 raise ConfigError(source, key, "an openadr signal needs limit_kw or pct")
-            out.append(GridSignal("openadr", g.node, at, end, announce, (lim[0], lim[1], lim[2]),
-                                  event_id=g.event_id or f"{g.node}-{i}"))
+            out.append(
+                GridSignal(
+                    "openadr",
+                    g.node,
+                    at,
+                    end,
+                    announce,
+                    (lim[0], lim[1], lim[2]),
+                    event_id=g.event_id or f"{g.node}-{i}",
+                )
+            )
         else:
             devices = g.devices or sum(1 for _ in topo.stations_under(g.node))
             out.append(GridSignal("§14a", g.node, at, end, at, None, max(1, devices), g.ems))
     return out
-
 
 
 def scenario_path(name_or_path: str) -> Path:

@@ -35,8 +35,8 @@ from gridcharge.simulator.stations import Quirks, StationClient, StationModel
 
 log = logging.getLogger(__name__)
 
-EventHook = Callable[[Event, bool], Awaitable[None]]   # (event, started?) -> None
-PLAN_FRESH_S = 150.0    # a session's plan older than this (the allocator re-plans every 60 s) no longer counts
+EventHook = Callable[[Event, bool], Awaitable[None]]  # (event, started?) -> None
+PLAN_FRESH_S = 150.0  # a session's plan older than this (the allocator re-plans every 60 s) no longer counts
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SessionResult:
     need_wh: float
     delivered_wh: float
     feasible: bool
-    optimum_wh: float | None = None     # what the offline optimum delivers to it (None: not computed)
+    optimum_wh: float | None = None  # what the offline optimum delivers to it (None: not computed)
 
     @property
     def site_feasible(self) -> bool:
@@ -82,18 +82,18 @@ class Recorder:
     limit_w: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
     ev_w: dict[str, list[float]] = field(default_factory=dict)
     pv_w: dict[str, list[float]] = field(default_factory=dict)
-    pv_forecast_w: dict[str, list[float]] = field(default_factory=dict)      # the forecaster's (HEADROOM pv_w)
-    pv_weather_fc_w: dict[str, list[float]] = field(default_factory=dict)    # PV of the forecast weather
+    pv_forecast_w: dict[str, list[float]] = field(default_factory=dict)  # the forecaster's (HEADROOM pv_w)
+    pv_weather_fc_w: dict[str, list[float]] = field(default_factory=dict)  # PV of the forecast weather
     headroom_w: dict[str, list[tuple[float, float, float] | None]] = field(default_factory=dict)
-    base_w: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)   # load − EV, per phase
+    base_w: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)  # load − EV, per phase
     energy_wh: float = 0.0
     cost: float = 0.0
     pv_energy_wh: float = 0.0
     pv_self_wh: float = 0.0
     violations: list[Violation] = field(default_factory=list)
     fallback_checks: list[tuple[float, str, float, float]] = field(default_factory=list)
-    limit_source: dict[str, list[str]] = field(default_factory=dict)   # source of the lowest limit in force
-    binding: list[dict[str, int]] = field(default_factory=list)   # sessions per binding source (grid signals)
+    limit_source: dict[str, list[str]] = field(default_factory=dict)  # source of the lowest limit in force
+    binding: list[dict[str, int]] = field(default_factory=list)  # sessions per binding source (grid signals)
 
     def __post_init__(self) -> None:
         for n in self.nodes:
@@ -122,8 +122,18 @@ def price_at(tariff: Any, t: float, tz: ZoneInfo) -> float:
 
 def max_energy_wh(ev: Ev, hw_max_a: float, voltage_v: float, window_s: float) -> float:
     """Energy the EV could take alone at full power within `window_s` (taper included), Wh."""
-    probe = Ev(ev.ev_id, ev.battery_wh, ev.arrival_soc, ev.target_soc, 0.0, window_s,
-               min(ev.max_current_a, hw_max_a), ev.min_current_a, ev.phases, ev.taper_soc)
+    probe = Ev(
+        ev.ev_id,
+        ev.battery_wh,
+        ev.arrival_soc,
+        ev.target_soc,
+        0.0,
+        window_s,
+        min(ev.max_current_a, hw_max_a),
+        ev.min_current_a,
+        ev.phases,
+        ev.taper_soc,
+    )
     t = 0.0
     while t < window_s and not probe.full:
         cur, ph = probe.draw_a(None)
@@ -137,9 +147,19 @@ def max_energy_wh(ev: Ev, hw_max_a: float, voltage_v: float, window_s: float) ->
 class Simulation:
     """A scenario running against a gateway: stations, EVs, grid, events and the recorder."""
 
-    def __init__(self, scenario: Scenario, clock: Clock, bus: Bus | None, gateway_urls: list[str], *,
-                 on_event: EventHook | None = None, weather: Weather | None = None,
-                 response_timeout_s: float = 10.0, reconnect_s: float = 0.5, producer: str = "simulator") -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        clock: Clock,
+        bus: Bus | None,
+        gateway_urls: list[str],
+        *,
+        on_event: EventHook | None = None,
+        weather: Weather | None = None,
+        response_timeout_s: float = 10.0,
+        reconnect_s: float = 0.5,
+        producer: str = "simulator",
+    ) -> None:
         self.sc, self.clock, self.bus, self.on_event = scenario, clock, bus, on_event
         self.topo = scenario.topology
         self.v = self.topo.nominal_voltage_v
@@ -157,15 +177,22 @@ class Simulation:
         for st in self.topo.stations:
             m = StationModel(st, self.v, scenario.quirks.get(st.id, Quirks()))
             self.models[st.id] = m
-            self.clients[st.id] = StationClient(m, gateway_urls, clock, meter_interval_s=meter_s,
-                                                response_timeout_s=response_timeout_s, reconnect_s=reconnect_s)
+            self.clients[st.id] = StationClient(
+                m,
+                gateway_urls,
+                clock,
+                meter_interval_s=meter_s,
+                response_timeout_s=response_timeout_s,
+                reconnect_s=reconnect_s,
+            )
         self.visits: list[Visit] = scenario.fresh_visits()
         self._pending = list(self.visits)
-        self._events = [(e.announce_s if e.kind == "limit" and e.announce_s is not None else e.at_s, 0, e)
-                        for e in scenario.events]
+        self._events = [
+            (e.announce_s if e.kind == "limit" and e.announce_s is not None else e.at_s, 0, e) for e in scenario.events
+        ]
         self._events += [(e.end_s, 1, e) for e in scenario.events if e.end_s is not None and e.kind != "limit"]
         self._events.sort(key=lambda x: (x[0], x[1]))
-        self.external: list[tuple[float, float, str, float]] = []     # (from, to, node, pct)
+        self.external: list[tuple[float, float, str, float]] = []  # (from, to, node, pct)
         self.rec = Recorder([n.id for n in self.topo.nodes])
         self._optimum: tuple[int, OfflineOptimum | None] | None = None
         self.headroom: dict[str, forecast_pb2.HeadroomForecast] = {}
@@ -174,23 +201,26 @@ class Simulation:
         self.service_down: set[str] = set()
         self._sub: Any = None
         self.signals = GridSignals(scenario.grid_signals, self.topo, producer) if scenario.grid_signals else None
-        self.plan_binding: dict[str, tuple[str, float]] = {}   # session id -> (binding source label, heard at)
+        self.plan_binding: dict[str, tuple[str, float]] = {}  # session id -> (binding source label, heard at)
         self._plans_sub: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self, connect_timeout_s: float = 20.0, watch_headroom: bool = True) -> int:
         """Connect every station; return how many connected within the timeout."""
         if self.bus is not None and watch_headroom:
-            self._sub = await self.bus.subscribe([contracts.HEADROOM.name], f"{self.producer}-headroom",
-                                                 self._on_headroom, from_beginning=False)
+            self._sub = await self.bus.subscribe(
+                [contracts.HEADROOM.name], f"{self.producer}-headroom", self._on_headroom, from_beginning=False
+            )
         if self.bus is not None and self.signals is not None:
-            self._plans_sub = await self.bus.subscribe([contracts.SESSION_PLANS.name], f"{self.producer}-plans",
-                                                       self._on_session_plan, from_beginning=False)
+            self._plans_sub = await self.bus.subscribe(
+                [contracts.SESSION_PLANS.name], f"{self.producer}-plans", self._on_session_plan, from_beginning=False
+            )
         for c in self.clients.values():
             c.start()
         try:
-            await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in self.clients.values())),
-                                   connect_timeout_s)
+            await asyncio.wait_for(
+                asyncio.gather(*(c.connected.wait() for c in self.clients.values())), connect_timeout_s
+            )
         except TimeoutError:
             pass
         return sum(1 for c in self.clients.values() if c.connected.is_set())
@@ -268,9 +298,13 @@ class Simulation:
         f = e.pct / 100
         msg = grid_pb2.ExternalLimit(
             meta=meta(self.producer, self.clock.time()),
-            node_id=e.node, limit_id=f"sim-{e.node}-{int(e.at_s)}", source="dso",
-            valid_from=to_timestamp(e.at_s), valid_to=to_timestamp(end),
-            limit_w=phase_values([w * f for w in lim]), fallback_limit_w=phase_values([w * f for w in lim]),
+            node_id=e.node,
+            limit_id=f"sim-{e.node}-{int(e.at_s)}",
+            source="dso",
+            valid_from=to_timestamp(e.at_s),
+            valid_to=to_timestamp(end),
+            limit_w=phase_values([w * f for w in lim]),
+            fallback_limit_w=phase_values([w * f for w in lim]),
         )
         await self.bus.publish(contracts.EXTERNAL_LIMITS.name, e.node, msg.SerializeToString())
 
@@ -288,7 +322,7 @@ class Simulation:
         while self._pending and self._pending[0].ev.arrival_s <= t:
             v = self._pending[0]
             if self.models[v.station_id].evses[v.evse_id].ev is not None:
-                break                                  # previous car still there; retry next step
+                break  # previous car still there; retry next step
             self._pending.pop(0)
             self.clients[v.station_id].plug_in(v.evse_id, v.ev, t)
         wh = sum(m.step(t, dt_s) for m in self.models.values())
@@ -300,8 +334,11 @@ class Simulation:
             ambient = self._ambient(t)
             for n in self.topo.nodes:
                 if n.metered:
-                    await self.bus.publish(contracts.GRID_METER_READINGS.name, n.id,
-                                           meter_reading(n.id, t, total[n.id], self.v, ambient, self.producer))
+                    await self.bus.publish(
+                        contracts.GRID_METER_READINGS.name,
+                        n.id,
+                        meter_reading(n.id, t, total[n.id], self.v, ambient, self.producer),
+                    )
         await asyncio.gather(*(c.tick(t) for c in self.clients.values()))
 
     def _ambient(self, t: float) -> float:
@@ -311,8 +348,15 @@ class Simulation:
         i = min(len(w) - 1, max(0, int((t - (w.index[0].timestamp() - 450)) // 900)))
         return float(w["temp_air_c"].iloc[i])
 
-    def _record(self, t: float, dt_s: float, wh: float, total: dict[str, list[float]], ev: dict[str, list[float]],
-                pv: dict[str, list[float]]) -> None:
+    def _record(
+        self,
+        t: float,
+        dt_s: float,
+        wh: float,
+        total: dict[str, list[float]],
+        ev: dict[str, list[float]],
+        pv: dict[str, list[float]],
+    ) -> None:
         r = self.rec
         fc_pv = self.grid.pv_w(t, actual=False)
         r.t.append(t)
@@ -321,7 +365,7 @@ class Simulation:
         if self.signals is not None:
             counts: dict[str, int] = {}
             for label, heard in self.plan_binding.values():
-                if t - heard <= PLAN_FRESH_S:            # sessions that ended get no more plans
+                if t - heard <= PLAN_FRESH_S:  # sessions that ended get no more plans
                     counts[label] = counts.get(label, 0) + 1
             r.binding.append(counts)
         for n in r.nodes:
@@ -353,7 +397,7 @@ class Simulation:
         if self._optimum is None or self._optimum[0] != len(self.rec.t):
             try:
                 self._optimum = (len(self.rec.t), offline_optimum(self))
-            except Exception:   # a report without the reference is better than no report
+            except Exception:  # a report without the reference is better than no report
                 log.warning("offline optimum failed", exc_info=True)
                 self._optimum = (len(self.rec.t), None)
         return self._optimum[1]
@@ -368,9 +412,19 @@ class Simulation:
             hw = min(st.max_current_a, st.evse(v.evse_id).max_current_a or st.max_current_a)
             stay = v.ev.departure_s - v.ev.arrival_s
             feasible = max_energy_wh(v.ev, hw, self.v, stay * 0.8) >= v.ev.energy_need_wh
-            out.append(SessionResult(v.ev.ev_id, v.station_id, v.evse_id, v.ev.arrival_s, v.ev.departure_s,
-                                     v.ev.energy_need_wh, v.ev.delivered_wh, feasible,
-                                     opt.per_session_wh.get(v.ev.ev_id, 0.0) if opt is not None else None))
+            out.append(
+                SessionResult(
+                    v.ev.ev_id,
+                    v.station_id,
+                    v.evse_id,
+                    v.ev.arrival_s,
+                    v.ev.departure_s,
+                    v.ev.energy_need_wh,
+                    v.ev.delivered_wh,
+                    feasible,
+                    opt.per_session_wh.get(v.ev.ev_id, 0.0) if opt is not None else None,
+                )
+            )
         return out
 
     def write_figures(self) -> dict[str, float]:
@@ -385,10 +439,12 @@ class Simulation:
                 buckets[int(t // 3600)] = buckets.get(int(t // 3600), 0) + 1
             peak = max(peak, max(buckets.values(), default=0))
         n = max(1, len(per_station))
-        return {"profile_writes": float(sum(per_station)),
-                "writes_per_station_hour": sum(per_station) / n / hours,
-                "writes_per_station_hour_max": max(per_station, default=0) / hours,
-                "writes_peak_station_hour": float(peak)}
+        return {
+            "profile_writes": float(sum(per_station)),
+            "writes_per_station_hour": sum(per_station) / n / hours,
+            "writes_per_station_hour_max": max(per_station, default=0) / hours,
+            "writes_peak_station_hour": float(peak),
+        }
 
     def grid_signal_summary(self) -> list[dict[str, Any]]:
         """Per grid signal: its window and limit, the node's peak load and EV energy in the window (ground truth),
@@ -401,23 +457,30 @@ class Simulation:
             idx = [i for i, t in enumerate(r.t) if sig.at_s <= t < sig.end_s]
             lim = [sum(r.limit_w[sig.node][i]) for i in idx if r.limit_source[sig.node][i] == sig.kind]
             dt = [(r.t[i + 1] if i + 1 < len(r.t) else self.clock.time()) - r.t[i] for i in idx]
-            out.append({
-                "kind": sig.kind, "node": sig.node,
-                "from": datetime.fromtimestamp(sig.at_s, UTC).isoformat(),
-                "to": datetime.fromtimestamp(sig.end_s, UTC).isoformat(),
-                "limit_kw": min(lim) / 1000 if lim else None,
-                "peak_kw": max((sum(r.load_w[sig.node][i]) for i in idx), default=0.0) / 1000,
-                "ev_energy_kwh": sum(r.ev_w[sig.node][i] * d for i, d in zip(idx, dt, strict=True)) / 3.6e6,
-                "steps_binding": sum(1 for i in idx if r.binding[i].get(sig.kind, 0) > 0),
-                "steps": len(idx),
-                "sessions_bound_max": max((r.binding[i].get(sig.kind, 0) for i in idx), default=0),
-                # over the limit on the node during the window: in its first minute (an unannounced §14a
-                # dimming gives no notice) and later
-                "violations_first_minute": sum(1 for v in r.violations if v.node == sig.node
-                                               and sig.at_s <= v.t < min(sig.end_s, sig.at_s + 60)),
-                "violations_later": sum(1 for v in r.violations if v.node == sig.node
-                                        and sig.at_s + 60 <= v.t < sig.end_s),
-            })
+            out.append(
+                {
+                    "kind": sig.kind,
+                    "node": sig.node,
+                    "from": datetime.fromtimestamp(sig.at_s, UTC).isoformat(),
+                    "to": datetime.fromtimestamp(sig.end_s, UTC).isoformat(),
+                    "limit_kw": min(lim) / 1000 if lim else None,
+                    "peak_kw": max((sum(r.load_w[sig.node][i]) for i in idx), default=0.0) / 1000,
+                    "ev_energy_kwh": sum(r.ev_w[sig.node][i] * d for i, d in zip(idx, dt, strict=True)) / 3.6e6,
+                    "steps_binding": sum(1 for i in idx if r.binding[i].get(sig.kind, 0) > 0),
+                    "steps": len(idx),
+                    "sessions_bound_max": max((r.binding[i].get(sig.kind, 0) for i in idx), default=0),
+                    # over the limit on the node during the window: in its first minute (an unannounced §14a
+                    # dimming gives no notice) and later
+                    "violations_first_minute": sum(
+                        1
+                        for v in r.violations
+                        if v.node == sig.node and sig.at_s <= v.t < min(sig.end_s, sig.at_s + 60)
+                    ),
+                    "violations_later": sum(
+                        1 for v in r.violations if v.node == sig.node and sig.at_s + 60 <= v.t < sig.end_s
+                    ),
+                }
+            )
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -430,8 +493,11 @@ class Simulation:
         for n in self.rec.nodes:
             lim = self.topo.limit_w(n)
             peak = self.rec.peak(n)
-            nodes[n] = {"peak_w": peak, "limit_w": lim,
-                        "violations": sum(1 for v in self.rec.violations if v.node == n)}
+            nodes[n] = {
+                "peak_w": peak,
+                "limit_w": lim,
+                "violations": sum(1 for v in self.rec.violations if v.node == n),
+            }
         return {
             "scenario": self.sc.name,
             "start": datetime.fromtimestamp(self.sc.start_s, UTC).isoformat(),
@@ -450,7 +516,8 @@ class Simulation:
             "energy_total_kwh": self.rec.energy_wh / 1000,
             "pv_energy_kwh": self.rec.pv_energy_wh / 1000,
             "pv_self_consumption_pct": 100 * self.rec.pv_self_wh / self.rec.pv_energy_wh
-            if self.rec.pv_energy_wh > 0 else None,
+            if self.rec.pv_energy_wh > 0
+            else None,
             "ev_cost": self.rec.cost,
             "currency": self.topo.tariff.currency,
             "violations": len(self.rec.violations),

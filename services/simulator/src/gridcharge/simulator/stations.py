@@ -44,8 +44,10 @@ from websockets.typing import Subprotocol
 log = logging.getLogger(__name__)
 
 _PURPOSE_IN: dict[str, str] = {
-    "ChargePointMaxProfile": "StationMax", "ChargingStationMaxProfile": "StationMax",
-    "TxDefaultProfile": "TxDefault", "TxProfile": "Tx",
+    "ChargePointMaxProfile": "StationMax",
+    "ChargingStationMaxProfile": "StationMax",
+    "TxDefaultProfile": "TxDefault",
+    "TxProfile": "Tx",
 }
 
 
@@ -54,14 +56,14 @@ class Quirks:
     """Real-world station misbehaviour, per station."""
 
     rejects_profiles: bool = False
-    rate_units: tuple[str, ...] = ("A", "W")     # ("A",) = A-only, ("W",) = W-only
-    max_periods: int = 24                         # rejects schedules with more periods
-    ignores_valid_to: bool = False                # keeps applying expired Tx leases
-    forgets_profiles_on_reboot: bool = True       # a reboot wipes installed profiles (most stations do)
-    stale_meter_after_s: float | None = None      # stops sending meter values this long after start
-    implausible_factor: float = 1.0               # reported currents/powers are multiplied by this
+    rate_units: tuple[str, ...] = ("A", "W")  # ("A",) = A-only, ("W",) = W-only
+    max_periods: int = 24  # rejects schedules with more periods
+    ignores_valid_to: bool = False  # keeps applying expired Tx leases
+    forgets_profiles_on_reboot: bool = True  # a reboot wipes installed profiles (most stations do)
+    stale_meter_after_s: float | None = None  # stops sending meter values this long after start
+    implausible_factor: float = 1.0  # reported currents/powers are multiplied by this
     max_stack_level: int = 8
-    ignores_profiles: bool = False                # answers Accepted to SetChargingProfile but installs nothing
+    ignores_profiles: bool = False  # answers Accepted to SetChargingProfile but installs nothing
 
 
 @dataclass
@@ -71,15 +73,15 @@ class EvseState:
     max_current_a: float
     ev: Ev | None = None
     tx: Transaction | None = None
-    register_wh: float = 0.0          # Energy.Active.Import.Register
-    current_a: float = 0.0            # per phase, drawn now
+    register_wh: float = 0.0  # Energy.Active.Import.Register
+    current_a: float = 0.0  # per phase, drawn now
     phases_used: int = 0
-    limit_a: float | None = None      # what the profiles allow now (None = no limit)
+    limit_a: float | None = None  # what the profiles allow now (None = no limit)
     limit_source: str = "none"
-    tx_reported: bool = False         # the CSMS knows about the transaction
+    tx_reported: bool = False  # the CSMS knows about the transaction
     needs_sent: bool = False
     seq_no: int = 0
-    priority: bool = False            # 2.1 priority charging active
+    priority: bool = False  # 2.1 priority charging active
 
 
 @dataclass
@@ -98,8 +100,11 @@ class StationModel:
         self.profiles.ignore_valid_to = self.quirks.ignores_valid_to
         if not self.evses:
             for e in self.cfg.evses:
-                self.evses[e.id] = EvseState(e.id, self.cfg.evse_phases(e.id),
-                                             min(e.max_current_a or self.cfg.max_current_a, self.cfg.max_current_a))
+                self.evses[e.id] = EvseState(
+                    e.id,
+                    self.cfg.evse_phases(e.id),
+                    min(e.max_current_a or self.cfg.max_current_a, self.cfg.max_current_a),
+                )
 
     @property
     def station_id(self) -> str:
@@ -200,32 +205,44 @@ class _Handlers16(Cp16):
     client: StationClient
 
     @on("SetChargingProfile")
-    async def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any],
-                                      **_: Any) -> Any:
+    async def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any) -> Any:
         ok, why = self.client.model.install_profile(cs_charging_profiles, connector_id, self.client.clock.time())
         self.client.note_profile(ok, why)
         return res16.SetChargingProfile(status="Accepted" if ok else "Rejected")
 
     @on("ClearChargingProfile")
-    async def on_clear_charging_profile(self, id: int | None = None, connector_id: int | None = None,
-                                        charging_profile_purpose: str | None = None, stack_level: int | None = None,
-                                        **_: Any) -> Any:
+    async def on_clear_charging_profile(
+        self,
+        id: int | None = None,
+        connector_id: int | None = None,
+        charging_profile_purpose: str | None = None,
+        stack_level: int | None = None,
+        **_: Any,
+    ) -> Any:
         purpose = _PURPOSE_IN.get(charging_profile_purpose or "")
         done = self.client.model.profiles.clear(id, connector_id, purpose, stack_level)  # type: ignore[arg-type]
         return res16.ClearChargingProfile(status="Accepted" if done else "Unknown")
 
     @on("GetCompositeSchedule")
-    async def on_get_composite_schedule(self, connector_id: int, duration: int,
-                                        charging_rate_unit: str | None = None, **_: Any) -> Any:
+    async def on_get_composite_schedule(
+        self, connector_id: int, duration: int, charging_rate_unit: str | None = None, **_: Any
+    ) -> Any:
         m, now = self.client.model, self.client.clock.time()
         if connector_id != 0 and connector_id not in m.evses:
             return res16.GetCompositeSchedule(status="Rejected")
         pts = m.profiles.composite_schedule(connector_id, now, duration, m.active_tx(connector_id), 3, m.voltage_v)
         periods = [{"start_period": off, "limit": round(min(lim, m.cfg.max_current_a), 1)} for off, lim in pts]
         return res16.GetCompositeSchedule(
-            status="Accepted", connector_id=connector_id, schedule_start=iso_utc(now),
-            charging_schedule={"duration": duration, "start_schedule": iso_utc(now), "charging_rate_unit": "A",
-                               "charging_schedule_period": periods})
+            status="Accepted",
+            connector_id=connector_id,
+            schedule_start=iso_utc(now),
+            charging_schedule={
+                "duration": duration,
+                "start_schedule": iso_utc(now),
+                "charging_rate_unit": "A",
+                "charging_schedule_period": periods,
+            },
+        )
 
     @on("GetConfiguration")
     async def on_get_configuration(self, key: list[str] | None = None, **_: Any) -> Any:
@@ -270,33 +287,48 @@ class _Handlers201(Cp201):
     async def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
         ok, why = self.client.model.install_profile(charging_profile, evse_id, self.client.clock.time())
         self.client.note_profile(ok, why)
-        return res201.SetChargingProfile(status="Accepted" if ok else "Rejected",
-                                         status_info=None if ok else {"reason_code": "InvalidProfile"})
+        return res201.SetChargingProfile(
+            status="Accepted" if ok else "Rejected", status_info=None if ok else {"reason_code": "InvalidProfile"}
+        )
 
     @on("ClearChargingProfile")
-    async def on_clear_charging_profile(self, charging_profile_id: int | None = None,
-                                        charging_profile_criteria: dict[str, Any] | None = None, **_: Any) -> Any:
+    async def on_clear_charging_profile(
+        self, charging_profile_id: int | None = None, charging_profile_criteria: dict[str, Any] | None = None, **_: Any
+    ) -> Any:
         c = charging_profile_criteria or {}
         purpose = _PURPOSE_IN.get(c.get("charging_profile_purpose") or "")
-        done = self.client.model.profiles.clear(charging_profile_id, c.get("evse_id"), purpose,  # type: ignore[arg-type]
-                                                c.get("stack_level"))
+        done = self.client.model.profiles.clear(
+            charging_profile_id,
+            c.get("evse_id"),
+            purpose,  # type: ignore[arg-type]
+            c.get("stack_level"),
+        )
         return res201.ClearChargingProfile(status="Accepted" if done else "Unknown")
 
     @on("GetCompositeSchedule")
-    async def on_get_composite_schedule(self, duration: int, evse_id: int, charging_rate_unit: str | None = None,
-                                        **_: Any) -> Any:
+    async def on_get_composite_schedule(
+        self, duration: int, evse_id: int, charging_rate_unit: str | None = None, **_: Any
+    ) -> Any:
         m, now = self.client.model, self.client.clock.time()
         if evse_id != 0 and evse_id not in m.evses:
             return res201.GetCompositeSchedule(status="Rejected")
         pts = m.profiles.composite_schedule(evse_id, now, duration, m.active_tx(evse_id), 3, m.voltage_v)
         periods = [{"start_period": off, "limit": round(min(lim, m.cfg.max_current_a), 1)} for off, lim in pts]
-        return res201.GetCompositeSchedule(status="Accepted", schedule={
-            "evse_id": evse_id, "duration": duration, "schedule_start": iso_utc(now), "charging_rate_unit": "A",
-            "charging_schedule_period": periods})
+        return res201.GetCompositeSchedule(
+            status="Accepted",
+            schedule={
+                "evse_id": evse_id,
+                "duration": duration,
+                "schedule_start": iso_utc(now),
+                "charging_rate_unit": "A",
+                "charging_schedule_period": periods,
+            },
+        )
 
     @on("GetChargingProfiles")
-    async def on_get_charging_profiles(self, request_id: int, charging_profile: dict[str, Any],
-                                       evse_id: int | None = None, **_: Any) -> Any:
+    async def on_get_charging_profiles(
+        self, request_id: int, charging_profile: dict[str, Any], evse_id: int | None = None, **_: Any
+    ) -> Any:
         has = bool(self.client.model.profiles.profiles)
         if has:
             self.client.triggered.append(f"ReportChargingProfiles:{request_id}")
@@ -309,9 +341,14 @@ class _Handlers201(Cp201):
         for d in get_variable_data:
             comp, var = d["component"]["name"], d["variable"]["name"]
             val = known.get((comp, var))
-            out.append({"attribute_status": "Accepted" if val is not None else "UnknownVariable",
-                        "component": d["component"], "variable": d["variable"],
-                        **({"attribute_value": val} if val is not None else {})})
+            out.append(
+                {
+                    "attribute_status": "Accepted" if val is not None else "UnknownVariable",
+                    "component": d["component"],
+                    "variable": d["variable"],
+                    **({"attribute_value": val} if val is not None else {}),
+                }
+            )
         return res201.GetVariables(get_variable_result=out)
 
     @on("SetVariables")
@@ -322,13 +359,17 @@ class _Handlers201(Cp201):
             ok = (comp, var) == ("SampledDataCtrlr", "TxUpdatedInterval") and str(d["attribute_value"]).isdigit()
             if ok:
                 self.client.meter_interval_s = max(1.0, float(d["attribute_value"]))
-            out.append({"attribute_status": "Accepted" if ok else "Rejected", "component": d["component"],
-                        "variable": d["variable"]})
+            out.append(
+                {
+                    "attribute_status": "Accepted" if ok else "Rejected",
+                    "component": d["component"],
+                    "variable": d["variable"],
+                }
+            )
         return res201.SetVariables(set_variable_result=out)
 
     @on("TriggerMessage")
-    async def on_trigger_message(self, requested_message: str, evse: dict[str, Any] | None = None,
-                                 **_: Any) -> Any:
+    async def on_trigger_message(self, requested_message: str, evse: dict[str, Any] | None = None, **_: Any) -> Any:
         if requested_message in ("MeterValues", "StatusNotification", "Heartbeat", "BootNotification"):
             self.client.triggered.append(requested_message)
             return res201.TriggerMessage(status="Accepted")
@@ -340,10 +381,10 @@ class _Handlers201(Cp201):
         return res201.Reset(status="Accepted")
 
     @on("RequestStartTransaction")
-    async def on_request_start_transaction(self, id_token: dict[str, Any], remote_start_id: int,
-                                           evse_id: int | None = None, **_: Any) -> Any:
-        self.client.remote_starts.append({"id_token": id_token, "remote_start_id": remote_start_id,
-                                          "evse_id": evse_id})
+    async def on_request_start_transaction(
+        self, id_token: dict[str, Any], remote_start_id: int, evse_id: int | None = None, **_: Any
+    ) -> Any:
+        self.client.remote_starts.append({"id_token": id_token, "remote_start_id": remote_start_id, "evse_id": evse_id})
         return res201.RequestStartTransaction(status="Accepted")
 
 
@@ -359,15 +400,23 @@ class ClientStats:
 class StationClient:
     """Connects one StationModel to a gateway over OCPP and keeps it connected (reconnect with back-off)."""
 
-    def __init__(self, model: StationModel, urls: list[str], clock: Clock, *, meter_interval_s: float = 60.0,
-                 heartbeat_s: float = 300.0, response_timeout_s: float = 10.0,
-                 reconnect_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        model: StationModel,
+        urls: list[str],
+        clock: Clock,
+        *,
+        meter_interval_s: float = 60.0,
+        heartbeat_s: float = 300.0,
+        response_timeout_s: float = 10.0,
+        reconnect_s: float = 0.5,
+    ) -> None:
         self.model, self.urls, self.clock = model, urls, clock
         self.meter_interval_s, self.heartbeat_s = meter_interval_s, heartbeat_s
         self.response_timeout_s, self.reconnect_s = response_timeout_s, reconnect_s
         self.cp: _Handlers16 | _Handlers201 | _Handlers21 | None = None
         self.connected = asyncio.Event()
-        self.enabled = True            # False: the station is unplugged from the network (event)
+        self.enabled = True  # False: the station is unplugged from the network (event)
         self.triggered: list[str] = []
         self.reboot_requested = False
         self.stats = ClientStats()
@@ -378,7 +427,7 @@ class StationClient:
         self._ws: Any = None
         self._url_index = random.randrange(len(urls)) if urls else 0
         self.profile_log: list[tuple[float, bool, str]] = []
-        self.remote_starts: list[dict[str, Any]] = []   # RemoteStart/RequestStartTransaction received
+        self.remote_starts: list[dict[str, Any]] = []  # RemoteStart/RequestStartTransaction received
 
     @property
     def v201(self) -> bool:
@@ -454,8 +503,9 @@ class StationClient:
                 continue
             url = self.urls[self._url_index % len(self.urls)].rstrip("/") + "/" + self.model.station_id
             try:
-                async with websockets.connect(url, subprotocols=[sub], open_timeout=5,
-                                              ping_interval=None, close_timeout=1) as ws:
+                async with websockets.connect(
+                    url, subprotocols=[sub], open_timeout=5, ping_interval=None, close_timeout=1
+                ) as ws:
                     self._ws = ws
                     cls = _Handlers21 if self.v21 else _Handlers201 if self.v201 else _Handlers16
                     cp = cls(self.model.station_id, ws, response_timeout=self.response_timeout_s)
@@ -479,29 +529,45 @@ class StationClient:
             self.cp, self._ws = None, None
             for e in self.model.evses.values():
                 e.needs_sent = False
-            self._url_index += 1                  # try the next replica
+            self._url_index += 1  # try the next replica
             await asyncio.sleep(self.reconnect_s * (0.5 + random.random()))
 
     async def _on_connected(self) -> None:
         now = self.clock.time()
         if self.v201:
-            await self._call(call201.BootNotification(
-                charging_station={"model": "SimStation", "vendor_name": "gridcharge", "firmware_version": "sim-1"},
-                reason="PowerUp"))
+            await self._call(
+                call201.BootNotification(
+                    charging_station={"model": "SimStation", "vendor_name": "gridcharge", "firmware_version": "sim-1"},
+                    reason="PowerUp",
+                )
+            )
             for e in self.model.evses.values():
-                await self._call(call201.StatusNotification(
-                    timestamp=iso_utc(now), connector_status="Occupied" if e.ev else "Available",
-                    evse_id=e.evse_id, connector_id=1))
+                await self._call(
+                    call201.StatusNotification(
+                        timestamp=iso_utc(now),
+                        connector_status="Occupied" if e.ev else "Available",
+                        evse_id=e.evse_id,
+                        connector_id=1,
+                    )
+                )
         else:
-            await self._call(call16.BootNotification(charge_point_model="SimStation",
-                                                     charge_point_vendor="gridcharge", firmware_version="sim-1"))
+            await self._call(
+                call16.BootNotification(
+                    charge_point_model="SimStation", charge_point_vendor="gridcharge", firmware_version="sim-1"
+                )
+            )
             for e in self.model.evses.values():
-                await self._call(call16.StatusNotification(
-                    connector_id=e.evse_id, error_code="NoError",
-                    status="Charging" if e.ev else "Available", timestamp=iso_utc(now)))
+                await self._call(
+                    call16.StatusNotification(
+                        connector_id=e.evse_id,
+                        error_code="NoError",
+                        status="Charging" if e.ev else "Available",
+                        timestamp=iso_utc(now),
+                    )
+                )
         self.stats.connects += 1
         self.connected.set()
-        for e in self.model.evses.values():      # transactions that started offline
+        for e in self.model.evses.values():  # transactions that started offline
             if e.tx is not None and not e.tx_reported:
                 await self._start_tx(e)
         self._last_meter = -math.inf
@@ -542,8 +608,10 @@ class StationClient:
                 await self._start_tx(e)
             if self.v201 and e.tx is not None and e.ev is not None and e.ev.announces_needs and not e.needs_sent:
                 await self._send_needs(e)
-        stale = (self.model.quirks.stale_meter_after_s is not None
-                 and now - self.started_at > self.model.quirks.stale_meter_after_s)
+        stale = (
+            self.model.quirks.stale_meter_after_s is not None
+            and now - self.started_at > self.model.quirks.stale_meter_after_s
+        )
         trig = self.triggered
         self.triggered = []
         if (now - self._last_meter >= self.meter_interval_s or "MeterValues" in trig) and not stale:
@@ -601,32 +669,59 @@ class StationClient:
 
     async def _status(self, e: EvseState, now: float) -> None:
         if self.v201:
-            await self._call(call201.StatusNotification(timestamp=iso_utc(now), evse_id=e.evse_id, connector_id=1,
-                                                        connector_status="Occupied" if e.ev else "Available"))
+            await self._call(
+                call201.StatusNotification(
+                    timestamp=iso_utc(now),
+                    evse_id=e.evse_id,
+                    connector_id=1,
+                    connector_status="Occupied" if e.ev else "Available",
+                )
+            )
         else:
             st = ("Charging" if e.current_a > 0 else "SuspendedEVSE") if e.ev else "Available"
-            await self._call(call16.StatusNotification(connector_id=e.evse_id, error_code="NoError", status=st,
-                                                       timestamp=iso_utc(now)))
+            await self._call(
+                call16.StatusNotification(
+                    connector_id=e.evse_id, error_code="NoError", status=st, timestamp=iso_utc(now)
+                )
+            )
 
     async def _start_tx(self, e: EvseState) -> None:
         assert e.tx is not None
         t = e.tx.started_at
         if self.v201:
             e.seq_no += 1
-            r = await self._call(call201.TransactionEvent(
-                event_type="Started", timestamp=iso_utc(t), trigger_reason="CablePluggedIn", seq_no=e.seq_no,
-                transaction_info={"transaction_id": e.tx.transaction_id, "charging_state": "EVConnected"},
-                evse={"id": e.evse_id, "connector_id": 1}, id_token={"id_token": "SIM" + e.tx.transaction_id[-8:],
-                                                                     "type": "Central"},
-                meter_value=[{"timestamp": iso_utc(t), "sampled_value": [
-                    {"value": round(e.register_wh, 1), "measurand": "Energy.Active.Import.Register",
-                     "context": "Transaction.Begin"}]}]))
+            r = await self._call(
+                call201.TransactionEvent(
+                    event_type="Started",
+                    timestamp=iso_utc(t),
+                    trigger_reason="CablePluggedIn",
+                    seq_no=e.seq_no,
+                    transaction_info={"transaction_id": e.tx.transaction_id, "charging_state": "EVConnected"},
+                    evse={"id": e.evse_id, "connector_id": 1},
+                    id_token={"id_token": "SIM" + e.tx.transaction_id[-8:], "type": "Central"},
+                    meter_value=[
+                        {
+                            "timestamp": iso_utc(t),
+                            "sampled_value": [
+                                {
+                                    "value": round(e.register_wh, 1),
+                                    "measurand": "Energy.Active.Import.Register",
+                                    "context": "Transaction.Begin",
+                                }
+                            ],
+                        }
+                    ],
+                )
+            )
             e.tx_reported = r is not None
             await self._status(e, t)
         else:
             await self._status(e, t)
-            r = await self._call(call16.StartTransaction(connector_id=e.evse_id, id_tag="SIM",
-                                                         meter_start=int(e.register_wh), timestamp=iso_utc(t)))
+            r = await self._call(
+                call16.StartTransaction(
+                    connector_id=e.evse_id, id_tag="SIM", meter_start=int(e.register_wh), timestamp=iso_utc(t)
+                )
+            )
             if r is not None:
                 # 1.6: the CSMS assigns the transaction id; Tx profiles carry it
                 tx_id = str(r.transaction_id)
@@ -636,12 +731,21 @@ class StationClient:
     async def _send_needs(self, e: EvseState) -> None:
         ev = e.ev
         assert ev is not None
-        r = await self._call(call201.NotifyEVChargingNeeds(evse_id=e.evse_id, charging_needs={
-            "requested_energy_transfer": "AC_three_phase" if ev.phases == 3 else "AC_single_phase",
-            "departure_time": iso_utc(ev.departure_s),
-            "ac_charging_parameters": {"energy_amount": int(ev.energy_need_wh),
-                                       "ev_min_current": int(ev.min_current_a),
-                                       "ev_max_current": int(ev.max_current_a), "ev_max_voltage": 400}}))
+        r = await self._call(
+            call201.NotifyEVChargingNeeds(
+                evse_id=e.evse_id,
+                charging_needs={
+                    "requested_energy_transfer": "AC_three_phase" if ev.phases == 3 else "AC_single_phase",
+                    "departure_time": iso_utc(ev.departure_s),
+                    "ac_charging_parameters": {
+                        "energy_amount": int(ev.energy_need_wh),
+                        "ev_min_current": int(ev.min_current_a),
+                        "ev_max_current": int(ev.max_current_a),
+                        "ev_max_voltage": 400,
+                    },
+                },
+            )
+        )
         e.needs_sent = r is not None
 
     async def _end_tx(self, e: EvseState, now: float) -> None:
@@ -652,21 +756,42 @@ class StationClient:
             return
         self.model.profiles.end_transaction(tx.transaction_id)
         if not e.tx_reported or not self.connected.is_set():
-            return      # never reported (or offline): nothing the CSMS could match; a real station would queue
+            return  # never reported (or offline): nothing the CSMS could match; a real station would queue
         if self.v201:
             e.seq_no += 1
-            await self._call(call201.TransactionEvent(
-                event_type="Ended", timestamp=iso_utc(now), trigger_reason="EVDeparted", seq_no=e.seq_no,
-                transaction_info={"transaction_id": tx.transaction_id, "stopped_reason": "EVDisconnected",
-                                  "charging_state": "Idle"},
-                evse={"id": e.evse_id, "connector_id": 1},
-                meter_value=[{"timestamp": iso_utc(now), "sampled_value": [
-                    {"value": round(e.register_wh, 1), "measurand": "Energy.Active.Import.Register",
-                     "context": "Transaction.End"}]}]))
+            await self._call(
+                call201.TransactionEvent(
+                    event_type="Ended",
+                    timestamp=iso_utc(now),
+                    trigger_reason="EVDeparted",
+                    seq_no=e.seq_no,
+                    transaction_info={
+                        "transaction_id": tx.transaction_id,
+                        "stopped_reason": "EVDisconnected",
+                        "charging_state": "Idle",
+                    },
+                    evse={"id": e.evse_id, "connector_id": 1},
+                    meter_value=[
+                        {
+                            "timestamp": iso_utc(now),
+                            "sampled_value": [
+                                {
+                                    "value": round(e.register_wh, 1),
+                                    "measurand": "Energy.Active.Import.Register",
+                                    "context": "Transaction.End",
+                                }
+                            ],
+                        }
+                    ],
+                )
+            )
         else:
             tx_id = int(tx.transaction_id) if tx.transaction_id.isdigit() else 0
-            await self._call(call16.StopTransaction(meter_stop=int(e.register_wh), timestamp=iso_utc(now),
-                                                    transaction_id=tx_id, reason="EVDisconnected"))
+            await self._call(
+                call16.StopTransaction(
+                    meter_stop=int(e.register_wh), timestamp=iso_utc(now), transaction_id=tx_id, reason="EVDisconnected"
+                )
+            )
         e.tx_reported = False
         await self._status(e, now)
 
@@ -676,50 +801,84 @@ class StationClient:
         if self.v201:
             sv: list[dict[str, Any]] = []
             for meas, ph, val, unit in sample:
-                d: dict[str, Any] = {"value": val, "measurand": meas, "context": "Sample.Periodic",
-                                     "unit_of_measure": {"unit": unit}}
+                d: dict[str, Any] = {
+                    "value": val,
+                    "measurand": meas,
+                    "context": "Sample.Periodic",
+                    "unit_of_measure": {"unit": unit},
+                }
                 if ph:
                     d["phase"] = ph
                 if meas == "SoC":
                     d["location"] = "EV"
                 sv.append(d)
             e.seq_no += 1
-            await self._call(call201.TransactionEvent(
-                event_type="Updated", timestamp=iso_utc(now), trigger_reason="MeterValuePeriodic", seq_no=e.seq_no,
-                transaction_info={"transaction_id": e.tx.transaction_id,
-                                  "charging_state": "Charging" if e.current_a > 0 else "SuspendedEVSE"},
-                evse={"id": e.evse_id, "connector_id": 1},
-                meter_value=[{"timestamp": iso_utc(now), "sampled_value": sv}]))
+            await self._call(
+                call201.TransactionEvent(
+                    event_type="Updated",
+                    timestamp=iso_utc(now),
+                    trigger_reason="MeterValuePeriodic",
+                    seq_no=e.seq_no,
+                    transaction_info={
+                        "transaction_id": e.tx.transaction_id,
+                        "charging_state": "Charging" if e.current_a > 0 else "SuspendedEVSE",
+                    },
+                    evse={"id": e.evse_id, "connector_id": 1},
+                    meter_value=[{"timestamp": iso_utc(now), "sampled_value": sv}],
+                )
+            )
         else:
             sv16: list[dict[str, Any]] = []
             for meas, ph, val, unit in sample:
-                d16: dict[str, Any] = {"value": str(val), "measurand": meas, "context": "Sample.Periodic",
-                                       "unit": unit}
+                d16: dict[str, Any] = {"value": str(val), "measurand": meas, "context": "Sample.Periodic", "unit": unit}
                 if ph:
                     d16["phase"] = ph
                 if meas == "SoC":
                     d16["location"] = "EV"
                 sv16.append(d16)
             tx_id = int(e.tx.transaction_id) if e.tx.transaction_id.isdigit() else None
-            await self._call(call16.MeterValues(connector_id=e.evse_id, transaction_id=tx_id,
-                                                meter_value=[{"timestamp": iso_utc(now), "sampled_value": sv16}]))
+            await self._call(
+                call16.MeterValues(
+                    connector_id=e.evse_id,
+                    transaction_id=tx_id,
+                    meter_value=[{"timestamp": iso_utc(now), "sampled_value": sv16}],
+                )
+            )
 
     async def _report_profiles(self, request_id: int) -> None:
         profs = self.model.profiles.profiles
         by_evse: dict[int, list[dict[str, Any]]] = {}
         for p in profs:
-            by_evse.setdefault(p.evse_id, []).append({
-                "id": p.profile_id, "stack_level": p.stack_level,
-                "charging_profile_purpose": OCPP201_PURPOSE[p.purpose], "charging_profile_kind": p.kind,
-                "charging_schedule": [{"id": 1, "charging_rate_unit": p.rate_unit, "charging_schedule_period": [
-                    {"start_period": per.start_s, "limit": per.limit} for per in p.periods]}]})
-        if not by_evse:   # asked while holding nothing (the answer was Accepted before a reboot): one empty report
+            by_evse.setdefault(p.evse_id, []).append(
+                {
+                    "id": p.profile_id,
+                    "stack_level": p.stack_level,
+                    "charging_profile_purpose": OCPP201_PURPOSE[p.purpose],
+                    "charging_profile_kind": p.kind,
+                    "charging_schedule": [
+                        {
+                            "id": 1,
+                            "charging_rate_unit": p.rate_unit,
+                            "charging_schedule_period": [
+                                {"start_period": per.start_s, "limit": per.limit} for per in p.periods
+                            ],
+                        }
+                    ],
+                }
+            )
+        if not by_evse:  # asked while holding nothing (the answer was Accepted before a reboot): one empty report
             return
         items = list(by_evse.items())
         for i, (evse_id, lst) in enumerate(items):
-            await self._call(call201.ReportChargingProfiles(
-                request_id=request_id, charging_limit_source="CSO", evse_id=evse_id, charging_profile=lst,
-                tbc=i < len(items) - 1))
+            await self._call(
+                call201.ReportChargingProfiles(
+                    request_id=request_id,
+                    charging_limit_source="CSO",
+                    evse_id=evse_id,
+                    charging_profile=lst,
+                    tbc=i < len(items) - 1,
+                )
+            )
 
 
 class _Handlers21(_Handlers201):
@@ -731,8 +890,7 @@ class _Handlers21(_Handlers201):
 
     @on("UsePriorityCharging")
     async def on_use_priority_charging(self, transaction_id: str, activate: bool, **_: Any) -> Any:
-        e = next((e for e in self.client.model.evses.values() if e.tx and e.tx.transaction_id == transaction_id),
-                 None)
+        e = next((e for e in self.client.model.evses.values() if e.tx and e.tx.transaction_id == transaction_id), None)
         if e is None:
             return res21.UsePriorityCharging(status="Rejected")
         self.client.triggered.append(f"NotifyPriorityCharging:{e.evse_id}:{int(activate)}")

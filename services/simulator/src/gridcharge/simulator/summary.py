@@ -18,8 +18,10 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     if s.get("offline_optimum_kwh"):
         opt = s["offline_optimum_kwh"]
-        lines.append(f"  {'offline optimum (of need)':<28}{opt:>10.1f} kWh   (delivered: "
-                     f"{100 * s['energy_delivered_kwh'] / opt:.1f} % of it)")
+        lines.append(
+            f"  {'offline optimum (of need)':<28}{opt:>10.1f} kWh   (delivered: "
+            f"{100 * s['energy_delivered_kwh'] / opt:.1f} % of it)"
+        )
     lines += [
         f"  {'sessions on time (departed)':<28}{s['sessions_on_time']:>6d} / {s['sessions_finished']:<3d}"
         f"(feasible: {s['feasible_on_time']} / {s['feasible_finished']}; at this site: "
@@ -40,11 +42,16 @@ def format_summary(s: dict[str, Any]) -> str:
             ratio = peak / lim * 100 if lim else 0.0
             lines.append(f"  {node:<14}{ph:<7}{peak / 1000:>9.1f}{lim / 1000:>10.1f}{ratio:>11.0f}%")
     if s.get("grid_signals"):
-        lines += ["", f"  {'signal':<10}{'node':<10}{'window (UTC)':<14}{'limit kW':>9}{'peak kW':>9}"
-                      f"{'EV kWh':>8}  binding (allocator)"]
+        lines += [
+            "",
+            f"  {'signal':<10}{'node':<10}{'window (UTC)':<14}{'limit kW':>9}{'peak kW':>9}"
+            f"{'EV kWh':>8}  binding (allocator)",
+        ]
         for g in s["grid_signals"]:
             lim = f"{g['limit_kw']:.1f}" if g.get("limit_kw") is not None else "-"
             bound = f"{g['steps_binding']}/{g['steps']} steps, up to {g['sessions_bound_max']} sessions"
-            lines.append(f"  {g['kind']:<10}{g['node']:<10}{g['from'][11:16]}-{g['to'][11:16]}   {lim:>9}"
-                         f"{g['peak_kw']:>9.1f}{g['ev_energy_kwh']:>8.1f}  {bound}")
+            lines.append(
+                f"  {g['kind']:<10}{g['node']:<10}{g['from'][11:16]}-{g['to'][11:16]}   {lim:>9}"
+                f"{g['peak_kw']:>9.1f}{g['ev_energy_kwh']:>8.1f}  {bound}"
+            )
     return "\n".join(lines)

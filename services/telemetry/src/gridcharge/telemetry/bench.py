@@ -24,8 +24,7 @@ def bench_topology(stations: int, transformers: int) -> dict[str, Any]:
     sts: list[dict[str, Any]] = []
     rot = (["L1", "L2", "L3"], ["L2", "L3", "L1"], ["L3", "L1", "L2"])
     for t in range(transformers):
-        nodes.append({"id": f"tx{t}", "kind": "transformer", "parent": "feeder", "limit_a": [1e5] * 3,
-                      "metered": True})
+        nodes.append({"id": f"tx{t}", "kind": "transformer", "parent": "feeder", "limit_a": [1e5] * 3, "metered": True})
         for i in range(per_tx):
             sts.append({"id": f"s{t}-{i}", "node": f"tx{t}", "phase_map": rot[i % 3], "fallback_current_a": 1})
     return {"nodes": nodes, "stations": sts}
@@ -54,8 +53,13 @@ def run(stations: int, transformers: int, rounds: int) -> dict[str, float]:
     for _ in range(n):
         core.node_loads(now)
     snap_s = (time.perf_counter() - start) / n
-    return {"stations": len(topo.stations), "nodes": len(topo.nodes), "records": len(records),
-            "ingest_per_s": len(records) / ingest_s, "snapshot_ms": snap_s * 1000}
+    return {
+        "stations": len(topo.stations),
+        "nodes": len(topo.nodes),
+        "records": len(records),
+        "ingest_per_s": len(records) / ingest_s,
+        "snapshot_ms": snap_s * 1000,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args(argv)
     res = run(a.stations, a.transformers, a.rounds)
-    print(f"telemetry core: {res['stations']} stations under {res['nodes']} nodes: "
-          f"{res['ingest_per_s']:,.0f} meter values/s applied (decode included, {res['records']} records); "
-          f"one node-load snapshot {res['snapshot_ms']:.1f} ms")
+    print(
+        f"telemetry core: {res['stations']} stations under {res['nodes']} nodes: "
+        f"{res['ingest_per_s']:,.0f} meter values/s applied (decode included, {res['records']} records); "
+        f"one node-load snapshot {res['snapshot_ms']:.1f} ms"
+    )
     return 0
 
 

@@ -32,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--file", required=True, type=Path, help="readings file (.csv or .json)")
     i.add_argument("--format", choices=["csv", "json"], default=None, help="default: from the file extension")
     i.add_argument("--bus", choices=["kafka", "memory"], default=None, help="default: GRIDCHARGE_BUS")
-    i.add_argument("--config", type=Path, default=None,
-                   help="topology YAML: reject readings of unknown nodes (default: GRIDCHARGE_TOPOLOGY if set)")
+    i.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="topology YAML: reject readings of unknown nodes (default: GRIDCHARGE_TOPOLOGY if set)",
+    )
     i.add_argument("--kafka-bootstrap", default=None)
     i.add_argument("--topic-prefix", default=None)
     return p
@@ -78,8 +82,11 @@ def ingest(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"ingest: publishing failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
         return 1
-    where = (f"kafka {settings.kafka_bootstrap} topic {settings.topic_prefix}{C.GRID_METER_READINGS.name}"
-             if settings.bus == "kafka" else "the in-memory bus (validation only: nothing left this process)")
+    where = (
+        f"kafka {settings.kafka_bootstrap} topic {settings.topic_prefix}{C.GRID_METER_READINGS.name}"
+        if settings.bus == "kafka"
+        else "the in-memory bus (validation only: nothing left this process)"
+    )
     print(f"ingest: {n} reading(s) published to {where}")
     return 0
 

@@ -8,7 +8,7 @@ from gridcharge.shared.topology import Topology
 from gridcharge.telemetry.service import TelemetryService
 from gridcharge.telemetry.settings import TelemetrySettings
 
-DEFAULT_HTTP_PORT = 8081   # when run alone (docs/DEVELOPING.md); the embedded process serves all on 8080
+DEFAULT_HTTP_PORT = 8081  # when run alone (docs/DEVELOPING.md); the embedded process serves all on 8080
 
 
 def create_service(rt: Runtime, topology: Topology) -> TelemetryService:

@@ -37,24 +37,30 @@ class TelemetryService:
         self.metrics = TelemetryMetrics()
         self.core = TelemetryCore(topology, settings.core_config())
         self.engine = Engine(self.core, self.metrics, self.producer)
-        self.mode = "faust" if settings.telemetry_runtime == "faust" or (
-            settings.telemetry_runtime == "auto" and settings.bus == "kafka") else "bus"
+        self.mode = (
+            "faust"
+            if settings.telemetry_runtime == "faust"
+            or (settings.telemetry_runtime == "auto" and settings.bus == "kafka")
+            else "bus"
+        )
         self.runtime: BusRuntime | FaustRuntime | None = None
         self.lease: LeaderLease | None = None
-        if settings.bus == "kafka":     # several replicas possible: one active consumer (see _lease_loop)
-            self.lease = LeaderLease(rt.store, rt.clock, settings.replica_id, settings.telemetry_lease_ttl_s,
-                                     key="telemetry:leader")
+        if settings.bus == "kafka":  # several replicas possible: one active consumer (see _lease_loop)
+            self.lease = LeaderLease(
+                rt.store, rt.clock, settings.replica_id, settings.telemetry_lease_ttl_s, key="telemetry:leader"
+            )
         self.latest: dict[str, NodeLoadView] = {}
         self._fast_pending: set[str] = set()
-        self._fast_last = -1e18          # last fast computation
-        self._fast_last_big = -1e18      # last one for a big move (see _after_record)
-        self._fast_big = False           # a big move is pending
-        self._fast_due = -1e18           # when the scheduled fast computation runs
+        self._fast_last = -1e18  # last fast computation
+        self._fast_last_big = -1e18  # last one for a big move (see _after_record)
+        self._fast_big = False  # a big move is pending
+        self._fast_due = -1e18  # when the scheduled fast computation runs
         self._fast_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._starting: asyncio.Task[None] | None = None
-        self._router = build_router(rt.bus, rt.clock, set(topology.node_by_id), self.producer, lambda: self.latest,
-                                    lambda: self.core)
+        self._router = build_router(
+            rt.bus, rt.clock, set(topology.node_by_id), self.producer, lambda: self.latest, lambda: self.core
+        )
 
     @property
     def routers(self) -> list[APIRouter]:
@@ -78,8 +84,10 @@ class TelemetryService:
         # a standby replica is healthy and ready to take over; the active one once its state is recovered
         self.rt.health.add("telemetry", lambda: self.ready or self.standby)
         self._tasks.append(asyncio.create_task(self._publish_loop(), name="telemetry-publish"))
-        log.info("telemetry started", extra={"runtime": self.mode, "nodes": len(self.topology.nodes),
-                                             "stations": len(self.topology.stations)})
+        log.info(
+            "telemetry started",
+            extra={"runtime": self.mode, "nodes": len(self.topology.nodes), "stations": len(self.topology.stations)},
+        )
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -140,7 +148,7 @@ class TelemetryService:
             from gridcharge.telemetry.adapters.faust_runtime import FaustRuntime
 
             runtime = FaustRuntime(self.rt, self.engine, self.settings, self._after_record)
-        else:   # bus adapter on Kafka (GRIDCHARGE_TELEMETRY_RUNTIME=bus): state in memory only
+        else:  # bus adapter on Kafka (GRIDCHARGE_TELEMETRY_RUNTIME=bus): state in memory only
             runtime = BusRuntime(self.rt, self.engine, self.settings.telemetry_group, self._after_record)
         self.runtime = runtime
         try:
@@ -163,7 +171,7 @@ class TelemetryService:
             now = self.rt.clock.time()
             await self.rt.clock.sleep(period - (now % period) if period > 0 else 1.0)
             if not self.ready:
-                continue          # state not recovered yet: publishing would understate the load
+                continue  # state not recovered yet: publishing would understate the load
             try:
                 await self.publish_once()
             except asyncio.CancelledError:
@@ -190,10 +198,18 @@ class TelemetryService:
         limit = self.topology.limit_w(key)
         prev = self.latest.get(key)
         s = self.settings
-        big = prev is None or any(abs(p - q) > s.telemetry_fast_delta * lim or (p > lim) != (q > lim)
-                                  for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True))
-        near = any(p > s.telemetry_fast_above * lim and abs(p - q) > s.telemetry_fast_near_delta * lim
-                   for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True)) if prev else False
+        big = prev is None or any(
+            abs(p - q) > s.telemetry_fast_delta * lim or (p > lim) != (q > lim)
+            for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True)
+        )
+        near = (
+            any(
+                p > s.telemetry_fast_above * lim and abs(p - q) > s.telemetry_fast_near_delta * lim
+                for p, q, lim in zip(meter.power_w, prev.load_w, limit, strict=True)
+            )
+            if prev
+            else False
+        )
         if not big and not near:
             return
         self._fast_pending.add(key)
@@ -202,7 +218,7 @@ class TelemetryService:
         if wait <= 0:
             await self._fast_flush()
         elif self._fast_task is None or self._fast_task.done() or self._fast_due > now + wait + 1e-6:
-            self._fast_due = now + wait          # a big move does not wait for a later near one's task
+            self._fast_due = now + wait  # a big move does not wait for a later near one's task
             self._fast_task = asyncio.create_task(self._fast_flush(now + wait), name="telemetry-fast")
             self._tasks.append(self._fast_task)
             self._tasks = [t for t in self._tasks if not t.done() or t is self._fast_task]

@@ -91,8 +91,9 @@ def apply_station_event(alloc: Allocator, ev: station_pb2.StationEvent, now: dat
         dep = (timestamp_dt(n.departure_time) or now) if n.HasField("departure_time") else None
         if dep is not None and dep <= now:
             dep = None
-        out.replan = alloc.book.needs(sid, n.evse_id, dep, n.energy_amount_wh, n.ev_min_current_a,
-                                      n.ev_max_current_a, n.phases)
+        out.replan = alloc.book.needs(
+            sid, n.evse_id, dep, n.energy_amount_wh, n.ev_min_current_a, n.ev_max_current_a, n.phases
+        )
     elif kind == "priority_charging":
         pc = ev.priority_charging
         out.replan = alloc.priority_charging(sid, pc.transaction_id[:64], pc.activated)
@@ -117,9 +118,18 @@ def apply_meter_values(
     before = s0.delivered_wh if s0 is not None else 0.0
     cap_before = s0.draw_cap_a if s0 is not None else None
     since = alloc.grant_since.get(key)
-    s = alloc.book.meter(mv.station_id, evse, mv.transaction_id[:64], at, sample.energy_wh,
-                         sample.max_current_a, sample.power_w, alloc.grant_a.get(key),
-                         datetime.fromtimestamp(since, UTC) if since is not None else None, sample.phases_drawn)
+    s = alloc.book.meter(
+        mv.station_id,
+        evse,
+        mv.transaction_id[:64],
+        at,
+        sample.energy_wh,
+        sample.max_current_a,
+        sample.power_w,
+        alloc.grant_a.get(key),
+        datetime.fromtimestamp(since, UTC) if since is not None else None,
+        sample.phases_drawn,
+    )
     if s is None:
         return None, 0.0, False
     return s, s.delivered_wh - before, s.draw_cap_a != cap_before
@@ -134,10 +144,20 @@ def external_limit_window(el: grid_pb2.ExternalLimit, now: datetime) -> External
     received = at_s(el.meta.produced_at) if el.HasField("meta") else now.timestamp()
     sched = tuple((at_s(s.start), phase_tuple(s.limit_w)) for s in el.schedule)
     fb = phase_tuple(el.fallback_limit_w) if el.HasField("fallback_limit_w") else phase_tuple(el.limit_w)
-    return ExternalLimitWindow(el.node_id, el.limit_id[:64] or "default", el.source[:32], vf, vt,
-                               phase_tuple(el.limit_w),
-                               fb, min(received, now.timestamp()), float(max(0, el.stale_after_s)), sched,
-                               el.station_id[:48], max(0, el.evse_id))
+    return ExternalLimitWindow(
+        el.node_id,
+        el.limit_id[:64] or "default",
+        el.source[:32],
+        vf,
+        vt,
+        phase_tuple(el.limit_w),
+        fb,
+        min(received, now.timestamp()),
+        float(max(0, el.stale_after_s)),
+        sched,
+        el.station_id[:48],
+        max(0, el.evse_id),
+    )
 
 
 def station_command(cmd: ProfileCommand, generation: int, producer: str, now: datetime) -> command_pb2.StationCommand:
@@ -157,9 +177,15 @@ def session_plans(alloc: Allocator, res: PlanResult, producer: str) -> list[plan
     out = []
     for s in alloc.book.sessions.values():
         sp = plan_pb2.SessionPlan(
-            meta=meta(producer, res.at), session_id=s.session_id, station_id=s.station_id, evse_id=s.evse_id,
-            start=to_timestamp(res.at), step_s=int(alloc.cfg.slot_s), energy_needed_wh=s.remaining_wh,
-            departure=to_timestamp(s.departure), priority=s.priority,
+            meta=meta(producer, res.at),
+            session_id=s.session_id,
+            station_id=s.station_id,
+            evse_id=s.evse_id,
+            start=to_timestamp(res.at),
+            step_s=int(alloc.cfg.slot_s),
+            energy_needed_wh=s.remaining_wh,
+            departure=to_timestamp(s.departure),
+            priority=s.priority,
         )
         ol = alloc.outlook(res, s)
         if ol is not None:
@@ -173,9 +199,14 @@ def session_plans(alloc: Allocator, res: PlanResult, producer: str) -> list[plan
         ex = res.explanations.get(s.session_id)
         if ex is not None and ex.binding is not None:
             b = ex.binding
-            sp.binding.CopyFrom(plan_pb2.BindingConstraint(
-                node_id=b.node_id, phase=PHASES[b.phase] if 0 <= b.phase < 3 else "", slot=b.slot,
-                source=(ex.clamped_by + ":" if ex.clamped_by and ex.clamped_by not in b.source else "") + b.source))
+            sp.binding.CopyFrom(
+                plan_pb2.BindingConstraint(
+                    node_id=b.node_id,
+                    phase=PHASES[b.phase] if 0 <= b.phase < 3 else "",
+                    slot=b.slot,
+                    source=(ex.clamped_by + ":" if ex.clamped_by and ex.clamped_by not in b.source else "") + b.source,
+                )
+            )
         elif ex is not None and ex.clamped_by:
             sp.binding.CopyFrom(plan_pb2.BindingConstraint(source=ex.clamped_by))
         out.append(sp)
@@ -186,8 +217,13 @@ def node_plans(alloc: Allocator, res: PlanResult, producer: str) -> list[plan_pb
     out = []
     solve = res.plan.solve_time_s if res.plan is not None else 0.0
     for nid, cap in res.capacity.w.items():
-        np_ = plan_pb2.NodePlan(meta=meta(producer, res.at), node_id=nid, start=to_timestamp(res.at),
-                                step_s=int(alloc.cfg.slot_s), solve_seconds=solve)
+        np_ = plan_pb2.NodePlan(
+            meta=meta(producer, res.at),
+            node_id=nid,
+            start=to_timestamp(res.at),
+            step_s=int(alloc.cfg.slot_s),
+            solve_seconds=solve,
+        )
         load = res.plan.node_load_w.get(nid) if res.plan is not None else None
         for t in range(cap.shape[1]):
             np_.capacity_w.append(phase_values(cap[:, t]))
@@ -197,7 +233,7 @@ def node_plans(alloc: Allocator, res: PlanResult, producer: str) -> list[plan_pb
     return out
 
 
-PREFS_KEY = "allocation:preferences"   # store hash: session id -> PreferencesIn JSON
+PREFS_KEY = "allocation:preferences"  # store hash: session id -> PreferencesIn JSON
 
 
 class PreferencesIn(BaseModel):

@@ -41,8 +41,9 @@ class ExternalLimitIn(BaseModel):
     """A capacity limit for a node between ``valid_from`` and ``valid_to``; per-phase W or A."""
 
     node_id: str = Field(min_length=1, max_length=64)
-    limit_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], min_length=1, max_length=64,
-                          pattern=r"^[A-Za-z0-9_.:-]+$")
+    limit_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex[:12], min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$"
+    )
     source: str = Field("operator", max_length=32)
     valid_from: datetime | None = None
     valid_to: datetime | None = None
@@ -79,30 +80,62 @@ def build_router(svc: AllocationService) -> APIRouter:
         now = svc.rt.clock.time()
         cap = alloc.capacity_now(now)
         wc = alloc.worst_case_a(now)
-        nodes = [{"id": n.id, "kind": n.kind, "parent": n.parent, "limit_w": _phases(topo.limit_w(n.id)),
-                  "ev_capacity_w": _phases(list(cap[n.id])), "metered": n.metered} for n in topo.nodes]
+        nodes = [
+            {
+                "id": n.id,
+                "kind": n.kind,
+                "parent": n.parent,
+                "limit_w": _phases(topo.limit_w(n.id)),
+                "ev_capacity_w": _phases(list(cap[n.id])),
+                "metered": n.metered,
+            }
+            for n in topo.nodes
+        ]
         stations = []
         for s in topo.stations:
             led = alloc.ledgers[s.id]
-            stations.append({
-                "id": s.id, "node": s.node, "phase_map": list(s.phase_map), "max_current_a": s.max_current_a,
-                "fallback_current_a": s.fallback_current_a, "online": led.online,
-                "fallback_installed": led.fallback_installed, "worst_case_a": wc[s.id],
-                "failsafe": led.in_failsafe(now, alloc.cfg.failsafe_hold_s), "last_failure": led.last_failure,
-                "station_cap_a": alloc.station_cap_a.get(s.id)})
-        return {"nominal_voltage_v": topo.nominal_voltage_v, "nodes": nodes, "stations": stations,
-                "leader": svc.leader.is_leader}
+            stations.append(
+                {
+                    "id": s.id,
+                    "node": s.node,
+                    "phase_map": list(s.phase_map),
+                    "max_current_a": s.max_current_a,
+                    "fallback_current_a": s.fallback_current_a,
+                    "online": led.online,
+                    "fallback_installed": led.fallback_installed,
+                    "worst_case_a": wc[s.id],
+                    "failsafe": led.in_failsafe(now, alloc.cfg.failsafe_hold_s),
+                    "last_failure": led.last_failure,
+                    "station_cap_a": alloc.station_cap_a.get(s.id),
+                }
+            )
+        return {
+            "nominal_voltage_v": topo.nominal_voltage_v,
+            "nodes": nodes,
+            "stations": stations,
+            "leader": svc.leader.is_leader,
+        }
 
     @r.get("/limits", summary="Effective per-node limits and external limits")
     def get_limits() -> dict[str, object]:
         now = svc.rt.clock.time()
         cap = alloc.capacity_now(now)
-        ext = [{"node_id": e.node_id, "limit_id": e.limit_id, **_window_json(e),
-                "in_force_w": (_phases(v) if (v := e.value_at(now, now)) is not None else None)}
-               for e in alloc.external.values()]
-        return {"nodes": {n.id: {"limit_w": _phases(alloc.capacity_limit_w(n.id, now)),
-                                 "ev_capacity_w": _phases(list(cap[n.id]))} for n in topo.nodes},
-                "external_limits": ext}
+        ext = [
+            {
+                "node_id": e.node_id,
+                "limit_id": e.limit_id,
+                **_window_json(e),
+                "in_force_w": (_phases(v) if (v := e.value_at(now, now)) is not None else None),
+            }
+            for e in alloc.external.values()
+        ]
+        return {
+            "nodes": {
+                n.id: {"limit_w": _phases(alloc.capacity_limit_w(n.id, now)), "ev_capacity_w": _phases(list(cap[n.id]))}
+                for n in topo.nodes
+            },
+            "external_limits": ext,
+        }
 
     @r.post("/limits", status_code=202, summary="Set a time-windowed external limit (published on the bus)")
     async def post_limit(body: ExternalLimitIn, request: Request) -> dict[str, str]:
@@ -113,27 +146,44 @@ def build_router(svc: AllocationService) -> APIRouter:
         v = topo.nominal_voltage_v
         lim = body.limit_w or [a * v for a in body.limit_a or []]
         msg = grid_pb2.ExternalLimit(
-            meta=meta(svc.producer, now), node_id=body.node_id, limit_id=body.limit_id, source=body.source,
-            valid_from=to_timestamp(body.valid_from or now), limit_w=phase_values(lim),
-            fallback_limit_w=phase_values(body.fallback_limit_w or lim), stale_after_s=body.stale_after_s)
+            meta=meta(svc.producer, now),
+            node_id=body.node_id,
+            limit_id=body.limit_id,
+            source=body.source,
+            valid_from=to_timestamp(body.valid_from or now),
+            limit_w=phase_values(lim),
+            fallback_limit_w=phase_values(body.fallback_limit_w or lim),
+            stale_after_s=body.stale_after_s,
+        )
         if body.valid_to is not None:
             msg.valid_to.CopyFrom(to_timestamp(body.valid_to))
         await svc.rt.bus.publish(C.EXTERNAL_LIMITS.name, body.node_id, msg.SerializeToString())
         alloc.external_limit(external_limit_window(msg, now))
         svc.mark_dirty()
-        note_change(request, f"node/{body.node_id}/external-limit/{body.limit_id}", before,
-                    _limit_json(alloc, body.node_id, body.limit_id))
+        note_change(
+            request,
+            f"node/{body.node_id}/external-limit/{body.limit_id}",
+            before,
+            _limit_json(alloc, body.node_id, body.limit_id),
+        )
         return {"limit_id": body.limit_id}
 
     @r.delete("/limits/{node_id}/{limit_id}", status_code=202, summary="Withdraw an external limit")
-    async def delete_limit(node_id: Annotated[str, Path(max_length=64)],
-                           limit_id: Annotated[str, Path(max_length=64)], request: Request) -> dict[str, str]:
+    async def delete_limit(
+        node_id: Annotated[str, Path(max_length=64)], limit_id: Annotated[str, Path(max_length=64)], request: Request
+    ) -> dict[str, str]:
         if (node_id, limit_id) not in alloc.external:
             raise HTTPException(404, "no such limit")
         note_change(request, f"node/{node_id}/external-limit/{limit_id}", _limit_json(alloc, node_id, limit_id))
         now = svc.rt.clock.now()
-        msg = grid_pb2.ExternalLimit(meta=meta(svc.producer, now), node_id=node_id, limit_id=limit_id,
-                                     source="operator", valid_from=to_timestamp(now), valid_to=to_timestamp(now))
+        msg = grid_pb2.ExternalLimit(
+            meta=meta(svc.producer, now),
+            node_id=node_id,
+            limit_id=limit_id,
+            source="operator",
+            valid_from=to_timestamp(now),
+            valid_to=to_timestamp(now),
+        )
         await svc.rt.bus.publish(C.EXTERNAL_LIMITS.name, node_id, msg.SerializeToString())
         alloc.remove_external_limit(node_id, limit_id)
         svc.mark_dirty()
@@ -150,8 +200,7 @@ def build_router(svc: AllocationService) -> APIRouter:
         keys = ("departure", "energy_needed_wh", "priority")
         before = {k: _session_json(alloc, session_id).get(k) for k in keys}
         alloc.book.set_preferences(session_id, body.departure, body.energy_wh, body.priority)
-        await svc.rt.store.hset(PREFS_KEY, session_id,
-                                body.model_dump_json(exclude_none=True).encode())
+        await svc.rt.store.hset(PREFS_KEY, session_id, body.model_dump_json(exclude_none=True).encode())
         svc.mark_dirty()
         after = _session_json(alloc, session_id)
         note_change(request, f"session/{session_id}/preferences", before, {k: after.get(k) for k in keys})
@@ -167,20 +216,34 @@ def build_router(svc: AllocationService) -> APIRouter:
             ex = res.explanations.get(s.session_id)
             ol = alloc.outlook(res, s)
             b = ex.binding if ex is not None else None
-            out.append({
-                "session_id": s.session_id, "station_id": s.station_id, "evse_id": s.evse_id,
-                "granted_a": ex.granted_a if ex else 0.0, "planned_a": ex.planned_a if ex else 0.0,
-                "current_a_per_slot": [round(a, 1) for a in ol.current_a] if ol else [],
-                "planned_wh": round(ol.planned_wh, 1) if ol else 0.0,
-                "will_complete": ol.will_complete if ol else False,
-                "shortfall_wh": round(ol.shortfall_wh, 1) if ol else s.remaining_wh,
-                "explanation": {"node": b.node_id if b else None,
-                                "phase": PHASES[b.phase] if b and 0 <= b.phase < 3 else None,
-                                "slot": b.slot if b else None, "source": b.source if b else None,
-                                "clamped_by": ex.clamped_by if ex else ""},
-            })
-        return {"at": res.at.isoformat(), "step_s": alloc.cfg.slot_s, "status": res.plan.status if res.plan else "",
-                "solve_seconds": res.plan.solve_time_s if res.plan else 0.0, "error": res.error, "sessions": out}
+            out.append(
+                {
+                    "session_id": s.session_id,
+                    "station_id": s.station_id,
+                    "evse_id": s.evse_id,
+                    "granted_a": ex.granted_a if ex else 0.0,
+                    "planned_a": ex.planned_a if ex else 0.0,
+                    "current_a_per_slot": [round(a, 1) for a in ol.current_a] if ol else [],
+                    "planned_wh": round(ol.planned_wh, 1) if ol else 0.0,
+                    "will_complete": ol.will_complete if ol else False,
+                    "shortfall_wh": round(ol.shortfall_wh, 1) if ol else s.remaining_wh,
+                    "explanation": {
+                        "node": b.node_id if b else None,
+                        "phase": PHASES[b.phase] if b and 0 <= b.phase < 3 else None,
+                        "slot": b.slot if b else None,
+                        "source": b.source if b else None,
+                        "clamped_by": ex.clamped_by if ex else "",
+                    },
+                }
+            )
+        return {
+            "at": res.at.isoformat(),
+            "step_s": alloc.cfg.slot_s,
+            "status": res.plan.status if res.plan else "",
+            "solve_seconds": res.plan.solve_time_s if res.plan else 0.0,
+            "error": res.error,
+            "sessions": out,
+        }
 
     return r
 
@@ -192,19 +255,33 @@ def _limit_json(alloc: Allocator, node_id: str, limit_id: str) -> dict[str, obje
 
 
 def _window_json(e: ExternalLimitWindow) -> dict[str, object]:
-    return {"source": e.source, "valid_from": datetime.fromtimestamp(e.valid_from, UTC).isoformat(),
-            "valid_to": None if math.isinf(e.valid_to) else datetime.fromtimestamp(e.valid_to, UTC).isoformat(),
-            "limit_w": _phases(e.limit_w), "fallback_limit_w": _phases(e.fallback_limit_w)}
+    return {
+        "source": e.source,
+        "valid_from": datetime.fromtimestamp(e.valid_from, UTC).isoformat(),
+        "valid_to": None if math.isinf(e.valid_to) else datetime.fromtimestamp(e.valid_to, UTC).isoformat(),
+        "limit_w": _phases(e.limit_w),
+        "fallback_limit_w": _phases(e.fallback_limit_w),
+    }
 
 
 def _session_json(alloc: Allocator, session_id: str) -> dict[str, object]:
     s = alloc.book.by_id(session_id)
     if s is None:
         return {}
-    return {"session_id": s.session_id, "station_id": s.station_id, "evse_id": s.evse_id,
-            "transaction_id": s.transaction_id, "started_at": s.started_at.isoformat(),
-            "departure": s.departure.isoformat(), "energy_needed_wh": s.energy_needed_wh,
-            "delivered_wh": round(s.delivered_wh, 1), "min_current_a": s.min_current_a,
-            "max_current_a": s.max_current_a, "phases": s.phases, "priority": s.priority,
-            "measured_current_a": s.measured_current_a, "charging_state": s.charging_state,
-            "granted_a": alloc.grant_a.get(f"{s.station_id}/{s.evse_id}")}
+    return {
+        "session_id": s.session_id,
+        "station_id": s.station_id,
+        "evse_id": s.evse_id,
+        "transaction_id": s.transaction_id,
+        "started_at": s.started_at.isoformat(),
+        "departure": s.departure.isoformat(),
+        "energy_needed_wh": s.energy_needed_wh,
+        "delivered_wh": round(s.delivered_wh, 1),
+        "min_current_a": s.min_current_a,
+        "max_current_a": s.max_current_a,
+        "phases": s.phases,
+        "priority": s.priority,
+        "measured_current_a": s.measured_current_a,
+        "charging_state": s.charging_state,
+        "granted_a": alloc.grant_a.get(f"{s.station_id}/{s.evse_id}"),
+    }

@@ -36,7 +36,7 @@ from gridcharge.shared.topology import PHASES, Topology
 
 log = logging.getLogger(__name__)
 
-WOBBLE_S = 600.0   # the base-load history the raise hysteresis looks at (s)
+WOBBLE_S = 600.0  # the base-load history the raise hysteresis looks at (s)
 
 __all__ = ["Allocator", "AllocatorConfig", "Explanation", "Outlook", "PlanResult", "ProfileCommand", "StationCaps"]
 
@@ -46,49 +46,61 @@ class AllocatorConfig:
     """Timing and tuning of the allocator (seconds, A)."""
 
     slot_s: float = 900.0
-    horizon_slots: int = 96              # 24 h of 15-min slots
+    horizon_slots: int = 96  # 24 h of 15-min slots
     plan_interval_s: float = 60.0
     debounce_s: float = 1.0
     leases: LeasePolicy = field(default_factory=LeasePolicy)
     writes: WritePolicy = field(default_factory=WritePolicy)
-    command_timeout_s: float = 60.0      # no result by then: fate unknown
-    failsafe_hold_s: float = 120.0       # a failing station is not planned for this long
-    limiter_margin_pct: float = 2.0      # of the node limit, on top of the measured load
-    command_ttl_s: float = 30.0          # a command not sent by then is dropped by the gateway
+    command_timeout_s: float = 60.0  # no result by then: fate unknown
+    failsafe_hold_s: float = 120.0  # a failing station is not planned for this long
+    limiter_margin_pct: float = 2.0  # of the node limit, on top of the measured load
+    command_ttl_s: float = 30.0  # a command not sent by then is dropped by the gateway
     release_idle_fallbacks: bool = True  # idle stations under a busy node give their floor to the cars
-    limiter_hold_s: float = 60.0         # a limiter cut holds (the plan stays within it) until a cycle this later
-    raise_headroom_pct: float = 5.0      # at most this much of a node's limit is left free by raises: the band
+    limiter_hold_s: float = 60.0  # a limiter cut holds (the plan stays within it) until a cycle this later
+    raise_headroom_pct: float = 5.0  # at most this much of a node's limit is left free by raises: the band
     #                                      is how much its base load wobbled in the last 10 min (hysteresis)
-    priority_charging_level: int = 10    # session priority while OCPP 2.1 priority charging is active (default 1)
+    priority_charging_level: int = 10  # session priority while OCPP 2.1 priority charging is active (default 1)
 
 
 class Allocator:
     """State and decisions of the allocation service for one topology."""
 
-    def __init__(self, topology: Topology, config: AllocatorConfig | None = None, planner: Planner | None = None,
-                 new_id: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        config: AllocatorConfig | None = None,
+        planner: Planner | None = None,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
         self.topology = topology
         self.cfg = config or AllocatorConfig()
         self.planner: Planner = planner or LpPlanner()
         self.voltage_v = topology.nominal_voltage_v
         self.book = SessionBook(dict(topology.station_by_id), topology.session_defaults, self.voltage_v)
         skew = self.cfg.leases.clock_skew_s
-        self.ledgers = {s.id: StationLedger(s.id, s.fallback_current_a, s.max_current_a, skew_s=skew)
-                        for s in topology.stations}
-        self.issuer = CommandIssuer(topology, self.ledgers, self.cfg.leases, WriteLog(self.cfg.writes),
-                                    self.cfg.command_ttl_s, new_id or (lambda: uuid.uuid4().hex))
+        self.ledgers = {
+            s.id: StationLedger(s.id, s.fallback_current_a, s.max_current_a, skew_s=skew) for s in topology.stations
+        }
+        self.issuer = CommandIssuer(
+            topology,
+            self.ledgers,
+            self.cfg.leases,
+            WriteLog(self.cfg.writes),
+            self.cfg.command_ttl_s,
+            new_id or (lambda: uuid.uuid4().hex),
+        )
         self.fallbacks = FallbackSchedules(topology, self.cfg.release_idle_fallbacks)
         self.node_inputs: dict[str, NodeInputs] = {}
         self.external: dict[tuple[str, str], ExternalLimitWindow] = {}
-        self.limiter_a: dict[str, float] = {}          # session key -> limiter ceiling (A)
-        self.limiter_at: dict[str, float] = {}         # session key -> when the limiter last cut it (s)
-        self.cut_at: dict[str, float] = {}             # node -> when the limiter last cut under it (s)
-        self.grant_a: dict[str, float] = {}            # session key -> what the car may draw now (A)
-        self.grant_since: dict[str, float] = {}        # session key -> since when (s)
-        self.plan_a: dict[str, float] = {}             # session key -> plan grant now (A)
-        self.charging: set[str] = set()                # stations with a car that wants energy
-        self.busy_at: dict[str, float] = {}            # node -> last plan in which its capacity held a car back
-        self.base_history: dict[str, deque[tuple[float, float]]] = {}   # node -> (s, highest phase base load W)
+        self.limiter_a: dict[str, float] = {}  # session key -> limiter ceiling (A)
+        self.limiter_at: dict[str, float] = {}  # session key -> when the limiter last cut it (s)
+        self.cut_at: dict[str, float] = {}  # node -> when the limiter last cut under it (s)
+        self.grant_a: dict[str, float] = {}  # session key -> what the car may draw now (A)
+        self.grant_since: dict[str, float] = {}  # session key -> since when (s)
+        self.plan_a: dict[str, float] = {}  # session key -> plan grant now (A)
+        self.charging: set[str] = set()  # stations with a car that wants energy
+        self.busy_at: dict[str, float] = {}  # node -> last plan in which its capacity held a car back
+        self.base_history: dict[str, deque[tuple[float, float]]] = {}  # node -> (s, highest phase base load W)
         self.last: PlanResult | None = None
 
     # ---------------------------------------------------------------- views used by the service and API
@@ -178,7 +190,7 @@ class Allocator:
         led.online = True
         fb_key = P.command_key(0, command_pb2.PROFILE_PURPOSE_STATION_MAX, P.FALLBACK_STACK)
         if not new_link and any(p.key == fb_key and now - p.sent_at < 5.0 for p in led.pending.values()):
-            return []   # Connected and Boot come together: one fallback is enough
+            return []  # Connected and Boot come together: one fallback is enough
         return [self.fallback_command(station_id, now, "boot")]
 
     def fallback_command(self, station_id: str, now: float, reason: str) -> ProfileCommand:
@@ -235,7 +247,7 @@ class Allocator:
             return []
         for sent in led.accepted.values():
             if sent.purpose == command_pb2.PROFILE_PURPOSE_STATION_MAX and math.isfinite(sent.valid_until):
-                led.uncertain[sent.command_id] = sent   # a lease may or may not be in force until its end
+                led.uncertain[sent.command_id] = sent  # a lease may or may not be in force until its end
         led.accepted.clear()
         led.fallback_installed = False
         led.failed_at, led.last_failure = now, f"profile check: {what}"[:64]
@@ -243,13 +255,15 @@ class Allocator:
             del self.issuer.tx_sent_a[key]
         return [self.fallback_command(station_id, now, "profile_check")]
 
-    def observe_command(self, station_id: str, command_id: str, payload: command_pb2.SetChargingProfile,
-                        sent_at: float) -> bool:
+    def observe_command(
+        self, station_id: str, command_id: str, payload: command_pb2.SetChargingProfile, sent_at: float
+    ) -> bool:
         """A profile command seen on the bus (e.g. sent by the previous leader): count it as in flight."""
         return self.issuer.observe(station_id, command_id, payload, sent_at)
 
-    def node_load(self, node_id: str, load_w: tuple[float, float, float], base_load_w: tuple[float, float, float],
-                  at: float) -> bool:
+    def node_load(
+        self, node_id: str, load_w: tuple[float, float, float], base_load_w: tuple[float, float, float], at: float
+    ) -> bool:
         if node_id not in self.topology.node_by_id or not all(map(math.isfinite, load_w + base_load_w)):
             return False
         inp = self.node_inputs.setdefault(node_id, NodeInputs())
@@ -272,8 +286,15 @@ class Allocator:
         vals = [b for _t, b in hist]
         return min(max(vals) - min(vals), max(self.topology.limit_w(node_id)) * self.cfg.raise_headroom_pct / 100.0)
 
-    def headroom(self, node_id: str, start: float, step_s: float, slots: list[tuple[float, float, float]],
-                 sources: list[str], at: float) -> bool:
+    def headroom(
+        self,
+        node_id: str,
+        start: float,
+        step_s: float,
+        slots: list[tuple[float, float, float]],
+        sources: list[str],
+        at: float,
+    ) -> bool:
         if node_id not in self.topology.node_by_id or step_s <= 0 or not slots:
             return False
         if not all(math.isfinite(v) for s in slots for v in s):
@@ -286,7 +307,7 @@ class Allocator:
     def external_limit(self, lim: ExternalLimitWindow) -> bool:
         if lim.node_id not in self.topology.node_by_id:
             return False
-        if lim.valid_to <= lim.valid_from:   # an empty window withdraws the limit
+        if lim.valid_to <= lim.valid_from:  # an empty window withdraws the limit
             return self.external.pop((lim.node_id, lim.limit_id), None) is not None
         self.external[(lim.node_id, lim.limit_id)] = lim
         return True
@@ -312,8 +333,15 @@ class Allocator:
             return False
         cap_a = min(max(cap_a, 0.0), led.hw_max_a)
         cid = f"restored:{station_id}"
-        led.uncertain[cid] = Sent(cid, LEASE_KEY, command_pb2.PROFILE_PURPOSE_STATION_MAX, 0, cap_a,
-                                  min(valid_until, now + self.cfg.leases.max_lease_s), now)
+        led.uncertain[cid] = Sent(
+            cid,
+            LEASE_KEY,
+            command_pb2.PROFILE_PURPOSE_STATION_MAX,
+            0,
+            cap_a,
+            min(valid_until, now + self.cfg.leases.max_lease_s),
+            now,
+        )
         return True
 
     # ---------------------------------------------------------------- planning
@@ -332,8 +360,9 @@ class Allocator:
         lim = self.capacity_limit_w(node_id, now)
         margin_w = max(lim) * self.cfg.limiter_margin_pct / 100.0
         # cut back to the margin the planner works to, so the re-plan that follows has nothing left to cut
-        target_w = max(lim) * max(self.cfg.limiter_margin_pct, self.topology.node_by_id[node_id].safety_margin_pct) \
-            / 100.0
+        target_w = (
+            max(lim) * max(self.cfg.limiter_margin_pct, self.topology.node_by_id[node_id].safety_margin_pct) / 100.0
+        )
         conns = []
         for s in self.book.sessions.values():
             if node_id not in self.topology.station_path(s.station_id):
@@ -342,9 +371,16 @@ class Allocator:
             if key not in self.grant_a or not self.ledgers[s.station_id].online:
                 continue
             st = self.topology.station_by_id[s.station_id]
-            conns.append(Connector(key, tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
-                                   self.grant_a[key], s.priority, s.min_current_a,
-                                   s.measured_current_a if s.meter_fresh(now_dt) else None))
+            conns.append(
+                Connector(
+                    key,
+                    tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
+                    self.grant_a[key],
+                    s.priority,
+                    s.min_current_a,
+                    s.measured_current_a if s.meter_fresh(now_dt) else None,
+                )
+            )
         cuts = lower(inp.load_w, lim, margin_w, self.voltage_v, conns, target_w)
         cmds: list[ProfileCommand] = []
         if cuts:

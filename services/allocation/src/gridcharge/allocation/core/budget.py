@@ -24,8 +24,8 @@ from gridcharge.shared.topology import PHASES, Topology
 
 FloatArray = npt.NDArray[np.float64]
 
-NODE_LOAD_STALE_S = 120.0          # live node load older than this is not trusted
-HEADROOM_STALE_S = 3 * 3600.0      # a headroom forecast older than this is not trusted
+NODE_LOAD_STALE_S = 120.0  # live node load older than this is not trusted
+HEADROOM_STALE_S = 3 * 3600.0  # a headroom forecast older than this is not trusted
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class ExternalLimitWindow:
     received_at: float
     stale_after_s: float = 0.0
     schedule: tuple[tuple[float, tuple[float, float, float]], ...] = ()
-    station_id: str = ""     # set: binds that station (EVSE evse_id, 0 = all) only, never the node
+    station_id: str = ""  # set: binds that station (EVSE evse_id, 0 = all) only, never the node
     evse_id: int = 0
 
     def value_at(self, t: float, now: float) -> tuple[float, float, float] | None:
@@ -99,7 +99,7 @@ class _StationIndex:
     start: npt.NDArray[np.intp]
     count: npt.NDArray[np.intp]
     slot: npt.NDArray[np.intp]
-    slots_of: tuple[tuple[int, ...], ...]    # per station row: its slots as plain ints (per-station loops)
+    slots_of: tuple[tuple[int, ...], ...]  # per station row: its slots as plain ints (per-station loops)
 
 
 _INDEXES: OrderedDict[int, tuple[Topology, _StationIndex]] = OrderedDict()
@@ -127,10 +127,16 @@ def _index(topology: Topology) -> _StationIndex:
         start.append(len(slot))
         slot.extend(node_pos[nid] * 3 + p for nid in path for p in ph)
         count.append(len(slot) - start[-1])
-    idx = _StationIndex(node_ids, {st.id: r for r, st in enumerate(topology.stations)}, tuple(paths),
-                        tuple(phases), np.array(start, dtype=np.intp), np.array(count, dtype=np.intp),
-                        np.array(slot, dtype=np.intp),
-                        tuple(tuple(slot[a:a + n]) for a, n in zip(start, count, strict=True)))
+    idx = _StationIndex(
+        node_ids,
+        {st.id: r for r, st in enumerate(topology.stations)},
+        tuple(paths),
+        tuple(phases),
+        np.array(start, dtype=np.intp),
+        np.array(count, dtype=np.intp),
+        np.array(slot, dtype=np.intp),
+        tuple(tuple(slot[a : a + n]) for a, n in zip(start, count, strict=True)),
+    )
     _INDEXES[id(topology)] = (topology, idx)
     while len(_INDEXES) > _INDEXES_MAX:
         _INDEXES.popitem(last=False)
@@ -181,8 +187,12 @@ def node_capacity(
         cap *= 1.0 - node.safety_margin_pct / 100.0
         inp = inputs.get(node.id)
         load_fresh = inp is not None and inp.load_at is not None and now - inp.load_at <= NODE_LOAD_STALE_S
-        fc_fresh = (inp is not None and inp.headroom_at is not None and bool(inp.headroom_w)
-                    and now - inp.headroom_at <= HEADROOM_STALE_S)
+        fc_fresh = (
+            inp is not None
+            and inp.headroom_at is not None
+            and bool(inp.headroom_w)
+            and now - inp.headroom_at <= HEADROOM_STALE_S
+        )
         if load_fresh and inp is not None and inp.base_load_w is not None:
             base = np.maximum(np.array(inp.base_load_w, dtype=float), 0.0)
             for p in range(3):
@@ -203,8 +213,11 @@ def node_capacity(
                     for p in range(3):
                         if hw[p] < cap[p, t]:
                             cap[p, t] = max(0.0, hw[p])
-                            why[p][t] = "headroom:" + (inp.headroom_sources[k] if k < len(inp.headroom_sources)
-                                                       and inp.headroom_sources[k] else "forecast")
+                            why[p][t] = "headroom:" + (
+                                inp.headroom_sources[k]
+                                if k < len(inp.headroom_sources) and inp.headroom_sources[k]
+                                else "forecast"
+                            )
         if node.metered and not load_fresh and not fc_fresh:
             # unknown non-EV load: only what is safe by construction
             fb = np.array(topology.fallback_draw_a(node.id), dtype=float) * v
@@ -229,8 +242,7 @@ def node_draw_w(topology: Topology, station_caps_a: Mapping[str, float]) -> dict
     return {nid: draw[i] for i, nid in enumerate(ix.node_ids)}
 
 
-def _draw_flat(topology: Topology, caps_a: Mapping[str, float] | Mapping[str, Sequence[float]],
-               k: int) -> FloatArray:
+def _draw_flat(topology: Topology, caps_a: Mapping[str, float] | Mapping[str, Sequence[float]], k: int) -> FloatArray:
     """:func:`node_draw_w` with a cap per moment (``caps_a[station]``: a value, or [k] A); returns
     [3 × nodes, k] W, row = node position × 3 + phase as in the station index."""
     ix = _index(topology)
@@ -300,7 +312,7 @@ def fit_caps(
     for i, nid in enumerate(ix.node_ids):
         given = capacity_w.get(nid)
         if given is not None:
-            cap_arr[3 * i:3 * i + 3] = np.asarray(given, dtype=np.float64).reshape(3, -1)
+            cap_arr[3 * i : 3 * i + 3] = np.asarray(given, dtype=np.float64).reshape(3, -1)
     cap: list[list[float]] = cap_arr.tolist()
 
     def row(x: float | FloatArray) -> list[float]:
@@ -340,11 +352,10 @@ def fit_caps(
             for j in K:
                 ld[j] += delta_a[j] * v
 
-    target_arr = _draw_flat(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items() if sid not in kept}},
-                            k)
-    if np.any(target_arr > cap_arr + 1e-9):   # (usually nothing is over)
+    target_arr = _draw_flat(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items() if sid not in kept}}, k)
+    if np.any(target_arr > cap_arr + 1e-9):  # (usually nothing is over)
         target: list[list[float]] = target_arr.tolist()
-        for sid in (lower_order if lower_order is not None else list(reversed(order))):
+        for sid in lower_order if lower_order is not None else list(reversed(order)):
             if sid not in desired_a:
                 continue
             over = excess_a(sid, target)
@@ -373,7 +384,7 @@ def fit_caps(
             plain = excess_a(sid, used)
             grant = max(grant, min(want, cur[0], min(cur[j] + max(0.0, -plain[j]) for j in K)))
         if max(cur) <= grant < max(cur) + min_raise_a:
-            grant = min(want, max(cur))          # a raise too small to be worth it (it fits: grant ≥ it)
+            grant = min(want, max(cur))  # a raise too small to be worth it (it fits: grant ≥ it)
         grant = max(0.0, grant)
         approved[sid] = grant
         # a raise only counts upwards: a lowering takes effect once accepted
@@ -385,7 +396,9 @@ def fit_caps(
 
 
 def violations(
-    topology: Topology, capacity_w: Mapping[str, FloatArray], worst_case_a: Mapping[str, float],
+    topology: Topology,
+    capacity_w: Mapping[str, FloatArray],
+    worst_case_a: Mapping[str, float],
     tolerance_w: float = 1e-6,
 ) -> list[tuple[str, int, float]]:
     """(node, phase, excess W) wherever Σ worst-case draw exceeds the capacity ([3] W per node)."""

@@ -44,12 +44,12 @@ from gridcharge.allocation.core.model import (
 from gridcharge.allocation.core.sessions import SessionState, session_key
 from gridcharge.shared.topology import PHASES, Topology
 
-if TYPE_CHECKING:   # the allocator hosts the cycle; only its type is needed here
+if TYPE_CHECKING:  # the allocator hosts the cycle; only its type is needed here
     from gridcharge.allocation.core.allocator import Allocator
 
 log = logging.getLogger(__name__)
 
-GUESSED_DEPARTURE_S = 2 * 3600.0   # planning horizon of a car whose departure nobody gave (s)
+GUESSED_DEPARTURE_S = 2 * 3600.0  # planning horizon of a car whose departure nobody gave (s)
 
 Moments = tuple[list[float], dict[str, np.ndarray], dict[str, float | np.ndarray]]
 
@@ -62,7 +62,7 @@ class Explanation:
     granted_a: float
     planned_a: float
     binding: BindingConstraint | None
-    clamped_by: str = ""        # "" | limiter | budget | failsafe | held (a raise waiting for the write budget)
+    clamped_by: str = ""  # "" | limiter | budget | failsafe | held (a raise waiting for the write budget)
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,10 @@ class PlanResult:
     slot_starts: list[float]
     explanations: dict[str, Explanation] = field(default_factory=dict)
     station_caps_a: dict[str, float] = field(default_factory=dict)
-    base_a: dict[str, float] = field(default_factory=dict)      # per session key: share of the station floor
+    base_a: dict[str, float] = field(default_factory=dict)  # per session key: share of the station floor
     commands: list[ProfileCommand] = field(default_factory=list)
-    deferred: dict[str, int] = field(default_factory=dict)      # raises held back, by reason (hold|interval|budget)
+    deferred: dict[str, int] = field(default_factory=dict)  # raises held back, by reason (hold|interval|budget)
     error: str = ""
-
 
 
 def station_cap_for(topology: Topology, station_id: str, grants: dict[str, float]) -> float:
@@ -119,7 +118,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
     for led in alloc.ledgers.values():
         led.expire(now, cfg.command_timeout_s)
     for k in [k for k, e in alloc.external.items() if e.valid_to <= now]:
-        del alloc.external[k]   # windows that ended
+        del alloc.external[k]  # windows that ended
     # the limiter's cuts hold until a regular cycle re-optimises (the plan meanwhile stays within them)
     for key in [k for k, t in alloc.limiter_at.items() if now - t >= cfg.limiter_hold_s]:
         alloc.limiter_at.pop(key, None)
@@ -141,8 +140,14 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
     t0 = math.floor(now / step) * step
     starts = [t0 + k * step for k in range(cfg.horizon_slots + 1)]
     prio = {sid: max(x.priority for x in ss) for sid, ss in by_station.items()}
-    alloc.fallbacks.compute(now, node_capacity(topo, alloc.node_inputs, alloc.external.values(), now, starts, step),
-                            starts, alloc.charging, prio, busy)
+    alloc.fallbacks.compute(
+        now,
+        node_capacity(topo, alloc.node_inputs, alloc.external.values(), now, starts, step),
+        starts,
+        alloc.charging,
+        prio,
+        busy,
+    )
     result = PlanResult(now_dt, None, capacity, slot_starts)
     end = cfg.leases.lease_end(now, lowered=False)
     moments, cap_k, wc_k = budget_moments(alloc, now, end, capacity, slot_starts)
@@ -159,7 +164,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
             for s in sessions:
                 key = session_key(s.station_id, s.evse_id)
                 plan_now[key] = base.get(key, 0.0) + float(plan.current_a[plan.row(s.session_id), 0])
-        except Exception as exc:   # a planner failure must not stop the fallbacks and leases from working
+        except Exception as exc:  # a planner failure must not stop the fallbacks and leases from working
             log.exception("planner failed; holding sessions at their fallback")
             result.error = f"{type(exc).__name__}"
             for s in sessions:
@@ -186,18 +191,24 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
             floors[sid] = 0.0
         else:
             floors[sid] = np.array([0.0 if m < until - skew else led.floor_worst_a(m) for m in moments])
-    order = sorted(targets, key=lambda sid: (-prio.get(sid, 0), -sum(s.remaining_wh for s in by_station.get(sid, [])),
-                                             sid))
+    order = sorted(
+        targets, key=lambda sid: (-prio.get(sid, 0), -sum(s.remaining_wh for s in by_station.get(sid, [])), sid)
+    )
     band = {n.id: alloc.raise_band_w(n.id) for n in topo.nodes}
     # over capacity: the lowest priority goes down first, within it the station holding the most (a trim of
     # the largest grant rather than one car stopped)
     lower_order = sorted(targets, key=lambda sid: (prio.get(sid, 0), -alloc.ledgers[sid].held_a(now), sid))
-    approved = fit_caps(topo, cap_k, wc_k, targets, order, floor_a=floors, keep=keep, raise_headroom_w=band,
-                        lower_order=lower_order)
+    approved = fit_caps(
+        topo, cap_k, wc_k, targets, order, floor_a=floors, keep=keep, raise_headroom_w=band, lower_order=lower_order
+    )
     result.station_caps_a = dict(approved)
     # (what the cars want, not only what they got: a restore that would hold a car back re-releases at once)
-    still_busy(alloc, now, {n: c.min(axis=1) for n, c in cap_k.items()},
-               {**wc_max, **{k: max(a, desired.get(k, 0.0), float(np.max(floors[k]))) for k, a in approved.items()}})
+    still_busy(
+        alloc,
+        now,
+        {n: c.min(axis=1) for n, c in cap_k.items()},
+        {**wc_max, **{k: max(a, desired.get(k, 0.0), float(np.max(floors[k]))) for k, a in approved.items()}},
+    )
 
     # commands
     for sid in sorted(targets):
@@ -211,8 +222,9 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
             result.commands.append(cmd)
             in_force = P.profile_limit_a(cmd.payload, alloc.target(sid))
         if sid in planned:
-            result.commands += session_grants(alloc, sid, by_station[sid], want, desired[sid], in_force, now,
-                                              cmd is not None)
+            result.commands += session_grants(
+                alloc, sid, by_station[sid], want, desired[sid], in_force, now, cmd is not None
+            )
             explain(alloc, result, by_station[sid], want, plan_now, desired[sid], in_force, targets[sid])
     for sid in sorted(by_station):
         if sid in planned:
@@ -221,14 +233,21 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
             why = "failsafe:" + (alloc.ledgers[sid].last_failure or "offline")
             node = topo.station_by_id[sid].node
             result.explanations[s.session_id] = Explanation(
-                s.session_id, 0.0, 0.0, BindingConstraint(node, -1, 0, why), "failsafe")
+                s.session_id, 0.0, 0.0, BindingConstraint(node, -1, 0, why), "failsafe"
+            )
     result.commands += fallback_commands(alloc, now)
     alloc.last = result
     return result
 
 
-def control_targets(alloc: Allocator, now: float, desired: dict[str, float], planned: set[str],
-                    under_busy: set[str], deferred: dict[str, int]) -> tuple[dict[str, float], set[str], set[str]]:
+def control_targets(
+    alloc: Allocator,
+    now: float,
+    desired: dict[str, float],
+    planned: set[str],
+    under_busy: set[str],
+    deferred: dict[str, int],
+) -> tuple[dict[str, float], set[str], set[str]]:
     """The calm control law (module docstring, step 5): per station the cap to aim for, the stations that
     keep what they hold, and those whose lease is due for renewal."""
     pol, wp, log_ = alloc.cfg.leases, alloc.cfg.writes, alloc.issuer.writes
@@ -237,7 +256,7 @@ def control_targets(alloc: Allocator, now: float, desired: dict[str, float], pla
     targets: dict[str, float] = {}
     keep: set[str] = set()
     due: set[str] = set()
-    raising: set[str] = set()        # nodes under which a raise goes out now: room made there is used at once
+    raising: set[str] = set()  # nodes under which a raise goes out now: room made there is used at once
     for sid, d in desired.items():
         held = alloc.ledgers[sid].held_a(now)
         d = P.quantise_a(d)
@@ -248,12 +267,15 @@ def control_targets(alloc: Allocator, now: float, desired: dict[str, float], pla
         held = led.held_a(now)
         d = P.quantise_a(d)
         cur = alloc.issuer.lease_in_flight(sid) or led.accepted.get(LEASE_KEY)
-        renew = cur is not None and now < cur.valid_until and pol.renewal_due(
-            cur.valid_until, now, pol.is_lowered_end(cur.valid_until))
+        renew = (
+            cur is not None
+            and now < cur.valid_until
+            and pol.renewal_due(cur.valid_until, now, pol.is_lowered_end(cur.valid_until))
+        )
         floor_now = led.floor_a(now)
         if renew and abs(d - floor_now) > 0.05:
             due.add(sid)
-            targets[sid] = d                 # one write anyway: it takes the desired value
+            targets[sid] = d  # one write anyway: it takes the desired value
             continue
         t = held
         path = alloc.topology.station_path(sid)
@@ -276,18 +298,19 @@ def control_targets(alloc: Allocator, now: float, desired: dict[str, float], pla
     return targets, keep, due
 
 
-def station_command(alloc: Allocator, sid: str, target: float, approved: float, now: float, due: bool,
-                    busy: bool) -> ProfileCommand | None:
+def station_command(
+    alloc: Allocator, sid: str, target: float, approved: float, now: float, due: bool, busy: bool
+) -> ProfileCommand | None:
     """The station-cap lease to send, if any: a lowering (at once), a raise, or a renewal still wanted."""
     led = alloc.ledgers[sid]
     held = led.held_a(now)
-    a = P.quantise_a(approved)          # as the profile will carry it: 0 below the 6 A minimum
+    a = P.quantise_a(approved)  # as the profile will carry it: 0 below the 6 A minimum
     fly = alloc.issuer.lease_in_flight(sid)
     if fly is not None and abs(fly.limit_at(now) - a) < 0.05 and not due:
-        return None   # the same change is on its way
+        return None  # the same change is on its way
     if a < held - 0.05:
         if due and not busy and abs(a - led.floor_a(now)) < 0.05 and a >= target - 0.05:
-            return None   # nobody needs it back now: the lease lapses to the fallback at its end
+            return None  # nobody needs it back now: the lease lapses to the fallback at its end
         return alloc.issuer.station_lease(sid, a, now, "safety" if a < target - 0.05 else "lower")
     if a > held + 0.05 and (due or a - held >= alloc.cfg.writes.raise_min_step_a - 1e-9):
         return alloc.issuer.station_lease(sid, a, now, "renewal" if due else "raise")
@@ -296,8 +319,16 @@ def station_command(alloc: Allocator, sid: str, target: float, approved: float, 
     return None
 
 
-def session_grants(alloc: Allocator, sid: str, sessions: list[SessionState], want: dict[str, float],
-                   desired_cap: float, in_force: float, now: float, station_written: bool) -> list[ProfileCommand]:
+def session_grants(
+    alloc: Allocator,
+    sid: str,
+    sessions: list[SessionState],
+    want: dict[str, float],
+    desired_cap: float,
+    in_force: float,
+    now: float,
+    station_written: bool,
+) -> list[ProfileCommand]:
     """Record each session's grant; at a station with several EVSEs, split the station cap with TxProfiles."""
     scale = in_force / desired_cap if desired_cap > 1e-9 and in_force < desired_cap - 1e-9 else 1.0
     multi = len(alloc.topology.station_by_id[sid].evses) > 1
@@ -316,8 +347,16 @@ def session_grants(alloc: Allocator, sid: str, sessions: list[SessionState], wan
     return out
 
 
-def explain(alloc: Allocator, result: PlanResult, sessions: list[SessionState], want: dict[str, float],
-            plan_now: dict[str, float], desired_cap: float, in_force: float, target: float) -> None:
+def explain(
+    alloc: Allocator,
+    result: PlanResult,
+    sessions: list[SessionState],
+    want: dict[str, float],
+    plan_now: dict[str, float],
+    desired_cap: float,
+    in_force: float,
+    target: float,
+) -> None:
     for s in sessions:
         key = session_key(s.station_id, s.evse_id)
         binding = None
@@ -336,8 +375,9 @@ def explain(alloc: Allocator, result: PlanResult, sessions: list[SessionState], 
             # held at the station's own external limit (an EMS or the grid operator via NotifyChargingLimit):
             # that is the binding constraint, with its source, not the car or the departure
             binding = BindingConstraint(s.station_id, -1, 0, lim_src)
-        result.explanations[s.session_id] = Explanation(s.session_id, alloc.grant_a.get(key, in_force),
-                                                        plan_now.get(key, 0.0), binding, clamped)
+        result.explanations[s.session_id] = Explanation(
+            s.session_id, alloc.grant_a.get(key, in_force), plan_now.get(key, 0.0), binding, clamped
+        )
 
 
 def fallback_commands(alloc: Allocator, now: float) -> list[ProfileCommand]:
@@ -356,8 +396,11 @@ def fallback_commands(alloc: Allocator, now: float) -> list[ProfileCommand]:
         if not led.fallback_installed and not in_flight:
             out.append(alloc.fallback_command(sid, now, "retry"))
             continue
-        why = alloc.fallbacks.outdated(led, now, alloc.target(sid), sid in alloc.charging) \
-            if led.fallback_installed else ""
+        why = (
+            alloc.fallbacks.outdated(led, now, alloc.target(sid), sid in alloc.charging)
+            if led.fallback_installed
+            else ""
+        )
         if why == "raise":
             if wc is None:
                 wc = alloc.worst_case_a(now)
@@ -365,15 +408,16 @@ def fallback_commands(alloc: Allocator, now: float) -> list[ProfileCommand]:
             cap = alloc.capacity_now(now)
             draw = node_draw_w(topo, new)
             if any(np.any(draw[n] > cap[n] + 1e-6) for n in topo.station_path(sid)):
-                continue        # not yet: the others' lowering must be accepted first
+                continue  # not yet: the others' lowering must be accepted first
             wc = new
         if why:
             out.append(alloc.fallback_command(sid, now, "schedule"))
     return out
 
 
-def fixed_draw_w(alloc: Allocator, slot_starts: list[float], plannable: set[str], based: set[str],
-                 wc: dict[str, float]) -> dict[str, np.ndarray]:
+def fixed_draw_w(
+    alloc: Allocator, slot_starts: list[float], plannable: set[str], based: set[str], wc: dict[str, float]
+) -> dict[str, np.ndarray]:
     """[3, T] W per node reserved before planning: the worst case of stations not plannable, the floor of
     idle ones and of the charging stations in ``based`` (their cars get it as a base).
 
@@ -391,7 +435,7 @@ def fixed_draw_w(alloc: Allocator, slot_starts: list[float], plannable: set[str]
             constant[sid] = wc[sid]
             continue
         if sid in charging_stations and sid not in based:
-            continue        # under a busy node the plan may take a car below its floor
+            continue  # under a busy node the plan may take a car below its floor
         if not led.floor_steps(slot_starts[0], horizon_end):
             constant[sid] = led.floor_max_a(slot_starts[0], slot_starts[0] + step)
             continue
@@ -422,8 +466,7 @@ def budget_moments(alloc: Allocator, now: float, end: float, capacity: Capacity,
         for ls in [led.accepted.get(LEASE_KEY), *led.lease_candidates()]:
             if ls is not None and math.isfinite(ls.valid_until):
                 hi = max(hi, ls.valid_until + skew)
-    steps = {sid: sorted({*led.change_times(now, hi), *led.lease_edges(now, hi)})
-             for sid, led in alloc.ledgers.items()}
+    steps = {sid: sorted({*led.change_times(now, hi), *led.lease_edges(now, hi)}) for sid, led in alloc.ledgers.items()}
     times = {now, end - skew}
     for ts in steps.values():
         times.update(ts)
@@ -440,8 +483,15 @@ def budget_moments(alloc: Allocator, now: float, end: float, capacity: Capacity,
     return moments, cap, wc
 
 
-def solve(alloc: Allocator, sessions: list[SessionState], capacity: Capacity, fixed_w: dict[str, np.ndarray],
-          now_dt: datetime, T: int, under_busy: set[str]) -> tuple[Plan, dict[str, float]]:
+def solve(
+    alloc: Allocator,
+    sessions: list[SessionState],
+    capacity: Capacity,
+    fixed_w: dict[str, np.ndarray],
+    now_dt: datetime,
+    T: int,
+    under_busy: set[str],
+) -> tuple[Plan, dict[str, float]]:
     """Plan the sessions; returns the plan and each session's base (A).
 
     Outside busy nodes a car gets its share of its station's floor as a base and the planner distributes
@@ -454,8 +504,10 @@ def solve(alloc: Allocator, sessions: list[SessionState], capacity: Capacity, fi
     for s in sessions:
         per_station[s.station_id] = per_station.get(s.station_id, 0) + 1
     base: dict[str, float] = {}
-    nodes = [NodeCapacity(n.id, np.maximum(capacity.w[n.id] - fixed_w[n.id], 0.0), n.parent, capacity.source[n.id])
-             for n in topo.nodes]
+    nodes = [
+        NodeCapacity(n.id, np.maximum(capacity.w[n.id] - fixed_w[n.id], 0.0), n.parent, capacity.source[n.id])
+        for n in topo.nodes
+    ]
     evses: dict[str, Evse] = {}
     plan_sessions = []
     current: dict[str, float] = {}
@@ -465,13 +517,14 @@ def solve(alloc: Allocator, sessions: list[SessionState], capacity: Capacity, fi
         st = topo.station_by_id[s.station_id]
         key = session_key(s.station_id, s.evse_id)
         ev = st.evse(s.evse_id)
-        evse_max = min(ev.max_current_a or st.max_current_a, st.max_current_a,
-                       alloc.station_limit_a(s.station_id, s.evse_id, now))
+        evse_max = min(
+            ev.max_current_a or st.max_current_a, st.max_current_a, alloc.station_limit_a(s.station_id, s.evse_id, now)
+        )
         max_a = min(s.max_current_a, evse_max)
         cap = s.draw_limit_a(now_dt)
-        if cap is not None:                # the car takes less than it was given (taper, full, ...)
+        if cap is not None:  # the car takes less than it was given (taper, full, ...)
             max_a = min(max_a, cap)
-        if key in alloc.limiter_a:         # cut by the limiter: planned within the cut until it is released
+        if key in alloc.limiter_a:  # cut by the limiter: planned within the cut until it is released
             max_a = min(max_a, alloc.limiter_a[key])
         b = 0.0
         if s.station_id not in under_busy:
@@ -479,11 +532,15 @@ def solve(alloc: Allocator, sessions: list[SessionState], capacity: Capacity, fi
             floor = alloc.ledgers[s.station_id].floor_min_a(now, end)
             b = max(0.0, min(floor / per_station[s.station_id], max_a))
         base[key] = b
-        if key in alloc.grant_a:           # what it holds now, above its base: the plan prefers to keep it
+        if key in alloc.grant_a:  # what it holds now, above its base: the plan prefers to keep it
             current[s.session_id] = max(0.0, alloc.grant_a[key] - b)
-        evses[key] = Evse(key, tuple(topo.station_path(s.station_id)),
-                          tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
-                          max_current_a=max(0.0, evse_max - b), min_current_a=max(0.0, ev.min_current_a - b))
+        evses[key] = Evse(
+            key,
+            tuple(topo.station_path(s.station_id)),
+            tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
+            max_current_a=max(0.0, evse_max - b),
+            min_current_a=max(0.0, ev.min_current_a - b),
+        )
         dep_s = s.departure.timestamp() - now
         if s.departure_guessed:
             # nobody said when the car leaves (OCPP 1.6, no driver input): plan it to be done soon rather than
@@ -496,12 +553,28 @@ def solve(alloc: Allocator, sessions: list[SessionState], capacity: Capacity, fi
         # still knows how long the car really needs (a single-phase car takes three times as long)
         wired = len(st.evse_phases(s.evse_id))
         k = wired / max(1, min(s.phases, wired))
-        plan_sessions.append(Session(s.session_id, key, s.energy_needed_wh * k, 0, dep_slot,
-                                     max(0.0, s.min_current_a - b), max(0.0, max_a - b), wired,
-                                     alloc.voltage_v, float(s.priority), s.delivered_wh * k))
+        plan_sessions.append(
+            Session(
+                s.session_id,
+                key,
+                s.energy_needed_wh * k,
+                0,
+                dep_slot,
+                max(0.0, s.min_current_a - b),
+                max(0.0, max_a - b),
+                wired,
+                alloc.voltage_v,
+                float(s.priority),
+                s.delivered_wh * k,
+            )
+        )
     problem = PlanningProblem(
-        slots=SlotGrid(now_dt, T, cfg.slot_s), nodes=nodes, evses=list(evses.values()), sessions=plan_sessions,
-        config=PlannerConfig(time_limit_s=10.0), current_a=current,
+        slots=SlotGrid(now_dt, T, cfg.slot_s),
+        nodes=nodes,
+        evses=list(evses.values()),
+        sessions=plan_sessions,
+        config=PlannerConfig(time_limit_s=10.0),
+        current_a=current,
     )
     return alloc.planner.plan(problem), base
 

@@ -34,14 +34,26 @@ FALLBACK_KEY = command_key(0, STATION_MAX, FALLBACK_STACK)
 LEASE_KEY = command_key(0, STATION_MAX, LEASE_STACK)
 
 # outcomes where the station certainly did not apply the profile
-NOT_APPLIED = {C.COMMAND_OUTCOME_REJECTED, C.COMMAND_OUTCOME_OFFLINE, C.COMMAND_OUTCOME_INVALID,
-               C.COMMAND_OUTCOME_SUPERSEDED, C.COMMAND_OUTCOME_EXPIRED, C.COMMAND_OUTCOME_NOT_OWNER}
+NOT_APPLIED = {
+    C.COMMAND_OUTCOME_REJECTED,
+    C.COMMAND_OUTCOME_OFFLINE,
+    C.COMMAND_OUTCOME_INVALID,
+    C.COMMAND_OUTCOME_SUPERSEDED,
+    C.COMMAND_OUTCOME_EXPIRED,
+    C.COMMAND_OUTCOME_NOT_OWNER,
+}
 # outcomes where it may or may not have applied it
 UNKNOWN = {C.COMMAND_OUTCOME_TIMEOUT, C.COMMAND_OUTCOME_CALL_ERROR, C.COMMAND_OUTCOME_UNSPECIFIED}
 # outcomes that make a station fail-safe for a while (not superseded: a newer one won, that is fine)
-FAILING = {C.COMMAND_OUTCOME_REJECTED, C.COMMAND_OUTCOME_OFFLINE, C.COMMAND_OUTCOME_INVALID,
-           C.COMMAND_OUTCOME_TIMEOUT, C.COMMAND_OUTCOME_CALL_ERROR, C.COMMAND_OUTCOME_NOT_OWNER,
-           C.COMMAND_OUTCOME_EXPIRED}
+FAILING = {
+    C.COMMAND_OUTCOME_REJECTED,
+    C.COMMAND_OUTCOME_OFFLINE,
+    C.COMMAND_OUTCOME_INVALID,
+    C.COMMAND_OUTCOME_TIMEOUT,
+    C.COMMAND_OUTCOME_CALL_ERROR,
+    C.COMMAND_OUTCOME_NOT_OWNER,
+    C.COMMAND_OUTCOME_EXPIRED,
+}
 
 
 class LeaseState(Enum):
@@ -57,13 +69,13 @@ class Sent:
     """A profile command sent and not answered yet (or answered with an unknown outcome)."""
 
     command_id: str
-    key: str                      # command key (profile slot)
-    purpose: int                  # ProfilePurpose
+    key: str  # command key (profile slot)
+    purpose: int  # ProfilePurpose
     evse_id: int
-    cap_a: float                  # highest per-phase current the profile allows
-    valid_until: float            # POSIX s; inf = no end
+    cap_a: float  # highest per-phase current the profile allows
+    valid_until: float  # POSIX s; inf = no end
     sent_at: float
-    schedule: tuple[tuple[float, float], ...] = ()   # (from POSIX s, A) steps; () = cap_a throughout
+    schedule: tuple[tuple[float, float], ...] = ()  # (from POSIX s, A) steps; () = cap_a throughout
 
     def limit_at(self, t: float) -> float:
         """Per-phase limit (A) the profile sets at time ``t`` (the first step also covers earlier times)."""
@@ -89,15 +101,15 @@ class StationLedger:
     fallback_a: float
     hw_max_a: float
     online: bool = False
-    replica: str = ""                  # gateway replica that holds the connection (from Connected)
+    replica: str = ""  # gateway replica that holds the connection (from Connected)
     fallback_installed: bool = False
-    accepted: dict[str, Sent] = field(default_factory=dict)     # per command key: last accepted
-    pending: dict[str, Sent] = field(default_factory=dict)      # per command id
-    uncertain: dict[str, Sent] = field(default_factory=dict)    # per command id: fate unknown
+    accepted: dict[str, Sent] = field(default_factory=dict)  # per command key: last accepted
+    pending: dict[str, Sent] = field(default_factory=dict)  # per command id
+    uncertain: dict[str, Sent] = field(default_factory=dict)  # per command id: fate unknown
     failed_at: float | None = None
     last_failure: str = ""
-    expired: set[str] = field(default_factory=set)             # lease slots whose grant lapsed unrenewed
-    skew_s: float = 0.0                # station clocks are trusted to ± this (s)
+    expired: set[str] = field(default_factory=set)  # lease slots whose grant lapsed unrenewed
+    skew_s: float = 0.0  # station clocks are trusted to ± this (s)
 
     def floor_a(self, t: float | None = None) -> float:
         """What the station may draw once every lease lapsed (A): its fallback at time ``t``.
@@ -158,8 +170,11 @@ class StationLedger:
 
     def lease_candidates(self) -> list[Sent]:
         """Station-cap leases that may be in force: in flight, of unknown fate (the accepted one apart)."""
-        return [s for s in [*self.pending.values(), *self.uncertain.values()]
-                if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and math.isfinite(s.valid_until)]
+        return [
+            s
+            for s in [*self.pending.values(), *self.uncertain.values()]
+            if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and math.isfinite(s.valid_until)
+        ]
 
     def worst_case_a(self, t: float) -> float:
         """Highest per-phase current (A) the station may draw at ``t`` whatever happened to our commands.
@@ -207,12 +222,12 @@ class StationLedger:
             del self.pending[s.command_id]
             self.uncertain[s.command_id] = s
             self.failed_at, self.last_failure = now, "no result"
-        gone = now - self.skew_s       # a lease ending before this has lapsed by every clock we trust
+        gone = now - self.skew_s  # a lease ending before this has lapsed by every clock we trust
         for cid in [c for c, s in self.uncertain.items() if s.valid_until <= gone]:
             del self.uncertain[cid]
         for k in [k for k, s in self.accepted.items() if s.valid_until <= gone]:
             if self.accepted.pop(k).cap_a > self.fallback_a + 1e-9:
-                self.expired.add(k)   # a grant lapsed without renewal (a lease at the fallback may lapse)
+                self.expired.add(k)  # a grant lapsed without renewal (a lease at the fallback may lapse)
         return late
 
     def lease_state(self, key: str, now: float, renew_lead_s: float) -> LeaseState:

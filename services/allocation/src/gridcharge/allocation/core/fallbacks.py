@@ -26,9 +26,9 @@ from gridcharge.allocation.core.issuer import when
 from gridcharge.command.v1 import command_pb2
 from gridcharge.shared.topology import Topology
 
-RELAX_S = 900.0   # a fallback schedule is raised again at most this often (s); lowered at once
+RELAX_S = 900.0  # a fallback schedule is raised again at most this often (s); lowered at once
 
-Steps = list[tuple[float, float]]   # [(from POSIX s, A)]
+Steps = list[tuple[float, float]]  # [(from POSIX s, A)]
 
 
 @dataclass
@@ -39,8 +39,15 @@ class FallbackSchedules:
     release_idle: bool = True
     target: dict[str, Steps] = field(default_factory=dict)
 
-    def compute(self, now: float, cap: Capacity, starts: list[float], charging: Collection[str],
-                priority: Mapping[str, int], busy: Collection[str]) -> None:
+    def compute(
+        self,
+        now: float,
+        cap: Capacity,
+        starts: list[float],
+        charging: Collection[str],
+        priority: Mapping[str, int],
+        busy: Collection[str],
+    ) -> None:
         """Schedules under which Σ fallbacks fits every node's capacity ``cap`` over the slots at ``starts``.
 
         ``charging``: stations with a car that wants energy; ``priority``: their highest session priority;
@@ -96,16 +103,22 @@ class FallbackSchedules:
         Higher only → when the one in force is at least ``RELAX_S`` old, or a car arrived (``car_arrived``)
         at a station whose fallback was lowered: it is what the car may count on.
         """
-        cur = [x for x in [led.accepted.get(FALLBACK_KEY), *led.pending.values(), *led.uncertain.values()]
-               if x is not None and x.key == FALLBACK_KEY]
+        cur = [
+            x
+            for x in [led.accepted.get(FALLBACK_KEY), *led.pending.values(), *led.uncertain.values()]
+            if x is not None and x.key == FALLBACK_KEY
+        ]
         # known installed but not what (a restart): it counts at its nominal value, as in the ledger
-        newest = max(cur, key=lambda x: x.sent_at) if cur else Sent(
-            "", FALLBACK_KEY, command_pb2.PROFILE_PURPOSE_STATION_MAX, 0, led.fallback_a, math.inf, -math.inf)
+        newest = (
+            max(cur, key=lambda x: x.sent_at)
+            if cur
+            else Sent("", FALLBACK_KEY, command_pb2.PROFILE_PURPOSE_STATION_MAX, 0, led.fallback_a, math.inf, -math.inf)
+        )
         target = self.target.get(led.station_id, [])
         if len(target) <= 1 and len(newest.schedule) <= 1:
             # the common case, one value each: no profile needs building
             a = target[0][1] if target else self.topology.station_by_id[led.station_id].fallback_current_a
-            want: tuple[tuple[float, float], ...] = ((now, P.quantise_a(a)),)   # as _periods sends it
+            want: tuple[tuple[float, float], ...] = ((now, P.quantise_a(a)),)  # as _periods sends it
         else:
             want = P.profile_schedule_a(self.payload(led.station_id, now, tgt), tgt)
         if len(want) == 1 and len(newest.schedule) <= 1:
@@ -113,8 +126,9 @@ class FallbackSchedules:
             higher, lower = want[0][1] > have + 0.05, want[0][1] < have - 0.05
         else:
             probe = Sent("", FALLBACK_KEY, 0, 0, 0.0, math.inf, now, want)
-            times = sorted({now, *(t + 1.0 for t, _a in want if t > now),
-                            *(t + 1.0 for t, _a in newest.schedule if t > now)})
+            times = sorted(
+                {now, *(t + 1.0 for t, _a in want if t > now), *(t + 1.0 for t, _a in newest.schedule if t > now)}
+            )
             diffs = [probe.limit_at(t) - newest.limit_at(t) for t in times]
             higher, lower = max(diffs) > 0.05, min(diffs) < -0.05
         if lower:

@@ -36,10 +36,10 @@ class ProfileCommand:
     command_id: str
     station_id: str
     command_key: str
-    purpose: str                    # fallback | station_lease | tx_profile (metrics label)
+    purpose: str  # fallback | station_lease | tx_profile (metrics label)
     payload: command_pb2.SetChargingProfile
     expires_at: datetime
-    reason: str = ""                # boot | raise | lower | renewal | limiter | retry (metrics label)
+    reason: str = ""  # boot | raise | lower | renewal | limiter | retry (metrics label)
 
 
 @dataclass
@@ -61,7 +61,7 @@ class CommandIssuer:
     command_ttl_s: float = 30.0
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
     caps: dict[str, StationCaps] = field(default_factory=dict)
-    tx_sent_a: dict[str, float] = field(default_factory=dict)     # session key -> last TxProfile limit (A)
+    tx_sent_a: dict[str, float] = field(default_factory=dict)  # session key -> last TxProfile limit (A)
     _known_ids: deque[str] = field(default_factory=lambda: deque(maxlen=20000))
     _known_set: set[str] = field(default_factory=set)
 
@@ -69,8 +69,12 @@ class CommandIssuer:
         """How limits are written for this station: unit, phases, voltage, periods."""
         st = self.topology.station_by_id[station_id]
         c = self.caps.get(station_id, StationCaps())
-        return P.StationProfileTarget(P.rate_unit_for(c.allowed_rate_units), len(st.phase_map),
-                                      self.topology.nominal_voltage_v, max(1, c.max_periods))
+        return P.StationProfileTarget(
+            P.rate_unit_for(c.allowed_rate_units),
+            len(st.phase_map),
+            self.topology.nominal_voltage_v,
+            max(1, c.max_periods),
+        )
 
     def known(self, command_id: str) -> bool:
         return command_id in self._known_set
@@ -81,17 +85,35 @@ class CommandIssuer:
         self._known_ids.append(command_id)
         self._known_set.add(command_id)
 
-    def _record(self, station_id: str, payload: command_pb2.SetChargingProfile, valid_until: float, now: float,
-                command_id: str) -> None:
+    def _record(
+        self, station_id: str, payload: command_pb2.SetChargingProfile, valid_until: float, now: float, command_id: str
+    ) -> None:
         prof = payload.profile
         tgt = self.target(station_id)
         sched = P.profile_schedule_a(payload, tgt) if prof.purpose == STATION_MAX else ()
-        self.ledgers[station_id].sent(Sent(command_id, P.command_key(payload.evse_id, prof.purpose, prof.stack_level),
-                                           prof.purpose, payload.evse_id, P.profile_limit_a(payload, tgt),
-                                           valid_until, now, sched))
+        self.ledgers[station_id].sent(
+            Sent(
+                command_id,
+                P.command_key(payload.evse_id, prof.purpose, prof.stack_level),
+                prof.purpose,
+                payload.evse_id,
+                P.profile_limit_a(payload, tgt),
+                valid_until,
+                now,
+                sched,
+            )
+        )
 
-    def _issue(self, station_id: str, purpose: str, reason: str, payload: command_pb2.SetChargingProfile,
-               valid_until: float, now: float, kind: str) -> ProfileCommand:
+    def _issue(
+        self,
+        station_id: str,
+        purpose: str,
+        reason: str,
+        payload: command_pb2.SetChargingProfile,
+        valid_until: float,
+        now: float,
+        kind: str,
+    ) -> ProfileCommand:
         cid = self.new_id()
         self.remember(cid)
         self._record(station_id, payload, valid_until, now, cid)
@@ -99,8 +121,9 @@ class CommandIssuer:
         key = P.command_key(payload.evse_id, payload.profile.purpose, payload.profile.stack_level)
         return ProfileCommand(cid, station_id, key, purpose, payload, when(now + self.command_ttl_s), reason)
 
-    def observe(self, station_id: str, command_id: str, payload: command_pb2.SetChargingProfile,
-                sent_at: float) -> bool:
+    def observe(
+        self, station_id: str, command_id: str, payload: command_pb2.SetChargingProfile, sent_at: float
+    ) -> bool:
         """A profile command seen on the bus (e.g. sent by the previous leader): count it as in flight."""
         if station_id not in self.ledgers or self.known(command_id):
             return False
@@ -111,8 +134,9 @@ class CommandIssuer:
         return True
 
     # ---------------------------------------------------------------- the three kinds of profile
-    def fallback(self, station_id: str, payload: command_pb2.SetChargingProfile, now: float,
-                 reason: str = "boot") -> ProfileCommand:
+    def fallback(
+        self, station_id: str, payload: command_pb2.SetChargingProfile, now: float, reason: str = "boot"
+    ) -> ProfileCommand:
         """The station-wide fallback (stack 0, no end); ``payload`` from ``profiles.fallback_profile``."""
         return self._issue(station_id, "fallback", reason, payload, math.inf, now, "safety")
 
@@ -133,8 +157,9 @@ class CommandIssuer:
         It has no end of its own: it dies with its transaction, and the station-cap lease above it bounds
         the station in time (when that lapses the fallback caps the station whatever the TxProfiles say).
         """
-        payload = P.tx_profile(s.evse_id, s.transaction_id, [(when(now), grant_a)], when(now), None,
-                               self.target(s.station_id))
+        payload = P.tx_profile(
+            s.evse_id, s.transaction_id, [(when(now), grant_a)], when(now), None, self.target(s.station_id)
+        )
         key = f"{s.station_id}/{s.evse_id}"
         kind = "lowering" if grant_a < self.tx_sent_a.get(key, math.inf) - 0.05 else "change"
         self.tx_sent_a[key] = P.quantise_a(grant_a)
@@ -151,8 +176,9 @@ class CommandIssuer:
     def lease_record(self, station_id: str, now: float) -> tuple[float, float] | None:
         """(highest cap A, latest end s) of the station-cap leases that may be in force, for persistence."""
         led = self.ledgers[station_id]
-        srcs = [s for s in [led.accepted.get(LEASE_KEY), *led.lease_candidates()]
-                if s is not None and s.valid_until > now]
+        srcs = [
+            s for s in [led.accepted.get(LEASE_KEY), *led.lease_candidates()] if s is not None and s.valid_until > now
+        ]
         if not srcs:
             return None
         return max(s.cap_a for s in srcs), max(s.valid_until for s in srcs)

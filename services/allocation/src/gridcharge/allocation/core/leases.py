@@ -28,13 +28,17 @@ from dataclasses import dataclass, field
 class LeasePolicy:
     """Lease timing (s). With the defaults a lease lasts 5–26.5 min and costs 3 writes an hour."""
 
-    epoch_s: float = 1200.0          # leases end on multiples of this (wall clock, UTC)
-    renew_lead_s: float = 240.0      # renewals go out this long before the boundary
-    clock_skew_s: float = 30.0       # station clocks are trusted to ± this
+    epoch_s: float = 1200.0  # leases end on multiples of this (wall clock, UTC)
+    renew_lead_s: float = 240.0  # renewals go out this long before the boundary
+    clock_skew_s: float = 30.0  # station clocks are trusted to ± this
 
     def __post_init__(self) -> None:
-        if not (self.epoch_s > 0 and 0 < self.renew_lead_s < self.epoch_s and self.clock_skew_s >= 0
-                and self.renew_lead_s + self.lowered_first_s + self.lowered_extra_s < self.epoch_s):
+        if not (
+            self.epoch_s > 0
+            and 0 < self.renew_lead_s < self.epoch_s
+            and self.clock_skew_s >= 0
+            and self.renew_lead_s + self.lowered_first_s + self.lowered_extra_s < self.epoch_s
+        ):
             raise ValueError(f"inconsistent lease timing: {self}")
 
     @property
@@ -84,11 +88,11 @@ class LeasePolicy:
 class WritePolicy:
     """The per-station write budget (s, A, writes)."""
 
-    min_interval_s: float = 60.0     # between two writes to one station, lowerings and renewals apart
-    max_per_hour: int = 6            # beyond this many writes in the last hour only lowerings and renewals
-    raise_hold_s: float = 60.0       # no raise within this of the station's last lowering
-    raise_min_step_a: float = 1.0    # a raise smaller than this waits for the renewal
-    lower_min_step_a: float = 1.0    # a lowering the budget does not need, smaller than this, too
+    min_interval_s: float = 60.0  # between two writes to one station, lowerings and renewals apart
+    max_per_hour: int = 6  # beyond this many writes in the last hour only lowerings and renewals
+    raise_hold_s: float = 60.0  # no raise within this of the station's last lowering
+    raise_min_step_a: float = 1.0  # a raise smaller than this waits for the renewal
+    lower_min_step_a: float = 1.0  # a lowering the budget does not need, smaller than this, too
 
 
 @dataclass

@@ -24,17 +24,21 @@ MIN_CURRENT_A = MIN_RATE_A
 class Connector:
     """A charging connector under the node: its grid phases, current grant and the plan's grant."""
 
-    key: str                       # station/evse
-    phases: tuple[int, ...]        # grid phase indices it loads
-    granted_a: float               # what it may draw now (A per phase)
+    key: str  # station/evse
+    phases: tuple[int, ...]  # grid phase indices it loads
+    granted_a: float  # what it may draw now (A per phase)
     priority: int = 1
     min_a: float = MIN_CURRENT_A
     drawing_a: float | None = None  # measured, when fresh
 
 
 def lower(
-    load_w: Sequence[float], limit_w: Sequence[float], margin_w: float, voltage_v: float,
-    connectors: Sequence[Connector], target_margin_w: float | None = None,
+    load_w: Sequence[float],
+    limit_w: Sequence[float],
+    margin_w: float,
+    voltage_v: float,
+    connectors: Sequence[Connector],
+    target_margin_w: float | None = None,
 ) -> dict[str, float]:
     """New grants (A) for the connectors that must go down when load + ``margin_w`` exceeds the limit on a
     phase; they bring it to load + ``target_margin_w`` ≤ limit (the margin the planner works to, so the
@@ -66,8 +70,9 @@ def lower(
         return all(got[p] >= excess[p] - 1e-6 for p in range(3))
 
     for prio in sorted({c.priority for c in connectors}):
-        tier = [c for c in connectors if c.priority == prio and c.granted_a > 0
-                and any(excess[p] > 1e-9 for p in c.phases)]
+        tier = [
+            c for c in connectors if c.priority == prio and c.granted_a > 0 and any(excess[p] > 1e-9 for p in c.phases)
+        ]
         if not tier:
             continue
 
@@ -76,7 +81,7 @@ def lower(
 
         new = at_level(0.0)
         if enough(freed(tier, new)):
-            lo, hi = 0.0, max(c.granted_a for c in tier)      # the largest level that still sheds enough
+            lo, hi = 0.0, max(c.granted_a for c in tier)  # the largest level that still sheds enough
             for _ in range(40):
                 mid = (lo + hi) / 2
                 if enough(freed(tier, at_level(mid))):

@@ -176,7 +176,7 @@ class PlanningProblem:
     price_per_kwh: FloatArray | None = None
     pv_surplus_w: Mapping[str, FloatArray] = field(default_factory=dict)
     config: PlannerConfig = field(default_factory=PlannerConfig)
-    current_a: Mapping[str, float] = field(default_factory=dict)   # session id → A it holds now (move suppression)
+    current_a: Mapping[str, float] = field(default_factory=dict)  # session id → A it holds now (move suppression)
 
 
 @dataclass(frozen=True)

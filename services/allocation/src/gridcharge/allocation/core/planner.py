@@ -116,8 +116,27 @@ def _index(problem: PlanningProblem) -> _Indexed:
         shape=(len(node_ids) * PHASES, S),
     )
     cur = np.array([problem.current_a.get(sess.session_id, math.nan) for sess in problem.sessions], dtype=float)
-    return _Indexed(T, slots.duration_h, node_ids, cap, sources, phases, volt, n_ph, k_wh, imin, imax,
-                    arr, dep, need, prio, row_ptr, row_idx, load_matrix, cur)
+    return _Indexed(
+        T,
+        slots.duration_h,
+        node_ids,
+        cap,
+        sources,
+        phases,
+        volt,
+        n_ph,
+        k_wh,
+        imin,
+        imax,
+        arr,
+        dep,
+        need,
+        prio,
+        row_ptr,
+        row_idx,
+        load_matrix,
+        cur,
+    )
 
 
 @dataclass
@@ -156,8 +175,14 @@ def _node_parents(ix: _Indexed, sess: IntArray) -> IntArray | None:
 
 
 def _direct_rows(
-    ix: _Indexed, sess: IntArray, sess_local: IntArray, var_s: IntArray, var_b: IntArray, k_var: FloatArray,
-    ub: FloatArray, cap_blk: FloatArray,
+    ix: _Indexed,
+    sess: IntArray,
+    sess_local: IntArray,
+    var_s: IntArray,
+    var_b: IntArray,
+    k_var: FloatArray,
+    ub: FloatArray,
+    cap_blk: FloatArray,
 ) -> tuple[sp.csc_matrix, FloatArray, FloatArray, FloatArray, int, int]:
     """Capacity rows Σ V·x ≤ C for every node on every session's path (one entry per var × path row)."""
     nv = var_s.size
@@ -182,8 +207,15 @@ def _direct_rows(
 
 
 def _hierarchical_rows(
-    ix: _Indexed, sess: IntArray, sess_local: IntArray, var_s: IntArray, var_b: IntArray, k_var: FloatArray,
-    ub: FloatArray, cap_blk: FloatArray, parent: IntArray,
+    ix: _Indexed,
+    sess: IntArray,
+    sess_local: IntArray,
+    var_s: IntArray,
+    var_b: IntArray,
+    k_var: FloatArray,
+    ub: FloatArray,
+    cap_blk: FloatArray,
+    parent: IntArray,
 ) -> tuple[sp.csc_matrix, FloatArray, FloatArray, FloatArray, int, int]:
     """Same constraints with a load variable L[n,φ,b] ≤ C per node: L_n = Σ V·x (sessions whose nearest node
     is n) + Σ L_child. Each x appears only in its nearest node's rows, so the matrix (and the interior point's
@@ -255,11 +287,11 @@ def _solve_lp(
     sess_local = np.searchsorted(sess, var_s)
     parent = _node_parents(ix, sess) if cfg.hierarchical else None
     if parent is not None:
-        A, row_lb, row_ub, col_ub, n_rows, n_cols = _hierarchical_rows(ix, sess, sess_local, var_s, var_b, k_var,
-                                                                        ub, cap_blk, parent)
+        A, row_lb, row_ub, col_ub, n_rows, n_cols = _hierarchical_rows(
+            ix, sess, sess_local, var_s, var_b, k_var, ub, cap_blk, parent
+        )
     else:
-        A, row_lb, row_ub, col_ub, n_rows, n_cols = _direct_rows(ix, sess, sess_local, var_s, var_b, k_var, ub,
-                                                                  cap_blk)
+        A, row_lb, row_ub, col_ub, n_rows, n_cols = _direct_rows(ix, sess, sess_local, var_s, var_b, k_var, ub, cap_blk)
 
     # stage 1: maximise Σ w·E·(1 + early·(T−t)/T)   (kWh)
     e_kwh = k_var / 1000.0
@@ -320,11 +352,19 @@ def _solve_lp(
             # the block; giving it more does not (free capacity is used as early as before)
             m = first.size
             d_cost = mult * cfg.move_weight * p_ref * k_var[first] / 1000.0
-            h.addCols(m, d_cost, np.zeros(m), np.full(m, highspy.kHighsInf), 0,
-                      np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+            h.addCols(
+                m,
+                d_cost,
+                np.zeros(m),
+                np.full(m, highspy.kHighsInf),
+                0,
+                np.zeros(0, np.int32),
+                np.zeros(0, np.int32),
+                np.zeros(0),
+            )
             g = np.clip(ix.cur[var_s[first]], 0.0, ub[first])
             idx = np.empty(2 * m, dtype=np.int32)
-            idx[0::2], idx[1::2] = first, n_col + np.arange(m)       # −x − d ≤ −g
+            idx[0::2], idx[1::2] = first, n_col + np.arange(m)  # −x − d ≤ −g
             val = np.tile(np.array([-1.0, -1.0]), m)
             h.addRows(m, np.full(m, -highspy.kHighsInf), -g, idx.size, (np.arange(m) * 2).astype(np.int32), idx, val)
             n_col += m
@@ -337,8 +377,16 @@ def _solve_lp(
                 continue
             u_cost = -mult * (cfg.price_weight * p_blk[ts] + cfg.pv_weight * p_ref) * ix.dt_h / 1000.0
             u_cost = u_cost * (be - bs)[ts]
-            h.addCols(ts.size, u_cost, np.zeros(ts.size), sur_b[ts], 0,
-                      np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+            h.addCols(
+                ts.size,
+                u_cost,
+                np.zeros(ts.size),
+                sur_b[ts],
+                0,
+                np.zeros(0, np.int32),
+                np.zeros(0, np.int32),
+                np.zeros(0),
+            )
             if parent is not None:
                 # hierarchical: the node's load is Σ_φ L[n,φ,b] — three entries per row
                 l_cols = nv + ((node_row0 + np.arange(PHASES))[None, :] * B + ts[:, None])  # [ts, 3]
@@ -346,8 +394,15 @@ def _solve_lp(
                 idx2[:, 0] = n_col + np.arange(ts.size)
                 idx2[:, 1:] = l_cols
                 val2 = np.tile(np.array([1.0] + [-1.0] * PHASES), (ts.size, 1))
-                h.addRows(ts.size, np.full(ts.size, -highspy.kHighsInf), np.zeros(ts.size), idx2.size,
-                          (np.arange(ts.size) * (PHASES + 1)).astype(np.int32), idx2.ravel(), val2.ravel())
+                h.addRows(
+                    ts.size,
+                    np.full(ts.size, -highspy.kHighsInf),
+                    np.zeros(ts.size),
+                    idx2.size,
+                    (np.arange(ts.size) * (PHASES + 1)).astype(np.int32),
+                    idx2.ravel(),
+                    val2.ravel(),
+                )
                 n_col += ts.size
                 continue
             slot_pos = np.full(B, -1)
@@ -367,8 +422,15 @@ def _solve_lp(
             fill[rs] = False
             idx[fill] = vi
             val[fill] = -(ix.volt * ix.n_ph)[var_s[vi]]
-            h.addRows(ts.size, np.full(ts.size, -highspy.kHighsInf), np.zeros(ts.size), idx.size,
-                      rs.astype(np.int32), idx, val)
+            h.addRows(
+                ts.size,
+                np.full(ts.size, -highspy.kHighsInf),
+                np.zeros(ts.size),
+                idx.size,
+                rs.astype(np.int32),
+                idx,
+                val,
+            )
             n_col += ts.size
         if want_fair:
             # fairness proxy (sparse, no max-min coupling): a bonus on each session's first
@@ -379,8 +441,16 @@ def _solve_lp(
             ok = np.flatnonzero(target > _EPS)
             n_fr = ok.size
             y_cost = np.full(n_fr, -mult * cfg.fairness_weight * p_ref / 1000.0)
-            h.addCols(n_fr, y_cost, np.zeros(n_fr), cfg.fair_share * target[ok], 0,
-                      np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+            h.addCols(
+                n_fr,
+                y_cost,
+                np.zeros(n_fr),
+                cfg.fair_share * target[ok],
+                0,
+                np.zeros(0, np.int32),
+                np.zeros(0, np.int32),
+                np.zeros(0),
+            )
             pos = np.full(sess.size, -1)
             pos[ok] = np.arange(n_fr)
             vi = np.flatnonzero(pos[sess_local] >= 0)
@@ -395,15 +465,18 @@ def _solve_lp(
             fill[rs] = False
             idx[fill] = vi  # vi is sorted by session, and sessions are contiguous in var order
             val[fill] = -k_var[vi]
-            h.addRows(n_fr, np.full(n_fr, -highspy.kHighsInf), np.zeros(n_fr), idx.size,
-                      rs.astype(np.int32), idx, val)
+            h.addRows(n_fr, np.full(n_fr, -highspy.kHighsInf), np.zeros(n_fr), idx.size, rs.astype(np.int32), idx, val)
 
     price_cost = cfg.price_weight * p_blk[var_b] * e_kwh
     weighted = secondary and not two_stage
     if weighted:
         # one solve: secondary terms scaled to ≤ ~1 % of the energy value per kWh (see docs/planner.md)
-        top = cfg.price_weight * float(np.max(np.abs(p_blk))) + cfg.pv_weight * p_ref \
-            + cfg.fairness_weight * p_ref + (cfg.move_weight * p_ref if want_move else 0.0)
+        top = (
+            cfg.price_weight * float(np.max(np.abs(p_blk)))
+            + cfg.pv_weight * p_ref
+            + cfg.fairness_weight * p_ref
+            + (cfg.move_weight * p_ref if want_move else 0.0)
+        )
         mult = cfg.weighted_secondary_share / max(top, 1e-12)
         h.changeColsCost(nv, np.arange(nv, dtype=np.int32), c1 + mult * price_cost)
         add_secondary(mult)
@@ -485,8 +558,10 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
         cand = np.flatnonzero(zeroed[:, t] | (wanted[:, t] & (x[:, t] == 0)))
         cand = cand[planned[cand] < ix.need_wh[cand] - _EPS]
         topup = np.flatnonzero(
-            (x[:, t] > 0) & (x[:, t] <= ix.imax - max(step, 1e-3))
-            & (min_slack >= max(step, 1e-3) * ix.volt) & (planned < ix.need_wh - max(step, 1e-3) * ix.k_wh)
+            (x[:, t] > 0)
+            & (x[:, t] <= ix.imax - max(step, 1e-3))
+            & (min_slack >= max(step, 1e-3) * ix.volt)
+            & (planned < ix.need_wh - max(step, 1e-3) * ix.k_wh)
         )
         for group, is_raise in ((cand, True), (topup, False)):
             if group.size == 0:
@@ -540,8 +615,17 @@ def _repair(ix: _Indexed, x: FloatArray, imin: FloatArray, step: float) -> Float
 
 
 def _borrow(
-    c: int, t: int, rows: IntArray, need_w: float, x: FloatArray, sl: FloatArray, member: npt.NDArray[np.bool_],
-    imin: FloatArray, ix: _Indexed, planned: FloatArray, step: float,
+    c: int,
+    t: int,
+    rows: IntArray,
+    need_w: float,
+    x: FloatArray,
+    sl: FloatArray,
+    member: npt.NDArray[np.bool_],
+    imin: FloatArray,
+    ix: _Indexed,
+    planned: FloatArray,
+    step: float,
 ) -> bool:
     """Make room for session ``c`` at its minimum in slot ``t`` by lowering others (not below their minimum).
 
@@ -576,9 +660,7 @@ def _borrow(
     return bool(float(sl[rows].min()) >= need_w - 1e-6)
 
 
-def _verdicts(
-    problem: PlanningProblem, ix: _Indexed, x: FloatArray, slack: FloatArray
-) -> dict[str, SessionVerdict]:
+def _verdicts(problem: PlanningProblem, ix: _Indexed, x: FloatArray, slack: FloatArray) -> dict[str, SessionVerdict]:
     """Per session: planned energy vs need, and the binding limit (first tight node/phase/slot)."""
     out: dict[str, SessionVerdict] = {}
     planned = (x * ix.k_wh[:, None]).sum(axis=1)
@@ -634,7 +716,7 @@ def _swallow_banner() -> None:
         try:
             sys.stdout.flush()
             saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-        except OSError:      # no fd 1 to protect: nothing to do
+        except OSError:  # no fd 1 to protect: nothing to do
             _banner_done = True
             return
         try:

@@ -39,11 +39,13 @@ RATE_W = common_pb2.RATE_UNIT_W
 FALLBACK_STACK = 0
 LEASE_STACK = 1
 BACKDATE_S = 60
-MIN_RATE_A = 6.0                # IEC 61851: below 6 A an AC EV cannot charge; send 0 instead
+MIN_RATE_A = 6.0  # IEC 61851: below 6 A an AC EV cannot charge; send 0 instead
 STEP_A = 0.1
 
 _PURPOSE_NAME: dict[int, str] = {
-    STATION_MAX: "ChargingStationMaxProfile", TX_DEFAULT: "TxDefaultProfile", TX: "TxProfile",
+    STATION_MAX: "ChargingStationMaxProfile",
+    TX_DEFAULT: "TxDefaultProfile",
+    TX: "TxProfile",
 }
 _PURPOSE_CODE: dict[int, int] = {STATION_MAX: 1, TX_DEFAULT: 2, TX: 3}
 
@@ -121,12 +123,12 @@ def _periods(periods_a: Sequence[tuple[int, float]], t: StationProfileTarget) ->
         # fold the last two at the smaller limit: never raises any moment of the schedule
         _s_last, a_last = merged.pop()
         merged[-1] = (merged[-1][0], min(merged[-1][1], a_last))
-    return [command_pb2.SchedulePeriod(start_period_s=s, limit=_limit(a, t), number_phases=t.phases)
-            for s, a in merged]
+    return [command_pb2.SchedulePeriod(start_period_s=s, limit=_limit(a, t), number_phases=t.phases) for s, a in merged]
 
 
-def fallback_profile(fallback_a: float, now: datetime, t: StationProfileTarget,
-                     steps_a: Sequence[tuple[datetime, float]] = ()) -> command_pb2.SetChargingProfile:
+def fallback_profile(
+    fallback_a: float, now: datetime, t: StationProfileTarget, steps_a: Sequence[tuple[datetime, float]] = ()
+) -> command_pb2.SetChargingProfile:
     """Station-wide fallback (ChargePointMaxProfile / ChargingStationMaxProfile), stack 0, no end.
 
     ``fallback_a`` applies from now; ``steps_a`` lists later (from, A) changes, e.g. a lower value over a
@@ -149,8 +151,9 @@ def fallback_profile(fallback_a: float, now: datetime, t: StationProfileTarget,
     )
 
 
-def station_lease_profile(limit_a: float, now: datetime, lease_s: float,
-                          t: StationProfileTarget) -> command_pb2.SetChargingProfile:
+def station_lease_profile(
+    limit_a: float, now: datetime, lease_s: float, t: StationProfileTarget
+) -> command_pb2.SetChargingProfile:
     """Station-wide lease (stack 1) lifting the station cap to ``limit_a`` per phase until now + lease."""
     start = now - timedelta(seconds=BACKDATE_S)
     duration = math.ceil(lease_s) + BACKDATE_S
@@ -171,8 +174,14 @@ def station_lease_profile(limit_a: float, now: datetime, lease_s: float,
     )
 
 
-def tx_profile(evse_id: int, transaction_id: str, schedule_a: Sequence[tuple[datetime, float]], now: datetime,
-               lease_s: float | None, t: StationProfileTarget) -> command_pb2.SetChargingProfile:
+def tx_profile(
+    evse_id: int,
+    transaction_id: str,
+    schedule_a: Sequence[tuple[datetime, float]],
+    now: datetime,
+    lease_s: float | None,
+    t: StationProfileTarget,
+) -> command_pb2.SetChargingProfile:
     """TxProfile for one transaction: the planned per-phase current (A) from each time on.
 
     ``schedule_a`` lists (from, A) steps of the plan; with ``lease_s`` only the part inside the lease is

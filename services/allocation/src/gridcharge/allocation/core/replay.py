@@ -71,8 +71,10 @@ def read_sessions(sessions_csv: str | Path, period_min: float = 5.0, days: float
     with open(sessions_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     local = [
-        (datetime.fromisoformat(r["arrival"]).replace(tzinfo=None),
-         datetime.fromisoformat(r["departure"]).replace(tzinfo=None))
+        (
+            datetime.fromisoformat(r["arrival"]).replace(tzinfo=None),
+            datetime.fromisoformat(r["departure"]).replace(tzinfo=None),
+        )
         for r in rows
     ]
     first = min(a for a, _ in local)
@@ -86,8 +88,16 @@ def read_sessions(sessions_csv: str | Path, period_min: float = 5.0, days: float
             dp = int((dep - start).total_seconds() // (period_min * 60))
         if days is not None and ap >= days * 1440 / period_min:
             continue
-        out.append(LoggedSession(r["session_id"], r["station_id"], ap, max(dp, ap),
-                                 float(r["requested_energy_kwh"]), float(r.get("max_power_kw") or 6.656)))
+        out.append(
+            LoggedSession(
+                r["session_id"],
+                r["station_id"],
+                ap,
+                max(dp, ap),
+                float(r["requested_energy_kwh"]),
+                float(r.get("max_power_kw") or 6.656),
+            )
+        )
     out.sort(key=lambda s: (s.arrival_period, s.session_id))
     return SessionLog(out, period_min, start)
 
@@ -145,18 +155,20 @@ class ReplayResult:
         """Human-readable summary (one line per figure)."""
         p95 = float(np.percentile(self.replan_s, 95)) if self.replan_s.size else 0.0
         done = int((self.delivered_kwh >= self.requested_kwh * 0.999 - 1e-6).sum())
-        return "\n".join([
-            f"{self.label}: {len(self.session_ids)} sessions, {self.power_kw.size} periods of "
-            f"{self.period_min:g} min",
-            f"energy delivered {self.delivered_total_kwh:.1f} / {self.requested_total_kwh:.1f} kWh "
-            f"({self.pct_delivered:.2f} %), sessions fully served {done}/{len(self.session_ids)}",
-            f"peak {self.peak_kw:.2f} kW (cap max {float(self.capacity_kw.max()) if self.capacity_kw.size else 0:.2f}"
-            f" kW), cap violations {self.violations}",
-            f"cost {self.cost:.2f} (TOU tariff)",
-            f"replans {self.replans}, replan time p50 "
-            f"{float(np.median(self.replan_s)) if self.replan_s.size else 0:.4f} s p95 {p95:.4f} s, "
-            f"wall {self.wall_s:.1f} s",
-        ])
+        cap_max = float(self.capacity_kw.max()) if self.capacity_kw.size else 0.0
+        return "\n".join(
+            [
+                f"{self.label}: {len(self.session_ids)} sessions, {self.power_kw.size} periods of "
+                f"{self.period_min:g} min",
+                f"energy delivered {self.delivered_total_kwh:.1f} / {self.requested_total_kwh:.1f} kWh "
+                f"({self.pct_delivered:.2f} %), sessions fully served {done}/{len(self.session_ids)}",
+                f"peak {self.peak_kw:.2f} kW (cap max {cap_max:.2f} kW), cap violations {self.violations}",
+                f"cost {self.cost:.2f} (TOU tariff)",
+                f"replans {self.replans}, replan time p50 "
+                f"{float(np.median(self.replan_s)) if self.replan_s.size else 0:.4f} s p95 {p95:.4f} s, "
+                f"wall {self.wall_s:.1f} s",
+            ]
+        )
 
 
 def _capacity_series(capacity_kw: float | Sequence[float] | FloatArray, periods: int) -> FloatArray:
@@ -221,12 +233,25 @@ def run_replay(
             ls = log.sessions[i]
             ev = evse_cache.get(ls.station_id)
             if ev is None:
-                ev = evse_cache[ls.station_id] = Evse(ls.station_id, (SITE,), (0,), max_current_a=math.inf,
-                                                      min_current_a=min_current_a)
+                ev = evse_cache[ls.station_id] = Evse(
+                    ls.station_id, (SITE,), (0,), max_current_a=math.inf, min_current_a=min_current_a
+                )
             evses.append(ev)
-            sessions.append(Session(ls.session_id, ls.station_id, float(requested_wh[i]), 0,
-                                    int(departures[i] - t), min_current_a, float(imax[i]), 1, voltage_v,
-                                    1.0, float(delivered_wh[i])))
+            sessions.append(
+                Session(
+                    ls.session_id,
+                    ls.station_id,
+                    float(requested_wh[i]),
+                    0,
+                    int(departures[i] - t),
+                    min_current_a,
+                    float(imax[i]),
+                    1,
+                    voltage_v,
+                    1.0,
+                    float(delivered_wh[i]),
+                )
+            )
         cap_row = np.full((PHASES, T), np.inf)
         cap_row[0] = cap_kw[t : t + T] * 1000.0 if t + T <= P else _capacity_series(cap_kw[t:], T) * 1000.0
         problem = PlanningProblem(

@@ -24,8 +24,8 @@ METER_STALE_S = 180.0
 DRAW_MARGIN_A = 2.0
 DRAW_SAMPLES = 2
 RELEASE_MARGIN_A = 0.75
-NOT_DRAWING_A = 1.0        # below this (A) the car draws nothing: full or waiting
-SETTLE_S = 15.0            # a sample this soon after its grant changed may predate the change: not judged
+NOT_DRAWING_A = 1.0  # below this (A) the car draws nothing: full or waiting
+SETTLE_S = 15.0  # a sample this soon after its grant changed may predate the change: not judged
 
 
 def session_key(station_id: str, evse_id: int) -> str:
@@ -54,18 +54,18 @@ class SessionState:
     priority: int
     delivered_wh: float = 0.0
     meter_start_wh: float | None = None
-    measured_current_a: float | None = None   # highest phase current from the latest sample
+    measured_current_a: float | None = None  # highest phase current from the latest sample
     measured_power_w: float | None = None
     measured_at: datetime | None = None
     charging_state: str = "Charging"
-    draw_cap_a: float | None = None     # learnt from the meter: the car takes about this at most (A)
-    below_samples: int = 0              # fresh samples in a row clearly below what the car may draw
-    at_cap_samples: int = 0             # fresh samples in a row at the learnt cap
-    phases_seen: int | None = None      # phases the car drew on in the latest sample that told
-    user_set: set[str] = field(default_factory=set)   # fields a driver/operator set explicitly
-    need_guessed: bool = True      # energy_needed_wh is the site default, not from the EV or a driver
+    draw_cap_a: float | None = None  # learnt from the meter: the car takes about this at most (A)
+    below_samples: int = 0  # fresh samples in a row clearly below what the car may draw
+    at_cap_samples: int = 0  # fresh samples in a row at the learnt cap
+    phases_seen: int | None = None  # phases the car drew on in the latest sample that told
+    user_set: set[str] = field(default_factory=set)  # fields a driver/operator set explicitly
+    need_guessed: bool = True  # energy_needed_wh is the site default, not from the EV or a driver
     departure_guessed: bool = True  # departure is the site default, not from the EV or a driver
-    priority_before: int | None = None   # set while OCPP 2.1 priority charging raised `priority` (restored after)
+    priority_before: int | None = None  # set while OCPP 2.1 priority charging raised `priority` (restored after)
 
     @property
     def remaining_wh(self) -> float:
@@ -74,15 +74,27 @@ class SessionState:
 
     def dump(self) -> bytes:
         """JSON of what must survive a restart (live meter state is re-learnt from the next samples)."""
-        return json.dumps({
-            "session_id": self.session_id, "station_id": self.station_id, "evse_id": self.evse_id,
-            "transaction_id": self.transaction_id, "started_at": self.started_at.isoformat(),
-            "departure": self.departure.isoformat(), "energy_needed_wh": self.energy_needed_wh,
-            "min_current_a": self.min_current_a, "max_current_a": self.max_current_a, "phases": self.phases,
-            "priority": self.priority, "delivered_wh": self.delivered_wh, "meter_start_wh": self.meter_start_wh,
-            "user_set": sorted(self.user_set), "need_guessed": self.need_guessed,
-            "departure_guessed": self.departure_guessed, "priority_before": self.priority_before,
-        }).encode()
+        return json.dumps(
+            {
+                "session_id": self.session_id,
+                "station_id": self.station_id,
+                "evse_id": self.evse_id,
+                "transaction_id": self.transaction_id,
+                "started_at": self.started_at.isoformat(),
+                "departure": self.departure.isoformat(),
+                "energy_needed_wh": self.energy_needed_wh,
+                "min_current_a": self.min_current_a,
+                "max_current_a": self.max_current_a,
+                "phases": self.phases,
+                "priority": self.priority,
+                "delivered_wh": self.delivered_wh,
+                "meter_start_wh": self.meter_start_wh,
+                "user_set": sorted(self.user_set),
+                "need_guessed": self.need_guessed,
+                "departure_guessed": self.departure_guessed,
+                "priority_before": self.priority_before,
+            }
+        ).encode()
 
     def meter_fresh(self, now: datetime) -> bool:
         return self.measured_at is not None and (now - self.measured_at).total_seconds() <= METER_STALE_S
@@ -98,14 +110,14 @@ class SessionState:
         if m is None:
             return False
         if self.draw_cap_a is not None:
-            if self.draw_cap_a <= 0:      # drew nothing: it woke up once it draws on what it is offered
+            if self.draw_cap_a <= 0:  # drew nothing: it woke up once it draws on what it is offered
                 at_cap = granted_a > 0 and m >= NOT_DRAWING_A
-            else:   # (offered less than its cap, drawing that says nothing new)
+            else:  # (offered less than its cap, drawing that says nothing new)
                 at_cap = granted_a >= self.draw_cap_a - 0.05 and m >= self.draw_cap_a - RELEASE_MARGIN_A
             if at_cap:
                 self.below_samples = 0
                 self.at_cap_samples += 1
-                if self.at_cap_samples >= DRAW_SAMPLES:      # it takes what it gets: it may take more
+                if self.at_cap_samples >= DRAW_SAMPLES:  # it takes what it gets: it may take more
                     self.draw_cap_a, self.at_cap_samples = None, 0
                     return True
                 return False
@@ -147,11 +159,12 @@ class SessionBook:
             return None
         return st
 
-    def start(self, station_id: str, evse_id: int, transaction_id: str, now: datetime,
-              meter_start_wh: float = 0.0) -> SessionState | None:
+    def start(
+        self, station_id: str, evse_id: int, transaction_id: str, now: datetime, meter_start_wh: float = 0.0
+    ) -> SessionState | None:
         """A transaction started (or a duplicate start was replayed): create or keep the session."""
         if evse_id == 0:
-            evse_id = 1   # 1.6 stations with one connector sometimes report connector 0
+            evse_id = 1  # 1.6 stations with one connector sometimes report connector 0
         st = self._evse_ok(station_id, evse_id)
         if st is None or not transaction_id:
             return None
@@ -185,8 +198,9 @@ class SessionBook:
     def end(self, station_id: str, evse_id: int, transaction_id: str) -> SessionState | None:
         """A transaction ended: drop its session (matched by transaction id when the EVSE is unknown)."""
         for key, s in list(self.sessions.items()):
-            if s.station_id == station_id and (s.transaction_id == transaction_id or
-                                               (not transaction_id and s.evse_id == evse_id)):
+            if s.station_id == station_id and (
+                s.transaction_id == transaction_id or (not transaction_id and s.evse_id == evse_id)
+            ):
                 return self.sessions.pop(key)
         return None
 
@@ -217,8 +231,16 @@ class SessionBook:
         s.charging_state = charging_state[:32]
         return True
 
-    def needs(self, station_id: str, evse_id: int, departure: datetime | None, energy_wh: float,
-              min_current_a: float, max_current_a: float, phases: int) -> bool:
+    def needs(
+        self,
+        station_id: str,
+        evse_id: int,
+        departure: datetime | None,
+        energy_wh: float,
+        min_current_a: float,
+        max_current_a: float,
+        phases: int,
+    ) -> bool:
         """EV charging needs (0/None = not given). Kept for later if the transaction has not started."""
         if self._evse_ok(station_id, evse_id if evse_id else 1) is None:
             return False
@@ -246,12 +268,12 @@ class SessionBook:
         hw_phases = len(st.evse_phases(s.evse_id))
         for k, v in vals.items():
             if k in s.user_set and k in ("departure", "energy_needed_wh"):
-                continue   # the driver's explicit choice wins over what the EV reports
+                continue  # the driver's explicit choice wins over what the EV reports
             if k == "max_current_a" and isinstance(v, int | float):
                 v = min(float(v), hw_max)
             if k == "phases" and isinstance(v, int | float):
                 v = min(int(v), hw_phases)
-                s.user_set.add("phases")   # the EV said so: the meter does not overrule it
+                s.user_set.add("phases")  # the EV said so: the meter does not overrule it
             if k == "energy_needed_wh":
                 s.need_guessed = False
             if k == "departure":
@@ -260,8 +282,13 @@ class SessionBook:
         if s.min_current_a > s.max_current_a:
             s.min_current_a = s.max_current_a
 
-    def set_preferences(self, session_id: str, departure: datetime | None = None, energy_wh: float | None = None,
-                        priority: int | None = None) -> SessionState | None:
+    def set_preferences(
+        self,
+        session_id: str,
+        departure: datetime | None = None,
+        energy_wh: float | None = None,
+        priority: int | None = None,
+    ) -> SessionState | None:
         """Driver/operator preferences; they override what the EV reported."""
         s = self.by_id(session_id)
         if s is None:
@@ -278,8 +305,9 @@ class SessionBook:
             s.priority = priority
         return s
 
-    def priority_charging(self, station_id: str, transaction_id: str, activated: bool,
-                          level: int) -> SessionState | None:
+    def priority_charging(
+        self, station_id: str, transaction_id: str, activated: bool, level: int
+    ) -> SessionState | None:
         """OCPP 2.1 NotifyPriorityCharging: while active the session's priority is at least ``level`` (the
         planner gives weighted energy and the limiter cuts in priority order, so it is served first); when it
         stops, the priority it had before comes back (a driver/operator change meanwhile is kept)."""
@@ -295,10 +323,19 @@ class SessionBook:
             s.priority_before = None
         return s
 
-    def meter(self, station_id: str, evse_id: int, transaction_id: str, at: datetime,
-              energy_register_wh: float | None, current_a: float | None, power_w: float | None,
-              granted_a: float | None, granted_since: datetime | None = None,
-              phases_drawn: int | None = None) -> SessionState | None:
+    def meter(
+        self,
+        station_id: str,
+        evse_id: int,
+        transaction_id: str,
+        at: datetime,
+        energy_register_wh: float | None,
+        current_a: float | None,
+        power_w: float | None,
+        granted_a: float | None,
+        granted_since: datetime | None = None,
+        phases_drawn: int | None = None,
+    ) -> SessionState | None:
         """Apply one meter sample; returns the session it belongs to (None when it matches none).
 
         ``granted_a``: what the car may draw now; ``granted_since``: since when (a sample taken before the
@@ -309,7 +346,7 @@ class SessionBook:
         if s is None:
             return None
         if s.measured_at is not None and at < s.measured_at:
-            return s   # out of order: keep the newer sample
+            return s  # out of order: keep the newer sample
         if energy_register_wh is not None and math.isfinite(energy_register_wh) and energy_register_wh >= 0:
             if s.meter_start_wh is None:
                 s.meter_start_wh = energy_register_wh
@@ -329,8 +366,7 @@ class SessionBook:
             if s.phases_seen == phases_drawn:
                 s.phases = phases_drawn
             s.phases_seen = phases_drawn
-        if granted_a is not None and (granted_since is None
-                                      or (at - granted_since).total_seconds() >= SETTLE_S):
+        if granted_a is not None and (granted_since is None or (at - granted_since).total_seconds() >= SETTLE_S):
             s.judge_draw(granted_a)
         return s
 
@@ -339,13 +375,21 @@ class SessionBook:
         try:
             d = json.loads(blob)
             s = SessionState(
-                session_id=str(d["session_id"]), station_id=str(d["station_id"]), evse_id=int(d["evse_id"]),
-                transaction_id=str(d["transaction_id"]), started_at=datetime.fromisoformat(d["started_at"]),
-                departure=datetime.fromisoformat(d["departure"]), energy_needed_wh=float(d["energy_needed_wh"]),
-                min_current_a=float(d["min_current_a"]), max_current_a=float(d["max_current_a"]),
-                phases=int(d["phases"]), priority=int(d["priority"]), delivered_wh=float(d["delivered_wh"]),
+                session_id=str(d["session_id"]),
+                station_id=str(d["station_id"]),
+                evse_id=int(d["evse_id"]),
+                transaction_id=str(d["transaction_id"]),
+                started_at=datetime.fromisoformat(d["started_at"]),
+                departure=datetime.fromisoformat(d["departure"]),
+                energy_needed_wh=float(d["energy_needed_wh"]),
+                min_current_a=float(d["min_current_a"]),
+                max_current_a=float(d["max_current_a"]),
+                phases=int(d["phases"]),
+                priority=int(d["priority"]),
+                delivered_wh=float(d["delivered_wh"]),
                 meter_start_wh=None if d.get("meter_start_wh") is None else float(d["meter_start_wh"]),
-                user_set=set(d.get("user_set", [])), need_guessed=bool(d.get("need_guessed", True)),
+                user_set=set(d.get("user_set", [])),
+                need_guessed=bool(d.get("need_guessed", True)),
                 departure_guessed=bool(d.get("departure_guessed", True)),
                 priority_before=None if d.get("priority_before") is None else int(d["priority_before"]),
             )

@@ -32,8 +32,9 @@ def per_phase_w(total_w: float) -> tuple[float, float, float]:
 
 def external_limit(node_id: str, d: Dimming, now: float, hold_s: float, producer: str) -> grid_pb2.ExternalLimit:
     """The ExternalLimit that says ``d`` for ``node_id`` from ``now`` on (an empty window when not dimmed)."""
-    msg = grid_pb2.ExternalLimit(meta=meta(producer, now), node_id=node_id, limit_id=LIMIT_ID, source=SOURCE,
-                                 valid_from=to_timestamp(now))
+    msg = grid_pb2.ExternalLimit(
+        meta=meta(producer, now), node_id=node_id, limit_id=LIMIT_ID, source=SOURCE, valid_from=to_timestamp(now)
+    )
     if d.limit_w is None:
         msg.valid_to.CopyFrom(to_timestamp(now))
         return msg

@@ -37,9 +37,9 @@ class LpcWrite(BaseModel):
 
     active: bool
     limit_w: float | None = Field(None, ge=0, le=MAX_LIMIT_W)
-    duration_s: float | None = Field(None, ge=0, le=MAX_DURATION_S)     # None/0 = until further notice
+    duration_s: float | None = Field(None, ge=0, le=MAX_DURATION_S)  # None/0 = until further notice
     failsafe_limit_w: float | None = Field(None, ge=0, le=MAX_LIMIT_W)
-    failsafe_duration_s: float | None = Field(None, ge=0, le=MAX_DURATION_S)   # clamped to 2–24 h
+    failsafe_duration_s: float | None = Field(None, ge=0, le=MAX_DURATION_S)  # clamped to 2–24 h
 
     @field_validator("limit_w", "duration_s", "failsafe_limit_w", "failsafe_duration_s")
     @classmethod

@@ -21,8 +21,16 @@ class RelayUnavailable(Exception):
 class ModbusRelay:
     """Reads one bit from a Modbus TCP device; reconnects by itself."""
 
-    def __init__(self, host: str, port: int, unit: int, address: int, kind: str = "discrete_input",
-                 active_closed: bool = True, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        unit: int,
+        address: int,
+        kind: str = "discrete_input",
+        active_closed: bool = True,
+        timeout_s: float = 2.0,
+    ) -> None:
         self.host, self.port, self.unit, self.address = host, port, unit, address
         self.kind, self.active_closed, self.timeout_s = kind, active_closed, timeout_s
         self._client: AsyncModbusTcpClient | None = None
@@ -35,11 +43,13 @@ class ModbusRelay:
         try:
             client = await self._connected()
             if self.kind == "coil":
-                rr = await asyncio.wait_for(client.read_coils(self.address, count=1, device_id=self.unit),
-                                            self.timeout_s)
+                rr = await asyncio.wait_for(
+                    client.read_coils(self.address, count=1, device_id=self.unit), self.timeout_s
+                )
             else:
-                rr = await asyncio.wait_for(client.read_discrete_inputs(self.address, count=1, device_id=self.unit),
-                                            self.timeout_s)
+                rr = await asyncio.wait_for(
+                    client.read_discrete_inputs(self.address, count=1, device_id=self.unit), self.timeout_s
+                )
         except (ModbusException, OSError, TimeoutError) as exc:
             await self.close()
             raise RelayUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}"[:300]) from None
@@ -52,8 +62,9 @@ class ModbusRelay:
         if self._client is None or not self._client.connected:
             await self.close()
             # no retries or reconnect loop inside the client: the service polls again on its own schedule
-            self._client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=0,
-                                                reconnect_delay=0)
+            self._client = AsyncModbusTcpClient(
+                self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
+            )
             if not await asyncio.wait_for(self._client.connect(), self.timeout_s + 1):
                 raise OSError("connection refused or timed out")
         return self._client

@@ -24,12 +24,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-DEVICE_MINIMUM_W = 4200.0               # BK6-22-300 Anlage 1: guaranteed power per controllable device
-LPC_HEARTBEAT_TIMEOUT_S = 120.0         # EEBUS LPC: heartbeat missing this long = communication lost
-LPC_FAILSAFE_LIMIT_W = 4200.0           # EEBUS LPC default failsafe consumption active power limit
+DEVICE_MINIMUM_W = 4200.0  # BK6-22-300 Anlage 1: guaranteed power per controllable device
+LPC_HEARTBEAT_TIMEOUT_S = 120.0  # EEBUS LPC: heartbeat missing this long = communication lost
+LPC_FAILSAFE_LIMIT_W = 4200.0  # EEBUS LPC default failsafe consumption active power limit
 LPC_FAILSAFE_MIN_DURATION_S = 2 * 3600.0
 LPC_FAILSAFE_MAX_DURATION_S = 24 * 3600.0
-MAX_LIMIT_W = 10_000_000.0              # a bound on any commanded value (10 MW): larger is an input error
+MAX_LIMIT_W = 10_000_000.0  # a bound on any commanded value (10 MW): larger is an input error
 
 # Simultaneity factors (Gleichzeitigkeitsfaktor) of BK6-22-300 Anlage 1 for n devices behind one EMS; 0.45 from 9 on.
 SIMULTANEITY = {1: 1.0, 2: 0.80, 3: 0.75, 4: 0.70, 5: 0.65, 6: 0.60, 7: 0.55, 8: 0.50}
@@ -116,12 +116,12 @@ class DimmingState:
         self.rules = rules
         self.started_at = started_at
         self.relay_closed = False
-        self.relay_read_at: float | None = None       # last successful read
+        self.relay_read_at: float | None = None  # last successful read
         self.heartbeat_at: float | None = None
         self.lpc_active = False
         self.lpc_limit_w = 0.0
         self.lpc_set_at = started_at
-        self.lpc_duration_s = 0.0                      # 0 = until further notice
+        self.lpc_duration_s = 0.0  # 0 = until further notice
         self.failsafe_limit_w = rules.failsafe_limit_w
         self.failsafe_duration_s = rules.failsafe_duration_s
 

@@ -73,8 +73,9 @@ def headroom_message(
     return msg
 
 
-def weather_message(w: WeatherSeries, site_id: str, producer: str, now: pd.Timestamp,
-                    provider: str) -> forecast_pb2.WeatherForecast:
+def weather_message(
+    w: WeatherSeries, site_id: str, producer: str, now: pd.Timestamp, provider: str
+) -> forecast_pb2.WeatherForecast:
     """The weather used, on the 15-min grid from the current slot (``WeatherForecast`` contract)."""
     starts = slot_starts(now, 48.0)
     frame = resample_to(w, slot_midpoints(starts))
@@ -84,8 +85,16 @@ def weather_message(w: WeatherSeries, site_id: str, producer: str, now: pd.Times
 
     return forecast_pb2.WeatherForecast(
         meta=meta(producer, now),
-        site_id=site_id, latitude=w.latitude, longitude=w.longitude, start=to_timestamp(starts[0]), step_s=STEP_S,
-        temperature_c=col("temp_air_c"), ghi_w_m2=col("ghi_w_m2"), dni_w_m2=col("dni_w_m2"),
-        dhi_w_m2=col("dhi_w_m2"), cloud_cover_pct=col("cloud_cover_pct"), wind_speed_m_s=col("wind_speed_m_s"),
+        site_id=site_id,
+        latitude=w.latitude,
+        longitude=w.longitude,
+        start=to_timestamp(starts[0]),
+        step_s=STEP_S,
+        temperature_c=col("temp_air_c"),
+        ghi_w_m2=col("ghi_w_m2"),
+        dni_w_m2=col("dni_w_m2"),
+        dhi_w_m2=col("dhi_w_m2"),
+        cloud_cover_pct=col("cloud_cover_pct"),
+        wind_speed_m_s=col("wind_speed_m_s"),
         provider=provider,
     )

@@ -77,6 +77,11 @@ def grid_model_from_topology(topology: Topology) -> GridModel:
         for p in topology.pv_systems
     )
     return GridModel.build(
-        site.timezone, site.latitude, site.longitude, nodes, fleet,
-        [p.node for p in topology.pv_systems], [tuple(p.phases) for p in topology.pv_systems],
+        site.timezone,
+        site.latitude,
+        site.longitude,
+        nodes,
+        fleet,
+        [p.node for p in topology.pv_systems],
+        [tuple(p.phases) for p in topology.pv_systems],
     )

@@ -264,7 +264,8 @@ class ApiWeather:
         self.name = base_url
         self.client = OpenMeteoClient(
             WeatherClientConfig(base_url=base_url, timeout_s=timeout_s),
-            now=clock.time, sleep=clock.sleep,
+            now=clock.time,
+            sleep=clock.sleep,
             on_request=lambda outcome: WEATHER_REQUESTS.labels(outcome=outcome).inc(),
         )
 

@@ -198,8 +198,11 @@ def compute_headroom(
         source=source,
         degraded=bool(reasons),
         degraded_reasons=tuple(reasons),
-        weather_missing=(np.zeros(t, dtype=bool) if inputs.weather_missing is None
-                         else np.asarray(inputs.weather_missing, dtype=bool).reshape(t)),
+        weather_missing=(
+            np.zeros(t, dtype=bool)
+            if inputs.weather_missing is None
+            else np.asarray(inputs.weather_missing, dtype=bool).reshape(t)
+        ),
     )
 
 

@@ -297,8 +297,9 @@ def _dc_ac_chain(
         dni, dhi = np.asarray(parts["dni"]), np.asarray(parts["dhi"])
     tilt = fleet.tilt_deg[:, None]
     if options.transposition == "haydavies":
-        sky = pvlib.irradiance.haydavies(tilt, fleet.azimuth_deg[:, None], dhi, dni, geometry.dni_extra,
-                                         projection_ratio=geometry.beam_ratio)
+        sky = pvlib.irradiance.haydavies(
+            tilt, fleet.azimuth_deg[:, None], dhi, dni, geometry.dni_extra, projection_ratio=geometry.beam_ratio
+        )
     elif options.transposition == "isotropic":
         sky = pvlib.irradiance.isotropic(tilt, dhi)
     else:
@@ -365,8 +366,18 @@ def _forecast_chunk_inner(
     )
     cs_ghi, cs_dni, cs_dhi = _clearsky_ghi_dni_dhi(sun, fleet.altitude_m, doy, options.linke_turbidity)
     cs_ac = _dc_ac_chain(
-        fleet, sun, geometry, doy, cs_ghi, cs_dni, cs_dhi, temp, wind, options,
-        cell_at_air_temperature=True, effective_floor=cs_ghi,
+        fleet,
+        sun,
+        geometry,
+        doy,
+        cs_ghi,
+        cs_dni,
+        cs_dhi,
+        temp,
+        wind,
+        options,
+        cell_at_air_temperature=True,
+        effective_floor=cs_ghi,
     )
     return ac, cs_ac
 
@@ -447,15 +458,33 @@ def forecast_pv_loop(
 
 
 def _loop_chain(
-    fleet: PVFleet, i: int, zen: pd.Series, azi: pd.Series, dni_extra: pd.Series, temp: pd.Series,
-    wind: pd.Series, opts: PVModelOptions, ghi: pd.Series, dni: pd.Series, dhi: pd.Series, at_air: bool,
+    fleet: PVFleet,
+    i: int,
+    zen: pd.Series,
+    azi: pd.Series,
+    dni_extra: pd.Series,
+    temp: pd.Series,
+    wind: pd.Series,
+    opts: PVModelOptions,
+    ghi: pd.Series,
+    dni: pd.Series,
+    dhi: pd.Series,
+    at_air: bool,
     effective_floor: pd.Series | None = None,
 ) -> FloatArray:
     """One system's AC W with pandas Series (reference for :func:`forecast_pv_loop`)."""
     p = opts.temperature_params
     poa = pvlib.irradiance.get_total_irradiance(
-        fleet.tilt_deg[i], fleet.azimuth_deg[i], zen, azi, dni, ghi, dhi,
-        dni_extra=dni_extra, albedo=opts.albedo, model=opts.transposition,
+        fleet.tilt_deg[i],
+        fleet.azimuth_deg[i],
+        zen,
+        azi,
+        dni,
+        ghi,
+        dhi,
+        dni_extra=dni_extra,
+        albedo=opts.albedo,
+        model=opts.transposition,
     )
     aoi = pvlib.irradiance.aoi(fleet.tilt_deg[i], fleet.azimuth_deg[i], zen, azi)
     eff = (poa["poa_direct"].fillna(0) * pvlib.iam.physical(aoi) + poa["poa_diffuse"].fillna(0)).clip(0)

@@ -56,8 +56,13 @@ class GridModel:
 
     @staticmethod
     def build(
-        timezone: str, latitude: float, longitude: float, nodes: Sequence[NodeSpec], fleet: PVFleet,
-        pv_node: Sequence[str], pv_phases: Sequence[Sequence[str]],
+        timezone: str,
+        latitude: float,
+        longitude: float,
+        nodes: Sequence[NodeSpec],
+        fleet: PVFleet,
+        pv_node: Sequence[str],
+        pv_phases: Sequence[Sequence[str]],
     ) -> GridModel:
         """Derive membership and phase fractions from each system's node id and phase list."""
         parent = {n.node_id: n.parent for n in nodes}
@@ -141,8 +146,10 @@ def forecast_site(
         weather_reasons.append("no weather forecast")
     elif missing.any():
         first = pd.Timestamp(slot_starts[int(np.argmax(missing))])
-        weather_reasons.append(f"no weather for {int(missing.sum())} of {t} slots (first {first:%Y-%m-%d %H:%M} "
-                               f"UTC): PV 0 and hot ambient there")
+        weather_reasons.append(
+            f"no weather for {int(missing.sum())} of {t} slots (first {first:%Y-%m-%d %H:%M} "
+            f"UTC): PV 0 and hot ambient there"
+        )
     bl_opts = BaseLoadOptions(**{**opts.base_load.__dict__, "timezone": model.timezone})
     results: dict[str, NodeHeadroom] = {}
     base_loads: dict[str, list[BaseLoadForecast]] = {}
@@ -177,5 +184,4 @@ def forecast_site(
             weather_missing=missing,
         )
         results[node.node_id] = compute_headroom(inputs, slot_starts, now, opts.headroom)
-    return SiteForecast(pd.DatetimeIndex(slot_starts), results, pv, node_pv, base_loads, bool(covered.all()),
-                        missing)
+    return SiteForecast(pd.DatetimeIndex(slot_starts), results, pv, node_pv, base_loads, bool(covered.all()), missing)

@@ -81,8 +81,14 @@ def load_entries(path: Path | None) -> dict[str, TokenEntry]:
 
 
 class LocalList:
-    def __init__(self, store: Store, clock: Clock, entries: dict[str, TokenEntry], upstream: Upstream | None = None,
-                 timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        entries: dict[str, TokenEntry],
+        upstream: Upstream | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
         self.store, self.clock, self.entries = store, clock, entries
         self.upstream: Upstream = upstream or NoUpstream()
         self.timeout_s = timeout_s
@@ -99,7 +105,7 @@ class LocalList:
             return TokenEntry.parse(json.loads(raw))
         except (ValueError, TypeError):
             log.warning("unreadable id token entry in the store", extra={"id_token": safe(token, 36)})
-            return TokenEntry("Invalid")     # a broken entry must not let a token in
+            return TokenEntry("Invalid")  # a broken entry must not let a token in
 
     async def authorize(self, req: AuthRequest) -> Decision:
         if req.token_type == NO_AUTHORIZATION:
@@ -120,6 +126,9 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not 2 <= len(args) <= 4:
         raise SystemExit("usage: python -m gridcharge.gateway.adapters.authorization TOKEN STATUS [EXPIRY] [GROUP]")
-    raw = {"status": args[1], "expiry": args[2] if len(args) > 2 and args[2] else None,
-           "group": args[3] if len(args) > 3 else ""}
+    raw = {
+        "status": args[1],
+        "expiry": args[2] if len(args) > 2 and args[2] else None,
+        "group": args[3] if len(args) > 3 else "",
+    }
     print(json.dumps(TokenEntry.parse(raw).to_json()))

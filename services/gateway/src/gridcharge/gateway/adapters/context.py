@@ -29,15 +29,23 @@ log = logging.getLogger(__name__)
 
 
 class GatewayContext:
-    def __init__(self, settings: GatewaySettings, bus: Bus, store: Store, clock: Clock,
-                 known_stations: frozenset[str], registry: Registry | None = None,
-                 authorizer: Authorizer | None = None, stations: dict[str, StationFacts] | None = None,
-                 evse_ids: dict[str, list[int]] | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        bus: Bus,
+        store: Store,
+        clock: Clock,
+        known_stations: frozenset[str],
+        registry: Registry | None = None,
+        authorizer: Authorizer | None = None,
+        stations: dict[str, StationFacts] | None = None,
+        evse_ids: dict[str, list[int]] | None = None,
+    ) -> None:
         self.settings, self.bus, self.store, self.clock = settings, bus, store, clock
         self.known_stations = known_stations
         self.registry = registry
         self.authorizer: Authorizer = authorizer or AcceptAll()
-        self.stations = stations or {}           # topology facts of known stations (node, phases, voltage)
+        self.stations = stations or {}  # topology facts of known stations (node, phases, voltage)
         self.evse_ids = evse_ids or {}
         self.producer = f"gateway/{settings.replica_id}"
         self.on_boot_accepted: Callable[[StationSession], None] = lambda s: None
@@ -72,19 +80,27 @@ class GatewayContext:
         try:
             since = None
             if provisioning and self.registry is not None:
-                since = await self._bounded(self.registry.pending_since(
-                    sid, now, st.pending_hold_s + 10 * st.pending_interval_s))
-            d = decide_boot(known=self.is_known(sid), unknown_policy=st.unknown_stations, provisioning=provisioning,
-                            pending_since=since if isinstance(since, float) else None, now=now,
-                            hold_s=st.pending_hold_s, heartbeat_interval_s=st.heartbeat_interval_s,
-                            pending_interval_s=st.pending_interval_s)
+                since = await self._bounded(
+                    self.registry.pending_since(sid, now, st.pending_hold_s + 10 * st.pending_interval_s)
+                )
+            d = decide_boot(
+                known=self.is_known(sid),
+                unknown_policy=st.unknown_stations,
+                provisioning=provisioning,
+                pending_since=since if isinstance(since, float) else None,
+                now=now,
+                hold_s=st.pending_hold_s,
+                heartbeat_interval_s=st.heartbeat_interval_s,
+                pending_interval_s=st.pending_interval_s,
+            )
             if self.registry is not None:
                 await self._bounded(self.registry.set_boot_state(sid, d.status, st.boot_state_ttl_s))
                 if provisioning and d.status is Registration.ACCEPTED:
-                    await self._bounded(self.registry.clear_pending(sid))   # the next boot is held again
+                    await self._bounded(self.registry.clear_pending(sid))  # the next boot is held again
         except Exception as exc:
-            log.warning("boot answered Pending: store not available",
-                        extra={"station": safe(sid, 48), "error": repr(exc)[:200]})
+            log.warning(
+                "boot answered Pending: store not available", extra={"station": safe(sid, 48), "error": repr(exc)[:200]}
+            )
             d = not_ready
         boot.registration_status = d.status.value
         ev = sess.event()
@@ -93,8 +109,10 @@ class GatewayContext:
             await self._bounded(self.publish_event(ev))
         except Exception as exc:
             if d.status is Registration.ACCEPTED:
-                log.warning("boot answered Pending: bus not available",
-                            extra={"station": safe(sid, 48), "error": repr(exc)[:200]})
+                log.warning(
+                    "boot answered Pending: bus not available",
+                    extra={"station": safe(sid, 48), "error": repr(exc)[:200]},
+                )
                 d = not_ready
                 if self.registry is not None:
                     try:
@@ -129,8 +147,9 @@ class GatewayContext:
             return
         try:
             if await self._bounded(self.registry.is_owner(sess.id, sess.epoch)):
-                await self._bounded(self.registry.set_boot_state(sess.id, sess.boot_status,
-                                                                 self.settings.boot_state_ttl_s))
+                await self._bounded(
+                    self.registry.set_boot_state(sess.id, sess.boot_status, self.settings.boot_state_ttl_s)
+                )
         except Exception:
             pass
 

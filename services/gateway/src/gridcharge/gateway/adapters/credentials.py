@@ -72,4 +72,4 @@ class Credentials:
 
 
 if __name__ == "__main__":
-    print(f"{sys.argv[1]}: \"{hash_password(sys.stdin.readline().rstrip(chr(10)))}\"")
+    print(f'{sys.argv[1]}: "{hash_password(sys.stdin.readline().rstrip(chr(10)))}"')

@@ -45,19 +45,34 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Oc = command_pb2.CommandOutcome
-OUTCOME_LABEL: dict[int, str] = {Oc.COMMAND_OUTCOME_ACCEPTED: "accepted", Oc.COMMAND_OUTCOME_REJECTED: "rejected",
-                 Oc.COMMAND_OUTCOME_CALL_ERROR: "error", Oc.COMMAND_OUTCOME_TIMEOUT: "timeout",
-                 Oc.COMMAND_OUTCOME_OFFLINE: "not_connected", Oc.COMMAND_OUTCOME_INVALID: "invalid",
-                 Oc.COMMAND_OUTCOME_SUPERSEDED: "superseded", Oc.COMMAND_OUTCOME_EXPIRED: "expired",
-                 Oc.COMMAND_OUTCOME_NOT_OWNER: "not_owner"}
+OUTCOME_LABEL: dict[int, str] = {
+    Oc.COMMAND_OUTCOME_ACCEPTED: "accepted",
+    Oc.COMMAND_OUTCOME_REJECTED: "rejected",
+    Oc.COMMAND_OUTCOME_CALL_ERROR: "error",
+    Oc.COMMAND_OUTCOME_TIMEOUT: "timeout",
+    Oc.COMMAND_OUTCOME_OFFLINE: "not_connected",
+    Oc.COMMAND_OUTCOME_INVALID: "invalid",
+    Oc.COMMAND_OUTCOME_SUPERSEDED: "superseded",
+    Oc.COMMAND_OUTCOME_EXPIRED: "expired",
+    Oc.COMMAND_OUTCOME_NOT_OWNER: "not_owner",
+}
 
 Job = command_pb2.StationCommand | Callable[[], Awaitable[None]]
 
-CAPS_16_KEYS = ["ChargeProfileMaxStackLevel", "ChargingScheduleAllowedChargingRateUnit",
-                "ChargingScheduleMaxPeriods", "MaxChargingProfilesInstalled", "NumberOfConnectors"]
-CAPS_201_VARS = [("SmartChargingCtrlr", "Enabled", ""), ("SmartChargingCtrlr", "ProfileStackLevel", ""),
-                 ("SmartChargingCtrlr", "RateUnit", ""), ("SmartChargingCtrlr", "PeriodsPerSchedule", ""),
-                 ("SmartChargingCtrlr", "Entries", "ChargingProfiles")]
+CAPS_16_KEYS = [
+    "ChargeProfileMaxStackLevel",
+    "ChargingScheduleAllowedChargingRateUnit",
+    "ChargingScheduleMaxPeriods",
+    "MaxChargingProfilesInstalled",
+    "NumberOfConnectors",
+]
+CAPS_201_VARS = [
+    ("SmartChargingCtrlr", "Enabled", ""),
+    ("SmartChargingCtrlr", "ProfileStackLevel", ""),
+    ("SmartChargingCtrlr", "RateUnit", ""),
+    ("SmartChargingCtrlr", "PeriodsPerSchedule", ""),
+    ("SmartChargingCtrlr", "Entries", "ChargingProfiles"),
+]
 RATE_NAMES = {"current": "A", "a": "A", "power": "W", "w": "W"}
 
 
@@ -86,10 +101,14 @@ class Dispatcher:
     async def start(self) -> None:
         rid = self.ctx.settings.replica_id
         bus = self.ctx.bus
-        self._subs.append(await bus.subscribe([COMMANDS_TOPIC.name], f"gateway-{rid}", self.on_command_record,
-                                              from_beginning=False))
-        self._subs.append(await bus.subscribe([COMMAND_RESULTS.name], f"gateway-api-{rid}", self.on_result_record,
-                                              from_beginning=False))
+        self._subs.append(
+            await bus.subscribe([COMMANDS_TOPIC.name], f"gateway-{rid}", self.on_command_record, from_beginning=False)
+        )
+        self._subs.append(
+            await bus.subscribe(
+                [COMMAND_RESULTS.name], f"gateway-api-{rid}", self.on_result_record, from_beginning=False
+            )
+        )
         for s in self._subs:
             await s.wait_assigned()
 
@@ -113,17 +132,22 @@ class Dispatcher:
         sess = self.sessions.get(cmd.station_id)
         if sess is None or sess.closed:
             if await self.registry.owner(cmd.station_id) is None and await self.ctx.store.set_if_newer(
-                    f"gw:offline:{cmd.command_id}", 1, b"", ttl_s=3600):
+                f"gw:offline:{cmd.command_id}", 1, b"", ttl_s=3600
+            ):
                 await self.finish(cmd, Oc.COMMAND_OUTCOME_OFFLINE, error_description="station not connected")
             return
         if cmd.command_key:
             # coalesce: a queued older generation of the same key will never be sent
             for queued in list(sess.queue):
-                if (isinstance(queued, command_pb2.StationCommand) and queued.command_key == cmd.command_key
-                        and queued.generation < cmd.generation):
+                if (
+                    isinstance(queued, command_pb2.StationCommand)
+                    and queued.command_key == cmd.command_key
+                    and queued.generation < cmd.generation
+                ):
                     sess.queue.remove(queued)
-                    await self.finish(queued, Oc.COMMAND_OUTCOME_SUPERSEDED,
-                                      error_description=f"generation {cmd.generation} queued")
+                    await self.finish(
+                        queued, Oc.COMMAND_OUTCOME_SUPERSEDED, error_description=f"generation {cmd.generation} queued"
+                    )
         self.enqueue(sess, cmd)
 
     def enqueue(self, sess: StationSession, job: Job) -> None:
@@ -144,8 +168,12 @@ class Dispatcher:
             except Exception:
                 log.exception("command job failed", extra={"station": safe(sess.id, 48)})
                 if isinstance(job, command_pb2.StationCommand):
-                    await self.finish(job, Oc.COMMAND_OUTCOME_CALL_ERROR, error_code="InternalError",
-                                      error_description="gateway error")
+                    await self.finish(
+                        job,
+                        Oc.COMMAND_OUTCOME_CALL_ERROR,
+                        error_code="InternalError",
+                        error_description="gateway error",
+                    )
         sess.worker = None
 
     def drain_offline(self, sess: StationSession) -> None:
@@ -169,35 +197,51 @@ class Dispatcher:
             await self.finish(cmd, Oc.COMMAND_OUTCOME_INVALID, error_code="InvalidCommand", error_description=str(exc))
             return
         if cmd.HasField("expires_at") and cmd.expires_at.ToNanoseconds() <= self.ctx.clock.time() * 1e9:
-            await self.finish(cmd, Oc.COMMAND_OUTCOME_EXPIRED, action=action,
-                              error_description="expired before sending")
+            await self.finish(
+                cmd, Oc.COMMAND_OUTCOME_EXPIRED, action=action, error_description="expired before sending"
+            )
             return
         # registration: wait (bounded) until a fresh connection's boot is decided, then only what its
         # status allows: nothing while Rejected or unregistered, a few reads/writes while Pending (core.boot)
         status = await self._registration(sess)
         if not command_allowed(status, sess.version, action):
-            await self.finish(cmd, Oc.COMMAND_OUTCOME_INVALID, action=action, error_code="NotRegistered",
-                              error_description=f"{action} not sent: station registration is "
-                                                f"{status.value or 'unknown (no BootNotification)'}")
+            await self.finish(
+                cmd,
+                Oc.COMMAND_OUTCOME_INVALID,
+                action=action,
+                error_code="NotRegistered",
+                error_description=f"{action} not sent: station registration is "
+                f"{status.value or 'unknown (no BootNotification)'}",
+            )
             return
         try:
             action, payload = to_request(cmd, sess.version, sess.capabilities)
         except InvalidCommand as exc:
-            await self.finish(cmd, Oc.COMMAND_OUTCOME_INVALID, action=action, error_code="InvalidCommand",
-                              error_description=str(exc))
+            await self.finish(
+                cmd, Oc.COMMAND_OUTCOME_INVALID, action=action, error_code="InvalidCommand", error_description=str(exc)
+            )
             return
         violation = schemas.validate(sess.version, action, "req", payload)
         if violation is not None:
-            await self.finish(cmd, Oc.COMMAND_OUTCOME_INVALID, action=action,
-                              error_code=violation.kind.code(sess.version), error_description=violation.description)
+            await self.finish(
+                cmd,
+                Oc.COMMAND_OUTCOME_INVALID,
+                action=action,
+                error_code=violation.kind.code(sess.version),
+                error_description=violation.description,
+            )
             return
         if cmd.command_key:
             gen_key = f"gw:gen:{cmd.station_id}:{cmd.command_key}"
             if not await self.ctx.store.set_if_newer(gen_key, cmd.generation, b""):
                 cur = await self.ctx.store.get_versioned(gen_key)
                 if cur is not None and cur[0] > cmd.generation:
-                    await self.finish(cmd, Oc.COMMAND_OUTCOME_SUPERSEDED, action=action,
-                                      error_description=f"generation {cur[0]} already applied")
+                    await self.finish(
+                        cmd,
+                        Oc.COMMAND_OUTCOME_SUPERSEDED,
+                        action=action,
+                        error_description=f"generation {cur[0]} already applied",
+                    )
                     return
         # ownership is checked right before sending: after a move to another replica we must not send
         epoch = await self.registry.reassert(sess.id, sess.epoch, sess.version.subprotocol)
@@ -209,8 +253,12 @@ class Dispatcher:
             if await self.registry.owner(sess.id) is not None:
                 COMMANDS.labels(command=action, outcome="not_owner").inc()
                 return
-            await self.finish(cmd, Oc.COMMAND_OUTCOME_NOT_OWNER, action=action,
-                              error_description="station is owned by a newer connection")
+            await self.finish(
+                cmd,
+                Oc.COMMAND_OUTCOME_NOT_OWNER,
+                action=action,
+                error_description="station is owned by a newer connection",
+            )
             return
         sess.epoch = epoch
         await self._send(sess, cmd, action, payload)
@@ -230,8 +278,9 @@ class Dispatcher:
         except Exception:
             pass
 
-    async def _send(self, sess: StationSession, cmd: command_pb2.StationCommand, action: str,
-                    payload: dict[str, Any]) -> None:
+    async def _send(
+        self, sess: StationSession, cmd: command_pb2.StationCommand, action: str, payload: dict[str, Any]
+    ) -> None:
         t0 = time.monotonic()
         asked = triggered_action(sess.version, action, payload)
         if asked is not None:
@@ -244,9 +293,14 @@ class Dispatcher:
             unknown = is_profile_command(action)
             if unknown:
                 await self.ctx.store.set(f"gw:profile-state:{sess.id}", b"unknown")
-            await self.finish(cmd, Oc.COMMAND_OUTCOME_TIMEOUT, action=action, round_trip_s=rt,
-                              status="Unknown" if unknown else "",
-                              error_description=("no answer: profile state unknown" if unknown else "no answer"))
+            await self.finish(
+                cmd,
+                Oc.COMMAND_OUTCOME_TIMEOUT,
+                action=action,
+                round_trip_s=rt,
+                status="Unknown" if unknown else "",
+                error_description=("no answer: profile state unknown" if unknown else "no answer"),
+            )
             return
         except ConnectionError:
             await self.finish(cmd, Oc.COMMAND_OUTCOME_OFFLINE, action=action, error_description="station disconnected")
@@ -254,14 +308,25 @@ class Dispatcher:
         rt = time.monotonic() - t0
         ROUNDTRIP.labels(action=action).observe(rt)
         if isinstance(answer, ErrorFrame):
-            await self.finish(cmd, Oc.COMMAND_OUTCOME_CALL_ERROR, action=action, round_trip_s=rt,
-                              error_code=cap(answer.code, 40), error_description=cap(answer.description))
+            await self.finish(
+                cmd,
+                Oc.COMMAND_OUTCOME_CALL_ERROR,
+                action=action,
+                round_trip_s=rt,
+                error_code=cap(answer.code, 40),
+                error_description=cap(answer.description),
+            )
             return
         bad = schemas.validate(sess.version, action, "conf", answer.payload)
         if bad is not None:
-            await self.finish(cmd, Oc.COMMAND_OUTCOME_CALL_ERROR, action=action, round_trip_s=rt,
-                              error_code=bad.kind.code(sess.version), error_description="invalid response: " +
-                              bad.description)
+            await self.finish(
+                cmd,
+                Oc.COMMAND_OUTCOME_CALL_ERROR,
+                action=action,
+                round_trip_s=rt,
+                error_code=bad.kind.code(sess.version),
+                error_description="invalid response: " + bad.description,
+            )
             return
         outcome, status = outcome_of(action, answer.payload)
         if is_profile_command(action) and outcome == Oc.COMMAND_OUTCOME_ACCEPTED:
@@ -269,23 +334,45 @@ class Dispatcher:
             if self.on_profile_written is not None:
                 await self.on_profile_written(sess, action, payload)
 
+        await self.finish(
+            cmd,
+            outcome,
+            action=action,
+            status=status,
+            round_trip_s=rt,
+            response_json=json.dumps(answer.payload, separators=(",", ":"))[:16384],
+        )
 
-        await self.finish(cmd, outcome, action=action, status=status, round_trip_s=rt,
-                          response_json=json.dumps(answer.payload, separators=(",", ":"))[:16384])
-
-    async def finish(self, cmd: command_pb2.StationCommand, outcome: int, *, action: str = "", status: str = "",
-                     error_code: str = "", error_description: str = "", response_json: str = "",
-                     round_trip_s: float = 0.0) -> None:
+    async def finish(
+        self,
+        cmd: command_pb2.StationCommand,
+        outcome: int,
+        *,
+        action: str = "",
+        status: str = "",
+        error_code: str = "",
+        error_description: str = "",
+        response_json: str = "",
+        round_trip_s: float = 0.0,
+    ) -> None:
         """Publish the one CommandResult of `cmd`."""
         if not action:
             try:
                 action = action_of(cmd)
             except InvalidCommand:
                 action = ""
-        res = command_result(cmd, outcome, self.ctx.producer, self.ctx.clock.time(),  # type: ignore[arg-type]
-                             action=action, status=status, error_code=error_code,
-                             error_description=error_description, response_json=response_json,
-                             round_trip_s=round_trip_s)
+        res = command_result(
+            cmd,
+            outcome,  # type: ignore[arg-type]
+            self.ctx.producer,
+            self.ctx.clock.time(),
+            action=action,
+            status=status,
+            error_code=error_code,
+            error_description=error_description,
+            response_json=response_json,
+            round_trip_s=round_trip_s,
+        )
         COMMANDS.labels(command=action or "unknown", outcome=OUTCOME_LABEL.get(outcome, "error")).inc()
         fut = self.waiters.get(cmd.command_id)
         if fut is not None and not fut.done():
@@ -311,12 +398,15 @@ class Dispatcher:
         for a BootNotification (TriggerMessage) instead of answering SecurityError forever. A 2.0.1 station
         that still considers itself Accepted answers Rejected (F06.FR.17); it is then asked no more on this
         connection."""
+
         async def ask() -> None:
             try:
-                await sess.send_call("TriggerMessage", {"requestedMessage": "BootNotification"},
-                                     self.ctx.settings.call_timeout_s)
+                await sess.send_call(
+                    "TriggerMessage", {"requestedMessage": "BootNotification"}, self.ctx.settings.call_timeout_s
+                )
             except (TimeoutError, ConnectionError):
                 pass
+
         # not queued: a command at the head of the queue may be waiting for exactly this boot (send_call
         # still keeps one CALL in flight)
         self._spawn(ask())
@@ -354,8 +444,10 @@ class Dispatcher:
         try:
             if sess.version is Version.V16:
                 ans = await sess.send_call("GetConfiguration", {"key": CAPS_16_KEYS}, timeout)
-                if not isinstance(ans, ErrorFrame) and schemas.validate(sess.version, "GetConfiguration", "conf",
-                                                                        ans.payload) is None:
+                if (
+                    not isinstance(ans, ErrorFrame)
+                    and schemas.validate(sess.version, "GetConfiguration", "conf", ans.payload) is None
+                ):
                     for kv in ans.payload.get("configurationKey", []):
                         values[kv.get("key", "")] = kv.get("value")
                     complete = not ans.payload.get("unknownKey")
@@ -366,12 +458,17 @@ class Dispatcher:
                 evses = _int(values.get("NumberOfConnectors")) or 0
                 smart = bool(values)
             else:
-                req = {"getVariableData": [
-                    {"component": {"name": c}, "variable": {"name": v, **({"instance": i} if i else {})}}
-                    for c, v, i in CAPS_201_VARS]}
+                req = {
+                    "getVariableData": [
+                        {"component": {"name": c}, "variable": {"name": v, **({"instance": i} if i else {})}}
+                        for c, v, i in CAPS_201_VARS
+                    ]
+                }
                 ans = await sess.send_call("GetVariables", req, timeout)
-                if not isinstance(ans, ErrorFrame) and schemas.validate(sess.version, "GetVariables", "conf",
-                                                                        ans.payload) is None:
+                if (
+                    not isinstance(ans, ErrorFrame)
+                    and schemas.validate(sess.version, "GetVariables", "conf", ans.payload) is None
+                ):
                     results = ans.payload.get("getVariableResult", [])
                     for r in results:
                         if r.get("attributeStatus") == "Accepted":
@@ -385,10 +482,18 @@ class Dispatcher:
         except (TimeoutError, ConnectionError):
             stack = units = periods = installed = None  # type: ignore[assignment]
             units = frozenset()
-        sess.capabilities = Capabilities(max_stack_level=stack, allowed_rate_units=units, max_periods=periods,
-                                         max_profiles_installed=installed)
-        data = capabilities_record(sess.id, sess.version, sess.capabilities, self.ctx.producer, read_at,
-                                   number_of_evses=evses, supports_smart_charging=smart,
-                                   read_complete=complete).SerializeToString()
+        sess.capabilities = Capabilities(
+            max_stack_level=stack, allowed_rate_units=units, max_periods=periods, max_profiles_installed=installed
+        )
+        data = capabilities_record(
+            sess.id,
+            sess.version,
+            sess.capabilities,
+            self.ctx.producer,
+            read_at,
+            number_of_evses=evses,
+            supports_smart_charging=smart,
+            read_complete=complete,
+        ).SerializeToString()
         await self.ctx.store.set(f"gw:caps:{sess.id}", data)
         await self.ctx.bus.publish(STATION_CAPABILITIES.name, sess.id, data)

@@ -40,18 +40,25 @@ ALLOCATOR_ONLY = {"set_charging_profile", "clear_charging_profile"}
 ORDERING_PARAMS = ("generation", "command_key")
 # OCPP 1.6 configuration keys of the Smart Charging profile: changing them can make a station refuse or drop
 # the allocator's profiles (fewer stack levels, periods or profiles; another rate unit).
-SMART_CHARGING_KEYS_16 = frozenset({
-    "chargeprofilemaxstacklevel", "chargingscheduleallowedchargingrateunit", "chargingschedulemaxperiods",
-    "maxchargingprofilesinstalled", "connectorswitch3to1phasesupported",
-})
-SMART_CHARGING_COMPONENT_201 = "smartchargingctrlr"   # e.g. SmartChargingCtrlr.Enabled=false turns it off
+SMART_CHARGING_KEYS_16 = frozenset(
+    {
+        "chargeprofilemaxstacklevel",
+        "chargingscheduleallowedchargingrateunit",
+        "chargingschedulemaxperiods",
+        "maxchargingprofilesinstalled",
+        "connectorswitch3to1phasesupported",
+    }
+)
+SMART_CHARGING_COMPONENT_201 = "smartchargingctrlr"  # e.g. SmartChargingCtrlr.Enabled=false turns it off
 
 
 def refused(field: str, body: dict[str, Any]) -> str | None:
     """Why the passthrough must not send this command (None = it may)."""
     if field in ALLOCATOR_ONLY:
-        return (f"{field} is reserved for the allocator (it owns every charging profile); set limits with "
-                "POST /allocation/limits (a node) or PUT /allocation/sessions/{id}/preferences (a session)")
+        return (
+            f"{field} is reserved for the allocator (it owns every charging profile); set limits with "
+            "POST /allocation/limits (a node) or PUT /allocation/sessions/{id}/preferences (a session)"
+        )
     if field == "change_configuration" and str(body.get("key", "")).strip().lower() in SMART_CHARGING_KEYS_16:
         return f"configuration key {str(body.get('key'))[:64]!r} belongs to smart charging, which the allocator owns"
     if field == "set_variables":
@@ -66,7 +73,7 @@ class StationInfo(BaseModel):
     protocol: str
     replica_id: str
     ownership_epoch: int
-    connected_since: float   # POSIX s
+    connected_since: float  # POSIX s
 
 
 def build_router(registry: Registry, dispatcher: Dispatcher) -> APIRouter:
@@ -75,12 +82,22 @@ def build_router(registry: Registry, dispatcher: Dispatcher) -> APIRouter:
     @router.get("/stations", response_model=list[StationInfo])
     async def stations() -> list[StationInfo]:
         """Stations connected to a live gateway replica."""
-        return [StationInfo(station_id=sid, protocol=o.protocol, replica_id=o.replica_id, ownership_epoch=o.epoch,
-                            connected_since=o.since) for sid, o in await registry.connected()]
+        return [
+            StationInfo(
+                station_id=sid,
+                protocol=o.protocol,
+                replica_id=o.replica_id,
+                ownership_epoch=o.epoch,
+                connected_since=o.since,
+            )
+            for sid, o in await registry.connected()
+        ]
 
     @router.post("/stations/{station_id}/commands/{action}")
     async def command(
-        request: Request, station_id: str, action: str,
+        request: Request,
+        station_id: str,
+        action: str,
         body: dict[str, Any] = Body(default_factory=dict, description="command fields (command.v1 proto JSON)"),
         timeout_s: float = Query(35.0, gt=0, le=300),
     ) -> dict[str, Any]:
@@ -89,8 +106,11 @@ def build_router(registry: Registry, dispatcher: Dispatcher) -> APIRouter:
         Not for charging profiles: those are the allocator's (403; use the allocation API)."""
         given = [p for p in ORDERING_PARAMS if p in request.query_params]
         if given:
-            raise HTTPException(422, f"{'/'.join(given)} cannot be set through the operator API: generations and "
-                                     "command keys order the allocator's own commands")
+            raise HTTPException(
+                422,
+                f"{'/'.join(given)} cannot be set through the operator API: generations and "
+                "command keys order the allocator's own commands",
+            )
         if not STATION_ID.fullmatch(station_id):
             raise HTTPException(404, "unknown station id")
         field = action if action in ACTIONS else BY_OCPP_NAME.get(action)
@@ -118,8 +138,9 @@ def build_router(registry: Registry, dispatcher: Dispatcher) -> APIRouter:
             raise HTTPException(504, "no command result in time") from None
         finally:
             dispatcher.waiters.pop(cmd.command_id, None)
-        out = json_format.MessageToDict(res, preserving_proto_field_name=True,
-                                        always_print_fields_with_no_presence=True)
+        out = json_format.MessageToDict(
+            res, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
         note_change(request, target, after={k: out.get(k) for k in ("command_id", "outcome", "status", "error_code")})
         return out
 

@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from gridcharge.gateway.handlers.base import StationSession
 
 log = logging.getLogger(__name__)
-COMPOSITE_DURATION_S = 300      # long enough to show the limit now; short answers from small stations
-MAX_REPORTS = 32                # ReportChargingProfiles messages collected per request (bounds a hostile station)
+COMPOSITE_DURATION_S = 300  # long enough to show the limit now; short answers from small stations
+MAX_REPORTS = 32  # ReportChargingProfiles messages collected per request (bounds a hostile station)
 _request_ids = itertools.count(1)
 
 
@@ -62,8 +62,7 @@ def result_key(station_id: str) -> str:
 class ProfileChecker:
     """Per replica: books and schedules of the stations connected here, and the loop that runs the checks."""
 
-    def __init__(self, ctx: GatewayContext, sessions: dict[str, StationSession],
-                 enqueue: Any) -> None:
+    def __init__(self, ctx: GatewayContext, sessions: dict[str, StationSession], enqueue: Any) -> None:
         self.ctx, self.sessions, self.enqueue = ctx, sessions, enqueue
         st = ctx.settings
         self.enabled = st.profile_check
@@ -78,8 +77,9 @@ class ProfileChecker:
         s = self.schedules.get(station_id)
         if s is None:
             st = self.ctx.settings
-            s = self.schedules[station_id] = CheckSchedule(st.profile_check_delay_s, st.profile_audit_interval_s,
-                                                           st.profile_checks_per_hour)
+            s = self.schedules[station_id] = CheckSchedule(
+                st.profile_check_delay_s, st.profile_audit_interval_s, st.profile_checks_per_hour
+            )
         return s
 
     async def start(self) -> None:
@@ -200,8 +200,7 @@ class ProfileChecker:
                 if reports is None:
                     complete, reason = False, "GetChargingProfiles/ReportChargingProfiles not answered"
                 else:
-                    mismatches += compare_profiles(book, reported_profiles(reports), self.ctx.clock.time(),
-                                                   self.skew_s)
+                    mismatches += compare_profiles(book, reported_profiles(reports), self.ctx.clock.time(), self.skew_s)
             # the station's composite (EVSE 0) against our station maximum: what the budget counts. Per-EVSE
             # TxProfiles only split the station cap (and an upstream CSMS in proxy mode may stack its own above
             # them), so their composites are not judged; a missing TxProfile still shows in the report.
@@ -226,8 +225,10 @@ class ProfileChecker:
         sess.profile_reports[rid] = (reports, done)
         try:
             ans = await sess.send_call("GetChargingProfiles", {"requestId": rid, "chargingProfile": {}}, timeout)
-            if isinstance(ans, ErrorFrame) or schemas.validate(sess.version, "GetChargingProfiles", "conf",
-                                                               ans.payload) is not None:
+            if (
+                isinstance(ans, ErrorFrame)
+                or schemas.validate(sess.version, "GetChargingProfiles", "conf", ans.payload) is not None
+            ):
                 return None
             status = ans.payload.get("status")
             if status == "NoProfiles":
@@ -237,18 +238,20 @@ class ProfileChecker:
             try:
                 await asyncio.wait_for(done, timeout)
             except TimeoutError:
-                return None        # Accepted, but the reports did not come (all of them) in time
+                return None  # Accepted, but the reports did not come (all of them) in time
             return reports
         finally:
             sess.profile_reports.pop(rid, None)
 
-    async def _composite(self, sess: StationSession, evse: int, unit: str,
-                         timeout: float) -> tuple[float, str] | None:
+    async def _composite(self, sess: StationSession, evse: int, unit: str, timeout: float) -> tuple[float, str] | None:
         key = "connectorId" if sess.version is Version.V16 else "evseId"
-        ans = await sess.send_call("GetCompositeSchedule", {key: evse, "duration": COMPOSITE_DURATION_S,
-                                                            "chargingRateUnit": unit}, timeout)
-        if isinstance(ans, ErrorFrame) or schemas.validate(sess.version, "GetCompositeSchedule", "conf",
-                                                           ans.payload) is not None:
+        ans = await sess.send_call(
+            "GetCompositeSchedule", {key: evse, "duration": COMPOSITE_DURATION_S, "chargingRateUnit": unit}, timeout
+        )
+        if (
+            isinstance(ans, ErrorFrame)
+            or schemas.validate(sess.version, "GetCompositeSchedule", "conf", ans.payload) is not None
+        ):
             return None
         return composite_now(sess.version, ans.payload, self.ctx.clock.time())
 
@@ -258,20 +261,44 @@ class ProfileChecker:
         for m in result.mismatches:
             PROFILE_MISMATCHES.labels(kind=m.kind).inc()
         if result.mismatches:
-            log.warning("station does not apply the profiles it accepted", extra={
-                "station": safe(sess.id, 48), "mismatches": [
-                    f"{m.kind} evse={m.evse_id} stack={m.stack_level} id={m.profile_id} sent={m.sent_limit:g} "
-                    f"reported={m.reported_limit:g}{m.rate_unit}" for m in result.mismatches[:8]]})
+            log.warning(
+                "station does not apply the profiles it accepted",
+                extra={
+                    "station": safe(sess.id, 48),
+                    "mismatches": [
+                        f"{m.kind} evse={m.evse_id} stack={m.stack_level} id={m.profile_id} sent={m.sent_limit:g} "
+                        f"reported={m.reported_limit:g}{m.rate_unit}"
+                        for m in result.mismatches[:8]
+                    ],
+                },
+            )
         elif not result.complete:
             log.info("profile check incomplete", extra={"station": safe(sess.id, 48), "reason": result.reason})
         with contextlib.suppress(Exception):
-            await self.ctx.store.set(result_key(sess.id), json.dumps(result.as_json()).encode(),
-                                     ttl_s=max(3 * 3600.0, 3 * self.ctx.settings.profile_audit_interval_s))
+            await self.ctx.store.set(
+                result_key(sess.id),
+                json.dumps(result.as_json()).encode(),
+                ttl_s=max(3 * 3600.0, 3 * self.ctx.settings.profile_audit_interval_s),
+            )
         ev = sess.event()
-        ev.profile_check.CopyFrom(station_pb2.ProfileCheck(ok=result.ok, complete=result.complete, mismatches=[
-            station_pb2.ProfileMismatch(kind=m.kind, evse_id=m.evse_id, stack_level=m.stack_level,
-                                        profile_id=m.profile_id, purpose=m.purpose[:32], sent_limit=m.sent_limit,
-                                        reported_limit=m.reported_limit, rate_unit=m.rate_unit[:2])
-            for m in result.mismatches[:32]]))
+        ev.profile_check.CopyFrom(
+            station_pb2.ProfileCheck(
+                ok=result.ok,
+                complete=result.complete,
+                mismatches=[
+                    station_pb2.ProfileMismatch(
+                        kind=m.kind,
+                        evse_id=m.evse_id,
+                        stack_level=m.stack_level,
+                        profile_id=m.profile_id,
+                        purpose=m.purpose[:32],
+                        sent_limit=m.sent_limit,
+                        reported_limit=m.reported_limit,
+                        rate_unit=m.rate_unit[:2],
+                    )
+                    for m in result.mismatches[:32]
+                ],
+            )
+        )
         with contextlib.suppress(Exception):
             await sess.publish(ev)

@@ -50,8 +50,11 @@ from websockets.typing import Subprotocol
 log = logging.getLogger(__name__)
 
 SUBPROTOCOLS = [Subprotocol("ocpp2.1"), Subprotocol("ocpp2.0.1"), Subprotocol("ocpp1.6")]
-SESSION_CLASSES: dict[Version, type[StationSession]] = {Version.V16: V16Session, Version.V201: V201Session,
-                                                        Version.V21: V21Session}
+SESSION_CLASSES: dict[Version, type[StationSession]] = {
+    Version.V16: V16Session,
+    Version.V201: V201Session,
+    Version.V21: V21Session,
+}
 # OCPP 2.0.1 identifierString plus what 1.6 deployments use; 48 = topology limit
 STATION_ID = re.compile(r"[A-Za-z0-9*\-_=:+|@.]{1,48}")
 
@@ -69,10 +72,12 @@ def tls_context(cert: Any, key: Any, ca: Any | None, require_client_cert: bool) 
     return ctx
 
 
-PROFILE_0_WARNING = ("SECURITY: security profile 0 on {host}:{port}: station connections are not "
-                     "authenticated; any client that knows a station id can take over that station and receive "
-                     "its charging profiles. Use it on a trusted network only; set GRIDCHARGE_SECURITY_PROFILE "
-                     "to 1, 2 or 3 elsewhere (docs/gateway.md).")
+PROFILE_0_WARNING = (
+    "SECURITY: security profile 0 on {host}:{port}: station connections are not "
+    "authenticated; any client that knows a station id can take over that station and receive "
+    "its charging profiles. Use it on a trusted network only; set GRIDCHARGE_SECURITY_PROFILE "
+    "to 1, 2 or 3 elsewhere (docs/gateway.md)."
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -89,7 +94,7 @@ def station_from_path(path: str) -> str | None:
     path = path.split("?", 1)[0]
     if not path.startswith("/ocpp/"):
         return None
-    sid = unquote(path[len("/ocpp/"):])
+    sid = unquote(path[len("/ocpp/") :])
     return sid if STATION_ID.fullmatch(sid) else None
 
 
@@ -106,17 +111,28 @@ def peer_common_name(connection: ServerConnection) -> str | None:
 
 
 class OcppServer:
-    def __init__(self, ctx: GatewayContext, registry: Registry, dispatcher: Dispatcher,
-                 sessions: dict[str, StationSession], credentials: Credentials, proxy: Proxy | None = None) -> None:
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        registry: Registry,
+        dispatcher: Dispatcher,
+        sessions: dict[str, StationSession],
+        credentials: Credentials,
+        proxy: Proxy | None = None,
+    ) -> None:
         self.ctx, self.registry, self.dispatcher, self.sessions = ctx, registry, dispatcher, sessions
-        self.proxy = proxy                   # proxy mode: every station also gets a link to the upstream CSMS
+        self.proxy = proxy  # proxy mode: every station also gets a link to the upstream CSMS
         self.credentials = credentials
         self.per_ip: dict[str, int] = defaultdict(int)
         st = ctx.settings
-        policy = Policy(base_delay_s=st.auth_backoff_base_s, max_delay_s=st.auth_backoff_max_s,
-                        lockout_after=st.auth_lockout_after, lockout_s=st.auth_lockout_s)
-        self.station_auth = AuthBackoff(policy)      # failed Basic auth per station id ...
-        self.ip_auth = AuthBackoff(replace(policy, lockout_after=st.auth_ip_lockout_after))   # ... and per IP
+        policy = Policy(
+            base_delay_s=st.auth_backoff_base_s,
+            max_delay_s=st.auth_backoff_max_s,
+            lockout_after=st.auth_lockout_after,
+            lockout_s=st.auth_lockout_s,
+        )
+        self.station_auth = AuthBackoff(policy)  # failed Basic auth per station id ...
+        self.ip_auth = AuthBackoff(replace(policy, lockout_after=st.auth_ip_lockout_after))  # ... and per IP
         self.open_connections = 0
         self.server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -136,10 +152,18 @@ class OcppServer:
         if st.security_profile == 0 and not is_loopback(st.ocpp_host):
             log.warning(PROFILE_0_WARNING.format(host=st.ocpp_host, port=st.ocpp_port))
         self.server = await serve(
-            self._handler, st.ocpp_host, st.ocpp_port, subprotocols=SUBPROTOCOLS,
-            select_subprotocol=self._select_subprotocol, process_request=self._process_request,
-            max_size=st.max_message_bytes, max_queue=4, compression=None, ssl=ssl_ctx,
-            ping_interval=st.ws_ping_interval_s or None, ping_timeout=st.ws_ping_interval_s or None,
+            self._handler,
+            st.ocpp_host,
+            st.ocpp_port,
+            subprotocols=SUBPROTOCOLS,
+            select_subprotocol=self._select_subprotocol,
+            process_request=self._process_request,
+            max_size=st.max_message_bytes,
+            max_queue=4,
+            compression=None,
+            ssl=ssl_ctx,
+            ping_interval=st.ws_ping_interval_s or None,
+            ping_timeout=st.ws_ping_interval_s or None,
             server_header=None,
         )
 
@@ -158,8 +182,9 @@ class OcppServer:
         REJECTED.labels(reason="subprotocol").inc()
         raise NegotiationError("expected subprotocol ocpp2.1, ocpp2.0.1 or ocpp1.6")
 
-    def _reject(self, connection: ServerConnection, status: HTTPStatus, reason: str, text: str,
-                retry_after_s: float = 0.0) -> Response:
+    def _reject(
+        self, connection: ServerConnection, status: HTTPStatus, reason: str, text: str, retry_after_s: float = 0.0
+    ) -> Response:
         REJECTED.labels(reason=reason).inc()
         resp = connection.respond(status, text + "\n")
         if status == HTTPStatus.UNAUTHORIZED:
@@ -184,8 +209,10 @@ class OcppServer:
         elif st.security_profile == 3:
             cn = peer_common_name(connection)
             if cn != sid:
-                log.info("client certificate does not match station", extra={"station": safe(sid, 48),
-                                                                           "cn": safe(cn or "", 64)})
+                log.info(
+                    "client certificate does not match station",
+                    extra={"station": safe(sid, 48), "cn": safe(cn or "", 64)},
+                )
                 return self._reject(connection, HTTPStatus.FORBIDDEN, "auth", "Forbidden")
         return None
 
@@ -207,9 +234,15 @@ class OcppServer:
         for scope, table, key in (("station", self.station_auth, sid), ("ip", self.ip_auth, ip)):
             if table.failure(key, now):
                 AUTH_LOCKOUTS.labels(scope=scope).inc()
-                log.warning("authentication locked out after repeated failures",
-                            extra={"scope": scope, "station": safe(sid, 48), "remote": ip,
-                                   "lockout_s": self.ctx.settings.auth_lockout_s})
+                log.warning(
+                    "authentication locked out after repeated failures",
+                    extra={
+                        "scope": scope,
+                        "station": safe(sid, 48),
+                        "remote": ip,
+                        "lockout_s": self.ctx.settings.auth_lockout_s,
+                    },
+                )
         wait = max(self.station_auth.wait_s(sid, now), self.ip_auth.wait_s(ip, now))
         return self._reject(connection, HTTPStatus.UNAUTHORIZED, "auth", "Unauthorized", wait)
 
@@ -253,9 +286,14 @@ class OcppServer:
                 if status is Registration.ACCEPTED:
                     await self.dispatcher.restore_capabilities(sess)
             ev = sess.event()
-            ev.connected.CopyFrom(station_pb2.Connected(replica_id=self.ctx.settings.replica_id,
-                                                        ownership_epoch=sess.epoch, remote_addr=ip[:64],
-                                                        security_profile=self.ctx.settings.security_profile))
+            ev.connected.CopyFrom(
+                station_pb2.Connected(
+                    replica_id=self.ctx.settings.replica_id,
+                    ownership_epoch=sess.epoch,
+                    remote_addr=ip[:64],
+                    security_profile=self.ctx.settings.security_profile,
+                )
+            )
             await self.ctx.publish_event(ev)
             await sess.start()
         except ConnectionClosed:
@@ -286,8 +324,11 @@ class OcppServer:
                 await self.registry.release(sess.id, sess.epoch)
             ev = sess.event()
             code = sess.close_code
-            ev.disconnected.CopyFrom(station_pb2.Disconnected(
-                replica_id=self.ctx.settings.replica_id, reason="replaced" if replaced else f"closed {code}"))
+            ev.disconnected.CopyFrom(
+                station_pb2.Disconnected(
+                    replica_id=self.ctx.settings.replica_id, reason="replaced" if replaced else f"closed {code}"
+                )
+            )
             await self.ctx.publish_event(ev)
         except Exception:
             log.warning("disconnect bookkeeping failed", extra={"station": safe(sess.id, 48)}, exc_info=True)

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_WAITING_CALLS = 4          # upstream CALLs waiting for the station; more are answered "busy"
+MAX_WAITING_CALLS = 4  # upstream CALLs waiting for the station; more are answered "busy"
 UPSTREAM_RATE_PER_S, UPSTREAM_BURST = 20.0, 100
 
 
@@ -79,8 +79,10 @@ class Proxy:
     def __init__(self, ctx: GatewayContext, passwords: dict[str, str]) -> None:
         st = ctx.settings
         self.ctx, self.settings, self.passwords = ctx, st, passwords
-        self.policy = ProfilePolicy(frozenset(st.upstream_reserved_stack_levels),
-                                    range(st.upstream_reserved_profile_id_min, st.upstream_reserved_profile_id_max + 1))
+        self.policy = ProfilePolicy(
+            frozenset(st.upstream_reserved_stack_levels),
+            range(st.upstream_reserved_profile_id_min, st.upstream_reserved_profile_id_max + 1),
+        )
         self.ssl = client_tls(st.upstream_ca_file) if st.upstream_url.startswith("wss:") else None
         self.links: dict[str, UpstreamLink] = {}
 
@@ -123,15 +125,15 @@ class UpstreamLink:
         self.session: StationSession | None = None
         self.draining = False
         self.stopped = False
-        self.connected = asyncio.Event()     # open and resynchronised (boot replayed, queue delivered)
-        self.attempted = asyncio.Event()     # the first connection attempt has ended
+        self.connected = asyncio.Event()  # open and resynchronised (boot replayed, queue delivered)
+        self.attempted = asyncio.Event()  # the first connection attempt has ended
         self.queue = OfflineQueue(st.upstream_queue_max)
         self.tx_ids = TxIdMap()
         self.profiles = ProfileRecord()
         self.last_boot: dict[str, Any] | None = None
         self._ws: ClientConnection | None = None
         self._pending: dict[str, asyncio.Future[ResultFrame | ErrorFrame]] = {}
-        self._call_lock = asyncio.Lock()     # one CALL in flight to the upstream (OCPP-J)
+        self._call_lock = asyncio.Lock()  # one CALL in flight to the upstream (OCPP-J)
         self._calls: asyncio.Queue[CallFrame] = asyncio.Queue(MAX_WAITING_CALLS)
         self._bucket = TokenBucket(UPSTREAM_RATE_PER_S, UPSTREAM_BURST, time.monotonic())
         self._ids = 0
@@ -163,12 +165,19 @@ class UpstreamLink:
         backoff = 1.0
         while not self.stopped:
             try:
-                ws = await connect(self.url, subprotocols=[Subprotocol(self.version.subprotocol)],
-                                   additional_headers=self._headers(), ssl=self.proxy.ssl,
-                                   open_timeout=st.upstream_connect_timeout_s, max_size=st.max_message_bytes,
-                                   max_queue=4, compression=None, user_agent_header=None,
-                                   ping_interval=st.ws_ping_interval_s or None,
-                                   ping_timeout=st.ws_ping_interval_s or None)
+                ws = await connect(
+                    self.url,
+                    subprotocols=[Subprotocol(self.version.subprotocol)],
+                    additional_headers=self._headers(),
+                    ssl=self.proxy.ssl,
+                    open_timeout=st.upstream_connect_timeout_s,
+                    max_size=st.max_message_bytes,
+                    max_queue=4,
+                    compression=None,
+                    user_agent_header=None,
+                    ping_interval=st.ws_ping_interval_s or None,
+                    ping_timeout=st.ws_ping_interval_s or None,
+                )
                 if ws.subprotocol != self.version.subprotocol:
                     await ws.close(1002, "subprotocol required")
                     raise ConnectionError("upstream did not accept the subprotocol")
@@ -176,8 +185,10 @@ class UpstreamLink:
                 raise
             except Exception as exc:
                 # never the URL's secrets or headers: the exception type and a capped text only
-                log.info("upstream CSMS unreachable", extra={"station": safe(self.id, 48),
-                                                             "error": cap(f"{type(exc).__name__}: {exc}", 200)})
+                log.info(
+                    "upstream CSMS unreachable",
+                    extra={"station": safe(self.id, 48), "error": cap(f"{type(exc).__name__}: {exc}", 200)},
+                )
                 self.attempted.set()
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(2 * backoff, st.upstream_backoff_max_s)
@@ -196,8 +207,10 @@ class UpstreamLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.info("upstream CSMS link lost", extra={"station": safe(self.id, 48),
-                                                           "error": cap(type(exc).__name__, 60)})
+                log.info(
+                    "upstream CSMS link lost",
+                    extra={"station": safe(self.id, 48), "error": cap(type(exc).__name__, 60)},
+                )
             finally:
                 self.connected.clear()
                 self._ws = None
@@ -225,8 +238,10 @@ class UpstreamLink:
             UPSTREAM_QUEUED.dec()
             if isinstance(answer, ErrorFrame):
                 UPSTREAM_MESSAGES.labels(direction="up", outcome="error").inc()
-                log.warning("upstream refused a queued transaction message",
-                            extra={"station": safe(self.id, 48), "action": item.action, "code": cap(answer.code, 40)})
+                log.warning(
+                    "upstream refused a queued transaction message",
+                    extra={"station": safe(self.id, 48), "action": item.action, "code": cap(answer.code, 40)},
+                )
                 continue
             UPSTREAM_MESSAGES.labels(direction="up", outcome="delivered").inc()
             if item.local_tx_id is not None and isinstance(answer.payload.get("transactionId"), int):
@@ -249,8 +264,9 @@ class UpstreamLink:
                     self._calls.put_nowait(frame)
                 except asyncio.QueueFull:
                     UPSTREAM_MESSAGES.labels(direction="down", outcome="busy").inc()
-                    await self._send(frames.call_error(frame.unique_id, Err.GENERIC, "busy: too many calls waiting",
-                                                       self.version))
+                    await self._send(
+                        frames.call_error(frame.unique_id, Err.GENERIC, "busy: too many calls waiting", self.version)
+                    )
             elif type(frame) is ResultFrame or type(frame) is ErrorFrame:
                 fut = self._pending.pop(frame.unique_id, None)
                 if fut is not None and not fut.done():
@@ -326,8 +342,10 @@ class UpstreamLink:
         bad = schemas.validate(self.version, action, "conf", answer.payload)
         if bad is not None:
             UPSTREAM_MESSAGES.labels(direction="up", outcome="bogus").inc()
-            log.warning("upstream answer failed the schema; answered locally",
-                        extra={"station": safe(self.id, 48), "action": action, "error": cap(bad.description, 200)})
+            log.warning(
+                "upstream answer failed the schema; answered locally",
+                extra={"station": safe(self.id, 48), "action": action, "error": cap(bad.description, 200)},
+            )
             return Relay(None)
         UPSTREAM_MESSAGES.labels(direction="up", outcome="relayed").inc()
         return Relay(answer.payload)
@@ -361,8 +379,9 @@ class UpstreamLink:
         action, uid = call.action, call.unique_id
         if action not in schemas.known_actions(self.version):
             UPSTREAM_MESSAGES.labels(direction="down", outcome="error").inc()
-            await self._send(frames.call_error(uid, Err.NOT_IMPLEMENTED, f"{cap(action, 64)} is not implemented",
-                                               self.version))
+            await self._send(
+                frames.call_error(uid, Err.NOT_IMPLEMENTED, f"{cap(action, 64)} is not implemented", self.version)
+            )
             return
         violation = schemas.validate(self.version, action, "req", call.payload)
         if violation is not None:
@@ -396,13 +415,14 @@ class UpstreamLink:
         UPSTREAM_MESSAGES.labels(direction="down", outcome="relayed").inc()
         await self._send(self._reply(uid, answer))
 
-    async def _to_station(self, sess: StationSession, action: str,
-                          payload: dict[str, Any]) -> ResultFrame | ErrorFrame | None:
+    async def _to_station(
+        self, sess: StationSession, action: str, payload: dict[str, Any]
+    ) -> ResultFrame | ErrorFrame | None:
         try:
             return await sess.send_call(action, payload, self.proxy.settings.call_timeout_s)
         except TimeoutError:
             UPSTREAM_MESSAGES.labels(direction="down", outcome="timeout").inc()
-            return None          # the upstream sees what a silent station gives it: no answer
+            return None  # the upstream sees what a silent station gives it: no answer
         except ConnectionError:
             return ErrorFrame("", Err.GENERIC.code(self.version), "station disconnected")
 
@@ -414,8 +434,9 @@ class UpstreamLink:
 
     async def _refuse(self, uid: str, action: str, why: str) -> None:
         UPSTREAM_MESSAGES.labels(direction="down", outcome="refused").inc()
-        log.info("upstream profile command refused", extra={"station": safe(self.id, 48), "action": action,
-                                                            "reason": why})
+        log.info(
+            "upstream profile command refused", extra={"station": safe(self.id, 48), "action": action, "reason": why}
+        )
         await self._send(frames.call_result(uid, refused_answer(self.version, action, why)))
 
     async def _clear_ids(self, sess: StationSession, uid: str, ids: tuple[int, ...]) -> None:
@@ -438,8 +459,11 @@ class UpstreamLink:
             ref = ref_of(self.version, payload)
             self.profiles.installed(ref)
             with contextlib.suppress(Exception):
-                await self.proxy.ctx.store.hset(f"gw:upstream-profiles:{self.id}", str(ref.profile_id),
-                                                json.dumps(payload, separators=(",", ":")).encode())
+                await self.proxy.ctx.store.hset(
+                    f"gw:upstream-profiles:{self.id}",
+                    str(ref.profile_id),
+                    json.dumps(payload, separators=(",", ":")).encode(),
+                )
         elif action == "ClearChargingProfile":
             pid = payload.get("id") if self.version is Version.V16 else payload.get("chargingProfileId")
             if pid is not None:

@@ -16,8 +16,20 @@ from typing import Any
 from gridcharge.gateway.core.errors import Version
 
 STATUSES_16 = frozenset({"Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx"})
-STATUSES_201 = frozenset({"Accepted", "Blocked", "ConcurrentTx", "Expired", "Invalid", "NoCredit",
-                          "NotAllowedTypeEVSE", "NotAtThisLocation", "NotAtThisTime", "Unknown"})
+STATUSES_201 = frozenset(
+    {
+        "Accepted",
+        "Blocked",
+        "ConcurrentTx",
+        "Expired",
+        "Invalid",
+        "NoCredit",
+        "NotAllowedTypeEVSE",
+        "NotAtThisLocation",
+        "NotAtThisTime",
+        "Unknown",
+    }
+)
 # 2.0.1 idToken type for which the station does no authorization (free vend): nothing to look up
 NO_AUTHORIZATION = "NoAuthorization"
 
@@ -26,7 +38,7 @@ NO_AUTHORIZATION = "NoAuthorization"
 class AuthRequest:
     station_id: str
     id_token: str
-    token_type: str          # 2.0.1 IdTokenEnumType; 1.6 idTags have none ("")
+    token_type: str  # 2.0.1 IdTokenEnumType; 1.6 idTags have none ("")
     version: Version
 
 
@@ -72,7 +84,7 @@ class TokenEntry:
 @dataclass(frozen=True, slots=True)
 class Decision:
     status: str
-    expiry: datetime | None = None     # until when the station may cache the answer
+    expiry: datetime | None = None  # until when the station may cache the answer
     group: str = ""
 
     @property

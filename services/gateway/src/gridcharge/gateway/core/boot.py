@@ -21,7 +21,7 @@ from gridcharge.gateway.core.errors import Version
 
 
 class Registration(StrEnum):
-    NONE = ""                 # no boot known for this station (or it expired)
+    NONE = ""  # no boot known for this station (or it expired)
     ACCEPTED = "Accepted"
     PENDING = "Pending"
     REJECTED = "Rejected"
@@ -31,23 +31,34 @@ class PendingReason(StrEnum):
     """Why a boot was not answered Accepted (a closed set: it is a metric label)."""
 
     NONE = "none"
-    PROVISIONING = "provisioning"        # listed in `pending_stations`: held for `pending_hold_s`
-    NOT_READY = "not_ready"              # store or bus unreachable: the station retries after the interval
+    PROVISIONING = "provisioning"  # listed in `pending_stations`: held for `pending_hold_s`
+    NOT_READY = "not_ready"  # store or bus unreachable: the station retries after the interval
     UNKNOWN_STATION = "unknown_station"  # `unknown_stations` = pending / rejected
 
 
 # TriggerMessage requestedMessage -> the action the station then sends
 _TRIGGERED = {
-    Version.V16: {"BootNotification": "BootNotification",
-                  "DiagnosticsStatusNotification": "DiagnosticsStatusNotification",
-                  "FirmwareStatusNotification": "FirmwareStatusNotification", "Heartbeat": "Heartbeat",
-                  "MeterValues": "MeterValues", "StatusNotification": "StatusNotification"},
-    Version.V201: {"BootNotification": "BootNotification", "LogStatusNotification": "LogStatusNotification",
-                   "FirmwareStatusNotification": "FirmwareStatusNotification", "Heartbeat": "Heartbeat",
-                   "MeterValues": "MeterValues", "SignChargingStationCertificate": "SignCertificate",
-                   "SignV2GCertificate": "SignCertificate", "SignCombinedCertificate": "SignCertificate",
-                   "StatusNotification": "StatusNotification", "TransactionEvent": "TransactionEvent",
-                   "PublishFirmwareStatusNotification": "PublishFirmwareStatusNotification"},
+    Version.V16: {
+        "BootNotification": "BootNotification",
+        "DiagnosticsStatusNotification": "DiagnosticsStatusNotification",
+        "FirmwareStatusNotification": "FirmwareStatusNotification",
+        "Heartbeat": "Heartbeat",
+        "MeterValues": "MeterValues",
+        "StatusNotification": "StatusNotification",
+    },
+    Version.V201: {
+        "BootNotification": "BootNotification",
+        "LogStatusNotification": "LogStatusNotification",
+        "FirmwareStatusNotification": "FirmwareStatusNotification",
+        "Heartbeat": "Heartbeat",
+        "MeterValues": "MeterValues",
+        "SignChargingStationCertificate": "SignCertificate",
+        "SignV2GCertificate": "SignCertificate",
+        "SignCombinedCertificate": "SignCertificate",
+        "StatusNotification": "StatusNotification",
+        "TransactionEvent": "TransactionEvent",
+        "PublishFirmwareStatusNotification": "PublishFirmwareStatusNotification",
+    },
 }
 _TRIGGERED[Version.V21] = _TRIGGERED[Version.V201]
 
@@ -56,8 +67,9 @@ _TRIGGERED[Version.V21] = _TRIGGERED[Version.V201]
 # pending state, the following Central System initiated messages are not allowed: RemoteStartTransaction.req
 # and RemoteStopTransaction.req"; 2.0.1 B02.FR.05, the station rejects them). Everything else is sent, so a
 # station held Pending still gets its fallback charging profile (safety principle 1) before it is Accepted.
-_NOT_WHILE_PENDING = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "RequestStartTransaction",
-                                "RequestStopTransaction"})
+_NOT_WHILE_PENDING = frozenset(
+    {"RemoteStartTransaction", "RemoteStopTransaction", "RequestStartTransaction", "RequestStopTransaction"}
+)
 
 
 def triggered_action(version: Version, action: str, payload: dict[str, Any]) -> str | None:
@@ -92,8 +104,17 @@ class BootDecision:
     interval_s: int
 
 
-def decide_boot(*, known: bool, unknown_policy: str, provisioning: bool, pending_since: float | None, now: float,
-                hold_s: float, heartbeat_interval_s: int, pending_interval_s: int) -> BootDecision:
+def decide_boot(
+    *,
+    known: bool,
+    unknown_policy: str,
+    provisioning: bool,
+    pending_since: float | None,
+    now: float,
+    hold_s: float,
+    heartbeat_interval_s: int,
+    pending_interval_s: int,
+) -> BootDecision:
     """The answer to a BootNotification by policy (the adapter turns Accepted into Pending(not_ready) when it
     cannot record the boot or publish it).
 

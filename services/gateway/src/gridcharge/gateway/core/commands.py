@@ -35,9 +35,14 @@ ACTIONS = {
     "use_priority_charging": "UsePriorityCharging",
 }
 _V2 = frozenset({Version.V201, Version.V21})
-ONLY = {"GetChargingProfiles": _V2, "GetVariables": _V2, "SetVariables": _V2,
-        "GetConfiguration": frozenset({Version.V16}), "ChangeConfiguration": frozenset({Version.V16}),
-        "UsePriorityCharging": frozenset({Version.V21})}
+ONLY = {
+    "GetChargingProfiles": _V2,
+    "GetVariables": _V2,
+    "SetVariables": _V2,
+    "GetConfiguration": frozenset({Version.V16}),
+    "ChangeConfiguration": frozenset({Version.V16}),
+    "UsePriorityCharging": frozenset({Version.V21}),
+}
 # statuses that mean the station did (or will do) what was asked
 ACCEPTING = frozenset({"Accepted", "RebootRequired", "Scheduled", "NoProfiles"})
 
@@ -123,8 +128,9 @@ def to_request(cmd: command_pb2.StationCommand, version: Version, caps: Capabili
     if action == "SetVariables":
         if not cmd.set_variables.variables:
             raise InvalidCommand("SetVariables needs at least one variable")
-        return action, {"setVariableData": [{**_var(v), "attributeValue": v.value}
-                                            for v in cmd.set_variables.variables]}
+        return action, {
+            "setVariableData": [{**_var(v), "attributeValue": v.value} for v in cmd.set_variables.variables]
+        }
     if action == "GetConfiguration":
         keys = list(cmd.get_configuration.keys)
         return action, {"key": keys} if keys else {}
@@ -158,8 +164,10 @@ def outcome_of(action: str, payload: dict[str, Any]) -> tuple[int, str]:
         key = "getVariableResult" if action == "GetVariables" else "setVariableResult"
         statuses = [r.get("attributeStatus", "") for r in payload.get(key, []) if isinstance(r, dict)]
         ok = bool(statuses) and all(s in ACCEPTING for s in statuses)
-        return (Outcome.COMMAND_OUTCOME_ACCEPTED if ok else Outcome.COMMAND_OUTCOME_REJECTED,
-                "Accepted" if ok else next((s for s in statuses if s not in ACCEPTING), "Rejected")[:32])
+        return (
+            Outcome.COMMAND_OUTCOME_ACCEPTED if ok else Outcome.COMMAND_OUTCOME_REJECTED,
+            "Accepted" if ok else next((s for s in statuses if s not in ACCEPTING), "Rejected")[:32],
+        )
     if not isinstance(status, str):
         return Outcome.COMMAND_OUTCOME_ACCEPTED, ""
     ok = status in ACCEPTING

@@ -18,7 +18,7 @@ class Version(StrEnum):
 
     V16 = "1.6"
     V201 = "2.0.1"
-    V21 = "2.1"       # OCPP 2.1: the 2.0.1 messages plus the 2.1 ones (priority charging, DER, ...)
+    V21 = "2.1"  # OCPP 2.1: the 2.0.1 messages plus the 2.1 ones (priority charging, DER, ...)
 
     @property
     def subprotocol(self) -> str:
@@ -60,15 +60,36 @@ _V16_CODES = {
     Err.OCCURRENCE: "OccurenceConstraintViolation",
 }
 
-V16_CODES = frozenset({
-    "NotImplemented", "NotSupported", "InternalError", "ProtocolError", "SecurityError", "FormationViolation",
-    "PropertyConstraintViolation", "OccurenceConstraintViolation", "TypeConstraintViolation", "GenericError",
-})
-V201_CODES = frozenset({
-    "FormatViolation", "GenericError", "InternalError", "MessageTypeNotSupported", "NotImplemented",
-    "NotSupported", "OccurrenceConstraintViolation", "PropertyConstraintViolation", "ProtocolError",
-    "RpcFrameworkError", "SecurityError", "TypeConstraintViolation",
-})
+V16_CODES = frozenset(
+    {
+        "NotImplemented",
+        "NotSupported",
+        "InternalError",
+        "ProtocolError",
+        "SecurityError",
+        "FormationViolation",
+        "PropertyConstraintViolation",
+        "OccurenceConstraintViolation",
+        "TypeConstraintViolation",
+        "GenericError",
+    }
+)
+V201_CODES = frozenset(
+    {
+        "FormatViolation",
+        "GenericError",
+        "InternalError",
+        "MessageTypeNotSupported",
+        "NotImplemented",
+        "NotSupported",
+        "OccurrenceConstraintViolation",
+        "PropertyConstraintViolation",
+        "ProtocolError",
+        "RpcFrameworkError",
+        "SecurityError",
+        "TypeConstraintViolation",
+    }
+)
 
 # jsonschema keyword that failed -> error kind (OCPP-J §4.2.3 / 2.0.1 part 4 §4.3 wording).
 _SCHEMA_KEYWORDS = {

@@ -13,7 +13,7 @@ from typing import Any
 
 from gridcharge.gateway.core.errors import Err, Version, cap
 
-MAX_ID_LEN = 36          # both versions: messageId is at most 36 characters
+MAX_ID_LEN = 36  # both versions: messageId is at most 36 characters
 UNREADABLE_ID = "-1"
 
 

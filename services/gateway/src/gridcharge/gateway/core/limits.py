@@ -26,14 +26,14 @@ from gridcharge.gateway.core.mapping import parse_time, text
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.shared.codec import meta, phase_values, to_timestamp
 
-MAX_LIMIT_W = 1e9     # a station limit above this is no limit worth the name (and keeps inf/1e999 off the bus)
+MAX_LIMIT_W = 1e9  # a station limit above this is no limit worth the name (and keeps inf/1e999 off the bus)
 
 
 @dataclass(frozen=True, slots=True)
 class StationFacts:
     station_id: str
     node_id: str
-    phases: int            # grid phases the station is connected to (1..3)
+    phases: int  # grid phases the station is connected to (1..3)
     nominal_voltage_v: float
 
 
@@ -84,8 +84,9 @@ def _per_phase_w(period: dict[str, Any], unit: str, facts: StationFacts) -> Phas
     return vals
 
 
-def _steps(schedule: dict[str, Any], now: datetime, facts: StationFacts) -> tuple[datetime, datetime | None,
-                                                                                 list[tuple[datetime, PhaseW]]]:
+def _steps(
+    schedule: dict[str, Any], now: datetime, facts: StationFacts
+) -> tuple[datetime, datetime | None, list[tuple[datetime, PhaseW]]]:
     start = parse_time(schedule.get("startSchedule")) or now
     duration = schedule.get("duration")
     end = start + timedelta(seconds=duration) if isinstance(duration, int) and duration > 0 else None
@@ -111,8 +112,9 @@ def _value(steps: list[tuple[datetime, PhaseW]], end: datetime | None, t: dateti
     return cur
 
 
-def station_limit(facts: StationFacts, payload: dict[str, Any], now: datetime,
-                  producer: str) -> grid_pb2.ExternalLimit | None:
+def station_limit(
+    facts: StationFacts, payload: dict[str, Any], now: datetime, producer: str
+) -> grid_pb2.ExternalLimit | None:
     """NotifyChargingLimit (validated, 2.0.1 or 2.1) -> ExternalLimit; None when it carries no schedule with a
     limit (nothing to budget) or reports local generation (2.1 `isLocalGeneration`: extra capacity, not a
     limitation; not counted on, so the station stays budgeted within its node's own limits)."""
@@ -127,8 +129,9 @@ def station_limit(facts: StationFacts, payload: dict[str, Any], now: datetime,
     parts = [p for p in (_steps(s, now, facts) for s in schedules) if p[2]]
     if not parts:
         return None
-    changes = sorted({at for _s, _e, steps in parts for at, _w in steps} |
-                     {e for _s, e, _steps in parts if e is not None})
+    changes = sorted(
+        {at for _s, _e, steps in parts for at, _w in steps} | {e for _s, e, _steps in parts if e is not None}
+    )
     valid_from = min(s for s, _e, _steps in parts)
     ends = [e for _s, e, _steps in parts]
     valid_to = None if any(e is None for e in ends) else max(e for e in ends if e is not None)
@@ -147,9 +150,13 @@ def station_limit(facts: StationFacts, payload: dict[str, Any], now: datetime,
         return None
     first_at, first_w = timeline[0]
     msg = grid_pb2.ExternalLimit(
-        node_id=facts.node_id, limit_id=limit_id(facts.station_id, evse_id, source), source=f"ocpp-{source.lower()}",
-        limit_w=phase_values(first_w), fallback_limit_w=phase_values(first_w),
-        station_id=facts.station_id, evse_id=evse_id,
+        node_id=facts.node_id,
+        limit_id=limit_id(facts.station_id, evse_id, source),
+        source=f"ocpp-{source.lower()}",
+        limit_w=phase_values(first_w),
+        fallback_limit_w=phase_values(first_w),
+        station_id=facts.station_id,
+        evse_id=evse_id,
         valid_from=to_timestamp(min(valid_from, first_at)),
     )
     if valid_to is not None:
@@ -160,8 +167,9 @@ def station_limit(facts: StationFacts, payload: dict[str, Any], now: datetime,
     return msg
 
 
-def cleared_limits(facts: StationFacts, payload: dict[str, Any], evse_ids: list[int], now: datetime,
-                   producer: str) -> list[grid_pb2.ExternalLimit]:
+def cleared_limits(
+    facts: StationFacts, payload: dict[str, Any], evse_ids: list[int], now: datetime, producer: str
+) -> list[grid_pb2.ExternalLimit]:
     """ClearedChargingLimit -> withdrawals (empty windows). Without evseId the source's limits on the whole
     station and on each of its EVSEs (`evse_ids`, from the topology) are withdrawn."""
     source = text(payload.get("chargingLimitSource"), 8) or "Other"
@@ -169,9 +177,15 @@ def cleared_limits(facts: StationFacts, payload: dict[str, Any], evse_ids: list[
     targets = [int(evse)] if isinstance(evse, int) and evse > 0 else [0, *evse_ids]
     out = []
     for e in targets:
-        msg = grid_pb2.ExternalLimit(node_id=facts.node_id, limit_id=limit_id(facts.station_id, e, source),
-                                     source=f"ocpp-{source.lower()}", station_id=facts.station_id, evse_id=e,
-                                     valid_from=to_timestamp(now), valid_to=to_timestamp(now))
+        msg = grid_pb2.ExternalLimit(
+            node_id=facts.node_id,
+            limit_id=limit_id(facts.station_id, e, source),
+            source=f"ocpp-{source.lower()}",
+            station_id=facts.station_id,
+            evse_id=e,
+            valid_from=to_timestamp(now),
+            valid_to=to_timestamp(now),
+        )
         msg.meta.CopyFrom(meta(producer, now))
         out.append(msg)
     return out

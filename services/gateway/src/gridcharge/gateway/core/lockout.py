@@ -30,7 +30,7 @@ class Policy:
     max_delay_s: float = 60.0
     lockout_after: int = 10
     lockout_s: float = 300.0
-    window_s: float = 900.0          # failures older than this are forgotten
+    window_s: float = 900.0  # failures older than this are forgotten
 
 
 class AuthBackoff:
@@ -66,7 +66,7 @@ class AuthBackoff:
         r.next_allowed = now + min(p.max_delay_s, p.base_delay_s * 2.0 ** min(r.failures - 1, 30))
         if r.failures >= p.lockout_after:
             r.locked_until = now + p.lockout_s
-            r.failures = 0          # after the lockout the count starts again
+            r.failures = 0  # after the lockout the count starts again
             return True
         return False
 
@@ -76,10 +76,13 @@ class AuthBackoff:
     def sweep(self, now: float) -> None:
         """Forget keys with nothing left to enforce or remember."""
         horizon = self.policy.window_s
-        for key in [k for k, r in self._records.items()
-                    if r.locked_until <= now and r.next_allowed <= now and now - r.last_failure > horizon]:
+        for key in [
+            k
+            for k, r in self._records.items()
+            if r.locked_until <= now and r.next_allowed <= now and now - r.last_failure > horizon
+        ]:
             del self._records[key]
-        if len(self._records) >= self.max_keys:   # still full (an attack from many keys): oldest first
+        if len(self._records) >= self.max_keys:  # still full (an attack from many keys): oldest first
             oldest = sorted(self._records, key=lambda k: self._records[k].last_failure)
             for key in oldest[: len(oldest) // 2]:
                 if self._records[key].locked_until <= now:

@@ -17,16 +17,29 @@ from gridcharge.gateway.core.errors import Version, safe
 from gridcharge.shared.codec import ENERGY, UNIT_SCALE, meta, to_timestamp
 from gridcharge.station.v1 import station_pb2
 
-MAX_TEXT = 255          # station strings put on the bus are capped (they were schema-checked already)
-MAX_JSON = 16_384       # JSON blobs (profiles, schedules, DataTransfer data) on the bus
+MAX_TEXT = 255  # station strings put on the bus are capped (they were schema-checked already)
+MAX_JSON = 16_384  # JSON blobs (profiles, schedules, DataTransfer data) on the bus
 
 # 1.6 default units per measurand when the station omits `unit`
-_DEFAULT_UNIT = {"Current.Import": "A", "Current.Export": "A", "Current.Offered": "A", "Voltage": "V",
-                 "Power.Active.Import": "W", "Power.Active.Export": "W", "Power.Offered": "W",
-                 "Temperature": "Celsius", "SoC": "Percent", "Frequency": "Hz", "Power.Factor": ""}
+_DEFAULT_UNIT = {
+    "Current.Import": "A",
+    "Current.Export": "A",
+    "Current.Offered": "A",
+    "Voltage": "V",
+    "Power.Active.Import": "W",
+    "Power.Active.Export": "W",
+    "Power.Offered": "W",
+    "Temperature": "Celsius",
+    "SoC": "Percent",
+    "Frequency": "Hz",
+    "Power.Factor": "",
+}
 
-OCPP_VERSION = {Version.V16: common_pb2.OCPP_VERSION_16, Version.V201: common_pb2.OCPP_VERSION_201,
-                Version.V21: common_pb2.OCPP_VERSION_21}
+OCPP_VERSION = {
+    Version.V16: common_pb2.OCPP_VERSION_16,
+    Version.V201: common_pb2.OCPP_VERSION_201,
+    Version.V21: common_pb2.OCPP_VERSION_21,
+}
 
 
 def text(value: Any, limit: int = MAX_TEXT) -> str:
@@ -54,8 +67,12 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def new_event(station_id: str, version: Version, producer: str, occurred_at: datetime) -> station_pb2.StationEvent:
-    return station_pb2.StationEvent(meta=meta(producer, occurred_at), station_id=station_id,
-                                    ocpp_version=OCPP_VERSION[version], occurred_at=to_timestamp(occurred_at))
+    return station_pb2.StationEvent(
+        meta=meta(producer, occurred_at),
+        station_id=station_id,
+        ocpp_version=OCPP_VERSION[version],
+        occurred_at=to_timestamp(occurred_at),
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -96,13 +113,22 @@ def sampled_value(sv: dict[str, Any], version: Version) -> station_pb2.SampledVa
         unit, factor = UNIT_SCALE[unit]
         value *= factor
     return station_pb2.SampledValue(
-        measurand=text(measurand, 64), phase=text(sv.get("phase", ""), 8), value=value, unit=text(unit, 16),
-        context=text(sv.get("context", ""), 32), location=text(sv.get("location", ""), 16),
+        measurand=text(measurand, 64),
+        phase=text(sv.get("phase", ""), 8),
+        value=value,
+        unit=text(unit, 16),
+        context=text(sv.get("context", ""), 32),
+        location=text(sv.get("location", ""), 16),
     )
 
 
 def meter_values(
-    station_id: str, version: Version, producer: str, now: datetime, evse_id: int, transaction_id: str,
+    station_id: str,
+    version: Version,
+    producer: str,
+    now: datetime,
+    evse_id: int,
+    transaction_id: str,
     meter_value: Iterable[dict[str, Any]],
 ) -> Iterator[station_pb2.MeterValues]:
     """One MeterValues message per sampled timestamp (all measurands and phases kept)."""
@@ -110,40 +136,55 @@ def meter_values(
         values = [v for v in (sampled_value(sv, version) for sv in mv.get("sampledValue", ())) if v is not None]
         if not values:
             continue
-        yield station_pb2.MeterValues(meta=meta(producer, now), station_id=station_id, evse_id=evse_id,
-                                      transaction_id=transaction_id, values=values,
-                                      sampled_at=to_timestamp(parse_time(mv.get("timestamp")) or now))
+        yield station_pb2.MeterValues(
+            meta=meta(producer, now),
+            station_id=station_id,
+            evse_id=evse_id,
+            transaction_id=transaction_id,
+            values=values,
+            sampled_at=to_timestamp(parse_time(mv.get("timestamp")) or now),
+        )
 
 
 # --- station → event payloads (one function per action; both versions where they share a shape) ---
 
+
 def boot_16(p: dict[str, Any], status: str) -> station_pb2.Boot:
     return station_pb2.Boot(
-        vendor=text(p.get("chargePointVendor")), model=text(p.get("chargePointModel")),
+        vendor=text(p.get("chargePointVendor")),
+        model=text(p.get("chargePointModel")),
         firmware_version=text(p.get("firmwareVersion")),
         serial_number=text(p.get("chargePointSerialNumber") or p.get("chargeBoxSerialNumber")),
-        reason="", registration_status=status,
+        reason="",
+        registration_status=status,
     )
 
 
 def boot_201(p: dict[str, Any], status: str) -> station_pb2.Boot:
     cs = p.get("chargingStation", {})
     return station_pb2.Boot(
-        vendor=text(cs.get("vendorName")), model=text(cs.get("model")),
-        firmware_version=text(cs.get("firmwareVersion")), serial_number=text(cs.get("serialNumber")),
-        reason=text(p.get("reason")), registration_status=status,
+        vendor=text(cs.get("vendorName")),
+        model=text(cs.get("model")),
+        firmware_version=text(cs.get("firmwareVersion")),
+        serial_number=text(cs.get("serialNumber")),
+        reason=text(p.get("reason")),
+        registration_status=status,
     )
 
 
 def status_16(p: dict[str, Any]) -> station_pb2.Status:
     cid = int(p.get("connectorId", 0))
-    return station_pb2.Status(evse_id=cid, connector_id=1 if cid else 0, status=text(p.get("status")),
-                              error_code=text(p.get("errorCode")))
+    return station_pb2.Status(
+        evse_id=cid, connector_id=1 if cid else 0, status=text(p.get("status")), error_code=text(p.get("errorCode"))
+    )
 
 
 def status_201(p: dict[str, Any]) -> station_pb2.Status:
-    return station_pb2.Status(evse_id=int(p.get("evseId", 0)), connector_id=int(p.get("connectorId", 0)),
-                              status=text(p.get("connectorStatus")))
+    return station_pb2.Status(
+        evse_id=int(p.get("evseId", 0)),
+        connector_id=int(p.get("connectorId", 0)),
+        status=text(p.get("connectorStatus")),
+    )
 
 
 def charging_needs(p: dict[str, Any]) -> station_pb2.ChargingNeeds:
@@ -170,28 +211,34 @@ def charging_needs(p: dict[str, Any]) -> station_pb2.ChargingNeeds:
 def charging_limit(p: dict[str, Any]) -> station_pb2.ChargingLimit:
     lim = p.get("chargingLimit", {})
     return station_pb2.ChargingLimit(
-        source=text(lim.get("chargingLimitSource"), 16), is_grid_critical=bool(lim.get("isGridCritical", False)),
-        evse_id=int(p.get("evseId", 0)), profile_json=blob(p.get("chargingSchedule", [])),
+        source=text(lim.get("chargingLimitSource"), 16),
+        is_grid_critical=bool(lim.get("isGridCritical", False)),
+        evse_id=int(p.get("evseId", 0)),
+        profile_json=blob(p.get("chargingSchedule", [])),
     )
 
 
 def profiles_report(p: dict[str, Any]) -> station_pb2.ChargingProfilesReport:
     return station_pb2.ChargingProfilesReport(
-        request_id=int(p.get("requestId", 0)), evse_id=int(p.get("evseId", 0)),
-        source=text(p.get("chargingLimitSource"), 16), profiles_json=blob(p.get("chargingProfile", [])),
+        request_id=int(p.get("requestId", 0)),
+        evse_id=int(p.get("evseId", 0)),
+        source=text(p.get("chargingLimitSource"), 16),
+        profiles_json=blob(p.get("chargingProfile", [])),
         tbc=bool(p.get("tbc", False)),
     )
 
 
 def ev_schedule(p: dict[str, Any]) -> station_pb2.EvChargingSchedule:
-    return station_pb2.EvChargingSchedule(evse_id=int(p.get("evseId", 0)),
-                                          schedule_json=blob(p.get("chargingSchedule", {})))
+    return station_pb2.EvChargingSchedule(
+        evse_id=int(p.get("evseId", 0)), schedule_json=blob(p.get("chargingSchedule", {}))
+    )
 
 
 def data_transfer(p: dict[str, Any]) -> station_pb2.DataTransfer:
     data = p.get("data")
     return station_pb2.DataTransfer(
-        vendor_id=text(p.get("vendorId")), message_id=text(p.get("messageId")),
+        vendor_id=text(p.get("vendorId")),
+        message_id=text(p.get("messageId")),
         data=text(data, MAX_JSON) if isinstance(data, str) else ("" if data is None else blob(data)),
     )
 

@@ -29,10 +29,10 @@ from typing import Any
 from gridcharge.gateway.core.errors import Version
 from gridcharge.gateway.core.mapping import parse_time
 
-KINDS = ("missing", "higher_limit", "altered", "foreign", "composite_higher")   # closed set: a metric label
+KINDS = ("missing", "higher_limit", "altered", "foreign", "composite_higher")  # closed set: a metric label
 STATION_MAX_NAMES = ("ChargePointMaxProfile", "ChargingStationMaxProfile")
-MAX_BOOK = 64          # profiles remembered per station (a station holds a handful; bounds a hostile store)
-MAX_REPORTED = 256     # reported profiles judged per check (bounds a hostile station)
+MAX_BOOK = 64  # profiles remembered per station (a station holds a handful; bounds a hostile store)
+MAX_REPORTED = 256  # reported profiles judged per check (bounds a hostile station)
 
 
 def _ts(value: Any) -> float | None:
@@ -52,12 +52,12 @@ class SentProfile:
     evse_id: int
     profile_id: int
     stack_level: int
-    purpose: str                       # StationMax | TxDefaultProfile | TxProfile
-    rate_unit: str                     # A | W
+    purpose: str  # StationMax | TxDefaultProfile | TxProfile
+    rate_unit: str  # A | W
     periods: tuple[tuple[int, float], ...]
-    start_s: float | None = None       # startSchedule (POSIX s); None = relative (from when it applies)
+    start_s: float | None = None  # startSchedule (POSIX s); None = relative (from when it applies)
     duration_s: int | None = None
-    valid_to: float | None = None      # POSIX s; None = no end
+    valid_to: float | None = None  # POSIX s; None = no end
     transaction_id: str = ""
     accepted_at: float = 0.0
 
@@ -92,23 +92,31 @@ def sent_profile(version: Version, payload: dict[str, Any], now: float) -> SentP
         pid = prof.get("id")
     if not isinstance(evse, int) or not isinstance(pid, int):
         return None
-    periods = tuple((int(p.get("startPeriod", 0)), float(p.get("limit", 0.0)))
-                    for p in sched.get("chargingSchedulePeriod", ()))
+    periods = tuple(
+        (int(p.get("startPeriod", 0)), float(p.get("limit", 0.0))) for p in sched.get("chargingSchedulePeriod", ())
+    )
     dur = sched.get("duration")
-    return SentProfile(evse_id=evse, profile_id=pid, stack_level=int(prof.get("stackLevel", 0)),
-                       purpose=_purpose(str(prof.get("chargingProfilePurpose", ""))),
-                       rate_unit=str(sched.get("chargingRateUnit", "A")), periods=periods,
-                       start_s=_ts(sched.get("startSchedule")), duration_s=dur if isinstance(dur, int) else None,
-                       valid_to=_ts(prof.get("validTo")), transaction_id=str(prof.get("transactionId", "")),
-                       accepted_at=now)
+    return SentProfile(
+        evse_id=evse,
+        profile_id=pid,
+        stack_level=int(prof.get("stackLevel", 0)),
+        purpose=_purpose(str(prof.get("chargingProfilePurpose", ""))),
+        rate_unit=str(sched.get("chargingRateUnit", "A")),
+        periods=periods,
+        start_s=_ts(sched.get("startSchedule")),
+        duration_s=dur if isinstance(dur, int) else None,
+        valid_to=_ts(prof.get("validTo")),
+        transaction_id=str(prof.get("transactionId", "")),
+        accepted_at=now,
+    )
 
 
 @dataclass
 class ProfileBook:
     """The profiles a station accepted from us and should hold now."""
 
-    profiles: dict[str, SentProfile] = field(default_factory=dict)    # slot "evse/purpose/stack" -> profile
-    known_ids: set[tuple[int, int]] = field(default_factory=set)      # (evse, id) we ever sent (not foreign)
+    profiles: dict[str, SentProfile] = field(default_factory=dict)  # slot "evse/purpose/stack" -> profile
+    known_ids: set[tuple[int, int]] = field(default_factory=set)  # (evse, id) we ever sent (not foreign)
 
     @staticmethod
     def slot(p: SentProfile) -> str:
@@ -139,8 +147,11 @@ class ProfileBook:
             if pid is not None:
                 hit = p.profile_id == pid
             else:
-                hit = ((evse is None or p.evse_id == evse) and (purpose is None or p.purpose == _purpose(purpose))
-                       and (stack is None or p.stack_level == stack))
+                hit = (
+                    (evse is None or p.evse_id == evse)
+                    and (purpose is None or p.purpose == _purpose(purpose))
+                    and (stack is None or p.stack_level == stack)
+                )
             if hit:
                 del self.profiles[k]
 
@@ -157,8 +168,9 @@ class ProfileBook:
         return {(p.purpose, p.stack_level) for p in self.profiles.values()}
 
     def dump(self) -> bytes:
-        return json.dumps({"profiles": [asdict(p) for p in self.profiles.values()],
-                           "known_ids": sorted(self.known_ids)}).encode()
+        return json.dumps(
+            {"profiles": [asdict(p) for p in self.profiles.values()], "known_ids": sorted(self.known_ids)}
+        ).encode()
 
     @classmethod
     def load(cls, blob: bytes | None) -> ProfileBook:
@@ -214,11 +226,21 @@ def reported_profiles(reports: list[dict[str, Any]]) -> list[Reported]:
         evse = int(rep.get("evseId", 0))
         for prof in rep.get("chargingProfile") or ():
             sched = (prof.get("chargingSchedule") or [{}])[0]
-            periods = tuple((int(p.get("startPeriod", 0)), float(p["limit"]))
-                            for p in sched.get("chargingSchedulePeriod", ()) if isinstance(p.get("limit"), int | float))
-            out.append(Reported(evse, int(prof.get("id", -1)), int(prof.get("stackLevel", 0)),
-                                _purpose(str(prof.get("chargingProfilePurpose", ""))),
-                                str(sched.get("chargingRateUnit", "")), periods))
+            periods = tuple(
+                (int(p.get("startPeriod", 0)), float(p["limit"]))
+                for p in sched.get("chargingSchedulePeriod", ())
+                if isinstance(p.get("limit"), int | float)
+            )
+            out.append(
+                Reported(
+                    evse,
+                    int(prof.get("id", -1)),
+                    int(prof.get("stackLevel", 0)),
+                    _purpose(str(prof.get("chargingProfilePurpose", ""))),
+                    str(sched.get("chargingRateUnit", "")),
+                    periods,
+                )
+            )
             if len(out) >= MAX_REPORTED:
                 return out
     return out
@@ -232,24 +254,46 @@ def compare_profiles(book: ProfileBook, reported: list[Reported], now: float, sk
     for e in expected:
         r = by_id.get((e.evse_id, e.profile_id))
         if r is None:
-            out.append(Mismatch("missing", e.evse_id, e.stack_level, e.profile_id, e.purpose, e.max_limit(), 0.0,
-                                e.rate_unit))
+            out.append(
+                Mismatch("missing", e.evse_id, e.stack_level, e.profile_id, e.purpose, e.max_limit(), 0.0, e.rate_unit)
+            )
             continue
         if r.rate_unit != e.rate_unit:
-            out.append(Mismatch("altered", e.evse_id, e.stack_level, e.profile_id, e.purpose, e.max_limit(),
-                                max((v for _s, v in r.periods), default=0.0), r.rate_unit))
+            out.append(
+                Mismatch(
+                    "altered",
+                    e.evse_id,
+                    e.stack_level,
+                    e.profile_id,
+                    e.purpose,
+                    e.max_limit(),
+                    max((v for _s, v in r.periods), default=0.0),
+                    r.rate_unit,
+                )
+            )
             continue
         for start, lim in r.periods:
             ref = next((v for s, v in reversed(e.periods) if s <= start), e.max_limit())
             if lim > ref + _tolerance(ref):
-                out.append(Mismatch("higher_limit", e.evse_id, e.stack_level, e.profile_id, e.purpose, ref, lim,
-                                    e.rate_unit))
+                out.append(
+                    Mismatch("higher_limit", e.evse_id, e.stack_level, e.profile_id, e.purpose, ref, lim, e.rate_unit)
+                )
                 break
     ours = book.slots_used()
     for r in reported:
         if (r.purpose, r.stack_level) in ours and (r.evse_id, r.profile_id) not in book.known_ids:
-            out.append(Mismatch("foreign", r.evse_id, r.stack_level, r.profile_id, r.purpose, 0.0,
-                                max((v for _s, v in r.periods), default=0.0), r.rate_unit))
+            out.append(
+                Mismatch(
+                    "foreign",
+                    r.evse_id,
+                    r.stack_level,
+                    r.profile_id,
+                    r.purpose,
+                    0.0,
+                    max((v for _s, v in r.periods), default=0.0),
+                    r.rate_unit,
+                )
+            )
     return out
 
 
@@ -283,8 +327,9 @@ def composite_now(version: Version, payload: dict[str, Any], now: float) -> tupl
     else:
         sched = payload.get("schedule") or {}
         start = _ts(sched.get("scheduleStart"))
-    periods = sorted((int(p.get("startPeriod", 0)), float(p.get("limit", math.inf)))
-                     for p in sched.get("chargingSchedulePeriod", ()))
+    periods = sorted(
+        (int(p.get("startPeriod", 0)), float(p.get("limit", math.inf))) for p in sched.get("chargingSchedulePeriod", ())
+    )
     if not periods:
         return None
     off = now - start if start is not None else 0.0
@@ -295,15 +340,15 @@ def composite_now(version: Version, payload: dict[str, Any], now: float) -> tupl
     return cur, str(sched.get("chargingRateUnit", ""))
 
 
-def compare_composite(book: ProfileBook, evse_id: int, composite: tuple[float, str] | None, now: float,
-                      skew_s: float) -> Mismatch | None:
+def compare_composite(
+    book: ProfileBook, evse_id: int, composite: tuple[float, str] | None, now: float, skew_s: float
+) -> Mismatch | None:
     """`composite_higher` when the station's composite limit now is above what our profiles allow."""
     exp = expected_limit(book, evse_id, now, skew_s)
     if exp is None or composite is None or composite[1] != exp[1]:
         return None
     if composite[0] > exp[0] + _tolerance(exp[0]):
-        return Mismatch("composite_higher", evse_id, sent_limit=exp[0], reported_limit=composite[0],
-                        rate_unit=exp[1])
+        return Mismatch("composite_higher", evse_id, sent_limit=exp[0], reported_limit=composite[0], rate_unit=exp[1])
     return None
 
 
@@ -314,16 +359,20 @@ class CheckResult:
     at: float
     complete: bool
     mismatches: tuple[Mismatch, ...] = ()
-    reason: str = ""                 # why incomplete (timeout, CALLERROR, ...)
+    reason: str = ""  # why incomplete (timeout, CALLERROR, ...)
 
     @property
     def ok(self) -> bool:
         return self.complete and not self.mismatches
 
     def as_json(self) -> dict[str, Any]:
-        return {"checked_at": datetime.fromtimestamp(self.at, UTC).isoformat(), "ok": self.ok,
-                "complete": self.complete, "reason": self.reason,
-                "mismatches": [asdict(m) for m in self.mismatches]}
+        return {
+            "checked_at": datetime.fromtimestamp(self.at, UTC).isoformat(),
+            "ok": self.ok,
+            "complete": self.complete,
+            "reason": self.reason,
+            "mismatches": [asdict(m) for m in self.mismatches],
+        }
 
 
 @dataclass
@@ -335,7 +384,7 @@ class CheckSchedule:
     delay_s: float
     audit_s: float
     per_hour: int
-    due: float | None = None           # when the next check runs (None = none planned)
+    due: float | None = None  # when the next check runs (None = none planned)
     done: list[float] = field(default_factory=list)
 
     def after_write(self, now: float) -> None:
@@ -346,8 +395,11 @@ class CheckSchedule:
         """When the next check may run: the planned one or the audit, pushed back by the hourly budget."""
         self.done = [t for t in self.done if t > now - 3600.0]
         last = max(self.done, default=None)
-        cand = [t for t in (self.due, (last + self.audit_s) if last is not None and self.audit_s > 0 else None)
-                if t is not None]
+        cand = [
+            t
+            for t in (self.due, (last + self.audit_s) if last is not None and self.audit_s > 0 else None)
+            if t is not None
+        ]
         if not cand:
             return None
         at = min(cand)

@@ -24,15 +24,19 @@ from gridcharge.shared.codec import iso_utc
 TENTH = Decimal("0.1")
 RATE_UNIT = {common_pb2.RATE_UNIT_A: "A", common_pb2.RATE_UNIT_W: "W"}
 PURPOSE = {
-    Version.V16: {command_pb2.PROFILE_PURPOSE_STATION_MAX: "ChargePointMaxProfile",
-                  command_pb2.PROFILE_PURPOSE_TX_DEFAULT: "TxDefaultProfile",
-                  command_pb2.PROFILE_PURPOSE_TX: "TxProfile"},
-    Version.V201: {command_pb2.PROFILE_PURPOSE_STATION_MAX: "ChargingStationMaxProfile",
-                   command_pb2.PROFILE_PURPOSE_TX_DEFAULT: "TxDefaultProfile",
-                   command_pb2.PROFILE_PURPOSE_TX: "TxProfile"},
+    Version.V16: {
+        command_pb2.PROFILE_PURPOSE_STATION_MAX: "ChargePointMaxProfile",
+        command_pb2.PROFILE_PURPOSE_TX_DEFAULT: "TxDefaultProfile",
+        command_pb2.PROFILE_PURPOSE_TX: "TxProfile",
+    },
+    Version.V201: {
+        command_pb2.PROFILE_PURPOSE_STATION_MAX: "ChargingStationMaxProfile",
+        command_pb2.PROFILE_PURPOSE_TX_DEFAULT: "TxDefaultProfile",
+        command_pb2.PROFILE_PURPOSE_TX: "TxProfile",
+    },
 }
-PURPOSE[Version.V21] = PURPOSE[Version.V201]   # 2.1 adds purposes (PriorityCharging, LocalGeneration) we do not send
-KINDS = ("Absolute", "Relative")   # Recurring needs a recurrencyKind, which the contract does not carry
+PURPOSE[Version.V21] = PURPOSE[Version.V201]  # 2.1 adds purposes (PriorityCharging, LocalGeneration) we do not send
+KINDS = ("Absolute", "Relative")  # Recurring needs a recurrencyKind, which the contract does not carry
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class Capabilities:
     """What a station accepts; None = unknown (only the spec rules apply)."""
 
     max_stack_level: int | None = None
-    allowed_rate_units: frozenset[str] = field(default_factory=frozenset)   # empty = unknown
+    allowed_rate_units: frozenset[str] = field(default_factory=frozenset)  # empty = unknown
     max_periods: int | None = None
     max_profiles_installed: int | None = None
 
@@ -106,8 +110,11 @@ def check_profile(evse_id: int, p: command_pb2.ChargingProfile, caps: Capabiliti
         raise InvalidProfile("duration and profile id must be >= 0")
     if p.min_charging_rate < 0 or not math.isfinite(p.min_charging_rate):
         raise InvalidProfile("min charging rate must be finite and >= 0")
-    if (p.HasField("valid_from") and p.HasField("valid_to")
-            and p.valid_to.ToNanoseconds() <= p.valid_from.ToNanoseconds()):
+    if (
+        p.HasField("valid_from")
+        and p.HasField("valid_to")
+        and p.valid_to.ToNanoseconds() <= p.valid_from.ToNanoseconds()
+    ):
         raise InvalidProfile("valid_to must be after valid_from")
 
 
@@ -135,8 +142,11 @@ def set_charging_profile_payload(
     """Validated SetChargingProfile request payload for `version` (raises InvalidProfile)."""
     p = cmd.profile
     check_profile(cmd.evse_id, p, caps, version)
-    prof: dict[str, Any] = {"stackLevel": p.stack_level, "chargingProfilePurpose": PURPOSE[version][p.purpose],
-                            "chargingProfileKind": p.kind or "Absolute"}
+    prof: dict[str, Any] = {
+        "stackLevel": p.stack_level,
+        "chargingProfilePurpose": PURPOSE[version][p.purpose],
+        "chargingProfileKind": p.kind or "Absolute",
+    }
     if p.HasField("valid_from"):
         prof["validFrom"] = _iso(p.valid_from)
     if p.HasField("valid_to"):

@@ -81,7 +81,7 @@ class TxIdMap:
             prof = payload.get("csChargingProfiles")
             tx = prof.get("transactionId") if isinstance(prof, dict) else None
             if isinstance(tx, int) and tx in back:
-                return {**payload, "csChargingProfiles": {**prof, "transactionId": back[tx]}}   # type: ignore[dict-item]
+                return {**payload, "csChargingProfiles": {**prof, "transactionId": back[tx]}}  # type: ignore[dict-item]
         return payload
 
 
@@ -149,8 +149,11 @@ class ProfilePolicy:
         recorded profiles that match the criteria."""
         if version is Version.V16:
             pid = payload.get("id")
-            evse, purpose, stack = payload.get("connectorId"), payload.get("chargingProfilePurpose"), \
-                payload.get("stackLevel")
+            evse, purpose, stack = (
+                payload.get("connectorId"),
+                payload.get("chargingProfilePurpose"),
+                payload.get("stackLevel"),
+            )
         else:
             pid = payload.get("chargingProfileId")
             crit = payload.get("chargingProfileCriteria") or {}
@@ -164,9 +167,13 @@ class ProfilePolicy:
         touches_own = bool(purposes) and (stack is None or any(self._reserved(p, int(stack)) for p in purposes))
         if not touches_own:
             return ClearPlan(relay=True)
-        ids = tuple(r.profile_id for r in recorded
-                    if (evse is None or r.evse_id == int(evse)) and (purpose is None or r.purpose == purpose)
-                    and (stack is None or r.stack_level == int(stack)))
+        ids = tuple(
+            r.profile_id
+            for r in recorded
+            if (evse is None or r.evse_id == int(evse))
+            and (purpose is None or r.purpose == purpose)
+            and (stack is None or r.stack_level == int(stack))
+        )
         return ClearPlan(relay=False, ids=ids)
 
 

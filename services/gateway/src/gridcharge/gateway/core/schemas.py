@@ -195,9 +195,10 @@ def _check_schema(version: Version, action: str, part: str, payload: dict[str, A
         check(payload)
     except fastjsonschema.JsonSchemaValueException as err:
         path = "/".join(str(p) for p in (err.path or [])[1:])
-        return SchemaViolation(schema_error_kind(str(err.rule)),
-                               cap(f"{action}: '{err.rule}' violated at '/{cap(path, 120)}'"))
-    except Exception:   # generated code meeting input it did not foresee: still a violation, never a crash
+        return SchemaViolation(
+            schema_error_kind(str(err.rule)), cap(f"{action}: '{err.rule}' violated at '/{cap(path, 120)}'")
+        )
+    except Exception:  # generated code meeting input it did not foresee: still a violation, never a crash
         return SchemaViolation(Err.FORMAT, f"{action}: payload not valid")
     return None
 

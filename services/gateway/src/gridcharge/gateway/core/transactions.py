@@ -44,7 +44,7 @@ class TransactionSequencer(Generic[T]):
         if seq_no in st.seen:
             return []
         st.seen.add(seq_no)
-        if len(st.seen) > 4096:          # bound memory on endless transactions
+        if len(st.seen) > 4096:  # bound memory on endless transactions
             st.seen = {s for s in st.seen if s >= seq_no - 1024}
         out: list[T] = []
         if st.next_seq is None or seq_no == st.next_seq:
@@ -54,7 +54,7 @@ class TransactionSequencer(Generic[T]):
                 out.append(st.buffered.pop(st.next_seq))
                 st.next_seq += 1
         elif seq_no < st.next_seq:
-            out.append(item)             # late but unseen: release, never drop
+            out.append(item)  # late but unseen: release, never drop
         else:
             st.buffered[seq_no] = item
         if ended or len(st.buffered) > self.max_buffer:

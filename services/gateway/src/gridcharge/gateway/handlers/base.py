@@ -55,8 +55,9 @@ class StationSession(ChargePoint):
     version: ClassVar[Version]
     _routes: ClassVar[dict[str, Handler]]
 
-    def __init__(self, station_id: str, connection: Any, ctx: GatewayContext, remote_addr: str = "",
-                 security_profile: int = 0) -> None:
+    def __init__(
+        self, station_id: str, connection: Any, ctx: GatewayContext, remote_addr: str = "", security_profile: int = 0
+    ) -> None:
         # ChargePoint.__init__ is not called on purpose: it builds a route map, a lock and a queue per
         # connection; the route map is per class here and answers are matched by id (`_pending`).
         self.id = station_id
@@ -66,26 +67,26 @@ class StationSession(ChargePoint):
         self.ctx = ctx
         self.remote_addr = remote_addr
         self.security_profile = security_profile
-        self.boot_status = Registration.NONE       # the station's registration (restored from the registry)
-        self.registered = asyncio.Event()          # set once boot_status is known (restored or booted)
-        self.triggered: set[str] = set()           # messages we asked for with TriggerMessage (allowed while Pending)
-        self.asked_for_boot = False                # a TriggerMessage(BootNotification) was queued on this connection
-        self.epoch = 0                             # ownership epoch from the registry
+        self.boot_status = Registration.NONE  # the station's registration (restored from the registry)
+        self.registered = asyncio.Event()  # set once boot_status is known (restored or booted)
+        self.triggered: set[str] = set()  # messages we asked for with TriggerMessage (allowed while Pending)
+        self.asked_for_boot = False  # a TriggerMessage(BootNotification) was queued on this connection
+        self.epoch = 0  # ownership epoch from the registry
         self.capabilities = Capabilities()
         # GetChargingProfiles request id -> (ReportChargingProfiles received, set when the last one came)
         self.profile_reports: dict[Any, tuple[list[dict[str, Any]], asyncio.Future[None]]] = {}
         self.closed = False
-        self.over_limit = 0                        # frames dropped in a row by the rate limit
+        self.over_limit = 0  # frames dropped in a row by the rate limit
         self._closing: asyncio.Future[None] | None = None
         self._pending: dict[str, asyncio.Future[ResultFrame | ErrorFrame]] = {}
-        self._call_lock = asyncio.Lock()           # one CALL in flight (OCPP-J), also for calls outside the queue
-        self.touched_at = ctx.clock.time()         # last refresh of the boot status in the registry
+        self._call_lock = asyncio.Lock()  # one CALL in flight (OCPP-J), also for calls outside the queue
+        self.touched_at = ctx.clock.time()  # last refresh of the boot status in the registry
         self._tasks: set[asyncio.Future[Any]] = set()
-        self.queue: deque[Any] = deque()          # command jobs, run one at a time (adapters.dispatcher)
+        self.queue: deque[Any] = deque()  # command jobs, run one at a time (adapters.dispatcher)
         self.worker: asyncio.Task[None] | None = None
         self._sequencer: TransactionSequencer[station_pb2.StationEvent] | None = None
-        self.upstream: UpstreamLink | None = None   # proxy mode: the station's link to the upstream CSMS
-        self.relay: Relay | None = None            # the upstream's fate of the CALL being handled
+        self.upstream: UpstreamLink | None = None  # proxy mode: the station's link to the upstream CSMS
+        self.relay: Relay | None = None  # the upstream's fate of the CALL being handled
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -115,7 +116,7 @@ class StationSession(ChargePoint):
         if self.closed:
             return
         frame = frames.parse_frame(raw_msg)
-        allowed = self._within_rate()   # every frame counts, against the station's and the IP's bucket
+        allowed = self._within_rate()  # every frame counts, against the station's and the IP's bucket
         if allowed:
             self.over_limit = 0
         else:
@@ -136,12 +137,14 @@ class StationSession(ChargePoint):
         elif type(frame) is ResultFrame or type(frame) is ErrorFrame:
             fut = self._pending.pop(frame.unique_id, None)
             if fut is not None and not fut.done():
-                fut.set_result(frame)       # answers to our own CALLs are bounded by those CALLs
+                fut.set_result(frame)  # answers to our own CALLs are bounded by those CALLs
             else:
                 MESSAGES.labels(action="unknown", direction="in", outcome="error").inc()
                 if allowed:
-                    log.debug("answer to no pending CALL", extra={"station": safe(self.id, 48),
-                                                                 "unique_id": safe(frame.unique_id, 36)})
+                    log.debug(
+                        "answer to no pending CALL",
+                        extra={"station": safe(self.id, 48), "unique_id": safe(frame.unique_id, 36)},
+                    )
         else:
             assert isinstance(frame, BadFrame)
             MESSAGES.labels(action="unknown", direction="in", outcome="error").inc()
@@ -179,8 +182,11 @@ class StationSession(ChargePoint):
             # OCPP-J: NotImplemented = action not known; NotSupported = known but not supported
             kind = Err.NOT_SUPPORTED if label != "unknown" else Err.NOT_IMPLEMENTED
             MESSAGES.labels(action=label, direction="in", outcome="error").inc()
-            await self._send_error(call.unique_id, kind, f"{cap(action, 64)} is not " +
-                                   ("supported" if kind is Err.NOT_SUPPORTED else "implemented"))
+            await self._send_error(
+                call.unique_id,
+                kind,
+                f"{cap(action, 64)} is not " + ("supported" if kind is Err.NOT_SUPPORTED else "implemented"),
+            )
             return
         violation = schemas.validate(self.version, action, "req", call.payload)
         if violation is not None:
@@ -236,7 +242,7 @@ class StationSession(ChargePoint):
             return
         try:
             await self._connection.send(message)
-        except Exception:   # closed underneath us: the receive loop ends and cleans up
+        except Exception:  # closed underneath us: the receive loop ends and cleans up
             self.closed = True
 
     # ---- outbound --------------------------------------------------------------------------------
@@ -326,8 +332,14 @@ class StationSession(ChargePoint):
 
     def log_security_event(self, p: dict[str, Any]) -> None:
         """A station's SecurityEventNotification goes to the log too (security monitoring reads logs)."""
-        log.warning("station security event", extra={"station": safe(self.id, 48), "type": safe(p.get("type", ""), 50),
-                                                     "tech_info": safe(p.get("techInfo", ""), 255)})
+        log.warning(
+            "station security event",
+            extra={
+                "station": safe(self.id, 48),
+                "type": safe(p.get("type", ""), 50),
+                "tech_info": safe(p.get("techInfo", ""), 255),
+            },
+        )
 
     async def notify(self, action: str, p: dict[str, Any]) -> None:
         """Publish a message that has no domain mapping as a `notification` event (for operators)."""

@@ -68,8 +68,9 @@ class V16Session(StationSession):
     async def on_stop_transaction(self, p: dict[str, Any]) -> dict[str, Any]:
         tx_id = str(p["transactionId"])
         now = self.ctx.clock.now()
-        for mv in mapping.meter_values(self.id, self.version, self.ctx.producer, now, 0, tx_id,
-                                       p.get("transactionData", ())):
+        for mv in mapping.meter_values(
+            self.id, self.version, self.ctx.producer, now, 0, tx_id, p.get("transactionData", ())
+        ):
             await self.ctx.publish_meter(mv)
         ev = self.event(mapping.parse_time(p.get("timestamp")))
         ev.transaction_ended.transaction_id = tx_id
@@ -83,8 +84,15 @@ class V16Session(StationSession):
     @on(Action.meter_values)
     async def on_meter_values(self, p: dict[str, Any]) -> dict[str, Any]:
         tx = p.get("transactionId")
-        for mv in mapping.meter_values(self.id, self.version, self.ctx.producer, self.ctx.clock.now(),
-                                       int(p["connectorId"]), "" if tx is None else str(tx), p["meterValue"]):
+        for mv in mapping.meter_values(
+            self.id,
+            self.version,
+            self.ctx.producer,
+            self.ctx.clock.now(),
+            int(p["connectorId"]),
+            "" if tx is None else str(tx),
+            p["meterValue"],
+        ):
             await self.ctx.publish_meter(mv)
         return {}
 
@@ -93,7 +101,7 @@ class V16Session(StationSession):
         ev = self.event()
         ev.data_transfer.CopyFrom(mapping.data_transfer(p))
         await self.publish(ev)
-        return {"status": "UnknownVendorId"}   # no vendor extensions are implemented; the event is published
+        return {"status": "UnknownVendorId"}  # no vendor extensions are implemented; the event is published
 
     # ---- status reports and security (published as `notification` events for operators) ------------
 

@@ -63,23 +63,41 @@ class V201Session(StationSession):
             answer = {"idTokenInfo": id_token_info_201(d)}
         ev = self.event(mapping.parse_time(p.get("timestamp")))
         if kind == "Started":
-            ev.transaction_started.CopyFrom(station_pb2.TransactionStarted(
-                transaction_id=tx_id, evse_id=evse_id, connector_id=int(evse.get("connectorId", 0)),
-                id_token=mapping.text((p.get("idToken") or {}).get("idToken"), 36), seq_no=seq))
+            ev.transaction_started.CopyFrom(
+                station_pb2.TransactionStarted(
+                    transaction_id=tx_id,
+                    evse_id=evse_id,
+                    connector_id=int(evse.get("connectorId", 0)),
+                    id_token=mapping.text((p.get("idToken") or {}).get("idToken"), 36),
+                    seq_no=seq,
+                )
+            )
         elif kind == "Ended":
-            ev.transaction_ended.CopyFrom(station_pb2.TransactionEnded(
-                transaction_id=tx_id, evse_id=evse_id, reason=mapping.text(info.get("stoppedReason", ""), 32),
-                seq_no=seq))
+            ev.transaction_ended.CopyFrom(
+                station_pb2.TransactionEnded(
+                    transaction_id=tx_id,
+                    evse_id=evse_id,
+                    reason=mapping.text(info.get("stoppedReason", ""), 32),
+                    seq_no=seq,
+                )
+            )
         else:
             state = info.get("chargingState", "")
-            ev.transaction_updated.CopyFrom(station_pb2.TransactionUpdated(
-                transaction_id=tx_id, evse_id=evse_id, charging_state=state if state in _CHARGING_STATE else "",
-                seq_no=seq, trigger_reason=mapping.text(p.get("triggerReason"), 32)))
+            ev.transaction_updated.CopyFrom(
+                station_pb2.TransactionUpdated(
+                    transaction_id=tx_id,
+                    evse_id=evse_id,
+                    charging_state=state if state in _CHARGING_STATE else "",
+                    seq_no=seq,
+                    trigger_reason=mapping.text(p.get("triggerReason"), 32),
+                )
+            )
         # duplicates (same seqNo) are answered but not published again; gaps are reordered
         if self.sequencer.seen(tx_id, seq):
             return answer
-        for mv in mapping.meter_values(self.id, self.version, self.ctx.producer, self.ctx.clock.now(), evse_id,
-                                       tx_id, p.get("meterValue", ())):
+        for mv in mapping.meter_values(
+            self.id, self.version, self.ctx.producer, self.ctx.clock.now(), evse_id, tx_id, p.get("meterValue", ())
+        ):
             if kind == "Ended" and (stop_wh := parse_meter_values(mv.values).energy_wh) is not None:
                 ev.transaction_ended.meter_stop_wh = stop_wh
             await self.ctx.publish_meter(mv)
@@ -89,8 +107,9 @@ class V201Session(StationSession):
 
     @on(Action.meter_values)
     async def on_meter_values(self, p: dict[str, Any]) -> dict[str, Any]:
-        for mv in mapping.meter_values(self.id, self.version, self.ctx.producer, self.ctx.clock.now(),
-                                       int(p["evseId"]), "", p["meterValue"]):
+        for mv in mapping.meter_values(
+            self.id, self.version, self.ctx.producer, self.ctx.clock.now(), int(p["evseId"]), "", p["meterValue"]
+        ):
             await self.ctx.publish_meter(mv)
         return {}
 
@@ -118,8 +137,9 @@ class V201Session(StationSession):
     async def on_cleared_charging_limit(self, p: dict[str, Any]) -> dict[str, Any]:
         facts = self.ctx.stations.get(self.id)
         if facts is not None:
-            for lim in limits.cleared_limits(facts, p, self.ctx.evse_ids.get(self.id, []), self.ctx.clock.now(),
-                                             self.ctx.producer):
+            for lim in limits.cleared_limits(
+                facts, p, self.ctx.evse_ids.get(self.id, []), self.ctx.clock.now(), self.ctx.producer
+            ):
                 await self.ctx.publish_external_limit(lim)
         await self.notify("ClearedChargingLimit", p)
         return {}
@@ -129,7 +149,7 @@ class V201Session(StationSession):
         ev = self.event()
         ev.charging_profiles_report.CopyFrom(mapping.profiles_report(p))
         await self.publish(ev)
-        self.ctx.on_profiles_report(self, p)     # the answer to our profile check's GetChargingProfiles
+        self.ctx.on_profiles_report(self, p)  # the answer to our profile check's GetChargingProfiles
         return {}
 
     @on(Action.notify_ev_charging_schedule)
@@ -150,7 +170,7 @@ class V201Session(StationSession):
 
     @on(Action.notify_event)
     async def on_notify_event(self, p: dict[str, Any]) -> dict[str, Any]:
-        await self.notify("NotifyEvent", p)    # N07/N08: always answered, with an empty NotifyEventResponse
+        await self.notify("NotifyEvent", p)  # N07/N08: always answered, with an empty NotifyEventResponse
         return {}
 
     @on(Action.notify_report)
@@ -203,7 +223,7 @@ class V201Session(StationSession):
 
     @on(Action.sign_certificate)
     async def on_sign_certificate(self, p: dict[str, Any]) -> dict[str, Any]:
-        await self.notify("SignCertificate", p)      # A02/A03: Rejected, the station keeps its certificate
+        await self.notify("SignCertificate", p)  # A02/A03: Rejected, the station keeps its certificate
         return {"status": "Rejected", "statusInfo": {"reasonCode": "NoCA"}}
 
     @on(Action.get_15118_ev_certificate)

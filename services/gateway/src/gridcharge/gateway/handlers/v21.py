@@ -27,7 +27,10 @@ class V21Session(V201Session):
     @on(Action.notify_priority_charging)
     async def on_notify_priority_charging(self, p: dict[str, Any]) -> dict[str, Any]:
         ev = self.event()
-        ev.priority_charging.CopyFrom(station_pb2.PriorityCharging(
-            transaction_id=mapping.text(p.get("transactionId"), 36), activated=p.get("activated") is True))
+        ev.priority_charging.CopyFrom(
+            station_pb2.PriorityCharging(
+                transaction_id=mapping.text(p.get("transactionId"), 36), activated=p.get("activated") is True
+            )
+        )
         await self.publish(ev)
         return {}

@@ -13,11 +13,16 @@ def external_limit(spec: LimitSpec, producer: str, now: float) -> grid_pb2.Exter
     """One ExternalLimit; an open-ended window has no ``valid_to``; no fallback: the field stays unset (the
     consumers then keep the limit itself when it goes stale)."""
     msg = grid_pb2.ExternalLimit(
-        meta=meta(producer, now), node_id=spec.node_id, limit_id=spec.limit_id, source=SOURCE,
-        valid_from=to_timestamp(spec.valid_from), limit_w=phase_values(spec.limit_w),
+        meta=meta(producer, now),
+        node_id=spec.node_id,
+        limit_id=spec.limit_id,
+        source=SOURCE,
+        valid_from=to_timestamp(spec.valid_from),
+        limit_w=phase_values(spec.limit_w),
         stale_after_s=math.ceil(spec.stale_after_s),
-        schedule=[grid_pb2.TimedLimit(start=to_timestamp(start), limit_w=phase_values(w))
-                  for start, w in spec.schedule],
+        schedule=[
+            grid_pb2.TimedLimit(start=to_timestamp(start), limit_w=phase_values(w)) for start, w in spec.schedule
+        ],
     )
     if math.isfinite(spec.valid_to):
         msg.valid_to.CopyFrom(to_timestamp(spec.valid_to))

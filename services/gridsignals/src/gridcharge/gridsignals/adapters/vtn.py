@@ -17,8 +17,8 @@ from gridcharge.shared.clock import Clock
 
 log = logging.getLogger(__name__)
 
-PAGE = 50          # the largest page OpenLEADR-rs serves
-MAX_PAGES = 40     # 2,000 objects per list: more is a misconfigured VTN, not a site's programs
+PAGE = 50  # the largest page OpenLEADR-rs serves
+MAX_PAGES = 40  # 2,000 objects per list: more is a misconfigured VTN, not a site's programs
 
 
 class VtnError(RuntimeError):
@@ -28,16 +28,26 @@ class VtnError(RuntimeError):
 class VtnClient:
     """One VEN's session with one VTN. ``token_url`` empty: asked from the VTN (``GET /auth/server``)."""
 
-    def __init__(self, base_url: str, client_id: str, client_secret: str, clock: Clock, *, token_url: str = "",
-                 timeout_s: float = 10.0, max_response_bytes: int = 4 * 1024 * 1024,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        clock: Clock,
+        *,
+        token_url: str = "",
+        timeout_s: float = 10.0,
+        max_response_bytes: int = 4 * 1024 * 1024,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_id, self._secret = client_id, client_secret
         self.token_url = token_url
         self.clock = clock
         self.max_bytes = max_response_bytes
-        self._http = httpx.AsyncClient(timeout=timeout_s, transport=transport, follow_redirects=False,
-                                       headers={"Accept": "application/json"})
+        self._http = httpx.AsyncClient(
+            timeout=timeout_s, transport=transport, follow_redirects=False, headers={"Accept": "application/json"}
+        )
         self._token: str | None = None
         self._token_expires_at = 0.0
 
@@ -73,8 +83,9 @@ class VtnClient:
             if status != 200 or not isinstance(info, dict) or not isinstance(info.get("tokenURL"), str):
                 raise VtnError(f"GET /auth/server: no tokenURL (HTTP {status})")
             self.token_url = info["tokenURL"]
-        status, tok = await self._send("POST", self.token_url, data={"grant_type": "client_credentials"},
-                                       auth=(self.client_id, self._secret))
+        status, tok = await self._send(
+            "POST", self.token_url, data={"grant_type": "client_credentials"}, auth=(self.client_id, self._secret)
+        )
         if status != 200 or not isinstance(tok, dict) or not isinstance(tok.get("access_token"), str):
             detail = (tok.get("error_description") or tok.get("error")) if isinstance(tok, dict) else ""
             raise VtnError(f"token request refused (HTTP {status}) {str(detail)[:120]}".rstrip())
@@ -83,13 +94,13 @@ class VtnClient:
         self._token, self._token_expires_at = tok["access_token"], self.clock.time() + ttl
         return self._token
 
-    async def _api(self, method: str, path: str, params: dict[str, Any] | None = None,
-                   body: dict[str, Any] | None = None) -> Any:
+    async def _api(
+        self, method: str, path: str, params: dict[str, Any] | None = None, body: dict[str, Any] | None = None
+    ) -> Any:
         for attempt in (0, 1):
             headers = {"Authorization": f"Bearer {await self._bearer()}"}
-            status, data = await self._send(method, f"{self.base_url}{path}", params=params, json=body,
-                                            headers=headers)
-            if status == 401 and attempt == 0:   # token revoked or expired early: one fresh token, once
+            status, data = await self._send(method, f"{self.base_url}{path}", params=params, json=body, headers=headers)
+            if status == 401 and attempt == 0:  # token revoked or expired early: one fresh token, once
                 self._token = None
                 continue
             if status >= 400:

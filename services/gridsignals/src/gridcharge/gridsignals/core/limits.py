@@ -20,7 +20,7 @@ from gridcharge.gridsignals.core.oadr import P3, IntervalLimit, ParsedEvent
 SOURCE = "openadr"
 FALLBACK_LIMIT_ID = "openadr-fallback"
 DEFAULT_KEY = "*"
-MAX_LIMIT_ID = 64          # allocation keeps 64 characters of a limit id
+MAX_LIMIT_ID = 64  # allocation keeps 64 characters of a limit id
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,14 @@ def contiguous_blocks(intervals: Iterable[IntervalLimit]) -> list[list[IntervalL
     return blocks
 
 
-def event_limits(event: ParsedEvent, program_name: str, nodes: NodeMap, fallback_w: Mapping[str, P3],
-                 stale_after_s: float, now: float) -> list[LimitSpec]:
+def event_limits(
+    event: ParsedEvent,
+    program_name: str,
+    nodes: NodeMap,
+    fallback_w: Mapping[str, P3],
+    stale_after_s: float,
+    now: float,
+) -> list[LimitSpec]:
     """The limits one event sets: per mapped node, one limit per contiguous block of capacity intervals that
     has not ended at ``now``. Overlapping intervals: the later start wins from its start (schedule order)."""
     out: list[LimitSpec] = []
@@ -95,16 +101,28 @@ def event_limits(event: ParsedEvent, program_name: str, nodes: NodeMap, fallback
         first, rest = block[0], block[1:]
         schedule = tuple((iv.start, iv.limit_w) for iv in rest)
         for node_id in targets:
-            out.append(LimitSpec(node_id, limit_id(event.event_id, b), first.start, valid_to, first.limit_w,
-                                 fallback_w.get(node_id), stale_after_s, schedule))
+            out.append(
+                LimitSpec(
+                    node_id,
+                    limit_id(event.event_id, b),
+                    first.start,
+                    valid_to,
+                    first.limit_w,
+                    fallback_w.get(node_id),
+                    stale_after_s,
+                    schedule,
+                )
+            )
     return out
 
 
 def fallback_limits(fallback_w: Mapping[str, P3], since: float) -> list[LimitSpec]:
     """While the VTN is unreachable past the configured time: each configured node's fallback, open-ended,
     never stale (it is the fallback)."""
-    return [LimitSpec(node_id, FALLBACK_LIMIT_ID, since, math.inf, w, None, 0.0)
-            for node_id, w in sorted(fallback_w.items())]
+    return [
+        LimitSpec(node_id, FALLBACK_LIMIT_ID, since, math.inf, w, None, 0.0)
+        for node_id, w in sorted(fallback_w.items())
+    ]
 
 
 @dataclass(frozen=True)
@@ -115,8 +133,9 @@ class Changes:
     withdraw: list[LimitSpec]
 
 
-def reconcile(published: Mapping[tuple[str, str], LimitSpec], desired: Iterable[LimitSpec], now: float,
-              heartbeat: bool) -> Changes:
+def reconcile(
+    published: Mapping[tuple[str, str], LimitSpec], desired: Iterable[LimitSpec], now: float, heartbeat: bool
+) -> Changes:
     """Desired limits vs what is on the bus. ``heartbeat`` (after a successful poll): publish every desired
     limit again so its consumers see the source is alive; otherwise only new or changed ones. Limits no longer
     desired (event deleted or cancelled, fallback over) are withdrawn."""

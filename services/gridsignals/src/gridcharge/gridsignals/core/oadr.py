@@ -18,15 +18,16 @@ P3 = tuple[float, float, float]
 
 IMPORT_CAPACITY_LIMIT = "IMPORT_CAPACITY_LIMIT"
 PRICE_TYPES = frozenset({"PRICE", "EXPORT_PRICE"})
-MAX_INTERVALS = 2000          # per event: 15-min intervals over 20 days
+MAX_INTERVALS = 2000  # per event: 15-min intervals over 20 days
 MAX_TARGETS = 100
-MAX_ID_LEN = 128              # OpenADR identifiers are 1..128 characters
-MAX_LIMIT_W = 1e9             # 1 GW per phase: anything above is a unit error, not a limit
+MAX_ID_LEN = 128  # OpenADR identifiers are 1..128 characters
+MAX_LIMIT_W = 1e9  # 1 GW per phase: anything above is a unit error, not a limit
 INFINITE_S = math.inf
 _UNIT_W = {"W": 1.0, "KW": 1e3, "MW": 1e6}
 _DURATION = re.compile(
     r"^P(?:(?P<y>\d+(?:\.\d+)?)Y)?(?:(?P<mo>\d+(?:\.\d+)?)M)?(?:(?P<w>\d+(?:\.\d+)?)W)?(?:(?P<d>\d+(?:\.\d+)?)D)?"
-    r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<mi>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
+    r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<mi>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
 
 
 class EventError(ValueError):
@@ -72,9 +73,15 @@ def parse_duration_s(text: Any) -> float:
     parts = {k: float(v) for k, v in m.groupdict().items() if v is not None}
     if parts.get("y", 0.0) >= 9999:
         return INFINITE_S
-    seconds = (parts.get("y", 0.0) * 365 * 86400 + parts.get("mo", 0.0) * 30 * 86400 + parts.get("w", 0.0) * 7 * 86400
-               + parts.get("d", 0.0) * 86400 + parts.get("h", 0.0) * 3600 + parts.get("mi", 0.0) * 60
-               + parts.get("s", 0.0))
+    seconds = (
+        parts.get("y", 0.0) * 365 * 86400
+        + parts.get("mo", 0.0) * 30 * 86400
+        + parts.get("w", 0.0) * 7 * 86400
+        + parts.get("d", 0.0) * 86400
+        + parts.get("h", 0.0) * 3600
+        + parts.get("mi", 0.0) * 60
+        + parts.get("s", 0.0)
+    )
     return seconds if seconds < 1e11 else INFINITE_S
 
 
@@ -209,12 +216,24 @@ def parse_event(event: Mapping[str, Any]) -> ParsedEvent:
             end = raw_limits[i + 1][0] if i + 1 < len(raw_limits) else INFINITE_S
         if end > start:
             limits.append(IntervalLimit(start, end, w))
-    return ParsedEvent(event_id, program_id, name[:MAX_ID_LEN], _targets(event.get("targets")), tuple(limits),
-                       _report_types(event.get("reportDescriptors")), has_price)
+    return ParsedEvent(
+        event_id,
+        program_id,
+        name[:MAX_ID_LEN],
+        _targets(event.get("targets")),
+        tuple(limits),
+        _report_types(event.get("reportDescriptors")),
+        has_price,
+    )
 
 
 def _report_types(raw: Any) -> tuple[str, ...]:
     if not isinstance(raw, list):
         return ()
-    return tuple(dict.fromkeys(str(d["payloadType"])[:64] for d in raw[:20]
-                               if isinstance(d, Mapping) and isinstance(d.get("payloadType"), str)))
+    return tuple(
+        dict.fromkeys(
+            str(d["payloadType"])[:64]
+            for d in raw[:20]
+            if isinstance(d, Mapping) and isinstance(d.get("payloadType"), str)
+        )
+    )

@@ -29,7 +29,7 @@ class UsageAccumulator:
         """A load sample at ``at`` (POSIX s); the previous value holds until this one (step function)."""
         prev = self._last.get(node_id)
         if prev is not None and at > prev[0]:
-            dt = min(at - prev[0], 900.0)   # a long silence is not counted at the stale value
+            dt = min(at - prev[0], 900.0)  # a long silence is not counted at the stale value
             self._sum_ws[node_id] = self._sum_ws.get(node_id, 0.0) + prev[1] * dt
             self._span_s[node_id] = self._span_s.get(node_id, 0.0) + dt
         if prev is None or at >= prev[0]:
@@ -57,8 +57,15 @@ def _duration(seconds: float) -> str:
     return f"PT{max(1, round(seconds))}S"
 
 
-def usage_report(event_id: str, program_id: str, client_name: str, report_types: Iterable[str],
-                 mean_w: Mapping[str, float], start: float, end: float) -> dict[str, Any] | None:
+def usage_report(
+    event_id: str,
+    program_id: str,
+    client_name: str,
+    report_types: Iterable[str],
+    mean_w: Mapping[str, float],
+    start: float,
+    end: float,
+) -> dict[str, Any] | None:
     """The report object for one event over [start, end) (POSIX s), or None when there is nothing to say."""
     kinds = [k for k in report_types if k in REPORTED_TYPES]
     if not kinds or not mean_w or end <= start:
@@ -68,19 +75,27 @@ def usage_report(event_id: str, program_id: str, client_name: str, report_types:
     for node_id, w in sorted(mean_w.items()):
         kw = w / 1000.0
         payloads = [{"type": k, "values": [round(kw * hours if k == "USAGE" else kw, 6)]} for k in kinds]
-        resources.append({
-            "resourceName": node_id,
-            "intervalPeriod": {"start": _iso(start), "duration": _duration(end - start)},
-            "intervals": [{"id": 0, "payloads": payloads}],
-        })
+        resources.append(
+            {
+                "resourceName": node_id,
+                "intervalPeriod": {"start": _iso(start), "duration": _duration(end - start)},
+                "intervals": [{"id": 0, "payloads": payloads}],
+            }
+        )
     return {
         "objectType": "REPORT",
-        "programID": program_id,      # OpenADR 3.0 requires it; 3.1 VTNs ignore it
+        "programID": program_id,  # OpenADR 3.0 requires it; 3.1 VTNs ignore it
         "eventID": event_id,
         "clientName": client_name,
         "reportName": f"gridcharge-{'-'.join(k.lower() for k in kinds)}",
-        "payloadDescriptors": [{"objectType": "REPORT_PAYLOAD_DESCRIPTOR", "payloadType": k,
-                                "readingType": "SUMMED" if k == "USAGE" else "MEAN",
-                                "units": "KWH" if k == "USAGE" else "KW"} for k in kinds],
+        "payloadDescriptors": [
+            {
+                "objectType": "REPORT_PAYLOAD_DESCRIPTOR",
+                "payloadType": k,
+                "readingType": "SUMMED" if k == "USAGE" else "MEAN",
+                "units": "KWH" if k == "USAGE" else "KW",
+            }
+            for k in kinds
+        ],
         "resources": resources,
     }

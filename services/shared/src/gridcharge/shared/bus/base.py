@@ -25,7 +25,7 @@ DEAD_LETTER_TOPIC = "gridcharge.deadletter.v1"  # = contracts.DEAD_LETTERS.name
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    topic: str          # without the deployment's topic prefix
+    topic: str  # without the deployment's topic prefix
     key: str
     value: bytes
     partition: int = 0
@@ -113,5 +113,5 @@ async def run_handler(bus: Bus, handler: Handler, record: Record, group: str, no
         if record.topic != DEAD_LETTER_TOPIC:
             try:
                 await bus.publish(DEAD_LETTER_TOPIC, record.topic, dead_letter_value(record, exc, group, now_s))
-            except Exception:   # the dead-letter write itself failing must not kill the consumer
+            except Exception:  # the dead-letter write itself failing must not kill the consumer
                 log.exception("could not write dead letter")

@@ -21,7 +21,7 @@ from gridcharge.shared.metrics import BUS_MESSAGES
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT_S = 15.0   # a clean stop takes a round trip; this bounds it when the broker is gone or not leading
+STOP_TIMEOUT_S = 15.0  # a clean stop takes a round trip; this bounds it when the broker is gone or not leading
 
 
 async def _stop_bounded(what: str, coro: Coroutine[Any, Any, None], timeout_s: float) -> bool:
@@ -53,7 +53,7 @@ async def close_producer(producer: AIOKafkaProducer, timeout_s: float = STOP_TIM
         await _stop_bounded("kafka producer sender", producer._sender.close(), timeout_s)
     await _stop_bounded("kafka producer connections", producer.client.close(), timeout_s)
     err = KafkaConnectionError(f"producer closed before the broker acknowledged (stop took > {timeout_s:.0f} s)")
-    producer._message_accumulator.fail_all(err)   # what aiokafka's sender does on a fatal error
+    producer._message_accumulator.fail_all(err)  # what aiokafka's sender does on a fatal error
 
 
 def make_producer(bootstrap: str, client_id: str = "gridcharge") -> AIOKafkaProducer:
@@ -76,7 +76,7 @@ def make_consumer(bootstrap: str, group: str, *, from_beginning: bool = True, **
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
-        session_timeout_ms=30000,   # tolerate a busy event loop (a long re-plan) without eviction
+        session_timeout_ms=30000,  # tolerate a busy event loop (a long re-plan) without eviction
         heartbeat_interval_ms=3000,
         metadata_max_age_ms=5000,
         **kw,
@@ -179,8 +179,9 @@ class KafkaBus:
                     partitions = spec.partitions
                     cfg["cleanup.policy"] = "compact" if spec.compacted else "delete"
                     cfg["retention.ms"] = str(spec.retention_ms)
-                new.append(NewTopic(self.prefix + t, num_partitions=partitions, replication_factor=1,
-                                    topic_configs=cfg))
+                new.append(
+                    NewTopic(self.prefix + t, num_partitions=partitions, replication_factor=1, topic_configs=cfg)
+                )
             if new:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(new)
@@ -209,7 +210,7 @@ class KafkaBus:
         for i, r in enumerate(records):
             try:
                 futs[i] = await self._producer.send(self.prefix + r.topic, value=r.value, key=r.key.encode())
-            except Exception as exc:   # not enqueued (e.g. too large); the rest still go
+            except Exception as exc:  # not enqueued (e.g. too large); the rest still go
                 failed[i] = exc
         results = await asyncio.gather(*futs.values(), return_exceptions=True)
         for i, res in zip(futs, results, strict=True):

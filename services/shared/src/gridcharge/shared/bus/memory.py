@@ -100,7 +100,7 @@ class MemoryBus:
 
     async def publish_many(self, records: Sequence[Outgoing]) -> None:
         for r in records:
-            await self.publish(r.topic, r.key, r.value)   # in memory a publish cannot fail
+            await self.publish(r.topic, r.key, r.value)  # in memory a publish cannot fail
 
     async def subscribe(
         self, topics: Sequence[str], group: str, handler: Handler, *, from_beginning: bool = True

@@ -31,8 +31,12 @@ class RedisStore:
         # A blocking pool: a burst of concurrent callers (e.g. 100 commands at once in the gateway) waits up
         # to 10 s for a free connection instead of failing with MaxConnectionsError.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=10,
-            socket_timeout=5, socket_connect_timeout=5, health_check_interval=10,
+            url,
+            max_connections=max_connections,
+            timeout=10,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            health_check_interval=10,
         )
         self._r: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._cas = self._r.register_script(_SET_IF_NEWER)

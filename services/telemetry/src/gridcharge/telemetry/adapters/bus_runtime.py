@@ -28,7 +28,7 @@ class BusRuntime:
 
     async def _handle(self, rec: Record) -> None:
         outcome = self.engine.handle(rec.topic, rec.value, self.rt.clock.time())
-        self.engine.core.take_dirty()   # nothing to persist in this runtime
+        self.engine.core.take_dirty()  # nothing to persist in this runtime
         if self.after is not None:
             await self.after(rec.topic, rec.key, outcome)
 

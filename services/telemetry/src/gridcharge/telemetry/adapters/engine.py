@@ -32,7 +32,7 @@ INPUTS: dict[str, tuple[type[Message], str]] = {
     C.COMMAND_RESULTS.name: (command_pb2.CommandResult, "command_result"),
     C.WEATHER.name: (forecast_pb2.WeatherForecast, "weather"),
 }
-COUNTED_KINDS = ("station", "meter")   # readings_total counts meter data; events/commands are not readings
+COUNTED_KINDS = ("station", "meter")  # readings_total counts meter data; events/commands are not readings
 
 
 class Engine:
@@ -57,12 +57,13 @@ class Engine:
             self.poison += 1
             if kind in COUNTED_KINDS:
                 self.metrics.readings.labels(kind=kind, outcome="implausible").inc()
-            log.warning("undecodable record skipped", extra={"topic": topic, "bytes": len(value),
-                                                              "error": repr(exc)[:200]})
+            log.warning(
+                "undecodable record skipped", extra={"topic": topic, "bytes": len(value), "error": repr(exc)[:200]}
+            )
             return None
         try:
             outcome = self._apply(msg, now_s)
-        except Exception:   # a bug for one record must not stop the stream
+        except Exception:  # a bug for one record must not stop the stream
             log.exception("telemetry could not apply a record", extra={"topic": topic})
             return None
         if kind in COUNTED_KINDS:
@@ -87,17 +88,25 @@ class Engine:
 
     def node_load_records(self, views: dict[str, NodeLoadView], node_ids: list[str]) -> list[Outgoing]:
         """NodeLoad records of some nodes (the fast path: no history, no metrics)."""
-        return [Outgoing(C.NODE_LOAD.name, nid, node_load_msg(views[nid], self.producer).SerializeToString())
-                for nid in node_ids if nid in views]
+        return [
+            Outgoing(C.NODE_LOAD.name, nid, node_load_msg(views[nid], self.producer).SerializeToString())
+            for nid in node_ids
+            if nid in views
+        ]
 
     def snapshot(self, now_s: float) -> tuple[dict[str, NodeLoadView], list[Outgoing]]:
         """Node loads now, and the NodeLoad / closed NodeLoadInterval records to publish."""
         views = self.core.node_loads(now_s)
-        out = [Outgoing(C.NODE_LOAD.name, nid, node_load_msg(v, self.producer).SerializeToString())
-               for nid, v in views.items()]
+        out = [
+            Outgoing(C.NODE_LOAD.name, nid, node_load_msg(v, self.producer).SerializeToString())
+            for nid, v in views.items()
+        ]
         for iv in self.history.add(views):
-            out.append(Outgoing(C.NODE_LOAD_HISTORY.name, iv.node_id,
-                                interval_msg(iv, self.producer, now_s).SerializeToString()))
+            out.append(
+                Outgoing(
+                    C.NODE_LOAD_HISTORY.name, iv.node_id, interval_msg(iv, self.producer, now_s).SerializeToString()
+                )
+            )
         m = self.metrics
         for nid, v in views.items():
             for k, ph in enumerate(PHASES):

@@ -41,8 +41,9 @@ class FaustRuntime:
 
     kind = "faust"
 
-    def __init__(self, rt: Runtime, engine: Engine, settings: TelemetrySettings,
-                 after: AfterRecord | None = None) -> None:
+    def __init__(
+        self, rt: Runtime, engine: Engine, settings: TelemetrySettings, after: AfterRecord | None = None
+    ) -> None:
         self.rt, self.engine, self.settings, self.after = rt, engine, settings, after
         self.prefix = settings.topic_prefix
         self.ready = False
@@ -69,23 +70,27 @@ class FaustRuntime:
             producer_acks=-1,
             table_standby_replicas=0,
         )
-        self.station_table = self.app.Table("station-state", default=None,
-                                            partitions=STATION_TOPICS[0].partitions)
+        self.station_table = self.app.Table("station-state", default=None, partitions=STATION_TOPICS[0].partitions)
         self.grid_table = self.app.Table("grid-state", default=None, partitions=GRID_TOPICS[0].partitions)
         self.station_table.on_recover(self._make_recover("station-state"))
         self.grid_table.on_recover(self._make_recover("grid-state"))
-        station_src = self.app.topic(*(self.prefix + t.name for t in STATION_TOPICS), key_serializer="raw",
-                                     value_serializer="raw")
-        grid_src = self.app.topic(*(self.prefix + t.name for t in GRID_TOPICS), key_serializer="raw",
-                                  value_serializer="raw")
+        station_src = self.app.topic(
+            *(self.prefix + t.name for t in STATION_TOPICS), key_serializer="raw", value_serializer="raw"
+        )
+        grid_src = self.app.topic(
+            *(self.prefix + t.name for t in GRID_TOPICS), key_serializer="raw", value_serializer="raw"
+        )
         self.app.agent(station_src, name="telemetry-stations")(self._station_agent)
         self.app.agent(grid_src, name="telemetry-grid")(self._grid_agent)
 
     def _make_recover(self, name: str) -> Any:
         async def recovered() -> None:
             table = self.station_table if name == "station-state" else self.grid_table
-            n = sum(1 for key, value in table.items()
-                    if isinstance(key, str) and isinstance(value, dict) and self.engine.core.restore(key, value))
+            n = sum(
+                1
+                for key, value in table.items()
+                if isinstance(key, str) and isinstance(value, dict) and self.engine.core.restore(key, value)
+            )
             self.engine.core.take_dirty()
             self._recovered.add(name)
             log.info("telemetry state recovered from changelog", extra={"table": name, "entries": n})
@@ -136,11 +141,16 @@ class FaustRuntime:
             self.engine.core.mark_dirty(left)
             self.mirror_failures += 1
             now = self.rt.clock.time()
-            if now - self._mirror_logged >= 60.0:   # once a minute, not once per record
+            if now - self._mirror_logged >= 60.0:  # once a minute, not once per record
                 self._mirror_logged = now
-                log.warning("telemetry state not mirrored to its changelog yet; kept for the next record",
-                            extra={"table": getattr(table, "name", "?"), "failures": self.mirror_failures,
-                                   "error": repr(exc)[:300]})
+                log.warning(
+                    "telemetry state not mirrored to its changelog yet; kept for the next record",
+                    extra={
+                        "table": getattr(table, "name", "?"),
+                        "failures": self.mirror_failures,
+                        "error": repr(exc)[:300],
+                    },
+                )
 
     async def _station_agent(self, stream: Any) -> None:
         await self._process(stream, self.station_table)
@@ -149,7 +159,7 @@ class FaustRuntime:
         await self._process(stream, self.grid_table)
 
     async def start(self) -> None:
-        if isinstance(self.rt.bus, KafkaBus):   # source topics must exist with their registry settings
+        if isinstance(self.rt.bus, KafkaBus):  # source topics must exist with their registry settings
             await self.rt.bus.ensure_topics([t.name for t in (*STATION_TOPICS, *GRID_TOPICS)])
         await self.app.start()
         log.info("faust telemetry worker started", extra={"app": self.app.conf.id})
@@ -163,7 +173,7 @@ class FaustRuntime:
 
     async def stop(self) -> None:
         self.ready = False
-        try:   # faust's shutdown can hang on a broker hiccup; the process must still stop
+        try:  # faust's shutdown can hang on a broker hiccup; the process must still stop
             await asyncio.wait_for(self.app.stop(), STOP_TIMEOUT_S)
         except TimeoutError:
             log.warning("faust worker did not stop in time; abandoned", extra={"timeout_s": STOP_TIMEOUT_S})

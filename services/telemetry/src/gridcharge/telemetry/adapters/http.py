@@ -30,9 +30,16 @@ def view_json(v: NodeLoadView) -> dict[str, Any]:
         return {"L1": round(p[0], 1), "L2": round(p[1], 1), "L3": round(p[2], 1)}
 
     return {
-        "node_id": v.node_id, "as_of": v.as_of_s, "load_w": ph(v.load_w), "worst_case_w": ph(v.worst_case_w),
-        "ev_load_w": ph(v.ev_load_w), "base_load_w": ph(v.base_load_w), "limit_w": ph(v.limit_w),
-        "metered": v.metered, "meter_fresh": v.meter_fresh, "stale_sources": v.stale_sources,
+        "node_id": v.node_id,
+        "as_of": v.as_of_s,
+        "load_w": ph(v.load_w),
+        "worst_case_w": ph(v.worst_case_w),
+        "ev_load_w": ph(v.ev_load_w),
+        "base_load_w": ph(v.base_load_w),
+        "limit_w": ph(v.limit_w),
+        "metered": v.metered,
+        "meter_fresh": v.meter_fresh,
+        "stale_sources": v.stale_sources,
         "implausible_sources": v.implausible_sources,
         "ambient_temperature_c": None if math.isnan(v.ambient_c) else v.ambient_c,
     }
@@ -44,22 +51,34 @@ def evses_json(core: TelemetryCore, now_s: float) -> list[dict[str, Any]]:
         st = core.stations[s.id]
         for e in s.evses:
             ev = core.evses[(s.id, e.id)]
-            out.append({
-                "station_id": s.id, "evse_id": e.id, "node_id": s.node,
-                "power_w": dict(zip(("L1", "L2", "L3"), (round(x, 1) for x in ev.power_w), strict=True)),
-                "current_a": dict(zip(("L1", "L2", "L3"), (round(x, 2) for x in ev.current_a), strict=True)),
-                "status": ev.status, "transaction_id": ev.transaction_id or None,
-                "session_energy_wh": round(ev.session_energy_wh, 1),
-                "energy_delivered_wh": round(ev.energy_delivered_wh, 1),
-                "stale": core.evse_stale(ev, st, now_s), "implausible": ev.implausible_reason or None,
-                "worst_case_a": core.worst_case_a(s, e.id, now_s), "last_sample_at": ev.last_sample_s,
-            })
+            out.append(
+                {
+                    "station_id": s.id,
+                    "evse_id": e.id,
+                    "node_id": s.node,
+                    "power_w": dict(zip(("L1", "L2", "L3"), (round(x, 1) for x in ev.power_w), strict=True)),
+                    "current_a": dict(zip(("L1", "L2", "L3"), (round(x, 2) for x in ev.current_a), strict=True)),
+                    "status": ev.status,
+                    "transaction_id": ev.transaction_id or None,
+                    "session_energy_wh": round(ev.session_energy_wh, 1),
+                    "energy_delivered_wh": round(ev.energy_delivered_wh, 1),
+                    "stale": core.evse_stale(ev, st, now_s),
+                    "implausible": ev.implausible_reason or None,
+                    "worst_case_a": core.worst_case_a(s, e.id, now_s),
+                    "last_sample_at": ev.last_sample_s,
+                }
+            )
     return out
 
 
-def build_router(bus: Bus, clock: Clock, known_nodes: set[str], producer: str,
-                 latest: Callable[[], dict[str, NodeLoadView]],
-                 core: Callable[[], TelemetryCore] | None = None) -> APIRouter:
+def build_router(
+    bus: Bus,
+    clock: Clock,
+    known_nodes: set[str],
+    producer: str,
+    latest: Callable[[], dict[str, NodeLoadView]],
+    core: Callable[[], TelemetryCore] | None = None,
+) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["telemetry"])
 
     @router.post("/meter-readings", status_code=202)

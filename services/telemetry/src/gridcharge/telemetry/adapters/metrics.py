@@ -16,8 +16,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 NODE_LIMIT_NAME = "gridcharge_node_limit_watts"
 
 NODE_LOAD = Gauge("gridcharge_node_load_watts", "Node load per grid phase, best estimate (W).", ["node", "phase"])
-READINGS = Counter("gridcharge_telemetry_readings_total", "Readings handled by telemetry, by kind and outcome.",
-                   ["kind", "outcome"])
+READINGS = Counter(
+    "gridcharge_telemetry_readings_total", "Readings handled by telemetry, by kind and outcome.", ["kind", "outcome"]
+)
 STALE = Gauge("gridcharge_telemetry_stale_sources", "Stale stations and grid meters.", ["kind"])
 
 
@@ -28,7 +29,7 @@ class _NodeLimitCollector:
         self.values: dict[tuple[str, str], float] = {}
 
     def describe(self) -> list[Metric]:
-        return []     # claim no name at registration time
+        return []  # claim no name at registration time
 
     def collect(self) -> Iterator[Metric]:
         if getattr(REGISTRY, "_names_to_collectors", {}).get(NODE_LIMIT_NAME) is not None:

@@ -47,10 +47,13 @@ from gridcharge.telemetry.core.readings import to_grid
 log = logging.getLogger(__name__)
 
 IDLE_STATUSES = ("Available", "Unavailable", "Faulted", "Reserved")
-PURPOSES = {command_pb2.PROFILE_PURPOSE_TX: "tx", command_pb2.PROFILE_PURPOSE_TX_DEFAULT: "tx_default",
-            command_pb2.PROFILE_PURPOSE_STATION_MAX: "station_max"}
+PURPOSES = {
+    command_pb2.PROFILE_PURPOSE_TX: "tx",
+    command_pb2.PROFILE_PURPOSE_TX_DEFAULT: "tx_default",
+    command_pb2.PROFILE_PURPOSE_STATION_MAX: "station_max",
+}
 MAX_PENDING_COMMANDS = 64
-STATION_MAX = "station_max"     # key of the stack-0 station max; stack n > 0 is kept as "station_max@n"
+STATION_MAX = "station_max"  # key of the stack-0 station max; stack n > 0 is kept as "station_max@n"
 
 
 def station_max_key(stack: int) -> str:
@@ -84,7 +87,7 @@ class TelemetryCore:
         self.meters: dict[tuple[str, str], MeterState] = {}
         self.weather: WeatherState | None = None
         self._last_base: dict[str, P3] = {}
-        self._steady_base: dict[str, tuple[P3, float]] = {}   # node -> (base W, at s) while no EV was following a cut
+        self._steady_base: dict[str, tuple[P3, float]] = {}  # node -> (base W, at s) while no EV was following a cut
         self._dirty: set[str] = set()
         # bottom-up order: every child before its parent
         order: list[str] = []
@@ -192,7 +195,7 @@ class TelemetryCore:
         at = self._at(mv.sampled_at, now_s)
         sample = parse_meter_values(mv.values)
         if now_s - at > self.cfg.stale_after(None) * 10:
-            return Outcome.STALE      # a backlog far older than any stale time tells nothing about now
+            return Outcome.STALE  # a backlog far older than any stale time tells nothing about now
         self._seen_station(st, at)
         t_c = sample.temperature_c
         if t_c is not None and self.cfg.ambient_min_c <= t_c <= self.cfg.ambient_max_c:
@@ -200,13 +203,13 @@ class TelemetryCore:
         evse_id = mv.evse_id
         if evse_id == 0:
             if len(station.evses) != 1:
-                return Outcome.OK     # station-wide meter of a multi-EVSE station: liveness/temperature only
+                return Outcome.OK  # station-wide meter of a multi-EVSE station: liveness/temperature only
             evse_id = station.evses[0].id
         ev = self.evses.get((station.id, evse_id))
         if ev is None:
             return Outcome.IMPLAUSIBLE
         if ev.last_sample_s is not None and at <= ev.last_sample_s:
-            return Outcome.STALE      # duplicate or out of order
+            return Outcome.STALE  # duplicate or out of order
         if now_s - at > self.cfg.stale_after(ev.interval_s):
             return Outcome.STALE
         if ev.last_sample_s is not None:
@@ -222,8 +225,11 @@ class TelemetryCore:
         if sample.energy_wh is not None and not problem:
             if sample.energy_wh < 0:
                 problem = "negative energy register"
-            elif ev.energy_register_wh is not None and sample.energy_wh < ev.energy_register_wh - 1.0 \
-                    and ev.transaction_id:
+            elif (
+                ev.energy_register_wh is not None
+                and sample.energy_wh < ev.energy_register_wh - 1.0
+                and ev.transaction_id
+            ):
                 problem = "energy register went backwards"
             else:
                 ev.energy_register_wh = sample.energy_wh
@@ -235,8 +241,9 @@ class TelemetryCore:
         problem = problem or gv.problem
         if problem:
             if not ev.implausible:
-                log.info("implausible meter values", extra={"station": station.id, "evse": evse_id,
-                                                            "reason": problem[:200]})
+                log.info(
+                    "implausible meter values", extra={"station": station.id, "evse": evse_id, "reason": problem[:200]}
+                )
             ev.implausible, ev.implausible_reason = True, problem[:200]
             return Outcome.IMPLAUSIBLE
         ev.power_w, ev.current_a, ev.measured = gv.power_w, gv.current_a, True
@@ -343,8 +350,10 @@ class TelemetryCore:
             problem = "power far above the node limit (unit error?)"
         elif r.has_current and any(c < -self.cfg.negative_tolerance_a for c in current):
             problem = "negative current"
-        elif r.has_current and any(c > self.cfg.meter_max_factor * max(lim, 1.0)
-                                   for c, lim in zip(current, self.topo.limit_a(node.id), strict=True)):
+        elif r.has_current and any(
+            c > self.cfg.meter_max_factor * max(lim, 1.0)
+            for c, lim in zip(current, self.topo.limit_a(node.id), strict=True)
+        ):
             problem = "current far above the node limit"
         if problem:
             if not m.implausible:
@@ -405,12 +414,21 @@ class TelemetryCore:
                 until = end if until is None else min(until, end)
             purpose = PURPOSES.get(prof.purpose, "tx")
             evse_id = 0 if purpose == STATION_MAX else scp.evse_id
-            entry = {"evse_id": evse_id, "purpose": purpose, "limit_a": limit, "until_s": until,
-                     "stack": max(0, prof.stack_level)}
+            entry = {
+                "evse_id": evse_id,
+                "purpose": purpose,
+                "limit_a": limit,
+                "until_s": until,
+                "stack": max(0, prof.stack_level),
+            }
         elif kind == "clear_charging_profile":
             ccp = cmd.clear_charging_profile
-            entry = {"evse_id": max(0, ccp.evse_id), "purpose": PURPOSES.get(ccp.purpose), "limit_a": None,
-                     "until_s": None}
+            entry = {
+                "evse_id": max(0, ccp.evse_id),
+                "purpose": PURPOSES.get(ccp.purpose),
+                "limit_a": None,
+                "until_s": None,
+            }
         else:
             return Outcome.OK
         st = self.stations[station.id]
@@ -425,9 +443,12 @@ class TelemetryCore:
         st = self.stations.get(res.station_id)
         if st is None:
             return Outcome.IMPLAUSIBLE
-        answered = res.outcome in (command_pb2.COMMAND_OUTCOME_ACCEPTED, command_pb2.COMMAND_OUTCOME_REJECTED,
-                                   command_pb2.COMMAND_OUTCOME_CALL_ERROR)
-        if answered:                       # the station answered: it is alive
+        answered = res.outcome in (
+            command_pb2.COMMAND_OUTCOME_ACCEPTED,
+            command_pb2.COMMAND_OUTCOME_REJECTED,
+            command_pb2.COMMAND_OUTCOME_CALL_ERROR,
+        )
+        if answered:  # the station answered: it is alive
             self._seen_station(st, now_s)
         elif res.outcome == command_pb2.COMMAND_OUTCOME_OFFLINE:
             st.online = False
@@ -437,14 +458,13 @@ class TelemetryCore:
             return Outcome.OK
         self._dirty.add(f"station/{st.station_id}")
         if res.outcome not in (command_pb2.COMMAND_OUTCOME_ACCEPTED, command_pb2.COMMAND_OUTCOME_TIMEOUT):
-            return Outcome.OK              # not applied: what was known stays known
+            return Outcome.OK  # not applied: what was known stays known
         evse_id, purpose = int(entry["evse_id"]), entry.get("purpose")
         station = self.topo.station_by_id[st.station_id]
         # what the command touches: (state, purpose) pairs
         targets: list[tuple[EvseState | StationState, str]] = []
-        evse_states = [self.evses[(st.station_id, e.id)] for e in station.evses
-                       if evse_id == 0 or e.id == evse_id]
-        if entry["limit_a"] is None:       # ClearChargingProfile: every matching purpose becomes unknown
+        evse_states = [self.evses[(st.station_id, e.id)] for e in station.evses if evse_id == 0 or e.id == evse_id]
+        if entry["limit_a"] is None:  # ClearChargingProfile: every matching purpose becomes unknown
             names = [purpose] if purpose else ["tx", "tx_default", "station_max"]
             if evse_id == 0:
                 targets += [(st, n) for n in names if n in ("station_max", "tx_default")]
@@ -455,28 +475,37 @@ class TelemetryCore:
             targets += [(ev, str(purpose)) for ev in evse_states]
         for target, name in targets:
             accepted = res.outcome == command_pb2.COMMAND_OUTCOME_ACCEPTED and entry["limit_a"] is not None
-            if name == STATION_MAX and accepted:     # one station max per stack level (OCPP: the highest wins)
+            if name == STATION_MAX and accepted:  # one station max per stack level (OCPP: the highest wins)
                 name = station_max_key(int(entry.get("stack", 0)))
             if accepted:
                 lim, prev = float(entry["limit_a"]), target.limits.get(name)
-                if prev and prev[0] is not None and prev[1] is not None and self._active(prev, now_s) is not None \
-                        and abs(lim - prev[0]) <= 0.05:   # a renewal: the EV has been following it since then
+                if (
+                    prev
+                    and prev[0] is not None
+                    and prev[1] is not None
+                    and self._active(prev, now_s) is not None
+                    and abs(lim - prev[0]) <= 0.05
+                ):  # a renewal: the EV has been following it since then
                     target.limits[name] = [lim, prev[1], entry["until_s"], self._from(prev)]
                 else:
-                    affected = [target] if isinstance(target, EvseState) else \
-                        [self.evses[(st.station_id, e.id)] for e in station.evses]
+                    affected = (
+                        [target]
+                        if isinstance(target, EvseState)
+                        else [self.evses[(st.station_id, e.id)] for e in station.evses]
+                    )
                     before = [self._raw_limit_a(station, ev, now_s) for ev in affected]
                     target.limits[name] = [lim, now_s, entry["until_s"], None]
                     after = [self._raw_limit_a(station, ev, now_s) for ev in affected]
-                    raised = all(a >= b - 1e-9 for a, b in zip(after, before, strict=True)) and \
-                        any(a > b + 0.05 for a, b in zip(after, before, strict=True))
+                    raised = all(a >= b - 1e-9 for a, b in zip(after, before, strict=True)) and any(
+                        a > b + 0.05 for a, b in zip(after, before, strict=True)
+                    )
                     # the estimate takes a raise at once and a cut once the EV had time to follow: in between
                     # it errs high, so base = meter − EV errs low (a lower base asks for raises, which wait)
                     target.limits[name][3] = now_s if raised else now_s + self.cfg.ev_follow_s
-            elif name == STATION_MAX:      # cleared, or TIMEOUT: unknown -> hardware max (every stack level)
+            elif name == STATION_MAX:  # cleared, or TIMEOUT: unknown -> hardware max (every stack level)
                 for key in [k for k in target.limits if station_max_stack(k) is not None]:
                     target.limits.pop(key)
-            else:                          # cleared, or TIMEOUT: the station's state is unknown -> hardware max
+            else:  # cleared, or TIMEOUT: the station's state is unknown -> hardware max
                 target.limits.pop(name, None)
             if isinstance(target, EvseState):
                 self._dirty.add(f"evse/{target.station_id}/{target.evse_id}")
@@ -497,8 +526,15 @@ class TelemetryCore:
 
     def _entries(self, ev: EvseState) -> list[list[float | None]]:
         st = self.stations[ev.station_id]
-        return [x for x in (ev.limits.get("tx"), ev.limits.get("tx_default") or st.limits.get("tx_default"),
-                            *(e for k, e in st.limits.items() if station_max_stack(k) is not None)) if x]
+        return [
+            x
+            for x in (
+                ev.limits.get("tx"),
+                ev.limits.get("tx_default") or st.limits.get("tx_default"),
+                *(e for k, e in st.limits.items() if station_max_stack(k) is not None),
+            )
+            if x
+        ]
 
     def _from(self, entry: list[float | None]) -> float:
         """When the estimate applies an accepted limit: at once for a raise, `ev_follow_s` after it was
@@ -579,11 +615,16 @@ class TelemetryCore:
         return False
 
     def meter_fresh(self, m: MeterState, now_s: float) -> bool:
-        return (m.trusted and not m.implausible and m.last_seen_s is not None
-                and now_s - m.last_seen_s <= self.cfg.stale_after(m.interval_s))
+        return (
+            m.trusted
+            and not m.implausible
+            and m.last_seen_s is not None
+            and now_s - m.last_seen_s <= self.cfg.stale_after(m.interval_s)
+        )
 
-    def limit_sources(self, station: Station, ev: EvseState, now_s: float,
-                      early: bool = False) -> list[tuple[float, float, bool]]:
+    def limit_sources(
+        self, station: Station, ev: EvseState, now_s: float, early: bool = False
+    ) -> list[tuple[float, float, bool]]:
         """The accepted limits the estimate of an EVSE applies at `now_s`: (limit A, accepted at, whether it
         is the station max) for the station max in force and for the Tx/TxDefault pair (the higher of the two
         in force, as for the worst case); a raise at once, a cut once the EV had `ev_follow_s` to follow it
@@ -594,8 +635,11 @@ class TelemetryCore:
         sm = self.station_max(st, now_s)
         if sm is not None and now_s >= (sm[1] if early else sm[2]):
             out.append((sm[0], sm[1], True))
-        live = [e for e in (ev.limits.get("tx"), ev.limits.get("tx_default") or st.limits.get("tx_default"))
-                if e and self._active(e, now_s) is not None]
+        live = [
+            e
+            for e in (ev.limits.get("tx"), ev.limits.get("tx_default") or st.limits.get("tx_default"))
+            if e and self._active(e, now_s) is not None
+        ]
         since = [e[1] for e in live if e[1] is not None]
         if live and len(since) == len(live) and now_s >= (max(since) if early else max(self._from(e) for e in live)):
             out.append((max(float(e[0] or 0.0) for e in live), max(since), False))
@@ -604,8 +648,10 @@ class TelemetryCore:
     def _following(self, station: Station, now_s: float) -> bool:
         """Whether an accepted cut at this station is within its `ev_follow_s` (the EV may be following it)."""
         st = self.stations[station.id]
-        entries = [*st.limits.values(), *(e for eid, _ in self._evse_phase_idx[station.id]
-                                          for e in self.evses[(station.id, eid)].limits.values())]
+        entries = [
+            *st.limits.values(),
+            *(e for eid, _ in self._evse_phase_idx[station.id] for e in self.evses[(station.id, eid)].limits.values()),
+        ]
         return any(e and e[1] is not None and e[1] <= now_s < self._from(e) for e in entries)
 
     def _limit_at(self, station: Station, ev: EvseState, at_s: float) -> float | None:
@@ -640,7 +686,7 @@ class TelemetryCore:
             q = [p[0], p[1], p[2]]
             was = ev.sample_limit_a
             drew = max((ev.current_a[k] for k in phase_idx), default=0.0)
-            moving = any(x[1] <= at for x in newer)        # the sample was taken while the EV followed a change
+            moving = any(x[1] <= at for x in newer)  # the sample was taken while the EV followed a change
             if ev.charging and (moving or (was is not None and drew >= was - max(1.0, 0.1 * was))):
                 used = [k for k in phase_idx if ev.current_a[k] > 0.5] or list(phase_idx)
                 for k in used:
@@ -671,9 +717,14 @@ class TelemetryCore:
         stale_n = impl_n = 0
         for (evse_id, phase_idx), q in zip(self._evse_phase_idx[station.id], est, strict=True):
             ev = self.evses[(station.id, evse_id)]
-            stale = station_stale or (ev.charging and (
-                not ev.measured or ev.last_seen_s is None
-                or now_s - ev.last_seen_s > self.cfg.stale_after(ev.interval_s)))
+            stale = station_stale or (
+                ev.charging
+                and (
+                    not ev.measured
+                    or ev.last_seen_s is None
+                    or now_s - ev.last_seen_s > self.cfg.stale_after(ev.interval_s)
+                )
+            )
             p = ev.power_w
             b0, b1, b2 = b0 + p[0], b1 + p[1], b2 + p[2]
             e0, e1, e2 = e0 + q[0], e1 + q[1], e2 + q[2]
@@ -687,10 +738,10 @@ class TelemetryCore:
                 w0, w1, w2 = w0 + r[0], w1 + r[1], w2 + r[2]
             else:
                 w0, w1, w2 = w0 + p[0], w1 + p[1], w2 + p[2]
-        if total_cap is not None:   # the station max caps the station's total, shared by its EVSEs
+        if total_cap is not None:  # the station max caps the station's total, shared by its EVSEs
             e0, e1, e2 = min(e0, total_cap), min(e1, total_cap), min(e2, total_cap)
         sm = self.station_max(st, now_s)
-        if sm is not None:    # an accepted station-wide limit caps the station's total worst case
+        if sm is not None:  # an accepted station-wide limit caps the station's total worst case
             # (not below the fallback: a lease below it — a paused car — lapses into it, as worst_case_a says)
             c = max(sm[0], station.fallback_current_a) * self.v
             w0, w1, w2 = max(b0, min(w0, c)), max(b1, min(w1, c)), max(b2, min(w2, c))
@@ -698,15 +749,19 @@ class TelemetryCore:
         low = best if low is None else (min(low[0], e0), min(low[1], e1), min(low[2], e2))
         return best, low, (b0, b1, b2), (w0, w1, w2), stale_n, impl_n
 
-    def meter_for(self, node_id: str, now_s: float,
-                  index: dict[str, list[MeterState]] | None = None) -> MeterState | None:
+    def meter_for(
+        self, node_id: str, now_s: float, index: dict[str, list[MeterState]] | None = None
+    ) -> MeterState | None:
         """The node's freshest meter (fresh ones first), or None."""
-        cands = index.get(node_id, []) if index is not None else \
-            [m for m in self.meters.values() if m.node_id == node_id]
+        cands = (
+            index.get(node_id, []) if index is not None else [m for m in self.meters.values() if m.node_id == node_id]
+        )
         best: MeterState | None = None
         for m in cands:
-            if best is None or (self.meter_fresh(m, now_s), m.last_seen_s or 0) > \
-                    (self.meter_fresh(best, now_s), best.last_seen_s or 0):
+            if best is None or (self.meter_fresh(m, now_s), m.last_seen_s or 0) > (
+                self.meter_fresh(best, now_s),
+                best.last_seen_s or 0,
+            ):
                 best = m
         return best
 
@@ -714,8 +769,11 @@ class TelemetryCore:
         temps = []
         for sid in station_ids:
             st = self.stations[sid]
-            if st.temperature_c is not None and st.temperature_at_s is not None \
-                    and now_s - st.temperature_at_s <= 4 * self.cfg.stale_after(None):
+            if (
+                st.temperature_c is not None
+                and st.temperature_at_s is not None
+                and now_s - st.temperature_at_s <= 4 * self.cfg.stale_after(None)
+            ):
                 temps.append(st.temperature_c)
         return temps
 
@@ -771,7 +829,7 @@ class TelemetryCore:
                     x0, x1, x2 = (min(hi, max(lo, x)) for x, lo, hi in lo_hi)
                     ev_now = (x0, x1, x2)
                 base = sub3(load, ev_now)
-                worst = add3(load, sub3(e_worst, e_seen))   # untrusted EVSEs may still ramp up
+                worst = add3(load, sub3(e_worst, e_seen))  # untrusted EVSEs may still ramp up
                 self._last_base[nid] = base
             else:
                 if meter is not None or node.metered:
@@ -782,7 +840,7 @@ class TelemetryCore:
                 load = add3(add3(k_load, d_best), est)
                 worst = add3(add3(k_worst, d_worst), max3(est, ZERO3))
                 if meter is not None and meter.trusted:
-                    worst = max3(worst, meter.power_w)   # unknown means worst case: not below the last reading
+                    worst = max3(worst, meter.power_w)  # unknown means worst case: not below the last reading
                 base = sub3(load, e_best)
             ambient = float("nan")
             if fresh and meter is not None and meter.ambient_c is not None:
@@ -790,13 +848,22 @@ class TelemetryCore:
             elif temps:
                 ambient = sum(temps) / len(temps)
             views[nid] = NodeLoadView(
-                node_id=nid, as_of_s=now_s, load_w=load, worst_case_w=max3(worst, load), ev_load_w=ev_now,
-                base_load_w=base, limit_w=self.topo.limit_w(nid), metered=node.metered or meter is not None,
-                meter_fresh=fresh, stale_sources=stale, implausible_sources=impl, ambient_c=ambient,
+                node_id=nid,
+                as_of_s=now_s,
+                load_w=load,
+                worst_case_w=max3(worst, load),
+                ev_load_w=ev_now,
+                base_load_w=base,
+                limit_w=self.topo.limit_w(nid),
+                metered=node.metered or meter is not None,
+                meter_fresh=fresh,
+                stale_sources=stale,
+                implausible_sources=impl,
+                ambient_c=ambient,
             )
         # nodes without any temperature source inherit their parent's, then the weather's
         site_t = self.weather.at(now_s) if self.weather else None
-        for nid in reversed(self._order):        # parents before children
+        for nid in reversed(self._order):  # parents before children
             v = views[nid]
             if math.isnan(v.ambient_c):
                 parent = self.topo.node_by_id[nid].parent

@@ -28,13 +28,13 @@ class TelemetryConfig:
     stale_interval_factor: float = 3.0
     implausible_margin: float = 0.10
     implausible_abs_margin_a: float = 1.0
-    negative_tolerance_w: float = 50.0       # small negative readings are meter noise, clamped to 0
+    negative_tolerance_w: float = 50.0  # small negative readings are meter noise, clamped to 0
     negative_tolerance_a: float = 0.5
-    phase_tolerance_a: float = 0.5           # current tolerated on a phase the EVSE does not use
-    station_silence_s: float = 900.0         # a connected station silent this long is stale (3 × OCPP heartbeat)
-    limit_grace_s: float = 30.0              # time a station gets to apply an accepted lower limit
-    ev_follow_s: float = 5.0                 # time an EV takes to follow an accepted lower limit (estimate)
-    meter_max_factor: float = 3.0            # grid meter |value| above factor × node limit is implausible
+    phase_tolerance_a: float = 0.5  # current tolerated on a phase the EVSE does not use
+    station_silence_s: float = 900.0  # a connected station silent this long is stale (3 × OCPP heartbeat)
+    limit_grace_s: float = 30.0  # time a station gets to apply an accepted lower limit
+    ev_follow_s: float = 5.0  # time an EV takes to follow an accepted lower limit (estimate)
+    meter_max_factor: float = 3.0  # grid meter |value| above factor × node limit is implausible
     base_load_w: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # unmetered nodes
     ambient_min_c: float = -50.0
     ambient_max_c: float = 70.0

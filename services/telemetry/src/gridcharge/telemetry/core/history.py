@@ -23,7 +23,7 @@ class LoadInterval:
     mean_load_w: P3
     mean_base_load_w: P3
     max_load_w: P3
-    mean_ambient_c: float    # NaN when no snapshot had a temperature
+    mean_ambient_c: float  # NaN when no snapshot had a temperature
     samples: int
 
 
@@ -41,10 +41,13 @@ class _Acc:
     def close(self, node_id: str, interval_s: int) -> LoadInterval:
         n = max(self.n, 1)
         return LoadInterval(
-            node_id=node_id, start_s=self.start_s, interval_s=interval_s,
+            node_id=node_id,
+            start_s=self.start_s,
+            interval_s=interval_s,
             mean_load_w=(self.load[0] / n, self.load[1] / n, self.load[2] / n),
             mean_base_load_w=(self.base[0] / n, self.base[1] / n, self.base[2] / n),
-            max_load_w=self.peak, mean_ambient_c=self.temp_sum / self.temp_n if self.temp_n else math.nan,
+            max_load_w=self.peak,
+            mean_ambient_c=self.temp_sum / self.temp_n if self.temp_n else math.nan,
             samples=self.n,
         )
 
@@ -65,12 +68,12 @@ class IntervalAccumulator:
     def add(self, views: dict[str, NodeLoadView] | list[NodeLoadView]) -> list[LoadInterval]:
         """Add one snapshot per node; returns intervals that closed because time moved past them."""
         closed: list[LoadInterval] = []
-        for v in (views.values() if isinstance(views, dict) else views):
+        for v in views.values() if isinstance(views, dict) else views:
             start = self.slot_start(v.as_of_s)
             acc = self._acc.get(v.node_id)
             if acc is not None and acc.start_s != start:
                 if start < acc.start_s:
-                    continue               # clock went backwards: ignore the sample
+                    continue  # clock went backwards: ignore the sample
                 closed.append(acc.close(v.node_id, self.interval_s))
                 acc = None
             if acc is None:

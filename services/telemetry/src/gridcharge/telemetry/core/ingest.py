@@ -42,7 +42,7 @@ class ReadingIn(BaseModel):
 
     node_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
     meter_id: str = Field("main", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    measured_at: datetime | None = None          # default: time of ingest
+    measured_at: datetime | None = None  # default: time of ingest
     power_w: Phases
     current_a: Phases | None = None
     voltage_v: Phases | None = None
@@ -53,7 +53,7 @@ class ReadingIn(BaseModel):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             raise ValueError("needs a timezone (e.g. 2026-06-01T12:00:00Z)")
-        return bounded_datetime(v, "measured_at")   # year 1 or 9999 would overflow the protobuf Timestamp: 500
+        return bounded_datetime(v, "measured_at")  # year 1 or 9999 would overflow the protobuf Timestamp: 500
 
     @field_validator("current_a")
     @classmethod
@@ -64,10 +64,12 @@ class ReadingIn(BaseModel):
 
     def to_proto(self, now_s: float, producer: str) -> grid_pb2.GridMeterReading:
         msg = grid_pb2.GridMeterReading(
-            meta=meta(producer, now_s), node_id=self.node_id, meter_id=self.meter_id,
-            measured_at=to_timestamp(self.measured_at or now_s), power_w=phase_values(self.power_w),
-            ambient_temperature_c=self.ambient_temperature_c if self.ambient_temperature_c is not None
-            else math.nan,
+            meta=meta(producer, now_s),
+            node_id=self.node_id,
+            meter_id=self.meter_id,
+            measured_at=to_timestamp(self.measured_at or now_s),
+            power_w=phase_values(self.power_w),
+            ambient_temperature_c=self.ambient_temperature_c if self.ambient_temperature_c is not None else math.nan,
         )
         if self.current_a is not None:
             msg.current_a.CopyFrom(phase_values(self.current_a))
@@ -92,8 +94,10 @@ class IngestError(ValueError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         self.errors = errors
         first = errors[0] if errors else {"loc": [], "msg": "no readings"}
-        super().__init__(f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
-                         + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+        super().__init__(
+            f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
+            + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
+        )
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -116,8 +120,11 @@ def parse_json_readings(data: Any) -> list[ReadingIn]:
 
 def check_nodes(readings: list[ReadingIn], known: set[str]) -> None:
     """Raise IngestError for readings of nodes the topology does not have."""
-    errs = [{"loc": [i, "node_id"], "msg": f"unknown node '{r.node_id}'"}
-            for i, r in enumerate(readings) if r.node_id not in known]
+    errs = [
+        {"loc": [i, "node_id"], "msg": f"unknown node '{r.node_id}'"}
+        for i, r in enumerate(readings)
+        if r.node_id not in known
+    ]
     if errs:
         raise IngestError(errs)
 
@@ -135,8 +142,10 @@ def parse_csv_readings(text: str) -> list[ReadingIn]:
     errors: list[dict[str, Any]] = []
     reader = csv.DictReader(io.StringIO(text))
     for line, row in enumerate(reader, start=2):
-        doc: dict[str, Any] = {"node_id": (row.get("node_id") or "").strip(),
-                               "power_w": _row_phases(row, "power_l{n}_w")}
+        doc: dict[str, Any] = {
+            "node_id": (row.get("node_id") or "").strip(),
+            "power_w": _row_phases(row, "power_l{n}_w"),
+        }
         if (row.get("meter_id") or "").strip():
             doc["meter_id"] = row["meter_id"].strip()
         if (row.get("measured_at") or "").strip():
@@ -167,5 +176,3 @@ def parse_file_text(text: str, fmt: str) -> list[ReadingIn]:
             raise IngestError([{"loc": [f"line {exc.lineno}"], "msg": f"invalid JSON: {exc.msg}"}]) from None
         return parse_json_readings(data)
     return parse_csv_readings(text)
-
-

@@ -20,7 +20,7 @@ class Outcome(StrEnum):
 
     OK = "ok"
     IMPLAUSIBLE = "implausible"
-    STALE = "stale"          # arrived too late (sampled long before now) or out of order: not applied
+    STALE = "stale"  # arrived too late (sampled long before now) or out of order: not applied
 
 
 def p3(v: Any) -> P3:
@@ -71,13 +71,13 @@ class EvseState(_Serde):
 
     station_id: str
     evse_id: int
-    power_w: P3 = ZERO3                 # per grid phase, last trusted value
-    current_a: P3 = ZERO3               # per grid phase, last trusted value
-    measured: bool = False              # a trusted power reading was ever applied
+    power_w: P3 = ZERO3  # per grid phase, last trusted value
+    current_a: P3 = ZERO3  # per grid phase, last trusted value
+    measured: bool = False  # a trusted power reading was ever applied
     last_sample_s: float | None = None  # sampled_at of the last applied meter value (POSIX s)
-    last_seen_s: float | None = None    # last report of any kind about this EVSE (POSIX s)
-    interval_s: float | None = None     # smoothed gap between meter values
-    implausible: bool = False           # last reading failed the checks: measured value not trusted
+    last_seen_s: float | None = None  # last report of any kind about this EVSE (POSIX s)
+    interval_s: float | None = None  # smoothed gap between meter values
+    implausible: bool = False  # last reading failed the checks: measured value not trusted
     implausible_reason: str = ""
     energy_register_wh: float | None = None
     status: str = ""
@@ -86,7 +86,7 @@ class EvseState(_Serde):
     session_start_s: float | None = None
     session_meter_start_wh: float | None = None
     session_energy_wh: float = 0.0
-    energy_delivered_wh: float = 0.0    # sum over ended sessions since this state was created
+    energy_delivered_wh: float = 0.0  # sum over ended sessions since this state was created
     # accepted limits by purpose ("tx", "tx_default"): [limit_a per phase, accepted_at_s, until_s | None]
     limits: dict[str, list[float | None]] = field(default_factory=dict)
     sample_limit_a: float | None = None  # the limit the EV had been following when the last sample was taken
@@ -102,7 +102,7 @@ class StationState(_Serde):
 
     station_id: str
     last_seen_s: float | None = None
-    online: bool = True                 # False after a Disconnected event until it reports again
+    online: bool = True  # False after a Disconnected event until it reports again
     # accepted station-level limits: "station_max" (total of the station; stack level n > 0 as
     # "station_max@n") and "tx_default" (evse 0: per EVSE); each [limit_a per phase, accepted_at_s, until_s | None]
     limits: dict[str, list[float | None]] = field(default_factory=dict)
@@ -127,8 +127,8 @@ class MeterState(_Serde):
     interval_s: float | None = None
     implausible: bool = False
     implausible_reason: str = ""
-    trusted: bool = False               # a plausible reading was ever applied
-    last_base_w: P3 | None = None       # base load measured when the meter was last fresh (W)
+    trusted: bool = False  # a plausible reading was ever applied
+    last_base_w: P3 | None = None  # base load measured when the meter was last fresh (W)
 
 
 @dataclass
@@ -165,4 +165,4 @@ class NodeLoadView:
     meter_fresh: bool
     stale_sources: int
     implausible_sources: int
-    ambient_c: float                    # NaN when unknown
+    ambient_c: float  # NaN when unknown

@@ -23,21 +23,24 @@ class GridValues:
 
     power_w: P3
     current_a: P3
-    problem: str          # empty when plausible
+    problem: str  # empty when plausible
 
 
-def to_grid(sample: MeterSample, phase_map: tuple[Phase, ...], nominal_v: float, bound_a: float,
-            cfg: TelemetryConfig) -> GridValues:
+def to_grid(
+    sample: MeterSample, phase_map: tuple[Phase, ...], nominal_v: float, bound_a: float, cfg: TelemetryConfig
+) -> GridValues:
     """Map a sample to grid phases and check it against `bound_a` (per-phase current allowed, A)."""
     n = len(phase_map)
     volts: list[float] = []
-    for vph in sample.voltage_ph:   # a missing or absurdly low voltage falls back to nominal
+    for vph in sample.voltage_ph:  # a missing or absurdly low voltage falls back to nominal
         volts.append(vph if vph is not None and vph > 50 else nominal_v)
     problem = sample.invalid
     # phase-count consistency: nothing may flow on a station phase the map does not have
     for i in range(n, 3):
-        for v, tol in ((sample.current_ph[i], cfg.phase_tolerance_a),
-                       (sample.power_ph[i], cfg.phase_tolerance_a * nominal_v)):
+        for v, tol in (
+            (sample.current_ph[i], cfg.phase_tolerance_a),
+            (sample.power_ph[i], cfg.phase_tolerance_a * nominal_v),
+        ):
             if v is not None and v > tol and not problem:
                 problem = f"value on L{i + 1} but the phase map has {n} phase(s)"
     local_p: list[float] = [0.0] * n
@@ -55,7 +58,7 @@ def to_grid(sample: MeterSample, phase_map: tuple[Phase, ...], nominal_v: float,
             local_p[i] = sample.power_total / n
         local_i[i] = cur if cur is not None else local_p[i] / volts[i]
     if not have_ph_power and sample.power_total is not None and (have_ph_current or sample.current_any is not None):
-        est = sum(local_p)   # scale I×V to the measured total (power factor, real voltage)
+        est = sum(local_p)  # scale I×V to the measured total (power factor, real voltage)
         if est > 0:
             local_p = [p * sample.power_total / est for p in local_p]
     # plausibility
