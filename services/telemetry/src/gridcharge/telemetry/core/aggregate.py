@@ -736,8 +736,8 @@ class TelemetryCore:
                 for k in phase_idx:
                     r[k] = max(r[k], w)
                 w0, w1, w2 = w0 + r[0], w1 + r[1], w2 + r[2]
-            else:
-                w0, w1, w2 = w0 + p[0], w1 + p[1], w2 + p[2]
+            else:  # measured and fresh: what it drew, or the estimate when a raise lets it draw more now
+                w0, w1, w2 = w0 + max(p[0], q[0]), w1 + max(p[1], q[1]), w2 + max(p[2], q[2])
         if total_cap is not None:  # the station max caps the station's total, shared by its EVSEs
             e0, e1, e2 = min(e0, total_cap), min(e1, total_cap), min(e2, total_cap)
         sm = self.station_max(st, now_s)
