@@ -63,3 +63,40 @@ def test_overload_one_cut_per_station_and_the_replan_keeps_it() -> None:
     alloc.plan(at(late))
     assert not alloc.limiter_a
     assert sum(alloc.grant_a.values()) <= 95 - 30 + 1e-6
+
+
+IDLE_TOPO = parse_topology(
+    {
+        "nominal_voltage_v": V,
+        "nodes": [{"id": "tx", "limit_a": [100, 100, 100], "metered": True, "safety_margin_pct": 5}],
+        "stations": [{"id": f"s{i}", "node": "tx", "max_current_a": 32, "fallback_current_a": 6} for i in range(8)],
+    }
+)
+
+
+def test_the_limiter_cut_already_fits_the_worst_case_so_the_replan_has_nothing_to_cut() -> None:
+    """Idle stations keep their fallback (6 A each, what they may draw whatever happens) and draw nothing, so
+    the measured load is below the worst case: a cut of only the measured excess would leave Σ worst case
+    over the capacity and the re-plan would lower again a second later. The limiter's one cut covers both."""
+    alloc = Allocator(IDLE_TOPO, AllocatorConfig(release_idle_fallbacks=False))
+    for s in IDLE_TOPO.stations:
+        accept(alloc, alloc.station_online(s.id, T0), T0)
+    charging = [f"s{i}" for i in range(4)]
+    for sid in charging:
+        alloc.book.start(sid, 1, f"t-{sid}", at(T0))
+    alloc.node_load("tx", (0.0,) * 3, (0.0,) * 3, T0)
+    for k in range(4):
+        accept(alloc, alloc.plan(at(T0 + k)).commands, T0 + k)
+    cars = sum(alloc.grant_a.values())
+    assert cars >= 65  # the cars share what the idle stations' 24 A leave of 95 A
+    t1 = T0 + 10
+    alloc.node_load("tx", ((cars + 30) * V,) * 3, (30 * V,) * 3, t1)
+    cut = alloc.limit("tx", at(t1))
+    accept(alloc, cut, t1)
+    lowered = tx_cmds(cut)
+    assert lowered
+    worst = sum(alloc.ledgers[s.id].worst_case_a(t1 + 1) for s in IDLE_TOPO.stations)
+    assert worst + 30 <= 95 + 1e-6  # the fail-safe budget holds after the one cut
+    again = alloc.plan(at(t1 + 1))
+    assert not {sid: a for sid, a in tx_cmds(again.commands).items() if a < lowered.get(sid, 99.0) - 1e-9}
+    assert all(c.reason != "safety" for c in again.commands)

@@ -382,23 +382,46 @@ class Allocator:
                 )
             )
         cuts = lower(inp.load_w, lim, margin_w, self.voltage_v, conns, target_w)
-        cmds: list[ProfileCommand] = []
-        if cuts:
-            self.cut_at[node_id] = now
+        if not cuts:
+            return []
+        self.cut_at[node_id] = now
         for key, a in cuts.items():
-            cut = self.book.sessions.get(key)
-            if cut is None:
-                continue
-            sid = cut.station_id
-            self.limiter_a[key] = a
-            self.limiter_at[key] = now
-            self.set_grant(key, a, now)
-            cap = cycle.station_cap_for(self.topology, sid, self.grant_a)
-            if cap < self.ledgers[sid].held_a(now) - 0.05:
-                cmds.append(self.issuer.station_lease(sid, P.quantise_a(cap), now, "limiter"))
+            if key in self.book.sessions:
+                self.limiter_a[key] = a
+                self.limiter_at[key] = now
+                self.set_grant(key, a, now)
+        cut_stations = {self.book.sessions[k].station_id for k in cuts if k in self.book.sessions}
+        caps = {sid: cycle.station_cap_for(self.topology, sid, self.grant_a) for sid in cut_stations}
+        # what the budget fit of the next cycle would lower too (the worst case of idle stations and of cars
+        # drawing less than their grant): in the same cut, not as a second round a second later
+        for sid, cap in cycle.safety_caps(self, now, node_id, caps).items():
+            caps[sid] = cap
+            self._cap_grants(sid, cap, now)
+        cmds: list[ProfileCommand] = []
+        for sid in sorted(caps):
+            if caps[sid] < self.ledgers[sid].held_a(now) - 0.05:
+                cmds.append(self.issuer.station_lease(sid, P.quantise_a(caps[sid]), now, "limiter"))
             if len(self.topology.station_by_id[sid].evses) > 1:
-                cmds.append(self.issuer.tx_profile(cut, a, now, "limiter"))
+                for s in self.book.sessions.values():
+                    key = session_key(sid, s.evse_id)
+                    if s.station_id == sid and key in self.limiter_at and self.limiter_at[key] == now:
+                        cmds.append(self.issuer.tx_profile(s, self.limiter_a[key], now, "limiter"))
         return cmds
+
+    def _cap_grants(self, station_id: str, cap_a: float, now: float) -> None:
+        """Scale the grants of a station's sessions so the station cap is at most ``cap_a`` (A per phase) and
+        hold them there like a limiter cut (the plan stays within it until the hold ends)."""
+        keys = [session_key(station_id, e.id) for e in self.topology.station_by_id[station_id].evses]
+        keys = [k for k in keys if k in self.book.sessions and k in self.grant_a]
+        have = cycle.station_cap_for(self.topology, station_id, self.grant_a)
+        if not keys or have <= cap_a + 1e-9:
+            return
+        f = cap_a / have if have > 0 else 0.0
+        for k in keys:
+            a = P.quantise_a(self.grant_a[k] * f, min_a=0.0)
+            self.limiter_a[k] = min(a, self.limiter_a.get(k, math.inf))
+            self.limiter_at[k] = now
+            self.set_grant(k, a, now)
 
     # ---------------------------------------------------------------- views
     def outlook(self, res: PlanResult, s: SessionState) -> Outlook | None:

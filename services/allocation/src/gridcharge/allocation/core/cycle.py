@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -180,24 +181,12 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
             # a lease still held: back to what the fallback will be (released under a busy node)
             desired[sid] = min(led.floor_a(now), alloc.fallbacks.target.get(sid, [(now, led.floor_a(now))])[0][1])
     targets, keep, due = control_targets(alloc, now, desired, planned, under_busy, result.deferred)
-    floors: dict[str, float | np.ndarray] = {}
-    skew, lowered_end = cfg.leases.clock_skew_s, cfg.leases.lease_end(now, lowered=True)
-    for sid, t in targets.items():
-        led = alloc.ledgers[sid]
-        # what the station may draw whatever cap it gets: nothing while the lease sent now surely overrides the
-        # fallback (a lease below the fallback outlives the others, leases.py), the fallback after that
-        until = lowered_end if t < led.floor_max_a(now, end) - 1e-9 and sid not in keep else end
-        if until - skew >= moments[-1]:
-            floors[sid] = 0.0
-        else:
-            floors[sid] = np.array([0.0 if m < until - skew else led.floor_worst_a(m) for m in moments])
+    floors = lease_floors(alloc, now, end, moments, targets, keep)
     order = sorted(
         targets, key=lambda sid: (-prio.get(sid, 0), -sum(s.remaining_wh for s in by_station.get(sid, [])), sid)
     )
     band = {n.id: alloc.raise_band_w(n.id) for n in topo.nodes}
-    # over capacity: the lowest priority goes down first, within it the station holding the most (a trim of
-    # the largest grant rather than one car stopped)
-    lower_order = sorted(targets, key=lambda sid: (prio.get(sid, 0), -alloc.ledgers[sid].held_a(now), sid))
+    lower_order = lowering_order(alloc, now, targets, prio)
     approved = fit_caps(
         topo, cap_k, wc_k, targets, order, floor_a=floors, keep=keep, raise_headroom_w=band, lower_order=lower_order
     )
@@ -238,6 +227,64 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
     result.commands += fallback_commands(alloc, now)
     alloc.last = result
     return result
+
+
+def lease_floors(
+    alloc: Allocator, now: float, end: float, moments: list[float], targets: dict[str, float], keep: set[str]
+) -> dict[str, float | np.ndarray]:
+    """Per station, what it may draw whatever cap it gets, at each of ``moments`` (A): nothing while the lease
+    sent now surely overrides the fallback (a lease below the fallback outlives the others, leases.py), the
+    fallback after that."""
+    pol = alloc.cfg.leases
+    skew, lowered_end = pol.clock_skew_s, pol.lease_end(now, lowered=True)
+    floors: dict[str, float | np.ndarray] = {}
+    for sid, t in targets.items():
+        led = alloc.ledgers[sid]
+        until = lowered_end if t < led.floor_max_a(now, end) - 1e-9 and sid not in keep else end
+        if until - skew >= moments[-1]:
+            floors[sid] = 0.0
+        else:
+            floors[sid] = np.array([0.0 if m < until - skew else led.floor_worst_a(m) for m in moments])
+    return floors
+
+
+def lowering_order(alloc: Allocator, now: float, stations: Iterable[str], prio: dict[str, int]) -> list[str]:
+    """Who goes down first over capacity: the lowest priority, within it the station holding the most (a trim
+    of the largest grant rather than one car stopped)."""
+    return sorted(stations, key=lambda sid: (prio.get(sid, 0), -alloc.ledgers[sid].held_a(now), sid))
+
+
+def safety_caps(alloc: Allocator, now: float, node_id: str, caps: dict[str, float]) -> dict[str, float]:
+    """Station caps (A) under ``node_id`` the budget fit of the next cycle would lower, given the limiter's
+    ``caps``: the limiter sends them with its cut, so the re-plan that follows has nothing left to cut.
+
+    The limiter sheds the measured excess; the fit keeps Σ worst case (what every station may draw under its
+    lease or fallback) within the capacity the same reading implies, at every moment of a lease sent now.
+    Idle stations and cars drawing less than their grant make the worst case exceed the measured load, and
+    without this the cycle a second later lowered a second round ("safety").
+    """
+    cfg, topo = alloc.cfg, alloc.topology
+    T = max(1, cfg.horizon_slots)
+    slot_starts = [now + k * cfg.slot_s for k in range(T)]
+    capacity = node_capacity(topo, alloc.node_inputs, alloc.external.values(), now, slot_starts, cfg.slot_s)
+    end = cfg.leases.lease_end(now, lowered=False)
+    moments, cap_k, wc_k = budget_moments(alloc, now, end, capacity, slot_starts)
+    under = [
+        sid
+        for sid, led in alloc.ledgers.items()
+        if led.online and not led.in_failsafe(now, cfg.failsafe_hold_s) and node_id in topo.station_path(sid)
+    ]
+    targets = {sid: min(caps.get(sid, math.inf), alloc.ledgers[sid].held_a(now)) for sid in under}
+    keep = {sid for sid in under if sid not in caps}
+    floors = lease_floors(alloc, now, end, moments, targets, keep)
+    prio: dict[str, int] = {}
+    for s in alloc.book.sessions.values():
+        prio[s.station_id] = max(prio.get(s.station_id, 0), s.priority)
+    approved = fit_caps(
+        topo, cap_k, wc_k, targets, [], floor_a=floors, keep=keep, lower_order=lowering_order(alloc, now, under, prio)
+    )
+    # as the profile will carry it: rounded down, 0 below the 6 A minimum
+    return {sid: P.quantise_a(a) for sid, a in approved.items() if P.quantise_a(a) < targets[sid] - 0.05}
 
 
 def control_targets(
