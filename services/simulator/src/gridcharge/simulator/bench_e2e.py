@@ -743,8 +743,36 @@ def format_result(r: dict[str, Any], cmd: str) -> str:
     return text
 
 
+async def unreachable(bootstrap: str, redis_url: str, timeout_s: float = 3.0) -> list[str]:
+    """What of Kafka and Redis does not answer: checked first, so a missing broker is one clear line, not a
+    3-minute wait for stations whose gateway cannot start."""
+    import redis.asyncio as aioredis
+
+    problems: list[str] = []
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host or "127.0.0.1", int(port)), timeout_s)
+        w.close()
+    except (OSError, ValueError, TimeoutError) as exc:
+        problems.append(f"Kafka at {bootstrap} (GRIDCHARGE_KAFKA_BOOTSTRAP): {exc or type(exc).__name__}")
+    client = aioredis.from_url(redis_url, socket_connect_timeout=timeout_s)
+    try:
+        await client.ping()
+    except Exception as exc:  # any failure means the same: Redis is not usable
+        problems.append(f"Redis at {redis_url} (GRIDCHARGE_REDIS_URL): {exc}")
+    finally:
+        await client.aclose()
+    return problems
+
+
 def bench_main(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    problems = asyncio.run(unreachable(settings.kafka_bootstrap, settings.redis_url))
+    if problems:
+        for p in problems:
+            print(f"gridcharge bench e2e: cannot reach {p}", file=sys.stderr)
+        print("gridcharge bench e2e: start them with `make kafka redis` (or set those to yours)", file=sys.stderr)
+        return 2
     quick = bool(getattr(args, "quick", False))
     follow = bool(getattr(args, "meters_follow", False))
     transformers, per_tx, trials = (2, 50, 6) if quick else (10, 100, 20)
