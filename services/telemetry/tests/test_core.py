@@ -603,3 +603,27 @@ def test_base_load_holds_while_the_ev_follows_a_cut(core: TelemetryCore) -> None
     # a base load that rises meanwhile is not hidden: beyond the EV's old draw the meter is base
     core.on_grid_reading(grid("trafo", T0 + 12, 2000, 2000, base + 3000 + 16 * V), T0 + 12)
     assert core.node_loads(T0 + 12)["trafo"].base_load_w[2] == pytest.approx(base + 3000, abs=1)
+    # the EV has followed, the meter has not reported since: the base the meter proved stays
+    assert core.node_loads(T0 + 16)["trafo"].base_load_w[2] == pytest.approx(base + 3000, abs=1)
+
+
+def test_a_reading_older_than_a_cut_is_not_new_base_load(core: TelemetryCore) -> None:
+    """The grid meter's last reading (20 % over, say) predates the cut it caused, and the meter is slow: once the
+    EV had time to follow, the load is the base the reading showed plus what the EV is now told — not the old
+    reading with the cut counted as base load (the allocator would cut again on it, a second round)."""
+    base = 5000.0
+    _charging_s2(core, 16.0, base)  # reading at T0+1, fresh for a minute
+    _accept(core, "S2", 0, 8.0, "cut", T0 + 10)
+    v = core.node_loads(T0 + 16)["trafo"]
+    assert v.base_load_w[2] == pytest.approx(base, abs=1)
+    assert v.load_w[2] == pytest.approx(base + 8 * V, abs=1)
+    # a raise, still without a reading: the load counts it at once, the base does not fall by it
+    _accept(core, "S2", 0, 16.0, "raise", T0 + 20)
+    v = core.node_loads(T0 + 21)["trafo"]
+    assert v.base_load_w[2] == pytest.approx(base, abs=1)
+    assert v.load_w[2] == pytest.approx(base + 16 * V, abs=1)
+    # the meter's next reading is the truth again: a base load that rose meanwhile shows at once
+    core.on_grid_reading(grid("trafo", T0 + 22, 2000, 2000, base + 2000 + 16 * V), T0 + 22)
+    v = core.node_loads(T0 + 22)["trafo"]
+    assert v.base_load_w[2] == pytest.approx(base + 2000, abs=1)
+    assert v.load_w[2] == pytest.approx(base + 2000 + 16 * V, abs=1)

@@ -205,8 +205,9 @@ async def test_fast_path_batches_within_min_interval(
 async def test_cut_seen_on_the_bus_keeps_the_base_load(
     setup: tuple[TelemetryService, Runtime, SimClock, list[Record]],
 ) -> None:
-    """A station-cap lease accepted on COMMANDS + COMMAND_RESULTS: the NodeLoad the limiter gets for the
-    meter reading after the cut (fast path) keeps base = meter − EV at the true base load."""
+    """A station-cap lease accepted on COMMANDS + COMMAND_RESULTS: once the EV had time to follow the cut, the
+    NodeLoads keep base = meter − EV at the true base load — the periodic one while the meter's last reading
+    still predates the cut (it is not new base load), and the one after the meter's next reading."""
     _svc, rt, clock, out = setup
     base, v = 5000.0, 230.0
 
@@ -231,12 +232,20 @@ async def test_cut_seen_on_the_bus_keeps_the_base_load(
         C.COMMAND_RESULTS.name, "S2", result("S2", "cut", command_pb2.COMMAND_OUTCOME_ACCEPTED).SerializeToString()
     )
     await clock.advance(6)
+
+    def trafo_loads(since: int) -> list[grid_pb2.NodeLoad]:
+        loads = [C.decode(grid_pb2.NodeLoad, r.value) for r in out[since:] if r.topic == C.NODE_LOAD.name]
+        return [x for x in loads if x.node_id == "trafo"]
+
+    before = trafo_loads(0)[-1]  # published after the EV's follow time, the reading still the one of T0
+    assert before.load_w.l3 == pytest.approx(base + 8 * v)
+    assert before.base_load_w.l3 == pytest.approx(base, abs=50)
     n = len(out)
     await pub(C.GRID_METER_READINGS.name, "trafo", grid("trafo", T0 + 11, 0, 0, base + 8 * v).SerializeToString())
-    fast = [C.decode(grid_pb2.NodeLoad, r.value) for r in out[n:] if r.topic == C.NODE_LOAD.name]
-    assert [f.node_id for f in fast] == ["trafo"]
-    assert fast[0].load_w.l3 == pytest.approx(base + 8 * v)
-    assert fast[0].base_load_w.l3 == pytest.approx(base, abs=50)
+    await clock.advance(5)
+    after = trafo_loads(n)
+    assert after and after[-1].load_w.l3 == pytest.approx(base + 8 * v)
+    assert after[-1].base_load_w.l3 == pytest.approx(base, abs=50)
 
 
 async def test_fast_path_big_move_not_held_back_by_meters_near_their_limit(

@@ -9,7 +9,9 @@ Rules (see docs/telemetry.md):
   of its children and EVSEs plus its non-EV (base) estimate; base load = meter − EV sum below it;
 - between meter values an EVSE's draw is estimated from the accepted limits (a raise at once, a cut once the
   EV had `ev_follow_s` to follow it): an EV that drew its old limit draws the new one, any other at most it;
-  so the base load (meter − EV) does not swing after a cut or a raise, and errs low while the EV follows.
+  so the base load (meter − EV) does not swing after a cut or a raise, and errs low while the EV follows;
+- a fresh reading older than the last change of that estimate (taken before the EVs followed a cut, or
+  before a raise) keeps the base it showed, and the load is that base plus the EVs' estimate now.
 """
 
 from __future__ import annotations
@@ -654,6 +656,25 @@ class TelemetryCore:
         ]
         return any(e and e[1] is not None and e[1] <= now_s < self._from(e) for e in entries)
 
+    def _estimate_changed_s(self, station: Station, now_s: float) -> float:
+        """When an accepted limit last changed what the estimate says this station draws (s; -inf: never):
+        a raise when accepted, a cut once the EV had `ev_follow_s` to follow it, a lapse when it ended."""
+        st = self.stations[station.id]
+        entries = [
+            *st.limits.values(),
+            *(e for eid, _ in self._evse_phase_idx[station.id] for e in self.evses[(station.id, eid)].limits.values()),
+        ]
+        last = -math.inf
+        for e in entries:
+            if not e or e[1] is None:
+                continue
+            start = self._from(e)
+            if start <= now_s:
+                last = max(last, start)
+            if e[2] is not None and e[2] <= now_s:
+                last = max(last, e[2])
+        return last
+
     def _limit_at(self, station: Station, ev: EvseState, at_s: float) -> float | None:
         """The limit (A per phase) an EVSE was under at `at_s`, None when unknown."""
         srcs = self.limit_sources(station, ev, at_s)
@@ -788,12 +809,15 @@ class TelemetryCore:
         ev_low: dict[str, P3] = {}
         ev_seen: dict[str, P3] = {}
         ev_worst: dict[str, P3] = {}
+        changed: dict[str, float] = {}  # node -> when the EV estimate below it last changed through a limit
         temps_under: dict[str, list[float]] = {}
         for nid in self._order:
             node = self.topo.node_by_id[nid]
             kids = self.topo.children[nid]
             d_best, d_low, d_seen, d_worst, stale, impl = ZERO3, ZERO3, ZERO3, ZERO3, 0, 0
+            changed_s = max((changed[c] for c in kids), default=-math.inf)
             for s in self._stations_at[nid]:
+                changed_s = max(changed_s, self._estimate_changed_s(s, now_s))
                 sb, sl, ss, sw, sn, si = st_now[s.id]
                 d_best, d_low, d_seen, d_worst = add3(d_best, sb), add3(d_low, sl), add3(d_seen, ss), add3(d_worst, sw)
                 stale += sn
@@ -810,6 +834,7 @@ class TelemetryCore:
                 impl += cv.implausible_sources
                 temps += temps_under[c]
             ev_best[nid], ev_low[nid], ev_seen[nid], ev_worst[nid] = e_best, e_low, e_seen, e_worst
+            changed[nid] = changed_s
             temps_under[nid] = temps
             ev_now = e_best
             meter = self.meter_for(nid, now_s, meters_at)
@@ -819,8 +844,16 @@ class TelemetryCore:
             if fresh:
                 assert meter is not None
                 load = meter.power_w
+                worst = add3(load, sub3(e_worst, e_seen))  # untrusted EVSEs may still ramp up
                 ref = self._steady_base.get(nid)
-                if e_low == e_best:
+                sample_s = meter.last_sample_s if meter.last_sample_s is not None else now_s
+                if e_low == e_best and ref is not None and sample_s < changed_s:
+                    # the reading predates what the EVs below were told since (a cut they have followed by now,
+                    # a raise): it showed the base load then, the estimate says what they draw now; a reading
+                    # of before a cut minus the EVs after it would count the cut as new base load (and the
+                    # allocator would cut again, a second round, on a meter that has not reported yet)
+                    load = add3(ref[0], e_best)
+                elif e_low == e_best:
                     self._steady_base[nid] = (sub3(load, e_best), now_s)
                 elif ref is not None and now_s - ref[1] <= self.cfg.stale_after_s:
                     # EVs below are following a cut: they draw between low and best; the meter tells how far
@@ -828,8 +861,8 @@ class TelemetryCore:
                     lo_hi = zip(sub3(load, ref[0]), e_low, e_best, strict=True)
                     x0, x1, x2 = (min(hi, max(lo, x)) for x, lo, hi in lo_hi)
                     ev_now = (x0, x1, x2)
+                    self._steady_base[nid] = (sub3(load, ev_now), ref[1])  # what the meter proved, same age
                 base = sub3(load, ev_now)
-                worst = add3(load, sub3(e_worst, e_seen))  # untrusted EVSEs may still ramp up
                 self._last_base[nid] = base
             else:
                 if meter is not None or node.metered:
