@@ -100,3 +100,38 @@ def test_the_limiter_cut_already_fits_the_worst_case_so_the_replan_has_nothing_t
     again = alloc.plan(at(t1 + 1))
     assert not {sid: a for sid, a in tx_cmds(again.commands).items() if a < lowered.get(sid, 99.0) - 1e-9}
     assert all(c.reason != "safety" for c in again.commands)
+
+
+def fallback_cmds(cmds: list[ProfileCommand]) -> dict[str, float]:
+    return {c.station_id: c.payload.profile.periods[0].limit for c in cmds if c.purpose == "fallback"}
+
+
+def test_the_limiter_lowers_the_fallbacks_the_reading_makes_too_high_in_the_same_action() -> None:
+    """Base load jumps under a node whose charging stations have 6 A fallbacks (what they draw if the allocator
+    died): Σ fallbacks + base must fit the node at once, not at the next cycle. The limiter sends those fallback
+    lowerings with its cut, so the cycle a second later has none left."""
+    alloc = Allocator(IDLE_TOPO, AllocatorConfig())
+    for s in IDLE_TOPO.stations:
+        accept(alloc, alloc.station_online(s.id, T0), T0)
+    charging = [f"s{i}" for i in range(4)]
+    for sid in charging:
+        alloc.book.start(sid, 1, f"t-{sid}", at(T0))
+    alloc.node_load("tx", (0.0,) * 3, (0.0,) * 3, T0)
+    for k in range(4):
+        accept(alloc, alloc.plan(at(T0 + k)).commands, T0 + k)
+    assert not any(a < 6 for a in fallback_cmds(alloc.plan(at(T0 + 5)).commands).values())
+    cars = sum(alloc.grant_a.values())
+    t1 = T0 + 10
+    # the cars hold each other back: the idle stations were released to 0 A, the charging ones keep 6 A
+    assert {sid: alloc.fallbacks.value_now(sid, T0 + 5) for sid in ("s0", "s7")} == {"s0": 6.0, "s7": 0.0}
+    alloc.node_load("tx", ((cars + 80) * V,) * 3, (80 * V,) * 3, t1)  # 80 A of base: 15 A left of 95 A
+    cut = alloc.limit("tx", at(t1))
+    lowered_fb = fallback_cmds(cut)
+    assert lowered_fb and all(c.reason == "limiter" for c in cut if c.purpose == "fallback")
+    assert set(lowered_fb) <= set(charging)  # 4 × 6 A no longer fit if the allocator died now
+    assert sum(alloc.fallbacks.value_now(s.id, t1) for s in IDLE_TOPO.stations) <= 15 + 1e-6
+    accept(alloc, cut, t1)
+    again = alloc.plan(at(t1 + 1))
+    assert not fallback_cmds(again.commands), again.commands
+    lowered = tx_cmds(cut)
+    assert not {sid: a for sid, a in tx_cmds(again.commands).items() if a < lowered.get(sid, 99.0) - 1e-9}

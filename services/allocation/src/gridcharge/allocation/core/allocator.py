@@ -385,6 +385,7 @@ class Allocator:
         if not cuts:
             return []
         self.cut_at[node_id] = now
+        self.busy_at[node_id] = now  # its capacity holds cars back: idle stations under it are released
         for key, a in cuts.items():
             if key in self.book.sessions:
                 self.limiter_a[key] = a
@@ -406,6 +407,7 @@ class Allocator:
                     key = session_key(sid, s.evse_id)
                     if s.station_id == sid and key in self.limiter_at and self.limiter_at[key] == now:
                         cmds.append(self.issuer.tx_profile(s, self.limiter_a[key], now, "limiter"))
+        cmds += cycle.limiter_fallbacks(self, now, node_id)
         return cmds
 
     def _cap_grants(self, station_id: str, cap_a: float, now: float) -> None:

@@ -137,18 +137,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
         alloc.busy_at[n] = now
     busy = alloc.busy(now)
     under_busy = {sid for sid in alloc.ledgers if any(n in busy for n in topo.station_path(sid))}
-    step = cfg.slot_s
-    t0 = math.floor(now / step) * step
-    starts = [t0 + k * step for k in range(cfg.horizon_slots + 1)]
-    prio = {sid: max(x.priority for x in ss) for sid, ss in by_station.items()}
-    alloc.fallbacks.compute(
-        now,
-        node_capacity(topo, alloc.node_inputs, alloc.external.values(), now, starts, step),
-        starts,
-        alloc.charging,
-        prio,
-        busy,
-    )
+    prio = compute_fallbacks(alloc, now)
     result = PlanResult(now_dt, None, capacity, slot_starts)
     end = cfg.leases.lease_end(now, lowered=False)
     moments, cap_k, wc_k = budget_moments(alloc, now, end, capacity, slot_starts)
@@ -425,6 +414,45 @@ def explain(
         result.explanations[s.session_id] = Explanation(
             s.session_id, alloc.grant_a.get(key, in_force), plan_now.get(key, 0.0), binding, clamped
         )
+
+
+def compute_fallbacks(alloc: Allocator, now: float) -> dict[str, int]:
+    """The fallback schedules (`fallbacks.py`) for the capacity the latest readings leave, over the horizon;
+    returns each station's highest session priority (what the schedules favour)."""
+    cfg, topo = alloc.cfg, alloc.topology
+    step = cfg.slot_s
+    t0 = math.floor(now / step) * step
+    starts = [t0 + k * step for k in range(cfg.horizon_slots + 1)]
+    prio: dict[str, int] = {}
+    for s in alloc.book.sessions.values():
+        prio[s.station_id] = max(prio.get(s.station_id, s.priority), s.priority)
+    alloc.fallbacks.compute(
+        now,
+        node_capacity(topo, alloc.node_inputs, alloc.external.values(), now, starts, step),
+        starts,
+        alloc.charging,
+        prio,
+        alloc.busy(now),
+    )
+    return prio
+
+
+def limiter_fallbacks(alloc: Allocator, now: float, node_id: str) -> list[ProfileCommand]:
+    """The fallbacks under ``node_id`` that the reading the limiter acts on makes too high, lowered in the same
+    action: if the allocator died now Σ fallbacks must still fit the base load that reading implies (and idle
+    stations under a node that holds cars back are released), so "a lower one at once" is now, not the next
+    cycle a second later. Raises are left to the cycle."""
+    compute_fallbacks(alloc, now)
+    hold = alloc.cfg.failsafe_hold_s
+    out = []
+    for sid, led in alloc.ledgers.items():
+        if node_id not in alloc.topology.station_path(sid) or not led.online or not led.fallback_installed:
+            continue
+        if led.failed_at is not None and now - led.failed_at < hold:
+            continue
+        if alloc.fallbacks.outdated(led, now, alloc.target(sid), sid in alloc.charging) == "lower":
+            out.append(alloc.fallback_command(sid, now, "limiter"))
+    return out
 
 
 def fallback_commands(alloc: Allocator, now: float) -> list[ProfileCommand]:
