@@ -627,3 +627,17 @@ def test_a_reading_older_than_a_cut_is_not_new_base_load(core: TelemetryCore) ->
     v = core.node_loads(T0 + 22)["trafo"]
     assert v.base_load_w[2] == pytest.approx(base + 2000, abs=1)
     assert v.load_w[2] == pytest.approx(base + 2000 + 16 * V, abs=1)
+
+
+def test_a_base_from_an_older_reading_never_replaces_a_newer_reading(core: TelemetryCore) -> None:
+    """The base kept for a reading older than a cut must come from that reading: when the EVs were following
+    cuts for longer than the base may be held, a new reading (base up 3 kW) is not hidden behind the base of
+    the reading before it."""
+    base = 5000.0
+    _charging_s2(core, 16.0, base)  # the base of the reading at T0+1 is known
+    _accept(core, "S2", 0, 8.0, "cut", T0 + 100)
+    core.on_grid_reading(grid("trafo", T0 + 102, 2000, 2000, base + 3000 + 16 * V), T0 + 102)  # EV not yet
+    core.node_loads(T0 + 102)
+    v = core.node_loads(T0 + 106)["trafo"]  # the EV had time to follow; no reading since T0+102
+    assert v.base_load_w[2] >= base + 3000 - 1
+    assert v.load_w[2] >= base + 3000 + 8 * V - 1

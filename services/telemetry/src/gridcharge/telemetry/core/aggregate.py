@@ -89,7 +89,8 @@ class TelemetryCore:
         self.meters: dict[tuple[str, str], MeterState] = {}
         self.weather: WeatherState | None = None
         self._last_base: dict[str, P3] = {}
-        self._steady_base: dict[str, tuple[P3, float]] = {}  # node -> (base W, at s) while no EV was following a cut
+        # node -> (base W, anchored at s, sample time of the reading it came from s), kept while no EV follows a cut
+        self._steady_base: dict[str, tuple[P3, float, float]] = {}
         self._dirty: set[str] = set()
         # bottom-up order: every child before its parent
         order: list[str] = []
@@ -847,21 +848,21 @@ class TelemetryCore:
                 worst = add3(load, sub3(e_worst, e_seen))  # untrusted EVSEs may still ramp up
                 ref = self._steady_base.get(nid)
                 sample_s = meter.last_sample_s if meter.last_sample_s is not None else now_s
-                if e_low == e_best and ref is not None and sample_s < changed_s:
+                if e_low == e_best and ref is not None and ref[2] >= sample_s and sample_s < changed_s:
                     # the reading predates what the EVs below were told since (a cut they have followed by now,
-                    # a raise): it showed the base load then, the estimate says what they draw now; a reading
-                    # of before a cut minus the EVs after it would count the cut as new base load (and the
-                    # allocator would cut again, a second round, on a meter that has not reported yet)
+                    # a raise): the base it showed (derived from this very reading) stays, the estimate says
+                    # what they draw now; the reading minus the EVs after a cut would count the cut as new base
+                    # load (and the allocator would cut again, a second round, before the meter reports)
                     load = add3(ref[0], e_best)
                 elif e_low == e_best:
-                    self._steady_base[nid] = (sub3(load, e_best), now_s)
+                    self._steady_base[nid] = (sub3(load, e_best), now_s, sample_s)
                 elif ref is not None and now_s - ref[1] <= self.cfg.stale_after_s:
                     # EVs below are following a cut: they draw between low and best; the meter tells how far
                     # they got if the base load stayed as it was (it moves only beyond what they explain)
                     lo_hi = zip(sub3(load, ref[0]), e_low, e_best, strict=True)
                     x0, x1, x2 = (min(hi, max(lo, x)) for x, lo, hi in lo_hi)
                     ev_now = (x0, x1, x2)
-                    self._steady_base[nid] = (sub3(load, ev_now), ref[1])  # what the meter proved, same age
+                    self._steady_base[nid] = (sub3(load, ev_now), ref[1], sample_s)  # what this reading proved
                 base = sub3(load, ev_now)
                 self._last_base[nid] = base
             else:
