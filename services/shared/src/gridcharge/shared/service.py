@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -157,12 +158,28 @@ async def serve(factories: Sequence[ServiceFactory], settings: Settings, topolog
     try:
         host = Host(rt, [f(rt, topology) for f in factories])
         await host.start()
+        freeze_startup_heap()
         await wait_for_shutdown()
     finally:
         if host is not None:
             await host.stop()
         else:
             await rt.store.close()
+
+
+def freeze_startup_heap() -> int:
+    """Move what start-up allocated (imports, schemas, topology: ~185,000 objects) out of the collector's reach.
+
+    It never becomes garbage, yet every full collection scanned it: ~70 ms on the dev machine, ~100 ms on CI,
+    with the event loop stopped — every station's OCPP call and the limiter waited (a burst of HTTP connections
+    was enough to trigger one). Frozen, a full collection sees only what was allocated since (0.0 ms measured
+    right after). Process entry points only: a test process that froze would keep its tests' cycles forever.
+    Returns the number of frozen objects."""
+    gc.collect()
+    gc.freeze()
+    n = gc.get_freeze_count()
+    log.info("start-up heap frozen for the garbage collector", extra={"objects": n})
+    return n
 
 
 def run_service(
