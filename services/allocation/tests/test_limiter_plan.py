@@ -74,11 +74,8 @@ IDLE_TOPO = parse_topology(
 )
 
 
-def test_the_limiter_cut_already_fits_the_worst_case_so_the_replan_has_nothing_to_cut() -> None:
-    """Idle stations keep their fallback (6 A each, what they may draw whatever happens) and draw nothing, so
-    the measured load is below the worst case: a cut of only the measured excess would leave Σ worst case
-    over the capacity and the re-plan would lower again a second later. The limiter's one cut covers both."""
-    alloc = Allocator(IDLE_TOPO, AllocatorConfig(release_idle_fallbacks=False))
+def half_charging(alloc: Allocator) -> list[str]:
+    """IDLE_TOPO's 8 stations online, s0-s3 charging, four planning cycles accepted: the charging ones."""
     for s in IDLE_TOPO.stations:
         accept(alloc, alloc.station_online(s.id, T0), T0)
     charging = [f"s{i}" for i in range(4)]
@@ -87,6 +84,15 @@ def test_the_limiter_cut_already_fits_the_worst_case_so_the_replan_has_nothing_t
     alloc.node_load("tx", (0.0,) * 3, (0.0,) * 3, T0)
     for k in range(4):
         accept(alloc, alloc.plan(at(T0 + k)).commands, T0 + k)
+    return charging
+
+
+def test_the_limiter_cut_already_fits_the_worst_case_so_the_replan_has_nothing_to_cut() -> None:
+    """Idle stations keep their fallback (6 A each, what they may draw whatever happens) and draw nothing, so
+    the measured load is below the worst case: a cut of only the measured excess would leave Σ worst case
+    over the capacity and the re-plan would lower again a second later. The limiter's one cut covers both."""
+    alloc = Allocator(IDLE_TOPO, AllocatorConfig(release_idle_fallbacks=False))
+    half_charging(alloc)
     cars = sum(alloc.grant_a.values())
     assert cars >= 65  # the cars share what the idle stations' 24 A leave of 95 A
     t1 = T0 + 10
@@ -111,14 +117,7 @@ def test_the_limiter_lowers_the_fallbacks_the_reading_makes_too_high_in_the_same
     died): Σ fallbacks + base must fit the node at once, not at the next cycle. The limiter sends those fallback
     lowerings with its cut, so the cycle a second later has none left."""
     alloc = Allocator(IDLE_TOPO, AllocatorConfig())
-    for s in IDLE_TOPO.stations:
-        accept(alloc, alloc.station_online(s.id, T0), T0)
-    charging = [f"s{i}" for i in range(4)]
-    for sid in charging:
-        alloc.book.start(sid, 1, f"t-{sid}", at(T0))
-    alloc.node_load("tx", (0.0,) * 3, (0.0,) * 3, T0)
-    for k in range(4):
-        accept(alloc, alloc.plan(at(T0 + k)).commands, T0 + k)
+    charging = half_charging(alloc)
     assert not any(a < 6 for a in fallback_cmds(alloc.plan(at(T0 + 5)).commands).values())
     cars = sum(alloc.grant_a.values())
     t1 = T0 + 10

@@ -266,9 +266,7 @@ def safety_caps(alloc: Allocator, now: float, node_id: str, caps: dict[str, floa
     targets = {sid: min(caps.get(sid, math.inf), alloc.ledgers[sid].held_a(now)) for sid in under}
     keep = {sid for sid in under if sid not in caps}
     floors = lease_floors(alloc, now, end, moments, targets, keep)
-    prio: dict[str, int] = {}
-    for s in alloc.book.sessions.values():
-        prio[s.station_id] = max(prio.get(s.station_id, 0), s.priority)
+    prio = station_priorities(alloc)
     approved = fit_caps(
         topo, cap_k, wc_k, targets, [], floor_a=floors, keep=keep, lower_order=lowering_order(alloc, now, under, prio)
     )
@@ -416,6 +414,14 @@ def explain(
         )
 
 
+def station_priorities(alloc: Allocator) -> dict[str, int]:
+    """Each station's highest session priority (stations without a session: absent)."""
+    prio: dict[str, int] = {}
+    for s in alloc.book.sessions.values():
+        prio[s.station_id] = max(prio.get(s.station_id, s.priority), s.priority)
+    return prio
+
+
 def compute_fallbacks(alloc: Allocator, now: float) -> dict[str, int]:
     """The fallback schedules (`fallbacks.py`) for the capacity the latest readings leave, over the horizon;
     returns each station's highest session priority (what the schedules favour)."""
@@ -423,9 +429,7 @@ def compute_fallbacks(alloc: Allocator, now: float) -> dict[str, int]:
     step = cfg.slot_s
     t0 = math.floor(now / step) * step
     starts = [t0 + k * step for k in range(cfg.horizon_slots + 1)]
-    prio: dict[str, int] = {}
-    for s in alloc.book.sessions.values():
-        prio[s.station_id] = max(prio.get(s.station_id, s.priority), s.priority)
+    prio = station_priorities(alloc)
     alloc.fallbacks.compute(
         now,
         node_capacity(topo, alloc.node_inputs, alloc.external.values(), now, starts, step),
