@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
+from gridcharge.allocation.adapters.codec import apply_meter_values
 from gridcharge.allocation.core.allocator import Allocator, AllocatorConfig, ProfileCommand
 from gridcharge.command.v1 import command_pb2 as C
 from gridcharge.shared.topology import parse_topology
+from gridcharge.station.v1 import station_pb2
 
 V = 230.0
 T0 = datetime(2026, 6, 3, 8, 1, tzinfo=UTC).timestamp()
@@ -124,3 +127,51 @@ def test_a_re_plan_does_not_shuffle_capacity_between_equal_cars() -> None:
         site.minute(base_a=5.0 + 0.3 * (k % 4))
     moved = site.writes - before
     assert sum(moved.values()) <= 6 + 2, moved
+
+
+def test_a_car_held_down_by_a_previous_runs_lease_is_not_taken_for_full() -> None:
+    """After a restart the allocator knows a lease of 0 A the previous run sent may still be in force. A car
+    there draws nothing; judged against the fallback it would look full, get a draw cap of 0 and never be
+    offered anything again (the office demo lost a 42 kWh session so). It is judged against what it can
+    surely draw, and a raise goes out to undo the old lease."""
+    # room for the car's minimum only: the plan wants the 6 A the fallback gives, so nothing looks changed
+    alloc = Allocator(topo(1, 7.0), AllocatorConfig())  # type: ignore[arg-type]
+    t = T0
+    in_force: dict[str, float] = {}  # what each station really applies (A): its last accepted lease
+
+    def deliver(cmds: list[ProfileCommand]) -> None:
+        for c in cmds:
+            alloc.command_result(c.station_id, c.command_id, C.COMMAND_OUTCOME_ACCEPTED, t)
+            if c.purpose == "station_lease":
+                in_force[c.station_id] = c.payload.profile.periods[0].limit
+
+    for sid in alloc.ledgers:
+        deliver(alloc.station_online(sid, t))
+    # the previous run lowered s00 to 0 A until the next epoch end (+ the lowered lease's extra)
+    until = alloc.cfg.leases.lease_end(t, lowered=True)
+    assert until - t > 600
+    assert alloc.restore_lease("s00", 0.0, until, t)
+    in_force["s00"] = 0.0
+    s = alloc.book.start("s00", 1, "tx-1", datetime.fromtimestamp(t, UTC))
+    assert s is not None
+    alloc.node_load("tx", (0.0,) * 3, (0.0,) * 3, t)
+    raised_at = None
+    for _ in range(10):
+        deliver(alloc.plan(datetime.fromtimestamp(t, UTC)).commands)
+        if raised_at is None and in_force["s00"] >= 6.0:
+            raised_at = t
+        t += 20.0
+        drawn = min(in_force["s00"], 32.0)
+        drawn = drawn if drawn >= 6.0 else 0.0
+        mv = station_pb2.MeterValues(
+            station_id="s00",
+            evse_id=1,
+            transaction_id="tx-1",
+            sampled_at=Timestamp(seconds=int(t)),
+            values=[station_pb2.SampledValue(measurand="Current.Import", phase="L1", value=drawn)],
+        )
+        apply_meter_values(alloc, mv, datetime.fromtimestamp(t, UTC))
+        alloc.node_load("tx", (drawn * V,) * 3, (0.0,) * 3, t)
+        assert s.draw_cap_a is None, f"judged full at {t - T0:.0f} s while held at {in_force['s00']} A"
+    assert raised_at is not None and raised_at - T0 <= 120.0  # undone at once, not when the old lease ends
+    assert in_force["s00"] >= 6.0 and s.measured_current_a is not None and s.measured_current_a >= 6.0

@@ -126,7 +126,7 @@ def apply_meter_values(
         sample.energy_wh,
         sample.max_current_a,
         sample.power_w,
-        alloc.grant_a.get(key),
+        alloc.sure_a.get(key),
         datetime.fromtimestamp(since, UTC) if since is not None else None,
         sample.phases_drawn,
     )

@@ -23,7 +23,7 @@ from gridcharge.allocation.core import cycle
 from gridcharge.allocation.core import profiles as P
 from gridcharge.allocation.core.budget import ExternalLimitWindow, NodeInputs, node_capacity
 from gridcharge.allocation.core.cycle import Explanation, Outlook, PlanResult
-from gridcharge.allocation.core.failsafe import LEASE_KEY, LeaseState, Sent, StationLedger
+from gridcharge.allocation.core.failsafe import LEASE_KEY, RESTORED_PREFIX, LeaseState, Sent, StationLedger
 from gridcharge.allocation.core.fallbacks import RELAX_S, FallbackSchedules
 from gridcharge.allocation.core.issuer import CommandIssuer, ProfileCommand, StationCaps
 from gridcharge.allocation.core.leases import LeasePolicy, WriteLog, WritePolicy
@@ -96,7 +96,8 @@ class Allocator:
         self.limiter_at: dict[str, float] = {}  # session key -> when the limiter last cut it (s)
         self.cut_at: dict[str, float] = {}  # node -> when the limiter last cut under it (s)
         self.grant_a: dict[str, float] = {}  # session key -> what the car may draw now (A)
-        self.grant_since: dict[str, float] = {}  # session key -> since when (s)
+        self.sure_a: dict[str, float] = {}  # session key -> what the car can surely draw now (A, set_grant)
+        self.grant_since: dict[str, float] = {}  # session key -> since when (s) sure_a holds
         self.plan_a: dict[str, float] = {}  # session key -> plan grant now (A)
         self.charging: set[str] = set()  # stations with a car that wants energy
         self.busy_at: dict[str, float] = {}  # node -> last plan in which its capacity held a car back
@@ -316,14 +317,28 @@ class Allocator:
         return self.external.pop((node_id, limit_id), None) is not None
 
     def set_grant(self, key: str, grant_a: float, now: float) -> None:
-        """What the car of session ``key`` may draw from now on (A): judged against its meter (sessions.py)."""
-        if abs(self.grant_a.get(key, -1.0) - grant_a) > 0.05:
+        """What the car of session ``key`` may draw from now on (A). Its meter is judged (sessions.py) against
+        ``sure_a``: the grant, or less while a lower station cap may still be in force (a lease in flight or
+        of unknown fate): a car held down by such a lease would look full and never be offered more."""
+        s = self.book.sessions.get(key)
+        led = self.ledgers.get(s.station_id) if s is not None else None
+        sure = min(grant_a, led.least_a(now)) if led is not None else grant_a
+        if abs(self.sure_a.get(key, -1.0) - sure) > 0.05:
             self.grant_since[key] = now
         self.grant_a[key] = grant_a
+        self.sure_a[key] = sure
 
     def session_ended(self, s: SessionState) -> None:
         key = session_key(s.station_id, s.evse_id)
-        for d in (self.limiter_a, self.grant_a, self.grant_since, self.plan_a, self.limiter_at, self.issuer.tx_sent_a):
+        for d in (
+            self.limiter_a,
+            self.grant_a,
+            self.sure_a,
+            self.grant_since,
+            self.plan_a,
+            self.limiter_at,
+            self.issuer.tx_sent_a,
+        ):
             d.pop(key, None)
 
     def restore_lease(self, station_id: str, cap_a: float, valid_until: float, now: float) -> bool:
@@ -332,7 +347,7 @@ class Allocator:
         if led is None or not math.isfinite(cap_a) or valid_until <= now:
             return False
         cap_a = min(max(cap_a, 0.0), led.hw_max_a)
-        cid = f"restored:{station_id}"
+        cid = f"{RESTORED_PREFIX}{station_id}"
         led.uncertain[cid] = Sent(
             cid,
             LEASE_KEY,

@@ -32,6 +32,7 @@ C = command_pb2  # outcome enum values live on the module
 
 FALLBACK_KEY = command_key(0, STATION_MAX, FALLBACK_STACK)
 LEASE_KEY = command_key(0, STATION_MAX, LEASE_STACK)
+RESTORED_PREFIX = "restored:"  # command id of a lease a previous run may have installed (Allocator.restore_lease)
 
 # outcomes where the station certainly did not apply the profile
 NOT_APPLIED = {
@@ -207,7 +208,37 @@ class StationLedger:
         acc = self.accepted.get(LEASE_KEY)
         if acc is not None and now < acc.valid_until:
             return acc.limit_at(now)
+        # no accepted lease: a previous run's (restored after a restart) is the last thing asked of the
+        # station while it may be in force, so a raise goes out to undo a lower one (a lease the profile
+        # check found missing, or one never answered, is not: the next plan sends what it wants)
+        unsure = [
+            s
+            for s in self.uncertain.values()
+            if s.key == LEASE_KEY and s.command_id.startswith(RESTORED_PREFIX) and now < s.valid_until
+        ]
+        if unsure:
+            return max(unsure, key=lambda s: s.sent_at).limit_at(now)
         return self.floor_a(now)
+
+    def least_a(self, t: float) -> float:
+        """Lowest per-phase current (A) the station may hold its cars to at ``t`` whatever happened to our
+        commands: what a car there can surely draw. A car drawing less than a cap that may not be in force
+        (a lease in flight, one of unknown fate, a previous run's) says nothing about the car."""
+        floors = [self.floor_a(t)]
+        floors += [s.limit_at(t) for s in [*self.pending.values(), *self.uncertain.values()] if s.key == FALLBACK_KEY]
+        low_floor = min(floors)
+
+        def lowest(lease: Sent) -> float:
+            if t < lease.valid_until - self.skew_s:
+                return lease.limit_at(t)
+            if t >= lease.valid_until + self.skew_s:
+                return low_floor
+            return min(lease.limit_at(t), low_floor)
+
+        acc = self.accepted.get(LEASE_KEY)
+        vals = [lowest(acc) if acc is not None else low_floor]
+        vals += [lowest(s) for s in self.lease_candidates()]
+        return max(0.0, min(self.hw_max_a, min(vals)))
 
     def in_failsafe(self, now: float, hold_s: float) -> bool:
         """Not to be planned: offline, fallback unknown, or a command failed within ``hold_s``."""
