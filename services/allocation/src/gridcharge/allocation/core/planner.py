@@ -50,6 +50,7 @@ class _Indexed:
     imax: FloatArray  # [S] A
     arr: IntArray  # [S] first slot (clipped to horizon)
     dep: IntArray  # [S] slot after the last (clipped to horizon)
+    late: IntArray  # [S] first slot of the session's reserve before departure (PlannerConfig.reserve_s)
     need_wh: FloatArray  # [S] remaining energy
     prio: FloatArray  # [S]
     row_ptr: IntArray  # [S+1] CSR pointer into row_idx
@@ -82,6 +83,7 @@ def _index(problem: PlanningProblem) -> _Indexed:
     imax = np.zeros(S)
     arr = np.zeros(S, dtype=np.int64)
     dep = np.zeros(S, dtype=np.int64)
+    late = np.zeros(S, dtype=np.int64)
     need = np.zeros(S)
     prio = np.zeros(S)
     row_ptr = np.zeros(S + 1, dtype=np.int64)
@@ -101,6 +103,10 @@ def _index(problem: PlanningProblem) -> _Indexed:
         d = sess.departure_slot if sess.departure_slot is not None else sess.arrival_slot + dwell
         arr[s] = min(max(sess.arrival_slot, 0), T)
         dep[s] = min(max(d, arr[s]), T)
+        # the reserve: the last min(reserve_s, reserve_share × remaining stay) before a departure inside the
+        # horizon, in whole slots (none for a departure beyond it)
+        reserve = min(cfg.reserve_s, cfg.reserve_share * (dep[s] - arr[s]) * slots.duration_s)
+        late[s] = dep[s] - math.floor(reserve / slots.duration_s + 1e-9) if d <= T else T
         need[s] = sess.remaining_wh
         prio[s] = sess.priority
         for nid in evse.node_path:
@@ -130,6 +136,7 @@ def _index(problem: PlanningProblem) -> _Indexed:
         imax,
         arr,
         dep,
+        late,
         need,
         prio,
         row_ptr,
@@ -496,6 +503,7 @@ def _solve_lp(
         h.changeColsCost(nv, np.arange(nv, dtype=np.int32), c2)
         # keep weighted energy within ε of the stage-1 optimum
         h.addRow((1.0 - cfg.energy_tolerance) * e1, highspy.kHighsInf, nv, np.arange(nv, dtype=np.int32), w_e)
+        _hold_reserves(h, ix, x, var_s, var_b, bs, be, k_var)
         add_secondary(1.0)
         h.run()
         status2 = h.modelStatusToString(h.getModelStatus())
@@ -514,6 +522,33 @@ def _solve_lp(
     return _LpResult(x_full, status, e1, stages)
 
 
+def _hold_reserves(
+    h: highspy.Highs,
+    ix: _Indexed,
+    x: FloatArray,
+    var_s: IntArray,
+    var_b: IntArray,
+    bs: IntArray,
+    be: IntArray,
+    k_var: FloatArray,
+) -> None:
+    """Stage 2 may not plan more energy in a session's reserve (its last slots before departure, ``late``)
+    than stage 1 did: stage 1 fills the earliest slots it can, so price and PV move energy only within the
+    rest of the stay. The reserve absorbs what the plan cannot know (forecast error, a car tapering, a late
+    limit); energy only it can deliver stays in it."""
+    rv = np.flatnonzero((bs[var_b] + be[var_b]) / 2.0 >= ix.late[var_s])
+    if rv.size == 0:
+        return
+    sess_ids, rows = np.unique(var_s[rv], return_inverse=True)
+    used = np.bincount(rows, weights=k_var[rv] * x[rv], minlength=sess_ids.size)
+    order = np.argsort(rows, kind="stable")
+    idx = rv[order].astype(np.int32)
+    val = k_var[rv][order]
+    starts = np.searchsorted(rows[order], np.arange(sess_ids.size)).astype(np.int32)
+    slack = 1e-6 * np.maximum(ix.need_wh[sess_ids], 1.0)  # Wh: solver noise, not a shift
+    h.addRows(sess_ids.size, np.full(sess_ids.size, -highspy.kHighsInf), used + slack, idx.size, starts, idx, val)
+
+
 def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
     """Hardware rounding: steps of ``current_step_a``, 0 or ≥ min current, never above any capacity.
 
@@ -524,9 +559,10 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
        with the remaining slack (up to max current and remaining need).
     """
     step = cfg.current_step_a
-    # floor to the step grid; values within 0.1 % of a step below a grid point (solver noise) snap up,
-    # the final _repair pass removes any overshoot that could cause
-    x = np.floor(x_lp / step + 1e-3) * step if step > 0 else x_lp.copy()
+    # floor to the step grid; values within 2 % of a step below a grid point (solver noise, or the few Wh
+    # stage 2's tolerance lets it move to a cheaper slot) snap up — floored, they left a crumb of need that
+    # the raise below turned into a minimum-current slot somewhere else; _repair removes any overshoot
+    x = np.floor(x_lp / step + 2e-2) * step if step > 0 else x_lp.copy()
     x = np.minimum(x, ix.imax[:, None])
     # a car's own maximum (e.g. 31.73 A for 6.6 kW at 208 V) is not on the step grid: keep it exact
     at_max = x_lp >= ix.imax[:, None] - 1e-6
