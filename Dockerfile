@@ -6,7 +6,8 @@
 #   docker run --rm -e GRIDCHARGE_SERVICE=gateway -p 9000:9000 -p 8080:8080 gridcharge:dev
 #   docker run --rm -e GRIDCHARGE_SERVICE=cli gridcharge:dev demo      # the `gridcharge` command
 #
-# GRIDCHARGE_SERVICE selects what starts: gateway | telemetry | forecasting | allocation | controlbox | simulator
+# GRIDCHARGE_SERVICE selects what starts: gateway | telemetry | forecasting | allocation | controlbox | gridsignals |
+# simulator
 # (`python -m gridcharge.<service>`) or cli (the `gridcharge` console script). Arguments after the
 # image name are passed through. Not built in this repository's CI (no container engine there):
 # `deploy/scripts/check-deploy.sh` lints it with hadolint instead.
@@ -81,5 +82,5 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os,sys,urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GRIDCHARGE_HTTP_PORT','8080'), timeout=2); sys.exit(0)"]
 
 # exec keeps python as PID 1 so SIGTERM from the kubelet reaches the service directly.
-ENTRYPOINT ["/bin/sh", "-c", "case \"$GRIDCHARGE_SERVICE\" in cli|gridcharge) exec gridcharge \"$@\" ;; gateway|telemetry|forecasting|allocation|controlbox|simulator) exec python -m \"gridcharge.$GRIDCHARGE_SERVICE\" \"$@\" ;; *) echo \"gridcharge: unknown GRIDCHARGE_SERVICE='$GRIDCHARGE_SERVICE' (gateway|telemetry|forecasting|allocation|controlbox|simulator|cli)\" >&2; exit 64 ;; esac", "gridcharge-entrypoint"]
+ENTRYPOINT ["/bin/sh", "-c", "case \"$GRIDCHARGE_SERVICE\" in cli|gridcharge) exec gridcharge \"$@\" ;; gateway|telemetry|forecasting|allocation|controlbox|gridsignals|simulator) exec python -m \"gridcharge.$GRIDCHARGE_SERVICE\" \"$@\" ;; *) echo \"gridcharge: unknown GRIDCHARGE_SERVICE='$GRIDCHARGE_SERVICE' (gateway|telemetry|forecasting|allocation|controlbox|gridsignals|simulator|cli)\" >&2; exit 64 ;; esac", "gridcharge-entrypoint"]
 CMD []

@@ -122,6 +122,17 @@ must_fail "rejects a plain-http JWKS URL" "jwksUrl" tpl --set apiAuth.oidc.jwksU
 must_fail "rejects an OIDC issuer without audience/JWKS" "needs apiAuth.oidc.audience" \
   tpl --set apiAuth.oidc.issuer=https://idp.example
 must_fail "rejects a symmetric OIDC algorithm" "algorithms" tpl --set apiAuth.oidc.algorithms=HS256
+must_fail "rejects the OpenADR VEN without a VTN URL" "gridsignals.vtnUrl is required" \
+  tpl --set gridsignals.enabled=true
+must_fail "rejects the OpenADR VEN without its credentials Secret" "credentials.existingSecret is required" \
+  tpl --set gridsignals.enabled=true --set gridsignals.vtnUrl=https://vtn.example
+must_fail "rejects the OpenADR VEN without a node map" "nodeMap is required" \
+  tpl --set gridsignals.enabled=true --set gridsignals.vtnUrl=https://vtn.example \
+  --set gridsignals.credentials.existingSecret=ven
+must_fail "rejects credentials in the VTN URL" "vtnUrl" \
+  tpl -f "$CHART/ci/gridsignals-values.yaml" --set gridsignals.vtnUrl=https://ven:secret@vtn.example
+must_fail "rejects a VEN fallback time not above its poll time" "longer than gridsignals.pollSeconds" \
+  tpl -f "$CHART/ci/gridsignals-values.yaml" --set gridsignals.fallbackAfterSeconds=60
 
 packaged_rule_renders() {
   helm package "$CHART" -d "$OUT/pkg" >/dev/null &&

@@ -243,6 +243,12 @@ def test_default_and_ci_values_satisfy_the_schema(ci_file: Path) -> None:
         {"apiAuth": {"oidc": {"algorithms": "HS256"}}},
         {"apiAuth": {"oidc": {"roleMap": "admins=root"}}},
         {"opsPort": 0},
+        {"gridsignals": {"vtnUrl": "https://ven:secret@vtn.example"}},
+        {"gridsignals": {"vtnUrl": "ftp://vtn.example"}},
+        {"gridsignals": {"nodeMap": {"a,b": "site"}}},
+        {"gridsignals": {"fallbackWatts": {"site": -1}}},
+        {"gridsignals": {"fallbackWatts": {"site": "1/2"}}},
+        {"gridsignals": {"clientSecret": "plain"}},
     ],
     ids=[
         "top-level-typo",
@@ -258,6 +264,12 @@ def test_default_and_ci_values_satisfy_the_schema(ci_file: Path) -> None:
         "hmac-alg",
         "bad-role-map",
         "ops-port-0",
+        "vtn-url-with-credentials",
+        "vtn-url-not-http",
+        "vtn-node-map-comma",
+        "vtn-negative-fallback",
+        "vtn-fallback-two-phases",
+        "vtn-plain-client-secret",
     ],
 )
 def test_values_schema_rejects_mistakes(override: dict[str, Any]) -> None:

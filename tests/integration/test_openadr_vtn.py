@@ -2,7 +2,9 @@
 Kafka: a DSO creates a program and a capacity-limit event as the business-logic (BL) client through the VTN's
 API; the production VEN code (httpx client + service) picks it up and an ExternalLimit with the event's windows
 appears on Kafka; the allocation core's budget shows it binding with source openadr; a usage report reaches the
-VTN; the VTN is stopped: the last known limit stays, then the configured fallback applies.
+VTN; the VTN is stopped: the last known limit stays, then the configured fallback applies. A PRICE event goes
+the whole way: VTN → VEN → PriceSignal on Kafka → the allocation service (production code on the same Kafka and
+Redis) → its price series and the plan, which puts a car's energy into the event's cheap hour.
 
 `deploy/scripts/openadr-vtn.sh start` installs the VTN on first use (a cargo build, several minutes) and starts it;
 when that fails the test FAILS with the script's output (no skip).
@@ -20,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from gridcharge.allocation.adapters.codec import external_limit_window
+from gridcharge.allocation.core.allocator import AllocatorConfig
 from gridcharge.allocation.core.budget import node_capacity
+from gridcharge.allocation.core.leases import LeasePolicy
+from gridcharge.allocation.core.prices import plan_prices
+from gridcharge.allocation.service import AllocationService
+from gridcharge.command.v1 import command_pb2
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.gridsignals.adapters.vtn import VtnClient
 from gridcharge.gridsignals.core.limits import FALLBACK_LIMIT_ID, NodeMap
@@ -35,7 +43,9 @@ from gridcharge.shared.codec import meta, phase_values, timestamp_dt, to_timesta
 from gridcharge.shared.config import Settings
 from gridcharge.shared.runtime import Runtime
 from gridcharge.shared.store.memory import MemoryStore
+from gridcharge.shared.store.redis import RedisStore
 from gridcharge.shared.topology import parse_topology
+from gridcharge.station.v1 import station_pb2
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(3000)]
 
@@ -245,4 +255,161 @@ async def test_vtn_event_to_kafka_limit_report_and_fallback(vtn: dict[str, str],
     finally:
         await svc.stop()
         await sub.stop()
+        await bl.aclose()
+
+
+PRICE_TOPOLOGY = parse_topology(
+    {
+        "site": {"timezone": "Europe/Berlin"},
+        "nominal_voltage_v": 230,
+        "nodes": [{"id": "site", "kind": "site", "limit_a": [63, 63, 63], "safety_margin_pct": 0}],
+        # no fallback floor: everything the car gets is planned (a floor would be its base in every slot)
+        "stations": [{"id": "CP1", "node": "site", "max_current_a": 32, "fallback_current_a": 0}],
+        "tariff": {"currency": "EUR", "default_price_per_kwh": 0.30},
+    }
+)
+
+
+@pytest.mark.redis
+async def test_vtn_price_event_reaches_the_allocator_plan(
+    vtn: dict[str, str], kafka: KafkaBus, redis_store: RedisStore, unique: str
+) -> None:
+    bl = await _bl(vtn)
+    program_name = f"gc-prices-{unique}"
+    r = await bl.post("/programs", json={"objectType": "PROGRAM", "programName": program_name})
+    assert r.status_code == 201, r.text
+    program_id = r.json()["id"]
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    hourly = [400, 400, 50, 400]  # EUR/MWh: the third hour is cheap
+    r = await bl.post(
+        "/events",
+        json={
+            "objectType": "EVENT",
+            "programID": program_id,
+            "eventName": "day-ahead prices",
+            "intervalPeriod": {"start": _iso(start), "duration": "PT1H"},
+            "payloadDescriptors": [
+                {"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "PRICE", "units": "MWH", "currency": "EUR"}
+            ],
+            "intervals": [{"id": i, "payloads": [{"type": "PRICE", "values": [v]}]} for i, v in enumerate(hourly)],
+        },
+    )
+    assert r.status_code == 201, r.text
+    event_id = r.json()["id"]
+    cheap_from, cheap_to = start + timedelta(hours=2), start + timedelta(hours=3)
+
+    prices: list[grid_pb2.PriceSignal] = []
+
+    async def on_price(rec: Record) -> None:
+        prices.append(contracts.decode(grid_pb2.PriceSignal, rec.value))
+
+    async def station_accepts(rec: Record) -> None:
+        """CP1 behind a gateway accepts every profile (the gateway's CommandResult, as it would publish it)."""
+        cmd = contracts.decode(command_pb2.StationCommand, rec.value)
+        res = command_pb2.CommandResult(
+            command_id=cmd.command_id,
+            station_id=cmd.station_id,
+            generation=cmd.generation,
+            command_key=cmd.command_key,
+            outcome=command_pb2.COMMAND_OUTCOME_ACCEPTED,
+        )
+        await kafka.publish(contracts.COMMAND_RESULTS.name, cmd.station_id, res.SerializeToString())
+
+    sub = await kafka.subscribe([contracts.PRICES.name], f"t{unique}-prices", on_price)
+    gw = await kafka.subscribe([contracts.COMMANDS.name], f"t{unique}-gateway", station_accepts)
+    clock = RealClock()
+    alloc_rt = Runtime(settings=Settings(bus="kafka", replica_id="it-alloc"), bus=kafka, store=redis_store, clock=clock)
+    allocation = AllocationService(
+        alloc_rt,
+        PRICE_TOPOLOGY,
+        AllocatorConfig(
+            plan_interval_s=1.0, debounce_s=0.2, leases=LeasePolicy(epoch_s=120.0, renew_lead_s=20.0, clock_skew_s=2.0)
+        ),
+        tick_s=0.2,
+    )
+    ven_rt = Runtime(
+        settings=Settings(bus="kafka", replica_id="it-ven"), bus=kafka, store=MemoryStore(clock), clock=clock
+    )
+    client = VtnClient(vtn["OPENADR_VTN_URL"], vtn["OPENADR_VEN_CLIENT_ID"], vtn["OPENADR_VEN_CLIENT_SECRET"], clock)
+    ven = GridSignalsService(
+        ven_rt,
+        PRICE_TOPOLOGY,
+        client,
+        VenOptions(
+            node_map=NodeMap({program_name: "site"}), programs=frozenset({program_name}), poll_s=1.0, report_s=0
+        ),
+    )
+    await allocation.start()
+    for s in allocation._subs:
+        await s.wait_assigned(60)
+    await ven.start()
+    try:
+        # 1. the VEN's PriceSignal on Kafka: EUR/MWh → EUR/kWh, the event's hourly windows, scoped to the mapped node
+        msg = await _until("the OpenADR prices on Kafka", lambda: next(iter(prices), None), 30)
+        assert (msg.price_id, msg.source, msg.node_id, msg.currency) == (
+            f"openadr-{event_id}",
+            "openadr",
+            "site",
+            "EUR",
+        )
+        assert [(timestamp_dt(iv.start), timestamp_dt(iv.end)) for iv in msg.intervals] == [
+            (start + timedelta(hours=h), start + timedelta(hours=h + 1)) for h in range(4)
+        ]
+        assert [iv.price_per_kwh for iv in msg.intervals] == pytest.approx([0.40, 0.40, 0.05, 0.40])
+
+        # 2. the allocation service keeps it and its price series has the cheap hour in local slots
+        key = ("site", f"openadr-{event_id}")
+        await _until("the price in the allocator", lambda: key in allocation.alloc.prices, 30)
+        t0 = time.time()
+        series = plan_prices(PRICE_TOPOLOGY, allocation.alloc.prices.values(), t0, 16, 900)
+        slot_mid = t0 + 900 * np.arange(16) + 450
+        in_cheap = (slot_mid >= cheap_from.timestamp() + 450) & (slot_mid < cheap_to.timestamp() - 450)
+        assert series[in_cheap] == pytest.approx(0.05) and in_cheap.sum() >= 3
+        assert series[slot_mid < cheap_from.timestamp() - 450] == pytest.approx(0.40)
+
+        # 3. a car that needs 15 kWh by 4 h from now (22 kW at most): the plan charges it in the cheap hour
+        now = clock.time()
+        for payload in (
+            {"connected": station_pb2.Connected(replica_id="gw-0")},
+            {"transaction_started": station_pb2.TransactionStarted(transaction_id="7", evse_id=1, connector_id=1)},
+            {
+                "charging_needs": station_pb2.ChargingNeeds(
+                    evse_id=1,
+                    departure_time=to_timestamp(now + 4 * 3600),
+                    energy_amount_wh=15_000,
+                    ev_max_current_a=32,
+                    phases=3,
+                )
+            },
+        ):
+            ev = station_pb2.StationEvent(station_id="CP1", occurred_at=to_timestamp(clock.time()), **payload)
+            await kafka.publish(contracts.STATION_EVENTS.name, "CP1", ev.SerializeToString())
+
+        def planned() -> tuple[np.ndarray, list[float]] | None:
+            last = allocation.alloc.last
+            if last is None or last.plan is None or not last.plan.session_ids:
+                return None
+            amps = np.asarray(last.plan.current_a[0])
+            if amps.sum() <= 0:
+                return None
+            return amps, last.slot_starts
+
+        amps, slot_starts = await _until("a plan for the car", planned, 60)
+        starts = np.asarray(slot_starts[: amps.size])
+        cheap = (starts >= cheap_from.timestamp() - 1) & (starts + 900 <= cheap_to.timestamp() + 1)
+        energy_wh = amps * 230 * 3 * 0.25
+        assert energy_wh.sum() >= 15_000 - 20  # all of it (up to one rounding step)
+        assert energy_wh[cheap].sum() >= 0.9 * energy_wh.sum(), (amps.round(1).tolist(), cheap.tolist())
+        assert amps[starts + 900 <= cheap_from.timestamp()].sum() == pytest.approx(0.0)  # nothing in the dear hours
+
+        # 4. the event deleted at the VTN: the price is withdrawn on Kafka and in the allocator
+        r = await bl.delete(f"/events/{event_id}")
+        assert r.status_code in (200, 204), r.text
+        await _until("the withdrawal on Kafka", lambda: any(not m.intervals for m in prices), 30)
+        await _until("the price gone from the allocator", lambda: key not in allocation.alloc.prices, 30)
+    finally:
+        await ven.stop()
+        await allocation.stop()
+        await sub.stop()
+        await gw.stop()
         await bl.aclose()

@@ -91,6 +91,46 @@ def test_price_and_report_requests_are_noted() -> None:
         )
     )
     assert ev.has_price and ev.limits == () and ev.report_types == ("USAGE", "DEMAND")
+    assert [(p.start - T0, p.end - T0, p.price_per_kwh) for p in ev.prices] == [(0, 3600, 0.31)]
+
+
+def test_price_intervals_units_and_currency() -> None:
+    ev = parse_event(
+        event(
+            payloadDescriptors=[{"payloadType": "PRICE", "units": "MWH", "currency": "eur"}],
+            intervals=[
+                {"id": 0, "payloads": [{"type": "PRICE", "values": [310]}]},
+                {"id": 1, "payloads": [{"type": "PRICE", "values": [-20]}]},  # surplus: negative prices are real
+                {
+                    "id": 2,
+                    "intervalPeriod": {"start": "2026-12-05T18:00:00Z", "duration": "P9999Y"},  # until further notice
+                    "payloads": [{"type": "PRICE", "values": [120]}, {"type": "EXPORT_PRICE", "values": [50]}],
+                },
+            ],
+        )
+    )
+    assert ev.currency == "EUR" and ev.limits == ()
+    assert [(p.start - T0, p.end - T0) for p in ev.prices] == [(0, 3600), (3600, 7200), (4 * 3600, math.inf)]
+    assert [p.price_per_kwh for p in ev.prices] == pytest.approx([0.31, -0.02, 0.12])
+
+
+def test_export_price_alone_is_noted_not_used() -> None:
+    ev = parse_event(event(intervals=[{"id": 0, "payloads": [{"type": "EXPORT_PRICE", "values": [0.08]}]}]))
+    assert ev.has_price and ev.prices == () and ev.currency == ""
+
+
+def test_limits_and_prices_in_one_event() -> None:
+    ev = parse_event(
+        event(
+            intervals=[
+                {
+                    "id": 0,
+                    "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [30]}, {"type": "PRICE", "values": [0.5]}],
+                }
+            ]
+        )
+    )
+    assert len(ev.limits) == 1 and [p.price_per_kwh for p in ev.prices] == [0.5]
 
 
 @pytest.mark.parametrize(
@@ -111,6 +151,19 @@ def test_price_and_report_requests_are_noted() -> None:
         {"intervalPeriod": None, "intervals": [{"id": 0, "payloads": []}]},
         {"intervalPeriod": {"start": "yesterday"}},
         {"targets": "all"},
+        {"intervals": [{"id": 0, "payloads": [{"type": "PRICE", "values": [0.3, 0.4]}]}]},
+        {"intervals": [{"id": 0, "payloads": [{"type": "PRICE", "values": ["0.3"]}]}]},
+        {"intervals": [{"id": 0, "payloads": [{"type": "PRICE", "values": [float("inf")]}]}]},
+        {"intervals": [{"id": 0, "payloads": [{"type": "PRICE", "values": [5000]}]}]},
+        {"intervals": [{"id": 0, "payloads": [{"type": "PRICE", "values": None}]}]},
+        {
+            "payloadDescriptors": [{"payloadType": "PRICE", "units": "KW"}],
+            "intervals": [{"id": 0, "payloads": [{"type": "PRICE", "values": [0.3]}]}],
+        },
+        {
+            "payloadDescriptors": [{"payloadType": "PRICE", "currency": "euro"}],
+            "intervals": [{"id": 0, "payloads": [{"type": "PRICE", "values": [0.3]}]}],
+        },
     ],
 )
 def test_malformed_events_are_refused_with_a_reason(bad: dict[str, Any]) -> None:
@@ -151,3 +204,5 @@ def test_hostile_json_never_crashes(raw: dict[str, Any]) -> None:
         return
     for iv in ev.limits:
         assert iv.end > iv.start and all(0 <= w <= 1e9 for w in iv.limit_w)
+    for p in ev.prices:
+        assert p.end > p.start and math.isfinite(p.price_per_kwh) and abs(p.price_per_kwh) <= 1000

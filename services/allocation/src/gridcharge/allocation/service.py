@@ -2,7 +2,7 @@
 
 Inputs (consumer groups per replica, so a standby keeps the same state as the leader):
 STATION_EVENTS, METER_VALUES, STATION_CAPABILITIES, COMMANDS (to see what a previous leader sent),
-COMMAND_RESULTS, HEADROOM, EXTERNAL_LIMITS; NODE_LOAD (also runs the fast limiter) in a group of its own.
+COMMAND_RESULTS, HEADROOM, EXTERNAL_LIMITS, PRICES; NODE_LOAD (also runs the fast limiter) in a group of its own.
 Outputs (leader only): COMMANDS, SESSION_PLANS, NODE_PLANS, plans in the store.
 A re-plan runs every ``plan_interval_s`` and ``debounce_s`` after any change that matters; its LP is
 solved in a worker thread (`OffLoopPlanner`) so the fast limiter keeps reacting to NodeLoad meanwhile.
@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter
@@ -26,6 +27,7 @@ from gridcharge.allocation.adapters.http import build_router
 from gridcharge.allocation.core.allocator import Allocator, AllocatorConfig, PlanResult, ProfileCommand
 from gridcharge.allocation.core.budget import violations
 from gridcharge.allocation.core.model import Plan, Planner, PlanningProblem
+from gridcharge.allocation.core.prices import PriceError, refusal
 from gridcharge.command.v1 import command_pb2
 from gridcharge.forecast.v1 import forecast_pb2
 from gridcharge.grid.v1 import grid_pb2
@@ -61,6 +63,7 @@ INPUT_TOPICS = (
     C.NODE_LOAD,
     C.HEADROOM,
     C.EXTERNAL_LIMITS,
+    C.PRICES,
 )
 
 
@@ -162,6 +165,7 @@ class AllocationService:
             C.NODE_LOAD.name: self._on_node_load,
             C.HEADROOM.name: self._on_headroom,
             C.EXTERNAL_LIMITS.name: self._on_external_limit,
+            C.PRICES.name: self._on_price,
         }
         self._router = build_router(self)
 
@@ -624,6 +628,26 @@ class AllocationService:
     async def _on_external_limit(self, rec: Record) -> None:
         el = C.decode(grid_pb2.ExternalLimit, rec.value)
         if self.alloc.external_limit(codec.external_limit_window(el, self.rt.clock.now())):
+            self.mark_dirty()
+
+    async def _on_price(self, rec: Record) -> None:
+        """An external price (OpenADR PRICE via gridsignals): planned with when it applies (core/prices.py); one
+        that cannot be used is logged and withdraws what that id said before."""
+        msg = C.decode(grid_pb2.PriceSignal, rec.value)
+        try:
+            price = codec.external_price(msg, self.rt.clock.now())
+        except PriceError as exc:
+            M.PRICE_SIGNALS.labels(outcome="invalid").inc()
+            log.warning("price signal ignored", extra={"key": rec.key[:130], "error": str(exc)[:200]})
+            return
+        reason = refusal(self.topology, price) if price.intervals else ""
+        if reason:
+            M.PRICE_SIGNALS.labels(outcome="not_applicable").inc()
+            log.warning("price signal not planned with", extra={"key": rec.key[:130], "reason": reason})
+            price = replace(price, intervals=())
+        else:
+            M.PRICE_SIGNALS.labels(outcome="withdrawn" if not price.intervals else "applied").inc()
+        if self.alloc.external_price(price):
             self.mark_dirty()
 
 

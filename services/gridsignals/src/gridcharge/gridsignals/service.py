@@ -5,8 +5,10 @@ intervals into ExternalLimits (``gridcharge.grid.external-limits.v1``, key ``nod
 ``openadr``), publish them all again (the heartbeat the consumers' ``stale_after_s`` watches) and withdraw the
 ones whose event is gone. When a poll fails the last known limits stay; once the VTN has been unreachable for
 ``fallback_after_s`` the configured fallback of each node is published as a limit of its own until the VTN
-answers again. Usage: node load (``gridcharge.grid.node-load.v1``) averaged per report period and posted as a
-report to every event that asks for USAGE/DEMAND.
+answers again. PRICE intervals become PriceSignals (``gridcharge.grid.prices.v1``, key ``node_id/price_id``),
+published when they change and withdrawn when their event is gone; they have no fallback (a known price stays
+the price while the VTN is unreachable). Usage: node load (``gridcharge.grid.node-load.v1``) averaged per report
+period and posted as a report to every event that asks for USAGE/DEMAND.
 """
 
 from __future__ import annotations
@@ -23,11 +25,18 @@ from typing import Any, Protocol
 from fastapi import APIRouter
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.gridsignals.adapters import metrics as M
-from gridcharge.gridsignals.adapters.codec import external_limit, node_load_sample, record_key
+from gridcharge.gridsignals.adapters.codec import (
+    external_limit,
+    node_load_sample,
+    price_record_key,
+    price_signal,
+    record_key,
+)
 from gridcharge.gridsignals.adapters.vtn import VtnError
 from gridcharge.gridsignals.core.limits import LimitSpec, NodeMap, event_limits, fallback_limits, reconcile
 from gridcharge.gridsignals.core.link import Transition, VtnLink
 from gridcharge.gridsignals.core.oadr import P3, EventError, ParsedEvent, parse_event
+from gridcharge.gridsignals.core.prices import PriceSpec, event_prices, reconcile_prices
 from gridcharge.gridsignals.core.usage import UsageAccumulator, usage_report
 from gridcharge.shared import contracts
 from gridcharge.shared.bus.base import Record, Subscription
@@ -79,6 +88,7 @@ class GridSignalsService:
         self.link = VtnLink(options.fallback_after_s, rt.clock.time())
         self.events: dict[str, KnownEvent] = {}
         self.published: dict[tuple[str, str], LimitSpec] = {}
+        self.published_prices: dict[tuple[str, str], PriceSpec] = {}
         self.usage = UsageAccumulator()
         self.last_report_at = rt.clock.time()
         self._seen: set[tuple[str, str]] = set()
@@ -158,10 +168,20 @@ class GridSignalsService:
         return out
 
     def _count(self, ev: ParsedEvent, program_name: str) -> None:
-        if ev.has_price:
+        if ev.prices:
             M.EVENTS.labels(outcome="price").inc()
+            tariff_currency = self.topology.tariff.currency
+            if ev.currency and ev.currency != tariff_currency:
+                log.warning(
+                    "OpenADR prices in %s, the topology's tariff is in %s: the allocator will not plan with them",
+                    ev.currency,
+                    tariff_currency,
+                    extra={"event_id": ev.event_id, "program": program_name},
+                )
+        elif ev.has_price:
+            M.EVENTS.labels(outcome="export_price").inc()
             log.info(
-                "OpenADR price event not applied: gridcharge has no tariff input on the bus yet",
+                "OpenADR EXPORT_PRICE ignored: gridcharge does not feed energy back",
                 extra={"event_id": ev.event_id, "program": program_name},
             )
         if not ev.limits:
@@ -192,6 +212,7 @@ class GridSignalsService:
         M.VTN_UP.set(1 if self.link.state == "up" else 0)
         M.FALLBACK_ACTIVE.set(1 if self.link.in_fallback else 0)
         await self.publish_limits()
+        await self.publish_prices()
 
     def desired_limits(self, now: float) -> list[LimitSpec]:
         o = self.options
@@ -230,6 +251,42 @@ class GridSignalsService:
             log.info("OpenADR limit withdrawn", extra={"node": spec.node_id, "limit_id": spec.limit_id})
             del self.published[spec.key]
         M.LIMITS_ACTIVE.set(len(self.published))
+
+    def desired_prices(self, now: float) -> list[PriceSpec]:
+        return [
+            spec
+            for k in self.events.values()
+            for spec in event_prices(k.event, k.program_name, self.options.node_map, now)
+        ]
+
+    async def publish_prices(self) -> None:
+        """Prices that are new or changed go on the bus; prices of events that are gone are withdrawn. No
+        heartbeat: consumers keep a price until its intervals end."""
+        now = self.rt.clock.time()
+        changes = reconcile_prices(self.published_prices, self.desired_prices(now))
+        for spec in changes.publish:
+            msg = price_signal(spec, self.producer, now)
+            await self.rt.bus.publish(contracts.PRICES.name, price_record_key(spec), msg.SerializeToString())
+            M.PRICE_UPDATES.labels(action="set").inc()
+            log.info(
+                "OpenADR prices set",
+                extra={
+                    "node": spec.node_id or "site",
+                    "price_id": spec.price_id,
+                    "currency": spec.currency,
+                    "intervals": len(spec.intervals),
+                    "from": _iso(spec.intervals[0].start),
+                    "to": _iso(spec.intervals[-1].end),
+                },
+            )
+            self.published_prices[spec.key] = spec
+        for spec in changes.withdraw:
+            msg = price_signal(spec, self.producer, now)
+            await self.rt.bus.publish(contracts.PRICES.name, price_record_key(spec), msg.SerializeToString())
+            M.PRICE_UPDATES.labels(action="withdraw").inc()
+            log.info("OpenADR prices withdrawn", extra={"node": spec.node_id or "site", "price_id": spec.price_id})
+            del self.published_prices[spec.key]
+        M.PRICES_ACTIVE.set(len(self.published_prices))
 
     def _log(self, t: Transition | None) -> None:
         if t is None:

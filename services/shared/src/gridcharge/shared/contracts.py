@@ -130,6 +130,16 @@ EXTERNAL_LIMITS = Topic(
     "DSO adapters, operator API, gateway (OCPP NotifyChargingLimit)",
     "forecasting, allocation",
 )
+PRICES = Topic(
+    "gridcharge.grid.prices.v1",
+    grid_pb2.PriceSignal,
+    "node_id/price_id (* for the whole site)",
+    True,
+    -1,
+    6,
+    "gridsignals (OpenADR PRICE events)",
+    "allocation",
+)
 WEATHER = Topic(
     "gridcharge.forecast.weather.v1",
     forecast_pb2.WeatherForecast,
@@ -194,6 +204,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     NODE_LOAD,
     NODE_LOAD_HISTORY,
     EXTERNAL_LIMITS,
+    PRICES,
     WEATHER,
     HEADROOM,
     SESSION_PLANS,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 from gridcharge.allocation.core.allocator import Allocator, PlanResult, ProfileCommand
 from gridcharge.allocation.core.budget import ExternalLimitWindow
+from gridcharge.allocation.core.prices import ExternalPrice, PriceError, PriceInterval, checked
 from gridcharge.allocation.core.sessions import SessionState, session_key
 from gridcharge.command.v1 import command_pb2
 from gridcharge.grid.v1 import grid_pb2
@@ -157,6 +158,28 @@ def external_limit_window(el: grid_pb2.ExternalLimit, now: datetime) -> External
         sched,
         el.station_id[:48],
         max(0, el.evse_id),
+    )
+
+
+def external_price(msg: grid_pb2.PriceSignal, now: datetime) -> ExternalPrice:
+    """A PriceSignal → ExternalPrice (intervals in time order; an interval without ``end`` is open-ended);
+    raises :class:`PriceError` for one the planner cannot use (no start, non-finite or absurd price, overlaps)."""
+    if not msg.price_id:
+        raise PriceError("price_id missing")
+    intervals = []
+    for iv in msg.intervals[: 2000 + 1]:
+        start = timestamp_dt(iv.start) if iv.HasField("start") else None
+        if start is None:
+            raise PriceError("an interval has no start")
+        end = timestamp_dt(iv.end) if iv.HasField("end") else None
+        intervals.append(
+            PriceInterval(start.timestamp(), end.timestamp() if end is not None else math.inf, iv.price_per_kwh)
+        )
+    received = message_time(msg.meta.produced_at, now).timestamp()
+    return checked(
+        ExternalPrice(
+            msg.price_id[:64], msg.source[:32], msg.node_id[:64], msg.currency[:8], tuple(intervals), received
+        )
     )
 
 

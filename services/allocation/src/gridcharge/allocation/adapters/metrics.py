@@ -50,3 +50,8 @@ NODE_LIMIT_VIOLATIONS = Counter(
     "Planning cycles where the worst-case draw exceeded a node limit.",
     ["node"],
 )
+PRICE_SIGNALS = Counter(
+    "gridcharge_allocation_price_signals_total",
+    "External price signals received, by what the planner does with them (applied/withdrawn/not_applicable/invalid).",
+    ["outcome"],
+)

@@ -30,6 +30,7 @@ from gridcharge.allocation.core.leases import LeasePolicy, WriteLog, WritePolicy
 from gridcharge.allocation.core.limiter import Connector, lower
 from gridcharge.allocation.core.model import Planner
 from gridcharge.allocation.core.planner import LpPlanner
+from gridcharge.allocation.core.prices import ExternalPrice
 from gridcharge.allocation.core.sessions import SessionBook, SessionState, session_key
 from gridcharge.command.v1 import command_pb2
 from gridcharge.shared.topology import PHASES, Topology
@@ -92,6 +93,7 @@ class Allocator:
         self.fallbacks = FallbackSchedules(topology, self.cfg.release_idle_fallbacks)
         self.node_inputs: dict[str, NodeInputs] = {}
         self.external: dict[tuple[str, str], ExternalLimitWindow] = {}
+        self.prices: dict[tuple[str, str], ExternalPrice] = {}  # external prices the planner uses (prices.py)
         self.limiter_a: dict[str, float] = {}  # session key -> limiter ceiling (A)
         self.limiter_at: dict[str, float] = {}  # session key -> when the limiter last cut it (s)
         self.cut_at: dict[str, float] = {}  # node -> when the limiter last cut under it (s)
@@ -315,6 +317,16 @@ class Allocator:
 
     def remove_external_limit(self, node_id: str, limit_id: str) -> bool:
         return self.external.pop((node_id, limit_id), None) is not None
+
+    def external_price(self, price: ExternalPrice) -> bool:
+        """Keep an external price for the plan (the caller checked ``prices.refusal``); one without intervals
+        withdraws the price with that id. Prices whose intervals have all ended are dropped. True = changed."""
+        self.prices = {k: p for k, p in self.prices.items() if p.ends_after(price.received_at)}
+        if not price.intervals:
+            return self.prices.pop(price.key, None) is not None
+        changed = self.prices.get(price.key) != price
+        self.prices[price.key] = price
+        return changed
 
     def set_grant(self, key: str, grant_a: float, now: float) -> None:
         """What the car of session ``key`` may draw from now on (A). Its meter is judged (sessions.py) against

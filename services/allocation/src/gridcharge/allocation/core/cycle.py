@@ -42,6 +42,7 @@ from gridcharge.allocation.core.model import (
     Session,
     SlotGrid,
 )
+from gridcharge.allocation.core.prices import plan_prices
 from gridcharge.allocation.core.sessions import SessionState, session_key
 from gridcharge.shared.topology import PHASES, Topology
 
@@ -652,6 +653,8 @@ def solve(
         nodes=nodes,
         evses=list(evses.values()),
         sessions=plan_sessions,
+        # the topology's tariff, overridden by external prices (OpenADR): the planner's secondary objective
+        price_per_kwh=plan_prices(topo, alloc.prices.values(), now, T, cfg.slot_s),
         config=PlannerConfig(time_limit_s=10.0),
         current_a=current,
     )

@@ -1,4 +1,5 @@
-"""Core values ⇄ bus records: LimitSpec → ExternalLimit (source ``openadr``), NodeLoad → (node, time, W)."""
+"""Core values ⇄ bus records: LimitSpec → ExternalLimit, PriceSpec → PriceSignal (source ``openadr``), NodeLoad →
+(node, time, W)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 from gridcharge.grid.v1 import grid_pb2
 from gridcharge.gridsignals.core.limits import SOURCE, LimitSpec
+from gridcharge.gridsignals.core.prices import PriceSpec
 from gridcharge.shared.codec import meta, phase_tuple, phase_values, timestamp_dt, to_timestamp
 
 
@@ -34,6 +36,27 @@ def external_limit(spec: LimitSpec, producer: str, now: float) -> grid_pb2.Exter
 def record_key(spec: LimitSpec) -> str:
     """Bus key ``node_id/limit_id``: log compaction keeps every limit of a node, not only its newest record."""
     return f"{spec.node_id}/{spec.limit_id}"
+
+
+def price_signal(spec: PriceSpec, producer: str, now: float) -> grid_pb2.PriceSignal:
+    """One PriceSignal; an open-ended interval has no ``end``; no intervals = the price is withdrawn."""
+    msg = grid_pb2.PriceSignal(
+        meta=meta(producer, now),
+        price_id=spec.price_id,
+        source=SOURCE,
+        node_id=spec.node_id,
+        currency=spec.currency,
+    )
+    for iv in spec.intervals:
+        out = msg.intervals.add(start=to_timestamp(iv.start), price_per_kwh=iv.price_per_kwh)
+        if math.isfinite(iv.end):
+            out.end.CopyFrom(to_timestamp(iv.end))
+    return msg
+
+
+def price_record_key(spec: PriceSpec) -> str:
+    """Bus key ``node_id/price_id`` (``*/price_id`` for the whole site): compaction keeps every price."""
+    return f"{spec.node_id or '*'}/{spec.price_id}"
 
 
 def node_load_sample(msg: grid_pb2.NodeLoad) -> tuple[str, float, float] | None:

@@ -19,8 +19,10 @@ FALLBACK_ACTIVE = Gauge(
 REQUESTS = Counter("gridcharge_openadr_requests_total", "Polls and report uploads to the VTN.", ["kind", "outcome"])
 EVENTS = Counter(
     "gridcharge_openadr_events_total",
-    "Events seen per poll by what the VEN did with them (limit, unmapped, no_limit, price, invalid).",
+    "Events seen by what the VEN did with them (limit, unmapped, no_limit, price, export_price, invalid).",
     ["outcome"],
 )
 LIMITS_ACTIVE = Gauge("gridcharge_openadr_limits", "ExternalLimits the VEN currently keeps on the bus.")
 LIMIT_UPDATES = Counter("gridcharge_openadr_limit_updates_total", "ExternalLimit records published.", ["action"])
+PRICES_ACTIVE = Gauge("gridcharge_openadr_prices", "PriceSignals the VEN currently keeps on the bus.")
+PRICE_UPDATES = Counter("gridcharge_openadr_price_updates_total", "PriceSignal records published.", ["action"])

@@ -17,13 +17,18 @@ from typing import Any
 P3 = tuple[float, float, float]
 
 IMPORT_CAPACITY_LIMIT = "IMPORT_CAPACITY_LIMIT"
-PRICE_TYPES = frozenset({"PRICE", "EXPORT_PRICE"})
+PRICE = "PRICE"
+EXPORT_PRICE = "EXPORT_PRICE"  # what the site is paid for energy it feeds in: gridcharge does not discharge cars
+PRICE_TYPES = frozenset({PRICE, EXPORT_PRICE})
 MAX_INTERVALS = 2000  # per event: 15-min intervals over 20 days
 MAX_TARGETS = 100
 MAX_ID_LEN = 128  # OpenADR identifiers are 1..128 characters
 MAX_LIMIT_W = 1e9  # 1 GW per phase: anything above is a unit error, not a limit
+MAX_PRICE_PER_KWH = 1000.0  # |price| per kWh above this is a unit error (the highest market caps are ~10/kWh)
 INFINITE_S = math.inf
 _UNIT_W = {"W": 1.0, "KW": 1e3, "MW": 1e6}
+_KWH_PER_UNIT = {"WH": 1e-3, "KWH": 1.0, "MWH": 1e3}  # a PRICE is currency per payloadDescriptor unit
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
 _DURATION = re.compile(
     r"^P(?:(?P<y>\d+(?:\.\d+)?)Y)?(?:(?P<mo>\d+(?:\.\d+)?)M)?(?:(?P<w>\d+(?:\.\d+)?)W)?(?:(?P<d>\d+(?:\.\d+)?)D)?"
     r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<mi>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
@@ -44,12 +49,24 @@ class IntervalLimit:
 
 
 @dataclass(frozen=True)
+class IntervalPrice:
+    """One PRICE interval of an event: ``price_per_kwh`` (currency per kWh drawn) from ``start`` to ``end``
+    (POSIX s; ``end`` may be inf)."""
+
+    start: float
+    end: float
+    price_per_kwh: float
+
+
+@dataclass(frozen=True)
 class ParsedEvent:
     """What the VEN uses of one OpenADR event.
 
     ``limits``: its IMPORT_CAPACITY_LIMIT intervals in time order (empty when it carries none);
     ``report_types``: payload types the VTN asks to be reported (reportDescriptors, e.g. USAGE, DEMAND);
-    ``has_price``: it carries PRICE intervals (no tariff input exists on the bus: counted, not applied).
+    ``has_price``: it carries PRICE or EXPORT_PRICE payloads;
+    ``prices``: its PRICE intervals in time order, per kWh (EXPORT_PRICE is not used: gridcharge does not feed
+    energy back); ``currency``: the PRICE payloadDescriptor's ISO 4217 code ("" when the VTN gives none).
     """
 
     event_id: str
@@ -59,6 +76,8 @@ class ParsedEvent:
     limits: tuple[IntervalLimit, ...]
     report_types: tuple[str, ...]
     has_price: bool
+    prices: tuple[IntervalPrice, ...] = ()
+    currency: str = ""
 
 
 def parse_duration_s(text: Any) -> float:
@@ -149,6 +168,53 @@ def _units_w(event: Mapping[str, Any], payload_type: str) -> float:
     return _UNIT_W["KW"]
 
 
+def _price_unit(event: Mapping[str, Any]) -> tuple[float, str]:
+    """(kWh per unit, currency) of PRICE values from the event's payloadDescriptors: KWH and no currency when
+    not given. Units other than WH/KWH/MWH (a price per kW of demand, say) are refused, not guessed."""
+    descriptors = event.get("payloadDescriptors") or []
+    if not isinstance(descriptors, list):
+        raise EventError("payloadDescriptors is not a list")
+    for d in descriptors[:50]:
+        if isinstance(d, Mapping) and d.get("payloadType") == PRICE:
+            unit = str(d.get("units") or "KWH").upper()
+            if unit not in _KWH_PER_UNIT:
+                raise EventError(f"PRICE per unknown unit {unit[:16]!r} (WH, KWH or MWH)")
+            raw_currency = d.get("currency")
+            currency = str(raw_currency).strip().upper() if raw_currency is not None else ""
+            if currency and not _CURRENCY.match(currency):
+                raise EventError(f"PRICE currency {currency[:16]!r} is not an ISO 4217 code")
+            return _KWH_PER_UNIT[unit], currency
+    return 1.0, ""
+
+
+def price_per_kwh(values: Sequence[Any], kwh_per_unit: float) -> float:
+    """A PRICE payload's one value (currency per unit) → currency per kWh; negative prices are real (surplus)."""
+    if len(values) != 1:
+        raise EventError(f"price needs exactly 1 value, got {len(values)}")
+    v = values[0]
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
+        raise EventError("price value is not a finite number")
+    price = float(v) / kwh_per_unit
+    if abs(price) > MAX_PRICE_PER_KWH:
+        raise EventError(f"price above {MAX_PRICE_PER_KWH:g} per kWh (unit error?)")
+    return price
+
+
+def _ends(raw: list[tuple[float, float | None, Any]]) -> list[tuple[float, float, Any]]:
+    """Sorted (start, duration or None, value) → (start, end, value); an interval without a duration lasts until
+    the next one starts (the last: open-ended); empty intervals are dropped."""
+    raw = sorted(raw, key=lambda r: r[0])
+    out: list[tuple[float, float, Any]] = []
+    for i, (start, duration, value) in enumerate(raw):
+        if duration is not None:
+            end = start + duration
+        else:
+            end = raw[i + 1][0] if i + 1 < len(raw) else INFINITE_S
+        if end > start:
+            out.append((start, end, value))
+    return out
+
+
 def per_phase_w(values: Sequence[Any], unit_w: float) -> P3:
     """One value = the total of the three phases (split evenly); three values = L1, L2, L3."""
     if len(values) not in (1, 3):
@@ -187,6 +253,8 @@ def parse_event(event: Mapping[str, Any]) -> ParsedEvent:
     unit_w = _units_w(event, IMPORT_CAPACITY_LIMIT)
     has_price = False
     raw_limits: list[tuple[float, float | None, P3]] = []
+    raw_prices: list[tuple[float, float | None, float]] = []
+    price_unit: tuple[float, str] | None = None
     next_start = ev_start
     for interval in intervals:
         if not isinstance(interval, Mapping):
@@ -205,17 +273,18 @@ def parse_event(event: Mapping[str, Any]) -> ParsedEvent:
                 if not isinstance(values, list):
                     raise EventError("payload values is not a list")
                 raw_limits.append((start, duration, per_phase_w(values, unit_w)))
+            elif kind == PRICE:
+                has_price = True
+                values = p.get("values")
+                if not isinstance(values, list):
+                    raise EventError("payload values is not a list")
+                if price_unit is None:
+                    price_unit = _price_unit(event)
+                raw_prices.append((start, duration, price_per_kwh(values, price_unit[0])))
             elif kind in PRICE_TYPES:
                 has_price = True
-    raw_limits.sort(key=lambda r: r[0])
-    limits: list[IntervalLimit] = []
-    for i, (start, duration, w) in enumerate(raw_limits):
-        if duration is not None:
-            end = start + duration
-        else:
-            end = raw_limits[i + 1][0] if i + 1 < len(raw_limits) else INFINITE_S
-        if end > start:
-            limits.append(IntervalLimit(start, end, w))
+    limits = [IntervalLimit(start, end, w) for start, end, w in _ends(raw_limits)]
+    prices = [IntervalPrice(start, end, price) for start, end, price in _ends(raw_prices)]
     return ParsedEvent(
         event_id,
         program_id,
@@ -224,6 +293,8 @@ def parse_event(event: Mapping[str, Any]) -> ParsedEvent:
         tuple(limits),
         _report_types(event.get("reportDescriptors")),
         has_price,
+        tuple(prices),
+        price_unit[1] if price_unit is not None else "",
     )
 
 

@@ -282,3 +282,79 @@ class TimedLimit(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TimedLimit: _TypeAlias = TimedLimit  # noqa: Y015
+
+@_typing.final
+class PriceSignal(_message.Message):
+    """Energy prices announced for a scope, e.g. an OpenADR PRICE event (topic gridcharge.grid.prices.v1, key
+    "<node_id or *>/<price_id>", compacted). The allocator plans with them instead of the topology's tariff for as
+    long as an interval lasts. A record with no intervals withdraws the price with that id. Prices do not go
+    stale: an announced price stays valid until its interval ends, also when its producer goes quiet.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_FIELD_NUMBER: _builtins.int
+    PRICE_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    INTERVALS_FIELD_NUMBER: _builtins.int
+    price_id: _builtins.str
+    """e.g. "openadr-<event id>"; a later record with the same id replaces it"""
+    source: _builtins.str
+    """e.g. "openadr", "operator" """
+    node_id: _builtins.str
+    """scope: the energy drawn under this node; empty = the whole site"""
+    currency: _builtins.str
+    """ISO 4217 code, e.g. "EUR"; empty = the topology tariff's currency"""
+    @_builtins.property
+    def meta(self) -> _common_pb2.Meta: ...
+    @_builtins.property
+    def intervals(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriceInterval]:
+        """in time order, not overlapping; empty = withdrawn"""
+
+    def __init__(
+        self,
+        *,
+        meta: _common_pb2.Meta | None = ...,
+        price_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        intervals: _abc.Iterable[Global___PriceInterval] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "intervals", b"intervals", "meta", b"meta", "node_id", b"node_id", "price_id", b"price_id", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceSignal: _TypeAlias = PriceSignal  # noqa: Y015
+
+@_typing.final
+class PriceInterval(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    PRICE_PER_KWH_FIELD_NUMBER: _builtins.int
+    price_per_kwh: _builtins.float
+    """currency per kWh drawn (may be negative)"""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        price_per_kwh: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "price_per_kwh", b"price_per_kwh", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceInterval: _TypeAlias = PriceInterval  # noqa: Y015
