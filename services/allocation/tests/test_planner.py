@@ -92,40 +92,40 @@ def test_deadline_ordering_both_complete() -> None:
 
 
 def test_pv_preference() -> None:
-    # (the last slot is the session's reserve before departure: test_reserve_before_departure)
-    T = 5
+    # (the last hour before departure is the session's reserve: test_reserve_before_departure)
+    T = 8
     node = NodeCapacity.from_amps("site", 32.0, T, V)
     need = 2 * 16 * V * 0.25
-    pv = {"site": np.array([0.0, 0.0, 5000.0, 5000.0, 0.0])}
-    plan = solve(T, [node], [one_phase_evse(0)], [sess(0, need, 5, imax=16.0)], pv_surplus_w=pv)
-    assert plan.current_a[0] == pytest.approx([0, 0, 16, 16, 0])
+    pv = {"site": np.array([0.0, 0.0, 5000.0, 5000.0, 0.0, 0.0, 0.0, 0.0])}
+    plan = solve(T, [node], [one_phase_evse(0)], [sess(0, need, T, imax=16.0)], pv_surplus_w=pv)
+    assert plan.current_a[0] == pytest.approx([0, 0, 16, 16, 0, 0, 0, 0])
 
 
 def test_price_preference() -> None:
-    T = 5
+    T = 8
     node = NodeCapacity.from_amps("site", 32.0, T, V)
     need = 2 * 16 * V * 0.25
-    price = np.array([0.40, 0.40, 0.10, 0.12, 0.40])
-    plan = solve(T, [node], [one_phase_evse(0)], [sess(0, need, 5, imax=16.0)], price_per_kwh=price)
-    assert plan.current_a[0] == pytest.approx([0, 0, 16, 16, 0])
+    price = np.array([0.40, 0.40, 0.10, 0.12, 0.40, 0.40, 0.40, 0.40])
+    plan = solve(T, [node], [one_phase_evse(0)], [sess(0, need, T, imax=16.0)], price_per_kwh=price)
+    assert plan.current_a[0] == pytest.approx([0, 0, 16, 16, 0, 0, 0, 0])
 
 
 def test_reserve_before_departure() -> None:
-    """The last min(1 h, 25 % of the stay) before departure is a reserve (forecast error, a tapering car, a
-    late limit): price and PV do not move energy into it, but energy that only it can deliver goes there."""
-    T = 8  # 15-min slots, departure at the end: the reserve is the last 2 slots
+    """The last hour before departure is a reserve (forecast error, a tapering car, a late limit): price and
+    PV do not move energy into it, but energy that only it can deliver goes there."""
+    T = 12  # 15-min slots, departure at the end: the reserve is the last 4 slots
     node = NodeCapacity.from_amps("site", 32.0, T, V)
     need = 2 * 16 * V * 0.25
-    price = np.array([0.40, 0.40, 0.40, 0.40, 0.30, 0.30, 0.05, 0.05])
-    pv = {"site": np.array([0.0] * 6 + [5000.0] * 2)}
+    price = np.array([0.40] * 4 + [0.30] * 2 + [0.40] * 2 + [0.05] * 4)
+    pv = {"site": np.array([0.0] * 8 + [5000.0] * 4)}
     plan = solve(T, [node], [one_phase_evse(0)], [sess(0, need, T, imax=16.0)], price_per_kwh=price, pv_surplus_w=pv)
-    assert plan.current_a[0] == pytest.approx([0, 0, 0, 0, 16, 16, 0, 0])  # the cheapest outside the reserve
+    assert plan.current_a[0] == pytest.approx([0] * 4 + [16, 16] + [0] * 6)  # the cheapest outside the reserve
     # without the reserve the cheap, sunny end is taken: the figure above is the reserve's doing
     cfg = PlannerConfig(reserve_s=0.0)
     plan = solve(
         T, [node], [one_phase_evse(0)], [sess(0, need, T, imax=16.0)], price_per_kwh=price, pv_surplus_w=pv, config=cfg
     )
-    assert plan.current_a[0] == pytest.approx([0, 0, 0, 0, 0, 0, 16, 16])
+    assert plan.current_a[0][:8] == pytest.approx([0] * 8) and plan.current_a[0][8:].sum() == pytest.approx(32)
     # a need only the whole stay delivers uses the reserve too: energy first
     full = T * 16 * V * 0.25
     plan = solve(T, [node], [one_phase_evse(0)], [sess(0, full, T, imax=16.0)], price_per_kwh=price)

@@ -136,9 +136,9 @@ class PlannerConfig:
     in the secondary objective: among plans delivering the same energy one that takes nothing away from a
     car wins, so a re-plan does not shuffle capacity between equal cars (every shuffle is profile writes).
     Raises are not penalised: free capacity is used as early as before.
-    ``reserve_s`` / ``reserve_share``: each session's last min(reserve_s, share × stay) before a departure in
-    the horizon is a reserve: stage 2 plans no more energy there than stage 1 (which fills the earliest slots
-    it can), so price and PV cannot move energy into it; 0 turns it off.
+    ``reserve_s``: each session's last ``reserve_s`` before a departure in the horizon is a reserve: stage 2
+    plans no more energy there than stage 1 (which fills the earliest slots it can), so price and PV cannot
+    move energy into it; 0 turns it off.
     """
 
     default_dwell_s: float = DEFAULT_DWELL_S
@@ -160,7 +160,6 @@ class PlannerConfig:
     coarse_factor: int = 1
     move_weight: float = 0.5
     reserve_s: float = 3600.0
-    reserve_share: float = 0.25
     hierarchical: bool = True
     highs_options: tuple[tuple[str, str | float | int | bool], ...] = ()
 

@@ -103,9 +103,10 @@ def _index(problem: PlanningProblem) -> _Indexed:
         d = sess.departure_slot if sess.departure_slot is not None else sess.arrival_slot + dwell
         arr[s] = min(max(sess.arrival_slot, 0), T)
         dep[s] = min(max(d, arr[s]), T)
-        # the reserve: the last min(reserve_s, reserve_share × remaining stay) before a departure inside the
-        # horizon, in whole slots (none for a departure beyond it)
-        reserve = min(cfg.reserve_s, cfg.reserve_share * (dep[s] - arr[s]) * slots.duration_s)
+        # the reserve: the last reserve_s before a departure inside the horizon, in whole slots (none for a
+        # departure beyond it). Fixed, not a share of what is left: a share shrinks cycle after cycle and
+        # stage 2 would follow it to the last minutes
+        reserve = min(cfg.reserve_s, (dep[s] - arr[s]) * slots.duration_s)
         late[s] = dep[s] - math.floor(reserve / slots.duration_s + 1e-9) if d <= T else T
         need[s] = sess.remaining_wh
         prio[s] = sess.priority
@@ -536,7 +537,8 @@ def _hold_reserves(
     than stage 1 did: stage 1 fills the earliest slots it can, so price and PV move energy only within the
     rest of the stay. The reserve absorbs what the plan cannot know (forecast error, a car tapering, a late
     limit); energy only it can deliver stays in it."""
-    rv = np.flatnonzero((bs[var_b] + be[var_b]) / 2.0 >= ix.late[var_s])
+    # (a stay that is all reserve keeps stage 2's freedom: fairness may still share it between cars)
+    rv = np.flatnonzero(((bs[var_b] + be[var_b]) / 2.0 >= ix.late[var_s]) & (ix.late[var_s] > ix.arr[var_s]))
     if rv.size == 0:
         return
     sess_ids, rows = np.unique(var_s[rv], return_inverse=True)
