@@ -88,11 +88,16 @@ def connect_failure(exc: BaseException) -> str:
         return "certificate"  # our own client certificate is missing or unusable: never presented
     if isinstance(exc, InvalidStatus):
         return "refused"  # the upstream answered the handshake with an HTTP status (401, 403, 404 ...)
-    if isinstance(exc, ssl.SSLError):
-        return "tls"  # TLS handshake failed (certificate not trusted, either way round)
+    cause: BaseException | None = exc
+    for _ in range(4):  # the TLS error may be the cause of the handshake's error
+        if isinstance(cause, ssl.SSLError):
+            return "tls"  # TLS handshake failed (certificate not trusted, either way round)
+        cause = cause.__cause__ or cause.__context__ if cause is not None else None
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, InvalidHandshake):
+        # no usable HTTP answer; with TLS 1.3 also a client certificate the upstream refused (its alert
+        # arrives after the client's side of the handshake and reads as a closed connection)
         return "handshake"
     if isinstance(exc, OSError):
         return "unreachable"
