@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BOOT_TTL_S = 30 * 86400.0  # a station's last boot is kept this long for replays from another replica
 MAX_WAITING_CALLS = 4  # upstream CALLs waiting for the station; more are answered "busy"
 UPSTREAM_RATE_PER_S, UPSTREAM_BURST = 20.0, 100
 
@@ -360,11 +361,17 @@ class UpstreamLink:
         try:
             raw = await self._bounded(store.hgetall(self._key("queue")))
             ids = await self._bounded(store.hgetall(self._key("txids")))
+            boot = await self._bounded(store.get(self._key("boot"))) if self.last_boot is None else None
         except asyncio.CancelledError:
             raise
         except Exception:
             log.warning("upstream queue not readable from the store", extra={"station": safe(self.id, 48)})
-            raw, ids = {}, {}
+            raw, ids, boot = {}, {}, None
+        if boot is not None and len(boot) <= limit:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                last = json.loads(boot)
+                if isinstance(last, dict) and schemas.validate(self.version, "BootNotification", "req", last) is None:
+                    self.last_boot = last
         stored: list[Queued] = []
         for field_, value in raw.items():
             item = decode_queued(int(field_), value, limit) if field_.isdigit() else None
@@ -396,6 +403,13 @@ class UpstreamLink:
                 extra={"station": safe(self.id, 48), "messages": len(self.queue)},
             )
         self.loaded.set()
+
+    async def _store_boot(self, payload: dict[str, Any]) -> None:
+        """The station's last boot, replayed first on every upstream connection, also by a link on another
+        replica that delivers this station's queue before the station has booted there."""
+        with contextlib.suppress(Exception):
+            raw = json.dumps(payload, separators=(",", ":")).encode()
+            await self._bounded(self.proxy.ctx.store.set(self._key("boot"), raw, BOOT_TTL_S))
 
     async def _store_item(self, item: Queued) -> None:
         """Append to the store's queue (before the station is answered); on a store failure the entry stays
@@ -491,6 +505,7 @@ class UpstreamLink:
         station is to be answered locally (upstream down, slow, erroring or answering nonsense)."""
         if action == "BootNotification":
             self.last_boot = payload
+            await self._store_boot(payload)
         tx = is_transaction_message(self.version, action, payload)
         if not self.loaded.is_set():
             with contextlib.suppress(TimeoutError):
