@@ -122,6 +122,12 @@ must_fail "rejects a plain-http JWKS URL" "jwksUrl" tpl --set apiAuth.oidc.jwksU
 must_fail "rejects an OIDC issuer without audience/JWKS" "needs apiAuth.oidc.audience" \
   tpl --set apiAuth.oidc.issuer=https://idp.example
 must_fail "rejects a symmetric OIDC algorithm" "algorithms" tpl --set apiAuth.oidc.algorithms=HS256
+must_fail "rejects upstream profile 3 without client certificates" "needs gateway.upstream.clientCertsSecret" \
+  tpl --set gateway.upstream.url=wss://csms.example/ocpp --set gateway.upstream.securityProfile=3
+must_fail "rejects an upstream profile below the stations'" "below the stations' security profile" \
+  tpl --set gateway.upstream.url=ws://csms.example/ocpp --set gateway.upstream.securityProfile=1 \
+  --set gateway.terminateTLS=true --set tls.enabled=true --set tls.existingSecret=t \
+  --set stationCredentials.existingSecret=s
 
 packaged_rule_renders() {
   helm package "$CHART" -d "$OUT/pkg" >/dev/null &&
