@@ -199,3 +199,35 @@ async def test_an_unreadable_entry_is_dropped_and_does_not_block_the_queue(csms:
         await c.close()
     finally:
         await _stop(gw)
+
+
+async def test_a_station_that_moved_gets_its_queue_delivered_once_by_its_new_replica(csms: Csms) -> None:
+    """Replica A still holds the queue of a station that disconnected from it (its link waits to deliver);
+    the station reconnects to replica B, whose link reads the same queue from the store. When the upstream
+    comes back, B delivers it and A's link, seeing the station on B, does not: each message reaches the
+    upstream once."""
+    store = MemoryStore(RealClock())
+    gw_a = await _gateway(store, csms, "gw-a")
+    gw_b = await _gateway(store, csms, "gw-b")
+    try:
+        c = await booted(gw_a, "CP4")
+        local_tx = (await c.call("StartTransaction", START, timeout=10))[2]["transactionId"]
+        await c.call(
+            "StopTransaction", {"transactionId": local_tx, "meterStop": 5, "timestamp": "2030-01-01T00:10:00Z"}
+        )
+        await c.close()
+        await until(lambda: gw_a.service.proxy is not None and gw_a.service.proxy.links["CP4"].draining)
+        c2 = await booted(gw_b, "CP4")
+        assert len(gw_b.service.proxy.links["CP4"].queue) == 2  # type: ignore[union-attr]
+        await csms.start()
+        await until(lambda: "StopTransaction" in csms.actions("CP4"))
+        await until(lambda: "CP4" not in gw_a.service.proxy.links)  # type: ignore[union-attr]
+        await asyncio.sleep(1.0)  # A had every chance to deliver too
+        actions = csms.actions("CP4")
+        assert actions.count("StartTransaction") == 1 and actions.count("StopTransaction") == 1, actions
+        assert actions.count("BootNotification") == 1  # A never opened a second upstream connection for CP4
+        assert actions.index("StartTransaction") < actions.index("StopTransaction")
+        await c2.close()
+    finally:
+        await _stop(gw_a)
+        await _stop(gw_b)

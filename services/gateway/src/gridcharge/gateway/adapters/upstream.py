@@ -221,6 +221,8 @@ class UpstreamLink:
         await self._load()
         backoff = 1.0
         while not self.stopped:
+            if await self._moved():
+                return
             try:
                 tls = self.proxy.ssl_for(self.id)
                 ws = await connect(
@@ -295,16 +297,10 @@ class UpstreamLink:
 
     async def _resync(self) -> None:
         """A new upstream connection: replay the station's boot, then deliver the queue in order."""
+        if await self._moved():
+            return
         if self.last_boot is not None:
             await self._call("BootNotification", self.last_boot)
-        if self.queue and self.session is None and await self._held_elsewhere():
-            # the station is on another replica now, whose link read the same queue from the store and
-            # delivers it: delivering here as well would only duplicate
-            log.info(
-                "station moved to another replica; its queue is delivered there", extra={"station": safe(self.id, 48)}
-            )
-            self._retire()
-            return
         while self.queue:
             item = self.queue.items[0]
             answer = await self._call(item.action, self.tx_ids.for_upstream(item.action, item.payload))
@@ -334,6 +330,16 @@ class UpstreamLink:
         self.stop()
         if self.proxy.links.get(self.id) is self:
             del self.proxy.links[self.id]
+
+    async def _moved(self) -> bool:
+        """A link left to deliver the queue of a station that has since connected to another replica retires:
+        that replica's link read the same queue from the store and delivers it (delivering here too would
+        duplicate, and a second upstream connection for the station could displace that replica's)."""
+        if self.session is not None or not await self._held_elsewhere():
+            return False
+        log.info("station moved to another replica; its queue is delivered there", extra={"station": safe(self.id, 48)})
+        self._retire()
+        return True
 
     async def _held_elsewhere(self) -> bool:
         registry = self.proxy.ctx.registry
