@@ -373,12 +373,13 @@ class UpstreamLink:
         except Exception:
             log.warning("upstream queue not readable from the store", extra={"station": safe(self.id, 48)})
             raw, ids, boot = {}, {}, None
-        if boot is not None and len(boot) <= limit:
+        if boot is not None and self.last_boot is None and len(boot) <= limit:  # the station's own boot wins
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 last = json.loads(boot)
                 if isinstance(last, dict) and schemas.validate(self.version, "BootNotification", "req", last) is None:
                     self.last_boot = last
         stored: list[Queued] = []
+        other_version = 0
         for field_, value in raw.items():
             item = decode_queued(int(field_), value, limit) if field_.isdigit() else None
             if item is None:
@@ -386,7 +387,15 @@ class UpstreamLink:
                 with contextlib.suppress(Exception):
                     await self._bounded(store.hdel(self._key("queue"), field_))
                 continue
+            if not is_transaction_message(self.version, item.action, item.payload):
+                other_version += 1  # queued while the station spoke the other OCPP version: kept for it
+                continue
             stored.append(item)
+        if other_version:
+            log.warning(
+                "upstream queue holds messages of another OCPP version; left in the store",
+                extra={"station": safe(self.id, 48), "messages": other_version},
+            )
         mine = {q.seq for q in self.queue.items}
         before = len(self.queue)
         gone = self.queue.restore(q for q in stored if q.seq not in mine)
