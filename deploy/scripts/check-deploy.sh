@@ -133,6 +133,12 @@ must_fail "rejects credentials in the VTN URL" "vtnUrl" \
   tpl -f "$CHART/ci/gridsignals-values.yaml" --set gridsignals.vtnUrl=https://ven:secret@vtn.example
 must_fail "rejects a VEN fallback time not above its poll time" "longer than gridsignals.pollSeconds" \
   tpl -f "$CHART/ci/gridsignals-values.yaml" --set gridsignals.fallbackAfterSeconds=60
+must_fail "rejects upstream profile 3 without client certificates" "needs gateway.upstream.clientCertsSecret" \
+  tpl --set gateway.upstream.url=wss://csms.example/ocpp --set gateway.upstream.securityProfile=3
+must_fail "rejects an upstream profile below the stations'" "below the stations' security profile" \
+  tpl --set gateway.upstream.url=ws://csms.example/ocpp --set gateway.upstream.securityProfile=1 \
+  --set gateway.terminateTLS=true --set tls.enabled=true --set tls.existingSecret=t \
+  --set stationCredentials.existingSecret=s
 
 packaged_rule_renders() {
   helm package "$CHART" -d "$OUT/pkg" >/dev/null &&

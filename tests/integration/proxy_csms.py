@@ -4,6 +4,10 @@ Written with the `ocpp` library only (its ChargePoint routing and schema validat
 out, the library's strict mode), nothing from gridcharge. Stations connect to ws://127.0.0.1:PORT/<id>
 with subprotocol ocpp1.6 or ocpp2.0.1 and HTTP Basic `<id>:<password>` (from --passwords, a JSON file).
 
+Security profile 3 (--tls-cert, --tls-key, --client-ca): wss only, a client certificate signed by the
+client CA is required in the TLS handshake (ssl.CERT_REQUIRED), its subject CN must be the station id of
+the path (else 403, reported as {"event": "cert_refused", "station", "cn", "count"}), no password.
+
 Behaviour the tests look for: BootNotification Accepted with interval 77; Heartbeat time 2030-01-01; idTag /
 idToken "BADTAG" is Invalid (Authorize) or Blocked (transactions), every other Accepted; 1.6 transaction
 ids from 7001; 2.0.1 idTokenInfo carries chargingPriority 3.
@@ -22,6 +26,7 @@ import base64
 import dataclasses
 import itertools
 import json
+import ssl
 import sys
 from http import HTTPStatus
 from pathlib import Path
@@ -40,6 +45,8 @@ from websockets.http11 import Request, Response
 STATIONS: dict[str, Any] = {}
 TX_IDS = itertools.count(7001)
 PASSWORDS: dict[str, str] = {}
+CLIENT_CERTS = False  # profile 3: the TLS client certificate (CN = station id) instead of Basic
+REFUSED = itertools.count(1)
 
 
 def emit(**kw: Any) -> None:
@@ -133,8 +140,24 @@ class Csms201(Cp201):
         return res201.MeterValues()
 
 
+def peer_cn(connection: ServerConnection) -> str | None:
+    obj = connection.transport.get_extra_info("ssl_object")
+    cert = obj.getpeercert() if obj is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
 async def check_auth(connection: ServerConnection, request: Request) -> Response | None:
     station = request.path.strip("/").split("/")[-1]
+    if CLIENT_CERTS:
+        cn = peer_cn(connection)
+        if cn != station:
+            emit(event="cert_refused", station=station, cn=cn, count=next(REFUSED))
+            return connection.respond(HTTPStatus.FORBIDDEN, "Forbidden\n")
+        return None
     header = request.headers.get("Authorization", "")
     want = "Basic " + base64.b64encode(f"{station}:{PASSWORDS.get(station, '')}".encode()).decode()
     if station not in PASSWORDS or header != want:
@@ -149,7 +172,7 @@ async def on_connect(ws: ServerConnection) -> None:
     cls = Csms201 if ws.subprotocol == "ocpp2.0.1" else Csms16
     cp = cls(station, ws)
     STATIONS[station] = cp
-    emit(event="connected", station=station, subprotocol=ws.subprotocol)
+    emit(event="connected", station=station, subprotocol=ws.subprotocol, cn=peer_cn(ws))
     try:
         await cp.start()
     except Exception:
@@ -186,13 +209,14 @@ async def control() -> None:
             t.add_done_callback(tasks.discard)
 
 
-async def main(port: int) -> None:
+async def main(port: int, tls: ssl.SSLContext | None) -> None:
     async with serve(
         on_connect,
         "127.0.0.1",
         port,
         subprotocols=["ocpp2.0.1", "ocpp1.6"],  # type: ignore[list-item]
         process_request=check_auth,
+        ssl=tls,
     ):
         emit(event="listening", port=port)
         await control()
@@ -202,7 +226,20 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--passwords", required=True)
+    ap.add_argument("--passwords")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--client-ca")
     args = ap.parse_args()
-    PASSWORDS.update(json.loads(Path(args.passwords).read_text(encoding="utf-8")))
-    asyncio.run(main(args.port))
+    if args.passwords:
+        PASSWORDS.update(json.loads(Path(args.passwords).read_text(encoding="utf-8")))
+    context = None
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(args.client_ca)
+            CLIENT_CERTS = True
+    asyncio.run(main(args.port, context))

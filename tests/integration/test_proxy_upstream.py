@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -68,8 +69,8 @@ def free_port() -> int:
 class Csms:
     """The upstream CSMS process: JSON lines out (what it received/got back), JSON lines in (CALLs to send)."""
 
-    def __init__(self, port: int, passwords: Path) -> None:
-        self.port, self.passwords = port, passwords
+    def __init__(self, port: int, passwords: Path | None, extra: list[str] | None = None) -> None:
+        self.port, self.passwords, self.extra = port, passwords, extra or []
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[dict[str, Any]] = []
         self._reader: asyncio.Task[None] | None = None
@@ -80,8 +81,8 @@ class Csms:
             str(CSMS),
             "--port",
             str(self.port),
-            "--passwords",
-            str(self.passwords),
+            *(["--passwords", str(self.passwords)] if self.passwords is not None else []),
+            *self.extra,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -493,3 +494,298 @@ async def test_wrong_upstream_password_is_not_relayed_and_not_logged(
         await station.stop()
         await svc.stop()
         await bus.stop()
+
+
+# ---- security profile 3 towards the upstream -----------------------------------------------------------
+
+
+def _x509_name(cn: str) -> Any:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_pki(root: Path, stations: list[str]) -> dict[str, Path]:
+    """A throwaway CA; the CSMS's server certificate for 127.0.0.1; a client certificate per station, CN =
+    station id, in the layout gridcharge mounts (`client-certs/<id>.crt|.key`)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+
+    def issue(cn: str, key: Any, ca: bool = False, server: bool = False) -> x509.Certificate:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(_x509_name(cn))
+            .issuer_name(_x509_name("upstream test CA"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if server:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            b = b.add_extension(san, critical=False)
+        return b.sign(ca_key, hashes.SHA256())
+
+    def write(path: Path, cert: x509.Certificate, key: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_name(path.name + ".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        path.with_name(path.name + ".key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
+    write(root / "ca", issue("upstream test CA", ca_key, ca=True), ca_key)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    write(root / "server", issue("127.0.0.1", server_key, server=True), server_key)
+    for sid in stations:
+        key = ec.generate_private_key(ec.SECP256R1())
+        write(root / "client-certs" / sid, issue(sid, key), key)
+    return {
+        "ca": root / "ca.crt",
+        "server": root / "server.crt",
+        "server_key": root / "server.key",
+        "certs": root / "client-certs",
+    }
+
+
+@pytest.fixture
+async def upstream_sp3(tmp_path: Path) -> AsyncIterator[tuple[Csms, dict[str, Path]]]:
+    pki = make_pki(tmp_path / "pki", ["PX16", "PX201"])
+    csms = Csms(
+        free_port(),
+        None,
+        ["--tls-cert", str(pki["server"]), "--tls-key", str(pki["server_key"]), "--client-ca", str(pki["ca"])],
+    )
+    await csms.start()
+    yield csms, pki
+    await csms.stop()
+
+
+@pytest.fixture
+async def gateway_sp3(upstream_sp3: tuple[Csms, dict[str, Path]]) -> AsyncIterator[GatewayService]:
+    csms, pki = upstream_sp3
+    settings = GatewaySettings(
+        ocpp_port=0,
+        ocpp_host="127.0.0.1",
+        replica_id="gw-proxy-sp3",
+        upstream_url=f"wss://127.0.0.1:{csms.port}/ocpp",
+        upstream_security_profile=3,
+        upstream_client_certs_dir=pki["certs"],
+        upstream_ca_file=pki["ca"],
+        upstream_backoff_max_s=1.0,
+        upstream_call_timeout_s=3.0,
+        upstream_connect_timeout_s=3.0,
+    )
+    clock = RealClock()
+    bus = MemoryBus()
+    await bus.start()
+    svc = GatewayService(Runtime(settings=settings, bus=bus, store=MemoryStore(clock), clock=clock), TOPOLOGY, settings)
+    await svc.start()
+    yield svc
+    await svc.stop()
+    await bus.stop()
+
+
+def _is_start(m: dict[str, Any], sid: str) -> bool:
+    return m.get("event") == "recv" and m["station"] == sid and m["action"] in ("StartTransaction", "TransactionEvent")
+
+
+def _is_stop(m: dict[str, Any], sid: str) -> bool:
+    return (
+        m.get("event") == "recv"
+        and m["station"] == sid
+        and (
+            m["action"] == "StopTransaction"
+            or (m["action"] == "TransactionEvent" and m["payload"]["event_type"] == "Ended")
+        )
+    )
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_profile_3_each_station_with_its_own_certificate(
+    version: str, upstream_sp3: tuple[Csms, dict[str, Path]], gateway_sp3: GatewayService
+) -> None:
+    """Boot, authorization and a transaction through an upstream that requires client certificates: the
+    upstream sees the station's own certificate (CN = station id), gridcharge sends no password."""
+    csms, _ = upstream_sp3
+    svc = gateway_sp3
+    sid, v16 = ("PX16", True) if version == "1.6" else ("PX201", False)
+    clock = RealClock()
+    model = StationModel(next(s for s in TOPOLOGY.stations if s.id == sid))
+    station = StationClient(
+        model, [f"ws://127.0.0.1:{svc.ocpp_port}/ocpp"], clock, meter_interval_s=3600, reconnect_s=0.2
+    )
+    station.start()
+    try:
+        await asyncio.wait_for(station.connected.wait(), 15)
+        conn = await csms.wait(lambda m: m.get("event") == "connected" and m["station"] == sid)
+        assert conn["cn"] == sid and conn["subprotocol"] == ("ocpp1.6" if v16 else "ocpp2.0.1")
+        await csms.wait(
+            lambda m: m.get("event") == "recv" and m["station"] == sid and m["action"] == "BootNotification"
+        )
+        assert station.cp is not None
+        boot = await station.cp.call(
+            call16.BootNotification(charge_point_model="SimStation", charge_point_vendor="gridcharge")
+            if v16
+            else call201.BootNotification(
+                charging_station={"model": "SimStation", "vendor_name": "gridcharge"}, reason="PowerUp"
+            )
+        )
+        assert boot.status == "Accepted" and boot.interval == 77  # the upstream's
+        if v16:
+            bad = await station.cp.call(call16.Authorize(id_tag="BADTAG"))
+            assert bad.id_tag_info["status"] == "Invalid"
+        else:
+            bad = await station.cp.call(call201.Authorize(id_token={"id_token": "BADTAG", "type": "ISO14443"}))
+            assert bad.id_token_info["status"] == "Invalid"
+        now = clock.time()
+        station.plug_in(1, Ev("ev1", 60_000, 0.2, 0.8, now - 1, now + 3600), now)
+        await station.tick(clock.time())
+        await csms.wait(lambda m: _is_start(m, sid))
+        tx = model.evses[1].tx
+        assert tx is not None and model.evses[1].tx_reported
+        if v16:
+            assert int(tx.transaction_id) >= 7001  # the upstream's id
+        station.model.evses[1].ev.departure_s = clock.time() - 1  # type: ignore[union-attr]
+        await station.tick(clock.time())
+        stop = await csms.wait(lambda m: _is_stop(m, sid))
+        got_tx = stop["payload"]["transaction_id"] if v16 else stop["payload"]["transaction_info"]["transaction_id"]
+        assert str(got_tx) == tx.transaction_id
+        assert not [m for m in csms.lines if m.get("event") == "cert_refused"]
+    finally:
+        await station.stop()
+
+
+async def test_profile_3_another_stations_certificate_is_refused(upstream_sp3: tuple[Csms, dict[str, Path]]) -> None:
+    """The upstream of this test really checks what gridcharge relies on: PX201's (valid, same CA)
+    certificate on PX16's path is refused in the WebSocket handshake and counted; no certificate at all
+    fails the TLS handshake."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    csms, pki = upstream_sp3
+    tls = ssl.create_default_context(cafile=str(pki["ca"]))
+    tls.load_cert_chain(str(pki["certs"] / "PX201.crt"), str(pki["certs"] / "PX201.key"))
+    with pytest.raises(InvalidStatus) as err:
+        await connect(f"wss://127.0.0.1:{csms.port}/ocpp/PX16", ssl=tls, subprotocols=["ocpp1.6"])  # type: ignore[list-item]
+    assert err.value.response.status_code == 403
+    refused = await csms.wait(lambda m: m.get("event") == "cert_refused")
+    assert (refused["station"], refused["cn"], refused["count"]) == ("PX16", "PX201", 1)
+    bare = ssl.create_default_context(cafile=str(pki["ca"]))
+    with pytest.raises(Exception):  # noqa: B017  (TLS alert or a closed connection, depending on TLS 1.2/1.3)
+        ws = await connect(f"wss://127.0.0.1:{csms.port}/ocpp/PX16", ssl=bare, subprotocols=["ocpp1.6"])  # type: ignore[list-item]
+        await ws.recv()
+    assert not [m for m in csms.lines if m.get("event") == "connected"]
+
+
+# ---- the offline queue on Redis, across a gateway restart ------------------------------------------------
+
+
+async def proxy_gateway(store: Any, port: int, secret: Path, replica: str) -> tuple[GatewayService, MemoryBus]:
+    settings = GatewaySettings(
+        ocpp_port=0,
+        ocpp_host="127.0.0.1",
+        replica_id=replica,
+        upstream_url=f"ws://127.0.0.1:{port}/ocpp",
+        upstream_security_profile=1,
+        upstream_passwords_file=secret,
+        upstream_backoff_max_s=1.0,
+        upstream_call_timeout_s=3.0,
+        upstream_connect_timeout_s=2.0,
+    )
+    bus = MemoryBus()
+    await bus.start()
+    svc = GatewayService(Runtime(settings=settings, bus=bus, store=store, clock=RealClock()), TOPOLOGY, settings)
+    await svc.start()
+    return svc, bus
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_the_queue_survives_a_gateway_restart_on_redis(version: str, redis_store: Any, tmp_path: Path) -> None:
+    """Upstream down: a transaction is queued in Redis by gateway A; A stops; the station connects to
+    gateway B (same Redis); the upstream comes back → B delivers the queue in order, after the station's
+    boot, 1.6 with the upstream's transaction id; the entries leave Redis, the 1.6 id map stays."""
+    sid, v16 = ("PX16", True) if version == "1.6" else ("PX201", False)
+    pw = tmp_path / "csms-passwords.json"
+    pw.write_text(json.dumps(PASSWORDS))
+    secret = tmp_path / "upstream-passwords.yaml"
+    secret.write_text("".join(f"{k}: {v}\n" for k, v in PASSWORDS.items()))
+    csms = Csms(free_port(), pw)  # not started yet: the upstream is down
+    clock = RealClock()
+    model = StationModel(next(s for s in TOPOLOGY.stations if s.id == sid))
+
+    gw_a, bus_a = await proxy_gateway(redis_store, csms.port, secret, "gw-a")
+    station = StationClient(
+        model, [f"ws://127.0.0.1:{gw_a.ocpp_port}/ocpp"], clock, meter_interval_s=3600, reconnect_s=0.2
+    )
+    station.start()
+    try:
+        await asyncio.wait_for(station.connected.wait(), 15)
+        now = clock.time()
+        station.plug_in(1, Ev("ev1", 60_000, 0.2, 0.8, now - 1, now + 3600), now)
+        await station.tick(clock.time())
+        tx = model.evses[1].tx
+        assert tx is not None and model.evses[1].tx_reported
+        station.model.evses[1].ev.departure_s = clock.time() - 1  # type: ignore[union-attr]
+        await station.tick(clock.time())
+        assert model.evses[1].tx is None
+        stored = await redis_store.hgetall(f"gw:upstream-queue:{sid}")
+        queued = [json.loads(stored[k]) for k in sorted(stored, key=int)]
+        kinds = [(q["a"], q["p"].get("eventType")) for q in queued]
+        if v16:
+            assert kinds[0] == ("StartTransaction", None) and kinds[-1] == ("StopTransaction", None), kinds
+            assert int(tx.transaction_id) < 7001  # gridcharge's local id
+        else:
+            assert kinds[0] == ("TransactionEvent", "Started") and kinds[-1] == ("TransactionEvent", "Ended"), kinds
+    finally:
+        await station.stop()
+    await gw_a.stop()  # the replica is gone; its memory with it
+    await bus_a.stop()
+
+    gw_b, bus_b = await proxy_gateway(redis_store, csms.port, secret, "gw-b")
+    await csms.start()
+    station = StationClient(
+        model, [f"ws://127.0.0.1:{gw_b.ocpp_port}/ocpp"], clock, meter_interval_s=3600, reconnect_s=0.2
+    )
+    station.start()
+    try:
+        await csms.wait(lambda m: _is_stop(m, sid), 20)
+        got = [m for m in csms.lines if m.get("event") == "recv" and m["station"] == sid]
+        assert got[0]["action"] == "BootNotification"  # the station's last boot, replayed from Redis
+        delivered = [
+            (m["action"], m["payload"].get("event_type"))
+            for m in got
+            if m["action"] in ("StartTransaction", "StopTransaction", "TransactionEvent", "MeterValues")
+        ]
+        assert delivered[: len(kinds)] == kinds, delivered  # in the order they were queued
+        if v16:
+            start = next(m for m in got if m["action"] == "StartTransaction")
+            stop = next(m for m in got if m["action"] == "StopTransaction")
+            assert start["payload"]["id_tag"] == "SIM"
+            upstream_id = int(stop["payload"]["transaction_id"])
+            assert upstream_id >= 7001  # the upstream's own id, not the station's local one
+            ids = await redis_store.hgetall(f"gw:upstream-txids:{sid}")
+            assert ids == {tx.transaction_id: str(upstream_id).encode()}
+        else:
+            assert all(
+                m["payload"]["transaction_info"]["transaction_id"] == tx.transaction_id
+                for m in got
+                if m["action"] == "TransactionEvent"
+            )
+        await until(lambda: gw_b.proxy is not None and not gw_b.proxy.links[sid].queue, what="queue delivered")
+        assert await redis_store.hgetall(f"gw:upstream-queue:{sid}") == {}
+    finally:
+        await station.stop()
+        await gw_b.stop()
+        await bus_b.stop()
+        await csms.stop()

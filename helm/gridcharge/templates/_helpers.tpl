@@ -248,6 +248,25 @@ checksum/topology: {{ include (print .Template.BasePath "/configmap-topology.yam
 {{- if and .Values.gateway.terminateTLS (not .Values.tls.enabled) }}
 {{- fail "gateway.terminateTLS needs tls.enabled" }}
 {{- end }}
+{{- with .Values.gateway.upstream }}
+{{- if .url }}
+{{- $up := int .securityProfile }}
+{{- $stations := 0 }}
+{{- if include "gridcharge.hasStationCredentials" $ }}{{ $stations = ternary 2 1 (and $.Values.gateway.terminateTLS true) }}{{ end }}
+{{- if lt $up $stations }}
+{{- fail (printf "gateway.upstream.securityProfile (%d) is below the stations' security profile (%d): the upstream leg must keep at least the stations' profile" $up $stations) }}
+{{- end }}
+{{- if and (eq $up 3) (not .clientCertsSecret) }}
+{{- fail "gateway.upstream.securityProfile=3 needs gateway.upstream.clientCertsSecret (the stations' client certificates)" }}
+{{- end }}
+{{- if and (ne $up 3) .clientCertsSecret }}
+{{- fail "gateway.upstream.clientCertsSecret is only used with gateway.upstream.securityProfile=3" }}
+{{- end }}
+{{- if and (eq $up 3) .passwordsSecret }}
+{{- fail "gateway.upstream.passwordsSecret is not used with gateway.upstream.securityProfile=3 (no password is sent)" }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* NetworkPolicy egress rules: Kafka, Redis, DNS. An empty peer list means any address on those ports. */}}

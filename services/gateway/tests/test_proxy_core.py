@@ -1,8 +1,10 @@
 """Proxy mode rules (`core.proxy`), pure: what is queued, which answer the station gets, 1.6 transaction
-ids, the profile policy (reserved stack levels and ids, narrowed Clears), the bounded offline queue."""
+ids, the profile policy (reserved stack levels and ids, narrowed Clears), the bounded offline queue and its
+stored form, the client-certificate rule of security profile 3."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +16,10 @@ from gridcharge.gateway.core.proxy import (
     ProfileRef,
     Queued,
     TxIdMap,
+    cert_expires_soon,
+    client_cert_problem,
+    decode_queued,
+    encode_queued,
     is_transaction_message,
     ref_of,
     refused_answer,
@@ -193,3 +199,92 @@ def test_offline_queue_keeps_starts_and_stops_and_drops_meter_data_first() -> No
     q201.push(Queued("TransactionEvent", {"eventType": "Updated"}))
     q201.push(Queued("TransactionEvent", {"eventType": "Ended"}))
     assert [i.payload["eventType"] for i in q201.items] == ["Started", "Ended"]
+
+
+def test_offline_queue_reports_what_it_evicted() -> None:
+    q = OfflineQueue(max_items=2)
+    meter = Queued("MeterValues", {"transactionId": 1}, seq=2)
+    assert q.push(Queued("StartTransaction", {}, seq=1)).evicted is None
+    q.push(meter)
+    res = q.push(Queued("StopTransaction", {}, seq=3))
+    assert res.queued and res.evicted is meter  # the store entry 2 goes too
+    refused = q.push(Queued("StopTransaction", {}, seq=4))
+    assert not refused and refused.evicted is None
+
+
+def test_offline_queue_restores_stored_entries_in_their_order_under_the_bound() -> None:
+    q = OfflineQueue(max_items=3)
+    stored = [
+        Queued("StopTransaction", {}, seq=30),
+        Queued("StartTransaction", {}, seq=4),
+        Queued("MeterValues", {"transactionId": 1}, seq=12),
+        Queued("MeterValues", {"transactionId": 1}, seq=20),
+    ]
+    gone = q.restore(stored)
+    assert [i.seq for i in q.items] == [4, 20, 30]  # ordered by seq; at the bound the oldest meter gave way
+    assert [g.seq for g in gone] == [12]
+
+
+def test_two_equal_entries_are_two_entries() -> None:
+    q = OfflineQueue()
+    a, b = Queued("MeterValues", {"transactionId": 1}), Queued("MeterValues", {"transactionId": 1})
+    q.push(a)
+    q.push(b)
+    q.items.remove(b)
+    assert q.items[0] is a
+
+
+def test_queued_entries_round_trip_through_the_store_and_foreign_ones_are_refused() -> None:
+    item = Queued("StartTransaction", {"connectorId": 1, "idTag": "Ä"}, local_tx_id=17)
+    back = decode_queued(5, encode_queued(item), 4096)
+    assert back is not None and (back.action, back.payload, back.local_tx_id, back.seq) == (
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "Ä"},
+        17,
+        5,
+    )
+    for raw in (
+        b"not json",
+        b"[1,2]",
+        b'{"a":"Reset","p":{}}',  # not a transaction message
+        b'{"a":"MeterValues","p":[]}',
+        b'{"a":"StartTransaction","p":{},"t":"17"}',
+        b'{"a":"StartTransaction","p":{},"t":true}',
+        b'{"a":"MeterValues","p":{"x":"' + b"y" * 5000 + b'"}}',  # over the size bound
+        b"\xff\xfe",
+    ):
+        assert decode_queued(1, raw, 4096) is None, raw
+
+
+def test_tx_id_map_reports_the_id_it_forgets() -> None:
+    m = TxIdMap(max_entries=2)
+    assert m.add(1, 7001) is None and m.add(2, 7002) is None
+    assert m.add(2, 7003) is None  # an update, nothing forgotten
+    assert m.add(3, 7004) == 1 and set(m.to_upstream_ids) == {2, 3}
+
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("cns", "before", "after", "problem"),
+    [
+        (["CP1"], NOW - timedelta(days=1), NOW + timedelta(days=1), None),
+        (["CP2"], NOW - timedelta(days=1), NOW + timedelta(days=1), "CN is CP2, not the station id CP1"),
+        ([], NOW - timedelta(days=1), NOW + timedelta(days=1), "CN is none"),
+        (["CP1", "CP2"], NOW - timedelta(days=1), NOW + timedelta(days=1), "CN is CP1, CP2"),
+        (["cp1"], NOW - timedelta(days=1), NOW + timedelta(days=1), "not the station id"),  # ids are exact
+        (["CP1"], NOW + timedelta(hours=1), NOW + timedelta(days=1), "not valid before"),
+        (["CP1"], NOW - timedelta(days=2), NOW - timedelta(seconds=1), "expired at"),
+        (["CP1"], NOW - timedelta(days=2), NOW, "expired at"),
+    ],
+)
+def test_client_certificate_rule(cns: list[str], before: datetime, after: datetime, problem: str | None) -> None:
+    got = client_cert_problem("CP1", cns, before, after, NOW)
+    assert (got is None) if problem is None else (got is not None and problem in got)
+
+
+def test_client_certificate_expiry_warning_window() -> None:
+    assert cert_expires_soon(NOW + timedelta(days=3), NOW)
+    assert not cert_expires_soon(NOW + timedelta(days=30), NOW)
+    assert not cert_expires_soon(NOW - timedelta(days=1), NOW)  # already expired: an error, not a warning

@@ -210,3 +210,31 @@ async def test_station_boots_obeys_profiles_and_reports(version: str) -> None:
         else:
             assert cs.seen[:3] == ["Boot", "Start", "Meter"]
         await client.stop()
+
+
+class SwallowsOneCancel(StationClient):
+    """A station whose connect-time work swallows one cancellation, as Python 3.11's asyncio.wait_for (in
+    the `ocpp` library's call) does when the answer arrives with the cancellation."""
+
+    async def _on_connected(self) -> None:
+        self.connected.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass
+
+
+async def test_stop_ends_a_station_that_swallowed_the_cancellation() -> None:
+    async def silent(ws: Any) -> None:
+        await ws.wait_closed()
+
+    async with websockets.serve(silent, "127.0.0.1", 0, subprotocols=[Subprotocol("ocpp1.6")]) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        station = Station(id="CP9", node="site")
+        client = SwallowsOneCancel(StationModel(station), [f"ws://127.0.0.1:{port}"], SimClock())
+        client.start()
+        await asyncio.wait_for(client.connected.wait(), 5)
+        stopping = asyncio.ensure_future(client.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=8)  # not wait_for: its own cancel would free the task
+        assert stopping in done, "stop() hangs on a station that swallowed the cancellation"
+        assert client._task is not None and client._task.done()

@@ -9,6 +9,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
+from gridcharge.gateway.adapters.client_certs import check_client_certs_dir
 from gridcharge.gateway.adapters.credentials import Credentials
 from gridcharge.shared.config import ENV_PREFIX, Settings
 from gridcharge.shared.errors import ConfigError
@@ -68,8 +69,10 @@ class GatewaySettings(Settings):
     # proxy mode (docs/grid-interfaces.md, "Upstream CSMS (proxy mode)"): every station is relayed to this
     # CSMS over its own connection, `<upstream_url>/<station_id>`, same OCPP version; "" = off
     upstream_url: str = ""
-    upstream_security_profile: Literal[0, 1, 2] = 2  # 0 ws, 1 ws + Basic, 2 wss (CA-verified) + Basic
+    # 0 ws, 1 ws + Basic, 2 wss (CA-verified) + Basic, 3 wss + a client certificate per station (CN = station id)
+    upstream_security_profile: Literal[0, 1, 2, 3] = 2
     upstream_passwords_file: Path | None = None  # YAML/JSON {station_id: password} for Basic (a mounted Secret)
+    upstream_client_certs_dir: Path | None = None  # profile 3: <station_id>.crt + <station_id>.key (a mounted Secret)
     upstream_ca_file: Path | None = None  # CA bundle (PEM) of the upstream's certificate; unset = system CAs
     upstream_connect_timeout_s: float = Field(10.0, gt=0)
     upstream_call_timeout_s: float = Field(10.0, gt=0)  # upstream answer to a relayed station message; then local
@@ -214,11 +217,35 @@ def check_upstream(st: GatewaySettings) -> None:
         raise ConfigError("environment", var, "must be ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH")
     if url.username or url.password:
         raise ConfigError("environment", var, "must not carry credentials (use GRIDCHARGE_UPSTREAM_PASSWORDS_FILE)")
-    profile = f"{ENV_PREFIX}UPSTREAM_SECURITY_PROFILE={st.upstream_security_profile}"
-    if (url.scheme == "wss") != (st.upstream_security_profile == 2):
-        raise ConfigError("environment", var, f"scheme {url.scheme} does not fit {profile} (2 = wss, 0/1 = ws)")
-    if st.upstream_security_profile in (1, 2) and st.upstream_passwords_file is None:
+    up = st.upstream_security_profile
+    profile = f"{ENV_PREFIX}UPSTREAM_SECURITY_PROFILE={up}"
+    if (url.scheme == "wss") != (up >= 2):
+        raise ConfigError("environment", var, f"scheme {url.scheme} does not fit {profile} (2, 3 = wss; 0, 1 = ws)")
+    if up < st.security_profile:
+        # the station connects with profile N because its traffic and identity deserve it: relaying it to
+        # the upstream with less (in clear text, or with a password instead of its certificate) is a downgrade
+        raise ConfigError(
+            "environment",
+            f"{ENV_PREFIX}UPSTREAM_SECURITY_PROFILE",
+            f"{up} is below the stations' GRIDCHARGE_SECURITY_PROFILE={st.security_profile} "
+            "(the upstream leg must keep at least the stations' profile)",
+        )
+    if up in (1, 2) and st.upstream_passwords_file is None:
         raise ConfigError("environment", f"{ENV_PREFIX}UPSTREAM_PASSWORDS_FILE", f"required by {profile}")
+    if up == 3 and st.upstream_passwords_file is not None:
+        raise ConfigError(
+            "environment",
+            f"{ENV_PREFIX}UPSTREAM_PASSWORDS_FILE",
+            f"set, but {profile} authenticates with client certificates and sends no password",
+        )
+    if up == 3 and st.upstream_client_certs_dir is None:
+        raise ConfigError("environment", f"{ENV_PREFIX}UPSTREAM_CLIENT_CERTS_DIR", f"required by {profile}")
+    if up != 3 and st.upstream_client_certs_dir is not None:
+        raise ConfigError(
+            "environment",
+            f"{ENV_PREFIX}UPSTREAM_CLIENT_CERTS_DIR",
+            f"set, but {profile} presents no client certificate and would ignore it (use profile 3)",
+        )
     if st.upstream_reserved_profile_id_min > st.upstream_reserved_profile_id_max:
         raise ConfigError(
             "environment",
@@ -241,6 +268,8 @@ def check_upstream(st: GatewaySettings) -> None:
                 f"{ENV_PREFIX}UPSTREAM_CA_FILE",
                 f"not a readable PEM CA bundle ({exc.__class__.__name__})",
             ) from None
+    if st.upstream_client_certs_dir is not None:
+        check_client_certs_dir(st.upstream_client_certs_dir, [])
 
 
 def load_upstream_passwords(path: Path | None) -> dict[str, str]:

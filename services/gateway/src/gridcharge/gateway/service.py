@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter
 from gridcharge.gateway.adapters.authorization import AcceptAll, Authorizer, LocalList, Upstream, load_entries
+from gridcharge.gateway.adapters.client_certs import ClientCerts, check_client_certs_dir
 from gridcharge.gateway.adapters.context import GatewayContext
 from gridcharge.gateway.adapters.dispatcher import Dispatcher
 from gridcharge.gateway.adapters.http import build_profile_check_router, build_router
@@ -79,7 +80,11 @@ class GatewayService:
         self.ctx.on_boot_accepted = self.dispatcher.read_capabilities
         self.ctx.on_unregistered_call = self.dispatcher.request_boot
         self.proxy = (
-            Proxy(self.ctx, load_upstream_passwords(self.settings.upstream_passwords_file))
+            Proxy(
+                self.ctx,
+                load_upstream_passwords(self.settings.upstream_passwords_file),
+                upstream_client_certs(self.settings, [s.id for s in topology.stations]),
+            )
             if self.settings.proxy_mode
             else None
         )
@@ -130,6 +135,20 @@ class GatewayService:
         await self.dispatcher.stop()
         await self.registry.stop()
         await self.checker.stop()
+
+
+def upstream_client_certs(settings: GatewaySettings, station_ids: list[str]) -> ClientCerts | None:
+    """Profile 3 towards the upstream: every topology station needs its certificate at start-up (one line
+    naming the file otherwise); those expiring within 14 days are named in a warning."""
+    if settings.upstream_security_profile != 3 or settings.upstream_client_certs_dir is None:
+        return None
+    soon = check_client_certs_dir(settings.upstream_client_certs_dir, station_ids)
+    if soon:
+        log.warning(
+            "upstream client certificates expire within 14 days",
+            extra={"stations": ",".join(s[:48] for s in soon[:20]), "count": len(soon)},
+        )
+    return ClientCerts(settings.upstream_client_certs_dir, settings.upstream_ca_file)
 
 
 def build_authorizer(settings: GatewaySettings, rt: Runtime, upstream: Upstream | None = None) -> Authorizer:

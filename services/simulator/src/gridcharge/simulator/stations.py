@@ -479,10 +479,18 @@ class StationClient:
 
     async def stop(self) -> None:
         self.enabled = False
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        while task is not None and not task.done():
+            # Python 3.11's asyncio.wait_for (inside the `ocpp` library's call) swallows a cancellation that
+            # arrives as the answer does; the task then waits on its open socket for good. Closing the socket
+            # ends that wait, and the cancellation is repeated until it is taken.
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+            if not task.done():
+                await self._close()
+        if task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await task
         await self._close()
 
     async def _close(self) -> None:

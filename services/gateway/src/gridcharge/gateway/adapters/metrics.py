@@ -59,6 +59,12 @@ UPSTREAM_MESSAGES = Counter(
     "upstream CALLs relayed down (relayed/refused/adjusted/busy/...).",
     ["direction", "outcome"],
 )
+UPSTREAM_CONNECT_FAILURES = Counter(
+    "gridcharge_gateway_upstream_connect_failures_total",
+    "Proxy mode: failed connection attempts to the upstream CSMS, by reason "
+    "(certificate/refused/tls/timeout/handshake/unreachable/other).",
+    ["reason"],
+)
 UPSTREAM_QUEUED = Gauge(
     "gridcharge_gateway_upstream_queued_messages", "Transaction messages waiting for an unreachable upstream CSMS."
 )

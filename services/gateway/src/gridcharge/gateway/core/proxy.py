@@ -13,14 +13,19 @@
   could remove one is narrowed to the upstream's own recorded profiles (`ProfilePolicy.plan_clear`).
   Everything else passes unchanged; the station combines its station maximum with Tx/TxDefault profiles
   by the minimum (OCPP 1.6 §3.13, 2.0.1 K01), so the lower limit wins without rewriting anything.
-- `OfflineQueue`: the bounded queue of transaction messages.
+- `OfflineQueue`: the bounded queue of transaction messages; `encode_queued`/`decode_queued` its entries in
+  the shared store (so a restart or another replica delivers them).
+- Security profile 3 towards the upstream: `client_cert_problem` says why a station's client certificate
+  must not be presented for it (another station's, expired, not yet valid).
 """
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from gridcharge.gateway.core.errors import Version
@@ -57,10 +62,14 @@ class TxIdMap:
     to_upstream_ids: dict[int, int] = field(default_factory=dict)
     max_entries: int = 1000
 
-    def add(self, local_id: int, upstream_id: int) -> None:
-        if len(self.to_upstream_ids) >= self.max_entries:
-            self.to_upstream_ids.pop(next(iter(self.to_upstream_ids)))
+    def add(self, local_id: int, upstream_id: int) -> int | None:
+        """Record a pair; returns the local id forgotten to stay within `max_entries` (the oldest), if any."""
+        evicted = None
+        if local_id not in self.to_upstream_ids and len(self.to_upstream_ids) >= self.max_entries:
+            evicted = next(iter(self.to_upstream_ids))
+            self.to_upstream_ids.pop(evicted)
         self.to_upstream_ids[local_id] = upstream_id
+        return evicted
 
     def for_upstream(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """A station message on its way up: its local transaction id replaced by the upstream's."""
@@ -209,13 +218,43 @@ class ProfileRecord:
 # ---- offline queue ------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: two equal meter updates are still two entries
 class Queued:
-    """A transaction message waiting for the upstream; `local_tx_id` = the 1.6 id gridcharge gave the station."""
+    """A transaction message waiting for the upstream; `local_tx_id` = the 1.6 id gridcharge gave the station;
+    `seq` = its position in the shared store's queue (None: not persisted, the store was unreachable)."""
 
     action: str
     payload: dict[str, Any]
     local_tx_id: int | None = None
+    seq: int | None = None
+
+
+QUEUED_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues", "TransactionEvent"})
+
+
+def encode_queued(item: Queued) -> bytes:
+    """A queue entry as stored (`gw:upstream-queue:<station>`, field = seq): compact JSON."""
+    return json.dumps(
+        {"a": item.action, "p": item.payload, "t": item.local_tx_id}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def decode_queued(seq: int, raw: bytes, max_bytes: int) -> Queued | None:
+    """A stored entry back, or None when it is not one of ours (too big, not JSON, not a transaction
+    message, a non-int id): the store is trusted, but an entry that cannot be delivered must not block the
+    queue behind it."""
+    if len(raw) > max_bytes:
+        return None
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(d, dict) or d.get("a") not in QUEUED_ACTIONS or not isinstance(d.get("p"), dict):
+        return None
+    tx = d.get("t")
+    if tx is not None and (not isinstance(tx, int) or isinstance(tx, bool)):
+        return None
+    return Queued(str(d["a"]), d["p"], tx, seq)
 
 
 def _droppable(item: Queued) -> bool:
@@ -223,6 +262,18 @@ def _droppable(item: Queued) -> bool:
     if item.action == "MeterValues":
         return True
     return item.action == "TransactionEvent" and item.payload.get("eventType") == "Updated"
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """What `OfflineQueue.push` did: `queued` the new item (true-ish) or dropped it, and which older item it
+    `evicted` to make room (to be removed from the store too)."""
+
+    queued: bool
+    evicted: Queued | None = None
+
+    def __bool__(self) -> bool:
+        return self.queued
 
 
 @dataclass
@@ -234,17 +285,53 @@ class OfflineQueue:
     items: deque[Queued] = field(default_factory=deque)
     dropped: int = 0
 
-    def push(self, item: Queued) -> bool:
-        """Queue `item`; False when it was dropped."""
+    def push(self, item: Queued) -> Pushed:
+        """Queue `item` (falsy result when it was dropped)."""
+        evicted = None
         if len(self.items) >= self.max_items:
-            victim = next((q for q in self.items if _droppable(q)), None)
-            if victim is None:
+            evicted = next((q for q in self.items if _droppable(q)), None)
+            if evicted is None:
                 self.dropped += 1
-                return False
-            self.items.remove(victim)
+                return Pushed(False)
+            self.items.remove(evicted)
             self.dropped += 1
         self.items.append(item)
-        return True
+        return Pushed(True, evicted)
+
+    def restore(self, stored: Iterable[Queued]) -> list[Queued]:
+        """Entries loaded from the store, appended in their stored order (by `seq`) under the same bound;
+        returns the ones that did not fit (evicted or refused), to be removed from the store."""
+        gone: list[Queued] = []
+        for item in sorted(stored, key=lambda q: q.seq if q.seq is not None else -1):
+            res = self.push(item)
+            if res.evicted is not None:
+                gone.append(res.evicted)
+            if not res.queued:
+                gone.append(item)
+        return gone
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+# ---- security profile 3 towards the upstream ----------------------------------------------------------
+
+
+def client_cert_problem(
+    station_id: str, common_names: list[str], not_before: datetime, not_after: datetime, now: datetime
+) -> str | None:
+    """Why a client certificate must not be presented to the upstream as `station_id` (None = fine).
+    OCPP security profile 3 (2.0.1 Part 2 A00, security whitepaper): the subject's CN is the station's
+    identity, so a certificate whose CN is another station's is never used, whatever its file is called."""
+    if common_names != [station_id]:
+        shown = ", ".join(cn[:64] for cn in common_names[:3]) or "none"
+        return f"certificate subject CN is {shown}, not the station id {station_id[:48]}"
+    if now < not_before:
+        return f"certificate not valid before {not_before.isoformat()}"
+    if now >= not_after:
+        return f"certificate expired at {not_after.isoformat()}"
+    return None
+
+
+def cert_expires_soon(not_after: datetime, now: datetime, within: timedelta = timedelta(days=14)) -> bool:
+    return now < not_after <= now + within
