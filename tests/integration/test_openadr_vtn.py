@@ -385,9 +385,20 @@ async def test_vtn_price_event_reaches_the_allocator_plan(
             ev = station_pb2.StationEvent(station_id="CP1", occurred_at=to_timestamp(clock.time()), **payload)
             await kafka.publish(contracts.STATION_EVENTS.name, "CP1", ev.SerializeToString())
 
+        needs_known_at: list[float] = []
+
         def planned() -> tuple[np.ndarray, list[float]] | None:
+            # a plan made with the car's needs: one made between TransactionStarted and ChargingNeeds (a
+            # consumer batch boundary under load) plans the site's default need as early as it can
+            if not needs_known_at:
+                s = next(iter(allocation.alloc.book.sessions.values()), None)
+                if s is None or s.need_guessed or s.departure_guessed:
+                    return None
+                needs_known_at.append(clock.time())
             last = allocation.alloc.last
-            if last is None or last.plan is None or not last.plan.session_ids:
+            if last is None or last.at.timestamp() < needs_known_at[0] or last.plan is None:
+                return None
+            if not last.plan.session_ids:
                 return None
             amps = np.asarray(last.plan.current_a[0])
             if amps.sum() <= 0:

@@ -11,7 +11,10 @@
    flash write — a raise only by ``raise_min_step_a``, not within ``raise_hold_s`` of a lowering and within
    the write budget; a lowering the budget does not need only under a busy node (someone gets the room),
    not right after a limiter cut there (the cut already shed what was measured: no second round), and by
-   ``lower_min_step_a``; a renewal (one per lease and epoch) takes the desired value;
+   ``lower_min_step_a``; a renewal (one per lease and epoch) takes the desired value, and as it is a write
+   anyway a renewal that wants more counts as a raise (the room it needs is freed now), and waits, in the
+   first half of its window, for a lowering on its way to free that room (one write, not a renewal at the
+   old value and a raise an interval later);
 6. the budget fit (`budget.fit_caps`) at every moment of the lease's lifetime: lowerings always, raises as
    far as the worst case of every station fits; over capacity, stations are lowered whatever they hold;
 7. commands: what changes, or renews a lease still wanted (`issuer.py`); fallbacks that must change.
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from gridcharge.allocation.core import profiles as P
 from gridcharge.allocation.core.budget import Capacity, fit_caps, node_capacity, node_draw_w, station_phases
-from gridcharge.allocation.core.failsafe import LEASE_KEY
+from gridcharge.allocation.core.failsafe import LEASE_KEY, Sent
 from gridcharge.allocation.core.issuer import ProfileCommand
 from gridcharge.allocation.core.model import (
     BindingConstraint,
@@ -170,7 +173,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
         if abs(led.held_a(now) - led.floor_a(now)) > 0.05 or led.worst_case_a(now) > led.floor_a(now) + 1e-9:
             # a lease still held: back to what the fallback will be (released under a busy node)
             desired[sid] = min(led.floor_a(now), alloc.fallbacks.target.get(sid, [(now, led.floor_a(now))])[0][1])
-    targets, keep, due = control_targets(alloc, now, desired, planned, under_busy, result.deferred)
+    targets, keep, due, patient = control_targets(alloc, now, desired, planned, under_busy, result.deferred)
     floors = lease_floors(alloc, now, end, moments, targets, keep)
     order = sorted(
         targets, key=lambda sid: (-prio.get(sid, 0), -sum(s.remaining_wh for s in by_station.get(sid, [])), sid)
@@ -181,6 +184,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
         topo, cap_k, wc_k, targets, order, floor_a=floors, keep=keep, raise_headroom_w=band, lower_order=lower_order
     )
     result.station_caps_a = dict(approved)
+    waiting = renewals_waiting_for_room(alloc, now, targets, approved, patient)
     # (what the cars want, not only what they got: a restore that would hold a car back re-releases at once)
     still_busy(
         alloc,
@@ -195,7 +199,11 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
         if not led.online:
             continue
         held = led.held_a(now)
-        cmd = station_command(alloc, sid, targets[sid], approved.get(sid, 0.0), now, sid in due, sid in under_busy)
+        cmd = (
+            None
+            if sid in waiting
+            else station_command(alloc, sid, targets[sid], approved.get(sid, 0.0), now, sid in due, sid in under_busy)
+        )
         in_force = held
         if cmd is not None:
             result.commands.append(cmd)
@@ -275,6 +283,11 @@ def safety_caps(alloc: Allocator, now: float, node_id: str, caps: dict[str, floa
     return {sid: P.quantise_a(a) for sid, a in approved.items() if P.quantise_a(a) < targets[sid] - 0.05}
 
 
+def current_lease(alloc: Allocator, sid: str) -> Sent | None:
+    """The station-cap lease a renewal would extend: the newest in flight, else the accepted one."""
+    return alloc.issuer.lease_in_flight(sid) or alloc.ledgers[sid].accepted.get(LEASE_KEY)
+
+
 def control_targets(
     alloc: Allocator,
     now: float,
@@ -282,33 +295,41 @@ def control_targets(
     planned: set[str],
     under_busy: set[str],
     deferred: dict[str, int],
-) -> tuple[dict[str, float], set[str], set[str]]:
+) -> tuple[dict[str, float], set[str], set[str], set[str]]:
     """The calm control law (module docstring, step 5): per station the cap to aim for, the stations that
-    keep what they hold, and those whose lease is due for renewal."""
+    keep what they hold, those whose lease is due for renewal, and of those the ones whose renewal may still
+    wait (the first half of the renewal window)."""
     pol, wp, log_ = alloc.cfg.leases, alloc.cfg.writes, alloc.issuer.writes
     hold = alloc.cfg.limiter_hold_s
     cut = {n for n, t in alloc.cut_at.items() if now - t < hold}
     targets: dict[str, float] = {}
     keep: set[str] = set()
     due: set[str] = set()
+    patient: set[str] = set()
+    renew: dict[str, bool] = {}
+    for sid in desired:
+        cur = current_lease(alloc, sid)
+        lowered = cur is not None and pol.is_lowered_end(cur.valid_until)
+        renew[sid] = cur is not None and now < cur.valid_until and pol.renewal_due(cur.valid_until, now, lowered)
+        if renew[sid] and cur is not None and pol.renewal_may_wait(cur.valid_until, now, lowered):
+            patient.add(sid)
     raising: set[str] = set()  # nodes under which a raise goes out now: room made there is used at once
     for sid, d in desired.items():
         held = alloc.ledgers[sid].held_a(now)
         d = P.quantise_a(d)
-        if sid in planned and d - held >= wp.raise_min_step_a - 1e-9 and not log_.why_not_raise(sid, now):
+        # a renewal is a write anyway: one that wants more takes the room as a raise would
+        if (
+            sid in planned
+            and d - held >= wp.raise_min_step_a - 1e-9
+            and (renew[sid] or not log_.why_not_raise(sid, now))
+        ):
             raising.update(alloc.topology.station_path(sid))
     for sid, d in desired.items():
         led = alloc.ledgers[sid]
         held = led.held_a(now)
         d = P.quantise_a(d)
-        cur = alloc.issuer.lease_in_flight(sid) or led.accepted.get(LEASE_KEY)
-        renew = (
-            cur is not None
-            and now < cur.valid_until
-            and pol.renewal_due(cur.valid_until, now, pol.is_lowered_end(cur.valid_until))
-        )
         floor_now = led.floor_a(now)
-        if renew and abs(d - floor_now) > 0.05:
+        if renew[sid] and abs(d - floor_now) > 0.05:
             due.add(sid)
             targets[sid] = d  # one write anyway: it takes the desired value
             continue
@@ -330,7 +351,27 @@ def control_targets(
         targets[sid] = t
         if t == held:
             keep.add(sid)
-    return targets, keep, due
+    return targets, keep, due, patient & due
+
+
+def renewals_waiting_for_room(
+    alloc: Allocator, now: float, targets: dict[str, float], approved: dict[str, float], patient: set[str]
+) -> set[str]:
+    """Due renewals that get less than they want only because room under their node is being freed (a
+    lowering sent this cycle or still unanswered): they are written once that room counts, a second or so
+    later, instead of now at the old value (which would make the raise wait ``min_interval_s``)."""
+    topo = alloc.topology
+    freeing: set[str] = set()
+    for sid, led in alloc.ledgers.items():
+        held = led.held_a(now)
+        if targets.get(sid, held) < held - 0.05 or led.worst_case_a(now) > held + 0.05:
+            freeing.update(topo.station_path(sid))
+    out: set[str] = set()
+    for sid in patient:
+        held, a = alloc.ledgers[sid].held_a(now), P.quantise_a(approved.get(sid, 0.0))
+        if held - 0.05 <= a < targets[sid] - 0.05 and any(n in freeing for n in topo.station_path(sid)):
+            out.add(sid)
+    return out
 
 
 def station_command(

@@ -78,6 +78,13 @@ class LeasePolicy:
         lead = self.renew_lead_s + (self.lowered_first_s if lowered else 0.0)
         return now >= boundary - lead
 
+    def renewal_may_wait(self, valid_until: float, now: float, lowered: bool) -> bool:
+        """Whether a due renewal may still wait a cycle or two (the first half of its window): for room
+        that is being freed, so it is written once at the value wanted."""
+        boundary = valid_until - (self.lowered_extra_s if lowered else 0.0)
+        lead = self.renew_lead_s + (self.lowered_first_s if lowered else 0.0)
+        return now < boundary - lead / 2.0
+
     @property
     def max_lease_s(self) -> float:
         """Longest a lease can run from the moment it is sent."""
