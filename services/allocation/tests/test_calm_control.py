@@ -228,3 +228,28 @@ def test_a_renewal_that_wants_more_takes_the_room_a_finished_session_frees() -> 
     assert len(got) <= 2, got  # the renewal took it: no renewal at 8 A and a raise a minute later
     lowered = [(round(at - boundary, 1), a) for at, a in in_force["s00"] if at > raised_at]
     assert lowered and lowered[0][1] == 0.0 and lowered[0][0] <= first_big - boundary, lowered
+
+
+def test_no_second_round_of_cuts_while_the_limiters_are_still_on_their_way() -> None:
+    """The limiter's cuts travel to the stations for a second or more (through Kafka and the gateway); a
+    re-plan meanwhile must count them at their new value when it checks for over capacity, or it cuts other
+    cars a second time (the p99 of `bench e2e`: 99 stations lowered for 'safety' 3 s after the limiter)."""
+    site = Site(20, 200.0)
+    for _ in range(6):
+        site.minute()
+    total = sum(site.alloc.grant_a.values())
+    site.t += 20.0
+    site.alloc.node_load("tx", ((total + 40.0) * V,) * 3, ((40.0) * V,) * 3, site.t)  # 40 A of base load appear
+    cuts = site.alloc.limit("tx", site.at())
+    assert len(cuts) >= 2
+    for c in cuts[: len(cuts) // 2]:  # half the answers are back
+        site.alloc.command_result(c.station_id, c.command_id, C.COMMAND_OUTCOME_ACCEPTED, site.t)
+    site.t += 1.0
+    again = [(c.station_id, c.reason) for c in site.alloc.plan(site.at()).commands if c.purpose == "station_lease"]
+    assert not [x for x in again if x[1] in ("safety", "lower")], again
+    # and once they are all back the budget is kept: Σ worst case within the node's capacity
+    for c in cuts[len(cuts) // 2 :]:
+        site.alloc.command_result(c.station_id, c.command_id, C.COMMAND_OUTCOME_ACCEPTED, site.t)
+    site.t += 1.0
+    site.deliver(site.alloc.plan(site.at()).commands)
+    assert sum(site.alloc.worst_case_a(site.t).values()) <= 0.95 * 200.0 - 40.0 + 1e-6

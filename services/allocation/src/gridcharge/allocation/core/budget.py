@@ -269,6 +269,7 @@ def fit_caps(
     keep: Collection[str] = (),
     raise_headroom_w: Mapping[str, float] | None = None,
     lower_order: list[str] | None = None,
+    settled_a: Mapping[str, float | FloatArray] | None = None,
 ) -> dict[str, float]:
     """Approve station caps so the worst case under every node stays within its capacity.
 
@@ -279,6 +280,9 @@ def fit_caps(
     ``keep``: stations whose current state stays as it is (nothing is sent to them unless they must go
     lower): they count at their ``worst_case_a`` and are never raised.
     ``lower_order``: who goes down first where a node is over its capacity (default: ``order`` reversed).
+    ``settled_a``: what stations with a lease in flight may draw once it is accepted ([K] A): the
+    over-capacity check (step 2) counts them so, a lowering on its way is not made twice (default: the worst
+    case).
     ``raise_headroom_w``: per node, W per phase that raises leave free (a hysteresis band): lowerings are
     needed only once the capacity is exceeded, so a base load that wobbles by less than the band does not
     lower and raise the same cars every cycle.
@@ -289,7 +293,7 @@ def fit_caps(
     (a fallback that rises when a DSO window ends must not keep a car's lease at it during the window).
 
     1. Lowerings are always approved; they take effect only once accepted, so until then the old worst
-       case stays counted for raises.
+       case stays counted for raises (and the new value for the check of step 2, as one in flight does).
     2. Where a node is over its capacity even after those (a limit dropped), stations under it are
        lowered further, least important first, each as far as needed.
     3. Raises are approved in ``order``, each only as far as every node/phase on the station's path
@@ -323,6 +327,7 @@ def fit_caps(
     zero = [0.0] * k
     floors = {sid: row(x) for sid, x in (floor_a or {}).items()}
     wc = {sid: row(x) for sid, x in worst_case_a.items()}
+    settled = {**wc, **{sid: row(x) for sid, x in (settled_a or {}).items() if sid in wc}}
     approved: dict[str, float] = {}
     kept = {sid for sid in keep if sid in desired_a}
     for sid, want in desired_a.items():
@@ -352,7 +357,9 @@ def fit_caps(
             for j in K:
                 ld[j] += delta_a[j] * v
 
-    target_arr = _draw_flat(topology, {**wc, **{sid: eff(sid, a) for sid, a in approved.items() if sid not in kept}}, k)
+    target_arr = _draw_flat(
+        topology, {**settled, **{sid: eff(sid, a) for sid, a in approved.items() if sid not in kept}}, k
+    )
     if np.any(target_arr > cap_arr + 1e-9):  # (usually nothing is over)
         target: list[list[float]] = target_arr.tolist()
         for sid in lower_order if lower_order is not None else list(reversed(order)):
@@ -361,7 +368,7 @@ def fit_caps(
             over = excess_a(sid, target)
             hot = [j for j in K if over[j] > 1e-9]
             if hot:
-                cur = wc.get(sid, zero) if sid in kept or sid not in approved else eff(sid, approved[sid])
+                cur = settled.get(sid, zero) if sid in kept or sid not in approved else eff(sid, approved[sid])
                 flo = floors.get(sid, zero)
                 # as far as needed at every moment over capacity; below a moment's floor frees nothing there
                 new = max(0.0, min(desired_a[sid], min(max(cur[j] - over[j], flo[j]) for j in hot)))

@@ -181,7 +181,16 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
     band = {n.id: alloc.raise_band_w(n.id) for n in topo.nodes}
     lower_order = lowering_order(alloc, now, targets, prio)
     approved = fit_caps(
-        topo, cap_k, wc_k, targets, order, floor_a=floors, keep=keep, raise_headroom_w=band, lower_order=lower_order
+        topo,
+        cap_k,
+        wc_k,
+        targets,
+        order,
+        floor_a=floors,
+        keep=keep,
+        raise_headroom_w=band,
+        lower_order=lower_order,
+        settled_a=settled_moments(alloc, moments),
     )
     result.station_caps_a = dict(approved)
     waiting = renewals_waiting_for_room(alloc, now, targets, approved, patient)
@@ -277,7 +286,15 @@ def safety_caps(alloc: Allocator, now: float, node_id: str, caps: dict[str, floa
     floors = lease_floors(alloc, now, end, moments, targets, keep)
     prio = station_priorities(alloc)
     approved = fit_caps(
-        topo, cap_k, wc_k, targets, [], floor_a=floors, keep=keep, lower_order=lowering_order(alloc, now, under, prio)
+        topo,
+        cap_k,
+        wc_k,
+        targets,
+        [],
+        floor_a=floors,
+        keep=keep,
+        lower_order=lowering_order(alloc, now, under, prio),
+        settled_a=settled_moments(alloc, moments),
     )
     # as the profile will carry it: rounded down, 0 below the 6 A minimum
     return {sid: P.quantise_a(a) for sid, a in approved.items() if P.quantise_a(a) < targets[sid] - 0.05}
@@ -602,6 +619,16 @@ def budget_moments(alloc: Allocator, now: float, end: float, capacity: Capacity,
     for sid, led in alloc.ledgers.items():
         wc[sid] = np.array([led.worst_case_a(t) for t in moments]) if steps[sid] else led.worst_case_a(now)
     return moments, cap, wc
+
+
+def settled_moments(alloc: Allocator, moments: list[float]) -> dict[str, np.ndarray]:
+    """Per station with a lease in flight, its worst case at each of ``moments`` once that lease is accepted
+    (A): a lowering on its way counts at its new value when the fit checks for over capacity."""
+    return {
+        sid: np.array([led.settled_worst_case_a(t) for t in moments])
+        for sid, led in alloc.ledgers.items()
+        if alloc.issuer.lease_in_flight(sid) is not None
+    }
 
 
 def solve(

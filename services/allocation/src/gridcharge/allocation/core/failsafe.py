@@ -188,6 +188,22 @@ class StationLedger:
         vals += [self.lease_value_a(s, t) for s in self.lease_candidates()]
         return min(self.hw_max_a, max(vals))
 
+    def settled_worst_case_a(self, t: float) -> float:
+        """The worst case at ``t`` (A) once the newest lease in flight is accepted: what the budget's
+        over-capacity check counts, so a lowering already on its way is not made a second time while its
+        answer is still travelling (raises keep counting ``worst_case_a``). Leases of unknown fate still
+        count; should the one in flight fail, the next cycle sees it in ``worst_case_a`` again."""
+        fly = [s for s in self.pending.values() if s.key == LEASE_KEY and math.isfinite(s.valid_until)]
+        if not fly:
+            return self.worst_case_a(t)
+        vals = [self.lease_value_a(max(fly, key=lambda s: s.sent_at), t)]
+        vals += [
+            self.lease_value_a(s, t)
+            for s in self.uncertain.values()
+            if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and math.isfinite(s.valid_until)
+        ]
+        return min(self.hw_max_a, max(vals))
+
     def lease_edges(self, t0: float, t1: float) -> list[float]:
         """Times in (t0, t1) at which a lease that may be in force may start or stop counting (its end ± skew)."""
         out = set()
