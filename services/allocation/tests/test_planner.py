@@ -232,3 +232,54 @@ def test_replay_small_log(tmp_path: Path) -> None:
     opt = offline_optimum(path, 8.0)  # 34.6 of 35 kWh is physically possible
     assert res.delivered_total_kwh >= 0.995 * opt.delivered_kwh
     assert "energy delivered" in res.summary()
+
+
+def guessed(i: int, need_wh: float, dep: int | None, *, imax: float = 32.0) -> Session:
+    """A session whose need nobody gave: the site default as its need, anything beyond it as extra."""
+    return Session(f"s{i}", f"e{i}", need_wh, 0, dep, 6.0, imax, 1, V, 1.0, extra_wh=float("inf"))
+
+
+@pytest.mark.parametrize("two_stage", [True, False])
+def test_an_unknown_need_takes_spare_capacity_beyond_its_default(two_stage: bool) -> None:
+    """A car whose need is a guess is not held to the guess while capacity is spare: it charges at its
+    maximum now, not at the minimum that would just meet the default by its (guessed) departure."""
+    T = 8
+    node = NodeCapacity.from_amps("site", 32.0, T, V)
+    little = 6 * V * 0.25  # one slot at 6 A would meet the guess
+    cfg = PlannerConfig(two_stage=two_stage)
+    known = solve(T, [node], [one_phase_evse(0)], [sess(0, little, T, imax=16.0)], config=cfg)
+    assert known.current_a[0].sum() * V * 0.25 == pytest.approx(little, rel=0.05)  # a known need: no more
+    plan = solve(T, [node], [one_phase_evse(0)], [guessed(0, little, T, imax=16.0)], config=cfg)
+    assert plan.current_a[0] == pytest.approx([16.0] * T)
+    assert plan.verdicts["s0"].will_complete and plan.verdicts["s0"].remaining_wh == pytest.approx(little)
+
+
+def test_an_unknown_need_never_takes_what_a_known_need_requires() -> None:
+    """Lexicographic: every known need first (and as early as before), the guessed car's default next, its
+    extra only in what is left — also after rounding, which borrows nothing from a known need for it."""
+    T = 8
+    node = NodeCapacity.from_amps("site", [20.0, 20.0, 20.0], T, V)
+    evses = [one_phase_evse(0), one_phase_evse(1)]
+    need0 = 4 * 16 * V * 0.25  # the known car needs 16 A for half of the horizon
+    ref = solve(T, [node], evses, [sess(0, need0, T, imax=16.0), sess(1, 2 * 6 * V * 0.25, T, imax=16.0)])
+    plan = solve(T, [node], evses, [sess(0, need0, T, imax=16.0), guessed(1, 2 * 6 * V * 0.25, T, imax=16.0)])
+    # the known car completes, and at every slot has had at least what it had beside a known small need
+    assert plan.verdicts["s0"].will_complete
+    assert (np.cumsum(plan.current_a[0]) >= np.cumsum(ref.current_a[0]) - 1e-6).all()
+    # the guessed car: its default, then everything left (20 A − what the known car holds, ≥ 6 A or nothing)
+    left = 20.0 - plan.current_a[0]
+    expect = np.where(left >= 6.0, np.minimum(left, 16.0), 0.0)
+    assert plan.current_a[1] == pytest.approx(expect)
+    assert (plan.node_load_w["site"][0] <= 20.0 * V + 1e-6).all()
+
+
+def test_rounding_borrows_nothing_from_a_known_need_for_an_unknown_ones_extra() -> None:
+    """4 A of spare capacity is below the 6-A minimum: the guessed car, already past its default, does not
+    take 2 A from the known car to charge at 6 A; two guessed cars may trade such crumbs between them."""
+    T = 2
+    node = NodeCapacity.from_amps("site", [20.0, 20.0, 20.0], T, V)
+    evses = [one_phase_evse(0), one_phase_evse(1)]
+    full = 16 * V * 0.25 * T  # the known car needs 16 A in both slots
+    plan = solve(T, [node], evses, [sess(0, full, T, imax=16.0), guessed(1, 1.0, T, imax=16.0)])
+    assert plan.current_a[0] == pytest.approx([16.0, 16.0])
+    assert plan.current_a[1] == pytest.approx([0.0, 0.0])

@@ -714,6 +714,9 @@ def solve(
                 alloc.voltage_v,
                 float(s.priority),
                 s.delivered_wh * k,
+                # nobody gave its need (OCPP 1.6, no driver input): the site default is what it is promised;
+                # any capacity no other need can use it may take as well, up to what it draws
+                extra_wh=math.inf if s.need_guessed else 0.0,
             )
         )
     problem = PlanningProblem(

@@ -99,6 +99,9 @@ class Session:
     ``arrival_slot``/``departure_slot`` bound the slots it may charge in: arrival … departure-1.
     ``departure_slot=None`` means the driver gave none: the planner uses ``PlannerConfig.default_dwell_s``.
     Current limits are per phase; power = current × ``voltage_v`` × phases loaded.
+    ``extra_wh`` (Wh, may be ``inf``): energy the car may take beyond its need in capacity nobody with a need
+    can use — for a need nobody gave (OCPP 1.6, no driver input) the site's default is a floor, not a cap.
+    The planner gives it lexicographically after every need (docs/planner.md, "Unknown needs").
     """
 
     session_id: str
@@ -112,6 +115,7 @@ class Session:
     voltage_v: float = 230.0
     priority: float = 1.0
     delivered_wh: float = 0.0
+    extra_wh: float = 0.0
 
     @property
     def remaining_wh(self) -> float:
@@ -139,6 +143,8 @@ class PlannerConfig:
     ``reserve_s``: each session's last ``reserve_s`` before a departure in the horizon is a reserve: stage 2
     plans no more energy there than stage 1 (which fills the earliest slots it can), so price and PV cannot
     move energy into it; 0 turns it off.
+    ``extra_weight``: in the one-solve mode only, the value of a kWh of a session's ``extra_wh`` relative to a
+    kWh of need (the two-stage mode gives extra energy exactly after every need, with a stage of its own).
     """
 
     default_dwell_s: float = DEFAULT_DWELL_S
@@ -160,6 +166,7 @@ class PlannerConfig:
     coarse_factor: int = 1
     move_weight: float = 0.5
     reserve_s: float = 3600.0
+    extra_weight: float = 2e-2
     hierarchical: bool = True
     highs_options: tuple[tuple[str, str | float | int | bool], ...] = ()
 

@@ -52,6 +52,7 @@ class _Indexed:
     dep: IntArray  # [S] slot after the last (clipped to horizon)
     late: IntArray  # [S] first slot of the session's reserve before departure (PlannerConfig.reserve_s)
     need_wh: FloatArray  # [S] remaining energy
+    extra_wh: FloatArray  # [S] energy it may take beyond its need in spare capacity (Wh, may be inf)
     prio: FloatArray  # [S]
     row_ptr: IntArray  # [S+1] CSR pointer into row_idx
     row_idx: IntArray  # node×phase rows each session loads
@@ -85,6 +86,7 @@ def _index(problem: PlanningProblem) -> _Indexed:
     dep = np.zeros(S, dtype=np.int64)
     late = np.zeros(S, dtype=np.int64)
     need = np.zeros(S)
+    extra = np.zeros(S)
     prio = np.zeros(S)
     row_ptr = np.zeros(S + 1, dtype=np.int64)
     rows: list[int] = []
@@ -109,6 +111,7 @@ def _index(problem: PlanningProblem) -> _Indexed:
         reserve = min(cfg.reserve_s, (dep[s] - arr[s]) * slots.duration_s)
         late[s] = dep[s] - math.floor(reserve / slots.duration_s + 1e-9) if d <= T else T
         need[s] = sess.remaining_wh
+        extra[s] = max(0.0, sess.extra_wh) if not math.isnan(sess.extra_wh) else 0.0
         prio[s] = sess.priority
         for nid in evse.node_path:
             if nid not in node_pos:
@@ -139,6 +142,7 @@ def _index(problem: PlanningProblem) -> _Indexed:
         dep,
         late,
         need,
+        extra,
         prio,
         row_ptr,
         row_idx,
@@ -210,7 +214,7 @@ def _direct_rows(
     vals = np.concatenate([ix.volt[var_s[var_rep]], k_var])
     n_rows = n_cap + sess.size
     A = sp.csc_matrix((vals, (rows_i, cols_i)), shape=(n_rows, nv))
-    row_ub = np.concatenate([cap_flat[ukeys], ix.need_wh[sess]])
+    row_ub = np.concatenate([cap_flat[ukeys], ix.need_wh[sess] + ix.extra_wh[sess]])
     return A, np.full(n_rows, -highspy.kHighsInf), row_ub, ub, n_rows, nv
 
 
@@ -253,7 +257,7 @@ def _hierarchical_rows(
     cap = cap_blk.reshape(-1)
     col_ub = np.concatenate([ub, np.where(np.isfinite(cap), cap, highspy.kHighsInf)])
     row_lb = np.concatenate([np.zeros(n_bal), np.full(sess.size, -highspy.kHighsInf)])
-    row_ub = np.concatenate([np.zeros(n_bal), ix.need_wh[sess]])
+    row_ub = np.concatenate([np.zeros(n_bal), ix.need_wh[sess] + ix.extra_wh[sess]])
     return A, row_lb, row_ub, col_ub, n_rows, nv + n_l
 
 
@@ -271,7 +275,7 @@ def _solve_lp(
     """
     T = ix.T
     S = len(ix.arr)
-    active = (ix.dep > ix.arr) & (ix.need_wh > _EPS) & (ix.imax > _EPS)
+    active = (ix.dep > ix.arr) & (ix.need_wh + ix.extra_wh > _EPS) & (ix.imax > _EPS)
     x_full = np.zeros((S, T))
     if not active.any():
         return _LpResult(x_full, "empty", 0.0, 0)
@@ -289,7 +293,7 @@ def _solve_lp(
     avail = (np.minimum(ix.dep[var_s], be[var_b]) - np.maximum(ix.arr[var_s], bs[var_b])).astype(float)
     nv = var_s.size
     k_var = ix.k_wh[var_s] * avail  # Wh per A over the block
-    ub = np.minimum(ix.imax[var_s], ix.need_wh[var_s] / k_var)
+    ub = np.minimum(ix.imax[var_s], (ix.need_wh[var_s] + ix.extra_wh[var_s]) / k_var)
     cap_blk = np.minimum.reduceat(ix.cap_w, bs, axis=1) if B < T else ix.cap_w
 
     sess_local = np.searchsorted(sess, var_s)
@@ -311,6 +315,13 @@ def _solve_lp(
         urgency = 1.0 + cfg.urgency_weight * np.clip(1.0 - lax / T, 0.0, 1.0)
         early = early * urgency[var_s]
     c1 = -w_e * (1.0 + cfg.early_weight * early)
+    # unknown needs (Session.extra_wh): a session's energy up to its need is worth what anyone's need is
+    # worth (column g ≤ need, g ≤ its energy); beyond it, only capacity no need can use. Two-stage mode: its
+    # currents carry no stage-1 value (g does), stage 1b maximises their energy with stage 1 held. One-solve
+    # mode: they are worth ``extra_weight`` of a kWh of need
+    g_var = ix.extra_wh[var_s] > _EPS
+    g_loc = np.flatnonzero(ix.extra_wh[sess] > _EPS)
+    has_extra = g_loc.size > 0
 
     has_price = price is not None and cfg.price_weight > 0 and float(np.ptp(price)) > 0
     want_fair = cfg.fairness_weight > 0 and sess.size > 1
@@ -319,6 +330,9 @@ def _solve_lp(
     want_move = cfg.move_weight > 0 and first.size > 0
     secondary = has_price or bool(pv_w) or want_fair or want_move
     two_stage = cfg.two_stage if cfg.two_stage is not None else nv <= cfg.auto_threshold_vars
+    exact_extra = has_extra and two_stage
+    if has_extra:
+        c1 = np.where(g_var, 0.0 if exact_extra else cfg.extra_weight * c1, c1)
     solver = cfg.solver
     if solver == "auto":
         solver = "choose" if nv <= cfg.auto_threshold_vars else "ipm"
@@ -345,6 +359,11 @@ def _solve_lp(
     lp.a_matrix_.index_ = A.indices.astype(np.int32)
     lp.a_matrix_.value_ = A.data
     h.passModel(lp)
+    g_col0, g_sess = _add_need_columns(h, ix, sess, sess_local, g_loc, g_var, k_var)
+    n_g = g_sess.size
+    g_cost = -ix.prio[g_sess] / 1000.0  # per Wh of need met
+    if n_g:
+        h.changeColsCost(n_g, (g_col0 + np.arange(n_g)).astype(np.int32), g_cost)
 
     p_blk = np.zeros(B)
     if price is not None:
@@ -496,14 +515,54 @@ def _solve_lp(
         return _LpResult(x_full, status, 0.0, 1)
     # a non-optimal but valid primal point (time limit, imprecise IPM) is still used: rounding and the repair
     # pass keep it within every capacity; ``status`` tells the caller
+    g_val = np.asarray(sol.col_value, dtype=float)[g_col0 : g_col0 + n_g]
     x = x[:nv]
-    e1 = float(w_e @ x)
     stages = 1
+    committed = float(w_e[~g_var] @ x[~g_var] + ix.prio[g_sess] @ g_val / 1000.0)
+    all_vars = np.arange(nv, dtype=np.int32)
+    g_cols = (g_col0 + np.arange(n_g)).astype(np.int32)
+    hold_row = -1
+    if exact_extra:
+        # stage 1b: as much of the sessions' extra as fits, earliest first, with stage 1 held within ε
+        obj1 = float(h.getInfo().objective_function_value)
+        h.addRow(
+            -highspy.kHighsInf,
+            obj1 + cfg.energy_tolerance * abs(obj1),
+            nv + n_g,
+            np.concatenate([all_vars, g_cols]),
+            np.concatenate([c1, g_cost]),
+        )
+        hold_row = h.getNumRow() - 1
+        h.changeColsCost(nv, all_vars, np.where(g_var, -w_e * (1.0 + cfg.early_weight * early), 0.0))
+        h.changeColsCost(n_g, g_cols, np.zeros(n_g))
+        h.run()
+        sol_b = h.getSolution()
+        xb = np.asarray(sol_b.col_value, dtype=float)
+        if h.modelStatusToString(h.getModelStatus()) == "Optimal" and xb.size >= nv:
+            x = xb[:nv]
+            stages = 2
+    e1 = float(w_e @ x)
     if secondary and two_stage:
         c2 = price_cost - cfg.early_weight * p_ref * early * w_e
-        h.changeColsCost(nv, np.arange(nv, dtype=np.int32), c2)
-        # keep weighted energy within ε of the stage-1 optimum
-        h.addRow((1.0 - cfg.energy_tolerance) * e1, highspy.kHighsInf, nv, np.arange(nv, dtype=np.int32), w_e)
+        h.changeColsCost(nv, all_vars, c2)
+        if exact_extra:
+            # keep the needs met (within ε of stage 1) and the extra energy (within ε of stage 1b); stage 1's
+            # quick-charge hold goes: stage 2 may move energy for price, PV and fairness as it always did
+            h.changeRowBounds(hold_row, -highspy.kHighsInf, highspy.kHighsInf)
+            known = np.flatnonzero(~g_var).astype(np.int32)
+            h.addRow(
+                (1.0 - cfg.energy_tolerance) * committed,
+                highspy.kHighsInf,
+                known.size + n_g,
+                np.concatenate([known, g_cols]),
+                np.concatenate([w_e[known], -g_cost]),
+            )
+            gv = np.flatnonzero(g_var).astype(np.int32)
+            extra_e = float(w_e[gv] @ x[gv])
+            h.addRow((1.0 - cfg.energy_tolerance) * extra_e, highspy.kHighsInf, gv.size, gv, w_e[gv])
+        else:
+            # keep weighted energy within ε of the stage-1 optimum
+            h.addRow((1.0 - cfg.energy_tolerance) * e1, highspy.kHighsInf, nv, all_vars, w_e)
         _hold_reserves(h, ix, x, var_s, var_b, bs, be, k_var)
         add_secondary(1.0)
         h.run()
@@ -511,7 +570,7 @@ def _solve_lp(
         x2 = np.asarray(h.getSolution().col_value, dtype=float)
         if status2 == "Optimal" and x2.size >= nv:
             x = x2[:nv]
-            stages = 2
+            stages += 1
     x = np.clip(x, 0.0, ub)
     # expand blocks to slots, only where the session is present
     seg = be[var_b] - bs[var_b]
@@ -521,6 +580,51 @@ def _solve_lp(
     present = (t_rep >= ix.arr[s_rep]) & (t_rep < ix.dep[s_rep])
     x_full[s_rep[present], t_rep[present]] = x[rep_v[present]]
     return _LpResult(x_full, status, e1, stages)
+
+
+def _add_need_columns(
+    h: highspy.Highs,
+    ix: _Indexed,
+    sess: IntArray,
+    sess_local: IntArray,
+    g_loc: IntArray,
+    g_var: npt.NDArray[np.bool_],
+    k_var: FloatArray,
+) -> tuple[int, IntArray]:
+    """A column g_s ∈ [0, need_s] per session with an extra (``g_loc``, local indices) and the rows
+    g_s − Σ_t k·x_{s,t} ≤ 0: g is the part of its energy that meets its need. Returns (first g column, the
+    sessions' indices)."""
+    g_col0 = h.getNumCol()
+    g_sess = sess[g_loc]
+    n_g = g_sess.size
+    if n_g == 0:
+        return g_col0, g_sess
+    h.addCols(
+        n_g,
+        np.zeros(n_g),
+        np.zeros(n_g),
+        ix.need_wh[g_sess],
+        0,
+        np.zeros(0, np.int32),
+        np.zeros(0, np.int32),
+        np.zeros(0),
+    )
+    pos = np.full(sess.size, -1)
+    pos[g_loc] = np.arange(n_g)
+    vi = np.flatnonzero(g_var)  # sessions are contiguous in variable order
+    r_of_v = pos[sess_local[vi]]
+    counts_r = np.bincount(r_of_v, minlength=n_g) + 1
+    rs = np.cumsum(counts_r) - counts_r
+    idx = np.empty(int(counts_r.sum()), dtype=np.int32)
+    val = np.empty(idx.size)
+    idx[rs] = g_col0 + np.arange(n_g)
+    val[rs] = 1.0
+    fill = np.ones(idx.size, bool)
+    fill[rs] = False
+    idx[fill] = vi
+    val[fill] = -k_var[vi]
+    h.addRows(n_g, np.full(n_g, -highspy.kHighsInf), np.zeros(n_g), idx.size, rs.astype(np.int32), idx, val)
+    return g_col0, g_sess
 
 
 def _hold_reserves(
@@ -589,34 +693,40 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
     member[:, pad_row] = False
     wanted = x_lp > 1e-3
     crumbs = x_lp < max(step, 1e-3)  # e.g. the last few Wh of a session: only free room, never borrowed
+    want_wh = ix.need_wh + ix.extra_wh  # an unknown need's extra is planned like need (Session.extra_wh)
+    has_extra = ix.extra_wh > _EPS
     for t in range(T):
         sl = np.append(slack[:, t], np.inf)
         min_slack = sl[rows_tab].min(axis=1)
         prev_on = x[:, t - 1] > 0 if t > 0 else np.nan_to_num(ix.cur) > 0
         cand = np.flatnonzero(zeroed[:, t] | (wanted[:, t] & (x[:, t] == 0)))
-        cand = cand[planned[cand] < ix.need_wh[cand] - _EPS]
+        cand = cand[planned[cand] < want_wh[cand] - _EPS]
         topup = np.flatnonzero(
             (x[:, t] > 0)
             & (x[:, t] <= ix.imax - max(step, 1e-3))
             & (min_slack >= max(step, 1e-3) * ix.volt)
-            & (planned < ix.need_wh - max(step, 1e-3) * ix.k_wh)
+            & (planned < want_wh - max(step, 1e-3) * ix.k_wh)
         )
         for group, is_raise in ((cand, True), (topup, False)):
             if group.size == 0:
                 continue
-            order = np.lexsort((ix.dep[group], ~prev_on[group], -ix.prio[group]))
+            # sessions beyond their need (an unknown need's extra) come last: they get what is left
+            order = np.lexsort((ix.dep[group], ~prev_on[group], -ix.prio[group], has_extra[group]))
             for s in group[order]:
                 r = rows_tab[s, : counts[s]]
                 room_w = float(sl[r].min()) if r.size else math.inf
                 v = ix.volt[s]
                 if is_raise:
                     add = imin[s]
+                    # nothing is borrowed for crumbs; a session whose need is a guess (it has an extra) only
+                    # from others whose need is a guess too: never from a known need
                     if room_w < add * v - 1e-6 and (
-                        crumbs[s, t] or not _borrow(s, t, r, add * v, x, sl, member, imin, ix, planned, step)
+                        crumbs[s, t]
+                        or not _borrow(s, t, r, add * v, x, sl, member, imin, ix, planned, step, bool(has_extra[s]))
                     ):
                         continue
                 else:
-                    add = min(ix.imax[s] - x[s, t], room_w / v, (ix.need_wh[s] - planned[s]) / ix.k_wh[s])
+                    add = min(ix.imax[s] - x[s, t], room_w / v, (want_wh[s] - planned[s]) / ix.k_wh[s])
                     if step > 0:
                         add = math.floor(add / step + 1e-6) * step
                     if add <= 1e-9:
@@ -664,17 +774,21 @@ def _borrow(
     ix: _Indexed,
     planned: FloatArray,
     step: float,
+    extra_only: bool = False,
 ) -> bool:
     """Make room for session ``c`` at its minimum in slot ``t`` by lowering others (not below their minimum).
 
     Only donors that load every deficient row are used, so lowering them frees capacity exactly where it
-    is missing and can never overload anything. Lowest priority / latest departure give first. Returns
+    is missing and can never overload anything. Lowest priority / latest departure give first; with
+    ``extra_only`` only sessions with an unknown need (``extra_wh``) give, never a known need. Returns
     whether the room now suffices (``sl`` and ``x`` updated in place).
     """
     short_rows = rows[sl[rows] < need_w - 1e-6]
     deficit = float((need_w - sl[short_rows]).max())
     donors = np.flatnonzero(member[:, short_rows].all(axis=1) & (x[:, t] > imin + max(step, 1e-3)))
     donors = donors[(donors != c) & (ix.prio[donors] <= ix.prio[c])]
+    if extra_only:  # ``c``'s need is a guess: only from others whose need is a guess too
+        donors = donors[ix.extra_wh[donors] > _EPS]
     if donors.size == 0:
         return False
     spare_w = (x[donors, t] - imin[donors]) * ix.volt[donors]
