@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from datetime import datetime
 
 import numpy as np
@@ -61,6 +63,7 @@ def problems(draw: st.DrawFn) -> PlanningProblem:
                 draw(st.sampled_from([230.0, 240.0])),
                 draw(st.sampled_from([1.0, 2.0])),
                 draw(st.floats(0.0, 20_000.0)),
+                draw(st.sampled_from([0.0, 0.0, 5_000.0, math.inf])),  # an unknown need's extra
             )
         )
     price = np.array(draw(st.lists(st.floats(0.0, 0.5), min_size=T, max_size=T)))
@@ -100,8 +103,8 @@ def test_rounded_plan_respects_every_limit(problem: PlanningProblem) -> None:
         window[max(s.arrival_slot, 0) : max(min(dep, T), 0)] = True
         assert not on[~window].any(), "charging outside arrival…departure"
         k = s.voltage_v * len(plan.phases[i]) * 0.25
-        # at most one minimum-current slot more than the remaining need (the car stops when full)
-        assert x[i].sum() * k <= s.remaining_wh + max(s.min_current_a, 6.0) * k + 1e-6
+        # at most one minimum-current slot more than the remaining need and its extra (the car stops when full)
+        assert x[i].sum() * k <= s.remaining_wh + s.extra_wh + max(s.min_current_a, 6.0) * k + 1e-6
         v = plan.verdicts[s.session_id]
         assert v.planned_wh <= s.remaining_wh + 1e-6
         assert v.shortfall_wh >= 0
