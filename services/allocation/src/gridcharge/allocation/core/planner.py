@@ -481,18 +481,7 @@ def _solve_lp(
             pos = np.full(sess.size, -1)
             pos[ok] = np.arange(n_fr)
             vi = np.flatnonzero(pos[sess_local] >= 0)
-            r_of_v = pos[sess_local[vi]]
-            counts_r = np.bincount(r_of_v, minlength=n_fr) + 1
-            rs = np.cumsum(counts_r) - counts_r
-            idx = np.empty(int(counts_r.sum()), dtype=np.int32)
-            val = np.empty(idx.size)
-            idx[rs] = n_col + np.arange(n_fr)
-            val[rs] = 1.0
-            fill = np.ones(idx.size, bool)
-            fill[rs] = False
-            idx[fill] = vi  # vi is sorted by session, and sessions are contiguous in var order
-            val[fill] = -k_var[vi]
-            h.addRows(n_fr, np.full(n_fr, -highspy.kHighsInf), np.zeros(n_fr), idx.size, rs.astype(np.int32), idx, val)
+            _add_energy_link_rows(h, n_col, n_fr, vi, pos[sess_local[vi]], k_var)
 
     price_cost = cfg.price_weight * p_blk[var_b] * e_kwh
     weighted = secondary and not two_stage
@@ -611,20 +600,27 @@ def _add_need_columns(
     )
     pos = np.full(sess.size, -1)
     pos[g_loc] = np.arange(n_g)
-    vi = np.flatnonzero(g_var)  # sessions are contiguous in variable order
-    r_of_v = pos[sess_local[vi]]
-    counts_r = np.bincount(r_of_v, minlength=n_g) + 1
+    vi = np.flatnonzero(g_var)
+    _add_energy_link_rows(h, g_col0, n_g, vi, pos[sess_local[vi]], k_var)
+    return g_col0, g_sess
+
+
+def _add_energy_link_rows(
+    h: highspy.Highs, col0: int, n: int, vi: IntArray, row_of_var: IntArray, k_var: FloatArray
+) -> None:
+    """Rows col0 + i − Σ k·x_v ≤ 0 over the variables ``vi`` with ``row_of_var`` = i: a column bounded by one
+    session's energy (Wh). ``vi`` is sorted and each session's variables are contiguous in variable order."""
+    counts_r = np.bincount(row_of_var, minlength=n) + 1
     rs = np.cumsum(counts_r) - counts_r
     idx = np.empty(int(counts_r.sum()), dtype=np.int32)
     val = np.empty(idx.size)
-    idx[rs] = g_col0 + np.arange(n_g)
+    idx[rs] = col0 + np.arange(n)
     val[rs] = 1.0
     fill = np.ones(idx.size, bool)
     fill[rs] = False
     idx[fill] = vi
     val[fill] = -k_var[vi]
-    h.addRows(n_g, np.full(n_g, -highspy.kHighsInf), np.zeros(n_g), idx.size, rs.astype(np.int32), idx, val)
-    return g_col0, g_sess
+    h.addRows(n, np.full(n, -highspy.kHighsInf), np.zeros(n), idx.size, rs.astype(np.int32), idx, val)
 
 
 def _hold_reserves(
