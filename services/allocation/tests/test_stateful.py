@@ -9,6 +9,11 @@ station clocks off by up to the skew we allow. Where a limit dropped below what 
 answer (offline, rejecting, silent, or not yet answered) still holds, nothing can lower it but time: that
 excess is allowed only for such stations and only until their leases end — which is checked too (no lease
 runs longer than ``LeasePolicy.max_lease_s``).
+
+Stations accept A, W or both (random per example) and cars may draw on one phase: a single-phase car at a
+three-phase station that accepts W gets its lease in W on one phase, which the budget counts per phase. So
+the worst case is checked per station phase, and every lease a station is sent is checked against what its
+payload lets the station draw on each phase — computed here from the payload, independently of the ledger.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from gridcharge.allocation.core.leases import LeasePolicy
 from gridcharge.allocation.core.model import Plan, PlanningProblem, SessionVerdict
 from gridcharge.allocation.core.planner import LpPlanner
 from gridcharge.command.v1 import command_pb2
+from gridcharge.common.v1 import common_pb2
 from gridcharge.shared.topology import PHASES, Topology, parse_topology
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -65,6 +71,19 @@ STATIONS = [s.id for s in TOPO.stations]
 EVSES = [(s.id, e.id) for s in TOPO.stations for e in s.evses]
 NODES = [n.id for n in TOPO.nodes]
 MODES = ["accept", "accept", "reject", "silent", "callerror"]
+UNITS = [(), (common_pb2.RATE_UNIT_A,), (common_pb2.RATE_UNIT_A, common_pb2.RATE_UNIT_W), (common_pb2.RATE_UNIT_W,)]
+LOW_V = 0.9  # AllocatorConfig.low_voltage
+
+
+def payload_bound_a(c: ProfileCommand, wired: int, hw_a: float) -> list[float]:
+    """The most a station may draw on each of its phases under this station-max profile (A), from the payload
+    alone: an A limit on every phase; a W limit is the total, all of which a single-phase car may take on L1
+    and a k-phase car P/k on each of its first k phases, at a voltage down to LOW_V × nominal."""
+    prof = c.payload.profile
+    top = max(per.limit for per in prof.periods)
+    if prof.rate_unit == common_pb2.RATE_UNIT_W:
+        return [min(hw_a, top / (k * V * LOW_V)) for k in range(1, wired + 1)]
+    return [min(hw_a, top)] * wired
 
 
 class GreedyPlanner:
@@ -112,6 +131,15 @@ class AllocationMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ the simulated gateway + stations
     def deliver(self, cmds: list[ProfileCommand]) -> None:
         for c in cmds:
+            led = self.alloc.ledgers[c.station_id]
+            sent = led.pending.get(c.command_id)
+            if sent is not None and sent.key == LEASE_KEY:
+                # what the ledger will count for this lease is what its payload allows, phase by phase
+                st_ = TOPO.station_by_id[c.station_id]
+                want = payload_bound_a(c, len(st_.phase_map), st_.max_current_a)
+                w = sent.weights or (1.0,) * len(want)
+                got = [min(st_.max_current_a, sent.cap_a * w[p]) for p in range(len(want))]
+                assert all(g >= x - 1e-6 for g, x in zip(got, want, strict=True)), (c.payload, got, want)
             if not self.online[c.station_id]:
                 out = command_pb2.COMMAND_OUTCOME_OFFLINE
             else:
@@ -134,8 +162,10 @@ class AllocationMachine(RuleBasedStateMachine):
             self.deliver(cmds)
 
     # ------------------------------------------------------------ rules
-    @initialize()
-    def boot_all(self) -> None:
+    @initialize(units=st.lists(st.sampled_from(UNITS), min_size=len(STATIONS), max_size=len(STATIONS)))
+    def boot_all(self, units: list[tuple[int, ...]]) -> None:
+        for s, u in zip(STATIONS, units, strict=True):
+            self.alloc.capabilities(s, u, 24)
         for s in STATIONS:
             self.online[s] = True
             self.deliver(self.alloc.station_online(s, self.t))
@@ -177,8 +207,8 @@ class AllocationMachine(RuleBasedStateMachine):
         self.settle()
 
     @precondition(lambda self: len(self.alloc.book) > 0)
-    @rule(data=st.data(), current=st.floats(0, 40), stops=st.booleans())
-    def meter(self, data: st.DataObject, current: float, stops: bool) -> None:
+    @rule(data=st.data(), current=st.floats(0, 40), stops=st.booleans(), phases=st.sampled_from([None, 1, 1, 3]))
+    def meter(self, data: st.DataObject, current: float, stops: bool, phases: int | None) -> None:
         key = data.draw(st.sampled_from(sorted(self.alloc.book.sessions)))
         s = self.alloc.book.sessions[key]
         if not stops:
@@ -191,6 +221,7 @@ class AllocationMachine(RuleBasedStateMachine):
                 current,
                 None,
                 self.alloc.grant_a.get(key),
+                phases_drawn=phases,
             )
         self.settle()
 
@@ -260,7 +291,7 @@ class AllocationMachine(RuleBasedStateMachine):
         now = self.t
         for t in self.moments():
             cap = self.alloc.capacity_at(now, t)
-            wc = {sid: led.worst_case_a(t) for sid, led in self.alloc.ledgers.items()}
+            wc = {sid: led.worst_case_ph(t) for sid, led in self.alloc.ledgers.items()}
             draw = node_draw_w(TOPO, wc)
             # floors in force then (a scheduled fallback may be lower than its nominal value for a while)
             floors = node_draw_w(TOPO, {s: led.floor_a(t) for s, led in self.alloc.ledgers.items()})
@@ -279,7 +310,7 @@ class AllocationMachine(RuleBasedStateMachine):
                             and now - led.failed_at < self.cfg.leases.max_lease_s + self.cfg.command_timeout_s
                         )
                     )
-                    troubled[s.id] = max(0.0, wc[s.id] - led.floor_a(t)) if bad else 0.0
+                    troubled[s.id] = [max(0.0, x - led.floor_a(t)) if bad else 0.0 for x in wc[s.id]]
                 excuse = node_draw_w(TOPO, troubled)[nid]
                 for p in range(3):
                     allowed = max(float(cap[nid][p]), float(floors[nid][p])) + float(excuse[p]) + 1e-6

@@ -485,7 +485,7 @@ class AllocationService:
             )
             M.STATION_WRITES_LAST_HOUR.labels(stat="mean").set(sum(per_hour) / len(per_hour))
         cap_now = {n: c[:, 0] for n, c in res.capacity.w.items()}
-        for nid, _p, _excess in violations(self.topology, cap_now, self.alloc.worst_case_a(now)):
+        for nid, _p, _excess in violations(self.topology, cap_now, self.alloc.worst_case_ph(now)):
             M.NODE_LIMIT_VIOLATIONS.labels(node=nid).inc()
 
     # ---------------------------------------------------------------- handlers

@@ -26,6 +26,8 @@ class AllocationSettings(Settings):
     allocation_slot_s: float = 900.0  # planning slot
     allocation_horizon_slots: int = 96  # planning horizon in slots
     allocation_priority_charging_level: int = 10  # session priority while OCPP 2.1 priority charging is on
+    allocation_one_phase_w_leases: bool = True  # a single-phase car's lease in W on one phase (docs/allocation.md)
+    allocation_low_voltage: float = 0.9  # lowest voltage a W limit may meet, × nominal
 
     @classmethod
     def derive(cls, base: Settings, env: Mapping[str, str] | None = None) -> AllocationSettings:
@@ -71,6 +73,12 @@ class AllocationSettings(Settings):
                 "GRIDCHARGE_ALLOCATION_PRIORITY_CHARGING_LEVEL",
                 f"must be 0..100 like a session priority (got {self.allocation_priority_charging_level})",
             )
+        if not 0.5 <= self.allocation_low_voltage <= 1.0:
+            raise ConfigError(
+                "environment",
+                "GRIDCHARGE_ALLOCATION_LOW_VOLTAGE",
+                f"must be 0.5..1.0 (a fraction of the nominal voltage; got {self.allocation_low_voltage})",
+            )
         return AllocatorConfig(
             slot_s=self.allocation_slot_s,
             horizon_slots=self.allocation_horizon_slots,
@@ -78,4 +86,6 @@ class AllocationSettings(Settings):
             leases=leases,
             writes=writes,
             priority_charging_level=self.allocation_priority_charging_level,
+            one_phase_w_leases=self.allocation_one_phase_w_leases,
+            low_voltage=self.allocation_low_voltage,
         )

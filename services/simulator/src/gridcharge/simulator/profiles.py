@@ -301,6 +301,14 @@ class ProfileStore:
         n = per.number_phases or phases
         return to_amps(per.limit, prof.rate_unit, n, voltage_v), per.number_phases, prof.purpose
 
+    def station_limit(self, t: float) -> tuple[float, RateUnit] | None:
+        """The station maximum profile's limit in force and its unit (A per phase, W total), None = no limit."""
+        won = self._winner([p for p in self.profiles if p.purpose == "StationMax"], t, None)
+        if won is None:
+            return None
+        prof, per = won
+        return per.limit, prof.rate_unit
+
     def station_limit_a(self, t: float, phases: int, voltage_v: float) -> float | None:
         """Per-phase current limit A of the whole station (station maximum profile), None = no limit."""
         won = self._winner([p for p in self.profiles if p.purpose == "StationMax"], t, None)

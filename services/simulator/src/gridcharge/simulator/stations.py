@@ -152,14 +152,22 @@ class StationModel:
             hw = e.max_current_a
             offered = hw if lim is None else min(lim, hw)
             demand[e.evse_id] = e.ev.draw_a(offered, min(n_ph or 3, len(e.phase_map)))
-        st_lim = self.profiles.station_limit_a(t, 3, self.voltage_v)
-        cap = min(self.cfg.max_current_a, st_lim) if st_lim is not None else self.cfg.max_current_a
-        # the station maximum caps the station total on every phase: scale the EVSEs down evenly
+        st = self.profiles.station_limit(t)
+        st_lim = st[0] if st is not None else None
+        # the station maximum caps every phase (A) or the station's total power (W: a single-phase car may
+        # take all of it on one phase, as a station that measures its phases does): scale the EVSEs evenly
+        cap, total_w = self.cfg.max_current_a, math.inf
+        if st is not None and st[1] == "W":
+            total_w = max(0.0, st[0])
+        elif st is not None:
+            cap = min(cap, st[0])
         per_phase = [0.0, 0.0, 0.0]
         for eid, (cur, nph) in demand.items():
             for ph in self.evses[eid].phase_map[:nph]:
                 per_phase[PHASES.index(ph)] += cur
         scale = min(1.0, cap / max(per_phase)) if max(per_phase, default=0.0) > 0 else 1.0
+        if sum(per_phase) > 0:
+            scale = min(scale, total_w / (self.voltage_v * sum(per_phase)))
         total = 0.0
         for e in self.evses.values():
             if e.evse_id not in demand or e.ev is None:

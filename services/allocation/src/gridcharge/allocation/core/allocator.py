@@ -61,6 +61,10 @@ class AllocatorConfig:
     raise_headroom_pct: float = 5.0  # at most this much of a node's limit is left free by raises: the band
     #                                      is how much its base load wobbled in the last 10 min (hysteresis)
     priority_charging_level: int = 10  # session priority while OCPP 2.1 priority charging is active (default 1)
+    # a single-phase car at a multi-phase station that accepts W gets its lease in W on one phase: the budget
+    # counts it as [1, 1/2, 1/3] / low_voltage of the grant on L1, L2, L3 instead of the grant on every phase
+    one_phase_w_leases: bool = True
+    low_voltage: float = 0.9  # lowest voltage a W limit may meet, × nominal (EN 50160: −10 %)
 
 
 class Allocator:
@@ -80,7 +84,8 @@ class Allocator:
         self.book = SessionBook(dict(topology.station_by_id), topology.session_defaults, self.voltage_v)
         skew = self.cfg.leases.clock_skew_s
         self.ledgers = {
-            s.id: StationLedger(s.id, s.fallback_current_a, s.max_current_a, skew_s=skew) for s in topology.stations
+            s.id: StationLedger(s.id, s.fallback_current_a, s.max_current_a, skew_s=skew, phases=len(s.phase_map))
+            for s in topology.stations
         }
         self.issuer = CommandIssuer(
             topology,
@@ -89,6 +94,7 @@ class Allocator:
             WriteLog(self.cfg.writes),
             self.cfg.command_ttl_s,
             new_id or (lambda: uuid.uuid4().hex),
+            low_voltage=self.cfg.low_voltage,
         )
         self.fallbacks = FallbackSchedules(topology, self.cfg.release_idle_fallbacks)
         self.node_inputs: dict[str, NodeInputs] = {}
@@ -123,6 +129,10 @@ class Allocator:
     def worst_case_a(self, now: float) -> dict[str, float]:
         """Per station: the highest per-phase current it may draw at ``now`` (A)."""
         return {sid: led.worst_case_a(now) for sid, led in self.ledgers.items()}
+
+    def worst_case_ph(self, now: float) -> dict[str, list[float]]:
+        """Per station: the highest current it may draw at ``now`` on each of its phases (A)."""
+        return {sid: led.worst_case_ph(now) for sid, led in self.ledgers.items()}
 
     def capacity_at(self, now: float, t: float) -> dict[str, np.ndarray]:
         """[3] W of EV capacity per node at time ``t`` as known at ``now``."""
@@ -427,6 +437,10 @@ class Allocator:
             self._cap_grants(sid, cap, now)
         cmds: list[ProfileCommand] = []
         for sid in sorted(caps):
+            # a cut never raises a phase: a lease in W on one phase counts more on L1 than one in A does
+            ph = self.ledgers[sid].worst_case_ph(now)
+            w = self.issuer.lease_weights(sid)
+            caps[sid] = min(caps[sid], min(ph[p] / w[p] for p in range(len(ph))))
             if caps[sid] < self.ledgers[sid].held_a(now) - 0.05:
                 cmds.append(self.issuer.station_lease(sid, P.quantise_a(caps[sid]), now, "limiter"))
             if len(self.topology.station_by_id[sid].evses) > 1:

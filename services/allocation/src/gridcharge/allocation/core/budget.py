@@ -100,6 +100,8 @@ class _StationIndex:
     count: npt.NDArray[np.intp]
     slot: npt.NDArray[np.intp]
     slots_of: tuple[tuple[int, ...], ...]  # per station row: its slots as plain ints (per-station loops)
+    pos: npt.NDArray[np.intp]  # per slot: the station phase it belongs to (0 = the station's L1)
+    pos_of: tuple[tuple[int, ...], ...]  # per station row: ``pos`` of its slots as plain ints
 
 
 _INDEXES: OrderedDict[int, tuple[Topology, _StationIndex]] = OrderedDict()
@@ -119,6 +121,7 @@ def _index(topology: Topology) -> _StationIndex:
     start: list[int] = []
     count: list[int] = []
     slot: list[int] = []
+    pos: list[int] = []
     for st in topology.stations:
         path = tuple(topology.station_path(st.id))
         ph = tuple(PHASES.index(p) for p in st.phase_map)
@@ -126,6 +129,7 @@ def _index(topology: Topology) -> _StationIndex:
         phases.append(ph)
         start.append(len(slot))
         slot.extend(node_pos[nid] * 3 + p for nid in path for p in ph)
+        pos.extend(i for _nid in path for i in range(len(ph)))
         count.append(len(slot) - start[-1])
     idx = _StationIndex(
         node_ids,
@@ -136,6 +140,8 @@ def _index(topology: Topology) -> _StationIndex:
         np.array(count, dtype=np.intp),
         np.array(slot, dtype=np.intp),
         tuple(tuple(slot[a : a + n]) for a, n in zip(start, count, strict=True)),
+        np.array(pos, dtype=np.intp),
+        tuple(tuple(pos[a : a + n]) for a, n in zip(start, count, strict=True)),
     )
     _INDEXES[id(topology)] = (topology, idx)
     while len(_INDEXES) > _INDEXES_MAX:
@@ -231,29 +237,45 @@ def node_capacity(
     return Capacity(out, src)
 
 
-def node_draw_w(topology: Topology, station_caps_a: Mapping[str, float]) -> dict[str, FloatArray]:
-    """Per-node, per-phase worst-case draw (W) if every station drew its cap on all its phases.
+StationDraw = float | Sequence[float] | FloatArray
+"""A station's current (A): one value for all its phases, or one per station phase (L1, L2, L3)."""
+
+
+def node_draw_w(topology: Topology, station_caps_a: Mapping[str, StationDraw]) -> dict[str, FloatArray]:
+    """Per-node, per-phase worst-case draw (W) if every station drew its cap (one value on all its phases, or
+    one per station phase).
 
     Vectorised: one weighted bincount over the stations' (node, phase) slots, in the mapping's order, so
     every slot sums the same terms in the same order as a loop over stations, nodes and phases would.
     """
     ix = _index(topology)
-    draw = _draw_flat(topology, station_caps_a, 1)[:, 0].reshape(-1, 3)
+    caps = {
+        sid: (x if np.ndim(x) == 0 else np.asarray(x, dtype=np.float64).reshape(-1, 1))
+        for sid, x in station_caps_a.items()
+    }
+    draw = _draw_flat(topology, caps, 1)[:, 0].reshape(-1, 3)
     return {nid: draw[i] for i, nid in enumerate(ix.node_ids)}
 
 
-def _draw_flat(topology: Topology, caps_a: Mapping[str, float] | Mapping[str, Sequence[float]], k: int) -> FloatArray:
-    """:func:`node_draw_w` with a cap per moment (``caps_a[station]``: a value, or [k] A); returns
-    [3 × nodes, k] W, row = node position × 3 + phase as in the station index."""
+def _draw_flat(topology: Topology, caps_a: Mapping[str, object], k: int) -> FloatArray:
+    """:func:`node_draw_w` at ``k`` moments: ``caps_a[station]`` is a value, [k] A (one per moment, all
+    phases) or [phases, k] A (per station phase and moment); returns [3 × nodes, k] W, row = node position × 3
+    + phase as in the station index."""
     ix = _index(topology)
     keep = [sid for sid in caps_a if sid in ix.row]
     sel = np.array([ix.row[sid] for sid in keep], dtype=np.intp)
-    vals = np.array([caps_a[sid] for sid in keep], dtype=np.float64).reshape(len(keep), k)
+    vals = np.zeros((len(keep), 3, k))
+    for i, sid in enumerate(keep):
+        x = np.asarray(caps_a[sid], dtype=np.float64)
+        if x.ndim == 2:
+            vals[i, : x.shape[0]] = x
+        else:
+            vals[i] = np.broadcast_to(x.reshape(-1) if x.ndim else x, (k,))
     count = ix.count[sel]
     ends = np.cumsum(count)
     flat = np.repeat(ix.start[sel] - (ends - count), count) + np.arange(int(ends[-1]) if len(ends) else 0)
     slots = ix.slot[flat]
-    weights = np.repeat(vals, count, axis=0) * topology.nominal_voltage_v
+    weights = vals[np.repeat(np.arange(len(keep)), count), ix.pos[flat]] * topology.nominal_voltage_v
     n = 3 * len(ix.node_ids)
     return np.stack([np.bincount(slots, weights=weights[:, j], minlength=n) for j in range(k)], axis=1)
 
@@ -270,6 +292,7 @@ def fit_caps(
     raise_headroom_w: Mapping[str, float] | None = None,
     lower_order: list[str] | None = None,
     settled_a: Mapping[str, float | FloatArray] | None = None,
+    lease_weights: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, float]:
     """Approve station caps so the worst case under every node stays within its capacity.
 
@@ -286,11 +309,15 @@ def fit_caps(
     ``raise_headroom_w``: per node, W per phase that raises leave free (a hysteresis band): lowerings are
     needed only once the capacity is exceeded, so a base load that wobbles by less than the band does not
     lower and raise the same cars every cycle.
+    ``lease_weights``: per station, what a lease sent now lets it draw on each of its phases per A of the cap
+    (a lease in W on one phase: more than the cap on L1, less on L2 and L3; `profiles.phase_weights`);
+    default 1 on every phase.
 
     Time-resolved: ``capacity_w`` may be [3, K] W per node and ``worst_case_a``/``floor_a`` [K] A per
     station, at the same K moments of a lease's lifetime (now, slot starts, fallback steps). A cap must
     fit at every moment; a cap below a moment's floor frees nothing at that moment, but may at another
     (a fallback that rises when a DSO window ends must not keep a car's lease at it during the window).
+    ``worst_case_a`` and ``settled_a`` may also be [phases, K] A: per station phase (L1, L2, L3), per moment.
 
     1. Lowerings are always approved; they take effect only once accepted, so until then the old worst
        case stays counted for raises (and the new value for the check of step 2, as one in flight does).
@@ -306,10 +333,10 @@ def fit_caps(
     k = 1
     for c in capacity_w.values():
         k = max(k, np.shape(c)[1] if np.ndim(c) == 2 else 1)
-    for m in (worst_case_a, floor_a or {}):
+    for m in (worst_case_a, floor_a or {}, settled_a or {}):
         for x in m.values():
-            if not isinstance(x, float | int):
-                k = max(k, np.size(x))
+            if np.ndim(x) > 0:
+                k = max(k, np.shape(x)[-1])
     K = range(k)
     # capacity as [3 × nodes][K] rows in the station index's slot order; a node without one never binds
     cap_arr = np.full((3 * len(ix.node_ids), k), math.inf)
@@ -324,88 +351,133 @@ def fit_caps(
             return [float(x)] * k
         return [float(y) for y in np.broadcast_to(x, (k,))]
 
+    def n_ph(sid: str) -> int:
+        return len(ix.phases[ix.row[sid]])
+
+    def rows(sid: str, x: float | FloatArray) -> list[list[float]]:
+        """[phases][K] A of a station from a value, [K] or [phases, K]."""
+        if np.ndim(x) == 2:
+            arr = np.asarray(x, dtype=np.float64)
+            return [[float(y) for y in np.broadcast_to(arr[p], (k,))] for p in range(n_ph(sid))]
+        r = row(x)
+        return [list(r) for _ in range(n_ph(sid))]
+
     zero = [0.0] * k
     floors = {sid: row(x) for sid, x in (floor_a or {}).items()}
-    wc = {sid: row(x) for sid, x in worst_case_a.items()}
-    settled = {**wc, **{sid: row(x) for sid, x in (settled_a or {}).items() if sid in wc}}
+    wc = {sid: rows(sid, x) for sid, x in worst_case_a.items() if sid in ix.row}
+    settled = {**wc, **{sid: rows(sid, x) for sid, x in (settled_a or {}).items() if sid in wc}}
+    wts: dict[str, list[float]] = {}
+    for sid in desired_a:
+        if sid in ix.row:
+            w = list((lease_weights or {}).get(sid, ()))
+            wts[sid] = [w[p] if p < len(w) else 1.0 for p in range(n_ph(sid))]
+
+    def cur_of(sid: str, m: dict[str, list[list[float]]]) -> list[list[float]]:
+        return m.get(sid) or [list(zero) for _ in range(n_ph(sid))]
+
     approved: dict[str, float] = {}
     kept = {sid for sid in keep if sid in desired_a}
     for sid, want in desired_a.items():
-        if sid in kept or want <= min(wc.get(sid, zero)) + 1e-9:
+        if sid not in ix.row:
+            continue
+        cur0 = cur_of(sid, wc)
+        if sid in kept or all(want * wts[sid][p] <= min(cur0[p]) + 1e-9 for p in range(len(cur0))):
             approved[sid] = want
 
-    def eff(sid: str, a: float) -> list[float]:
-        """Worst case of a station at each moment once cap ``a`` is installed."""
-        return [max(f, a) for f in floors.get(sid, zero)]
+    def eff(sid: str, a: float) -> list[list[float]]:
+        """Worst case of a station per phase and moment once cap ``a`` is installed."""
+        f = floors.get(sid, zero)
+        return [[max(f[j], a * w) for j in K] for w in wts[sid]]
 
     band = [0.0] * (3 * len(ix.node_ids))
     for i, nid in enumerate(ix.node_ids):
         for p in range(3):
             band[3 * i + p] = (raise_headroom_w or {}).get(nid, 0.0)
 
-    def excess_a(sid: str, load: list[list[float]], headroom: bool = False) -> list[float]:
-        """[K] most any node/phase on the station's path is above capacity (less the raise headroom with
-        ``headroom``) (A, may be < 0 = room)."""
-        sl = ix.slots_of[ix.row[sid]]
-        if headroom:
-            return [max((load[s][j] - cap[s][j] + band[s] for s in sl), default=-math.inf) / v for j in K]
-        return [max((load[s][j] - cap[s][j] for s in sl), default=-math.inf) / v for j in K]
-
-    def shift(load: list[list[float]], sid: str, delta_a: list[float]) -> None:
-        for s in ix.slots_of[ix.row[sid]]:
-            ld = load[s]
+    def shift(load: list[list[float]], sid: str, delta_a: list[list[float]]) -> None:
+        r = ix.row[sid]
+        for s, p in zip(ix.slots_of[r], ix.pos_of[r], strict=True):
+            ld, d = load[s], delta_a[p]
             for j in K:
-                ld[j] += delta_a[j] * v
+                ld[j] += d[j] * v
+
+    def bound(sid: str, cur: list[list[float]], load: list[list[float]], headroom: bool) -> float:
+        """Largest cap whose worst case fits on every node/phase of the station's path at every moment, each
+        phase at most its current worst case plus the room left there (A)."""
+        r = ix.row[sid]
+        w = wts[sid]
+        b = math.inf
+        for s, p in zip(ix.slots_of[r], ix.pos_of[r], strict=True):
+            ld, cp, c = load[s], cap[s], cur[p]
+            hb = band[s] if headroom else 0.0
+            for j in K:
+                b = min(b, (c[j] + max(0.0, cp[j] - ld[j] - hb) / v) / w[p])
+        return b
 
     target_arr = _draw_flat(
-        topology, {**settled, **{sid: eff(sid, a) for sid, a in approved.items() if sid not in kept}}, k
+        topology,
+        {
+            **{sid: np.array(x) for sid, x in settled.items()},
+            **{sid: np.array(eff(sid, a)) for sid, a in approved.items() if sid not in kept},
+        },
+        k,
     )
     if np.any(target_arr > cap_arr + 1e-9):  # (usually nothing is over)
         target: list[list[float]] = target_arr.tolist()
         for sid in lower_order if lower_order is not None else list(reversed(order)):
-            if sid not in desired_a:
+            if sid not in desired_a or sid not in ix.row:
                 continue
-            over = excess_a(sid, target)
-            hot = [j for j in K if over[j] > 1e-9]
+            r = ix.row[sid]
+            hot = [
+                (p, j, target[s][j] - cap[s][j])
+                for s, p in zip(ix.slots_of[r], ix.pos_of[r], strict=True)
+                for j in K
+                if target[s][j] - cap[s][j] > 1e-9
+            ]
             if hot:
-                cur = settled.get(sid, zero) if sid in kept or sid not in approved else eff(sid, approved[sid])
+                cur = cur_of(sid, settled) if sid in kept or sid not in approved else eff(sid, approved[sid])
                 flo = floors.get(sid, zero)
-                # as far as needed at every moment over capacity; below a moment's floor frees nothing there
-                new = max(0.0, min(desired_a[sid], min(max(cur[j] - over[j], flo[j]) for j in hot)))
+                w = wts[sid]
+                # as far as needed at every moment over capacity; below a moment's floor frees nothing there;
+                # and no phase above what it may draw now (a lease in W may count more on L1 than one in A)
+                new = min(max(cur[p][j] - over / v, flo[j]) / w[p] for p, j, over in hot)
+                new = min(new, min(cur[p][j] / w[p] for p in range(len(w)) for _p, j, _o in hot))
+                new = max(0.0, min(desired_a[sid], new))
                 e = eff(sid, new)
-                if any(e[j] < cur[j] - 1e-9 for j in K):
+                if any(e[p][j] < cur[p][j] - 1e-9 for p in range(len(e)) for j in K):
                     approved[sid] = new
                     kept.discard(sid)
-                    shift(target, sid, [e[j] - cur[j] for j in K])
-    used: list[list[float]] = _draw_flat(topology, wc, k).tolist()
+                    shift(target, sid, [[e[p][j] - cur[p][j] for j in K] for p in range(len(e))])
+    used: list[list[float]] = _draw_flat(topology, {sid: np.array(x) for sid, x in wc.items()}, k).tolist()
     for sid in order:
-        if sid not in desired_a or sid in approved:
+        if sid not in desired_a or sid in approved or sid not in ix.row:
             continue
         want = desired_a[sid]
-        cur = wc.get(sid, zero)
-        ex = excess_a(sid, used, headroom=True)
-        grant = min(want, min(cur[j] + max(0.0, -ex[j]) for j in K))
-        if grant < min(want, cur[0]):
+        cur = cur_of(sid, wc)
+        w = wts[sid]
+        # the largest cap the current worst case already covers, at each moment
+        held = [min(cur[p][j] / w[p] for p in range(len(w))) for j in K]
+        grant = min(want, bound(sid, cur, used, headroom=True))
+        if grant < min(want, held[0]):
             # what it holds now (e.g. renewing a lease past its end) needs room, not the hysteresis band:
             # the band only holds back raises above the current value
-            plain = excess_a(sid, used)
-            grant = max(grant, min(want, cur[0], min(cur[j] + max(0.0, -plain[j]) for j in K)))
-        if max(cur) <= grant < max(cur) + min_raise_a:
-            grant = min(want, max(cur))  # a raise too small to be worth it (it fits: grant ≥ it)
+            grant = max(grant, min(want, held[0], bound(sid, cur, used, headroom=False)))
+        if max(held) <= grant < max(held) + min_raise_a:
+            grant = min(want, max(held))  # a raise too small to be worth it (it fits: grant ≥ it)
         grant = max(0.0, grant)
         approved[sid] = grant
         # a raise only counts upwards: a lowering takes effect once accepted
         e = eff(sid, grant)
-        up = [max(e[j] - cur[j], 0.0) for j in K]
+        up = [[max(e[p][j] - cur[p][j], 0.0) for j in K] for p in range(len(e))]
         shift(used, sid, up)
-        wc[sid] = [cur[j] + up[j] for j in K]
+        wc[sid] = [[cur[p][j] + up[p][j] for j in K] for p in range(len(e))]
     return approved
 
 
 def violations(
     topology: Topology,
     capacity_w: Mapping[str, FloatArray],
-    worst_case_a: Mapping[str, float],
+    worst_case_a: Mapping[str, StationDraw],
     tolerance_w: float = 1e-6,
 ) -> list[tuple[str, int, float]]:
     """(node, phase, excess W) wherever Σ worst-case draw exceeds the capacity ([3] W per node)."""

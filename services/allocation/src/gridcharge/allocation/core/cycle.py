@@ -34,7 +34,7 @@ import numpy as np
 from gridcharge.allocation.core import profiles as P
 from gridcharge.allocation.core.budget import Capacity, fit_caps, node_capacity, node_draw_w, station_phases
 from gridcharge.allocation.core.failsafe import LEASE_KEY, Sent
-from gridcharge.allocation.core.issuer import ProfileCommand
+from gridcharge.allocation.core.issuer import ProfileCommand, StationCaps
 from gridcharge.allocation.core.model import (
     BindingConstraint,
     Evse,
@@ -116,6 +116,22 @@ def wants_energy(s: SessionState, now: datetime) -> bool:
     return cap is None or cap > 0
 
 
+def one_phase_stations(alloc: Allocator, by_station: dict[str, list[SessionState]]) -> set[str]:
+    """Stations whose lease goes in W on one phase: one EVSE on several phases, accepting W, and a car there
+    that draws on one phase (measured or reported). In A the station cap binds every phase, so the budget
+    reserves it three times for a car that uses one; a W limit bounds the total, which such a car can only
+    draw on L1 (`profiles.phase_weights`)."""
+    if not alloc.cfg.one_phase_w_leases:
+        return set()
+    out = set()
+    for sid, ss in by_station.items():
+        st = alloc.topology.station_by_id[sid]
+        if len(st.evses) == 1 and len(st.phase_map) > 1 and ss and all(s.phases == 1 for s in ss):
+            if P.RATE_W in alloc.caps.get(sid, StationCaps()).allowed_rate_units:
+                out.add(sid)
+    return out
+
+
 def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
     """One planning cycle (module docstring)."""
     cfg, topo = alloc.cfg, alloc.topology
@@ -135,6 +151,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
     for s in alloc.book.sessions.values():
         by_station.setdefault(s.station_id, []).append(s)
     alloc.charging = {sid for sid, ss in by_station.items() if any(wants_energy(x, now_dt) for x in ss)}
+    alloc.issuer.one_phase = one_phase_stations(alloc, by_station)
     plannable = {sid for sid, led in alloc.ledgers.items() if not led.in_failsafe(now, cfg.failsafe_hold_s)}
     planned = {sid for sid in by_station if sid in plannable}
     for n in busy_nodes(alloc):
@@ -145,7 +162,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
     result = PlanResult(now_dt, None, capacity, slot_starts)
     end = cfg.leases.lease_end(now, lowered=False)
     moments, cap_k, wc_k = budget_moments(alloc, now, end, capacity, slot_starts)
-    wc_max = {sid: float(np.max(a)) for sid, a in wc_k.items()}
+    wc_max = {sid: np.max(np.asarray(a), axis=-1) for sid, a in wc_k.items()}  # [phases] A: the highest per phase
 
     # the plan
     sessions = [s for sid in sorted(planned) for s in by_station[sid]]
@@ -180,6 +197,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
     )
     band = {n.id: alloc.raise_band_w(n.id) for n in topo.nodes}
     lower_order = lowering_order(alloc, now, targets, prio)
+    weights = {sid: alloc.issuer.lease_weights(sid) for sid in targets}
     approved = fit_caps(
         topo,
         cap_k,
@@ -191,6 +209,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
         raise_headroom_w=band,
         lower_order=lower_order,
         settled_a=settled_moments(alloc, moments),
+        lease_weights=weights,
     )
     result.station_caps_a = dict(approved)
     waiting = renewals_waiting_for_room(alloc, now, targets, approved, patient)
@@ -199,7 +218,13 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
         alloc,
         now,
         {n: c.min(axis=1) for n, c in cap_k.items()},
-        {**wc_max, **{k: max(a, desired.get(k, 0.0), float(np.max(floors[k]))) for k, a in approved.items()}},
+        {
+            **wc_max,
+            **{
+                k: np.maximum(a * np.asarray(weights[k]), max(desired.get(k, 0.0), float(np.max(floors[k]))))
+                for k, a in approved.items()
+            },
+        },
     )
 
     # commands
@@ -295,6 +320,7 @@ def safety_caps(alloc: Allocator, now: float, node_id: str, caps: dict[str, floa
         keep=keep,
         lower_order=lowering_order(alloc, now, under, prio),
         settled_a=settled_moments(alloc, moments),
+        lease_weights={sid: alloc.issuer.lease_weights(sid) for sid in targets},
     )
     # as the profile will carry it: rounded down, 0 below the 6 A minimum
     return {sid: P.quantise_a(a) for sid, a in approved.items() if P.quantise_a(a) < targets[sid] - 0.05}
@@ -525,7 +551,7 @@ def fallback_commands(alloc: Allocator, now: float) -> list[ProfileCommand]:
     out = []
     hold = alloc.cfg.failsafe_hold_s
     topo = alloc.topology
-    wc: dict[str, float] | None = None
+    wc: dict[str, list[float]] | None = None
     for sid, led in alloc.ledgers.items():
         in_flight = alloc.issuer.fallback_in_flight(sid)
         held = led.failed_at is not None and now - led.failed_at < hold
@@ -541,8 +567,8 @@ def fallback_commands(alloc: Allocator, now: float) -> list[ProfileCommand]:
         )
         if why == "raise":
             if wc is None:
-                wc = alloc.worst_case_a(now)
-            new = {**wc, sid: max(wc[sid], alloc.fallbacks.value_now(sid, now))}
+                wc = alloc.worst_case_ph(now)
+            new = {**wc, sid: [max(x, alloc.fallbacks.value_now(sid, now)) for x in wc[sid]]}
             cap = alloc.capacity_now(now)
             draw = node_draw_w(topo, new)
             if any(np.any(draw[n] > cap[n] + 1e-6) for n in topo.station_path(sid)):
@@ -554,7 +580,7 @@ def fallback_commands(alloc: Allocator, now: float) -> list[ProfileCommand]:
 
 
 def fixed_draw_w(
-    alloc: Allocator, slot_starts: list[float], plannable: set[str], based: set[str], wc: dict[str, float]
+    alloc: Allocator, slot_starts: list[float], plannable: set[str], based: set[str], wc: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """[3, T] W per node reserved before planning: the worst case of stations not plannable, the floor of
     idle ones and of the charging stations in ``based`` (their cars get it as a base).
@@ -564,7 +590,7 @@ def fixed_draw_w(
     topo = alloc.topology
     T = len(slot_starts)
     step = alloc.cfg.slot_s
-    constant: dict[str, float] = {}
+    constant: dict[str, float | np.ndarray] = {}
     out = {n.id: np.zeros((3, T)) for n in topo.nodes}
     horizon_end = slot_starts[-1] + step
     charging_stations = {s.station_id for s in alloc.book.sessions.values()}
@@ -617,7 +643,8 @@ def budget_moments(alloc: Allocator, now: float, end: float, capacity: Capacity,
     cap = {n: c[:, cols] for n, c in capacity.w.items()}
     wc: dict[str, float | np.ndarray] = {}
     for sid, led in alloc.ledgers.items():
-        wc[sid] = np.array([led.worst_case_a(t) for t in moments]) if steps[sid] else led.worst_case_a(now)
+        # [phases, K] A: a lease in W counts differently per phase (failsafe.Sent.weights)
+        wc[sid] = np.array([led.worst_case_ph(t) for t in (moments if steps[sid] else [now])]).T
     return moments, cap, wc
 
 
@@ -625,7 +652,7 @@ def settled_moments(alloc: Allocator, moments: list[float]) -> dict[str, np.ndar
     """Per station with a lease in flight, its worst case at each of ``moments`` once that lease is accepted
     (A): a lowering on its way counts at its new value when the fit checks for over capacity."""
     return {
-        sid: np.array([led.settled_worst_case_a(t) for t in moments])
+        sid: np.array([led.settled_worst_case_ph(t) for t in moments]).T
         for sid, led in alloc.ledgers.items()
         if alloc.issuer.lease_in_flight(sid) is not None
     }
@@ -682,12 +709,25 @@ def solve(
         base[key] = b
         if key in alloc.grant_a:  # what it holds now, above its base: the plan prefers to keep it
             current[s.session_id] = max(0.0, alloc.grant_a[key] - b)
+        # the station cap binds all the EVSE's phases (the budget counts it there), so a car drawing on fewer
+        # is planned on all of them with its energy scaled up: the plan reserves what the budget counts and
+        # still knows how long the car really needs (a single-phase car takes three times as long)
+        wired = len(st.evse_phases(s.evse_id))
+        k = wired / max(1, min(s.phases, wired))
+        weights: tuple[float, ...] = ()
+        if len(st.evses) == 1:
+            w = alloc.issuer.lease_weights(s.station_id)
+            if any(abs(x - 1.0) > 1e-9 for x in w):
+                # a lease in W: the budget counts the grant per phase as the weights say, whatever phases the
+                # car uses; plan it so, with its real energy
+                weights, k = w, 1.0
         evses[key] = Evse(
             key,
             tuple(topo.station_path(s.station_id)),
             tuple(PHASES.index(p) for p in st.evse_phases(s.evse_id)),
             max_current_a=max(0.0, evse_max - b),
             min_current_a=max(0.0, ev.min_current_a - b),
+            load_weights=weights,
         )
         dep_s = s.departure.timestamp() - now
         if s.departure_guessed:
@@ -696,11 +736,6 @@ def solve(
             # the energy it was waiting for is lost; a rolling horizon, so it never becomes "overdue"
             dep_s = min(dep_s, GUESSED_DEPARTURE_S)
         dep_slot = max(1, math.ceil(dep_s / cfg.slot_s))
-        # the station cap binds all the EVSE's phases (the budget counts it there), so a car drawing on fewer
-        # is planned on all of them with its energy scaled up: the plan reserves what the budget counts and
-        # still knows how long the car really needs (a single-phase car takes three times as long)
-        wired = len(st.evse_phases(s.evse_id))
-        k = wired / max(1, min(s.phases, wired))
         plan_sessions.append(
             Session(
                 s.session_id,
@@ -710,7 +745,7 @@ def solve(
                 dep_slot,
                 max(0.0, s.min_current_a - b),
                 max(0.0, max_a - b),
-                wired,
+                max(1, min(s.phases, wired)) if weights else wired,
                 alloc.voltage_v,
                 float(s.priority),
                 s.delivered_wh * k,
@@ -732,7 +767,7 @@ def solve(
     return alloc.planner.plan(problem), base
 
 
-def still_busy(alloc: Allocator, now: float, cap_w: dict[str, np.ndarray], draw_a: dict[str, float]) -> None:
+def still_busy(alloc: Allocator, now: float, cap_w: dict[str, np.ndarray], draw_a: dict[str, np.ndarray]) -> None:
     """Nodes where giving the released idle floors back would not fit next to what the cars now get:
     they stay 'busy' (released) — releasing frees the capacity, so the binding constraint alone would
     restore and release them again every cycle."""

@@ -16,7 +16,10 @@ Safety principle 3, "unknown means worst case", per station:
 - a rejected/failed/offline station is not planned for a while (``failsafe_hold_s``): it is budgeted at
   that worst case and the others are re-planned around it.
 
-Times are POSIX seconds. Currents are per phase (A) on every phase the station is wired to.
+Times are POSIX seconds. Currents are per phase (A). A lease in A bounds every phase the station is wired
+to alike; a lease in W bounds the station's total power, so what it allows differs per phase (``Sent.weights``,
+``profiles.phase_weights``): a single-phase car draws it all on L1, a two-phase one half on L1 and L2. The
+worst case is therefore kept per station phase (``worst_case_ph``); ``worst_case_a`` is its highest phase.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ class Sent:
     valid_until: float  # POSIX s; inf = no end
     sent_at: float
     schedule: tuple[tuple[float, float], ...] = ()  # (from POSIX s, A) steps; () = cap_a throughout
+    # per station phase L1, L2, L3: the most the station may draw there per A of the limit (a W limit bounds
+    # the total, so a single-phase car may draw more than the per-phase equivalent on L1); () = 1 on each
+    weights: tuple[float, ...] = ()
 
     def limit_at(self, t: float) -> float:
         """Per-phase limit (A) the profile sets at time ``t`` (the first step also covers earlier times)."""
@@ -111,6 +117,7 @@ class StationLedger:
     last_failure: str = ""
     expired: set[str] = field(default_factory=set)  # lease slots whose grant lapsed unrenewed
     skew_s: float = 0.0  # station clocks are trusted to ± this (s)
+    phases: int = 3  # phases the station is wired to (its L1, L2, L3 in that order)
 
     def floor_a(self, t: float | None = None) -> float:
         """What the station may draw once every lease lapsed (A): its fallback at time ``t``.
@@ -159,15 +166,18 @@ class StationLedger:
         fb = self.accepted.get(FALLBACK_KEY)
         return fb.steps_between(t0, t1) if fb is not None and self.fallback_installed else []
 
-    def lease_value_a(self, lease: Sent, t: float) -> float:
-        """Per-phase limit (A) a station under ``lease`` may draw at ``t``: the lease while surely valid, the
-        floor once surely lapsed, the higher of the two while the station's clock may say either."""
+    def lease_value_ph(self, lease: Sent, t: float) -> list[float]:
+        """Per station phase, the current (A) a station under ``lease`` may draw at ``t``: the lease while surely
+        valid, the floor once surely lapsed, the higher of the two while the station's clock may say either."""
         floor = self.floor_worst_a(t)
-        if t < lease.valid_until - self.skew_s:
-            return lease.limit_at(t)
         if t >= lease.valid_until + self.skew_s:
-            return floor
-        return max(lease.limit_at(t), floor)
+            return [floor] * self.phases
+        a = lease.limit_at(t)
+        w = lease.weights or (1.0,) * self.phases
+        vals = [min(self.hw_max_a, a * w[p] if p < len(w) else a) for p in range(self.phases)]
+        if t < lease.valid_until - self.skew_s:
+            return vals
+        return [max(v, floor) for v in vals]
 
     def lease_candidates(self) -> list[Sent]:
         """Station-cap leases that may be in force: in flight, of unknown fate (the accepted one apart)."""
@@ -177,32 +187,41 @@ class StationLedger:
             if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and math.isfinite(s.valid_until)
         ]
 
-    def worst_case_a(self, t: float) -> float:
-        """Highest per-phase current (A) the station may draw at ``t`` whatever happened to our commands.
+    def worst_case_ph(self, t: float) -> list[float]:
+        """Per station phase, the highest current (A) the station may draw at ``t`` whatever happened to our
+        commands.
 
         Each possible state counts: the accepted lease (or none: the floor), and every lease in flight or
         of unknown fate as if it were the one the station applied last.
         """
         acc = self.accepted.get(LEASE_KEY)
-        vals = [self.lease_value_a(acc, t) if acc is not None else self.floor_worst_a(t)]
-        vals += [self.lease_value_a(s, t) for s in self.lease_candidates()]
-        return min(self.hw_max_a, max(vals))
+        vals = [self.lease_value_ph(acc, t) if acc is not None else [self.floor_worst_a(t)] * self.phases]
+        vals += [self.lease_value_ph(s, t) for s in self.lease_candidates()]
+        return [min(self.hw_max_a, max(v[p] for v in vals)) for p in range(self.phases)]
 
-    def settled_worst_case_a(self, t: float) -> float:
-        """The worst case at ``t`` (A) once the newest lease in flight is accepted: what the budget's
-        over-capacity check counts, so a lowering already on its way is not made a second time while its
-        answer is still travelling (raises keep counting ``worst_case_a``). Leases of unknown fate still
-        count; should the one in flight fail, the next cycle sees it in ``worst_case_a`` again."""
+    def worst_case_a(self, t: float) -> float:
+        """Highest current (A) the station may draw at ``t`` on any of its phases (`worst_case_ph`)."""
+        return max(self.worst_case_ph(t))
+
+    def settled_worst_case_ph(self, t: float) -> list[float]:
+        """The worst case at ``t`` (A per station phase) once the newest lease in flight is accepted: what the
+        budget's over-capacity check counts, so a lowering already on its way is not made a second time while
+        its answer is still travelling (raises keep counting ``worst_case_ph``). Leases of unknown fate still
+        count; should the one in flight fail, the next cycle sees it in ``worst_case_ph`` again."""
         fly = [s for s in self.pending.values() if s.key == LEASE_KEY and math.isfinite(s.valid_until)]
         if not fly:
-            return self.worst_case_a(t)
-        vals = [self.lease_value_a(max(fly, key=lambda s: s.sent_at), t)]
+            return self.worst_case_ph(t)
+        vals = [self.lease_value_ph(max(fly, key=lambda s: s.sent_at), t)]
         vals += [
-            self.lease_value_a(s, t)
+            self.lease_value_ph(s, t)
             for s in self.uncertain.values()
             if s.purpose == C.PROFILE_PURPOSE_STATION_MAX and math.isfinite(s.valid_until)
         ]
-        return min(self.hw_max_a, max(vals))
+        return [min(self.hw_max_a, max(v[p] for v in vals)) for p in range(self.phases)]
+
+    def settled_worst_case_a(self, t: float) -> float:
+        """Highest phase of `settled_worst_case_ph`."""
+        return max(self.settled_worst_case_ph(t))
 
     def lease_edges(self, t0: float, t1: float) -> list[float]:
         """Times in (t0, t1) at which a lease that may be in force may start or stop counting (its end ± skew)."""

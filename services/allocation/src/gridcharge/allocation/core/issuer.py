@@ -11,7 +11,7 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from gridcharge.allocation.core import profiles as P
@@ -62,6 +62,10 @@ class CommandIssuer:
     new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
     caps: dict[str, StationCaps] = field(default_factory=dict)
     tx_sent_a: dict[str, float] = field(default_factory=dict)  # session key -> last TxProfile limit (A)
+    # stations whose next lease goes in W on one phase (a single-phase car at a multi-phase station that
+    # accepts W): the budget then counts it per phase as `profiles.phase_weights` says, not on every phase
+    one_phase: set[str] = field(default_factory=set)
+    low_voltage: float = 0.9  # lowest voltage a W limit may meet, × nominal (phase_weights)
     _known_ids: deque[str] = field(default_factory=lambda: deque(maxlen=20000))
     _known_set: set[str] = field(default_factory=set)
 
@@ -75,6 +79,24 @@ class CommandIssuer:
             self.topology.nominal_voltage_v,
             max(1, c.max_periods),
         )
+
+    def lease_target(self, station_id: str) -> P.StationProfileTarget:
+        """How the station-cap lease is written: as `target`, except W on one phase for a station in
+        ``one_phase`` (it must accept W)."""
+        t = self.target(station_id)
+        c = self.caps.get(station_id, StationCaps())
+        if station_id in self.one_phase and P.RATE_W in c.allowed_rate_units and t.phases > 1:
+            return replace(t, rate_unit=P.RATE_W, phases=1)
+        return t
+
+    def lease_weights(self, station_id: str) -> tuple[float, ...]:
+        """Per station phase, what a lease sent now lets the station draw per A (`profiles.phase_weights`:
+        1 on every phase for a lease in A)."""
+        t = self.lease_target(station_id)
+        wired = len(self.topology.station_by_id[station_id].phase_map)
+        if t.rate_unit != P.RATE_W:
+            return (1.0,) * wired
+        return tuple(t.phases / (k * self.low_voltage) for k in range(1, wired + 1))
 
     def known(self, command_id: str) -> bool:
         return command_id in self._known_set
@@ -101,6 +123,9 @@ class CommandIssuer:
                 valid_until,
                 now,
                 sched,
+                P.phase_weights(payload, tgt, len(self.topology.station_by_id[station_id].phase_map), self.low_voltage)
+                if prof.purpose == STATION_MAX
+                else (),
             )
         )
 
@@ -147,7 +172,7 @@ class CommandIssuer:
         lowered = cap_a < led.floor_max_a(now, self.policy.lease_end(now, False)) - 1e-9
         cur = self.lease_in_flight(station_id) or led.accepted.get(LEASE_KEY)
         end = self.policy.lease_end(now, lowered, cur.valid_until if reason == "renewal" and cur else -math.inf)
-        payload = P.station_lease_profile(cap_a, when(now), end - now, self.target(station_id))
+        payload = P.station_lease_profile(cap_a, when(now), end - now, self.lease_target(station_id))
         kind = "lowering" if cap_a < led.held_a(now) - 0.05 else "change"
         return self._issue(station_id, "station_lease", reason, payload, end, now, kind)
 

@@ -90,6 +90,9 @@ class Evse:
     max_current_a: float = 32.0
     min_current_a: float = DEFAULT_MIN_CURRENT_A
     max_periods: int = 24
+    # what the capacity counts per A of the car's current on each of L1, L2, L3 (a station cap in W: more than
+    # the current on L1, less on the others, whatever phases the car uses); () = the phases the car loads, 1 each
+    load_weights: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,8 @@ class _Indexed:
     prio: FloatArray  # [S]
     row_ptr: IntArray  # [S+1] CSR pointer into row_idx
     row_idx: IntArray  # node×phase rows each session loads
+    row_w: FloatArray  # per entry of row_idx: W per A the session puts on that row
+    n_row: IntArray  # [S] rows per node of each session (its entries in row_idx come node by node)
     load_matrix: sp.csr_matrix  # [N*3, S] W per A
     cur: FloatArray  # [S] A the session holds now, nan = not known (move suppression)
 
@@ -90,6 +92,8 @@ def _index(problem: PlanningProblem) -> _Indexed:
     prio = np.zeros(S)
     row_ptr = np.zeros(S + 1, dtype=np.int64)
     rows: list[int] = []
+    row_w: list[float] = []
+    n_row = np.zeros(S, dtype=np.int64)
     for s, sess in enumerate(problem.sessions):
         evse = evses.get(sess.evse_id)
         if evse is None:
@@ -113,16 +117,23 @@ def _index(problem: PlanningProblem) -> _Indexed:
         need[s] = sess.remaining_wh
         extra[s] = max(0.0, sess.extra_wh) if not math.isnan(sess.extra_wh) else 0.0
         prio[s] = sess.priority
+        if evse.load_weights:
+            load = [(p, sess.voltage_v * w) for p, w in zip(evse.phase_map, evse.load_weights, strict=False) if w > 0]
+        else:
+            load = [(p, sess.voltage_v) for p in ph]
+        n_row[s] = len(load)
         for nid in evse.node_path:
             if nid not in node_pos:
                 raise ValueError(f"EVSE {evse.evse_id}: unknown node {nid}")
-            rows.extend(node_pos[nid] * PHASES + p for p in ph)
+            rows.extend(node_pos[nid] * PHASES + p for p, _w in load)
+            row_w.extend(w for _p, w in load)
         row_ptr[s + 1] = len(rows)
     row_idx = np.asarray(rows, dtype=np.int64)
+    row_wa = np.asarray(row_w, dtype=float)
     k_wh = volt * n_ph * slots.duration_h
     counts = np.diff(row_ptr)
     load_matrix = sp.csr_matrix(
-        (np.repeat(volt, counts), (row_idx, np.repeat(np.arange(S), counts))),
+        (row_wa, (row_idx, np.repeat(np.arange(S), counts))),
         shape=(len(node_ids) * PHASES, S),
     )
     cur = np.array([problem.current_a.get(sess.session_id, math.nan) for sess in problem.sessions], dtype=float)
@@ -146,6 +157,8 @@ def _index(problem: PlanningProblem) -> _Indexed:
         prio,
         row_ptr,
         row_idx,
+        row_wa,
+        n_row,
         load_matrix,
         cur,
     )
@@ -175,8 +188,8 @@ def _node_parents(ix: _Indexed, sess: IntArray) -> IntArray | None:
     N = len(ix.node_ids)
     parent = np.full(N, -2, dtype=np.int64)  # −2 = not on any path
     for s in sess:
-        n_ph = int(ix.n_ph[s])
-        path = ix.row_idx[ix.row_ptr[s] : ix.row_ptr[s + 1] : n_ph] // PHASES
+        n_r = int(ix.n_row[s])
+        path = ix.row_idx[ix.row_ptr[s] : ix.row_ptr[s + 1] : n_r] // PHASES
         for i, node in enumerate(path):
             par = int(path[i + 1]) if i + 1 < path.size else -1
             if parent[node] == -2:
@@ -202,7 +215,8 @@ def _direct_rows(
     reps = np.diff(ix.row_ptr)[var_s]
     var_rep = np.repeat(np.arange(nv), reps)
     off = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-    node_row = ix.row_idx[ix.row_ptr[var_s[var_rep]] + off]
+    entry = ix.row_ptr[var_s[var_rep]] + off
+    node_row = ix.row_idx[entry]
     cap_flat = cap_blk.reshape(-1)
     key = node_row * B + var_b[var_rep]
     finite = np.isfinite(cap_flat[key])
@@ -211,7 +225,7 @@ def _direct_rows(
     n_cap = ukeys.size
     rows_i = np.concatenate([crow, n_cap + sess_local])
     cols_i = np.concatenate([var_rep, np.arange(nv)])
-    vals = np.concatenate([ix.volt[var_s[var_rep]], k_var])
+    vals = np.concatenate([ix.row_w[entry[finite]], k_var])
     n_rows = n_cap + sess.size
     A = sp.csc_matrix((vals, (rows_i, cols_i)), shape=(n_rows, nv))
     row_ub = np.concatenate([cap_flat[ukeys], ix.need_wh[sess] + ix.extra_wh[sess]])
@@ -235,11 +249,12 @@ def _hierarchical_rows(
     nv = var_s.size
     N3, B = cap_blk.shape
     n_l = N3 * B
-    # x entries: the first n_ph rows of a session's row list belong to its nearest node
-    reps = ix.n_ph[var_s].astype(np.int64)
+    # x entries: the first n_row rows of a session's row list belong to its nearest node
+    reps = ix.n_row[var_s].astype(np.int64)
     var_rep = np.repeat(np.arange(nv), reps)
     off = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-    node_row = ix.row_idx[ix.row_ptr[var_s[var_rep]] + off]
+    entry = ix.row_ptr[var_s[var_rep]] + off
+    node_row = ix.row_idx[entry]
     bal_x = node_row * B + var_b[var_rep]
     # L entries: −1 in its own balance row, +1 in the parent's
     l_idx = np.arange(n_l)
@@ -251,7 +266,7 @@ def _hierarchical_rows(
     n_bal = n_l
     rows_i = np.concatenate([bal_x, l_idx, par_row, n_bal + sess_local])
     cols_i = np.concatenate([var_rep, nv + l_idx, nv + l_idx[has_par], np.arange(nv)])
-    vals = np.concatenate([ix.volt[var_s[var_rep]], -np.ones(n_l), np.ones(int(has_par.sum())), k_var])
+    vals = np.concatenate([ix.row_w[entry], -np.ones(n_l), np.ones(int(has_par.sum())), k_var])
     n_rows = n_bal + sess.size
     A = sp.csc_matrix((vals, (rows_i, cols_i)), shape=(n_rows, nv + n_l))
     cap = cap_blk.reshape(-1)
@@ -684,9 +699,11 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
     rows_tab = np.full((S, max(width, 1)), pad_row, dtype=np.int64)
     for s in np.flatnonzero(counts):
         rows_tab[s, : counts[s]] = ix.row_idx[ix.row_ptr[s] : ix.row_ptr[s + 1]]
-    member = np.zeros((S, pad_row + 1), dtype=bool)
-    member[np.arange(S)[:, None], rows_tab] = True
-    member[:, pad_row] = False
+    # W per A of each session on each row (0 where it does not load it; pad column 1: never binds)
+    wmat = np.zeros((S, pad_row + 1))
+    if S:
+        wmat[:, :pad_row] = ix.load_matrix.T.toarray()
+        wmat[:, pad_row] = 1.0
     wanted = x_lp > 1e-3
     crumbs = x_lp < max(step, 1e-3)  # e.g. the last few Wh of a session: only free room, never borrowed
     want_wh = ix.need_wh + ix.extra_wh  # an unknown need's extra is planned like need (Session.extra_wh)
@@ -710,25 +727,25 @@ def _round(ix: _Indexed, x_lp: FloatArray, cfg: PlannerConfig) -> FloatArray:
             order = np.lexsort((ix.dep[group], ~prev_on[group], -ix.prio[group], has_extra[group]))
             for s in group[order]:
                 r = rows_tab[s, : counts[s]]
-                room_w = float(sl[r].min()) if r.size else math.inf
-                v = ix.volt[s]
+                wr = wmat[s, r]
+                room_a = float((sl[r] / wr).min()) if r.size else math.inf
                 if is_raise:
                     add = imin[s]
                     # nothing is borrowed for crumbs; a session whose need is a guess (it has an extra) only
                     # from others whose need is a guess too: never from a known need
-                    if room_w < add * v - 1e-6 and (
+                    if bool(np.any(sl[r] < add * wr - 1e-6)) and (
                         crumbs[s, t]
-                        or not _borrow(s, t, r, add * v, x, sl, member, imin, ix, planned, step, bool(has_extra[s]))
+                        or not _borrow(s, t, r, add * wr, x, sl, wmat, imin, ix, planned, step, bool(has_extra[s]))
                     ):
                         continue
                 else:
-                    add = min(ix.imax[s] - x[s, t], room_w / v, (want_wh[s] - planned[s]) / ix.k_wh[s])
+                    add = min(ix.imax[s] - x[s, t], room_a, (want_wh[s] - planned[s]) / ix.k_wh[s])
                     if step > 0:
                         add = math.floor(add / step + 1e-6) * step
                     if add <= 1e-9:
                         continue
                 x[s, t] += add
-                sl[r] -= add * v
+                sl[r] -= add * wr
                 planned[s] += add * ix.k_wh[s]
         slack[:, t] = sl[:-1]
     return _repair(ix, x, imin, step)
@@ -743,12 +760,14 @@ def _repair(ix: _Indexed, x: FloatArray, imin: FloatArray, step: float) -> Float
             return x
         for r, t in zip(*np.nonzero(over), strict=True):
             deficit = float((ix.load_matrix[r] @ x[:, t])[0] - ix.cap_w[r, t])
-            users = ix.load_matrix[r].indices
+            lm = ix.load_matrix[r]
+            w_of = dict(zip(lm.indices.tolist(), lm.data.tolist(), strict=True))
+            users = lm.indices
             users = users[x[users, t] > 0]
             for s in users[np.lexsort((-ix.dep[users], ix.prio[users]))]:
                 if deficit <= 1e-6:
                     break
-                v = ix.volt[s]
+                v = w_of[int(s)]
                 new = x[s, t] - deficit / v
                 new = math.floor(new / step) * step if step > 0 else new
                 if new < imin[s] - 1e-9:
@@ -762,10 +781,10 @@ def _borrow(
     c: int,
     t: int,
     rows: IntArray,
-    need_w: float,
+    need_w: FloatArray,
     x: FloatArray,
     sl: FloatArray,
-    member: npt.NDArray[np.bool_],
+    wmat: FloatArray,
     imin: FloatArray,
     ix: _Indexed,
     planned: FloatArray,
@@ -774,27 +793,29 @@ def _borrow(
 ) -> bool:
     """Make room for session ``c`` at its minimum in slot ``t`` by lowering others (not below their minimum).
 
+    ``need_w``: what ``c`` needs on each of ``rows`` (W). ``wmat``: W per A of every session on every row.
     Only donors that load every deficient row are used, so lowering them frees capacity exactly where it
     is missing and can never overload anything. Lowest priority / latest departure give first; with
     ``extra_only`` only sessions with an unknown need (``extra_wh``) give, never a known need. Returns
     whether the room now suffices (``sl`` and ``x`` updated in place).
     """
-    short_rows = rows[sl[rows] < need_w - 1e-6]
-    deficit = float((need_w - sl[short_rows]).max())
-    donors = np.flatnonzero(member[:, short_rows].all(axis=1) & (x[:, t] > imin + max(step, 1e-3)))
+    short = sl[rows] < need_w - 1e-6
+    short_rows = rows[short]
+    deficit = need_w[short] - sl[short_rows]  # W per short row
+    donors = np.flatnonzero((wmat[:, short_rows] > 0).all(axis=1) & (x[:, t] > imin + max(step, 1e-3)))
     donors = donors[(donors != c) & (ix.prio[donors] <= ix.prio[c])]
     if extra_only:  # ``c``'s need is a guess: only from others whose need is a guess too
         donors = donors[ix.extra_wh[donors] > _EPS]
     if donors.size == 0:
         return False
-    spare_w = (x[donors, t] - imin[donors]) * ix.volt[donors]
-    if float(spare_w.sum()) < deficit + 1e-6:
+    spare_w = (x[donors, t] - imin[donors])[:, None] * wmat[np.ix_(donors, short_rows)]
+    if bool(np.any(spare_w.sum(axis=0) < deficit + 1e-6)):
         return False
     for d in donors[np.lexsort((-ix.dep[donors], ix.prio[donors]))]:
-        if deficit <= 1e-6:
+        if float(deficit.max()) <= 1e-6:
             break
-        v = ix.volt[d]
-        new = max(imin[d], x[d, t] - deficit / v)
+        wd = wmat[d, short_rows]
+        new = max(imin[d], x[d, t] - float((np.maximum(deficit, 0.0) / wd).max()))
         if step > 0:
             new = max(imin[d], math.floor(new / step + 1e-9) * step)
         red = x[d, t] - new
@@ -802,10 +823,10 @@ def _borrow(
             continue
         x[d, t] = new
         r = ix.row_idx[ix.row_ptr[d] : ix.row_ptr[d + 1]]
-        sl[r] += red * v
+        sl[r] += red * wmat[d, r]
         planned[d] -= red * ix.k_wh[d]
-        deficit -= red * v
-    return bool(float(sl[rows].min()) >= need_w - 1e-6)
+        deficit = deficit - red * wd
+    return bool(np.all(sl[rows] >= need_w - 1e-6))
 
 
 def _verdicts(problem: PlanningProblem, ix: _Indexed, x: FloatArray, slack: FloatArray) -> dict[str, SessionVerdict]:

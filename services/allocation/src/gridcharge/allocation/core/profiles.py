@@ -214,18 +214,34 @@ def tx_profile(
     return command_pb2.SetChargingProfile(evse_id=evse_id, profile=prof)
 
 
+def _amps(per: command_pb2.SchedulePeriod, unit: int, t: StationProfileTarget) -> float:
+    """Per-phase current (A) of one period: a W limit over the period's ``numberPhases`` (else ``t.phases``)."""
+    return watts_to_amps(per.limit, t.voltage_v, per.number_phases or t.phases) if unit == RATE_W else per.limit
+
+
 def profile_limit_a(p: command_pb2.SetChargingProfile, t: StationProfileTarget) -> float:
     """Highest per-phase current (A) a profile allows at any time (for worst-case budgets)."""
-    lims = [per.limit for per in p.profile.periods] or [0.0]
-    top = max(lims)
-    return watts_to_amps(top, t.voltage_v, t.phases) if p.profile.rate_unit == RATE_W else top
+    return max([_amps(per, p.profile.rate_unit, t) for per in p.profile.periods] or [0.0])
 
 
 def profile_schedule_a(p: command_pb2.SetChargingProfile, t: StationProfileTarget) -> tuple[tuple[float, float], ...]:
     """(from POSIX s, per-phase A) of every period of an absolute profile, as the station will apply it."""
     start = p.profile.start_schedule.ToSeconds() if p.profile.HasField("start_schedule") else 0.0
-    out = []
-    for per in p.profile.periods:
-        a = watts_to_amps(per.limit, t.voltage_v, t.phases) if p.profile.rate_unit == RATE_W else per.limit
-        out.append((start + per.start_period_s, float(a)))
-    return tuple(out)
+    return tuple((start + per.start_period_s, float(_amps(per, p.profile.rate_unit, t))) for per in p.profile.periods)
+
+
+def phase_weights(
+    p: command_pb2.SetChargingProfile, t: StationProfileTarget, wired: int, low_voltage: float
+) -> tuple[float, ...]:
+    """Per station phase L1…L``wired``: the most the station may draw there per A of `profile_limit_a`.
+
+    An A limit is per phase: 1 on every phase (``()``). A W limit bounds the total power P; its per-phase
+    equivalent is P / (V · n) with n its ``numberPhases``, but a car on one phase may take all of P on L1,
+    a two-phase car half of it on L1 and L2 (a single- or two-phase car loads L1 first, IEC 62196 type 2):
+    on Lk at most P / (k · V_low) with V_low = ``low_voltage`` × nominal (a W limit draws more current when the
+    voltage sags: EN 50160 allows −10 %), i.e. n / (k · ``low_voltage``) per A.
+    """
+    if p.profile.rate_unit != RATE_W:
+        return ()
+    n = max([per.number_phases or t.phases for per in p.profile.periods] or [t.phases])
+    return tuple(n / (k * low_voltage) for k in range(1, wired + 1))
