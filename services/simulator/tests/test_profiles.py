@@ -224,3 +224,28 @@ def test_ev_taper_min_current_and_energy() -> None:
         "f", battery_wh=10_000, arrival_soc=0.9, target_soc=1.0, arrival_s=0, departure_s=1, max_current_a=32, phases=3
     )
     assert 6.0 <= ev2.acceptable_current_a() < 32
+
+
+@pytest.mark.parametrize(
+    ("ev_phases", "number_phases", "expected_a"), [(1, 1, 24.0), (3, 1, 8.0), (1, 3, 24.0), (3, 3, 8.0)]
+)
+def test_a_w_station_maximum_bounds_the_total_power_whatever_phases_the_car_uses(
+    ev_phases: int, number_phases: int, expected_a: float
+) -> None:
+    """A station maximum in W is the station's total power (OCPP 1.6 §3.13, 2.0.1 K01): a single-phase car
+    may draw all of it on L1, a three-phase car a third on each phase — whatever numberPhases says."""
+    from gridcharge.shared.topology import parse_topology
+    from gridcharge.simulator.stations import StationModel
+
+    topo = parse_topology(
+        {"nodes": [{"id": "n", "limit_a": [63, 63, 63]}], "stations": [{"id": "cs", "node": "n", "max_current_a": 32}]}
+    )
+    m = StationModel(topo.station_by_id["cs"], V)
+    m.profiles.install(prof(1, "StationMax", 24.0 * V, unit="W", periods=(Period(0, 24.0 * V, number_phases),)), None)
+    e = m.evses[1]
+    e.ev = Ev("ev", 60_000, 0.2, 0.9, T0, T0 + 36_000, max_current_a=32, phases=ev_phases)
+    e.tx = Transaction("tx", 1, T0)
+    m.step(T0 + 1, 10.0)
+    assert e.current_a == pytest.approx(expected_a)
+    assert e.phases_used == ev_phases
+    assert sum(m.grid_currents_a()) * V == pytest.approx(24.0 * V)
