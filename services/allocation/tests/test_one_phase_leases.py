@@ -287,3 +287,24 @@ def test_the_limiter_never_raises_a_phase_when_it_cuts_a_station_that_holds_an_a
     site.deliver(cmds)
     after = site.alloc.ledgers["s00"].worst_case_ph(site.t)
     assert all(a <= b + 1e-9 for a, b in zip(after, before, strict=True)), (after, before)
+
+
+def test_a_restart_restores_a_w_lease_per_phase() -> None:
+    """The lease record in the store keeps the per-phase worst case: after a restart a W lease must not count
+    as its A equivalent on L1 (16 A where the station may draw 17.8 A)."""
+    tp = topo(1, 0, 40)
+    site = Site(tp, (A, W), {"s00"})
+    site.cycles(2)
+    rec = site.alloc.lease_record("s00", site.t)
+    assert rec is not None
+    cap_a, until, phase_a = rec
+    assert phase_a == pytest.approx([min(32.0, cap_a / 0.9), cap_a / 1.8, cap_a / 2.7])
+    fresh = Allocator(tp, AllocatorConfig())  # type: ignore[arg-type]
+    fresh.ledgers["s00"].fallback_installed = True  # (restored from the store too: its 0-A fallback)
+    assert fresh.restore_lease("s00", cap_a, until, site.t, phase_a)
+    assert fresh.ledgers["s00"].worst_case_ph(site.t) == pytest.approx(phase_a)
+    # a record without phases (an older version) counts the cap on every phase
+    older = Allocator(tp, AllocatorConfig())  # type: ignore[arg-type]
+    older.ledgers["s00"].fallback_installed = True
+    assert older.restore_lease("s00", cap_a, until, site.t)
+    assert older.ledgers["s00"].worst_case_ph(site.t) == pytest.approx([cap_a] * 3)

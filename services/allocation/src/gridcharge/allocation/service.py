@@ -223,7 +223,10 @@ class AllocationService:
                 raw = await self.rt.store.get(LEASE_KEY + sid)
                 if raw is not None:
                     d = json.loads(raw)
-                    self.alloc.restore_lease(sid, float(d["cap_a"]), float(d["until"]), now)
+                    phase_a = d.get("phase_a") or []
+                    self.alloc.restore_lease(
+                        sid, float(d["cap_a"]), float(d["until"]), now, [float(x) for x in phase_a][:3]
+                    )
             for sid, blob in (await self.rt.store.hgetall(CAPS_KEY)).items():
                 d = json.loads(blob)
                 self.alloc.capabilities(sid, tuple(int(u) for u in d["units"]), int(d["max_periods"]))
@@ -253,10 +256,12 @@ class AllocationService:
         rec = self.alloc.lease_record(station_id, now)
         if rec is None:
             return
-        cap_a, until = rec
+        cap_a, until, phase_a = rec
         with contextlib.suppress(Exception):
             await self.rt.store.set(
-                LEASE_KEY + station_id, json.dumps({"cap_a": cap_a, "until": until}).encode(), max(1.0, until - now)
+                LEASE_KEY + station_id,
+                json.dumps({"cap_a": cap_a, "until": until, "phase_a": phase_a}).encode(),
+                max(1.0, until - now),
             )
 
     def mark_dirty(self) -> None:

@@ -14,7 +14,7 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -170,7 +170,7 @@ class Allocator:
                     lim = [min(lim[p], val[p]) for p in range(3)]
         return (lim[0], lim[1], lim[2])
 
-    def lease_record(self, station_id: str, now: float) -> tuple[float, float] | None:
+    def lease_record(self, station_id: str, now: float) -> tuple[float, float, list[float]] | None:
         return self.issuer.lease_record(station_id, now)
 
     def lease_counts(self, now: float) -> dict[str, int]:
@@ -363,12 +363,22 @@ class Allocator:
         ):
             d.pop(key, None)
 
-    def restore_lease(self, station_id: str, cap_a: float, valid_until: float, now: float) -> bool:
-        """After a restart: a station-cap lease a previous run may have installed counts until it ends."""
+    def restore_lease(
+        self, station_id: str, cap_a: float, valid_until: float, now: float, phase_a: Sequence[float] = ()
+    ) -> bool:
+        """After a restart: a station-cap lease a previous run may have installed counts until it ends.
+
+        ``phase_a``: the most it allows on each station phase (A) as recorded (a lease in W counts differently per
+        phase); without it, ``cap_a`` on every phase (a record of an older version)."""
         led = self.ledgers.get(station_id)
         if led is None or not math.isfinite(cap_a) or valid_until <= now:
             return False
         cap_a = min(max(cap_a, 0.0), led.hw_max_a)
+        weights: tuple[float, ...] = ()
+        if cap_a > 0 and phase_a and all(math.isfinite(x) for x in phase_a):
+            per = [min(max(float(x), 0.0), led.hw_max_a) for x in list(phase_a)[: led.phases]]
+            per += [cap_a] * (led.phases - len(per))
+            weights = tuple(x / cap_a for x in per)
         cid = f"{RESTORED_PREFIX}{station_id}"
         led.uncertain[cid] = Sent(
             cid,
@@ -378,6 +388,8 @@ class Allocator:
             cap_a,
             min(valid_until, now + self.cfg.leases.max_lease_s),
             now,
+            (),
+            weights,
         )
         return True
 

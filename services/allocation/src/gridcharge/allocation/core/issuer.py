@@ -198,12 +198,17 @@ class CommandIssuer:
     def fallback_in_flight(self, station_id: str) -> bool:
         return any(p.key == FALLBACK_KEY for p in self.ledgers[station_id].pending.values())
 
-    def lease_record(self, station_id: str, now: float) -> tuple[float, float] | None:
-        """(highest cap A, latest end s) of the station-cap leases that may be in force, for persistence."""
+    def lease_record(self, station_id: str, now: float) -> tuple[float, float, list[float]] | None:
+        """(highest cap A, latest end s, highest A per station phase) of the station-cap leases that may be in
+        force, for persistence (a lease in W counts differently per phase: a restart must not forget it)."""
         led = self.ledgers[station_id]
         srcs = [
             s for s in [led.accepted.get(LEASE_KEY), *led.lease_candidates()] if s is not None and s.valid_until > now
         ]
         if not srcs:
             return None
-        return max(s.cap_a for s in srcs), max(s.valid_until for s in srcs)
+        per_phase = [
+            max(min(led.hw_max_a, s.cap_a * (s.weights[p] if p < len(s.weights) else 1.0)) for s in srcs)
+            for p in range(led.phases)
+        ]
+        return max(s.cap_a for s in srcs), max(s.valid_until for s in srcs), per_phase
