@@ -79,7 +79,7 @@ def build_router(svc: AllocationService) -> APIRouter:
     def get_topology() -> dict[str, object]:
         now = svc.rt.clock.time()
         cap = alloc.capacity_now(now)
-        wc = alloc.worst_case_a(now)
+        wc = alloc.worst_case_ph(now)
         nodes = [
             {
                 "id": n.id,
@@ -103,7 +103,9 @@ def build_router(svc: AllocationService) -> APIRouter:
                     "fallback_current_a": s.fallback_current_a,
                     "online": led.online,
                     "fallback_installed": led.fallback_installed,
-                    "worst_case_a": wc[s.id],
+                    "worst_case_a": max(wc[s.id]),
+                    # per station phase L1, L2, L3 (a lease in W on one phase counts most on L1)
+                    "worst_case_phase_a": wc[s.id],
                     "failsafe": led.in_failsafe(now, alloc.cfg.failsafe_hold_s),
                     "last_failure": led.last_failure,
                     "station_cap_a": alloc.station_cap_a.get(s.id),
