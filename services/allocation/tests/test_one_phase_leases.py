@@ -308,3 +308,22 @@ def test_a_restart_restores_a_w_lease_per_phase() -> None:
     older.ledgers["s00"].fallback_installed = True
     assert older.restore_lease("s00", cap_a, until, site.t)
     assert older.ledgers["s00"].worst_case_ph(site.t) == pytest.approx([cap_a] * 3)
+
+
+def test_a_settled_w_lease_is_not_taken_for_a_lowering_on_its_way() -> None:
+    """A W lease counts more than its cap on L1 by design; that is not room being freed. Taken for it, every
+    renewal under the node waited for a lowering that never came."""
+    from gridcharge.allocation.core.cycle import renewals_waiting_for_room
+
+    tp = topo(1, 1, 40)
+    site = Site(tp, (A, W), {"s00"})
+    site.cycles(3)
+    led = site.alloc.ledgers["s00"]
+    assert not led.pending and not led.uncertain
+    assert led.held_ph(site.t) == pytest.approx(led.worst_case_ph(site.t))
+    assert led.worst_case_a(site.t) > led.held_a(site.t) + 0.5  # the W lease's L1
+    held = site.alloc.ledgers["s01"].held_a(site.t)
+    waiting = renewals_waiting_for_room(
+        site.alloc, site.t, {"s00": led.held_a(site.t), "s01": held + 5}, {"s01": held}, {"s01"}
+    )
+    assert waiting == set()

@@ -407,7 +407,10 @@ def renewals_waiting_for_room(
     freeing: set[str] = set()
     for sid, led in alloc.ledgers.items():
         held = led.held_a(now)
-        if targets.get(sid, held) < held - 0.05 or led.worst_case_a(now) > held + 0.05:
+        # a lowering is wanted, or the worst case is above what it holds: a lowering in flight or of unknown fate
+        if targets.get(sid, held) < held - 0.05 or any(
+            w > h + 0.05 for w, h in zip(led.worst_case_ph(now), led.held_ph(now), strict=True)
+        ):
             freeing.update(topo.station_path(sid))
     out: set[str] = set()
     for sid in patient:

@@ -237,12 +237,26 @@ class StationLedger:
     def held_a(self, now: float) -> float:
         """The station cap we last asked for (A): the newest lease in flight, else the accepted one while
         valid, else the floor now (no lease in force)."""
+        lease = self._held(now)
+        return lease.limit_at(now) if lease is not None else self.floor_a(now)
+
+    def held_ph(self, now: float) -> list[float]:
+        """Per station phase, what the station cap we last asked for lets the station draw (A): `held_a` with
+        that lease's weights (a lease in W on one phase counts more than its cap on L1)."""
+        lease = self._held(now)
+        if lease is None:
+            return [self.floor_a(now)] * self.phases
+        a, w = lease.limit_at(now), lease.weights or (1.0,) * self.phases
+        return [min(self.hw_max_a, a * (w[p] if p < len(w) else 1.0)) for p in range(self.phases)]
+
+    def _held(self, now: float) -> Sent | None:
+        """The lease `held_a` reads (None: no lease in force, the floor)."""
         fly = [s for s in self.pending.values() if s.key == LEASE_KEY]
         if fly:
-            return max(fly, key=lambda s: s.sent_at).limit_at(now)
+            return max(fly, key=lambda s: s.sent_at)
         acc = self.accepted.get(LEASE_KEY)
         if acc is not None and now < acc.valid_until:
-            return acc.limit_at(now)
+            return acc
         # no accepted lease: a previous run's (restored after a restart) is the last thing asked of the
         # station while it may be in force, so a raise goes out to undo a lower one (a lease the profile
         # check found missing, or one never answered, is not: the next plan sends what it wants)
@@ -252,8 +266,8 @@ class StationLedger:
             if s.key == LEASE_KEY and s.command_id.startswith(RESTORED_PREFIX) and now < s.valid_until
         ]
         if unsure:
-            return max(unsure, key=lambda s: s.sent_at).limit_at(now)
-        return self.floor_a(now)
+            return max(unsure, key=lambda s: s.sent_at)
+        return None
 
     def least_a(self, t: float) -> float:
         """Lowest per-phase current (A) the station may hold its cars to at ``t`` whatever happened to our
