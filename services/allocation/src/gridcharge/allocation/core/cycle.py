@@ -221,7 +221,7 @@ def run(alloc: Allocator, now_dt: datetime) -> PlanResult:
         {
             **wc_max,
             **{
-                k: np.maximum(a * np.asarray(weights[k]), max(desired.get(k, 0.0), float(np.max(floors[k]))))
+                k: np.maximum(max(a, desired.get(k, 0.0)) * np.asarray(weights[k]), float(np.max(floors[k])))
                 for k, a in approved.items()
             },
         },
