@@ -264,18 +264,33 @@ def _draw_flat(topology: Topology, caps_a: Mapping[str, object], k: int) -> Floa
     ix = _index(topology)
     keep = [sid for sid in caps_a if sid in ix.row]
     sel = np.array([ix.row[sid] for sid in keep], dtype=np.intp)
-    vals = np.zeros((len(keep), 3, k))
-    for i, sid in enumerate(keep):
-        x = np.asarray(caps_a[sid], dtype=np.float64)
-        if x.ndim == 2:
-            vals[i, : x.shape[0]] = x
-        else:
-            vals[i] = np.broadcast_to(x.reshape(-1) if x.ndim else x, (k,))
     count = ix.count[sel]
     ends = np.cumsum(count)
     flat = np.repeat(ix.start[sel] - (ends - count), count) + np.arange(int(ends[-1]) if len(ends) else 0)
     slots = ix.slot[flat]
-    weights = vals[np.repeat(np.arange(len(keep)), count), ix.pos[flat]] * topology.nominal_voltage_v
+    raw = [caps_a[sid] for sid in keep]
+    vals = np.empty((len(raw), k))
+    per_phase = False
+    for i, x in enumerate(raw):
+        if isinstance(x, float | int):
+            vals[i] = x
+            continue
+        arr = np.asarray(x, dtype=np.float64)
+        if arr.ndim == 2:
+            per_phase = True
+            break
+        vals[i] = arr
+    if not per_phase:  # one value per moment on every phase (the common case): vectorised
+        weights = np.repeat(vals, count, axis=0) * topology.nominal_voltage_v
+    else:
+        vals3 = np.zeros((len(raw), 3, k))
+        for i, x in enumerate(raw):
+            arr = np.asarray(x, dtype=np.float64)
+            if arr.ndim == 2:
+                vals3[i, : arr.shape[0]] = arr
+            else:
+                vals3[i] = np.broadcast_to(arr.reshape(-1) if arr.ndim else arr, (k,))
+        weights = vals3[np.repeat(np.arange(len(keep)), count), ix.pos[flat]] * topology.nominal_voltage_v
     n = 3 * len(ix.node_ids)
     return np.stack([np.bincount(slots, weights=weights[:, j], minlength=n) for j in range(k)], axis=1)
 
@@ -355,17 +370,24 @@ def fit_caps(
         return len(ix.phases[ix.row[sid]])
 
     def rows(sid: str, x: float | FloatArray) -> list[list[float]]:
-        """[phases][K] A of a station from a value, [K] or [phases, K]."""
+        """[phases][K] A of a station from a value, [K] or [phases, K] (plain lists: see the note above)."""
         if np.ndim(x) == 2:
-            arr = np.asarray(x, dtype=np.float64)
-            return [[float(y) for y in np.broadcast_to(arr[p], (k,))] for p in range(n_ph(sid))]
+            out = np.asarray(x, dtype=np.float64).tolist()
+            return [r * k if len(r) == 1 else r for r in out[: n_ph(sid)]]
         r = row(x)
         return [list(r) for _ in range(n_ph(sid))]
 
+    def compact(r: list[list[float]]) -> list[float] | list[list[float]]:
+        """The same on every phase: one row (keeps `_draw_flat` on its vectorised path)."""
+        return r[0] if all(x == r[0] for x in r) else r
+
     zero = [0.0] * k
     floors = {sid: row(x) for sid, x in (floor_a or {}).items()}
-    wc = {sid: rows(sid, x) for sid, x in worst_case_a.items() if sid in ix.row}
-    settled = {**wc, **{sid: rows(sid, x) for sid, x in (settled_a or {}).items() if sid in wc}}
+    # as given for the sums over all stations; as [phases][K] lists only for the stations the loops touch
+    raw_wc = {sid: x for sid, x in worst_case_a.items() if sid in ix.row}
+    raw_settled = {**raw_wc, **{sid: x for sid, x in (settled_a or {}).items() if sid in raw_wc}}
+    wc = {sid: rows(sid, raw_wc[sid]) for sid in desired_a if sid in raw_wc}
+    settled = {sid: rows(sid, raw_settled[sid]) for sid in desired_a if sid in raw_settled}
     wts: dict[str, list[float]] = {}
     for sid in desired_a:
         if sid in ix.row:
@@ -416,10 +438,7 @@ def fit_caps(
 
     target_arr = _draw_flat(
         topology,
-        {
-            **{sid: np.array(x) for sid, x in settled.items()},
-            **{sid: np.array(eff(sid, a)) for sid, a in approved.items() if sid not in kept},
-        },
+        {**raw_settled, **{sid: compact(eff(sid, a)) for sid, a in approved.items() if sid not in kept}},
         k,
     )
     if np.any(target_arr > cap_arr + 1e-9):  # (usually nothing is over)
@@ -448,7 +467,7 @@ def fit_caps(
                     approved[sid] = new
                     kept.discard(sid)
                     shift(target, sid, [[e[p][j] - cur[p][j] for j in K] for p in range(len(e))])
-    used: list[list[float]] = _draw_flat(topology, {sid: np.array(x) for sid, x in wc.items()}, k).tolist()
+    used: list[list[float]] = _draw_flat(topology, raw_wc, k).tolist()
     for sid in order:
         if sid not in desired_a or sid in approved or sid not in ix.row:
             continue

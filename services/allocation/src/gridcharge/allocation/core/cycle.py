@@ -646,19 +646,24 @@ def budget_moments(alloc: Allocator, now: float, end: float, capacity: Capacity,
     cap = {n: c[:, cols] for n, c in capacity.w.items()}
     wc: dict[str, float | np.ndarray] = {}
     for sid, led in alloc.ledgers.items():
-        # [phases, K] A: a lease in W counts differently per phase (failsafe.Sent.weights)
-        wc[sid] = np.array([led.worst_case_ph(t) for t in (moments if steps[sid] else [now])]).T
+        vals = [led.worst_case_ph(t) for t in (moments if steps[sid] else [now])]
+        if all(max(v) == min(v) for v in vals):  # the same on every phase (a lease in A): one value per moment
+            wc[sid] = np.array([v[0] for v in vals]) if steps[sid] else vals[0][0]
+        else:  # [phases, K] A: a lease in W counts differently per phase (failsafe.Sent.weights)
+            wc[sid] = np.array(vals).T
     return moments, cap, wc
 
 
 def settled_moments(alloc: Allocator, moments: list[float]) -> dict[str, np.ndarray]:
     """Per station with a lease in flight, its worst case at each of ``moments`` once that lease is accepted
     (A): a lowering on its way counts at its new value when the fit checks for over capacity."""
-    return {
-        sid: np.array([led.settled_worst_case_ph(t) for t in moments]).T
-        for sid, led in alloc.ledgers.items()
-        if alloc.issuer.lease_in_flight(sid) is not None
-    }
+    out: dict[str, np.ndarray] = {}
+    for sid, led in alloc.ledgers.items():
+        if alloc.issuer.lease_in_flight(sid) is not None:
+            vals = [led.settled_worst_case_ph(t) for t in moments]
+            # [K] A when the same on every phase, else [phases, K]
+            out[sid] = np.array([v[0] for v in vals]) if all(max(v) == min(v) for v in vals) else np.array(vals).T
+    return out
 
 
 def solve(

@@ -195,9 +195,24 @@ class StationLedger:
         of unknown fate as if it were the one the station applied last.
         """
         acc = self.accepted.get(LEASE_KEY)
+        cands = self.lease_candidates()
+        if (acc is None or not acc.weights) and not any(s.weights for s in cands):
+            # every lease in A (the common case): the same value on every phase, computed once
+            one = [self._lease_value_a(acc, t) if acc is not None else self.floor_worst_a(t)]
+            one += [self._lease_value_a(s, t) for s in cands]
+            return [min(self.hw_max_a, max(one))] * self.phases
         vals = [self.lease_value_ph(acc, t) if acc is not None else [self.floor_worst_a(t)] * self.phases]
-        vals += [self.lease_value_ph(s, t) for s in self.lease_candidates()]
+        vals += [self.lease_value_ph(s, t) for s in cands]
         return [min(self.hw_max_a, max(v[p] for v in vals)) for p in range(self.phases)]
+
+    def _lease_value_a(self, lease: Sent, t: float) -> float:
+        """`lease_value_ph` of a lease in A (the same on every phase)."""
+        floor = self.floor_worst_a(t)
+        if t < lease.valid_until - self.skew_s:
+            return lease.limit_at(t)
+        if t >= lease.valid_until + self.skew_s:
+            return floor
+        return max(lease.limit_at(t), floor)
 
     def worst_case_a(self, t: float) -> float:
         """Highest current (A) the station may draw at ``t`` on any of its phases (`worst_case_ph`)."""
