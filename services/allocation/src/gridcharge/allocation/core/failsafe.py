@@ -167,17 +167,20 @@ class StationLedger:
         return fb.steps_between(t0, t1) if fb is not None and self.fallback_installed else []
 
     def lease_value_ph(self, lease: Sent, t: float) -> list[float]:
-        """Per station phase, the current (A) a station under ``lease`` may draw at ``t``: the lease while surely
-        valid, the floor once surely lapsed, the higher of the two while the station's clock may say either."""
+        """Per station phase, the current (A) a station under ``lease`` may draw at ``t`` (`_lease_value_a` with
+        the lease's weight on each phase)."""
+        w = lease.weights
+        return [self._lease_value_a(lease, t, w[p] if p < len(w) else 1.0) for p in range(self.phases)]
+
+    def _lease_value_a(self, lease: Sent, t: float, weight: float = 1.0) -> float:
+        """The current (A) a station under ``lease`` may draw at ``t`` on a phase where the lease counts ``weight``
+        per A: the lease while surely valid, the floor once surely lapsed, the higher of the two while the
+        station's clock may say either."""
         floor = self.floor_worst_a(t)
         if t >= lease.valid_until + self.skew_s:
-            return [floor] * self.phases
-        a = lease.limit_at(t)
-        w = lease.weights or (1.0,) * self.phases
-        vals = [min(self.hw_max_a, a * w[p] if p < len(w) else a) for p in range(self.phases)]
-        if t < lease.valid_until - self.skew_s:
-            return vals
-        return [max(v, floor) for v in vals]
+            return floor
+        a = min(self.hw_max_a, lease.limit_at(t) * weight)
+        return a if t < lease.valid_until - self.skew_s else max(a, floor)
 
     def lease_candidates(self) -> list[Sent]:
         """Station-cap leases that may be in force: in flight, of unknown fate (the accepted one apart)."""
@@ -204,15 +207,6 @@ class StationLedger:
         vals = [self.lease_value_ph(acc, t) if acc is not None else [self.floor_worst_a(t)] * self.phases]
         vals += [self.lease_value_ph(s, t) for s in cands]
         return [min(self.hw_max_a, max(v[p] for v in vals)) for p in range(self.phases)]
-
-    def _lease_value_a(self, lease: Sent, t: float) -> float:
-        """`lease_value_ph` of a lease in A (the same on every phase)."""
-        floor = self.floor_worst_a(t)
-        if t < lease.valid_until - self.skew_s:
-            return lease.limit_at(t)
-        if t >= lease.valid_until + self.skew_s:
-            return floor
-        return max(lease.limit_at(t), floor)
 
     def worst_case_a(self, t: float) -> float:
         """Highest current (A) the station may draw at ``t`` on any of its phases (`worst_case_ph`)."""
