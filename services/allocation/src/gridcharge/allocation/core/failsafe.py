@@ -228,6 +228,10 @@ class StationLedger:
         ]
         return [min(self.hw_max_a, max(v[p] for v in vals)) for p in range(self.phases)]
 
+    def settled_worst_case_a(self, t: float) -> float:
+        """Highest phase of `settled_worst_case_ph`."""
+        return max(self.settled_worst_case_ph(t))
+
     def lease_edges(self, t0: float, t1: float) -> list[float]:
         """Times in (t0, t1) at which a lease that may be in force may start or stop counting (its end ± skew)."""
         out = set()
